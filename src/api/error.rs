@@ -1,0 +1,138 @@
+//! The API's one error type and its one mapping to HTTP (SPEC: plain-text bodies whose first
+//! words say the kind). Infrastructure details are logged here and never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::AuthError;
+use crate::domain::InvalidId;
+use crate::queue::QueueError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Bad request: {0}")]
+    BadRequest(String),
+    #[error("Not authorized: {0}")]
+    Unauthorized(String),
+    #[error("Permission denied: {0}")]
+    Forbidden(String),
+    #[error("Not found: {0}")]
+    NotFound(String),
+    #[error("Conflict: {0}")]
+    Conflict(String),
+    #[error("Payload too large: {0}")]
+    PayloadTooLarge(String),
+    #[error("Unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("Service unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The detail is logged, the caller sees only "Internal: <context>".
+    #[error("Internal: {context}")]
+    Internal {
+        context: &'static str,
+        detail: String,
+    },
+}
+
+impl ApiError {
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::BadRequest(msg.into())
+    }
+
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::NotFound(msg.into())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal { context, detail } => {
+                tracing::error!(context, detail = %detail, "internal error");
+            }
+            Self::Unavailable(what) => tracing::warn!(what, "dependency unavailable"),
+            _ => {}
+        }
+        let status = self.status();
+        let mut response = (status, self.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<InvalidId> for ApiError {
+    fn from(e: InvalidId) -> Self {
+        Self::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                Self::Unavailable("database")
+            }
+            other => Self::Internal {
+                context: "database error",
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<std::sync::Arc<StoreError>> for ApiError {
+    fn from(e: std::sync::Arc<StoreError>) -> Self {
+        match &*e {
+            StoreError::Unavailable(_) => Self::Unavailable("database"),
+            other => Self::Internal {
+                context: "database error",
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        tracing::warn!(error = %e, "NATS unavailable");
+        Self::Unavailable("message broker")
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::InvalidToken => Self::Unauthorized(e.to_string()),
+            AuthError::WrongWorkspace(_) | AuthError::NotMember(_) => {
+                Self::Unauthorized(e.to_string())
+            }
+            AuthError::UnknownWorkspace(_) => Self::NotFound(e.to_string()),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,246 @@
+//! Inspecting and controlling jobs (SPEC §2).
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Authed, JsonBody};
+use super::paths::WorkspacePath;
+use super::AppState;
+use crate::auth::Access;
+use crate::domain::{canceled_result, JobId};
+use crate::queue::control::CancelJob;
+use crate::queue::events::{JobDone, JobEvent, JobEventKind};
+use crate::store::jobs::{self, CancelOutcome, JobRecord, ListFilter};
+
+#[derive(Deserialize)]
+pub struct JobPath {
+    workspace: String,
+    id: String,
+}
+
+fn parse_id(raw: &str) -> ApiResult<JobId> {
+    Uuid::parse_str(raw).map_err(|e| ApiError::bad_request(format!("invalid job id {raw:?}: {e}")))
+}
+
+fn not_found(id: JobId) -> ApiError {
+    ApiError::not_found(format!("job {id} not found"))
+}
+
+async fn load(
+    state: &AppState,
+    authed: &Authed,
+    params: &JobPath,
+) -> ApiResult<(Access, JobRecord)> {
+    let (ws, access) = state.access(authed, &params.workspace).await?;
+    let id = parse_id(&params.id)?;
+    let job = jobs::get(state.pool(), &ws, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok((access, job))
+}
+
+/// A job, queued or completed.
+#[utoipa::path(get, path = "/api/w/{workspace}/jobs_u/get/{id}", tag = "jobs",
+    params(("workspace" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = JobRecord), (status = 404)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(params): Path<JobPath>,
+    authed: Authed,
+) -> ApiResult<Json<JobRecord>> {
+    let (_, job) = load(&state, &authed, &params).await?;
+    Ok(Json(job))
+}
+
+/// A completed job; 404 while it is not completed.
+#[utoipa::path(get, path = "/api/w/{workspace}/jobs_u/completed/get/{id}", tag = "jobs",
+    params(("workspace" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = JobRecord), (status = 404)))]
+pub async fn get_completed(
+    State(state): State<AppState>,
+    Path(params): Path<JobPath>,
+    authed: Authed,
+) -> ApiResult<Json<JobRecord>> {
+    let (_, job) = load(&state, &authed, &params).await?;
+    if !job.status.is_completed() {
+        return Err(ApiError::not_found(format!(
+            "job {} is not completed",
+            job.id
+        )));
+    }
+    Ok(Json(job))
+}
+
+/// The result of a completed job; 404 while it is not completed.
+#[utoipa::path(get, path = "/api/w/{workspace}/jobs_u/completed/get_result/{id}", tag = "jobs",
+    params(("workspace" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "the result JSON"), (status = 404)))]
+pub async fn get_result(
+    State(state): State<AppState>,
+    Path(params): Path<JobPath>,
+    authed: Authed,
+) -> ApiResult<Json<Value>> {
+    let Json(job) = get_completed(State(state), Path(params), authed).await?;
+    Ok(Json(job.result.unwrap_or(Value::Null)))
+}
+
+/// Always `{completed, result, success, started}`.
+#[utoipa::path(get, path = "/api/w/{workspace}/jobs_u/completed/get_result_maybe/{id}", tag = "jobs",
+    params(("workspace" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "{completed, result, success, started}"), (status = 404)))]
+pub async fn get_result_maybe(
+    State(state): State<AppState>,
+    Path(params): Path<JobPath>,
+    authed: Authed,
+) -> ApiResult<Json<Value>> {
+    let (_, job) = load(&state, &authed, &params).await?;
+    let completed = job.status.is_completed();
+    Ok(Json(json!({
+        "completed": completed,
+        "result": if completed { job.result.clone() } else { None },
+        "success": job.success,
+        "started": job.started_at.is_some(),
+    })))
+}
+
+/// The job's output so far, as text.
+#[utoipa::path(get, path = "/api/w/{workspace}/jobs_u/get_logs/{id}", tag = "jobs",
+    params(("workspace" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "logs", content_type = "text/plain"), (status = 404)))]
+pub async fn get_logs(
+    State(state): State<AppState>,
+    Path(params): Path<JobPath>,
+    authed: Authed,
+) -> ApiResult<impl IntoResponse> {
+    let (_, job) = load(&state, &authed, &params).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        job.logs.unwrap_or_default(),
+    ))
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub struct CancelBody {
+    reason: Option<String>,
+}
+
+/// Cancel a job: a queued one never starts, a running one is killed with its process group.
+#[utoipa::path(post, path = "/api/w/{workspace}/jobs_u/queue/cancel/{id}", tag = "jobs",
+    params(("workspace" = String, Path), ("id" = String, Path)),
+    request_body = CancelBody,
+    responses((status = 200, description = "the job id, or that it is already completed"), (status = 404)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(params): Path<JobPath>,
+    authed: Authed,
+    JsonBody(body): JsonBody<CancelBody>,
+) -> ApiResult<String> {
+    let (ws, access) = state.access(&authed, &params.workspace).await?;
+    let id = parse_id(&params.id)?;
+    let by = access.username.to_string();
+    let reason = body.reason.filter(|r| !r.is_empty());
+    let result = canceled_result(reason.as_deref(), &by);
+    match jobs::cancel(state.pool(), &ws, id, &by, reason.as_deref(), &result).await? {
+        CancelOutcome::CanceledQueued(job) => {
+            announce_canceled(&state, &job, result).await;
+            Ok(id.to_string())
+        }
+        CancelOutcome::Requested => {
+            state
+                .bus()
+                .publish_cancel(&CancelJob {
+                    id,
+                    canceled_by: by,
+                    reason,
+                })
+                .await?;
+            Ok(id.to_string())
+        }
+        CancelOutcome::AlreadyCompleted => Ok(format!("queued job id {id} is already completed")),
+        CancelOutcome::NotFound => Err(not_found(id)),
+    }
+}
+
+async fn announce_canceled(state: &AppState, job: &JobRecord, result: Value) {
+    let done = JobDone {
+        id: job.id,
+        success: false,
+        canceled: true,
+        result: result.clone(),
+    };
+    if let Err(e) = state.bus().publish_done(&done).await {
+        tracing::warn!(job = %job.id, error = %e, "done reply not published");
+    }
+    let event = JobEvent {
+        id: job.id,
+        workspace: job.workspace_id.clone(),
+        kind: JobEventKind::Canceled,
+        job_kind: job.job_kind.clone(),
+        path: job.script_path.clone(),
+        hash: job.script_hash.clone(),
+        flow_version: job.flow_version,
+        created_by: job.created_by.clone(),
+        at: job.completed_at.unwrap_or_else(Utc::now),
+        success: Some(false),
+        duration_ms: None,
+        result: None,
+        result_truncated: None,
+        error: result.get("error").cloned(),
+    };
+    state.bus().spawn_event(event);
+}
+
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+pub struct ListQuery {
+    script_path_exact: Option<String>,
+    script_hash: Option<String>,
+    /// Comma-separated: `script,flow`.
+    job_kinds: Option<String>,
+    success: Option<bool>,
+    running: Option<bool>,
+    created_by: Option<String>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+    include_flow_steps: Option<bool>,
+    /// At most 1000 (larger values are clamped).
+    per_page: Option<i64>,
+    /// Starts at 1.
+    page: Option<i64>,
+}
+
+/// The Runs list, newest first.
+#[utoipa::path(get, path = "/api/w/{workspace}/jobs/list", tag = "jobs",
+    params(("workspace" = String, Path), ListQuery),
+    responses((status = 200, body = Vec<JobRecord>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(params): Path<WorkspacePath>,
+    authed: Authed,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<JobRecord>>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let filter = ListFilter {
+        script_path_exact: query.script_path_exact,
+        script_hash: query.script_hash,
+        job_kinds: query
+            .job_kinds
+            .map(|k| k.split(',').map(|s| s.trim().to_owned()).collect()),
+        success: query.success,
+        running: query.running,
+        created_by: query.created_by,
+        created_after: query.created_after,
+        created_before: query.created_before,
+        include_flow_steps: query.include_flow_steps.unwrap_or(false),
+        per_page: query.per_page.unwrap_or(30).clamp(1, 1000),
+        page: query.page.unwrap_or(1).max(1),
+    };
+    Ok(Json(jobs::list(state.pool(), &ws, &filter).await?))
+}

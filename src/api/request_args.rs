@@ -1,0 +1,317 @@
+//! A webhook request → the job's arguments and run options (SPEC §1 "Body → arguments",
+//! "Query args", §7 "Bodies"). Pure functions of headers, query and body: no I/O.
+
+use axum::http::{header, HeaderMap};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::domain::Tag;
+
+/// Options of a run route, parsed from its query string.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    pub job_id: Option<Uuid>,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub tag: Option<Tag>,
+    pub parent_job: Option<Uuid>,
+    raw: bool,
+    wrap_body: bool,
+    include_header: Vec<String>,
+    include_query: Vec<String>,
+    /// Every query pair, for `include_query`.
+    query: Vec<(String, String)>,
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
+    match value {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::bad_request(format!(
+            "query arg {name}={value:?} is not a boolean"
+        ))),
+    }
+}
+
+fn comma_list(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+impl RunOptions {
+    pub fn parse(query: Vec<(String, String)>, now: DateTime<Utc>) -> Result<Self, ApiError> {
+        let mut opts = RunOptions::default();
+        for (name, value) in &query {
+            match name.as_str() {
+                "job_id" => {
+                    opts.job_id = Some(Uuid::parse_str(value).map_err(|e| {
+                        ApiError::bad_request(format!("query arg job_id is not a UUID: {e}"))
+                    })?)
+                }
+                "scheduled_for" => {
+                    let at = DateTime::parse_from_rfc3339(value).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "query arg scheduled_for is not an RFC 3339 time: {e}"
+                        ))
+                    })?;
+                    opts.scheduled_for = Some(at.with_timezone(&Utc));
+                }
+                "scheduled_in_secs" => {
+                    let secs: i64 = value.parse().map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "query arg scheduled_in_secs is not a whole number: {e}"
+                        ))
+                    })?;
+                    let delay = chrono::Duration::try_seconds(secs)
+                        .filter(|d| *d >= chrono::Duration::zero())
+                        .ok_or_else(|| {
+                            ApiError::bad_request("query arg scheduled_in_secs is out of range")
+                        })?;
+                    opts.scheduled_for = Some(now + delay);
+                }
+                "tag" => opts.tag = Some(Tag::parse(value)?),
+                "raw" => opts.raw = parse_bool(name, value)?,
+                "wrap_body" => opts.wrap_body = parse_bool(name, value)?,
+                "include_header" => opts.include_header.extend(comma_list(value)),
+                "include_query" => opts.include_query.extend(comma_list(value)),
+                // Windmill's client sends these; a job started by a script records its parent.
+                "parent_job" => opts.parent_job = Uuid::parse_str(value).ok(),
+                _ => {}
+            }
+        }
+        opts.query = query;
+        Ok(opts)
+    }
+}
+
+enum BodyKind {
+    Json { explicit: bool },
+    Form,
+    Multipart,
+    Other,
+}
+
+fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return BodyKind::Json { explicit: false };
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        BodyKind::Json { explicit: true }
+    } else if essence == "application/x-www-form-urlencoded" {
+        BodyKind::Form
+    } else if essence == "multipart/form-data" {
+        BodyKind::Multipart
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// A parsed JSON value as arguments: an object's keys, anything else under `body`.
+fn json_to_args(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => Map::from_iter([("body".to_owned(), other)]),
+    }
+}
+
+/// Builds the arguments of a job from a request (not multipart: see `multipart`).
+pub fn build_args(
+    headers: &HeaderMap,
+    body: &[u8],
+    opts: &RunOptions,
+    instance_headers: &[String],
+) -> Result<Map<String, Value>, ApiError> {
+    let kind = body_kind(headers);
+    if matches!(kind, BodyKind::Multipart) {
+        return Err(ApiError::UnsupportedMediaType(
+            "multipart/form-data bodies are not supported by this version".into(),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::UnsupportedMediaType("the body is not valid UTF-8 text".into()))?;
+    let (parsed, raw_kept) = if body.is_empty() {
+        (Value::Object(Map::new()), false)
+    } else {
+        match kind {
+            BodyKind::Json { explicit } => match serde_json::from_str::<Value>(text) {
+                Ok(value) => (value, false),
+                Err(e) if explicit => {
+                    return Err(ApiError::bad_request(format!("invalid JSON body: {e}")))
+                }
+                Err(_) => (raw_string_args(text), true),
+            },
+            BodyKind::Form => {
+                let fields = form_urlencoded::parse(body)
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect();
+                (Value::Object(fields), false)
+            }
+            BodyKind::Other | BodyKind::Multipart => (raw_string_args(text), true),
+        }
+    };
+    let mut args = if opts.wrap_body {
+        Map::from_iter([("body".to_owned(), parsed)])
+    } else if raw_kept {
+        // Already `{raw_string, …keys of a JSON object}`.
+        match parsed {
+            Value::Object(map) => map,
+            _ => unreachable!("raw_string_args builds an object"),
+        }
+    } else {
+        json_to_args(parsed)
+    };
+    if opts.raw {
+        args.insert("raw_string".into(), Value::String(text.to_owned()));
+    }
+    add_header_and_query_args(&mut args, headers, opts, instance_headers);
+    Ok(args)
+}
+
+/// "Any other type": `raw_string` plus the keys of the body if it parses as a JSON object.
+fn raw_string_args(text: &str) -> Value {
+    let mut args = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    args.insert("raw_string".into(), Value::String(text.to_owned()));
+    Value::Object(args)
+}
+
+/// `include_header`, `INCLUDE_HEADERS` and `include_query`: these win over body keys.
+fn add_header_and_query_args(
+    args: &mut Map<String, Value>,
+    headers: &HeaderMap,
+    opts: &RunOptions,
+    instance_headers: &[String],
+) {
+    for name in instance_headers.iter().chain(&opts.include_header) {
+        if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+            let arg = name.to_ascii_lowercase().replace('-', "_");
+            args.insert(arg, Value::String(value.to_owned()));
+        }
+    }
+    for name in &opts.include_query {
+        if let Some((_, value)) = opts.query.iter().find(|(k, _)| k == name) {
+            args.insert(name.clone(), Value::String(value.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    fn headers(content_type: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = content_type {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        }
+        h
+    }
+
+    fn opts(query: &[(&str, &str)]) -> RunOptions {
+        let pairs = query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RunOptions::parse(pairs, Utc::now()).unwrap()
+    }
+
+    fn args(ct: Option<&str>, body: &str, query: &[(&str, &str)]) -> Value {
+        Value::Object(build_args(&headers(ct), body.as_bytes(), &opts(query), &[]).unwrap())
+    }
+
+    #[test]
+    fn json_bodies() {
+        assert_eq!(args(None, r#"{"a":1}"#, &[]), json!({"a": 1}));
+        assert_eq!(
+            args(Some("application/json"), "[1,2]", &[]),
+            json!({"body": [1, 2]})
+        );
+        assert_eq!(
+            args(Some("application/vnd.x+json"), "null", &[]),
+            json!({"body": null})
+        );
+        assert_eq!(args(Some("application/json"), "", &[]), json!({}));
+        assert_eq!(args(None, "  {\"a\":1}", &[]), json!({"a": 1}));
+        let bad = build_args(&headers(Some("application/json")), b"{", &opts(&[]), &[]);
+        assert!(matches!(bad, Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn other_bodies() {
+        assert_eq!(
+            args(Some("application/x-www-form-urlencoded"), "a=1&b=x+y", &[]),
+            json!({"a": "1", "b": "x y"})
+        );
+        assert_eq!(
+            args(Some("text/plain"), "hi", &[]),
+            json!({"raw_string": "hi"})
+        );
+        assert_eq!(
+            args(Some("text/plain"), r#"{"k":true}"#, &[]),
+            json!({"k": true, "raw_string": "{\"k\":true}"})
+        );
+        assert_eq!(
+            args(None, "not json", &[]),
+            json!({"raw_string": "not json"})
+        );
+        let binary = build_args(&headers(Some("text/plain")), &[0xff, 0xfe], &opts(&[]), &[]);
+        assert!(matches!(binary, Err(ApiError::UnsupportedMediaType(_))));
+    }
+
+    #[test]
+    fn query_options() {
+        assert_eq!(
+            args(None, r#"{"a":1}"#, &[("raw", "true")]),
+            json!({"a": 1, "raw_string": "{\"a\":1}"})
+        );
+        assert_eq!(
+            args(None, r#"{"a":1}"#, &[("wrap_body", "true")]),
+            json!({"body": {"a": 1}})
+        );
+        assert_eq!(
+            args(
+                None,
+                r#"{"a":1,"q":"body"}"#,
+                &[("include_query", "q"), ("q", "query")]
+            ),
+            json!({"a": 1, "q": "query"})
+        );
+        let mut h = headers(None);
+        h.insert("x-sign", HeaderValue::from_static("abc"));
+        let got = build_args(
+            &h,
+            br#"{"x_sign":"body"}"#,
+            &opts(&[("include_header", "X-Sign")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(Value::Object(got), json!({"x_sign": "abc"}));
+        for bad in [
+            ("job_id", "nope"),
+            ("scheduled_for", "tomorrow"),
+            ("scheduled_in_secs", "x"),
+            ("tag", "a b"),
+            ("raw", "maybe"),
+        ] {
+            let pairs = vec![(bad.0.to_string(), bad.1.to_string())];
+            assert!(RunOptions::parse(pairs, Utc::now()).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Scripts (SPEC §5): immutable versions addressed by path (the live one) or by hash.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Authed, JsonBody};
+use super::paths::WorkspacePath;
+use super::run_target;
+use super::AppState;
+use crate::auth::Access;
+use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Tag, WorkspaceId};
+use crate::store::scripts::{self, CreateOutcome, NewScript, Script};
+
+#[derive(Deserialize)]
+pub struct ScriptPath {
+    workspace: String,
+    path: String,
+}
+
+#[derive(Deserialize)]
+pub struct HashPath {
+    workspace: String,
+    hash: String,
+}
+
+fn require_writer(access: &Access) -> ApiResult<()> {
+    if access.operator {
+        return Err(ApiError::Forbidden(
+            "operators cannot create or change scripts".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CreateScript {
+    path: String,
+    content: String,
+    language: String,
+    #[serde(default)]
+    summary: String,
+    #[serde(default)]
+    description: String,
+    schema: Option<serde_json::Value>,
+    parent_hash: Option<String>,
+    tag: Option<String>,
+    /// Seconds; the job is killed past it.
+    timeout: Option<i32>,
+    kind: Option<String>,
+}
+
+fn new_version_hash(ws: &WorkspaceId, body: &CreateScript) -> ScriptHash {
+    let mut digest = Sha256::new();
+    for part in [ws.as_str(), &body.path, &body.language, &body.content] {
+        digest.update(part.as_bytes());
+        digest.update([0]);
+    }
+    // Saving the same content twice still makes two versions, so mix in the moment and entropy.
+    digest.update(
+        Utc::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
+            .to_le_bytes(),
+    );
+    digest.update(rand::random::<[u8; 8]>());
+    ScriptHash::from_digest(&digest.finalize())
+}
+
+/// Create a new version; `parent_hash` must name the live version if there is one.
+#[utoipa::path(post, path = "/api/w/{workspace}/scripts/create", tag = "scripts",
+    params(("workspace" = String, Path)), request_body = CreateScript,
+    responses((status = 201, description = "the new version's hash", body = String), (status = 400)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Path(params): Path<WorkspacePath>,
+    authed: Authed,
+    JsonBody(body): JsonBody<CreateScript>,
+) -> ApiResult<(StatusCode, String)> {
+    let (ws, access) = state.access(&authed, &params.workspace).await?;
+    require_writer(&access)?;
+    let path = RunnablePath::parse(&body.path)?;
+    let language: ScriptLang = body.language.parse().map_err(ApiError::BadRequest)?;
+    let parent_hash = body
+        .parent_hash
+        .as_deref()
+        .map(ScriptHash::parse)
+        .transpose()?;
+    let tag = body.tag.as_deref().map(Tag::parse).transpose()?;
+    if let Some(timeout) = body.timeout {
+        if timeout <= 0 {
+            return Err(ApiError::bad_request(
+                "timeout must be a positive number of seconds",
+            ));
+        }
+    }
+    let hash = new_version_hash(&ws, &body);
+    let script = NewScript {
+        hash: hash.clone(),
+        path: path.clone(),
+        parent_hash,
+        content: body.content,
+        language,
+        summary: body.summary,
+        description: body.description,
+        schema: body.schema,
+        tag: tag.map(|t| t.to_string()),
+        timeout: body.timeout,
+        kind: body.kind.unwrap_or_else(|| "script".into()),
+        created_by: access.username.to_string(),
+    };
+    match scripts::create(state.pool(), &ws, &script).await? {
+        CreateOutcome::Created => {}
+        CreateOutcome::PathConflict { live } => {
+            return Err(ApiError::bad_request(format!(
+                "Path conflict for {path}: a live version {live} exists; send its hash as parent_hash to replace it"
+            )))
+        }
+        CreateOutcome::BadParent => {
+            return Err(ApiError::bad_request(format!(
+                "parent_hash does not name the live version at {path}"
+            )))
+        }
+    }
+    run_target::invalidate(&state, &ws, &path).await?;
+    Ok((StatusCode::CREATED, hash.to_string()))
+}
+
+/// The live version at a path (or the newest archived one).
+#[utoipa::path(get, path = "/api/w/{workspace}/scripts/get/p/{*path}", tag = "scripts",
+    params(("workspace" = String, Path), ("path" = String, Path)),
+    responses((status = 200, body = Script), (status = 404)))]
+pub async fn get_by_path(
+    State(state): State<AppState>,
+    Path(params): Path<ScriptPath>,
+    authed: Authed,
+) -> ApiResult<Json<Script>> {
+    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let path = RunnablePath::parse(&params.path)?;
+    scripts::latest_by_path(state.pool(), &ws, &path)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("script not found at path {path}")))
+}
+
+/// One version.
+#[utoipa::path(get, path = "/api/w/{workspace}/scripts/get/h/{hash}", tag = "scripts",
+    params(("workspace" = String, Path), ("hash" = String, Path)),
+    responses((status = 200, body = Script), (status = 404)))]
+pub async fn get_by_hash(
+    State(state): State<AppState>,
+    Path(params): Path<HashPath>,
+    authed: Authed,
+) -> ApiResult<Json<Script>> {
+    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let hash = ScriptHash::parse(&params.hash)?;
+    scripts::by_hash(state.pool(), &ws, &hash)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("script not found with hash {hash}")))
+}
+
+/// Whether a live version exists at the path.
+#[utoipa::path(get, path = "/api/w/{workspace}/scripts/exists/p/{*path}", tag = "scripts",
+    params(("workspace" = String, Path), ("path" = String, Path)),
+    responses((status = 200, body = bool)))]
+pub async fn exists(
+    State(state): State<AppState>,
+    Path(params): Path<ScriptPath>,
+    authed: Authed,
+) -> ApiResult<Json<bool>> {
+    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let path = RunnablePath::parse(&params.path)?;
+    let script = scripts::latest_by_path(state.pool(), &ws, &path).await?;
+    Ok(Json(script.is_some_and(|s| !s.archived)))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HistoryItem {
+    script_hash: String,
+    created_at: DateTime<Utc>,
+    deployment_msg: Option<String>,
+}
+
+/// Every version at a path, newest first.
+#[utoipa::path(get, path = "/api/w/{workspace}/scripts/history/p/{*path}", tag = "scripts",
+    params(("workspace" = String, Path), ("path" = String, Path)),
+    responses((status = 200, body = Vec<HistoryItem>), (status = 404)))]
+pub async fn history(
+    State(state): State<AppState>,
+    Path(params): Path<ScriptPath>,
+    authed: Authed,
+) -> ApiResult<Json<Vec<HistoryItem>>> {
+    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let path = RunnablePath::parse(&params.path)?;
+    let versions = scripts::history(state.pool(), &ws, &path).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "script not found at path {path}"
+        )));
+    }
+    Ok(Json(
+        versions
+            .into_iter()
+            .map(|(script_hash, created_at)| HistoryItem {
+                script_hash,
+                created_at,
+                deployment_msg: None,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only paths starting with this.
+    path_start: Option<String>,
+}
+
+/// The live version of every script.
+#[utoipa::path(get, path = "/api/w/{workspace}/scripts/list", tag = "scripts",
+    params(("workspace" = String, Path), ListQuery),
+    responses((status = 200, body = Vec<Script>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(params): Path<WorkspacePath>,
+    authed: Authed,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Script>>> {
+    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let start = query.path_start.unwrap_or_default();
+    Ok(Json(scripts::list_live(state.pool(), &ws, &start).await?))
+}
+
+async fn change_path(
+    state: &AppState,
+    authed: &Authed,
+    params: &ScriptPath,
+    change: ScriptChange,
+) -> ApiResult<String> {
+    let (ws, access) = state.access(authed, &params.workspace).await?;
+    require_writer(&access)?;
+    let path = RunnablePath::parse(&params.path)?;
+    let touched = match change {
+        ScriptChange::Archive => scripts::archive_path(state.pool(), &ws, &path).await?,
+        ScriptChange::Delete => scripts::delete_path(state.pool(), &ws, &path).await?,
+    };
+    if touched == 0 {
+        return Err(ApiError::not_found(format!(
+            "script not found at path {path}"
+        )));
+    }
+    run_target::invalidate(state, &ws, &path).await?;
+    Ok(path.to_string())
+}
+
+enum ScriptChange {
+    Archive,
+    Delete,
+}
+
+/// Archive every version at a path; hash links keep working.
+#[utoipa::path(post, path = "/api/w/{workspace}/scripts/archive/p/{*path}", tag = "scripts",
+    params(("workspace" = String, Path), ("path" = String, Path)),
+    responses((status = 200), (status = 404)))]
+pub async fn archive(
+    State(state): State<AppState>,
+    Path(params): Path<ScriptPath>,
+    authed: Authed,
+) -> ApiResult<String> {
+    change_path(&state, &authed, &params, ScriptChange::Archive).await
+}
+
+/// Delete every version at a path.
+#[utoipa::path(post, path = "/api/w/{workspace}/scripts/delete/p/{*path}", tag = "scripts",
+    params(("workspace" = String, Path), ("path" = String, Path)),
+    responses((status = 200), (status = 404)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(params): Path<ScriptPath>,
+    authed: Authed,
+) -> ApiResult<String> {
+    change_path(&state, &authed, &params, ScriptChange::Delete).await
+}

@@ -1,0 +1,86 @@
+//! What every handler can reach. Cheap to clone: one `Arc`.
+
+use std::sync::Arc;
+
+use super::run_target::ScriptCache;
+use crate::auth::Authenticator;
+use crate::queue::Bus;
+use crate::store::{JobInserter, Pool};
+
+/// The API's settings, resolved from the configuration once.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub max_body_size: usize,
+    /// `INCLUDE_HEADERS`, lowercased.
+    pub include_headers: Vec<String>,
+    pub base_url: String,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    settings: ApiSettings,
+    pool: Pool,
+    bus: Bus,
+    inserter: JobInserter,
+    auth: Authenticator,
+    scripts: ScriptCache,
+    openapi: utoipa::openapi::OpenApi,
+}
+
+impl AppState {
+    pub fn new(settings: ApiSettings, pool: Pool, bus: Bus, auth: Authenticator) -> Self {
+        Self(Arc::new(Inner {
+            settings,
+            inserter: JobInserter::spawn(pool.clone()),
+            scripts: ScriptCache::new(),
+            openapi: super::openapi_document(),
+            pool,
+            bus,
+            auth,
+        }))
+    }
+
+    pub fn config(&self) -> &ApiSettings {
+        &self.0.settings
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.0.pool
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.0.bus
+    }
+
+    pub fn inserter(&self) -> &JobInserter {
+        &self.0.inserter
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.0.auth
+    }
+
+    pub fn scripts(&self) -> &ScriptCache {
+        &self.0.scripts
+    }
+
+    pub fn openapi(&self) -> &utoipa::openapi::OpenApi {
+        &self.0.openapi
+    }
+}
+
+impl AppState {
+    /// The caller's role in the workspace named by a route: 404 if it does not exist,
+    /// 401 if the caller is not a member.
+    pub async fn access(
+        &self,
+        authed: &super::extract::Authed,
+        ws: &str,
+    ) -> super::error::ApiResult<(crate::domain::WorkspaceId, crate::auth::Access)> {
+        let ws = crate::domain::WorkspaceId::parse(ws)?;
+        let access = self.auth().access(&authed.0, &ws).await?;
+        Ok((ws, access))
+    }
+}

@@ -1,0 +1,280 @@
+//! Bootstrapping identity: workspaces, users, members and tokens (SPEC §4).
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+use argon2::Argon2;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Authed, JsonBody};
+use super::paths::WorkspacePath;
+use super::AppState;
+use crate::auth::{token, Principal};
+use crate::domain::{Username, WorkspaceId};
+use crate::store::tokens::NewToken;
+use crate::store::workspaces::{AddMember, Membership};
+use crate::store::{self, users::User};
+
+fn require_superadmin(principal: &Principal) -> ApiResult<()> {
+    if principal.super_admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("only a superadmin may do this".into()))
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CreateWorkspace {
+    id: String,
+    name: String,
+}
+
+/// Create a workspace; its creator becomes its first admin.
+#[utoipa::path(post, path = "/api/workspaces/create", tag = "workspaces", request_body = CreateWorkspace,
+    responses((status = 201, body = String), (status = 400), (status = 409)))]
+pub async fn create_workspace(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    JsonBody(body): JsonBody<CreateWorkspace>,
+) -> ApiResult<(StatusCode, String)> {
+    if principal.scopes.is_some() {
+        return Err(ApiError::Forbidden(
+            "a scoped token cannot create workspaces".into(),
+        ));
+    }
+    let id = WorkspaceId::parse(&body.id)?;
+    // The superadmin secret is nobody in particular: it creates workspaces without joining them.
+    let creator = store::users::get(state.pool(), &principal.email).await?;
+    let username = Username::from_email(&principal.email);
+    let admin = creator.as_ref().map(|u| (u.email.as_str(), &username));
+    if !store::workspaces::create(state.pool(), &id, &body.name, &principal.email, admin).await? {
+        return Err(ApiError::Conflict(format!("workspace {id} already exists")));
+    }
+    Ok((StatusCode::CREATED, id.to_string()))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CreateUser {
+    email: String,
+    password: Option<String>,
+    #[serde(default)]
+    super_admin: bool,
+    name: Option<String>,
+}
+
+fn hash_password(password: &str) -> ApiResult<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal {
+            context: "password hashing failed",
+            detail: e.to_string(),
+        })
+}
+
+/// Create a user (superadmin only).
+#[utoipa::path(post, path = "/api/users/create", tag = "users", request_body = CreateUser,
+    responses((status = 201, body = String), (status = 403), (status = 409)))]
+pub async fn create_user(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    JsonBody(body): JsonBody<CreateUser>,
+) -> ApiResult<(StatusCode, String)> {
+    require_superadmin(&principal)?;
+    let email = body.email.trim().to_owned();
+    if !email.contains('@') || email.len() > 255 {
+        return Err(ApiError::bad_request(format!("invalid email {email:?}")));
+    }
+    let password_hash = body.password.as_deref().map(hash_password).transpose()?;
+    let user = User {
+        email: email.clone(),
+        name: body.name,
+        super_admin: body.super_admin,
+    };
+    if !store::users::create(state.pool(), &user, password_hash.as_deref()).await? {
+        return Err(ApiError::Conflict(format!("user {email} already exists")));
+    }
+    Ok((StatusCode::CREATED, email))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct AddUser {
+    email: String,
+    username: String,
+    #[serde(default)]
+    is_admin: bool,
+    #[serde(default)]
+    operator: bool,
+}
+
+/// Add an existing user to the workspace (workspace admins).
+#[utoipa::path(post, path = "/api/w/{workspace}/workspaces/add_user", tag = "workspaces",
+    params(("workspace" = String, Path)), request_body = AddUser,
+    responses((status = 201, body = String), (status = 403), (status = 404), (status = 409)))]
+pub async fn add_user(
+    State(state): State<AppState>,
+    Path(params): Path<WorkspacePath>,
+    authed: Authed,
+    JsonBody(body): JsonBody<AddUser>,
+) -> ApiResult<(StatusCode, String)> {
+    let (ws, access) = state.access(&authed, &params.workspace).await?;
+    if !access.is_admin {
+        return Err(ApiError::Forbidden(
+            "only workspace admins may add users".into(),
+        ));
+    }
+    let member = Membership {
+        username: Username::parse(&body.username)?,
+        is_admin: body.is_admin,
+        operator: body.operator && !body.is_admin,
+    };
+    match store::workspaces::add_member(state.pool(), &ws, &body.email, &member).await {
+        Ok(AddMember::Added) => {}
+        Ok(AddMember::UnknownUser) => {
+            return Err(ApiError::not_found(format!(
+                "user {} not found",
+                body.email
+            )))
+        }
+        Ok(AddMember::AlreadyMember) => {
+            return Err(ApiError::Conflict(format!(
+                "{} is already a member of {ws}",
+                body.email
+            )))
+        }
+        Err(e) if e.is_unique_violation() => {
+            return Err(ApiError::Conflict(format!(
+                "username {} is taken in {ws}",
+                member.username
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state.auth().forget_member(&ws, &body.email);
+    Ok((StatusCode::CREATED, member.username.to_string()))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CreateToken {
+    label: Option<String>,
+    expiration: Option<DateTime<Utc>>,
+    scopes: Option<Vec<String>>,
+    workspace_id: Option<String>,
+    /// Only for `impersonate`: whose token to make.
+    impersonate_email: Option<String>,
+}
+
+async fn issue_token(
+    state: &AppState,
+    email: &str,
+    body: &CreateToken,
+) -> ApiResult<(StatusCode, String)> {
+    if let Some(at) = body.expiration {
+        if at <= Utc::now() {
+            return Err(ApiError::bad_request("expiration is in the past"));
+        }
+    }
+    let workspace = body
+        .workspace_id
+        .as_deref()
+        .map(WorkspaceId::parse)
+        .transpose()?;
+    if let Some(ws) = &workspace {
+        if !store::workspaces::exists(state.pool(), ws).await? {
+            return Err(ApiError::not_found(format!("workspace {ws} not found")));
+        }
+    }
+    let secret = token::generate();
+    let hash = token::hash(&secret);
+    store::tokens::insert(
+        state.pool(),
+        &NewToken {
+            hash: &hash,
+            prefix: token::prefix(&secret),
+            email,
+            label: body.label.as_deref(),
+            scopes: body.scopes.as_deref(),
+            workspace_id: workspace.as_ref().map(WorkspaceId::as_str),
+            expiration: body.expiration,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, secret))
+}
+
+/// Create a token for the caller; it is shown once.
+#[utoipa::path(post, path = "/api/users/tokens/create", tag = "tokens", request_body = CreateToken,
+    responses((status = 201, description = "the token", body = String), (status = 400)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> ApiResult<(StatusCode, String)> {
+    if principal.scopes.is_some() {
+        return Err(ApiError::Forbidden(
+            "a scoped token cannot create tokens".into(),
+        ));
+    }
+    if store::users::get(state.pool(), &principal.email)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::bad_request(
+            "this credential belongs to no user; create a user and impersonate it",
+        ));
+    }
+    issue_token(&state, &principal.email, &body).await
+}
+
+/// Create a token for another user (superadmin only).
+#[utoipa::path(post, path = "/api/users/tokens/impersonate", tag = "tokens", request_body = CreateToken,
+    responses((status = 201, description = "the token", body = String), (status = 403), (status = 404)))]
+pub async fn impersonate(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> ApiResult<(StatusCode, String)> {
+    require_superadmin(&principal)?;
+    let email = body
+        .impersonate_email
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("impersonate_email is required"))?;
+    if store::users::get(state.pool(), &email).await?.is_none() {
+        return Err(ApiError::not_found(format!("user {email} not found")));
+    }
+    issue_token(&state, &email, &body).await
+}
+
+/// The caller.
+#[utoipa::path(get, path = "/api/users/whoami", tag = "users",
+    responses((status = 200, description = "{email, username, super_admin}")))]
+pub async fn whoami(Authed(principal): Authed) -> Json<Value> {
+    Json(json!({
+        "email": principal.email,
+        "username": Username::from_email(&principal.email),
+        "super_admin": principal.super_admin,
+    }))
+}
+
+/// The caller in a workspace.
+#[utoipa::path(get, path = "/api/w/{workspace}/users/whoami", tag = "users",
+    params(("workspace" = String, Path)),
+    responses((status = 200, description = "{email, username, is_admin, operator}")))]
+pub async fn workspace_whoami(
+    State(state): State<AppState>,
+    Path(params): Path<WorkspacePath>,
+    authed: Authed,
+) -> ApiResult<Json<Value>> {
+    let (_, access) = state.access(&authed, &params.workspace).await?;
+    Ok(Json(json!({
+        "email": access.principal.email,
+        "username": access.username,
+        "is_admin": access.is_admin,
+        "operator": access.operator,
+    })))
+}

@@ -1,0 +1,218 @@
+//! The one place where the pieces are wired: each subcommand builds its store, bus and services
+//! here, so `main`, `dev` and the tests share one code path.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiSettings, AppState};
+use crate::auth::Authenticator;
+use crate::config::{
+    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, WorkerConfig,
+};
+use crate::domain::Tag;
+use crate::queue::setup::{self, QueueLayout};
+use crate::queue::Bus;
+use crate::store::{self, Pool};
+use crate::worker::{ExecSettings, Runtimes, Worker};
+
+pub fn layout(nats: &NatsConfig) -> QueueLayout {
+    QueueLayout {
+        stream_replicas: nats.stream_replicas,
+        ack_wait: nats.ack_wait,
+    }
+}
+
+pub fn parse_tags(raw: &[String]) -> anyhow::Result<Vec<Tag>> {
+    let tags = raw
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .map(Tag::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(!tags.is_empty(), "WORKER_TAGS names no tag");
+    Ok(tags)
+}
+
+/// Connects to PostgreSQL, retrying while it starts (a pod may come up before its database).
+pub async fn connect_store(config: &DatabaseConfig) -> anyhow::Result<Pool> {
+    let pool = store::connect(config).await.context("PostgreSQL")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let reachable = pool.get().await.map(drop);
+        match reachable {
+            Ok(()) => return Ok(pool),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "waiting for PostgreSQL");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("PostgreSQL unreachable: {e}")),
+        }
+    }
+}
+
+/// `millrace migrate`: the schema, then the streams and consumers.
+pub async fn migrate(db: &DatabaseConfig, nats: &NatsConfig, tags: &[Tag]) -> anyhow::Result<()> {
+    let pool = connect_store(db).await?;
+    let applied = store::migrate::run(&pool).await.context("migrations")?;
+    tracing::info!(?applied, "database schema is current");
+    let bus = Bus::connect(nats, "millrace-migrate").await?;
+    setup::declare_all(&bus, tags, &layout(nats)).await?;
+    bus.flush().await?;
+    tracing::info!("NATS streams and consumers declared");
+    Ok(())
+}
+
+/// A bound, not yet serving API.
+pub struct ApiServer {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl ApiServer {
+    pub async fn build(
+        db: &DatabaseConfig,
+        nats: &NatsConfig,
+        http: &HttpConfig,
+        urls: &PublicUrls,
+        auth: &AuthConfig,
+    ) -> anyhow::Result<Self> {
+        let pool = connect_store(db).await?;
+        let bus = Bus::connect(nats, "millrace-api").await?;
+        let job_key = store::settings::job_token_key(&pool).await?;
+        let secret = auth
+            .superadmin_secret
+            .as_ref()
+            .map(|s| s.expose().to_owned());
+        let authenticator = Authenticator::new(pool.clone(), secret.as_deref(), job_key);
+        let settings = ApiSettings {
+            max_body_size: http.max_body_size,
+            include_headers: http
+                .include_headers
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            base_url: urls.base_url.clone(),
+        };
+        let state = AppState::new(settings, pool, bus, authenticator);
+        let listener = TcpListener::bind(http.bind_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", http.bind_addr))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let invalidations = state.bus().invalidations().await?;
+        let listener_state = state.clone();
+        let watcher = tokio::spawn(async move {
+            use futures::StreamExt;
+            futures::pin_mut!(invalidations);
+            while let Some(message) = invalidations.next().await {
+                listener_state.scripts().forget(&message);
+            }
+        });
+        tracing::info!(addr = %self.local_addr(), "API listening");
+        let served = axum::serve(self.listener, api::router(state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        watcher.abort();
+        served.context("HTTP server")
+    }
+}
+
+pub async fn build_worker(
+    db: &DatabaseConfig,
+    nats: &NatsConfig,
+    config: &WorkerConfig,
+    urls: &PublicUrls,
+    jobs: &JobDefaults,
+) -> anyhow::Result<(Worker, Pool, Bus)> {
+    let pool = connect_store(db).await?;
+    let bus = Bus::connect(nats, "millrace-worker").await?;
+    let job_key = store::settings::job_token_key(&pool).await?;
+    let name = config.name.clone().unwrap_or_else(default_worker_name);
+    let settings = ExecSettings {
+        worker_name: name,
+        base_url: urls.base_url.clone(),
+        base_internal_url: urls.internal().to_owned(),
+        default_timeout: jobs.timeout,
+        max_attempts: jobs.max_attempts,
+        max_log_size: config.max_log_size,
+        ack_wait: nats.ack_wait,
+    };
+    let worker = Worker::new(
+        settings,
+        pool.clone(),
+        bus.clone(),
+        Runtimes::new(config),
+        job_key,
+        parse_tags(&config.tags)?,
+        config.slots,
+    );
+    Ok((worker, pool, bus))
+}
+
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The worker's `/healthz` and `/readyz`.
+pub async fn serve_worker_health(
+    addr: SocketAddr,
+    pool: Pool,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let ready = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (pool, bus) = (pool.clone(), bus.clone());
+                async move {
+                    match crate::health::readiness(&pool, &bus).await {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+                    }
+                }
+            }),
+        );
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    axum::serve(listener, ready)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("worker health server")
+}
+
+/// Fires on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down");
+        fire.cancel();
+    });
+    token
+}

@@ -1,0 +1,234 @@
+//! All configuration, parsed once from the environment (or flags) by clap. Every setting has
+//! an environment variable and a default, so `--help` is the reference. Secrets are wrapped in
+//! [`Secret`] so that no `Debug` or log line can print them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Seconds as a `Duration`, the unit of every timeout variable.
+pub fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("expected a whole number of seconds: {e}"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL (holds the password: never logged).
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/millrace",
+        hide_default_value = false
+    )]
+    pub url: Secret,
+
+    /// Connections in the PostgreSQL pool of each process.
+    #[arg(
+        long = "database-pool-size",
+        env = "DATABASE_POOL_SIZE",
+        default_value_t = 16
+    )]
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsConfig {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+
+    /// Replicas of the JetStream streams (3 with a clustered NATS).
+    #[arg(
+        long = "nats-stream-replicas",
+        env = "NATS_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
+    pub stream_replicas: usize,
+
+    /// Seconds a worker may hold a job without a progress ack before JetStream redelivers it.
+    /// Running jobs send progress acks, so only a dead worker's jobs wait this long.
+    #[arg(long = "job-ack-wait", env = "JOB_ACK_WAIT", default_value = "30", value_parser = seconds)]
+    pub ack_wait: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpConfig {
+    /// Address the API listens on.
+    #[arg(long = "bind-addr", env = "BIND_ADDR", default_value = "0.0.0.0:8000")]
+    pub bind_addr: SocketAddr,
+
+    /// Largest request body in bytes (file parts of multipart bodies excepted) → 413 above it.
+    #[arg(long = "max-body-size", env = "MAX_BODY_SIZE", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_size: usize,
+
+    /// Seconds a sync webhook waits for its job before answering 500 and cancelling it.
+    #[arg(long = "timeout-wait-result", env = "TIMEOUT_WAIT_RESULT", default_value = "600", value_parser = seconds)]
+    pub timeout_wait_result: Duration,
+
+    /// Seconds an SSE stream stays open before a `timeout` frame closes it.
+    #[arg(long = "timeout-sse-stream", env = "TIMEOUT_SSE_STREAM", default_value = "60", value_parser = seconds)]
+    pub timeout_sse_stream: Duration,
+
+    /// HTTP status of a sync webhook whose script failed.
+    #[arg(
+        long = "sync-error-status",
+        env = "SYNC_ERROR_STATUS",
+        default_value_t = 200
+    )]
+    pub sync_error_status: u16,
+
+    /// Request headers copied into every job's arguments (comma-separated; `X-Sign` → `x_sign`).
+    #[arg(long = "include-headers", env = "INCLUDE_HEADERS", default_value = "")]
+    pub include_headers: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// When set, accepted as a bearer token with superadmin rights (bootstraps a new instance).
+    #[arg(long = "superadmin-secret", env = "SUPERADMIN_SECRET")]
+    pub superadmin_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublicUrls {
+    /// Public URL of the API, used in printed examples and as scripts' `WM_BASE_URL`.
+    #[arg(
+        long = "base-url",
+        env = "BASE_URL",
+        default_value = "http://localhost:8000"
+    )]
+    pub base_url: String,
+
+    /// URL scripts use to call back into the API; defaults to BASE_URL.
+    #[arg(long = "base-internal-url", env = "BASE_INTERNAL_URL")]
+    pub base_internal_url: Option<String>,
+}
+
+impl PublicUrls {
+    pub fn internal(&self) -> &str {
+        self.base_internal_url.as_deref().unwrap_or(&self.base_url)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobDefaults {
+    /// Wall-clock limit in seconds of a job whose script sets no `timeout`.
+    #[arg(long = "job-timeout", env = "JOB_TIMEOUT", default_value = "900", value_parser = seconds)]
+    pub timeout: Duration,
+
+    /// Times a job is started before it is failed (a worker died while running it each time).
+    #[arg(
+        long = "job-max-attempts",
+        env = "JOB_MAX_ATTEMPTS",
+        default_value_t = 3
+    )]
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// Worker tags to consume, comma-separated; each is a durable consumer `workers-<tag>`.
+    #[arg(
+        long = "worker-tags",
+        env = "WORKER_TAGS",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub tags: Vec<String>,
+
+    /// Jobs one worker process runs at once.
+    #[arg(long = "worker-slots", env = "WORKER_SLOTS", default_value_t = 8)]
+    pub slots: usize,
+
+    /// Name recorded on the jobs this worker runs (defaults to hostname-pid).
+    #[arg(long = "worker-name", env = "WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Bytes of output kept per job; the rest is cut with a marker.
+    #[arg(long = "max-log-size", env = "MAX_LOG_SIZE", default_value_t = 2 * 1024 * 1024)]
+    pub max_log_size: usize,
+
+    /// Address of the worker's `/healthz` and `/readyz`.
+    #[arg(
+        long = "worker-health-addr",
+        env = "WORKER_HEALTH_ADDR",
+        default_value = "0.0.0.0:8001"
+    )]
+    pub health_addr: SocketAddr,
+
+    /// Python interpreter for `python3` scripts (a venv with `wmill` lets scripts call back).
+    #[arg(
+        long = "worker-python",
+        env = "WORKER_PYTHON",
+        default_value = "/usr/bin/python3"
+    )]
+    pub python: PathBuf,
+
+    /// Bash for `bash` scripts.
+    #[arg(long = "worker-bash", env = "WORKER_BASH", default_value = "/bin/bash")]
+    pub bash: PathBuf,
+
+    /// Bun for `bun` scripts (a bare name is looked up on PATH).
+    #[arg(long = "worker-bun", env = "WORKER_BUN", default_value = "bun")]
+    pub bun: PathBuf,
+
+    /// Deno for `deno` scripts (a bare name is looked up on PATH).
+    #[arg(long = "worker-deno", env = "WORKER_DENO", default_value = "deno")]
+    pub deno: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryConfig {
+    /// Log line format. Levels and targets come from RUST_LOG (default `info`).
+    #[arg(
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,246 @@
+//! `millrace dev`: the whole system in one process for a laptop. Starts `nats-server` and
+//! PostgreSQL under one data directory unless URLs are given, migrates, creates a workspace,
+//! a user with a token and an example script, then serves the API and runs a worker.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::app::{self, ApiServer};
+use crate::auth::token;
+use crate::config::{
+    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, Secret,
+    WorkerConfig,
+};
+use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Username, WorkspaceId};
+use crate::local::{self, LocalNats, LocalPostgres};
+use crate::store::{
+    self, scripts::NewScript, tokens::NewToken, users::User, workspaces::Membership,
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct DevOptions {
+    /// Where `dev` keeps NATS and PostgreSQL data.
+    #[arg(
+        long = "data-dir",
+        env = "MILLRACE_DATA_DIR",
+        default_value = ".millrace"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Use this PostgreSQL instead of starting one.
+    #[arg(long = "database-url", env = "DATABASE_URL")]
+    pub database_url: Option<Secret>,
+
+    /// Use this NATS instead of starting one.
+    #[arg(long = "nats-url", env = "NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// The nats-server binary `dev` starts (2.10 or newer).
+    #[arg(
+        long = "nats-server-bin",
+        env = "NATS_SERVER_BIN",
+        default_value = "nats-server"
+    )]
+    pub nats_server_bin: PathBuf,
+
+    /// Directory of PostgreSQL's initdb and pg_ctl.
+    #[arg(
+        long = "pg-bin-dir",
+        env = "PG_BIN_DIR",
+        default_value = "/usr/lib/postgresql/15/bin"
+    )]
+    pub pg_bin_dir: PathBuf,
+}
+
+/// The services `dev` started; dropping them stops them.
+struct LocalServices {
+    _nats: Option<LocalNats>,
+    _postgres: Option<LocalPostgres>,
+}
+
+fn port_or_free(preferred: u16) -> anyhow::Result<u16> {
+    if std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
+        Ok(preferred)
+    } else {
+        Ok(local::free_port()?)
+    }
+}
+
+/// PostgreSQL refuses to run as root, and the `postgres` user must reach its data directory:
+/// under a home directory it cannot, so the cluster then lives in /var/tmp, linked from here.
+fn postgres_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let wanted = data_dir.join("postgres");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root || wanted.is_symlink() {
+        return Ok(std::fs::canonicalize(&wanted).unwrap_or(wanted));
+    }
+    let digest = token::hash(&data_dir.display().to_string());
+    let outside = PathBuf::from(format!(
+        "/var/tmp/millrace-dev-{}",
+        hex::encode(&digest[..6])
+    ));
+    std::fs::create_dir_all(&outside)?;
+    if !wanted.exists() {
+        std::os::unix::fs::symlink(&outside, &wanted)?;
+    }
+    Ok(outside)
+}
+
+async fn start_services(
+    opts: &DevOptions,
+    db: &mut DatabaseConfig,
+    nats: &mut NatsConfig,
+) -> anyhow::Result<LocalServices> {
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    let local_nats = match &opts.nats_url {
+        Some(url) => {
+            nats.url = url.clone();
+            None
+        }
+        None => {
+            let server = LocalNats::start(
+                &opts.nats_server_bin,
+                &data_dir.join("nats"),
+                port_or_free(4222)?,
+            )
+            .await?;
+            nats.url = server.url();
+            Some(server)
+        }
+    };
+    let local_pg = match &opts.database_url {
+        Some(url) => {
+            db.url = url.clone();
+            None
+        }
+        None => {
+            let server = LocalPostgres::start(
+                &opts.pg_bin_dir,
+                &postgres_dir(&data_dir)?,
+                port_or_free(5432)?,
+            )?;
+            server.create_database("millrace").await?;
+            db.url = Secret::new(server.url("millrace"));
+            Some(server)
+        }
+    };
+    Ok(LocalServices {
+        _nats: local_nats,
+        _postgres: local_pg,
+    })
+}
+
+const EXAMPLE_PATH: &str = "u/admin/hello";
+const EXAMPLE_SCRIPT: &str =
+    "def main(name: str = \"world\"):\n    return {\"greeting\": f\"hello {name}\"}\n";
+
+/// A workspace `demo`, a user `admin@millrace.local` in it, a fresh token and an example script.
+async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<String> {
+    let pool = app::connect_store(db).await?;
+    let ws = WorkspaceId::parse("demo")?;
+    let email = "admin@millrace.local";
+    let username = Username::parse("admin")?;
+    let user = User {
+        email: email.into(),
+        name: Some("Admin".into()),
+        super_admin: false,
+    };
+    store::users::create(&pool, &user, None).await?;
+    store::workspaces::create(&pool, &ws, "Demo", email, None).await?;
+    let member = Membership {
+        username,
+        is_admin: true,
+        operator: false,
+    };
+    store::workspaces::add_member(&pool, &ws, email, &member).await?;
+    let secret = token::generate();
+    let hash = token::hash(&secret);
+    store::tokens::insert(
+        &pool,
+        &NewToken {
+            hash: &hash,
+            prefix: token::prefix(&secret),
+            email,
+            label: Some("millrace dev"),
+            scopes: None,
+            workspace_id: None,
+            expiration: None,
+        },
+    )
+    .await?;
+    let path = RunnablePath::parse(EXAMPLE_PATH)?;
+    if store::scripts::latest_by_path(&pool, &ws, &path)
+        .await?
+        .is_none()
+    {
+        let script = NewScript {
+            hash: ScriptHash::from_digest(&token::hash(EXAMPLE_SCRIPT)),
+            path,
+            parent_hash: None,
+            content: EXAMPLE_SCRIPT.into(),
+            language: ScriptLang::Python3,
+            summary: "Says hello".into(),
+            description: String::new(),
+            schema: None,
+            tag: None,
+            timeout: None,
+            kind: "script".into(),
+            created_by: "admin".into(),
+        };
+        store::scripts::create(&pool, &ws, &script).await?;
+    }
+    Ok(secret)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    opts: DevOptions,
+    mut db: DatabaseConfig,
+    mut nats: NatsConfig,
+    mut http: HttpConfig,
+    mut urls: PublicUrls,
+    auth: AuthConfig,
+    worker: WorkerConfig,
+    jobs: JobDefaults,
+) -> anyhow::Result<()> {
+    let _services = start_services(&opts, &mut db, &mut nats).await?;
+    let tags = app::parse_tags(&worker.tags)?;
+    app::migrate(&db, &nats, &tags).await?;
+    let token = bootstrap(&db).await.context("bootstrap")?;
+    if http.bind_addr.ip().is_unspecified() {
+        http.bind_addr.set_ip([127, 0, 0, 1].into());
+    }
+    let server = ApiServer::build(&db, &nats, &http, &urls, &auth).await?;
+    if urls.base_url == "http://localhost:8000" {
+        urls.base_url = format!("http://{}", server.local_addr());
+    }
+    let shutdown = app::shutdown_on_signal();
+    let (worker, _, _) = app::build_worker(&db, &nats, &worker, &urls, &jobs).await?;
+    let layout = app::layout(&nats);
+    let worker_shutdown = shutdown.clone();
+    let worker_task = tokio::spawn(async move { worker.run(&layout, worker_shutdown).await });
+    print_banner(&urls.base_url, &token);
+    server.run_until(shutdown.clone()).await?;
+    shutdown.cancel();
+    worker_task.await??;
+    Ok(())
+}
+
+fn print_banner(base: &str, token: &str) {
+    println!(
+        "\nMillrace is up at {base}\n\
+         workspace: demo\n\
+         token:     {token}\n\
+         script:    {EXAMPLE_PATH} (python3)\n\n\
+         Call its webhook (async, answers a job id):\n  \
+         curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"name\": \"mill\"}}' {base}/api/w/demo/jobs/run/p/{EXAMPLE_PATH}\n\
+         Read the result:\n  \
+         curl -H \"Authorization: Bearer {token}\" {base}/api/w/demo/jobs_u/completed/get_result/<job id>\n\n\
+         Stop with Ctrl-C.\n"
+    );
+}

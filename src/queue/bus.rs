@@ -1,0 +1,188 @@
+//! One NATS connection per process, shared by every request and job.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::control::{CancelJob, Invalidate};
+use super::envelope::JobEnvelope;
+use super::events::{JobDone, JobEvent};
+use super::subjects::{self, JobReply};
+use super::QueueError;
+use crate::config::NatsConfig;
+use crate::domain::{JobId, Tag};
+
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+fn encode(value: &impl Serialize) -> Bytes {
+    // Our own types always serialise; a failure here is a programming error.
+    Bytes::from(serde_json::to_vec(value).expect("wire types serialise"))
+}
+
+fn msg_id_header(id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    headers
+}
+
+impl Bus {
+    pub async fn connect(config: &NatsConfig, name: &str) -> Result<Self, QueueError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| QueueError::Connect(e.to_string()))?;
+        // Wait (bounded) for the first connection so callers start with a working bus.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() > deadline {
+                return Err(QueueError::Connect(format!(
+                    "no answer from {}",
+                    config.url
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js })
+    }
+
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Publishes a job and returns once JetStream has stored it.
+    pub async fn publish_job(&self, tag: &Tag, envelope: &JobEnvelope) -> Result<(), QueueError> {
+        let ack = self
+            .js
+            .publish_with_headers(
+                subjects::jobs(tag),
+                msg_id_header(&envelope.id.to_string()),
+                encode(envelope),
+            )
+            .await
+            .map_err(QueueError::publish)?;
+        ack.await.map_err(QueueError::publish)?;
+        Ok(())
+    }
+
+    /// Publishes an event and waits for JetStream to store it.
+    pub async fn publish_event(&self, event: &JobEvent) -> Result<(), QueueError> {
+        let ack = self
+            .js
+            .publish_with_headers(
+                subjects::job_event(&event.workspace, event.kind.as_str()),
+                msg_id_header(&event.msg_id()),
+                encode(event),
+            )
+            .await
+            .map_err(QueueError::publish)?;
+        ack.await.map_err(QueueError::publish)?;
+        Ok(())
+    }
+
+    /// Publishes an event without holding the caller up; a failure is logged.
+    pub fn spawn_event(&self, event: JobEvent) {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish_event(&event).await {
+                tracing::warn!(job = %event.id, kind = event.kind.as_str(), error = %e, "event not published");
+            }
+        });
+    }
+
+    pub async fn publish_reply(
+        &self,
+        id: JobId,
+        reply: JobReply,
+        payload: Bytes,
+    ) -> Result<(), QueueError> {
+        self.client
+            .publish(subjects::job_reply(id, reply), payload)
+            .await
+            .map_err(QueueError::publish)
+    }
+
+    pub async fn publish_done(&self, done: &JobDone) -> Result<(), QueueError> {
+        self.publish_reply(done.id, JobReply::Done, encode(done))
+            .await?;
+        // Flush so a waiting sync caller hears it before we ack and move on.
+        self.client.flush().await.map_err(QueueError::publish)
+    }
+
+    pub async fn publish_cancel(&self, cancel: &CancelJob) -> Result<(), QueueError> {
+        self.client
+            .publish(subjects::cancel(cancel.id), encode(cancel))
+            .await
+            .map_err(QueueError::publish)?;
+        self.client.flush().await.map_err(QueueError::publish)
+    }
+
+    pub async fn publish_invalidate(&self, invalidate: &Invalidate) -> Result<(), QueueError> {
+        self.client
+            .publish(subjects::INVALIDATE, encode(invalidate))
+            .await
+            .map_err(QueueError::publish)
+    }
+
+    /// Decoded messages of a core subject; undecodable ones are logged and skipped.
+    pub async fn subscribe<T: DeserializeOwned>(
+        &self,
+        subject: String,
+    ) -> Result<impl Stream<Item = T> + Send + 'static, QueueError> {
+        let subscriber = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(QueueError::request)?;
+        Ok(subscriber.filter_map(|msg| async move {
+            match serde_json::from_slice(&msg.payload) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, error = %e, "undecodable control message");
+                    None
+                }
+            }
+        }))
+    }
+
+    pub async fn cancels(
+        &self,
+    ) -> Result<impl Stream<Item = CancelJob> + Send + 'static, QueueError> {
+        self.subscribe(subjects::CANCEL_ALL.to_owned()).await
+    }
+
+    pub async fn invalidations(
+        &self,
+    ) -> Result<impl Stream<Item = Invalidate> + Send + 'static, QueueError> {
+        self.subscribe(subjects::INVALIDATE.to_owned()).await
+    }
+
+    /// Round trip to the server: used by readiness checks.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+            .await
+            .map_err(|_| QueueError::Request("NATS did not answer within 2s".into()))?
+            .map_err(QueueError::request)
+    }
+
+    /// Waits until every message published so far has left this process.
+    pub async fn flush(&self) -> Result<(), QueueError> {
+        self.client.flush().await.map_err(QueueError::request)
+    }
+}

@@ -1,0 +1,48 @@
+//! Every subject and stream name Millrace uses (DESIGN.md, "NATS layout").
+
+use crate::domain::{JobId, Tag};
+
+pub const JOBS_STREAM: &str = "MILLRACE_JOBS";
+pub const EVENTS_STREAM: &str = "MILLRACE_EVENTS";
+
+/// Where jobs for workers of `tag` are published.
+pub fn jobs(tag: &Tag) -> String {
+    format!("millrace.jobs.{tag}")
+}
+
+/// The durable consumer shared by every worker of `tag`.
+pub fn worker_consumer(tag: &Tag) -> String {
+    format!("workers-{tag}")
+}
+
+/// Live, per-job subjects the sync and SSE endpoints listen on.
+#[derive(Debug, Clone, Copy)]
+pub enum JobReply {
+    Started,
+    Log,
+    Stream,
+    Done,
+}
+
+pub fn job_reply(id: JobId, reply: JobReply) -> String {
+    let suffix = match reply {
+        JobReply::Started => "started",
+        JobReply::Log => "log",
+        JobReply::Stream => "stream",
+        JobReply::Done => "done",
+    };
+    format!("millrace.job.{id}.{suffix}")
+}
+
+/// `millrace.events.<ws>.job.<kind>`.
+pub fn job_event(workspace: &str, kind: &str) -> String {
+    format!("millrace.events.{workspace}.job.{kind}")
+}
+
+pub const CANCEL_ALL: &str = "millrace.control.cancel.*";
+
+pub fn cancel(id: JobId) -> String {
+    format!("millrace.control.cancel.{id}")
+}
+
+pub const INVALIDATE: &str = "millrace.control.invalidate";

@@ -1,0 +1,330 @@
+//! The job history: one row per job, written by the API (queued, canceled while queued)
+//! and by workers (running, completed).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::domain::{JobId, JobStatus, WorkspaceId};
+
+use super::{Pool, StoreError};
+
+/// A job as the API shows it (SPEC §2): every field present, null when it does not apply.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub workspace_id: String,
+    /// `QueuedJob` until the job completes, then `CompletedJob`.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub job_kind: String,
+    pub script_path: Option<String>,
+    pub script_hash: Option<String>,
+    pub flow_version: Option<i64>,
+    pub args: Value,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub running: bool,
+    pub success: Option<bool>,
+    pub canceled: bool,
+    pub canceled_by: Option<String>,
+    pub canceled_reason: Option<String>,
+    pub result: Option<Value>,
+    pub logs: Option<String>,
+    pub language: Option<String>,
+    pub tag: String,
+    pub worker: Option<String>,
+    pub attempts: i32,
+    pub flow_status: Option<Value>,
+    #[serde(skip)]
+    pub status: JobStatus,
+    #[serde(skip)]
+    pub permissioned_as: String,
+}
+
+const COLUMNS: &str = "id, workspace_id, job_kind, script_path, script_hash, flow_version, args, \
+    created_by, created_at, scheduled_for, started_at, completed_at, duration_ms, status, \
+    canceled_by, canceled_reason, result, logs, language, tag, worker, attempts, flow_status, \
+    permissioned_as";
+
+fn from_row(row: &Row) -> JobRecord {
+    let status = JobStatus::parse(row.get(13)).unwrap_or(JobStatus::Failure);
+    JobRecord {
+        id: row.get(0),
+        workspace_id: row.get(1),
+        type_: if status.is_completed() {
+            "CompletedJob"
+        } else {
+            "QueuedJob"
+        },
+        job_kind: row.get(2),
+        script_path: row.get(3),
+        script_hash: row.get(4),
+        flow_version: row.get(5),
+        args: row.get(6),
+        created_by: row.get(7),
+        created_at: row.get(8),
+        scheduled_for: row.get(9),
+        started_at: row.get(10),
+        completed_at: row.get(11),
+        duration_ms: row.get(12),
+        running: status == JobStatus::Running,
+        success: status.success(),
+        canceled: status == JobStatus::Canceled,
+        canceled_by: row.get(14),
+        canceled_reason: row.get(15),
+        result: row.get(16),
+        logs: row.get(17),
+        language: row.get(18),
+        tag: row.get(19),
+        worker: row.get(20),
+        attempts: row.get(21),
+        flow_status: row.get(22),
+        status,
+        permissioned_as: row.get(23),
+    }
+}
+
+pub async fn get(
+    pool: &Pool,
+    ws: &WorkspaceId,
+    id: JobId,
+) -> Result<Option<JobRecord>, StoreError> {
+    let conn = pool.get().await?;
+    let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND workspace_id = $2");
+    let row = conn.query_opt(&sql, &[&id, &ws.as_str()]).await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+/// Filters of the Runs list (SPEC §2), already parsed.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub script_path_exact: Option<String>,
+    pub script_hash: Option<String>,
+    pub job_kinds: Option<Vec<String>>,
+    pub success: Option<bool>,
+    pub running: Option<bool>,
+    pub created_by: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub include_flow_steps: bool,
+    pub per_page: i64,
+    pub page: i64,
+}
+
+pub async fn list(
+    pool: &Pool,
+    ws: &WorkspaceId,
+    filter: &ListFilter,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let conn = pool.get().await?;
+    // Each optional filter is a `$n IS NULL OR …` clause, so one prepared statement serves all.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs WHERE workspace_id = $1
+           AND ($2::text IS NULL OR script_path = $2)
+           AND ($3::text IS NULL OR script_hash = $3)
+           AND ($4::text[] IS NULL OR job_kind = ANY($4))
+           AND ($5::bool IS NULL OR (CASE WHEN $5 THEN status = 'success'
+                                          ELSE status IN ('failure', 'canceled') END))
+           AND ($6::bool IS NULL OR ((status = 'running') = $6))
+           AND ($7::text IS NULL OR created_by = $7)
+           AND ($8::timestamptz IS NULL OR created_at > $8)
+           AND ($9::timestamptz IS NULL OR created_at < $9)
+           AND ($10 OR parent_job IS NULL OR job_kind <> 'script')
+         ORDER BY created_at DESC, id DESC
+         LIMIT $11 OFFSET $12"
+    );
+    let offset = (filter.page - 1) * filter.per_page;
+    let rows = conn
+        .query(
+            &sql,
+            &[
+                &ws.as_str(),
+                &filter.script_path_exact,
+                &filter.script_hash,
+                &filter.job_kinds,
+                &filter.success,
+                &filter.running,
+                &filter.created_by,
+                &filter.created_after,
+                &filter.created_before,
+                &filter.include_flow_steps,
+                &filter.per_page,
+                &offset,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// What a worker needs to run a job it has just marked running.
+#[derive(Debug, Clone)]
+pub struct StartedJob {
+    pub args: Value,
+    pub attempts: i32,
+    pub cancel_requested: bool,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Marks the job running on `worker`, counting the attempt. `None` when the job is already
+/// completed (cancelled while queued, or finished by an earlier delivery): skip it.
+pub async fn start(pool: &Pool, id: JobId, worker: &str) -> Result<Option<StartedJob>, StoreError> {
+    let conn = pool.get().await?;
+    let row = conn
+        .query_opt(
+            "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
+                             attempts = attempts + 1
+             WHERE id = $1 AND status IN ('queued', 'running')
+             RETURNING args, attempts, cancel_requested, started_at",
+            &[&id, &worker],
+        )
+        .await?;
+    Ok(row.map(|row| StartedJob {
+        args: row.get(0),
+        attempts: row.get(1),
+        cancel_requested: row.get(2),
+        started_at: row.get(3),
+    }))
+}
+
+/// How a job ended, as the worker (or a cancel) records it.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub status: JobStatus,
+    pub result: Value,
+    pub logs: String,
+    pub duration_ms: Option<i64>,
+    pub canceled_by: Option<String>,
+    pub canceled_reason: Option<String>,
+}
+
+/// Records the end of a running job. Returns the completed record, or `None` if the job was
+/// already completed (a duplicate delivery finishing second).
+pub async fn complete(
+    pool: &Pool,
+    id: JobId,
+    completion: &Completion,
+) -> Result<Option<JobRecord>, StoreError> {
+    let conn = pool.get().await?;
+    let sql = format!(
+        "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5,
+                         completed_at = now(),
+                         canceled_by = COALESCE($6, canceled_by),
+                         canceled_reason = COALESCE($7, canceled_reason)
+         WHERE id = $1 AND status IN ('queued', 'running')
+         RETURNING {COLUMNS}"
+    );
+    let row = conn
+        .query_opt(
+            &sql,
+            &[
+                &id,
+                &completion.status.as_str(),
+                &completion.result,
+                &completion.logs,
+                &completion.duration_ms,
+                &completion.canceled_by,
+                &completion.canceled_reason,
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+/// What a cancel request found.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The job was queued: it is now completed as cancelled and will never start.
+    CanceledQueued(Box<JobRecord>),
+    /// The job is running: the flag is set and the worker holding it must kill it.
+    Requested,
+    AlreadyCompleted,
+    NotFound,
+}
+
+pub async fn cancel(
+    pool: &Pool,
+    ws: &WorkspaceId,
+    id: JobId,
+    canceled_by: &str,
+    reason: Option<&str>,
+    result: &Value,
+) -> Result<CancelOutcome, StoreError> {
+    let conn = pool.get().await?;
+    let sql = format!(
+        "UPDATE jobs SET status = 'canceled', canceled_by = $3, canceled_reason = $4,
+                         result = $5, completed_at = now(), logs = ''
+         WHERE id = $1 AND workspace_id = $2 AND status = 'queued'
+         RETURNING {COLUMNS}"
+    );
+    if let Some(row) = conn
+        .query_opt(&sql, &[&id, &ws.as_str(), &canceled_by, &reason, result])
+        .await?
+    {
+        return Ok(CancelOutcome::CanceledQueued(Box::new(from_row(&row))));
+    }
+    let requested = conn
+        .execute(
+            "UPDATE jobs SET cancel_requested = true, canceled_by = $3, canceled_reason = $4
+             WHERE id = $1 AND workspace_id = $2 AND status = 'running'",
+            &[&id, &ws.as_str(), &canceled_by, &reason],
+        )
+        .await?;
+    if requested == 1 {
+        return Ok(CancelOutcome::Requested);
+    }
+    let exists = conn
+        .query_opt(
+            "SELECT 1 FROM jobs WHERE id = $1 AND workspace_id = $2",
+            &[&id, &ws.as_str()],
+        )
+        .await?;
+    Ok(if exists.is_some() {
+        CancelOutcome::AlreadyCompleted
+    } else {
+        CancelOutcome::NotFound
+    })
+}
+
+/// Who cancelled a running job and why, read by the worker that kills it.
+pub async fn cancel_request(
+    pool: &Pool,
+    id: JobId,
+) -> Result<Option<(Option<String>, Option<String>)>, StoreError> {
+    let conn = pool.get().await?;
+    let row = conn
+        .query_opt(
+            "SELECT canceled_by, canceled_reason FROM jobs WHERE id = $1 AND cancel_requested",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+/// Saves the output so far of a running job, so `get_logs` shows progress.
+pub async fn save_logs(pool: &Pool, id: JobId, logs: &str) -> Result<(), StoreError> {
+    let conn = pool.get().await?;
+    conn.execute(
+        "UPDATE jobs SET logs = $2 WHERE id = $1 AND status = 'running'",
+        &[&id, &logs],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes a job that was recorded but could not be published, so it is not left queued.
+pub async fn forget_unpublished(pool: &Pool, id: JobId) -> Result<(), StoreError> {
+    let conn = pool.get().await?;
+    conn.execute(
+        "DELETE FROM jobs WHERE id = $1 AND status = 'queued'",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! PostgreSQL: the only module that talks to the database. One file per table family;
+//! every query lives next to the row type it reads.
+
+mod job_inserter;
+pub mod jobs;
+pub mod migrate;
+pub mod scripts;
+pub mod settings;
+pub mod tokens;
+pub mod users;
+pub mod workspaces;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseConfig;
+
+pub use job_inserter::{InsertOutcome, JobInserter, NewJobRow};
+
+pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+pub type Conn<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<NoTls>>;
+
+/// A failure of the database itself. Callers turn it into a 500/503 without showing its text.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[from] bb8::RunError<tokio_postgres::Error>),
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("invalid database URL: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// True for a unique-constraint violation (the caller usually maps it to 409).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Query(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
+    }
+}
+
+pub async fn connect(config: &DatabaseConfig) -> Result<Pool, StoreError> {
+    let pg_config: tokio_postgres::Config = config
+        .url
+        .expose()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+    let manager = PostgresConnectionManager::new(pg_config, NoTls);
+    let pool = bb8::Pool::builder()
+        .max_size(config.pool_size)
+        .connection_timeout(std::time::Duration::from_secs(10))
+        .build(manager)
+        .await?;
+    Ok(pool)
+}

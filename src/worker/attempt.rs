@@ -1,0 +1,399 @@
+//! One delivery of one job, from "pulled" to "acked": mark it running, run it, record the end,
+//! tell the waiting callers, announce the event — and only then ack, so a completed job is
+//! never lost and an acked job is never unfinished.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::context::WorkerContext;
+use super::process::{self, Ended, LogBuffer};
+use super::runtimes::ScriptError;
+use crate::auth::job_token::{self, JobClaims};
+use crate::domain::{canceled_result, JobStatus};
+use crate::queue::consume::Delivery;
+use crate::queue::envelope::JobEnvelope;
+use crate::queue::events::{JobDone, JobEvent, JobEventKind};
+use crate::queue::subjects::JobReply;
+use crate::store::jobs::{self, Completion};
+use crate::store::StoreError;
+
+/// How the attempt ends for the queue.
+enum Settle {
+    Ack,
+    /// Leave it for redelivery (the store could not record the end).
+    Abandon,
+}
+
+pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery) {
+    let envelope = match &delivery.envelope {
+        Ok(envelope) => envelope.clone(),
+        Err(why) => {
+            tracing::error!(error = %why, "rejecting a message that is not a job");
+            let _ = delivery.reject().await;
+            return;
+        }
+    };
+    if let Some(at) = envelope.scheduled_for {
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            let _ = delivery.retry_after(wait).await;
+            return;
+        }
+    }
+    let id = envelope.id;
+    let settle = run_delivery(&ctx, &delivery, &envelope).await;
+    ctx.unregister(id);
+    match settle {
+        Settle::Ack => {
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(job = %id, error = %e, "ack failed; the job may be delivered again");
+            }
+        }
+        Settle::Abandon => tracing::warn!(job = %id, "left for redelivery"),
+    }
+}
+
+async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEnvelope) -> Settle {
+    let cancel = ctx.register(envelope.id);
+    let started = match retry_store(|| {
+        jobs::start(&ctx.pool, envelope.id, &ctx.settings.worker_name)
+    })
+    .await
+    {
+        Ok(Some(started)) => started,
+        // Completed already: cancelled while queued, or finished by an earlier delivery.
+        Ok(None) => return Settle::Ack,
+        Err(_) => return Settle::Abandon,
+    };
+    if started.attempts > ctx.settings.max_attempts {
+        let error = ScriptError::new(
+            "MaxAttemptsExceeded",
+            format!(
+                "the job was started {} times and its worker stopped each time; giving up",
+                started.attempts - 1
+            ),
+        );
+        return finish(ctx, envelope, Outcome::failed(error), String::new(), None).await;
+    }
+    if started.cancel_requested {
+        let (by, reason) = jobs::cancel_request(&ctx.pool, envelope.id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let outcome = Outcome::canceled(by.unwrap_or_default(), reason);
+        return finish(ctx, envelope, outcome, String::new(), None).await;
+    }
+    if delivery.delivered > 1 {
+        tracing::info!(job = %envelope.id, attempt = started.attempts, "running a redelivered job");
+    }
+    announce_start(ctx, envelope).await;
+
+    let logs = Arc::new(Mutex::new(LogBuffer::new(ctx.settings.max_log_size)));
+    let began = Instant::now();
+    let ended = {
+        let _keepalive = spawn_progress(delivery, ctx.settings.ack_wait);
+        execute(ctx, envelope, &started.args, &cancel, &logs).await
+    };
+    let duration_ms = began.elapsed().as_millis() as i64;
+    let logs = logs.lock().expect("log lock").text().to_owned();
+    let outcome = match ended {
+        Err(error) => Outcome::failed(error),
+        Ok(Err(error)) if error.name == "Canceled" => {
+            let request = ctx.cancel_request(envelope.id);
+            let by = request
+                .as_ref()
+                .map(|r| r.canceled_by.clone())
+                .unwrap_or_default();
+            Outcome::canceled(by, request.and_then(|r| r.reason))
+        }
+        Ok(Err(error)) => Outcome::failed(error),
+        Ok(Ok(result)) => Outcome::succeeded(result),
+    };
+    finish(ctx, envelope, outcome, logs, Some(duration_ms)).await
+}
+
+/// Runs the script; the outer error is a failure before the process could start.
+async fn execute(
+    ctx: &WorkerContext,
+    envelope: &JobEnvelope,
+    args: &Value,
+    cancel: &tokio_util::sync::CancellationToken,
+    logs: &process::SharedLogs,
+) -> Result<Result<Value, ScriptError>, ScriptError> {
+    let (Some(ws), Some(hash)) = (Some(&envelope.workspace), envelope.hash.as_deref()) else {
+        return Err(ScriptError::new(
+            "WorkerError",
+            "the job names no script version",
+        ));
+    };
+    let code = ctx
+        .script(ws, hash)
+        .await
+        .map_err(|e| ScriptError::new("WorkerError", format!("cannot load the script: {e}")))?
+        .ok_or_else(|| {
+            ScriptError::new(
+                "NotFound",
+                format!("script version {hash} no longer exists"),
+            )
+        })?;
+    let dir = tempfile::Builder::new()
+        .prefix("millrace-job-")
+        .tempdir()
+        .map_err(|e| {
+            ScriptError::new(
+                "WorkerError",
+                format!("cannot create the job directory: {e}"),
+            )
+        })?;
+    let empty = Map::new();
+    let args = args.as_object().unwrap_or(&empty);
+    let mut spec = ctx
+        .runtimes
+        .prepare(code.language, &code.content, args, dir.path())?;
+    spec.env.extend(job_env(ctx, envelope, dir.path()));
+    let timeout = envelope
+        .timeout_s
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_secs(t as u64))
+        .unwrap_or(ctx.settings.default_timeout);
+    let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+    let forwarder = spawn_log_forwarder(ctx, envelope.id, lines_rx);
+    let ended = process::run(&spec, dir.path(), timeout, cancel, logs, Some(lines_tx))
+        .await
+        .map_err(|e| {
+            ScriptError::new(
+                "WorkerError",
+                format!("cannot start {}: {e}", spec.program.display()),
+            )
+        });
+    let _ = forwarder.await;
+    let ended = ended?;
+    let text = logs.lock().expect("log lock").text().to_owned();
+    Ok(match ended {
+        Ended::Canceled => Err(ScriptError::new("Canceled", "job canceled")),
+        other => ctx
+            .runtimes
+            .outcome(code.language, &other, dir.path(), &text),
+    })
+}
+
+/// The documented environment of a job (SPEC §5); nothing of the worker's own leaks in.
+fn job_env(
+    ctx: &WorkerContext,
+    envelope: &JobEnvelope,
+    dir: &std::path::Path,
+) -> Vec<(String, String)> {
+    let exp = Utc::now()
+        + chrono::Duration::seconds(envelope.timeout_s.unwrap_or(0) as i64)
+        + chrono::Duration::from_std(ctx.settings.default_timeout).unwrap_or_default()
+        + chrono::Duration::minutes(5);
+    let token = job_token::sign(
+        &ctx.job_key,
+        &JobClaims {
+            job: envelope.id,
+            workspace: envelope.workspace.clone(),
+            email: envelope.permissioned_as.clone(),
+            super_admin: envelope.permissioned_as == crate::auth::SUPERADMIN_EMAIL,
+            scopes: envelope.scopes.clone(),
+            exp,
+        },
+    );
+    let home = dir.display().to_string();
+    vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), home.clone()),
+        ("TMPDIR".into(), home),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("WM_WORKSPACE".into(), envelope.workspace.clone()),
+        ("WM_JOB_ID".into(), envelope.id.to_string()),
+        (
+            "WM_JOB_PATH".into(),
+            envelope.path.clone().unwrap_or_default(),
+        ),
+        ("WM_TOKEN".into(), token),
+        ("WM_USERNAME".into(), envelope.created_by.clone()),
+        ("WM_EMAIL".into(), envelope.permissioned_as.clone()),
+        (
+            "BASE_INTERNAL_URL".into(),
+            ctx.settings.base_internal_url.clone(),
+        ),
+        ("WM_BASE_URL".into(), ctx.settings.base_url.clone()),
+    ]
+}
+
+/// Keeps JetStream from redelivering a job that is still running.
+fn spawn_progress(delivery: &Delivery, ack_wait: Duration) -> impl Drop {
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let every = (ack_wait / 3).max(Duration::from_millis(200));
+    let handle = delivery.progress_handle();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = handle.progress().await {
+                tracing::warn!(error = %e, "progress ack failed");
+            }
+        }
+    }))
+}
+
+/// Publishes output lines live and saves them to the store at most once a second.
+fn spawn_log_forwarder(
+    ctx: &WorkerContext,
+    id: crate::domain::JobId,
+    mut lines: mpsc::UnboundedReceiver<String>,
+) -> tokio::task::JoinHandle<()> {
+    let bus = ctx.bus.clone();
+    let pool = ctx.pool.clone();
+    let limit = ctx.settings.max_log_size;
+    tokio::spawn(async move {
+        let mut saved_at = Instant::now();
+        let mut so_far = String::new();
+        while let Some(chunk) = lines.recv().await {
+            let _ = bus
+                .publish_reply(id, JobReply::Log, chunk.clone().into())
+                .await;
+            if so_far.len() < limit {
+                so_far.push_str(&chunk);
+            }
+            if saved_at.elapsed() > Duration::from_secs(1) {
+                saved_at = Instant::now();
+                let _ = jobs::save_logs(&pool, id, &so_far).await;
+            }
+        }
+    })
+}
+
+async fn announce_start(ctx: &WorkerContext, envelope: &JobEnvelope) {
+    let _ = ctx
+        .bus
+        .publish_reply(envelope.id, JobReply::Started, "{}".into())
+        .await;
+    if let Err(e) = ctx
+        .bus
+        .publish_event(&JobEvent::new(JobEventKind::Started, envelope))
+        .await
+    {
+        tracing::warn!(job = %envelope.id, error = %e, "started event not published");
+    }
+}
+
+/// How a job ended, before it is recorded.
+struct Outcome {
+    status: JobStatus,
+    result: Value,
+    canceled_by: Option<String>,
+    canceled_reason: Option<String>,
+}
+
+impl Outcome {
+    fn succeeded(result: Value) -> Self {
+        Self {
+            status: JobStatus::Success,
+            result,
+            canceled_by: None,
+            canceled_reason: None,
+        }
+    }
+
+    fn failed(error: ScriptError) -> Self {
+        Self {
+            status: JobStatus::Failure,
+            result: error.to_result(),
+            canceled_by: None,
+            canceled_reason: None,
+        }
+    }
+
+    fn canceled(by: String, reason: Option<String>) -> Self {
+        Self {
+            status: JobStatus::Canceled,
+            result: canceled_result(reason.as_deref(), &by),
+            canceled_by: Some(by),
+            canceled_reason: reason,
+        }
+    }
+}
+
+async fn finish(
+    ctx: &WorkerContext,
+    envelope: &JobEnvelope,
+    outcome: Outcome,
+    logs: String,
+    duration_ms: Option<i64>,
+) -> Settle {
+    let completion = Completion {
+        status: outcome.status,
+        result: outcome.result,
+        logs,
+        duration_ms,
+        canceled_by: outcome.canceled_by,
+        canceled_reason: outcome.canceled_reason,
+    };
+    match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
+        Ok(Some(_)) => {}
+        // Another delivery recorded it first: nothing more to announce.
+        Ok(None) => return Settle::Ack,
+        Err(_) => return Settle::Abandon,
+    }
+    let done = JobDone {
+        id: envelope.id,
+        success: completion.status == JobStatus::Success,
+        canceled: completion.status == JobStatus::Canceled,
+        result: completion.result.clone(),
+    };
+    if let Err(e) = ctx.bus.publish_done(&done).await {
+        tracing::warn!(job = %envelope.id, error = %e, "done reply not published");
+    }
+    let kind = match completion.status {
+        JobStatus::Success => JobEventKind::Completed,
+        JobStatus::Canceled => JobEventKind::Canceled,
+        _ => JobEventKind::Failed,
+    };
+    let mut event = JobEvent::new(kind, envelope).with_result(&completion.result);
+    event.success = Some(done.success);
+    event.duration_ms = duration_ms;
+    if !done.success {
+        event.error = completion.result.get("error").cloned();
+    }
+    if let Err(e) = ctx.bus.publish_event(&event).await {
+        tracing::warn!(job = %envelope.id, error = %e, "terminal event not published");
+    }
+    Settle::Ack
+}
+
+/// Retries a store call while the database is unavailable (up to ~30 s), so a short outage
+/// does not turn into a lost or re-run job.
+async fn retry_store<T, F, Fut>(mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "store call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store call failed; giving up");
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What every job attempt of one worker process shares.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::runtimes::Runtimes;
+use crate::domain::{JobId, ScriptHash, ScriptLang, WorkspaceId};
+use crate::queue::control::CancelJob;
+use crate::queue::Bus;
+use crate::store::{self, Pool, StoreError};
+
+/// Settings of job execution, resolved from the configuration once.
+#[derive(Debug, Clone)]
+pub struct ExecSettings {
+    pub worker_name: String,
+    pub base_url: String,
+    pub base_internal_url: String,
+    pub default_timeout: Duration,
+    pub max_attempts: i32,
+    pub max_log_size: usize,
+    pub ack_wait: Duration,
+}
+
+/// A running job's cancel switch, and who pulled it.
+struct Running {
+    token: CancellationToken,
+    request: Option<CancelJob>,
+}
+
+/// The code of a script version: immutable, so cached without expiry.
+#[derive(Debug)]
+pub struct ScriptCode {
+    pub language: ScriptLang,
+    pub content: String,
+}
+
+pub struct WorkerContext {
+    pub settings: ExecSettings,
+    pub pool: Pool,
+    pub bus: Bus,
+    pub runtimes: Runtimes,
+    pub job_key: Vec<u8>,
+    running: Mutex<HashMap<JobId, Running>>,
+    scripts: Mutex<HashMap<(String, String), Arc<ScriptCode>>>,
+}
+
+impl WorkerContext {
+    pub fn new(
+        settings: ExecSettings,
+        pool: Pool,
+        bus: Bus,
+        runtimes: Runtimes,
+        job_key: Vec<u8>,
+    ) -> Self {
+        Self {
+            settings,
+            pool,
+            bus,
+            runtimes,
+            job_key,
+            running: Mutex::new(HashMap::new()),
+            scripts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a job before it is marked running, so no cancel can slip in between.
+    pub fn register(&self, id: JobId) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut running = self.running.lock().expect("running lock");
+        running.insert(
+            id,
+            Running {
+                token: token.clone(),
+                request: None,
+            },
+        );
+        token
+    }
+
+    pub fn unregister(&self, id: JobId) {
+        self.running.lock().expect("running lock").remove(&id);
+    }
+
+    /// A cancel broadcast: kills the job if this worker holds it.
+    pub fn cancel(&self, request: CancelJob) {
+        let mut running = self.running.lock().expect("running lock");
+        if let Some(job) = running.get_mut(&request.id) {
+            tracing::info!(job = %request.id, by = %request.canceled_by, "cancel requested");
+            job.token.cancel();
+            job.request = Some(request);
+        }
+    }
+
+    /// Who cancelled the job, if this worker heard it.
+    pub fn cancel_request(&self, id: JobId) -> Option<CancelJob> {
+        let running = self.running.lock().expect("running lock");
+        running.get(&id).and_then(|job| job.request.clone())
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("running lock").len()
+    }
+
+    pub async fn script(
+        &self,
+        ws: &str,
+        hash: &str,
+    ) -> Result<Option<Arc<ScriptCode>>, StoreError> {
+        let key = (ws.to_owned(), hash.to_owned());
+        if let Some(code) = self.scripts.lock().expect("script lock").get(&key) {
+            return Ok(Some(code.clone()));
+        }
+        let (Ok(ws_id), Ok(hash_id)) = (WorkspaceId::parse(ws), ScriptHash::parse(hash)) else {
+            return Ok(None);
+        };
+        let Some(script) = store::scripts::by_hash(&self.pool, &ws_id, &hash_id).await? else {
+            return Ok(None);
+        };
+        let code = Arc::new(ScriptCode {
+            language: script.language,
+            content: script.content,
+        });
+        self.scripts
+            .lock()
+            .expect("script lock")
+            .insert(key, code.clone());
+        Ok(Some(code))
+    }
+}

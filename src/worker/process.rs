@@ -1,0 +1,227 @@
+//! One job's child process: its own process group, a cleared environment, a wall-clock limit,
+//! capped output, and a kill of the whole group on timeout or cancel.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything needed to start the process.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Output kept so far, shared with the code that publishes progress.
+#[derive(Debug, Default)]
+pub struct LogBuffer {
+    text: String,
+    limit: usize,
+    truncated: bool,
+}
+
+impl LogBuffer {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            text: String::new(),
+            limit,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, chunk: &str) {
+        if self.truncated {
+            return;
+        }
+        let room = self.limit.saturating_sub(self.text.len());
+        if chunk.len() <= room {
+            self.text.push_str(chunk);
+        } else {
+            let mut cut = room;
+            while !chunk.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.text.push_str(&chunk[..cut]);
+            self.text
+                .push_str(&format!("\n[logs truncated at {} bytes]\n", self.limit));
+            self.truncated = true;
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Why the process is no longer running.
+#[derive(Debug)]
+pub enum Ended {
+    Exited(ExitStatus),
+    TimedOut(Duration),
+    Canceled,
+}
+
+pub type SharedLogs = Arc<Mutex<LogBuffer>>;
+
+/// Runs the process in `dir` until it exits, `timeout` passes or `cancel` fires. Output lines
+/// are appended to `logs` and, when `lines` is given, sent there as they come.
+pub async fn run(
+    spec: &ProcessSpec,
+    dir: &Path,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    logs: &SharedLogs,
+    lines: Option<mpsc::UnboundedSender<String>>,
+) -> std::io::Result<Ended> {
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a kill reaches every process the script started.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| read_into(s, logs.clone(), lines.clone()));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| read_into(s, logs.clone(), lines));
+
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status?),
+        _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
+        _ = cancel.cancelled() => Ended::Canceled,
+    };
+    if !matches!(ended, Ended::Exited(_)) {
+        kill_group(pid);
+        let _ = child.wait().await;
+    } else {
+        // Children the script left behind must not outlive the job either.
+        kill_group(pid);
+    }
+    for reader in [stdout, stderr].into_iter().flatten() {
+        // Readers end once every holder of the pipes is gone; bound the wait anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+    }
+    Ok(ended)
+}
+
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+}
+
+fn read_into(
+    mut stream: impl AsyncRead + Unpin + Send + 'static,
+    logs: SharedLogs,
+    lines: Option<mpsc::UnboundedSender<String>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        let mut pending = Vec::new();
+        loop {
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            // Hand over whole lines only, so a multi-byte character is never split.
+            if let Some(last_newline) = pending.iter().rposition(|b| *b == b'\n') {
+                let rest = pending.split_off(last_newline + 1);
+                let chunk = String::from_utf8_lossy(&pending).into_owned();
+                pending = rest;
+                deliver(&logs, &lines, chunk);
+            }
+        }
+        if !pending.is_empty() {
+            deliver(
+                &logs,
+                &lines,
+                String::from_utf8_lossy(&pending).into_owned(),
+            );
+        }
+    })
+}
+
+fn deliver(logs: &SharedLogs, lines: &Option<mpsc::UnboundedSender<String>>, chunk: String) {
+    logs.lock().expect("log lock").push(&chunk);
+    if let Some(lines) = lines {
+        let _ = lines.send(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bash(script: &str) -> ProcessSpec {
+        ProcessSpec {
+            program: "/bin/bash".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn output_is_captured_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Mutex::new(LogBuffer::new(16)));
+        let ended = run(
+            &bash("echo hello; echo world-and-more-text >&2; exit 3"),
+            dir.path(),
+            Duration::from_secs(5),
+            &CancellationToken::new(),
+            &logs,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(ended, Ended::Exited(s) if s.code() == Some(3)));
+        let text = logs.lock().unwrap().text().to_owned();
+        assert!(text.starts_with("hello\n"), "{text}");
+        assert!(text.contains("[logs truncated at 16 bytes]"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let started = std::time::Instant::now();
+        let ended = run(
+            &bash(&script),
+            dir.path(),
+            Duration::from_millis(300),
+            &CancellationToken::new(),
+            &logs,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(ended, Ended::TimedOut(_)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "a grandchild outlived the job");
+    }
+}

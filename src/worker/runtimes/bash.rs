@@ -1,0 +1,78 @@
+//! Bash: `x="$1"` lines name the positional arguments; the result is `./result.json` if the
+//! script wrote it, else the last line of its output.
+
+use std::path::Path;
+use std::process::ExitStatus;
+
+use serde_json::{Map, Value};
+
+use super::{last_line_hint, ScriptError};
+
+/// Argument names in positional order, from lines like `name="$1"` (or `name=$1`).
+fn declared_names(content: &str) -> Vec<(usize, String)> {
+    let mut names = Vec::new();
+    for line in content.lines() {
+        let line = line.trim();
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        let Some(position) = value
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let valid_name = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if valid_name && position >= 1 {
+            names.push((position, name.to_owned()));
+        }
+    }
+    names
+}
+
+/// The positional arguments: strings as they are, other JSON values as JSON text.
+pub fn positional_args(content: &str, args: &Map<String, Value>) -> Vec<String> {
+    let names = declared_names(content);
+    let count = names.iter().map(|(p, _)| *p).max().unwrap_or(0);
+    let mut positional = vec![String::new(); count];
+    for (position, name) in names {
+        positional[position - 1] = match args.get(&name) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+    }
+    positional
+}
+
+pub fn outcome(status: ExitStatus, dir: &Path, logs: &str) -> Result<Value, ScriptError> {
+    if !status.success() {
+        return Err(ScriptError::new(
+            "ExecutionErr",
+            format!("bash exited with {status}{}", last_line_hint(logs)),
+        ));
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("result.json")) {
+        return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
+    }
+    let last = logs.lines().rev().find(|l| !l.trim().is_empty());
+    Ok(last.map_or(Value::Null, |l| Value::String(l.to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn positional_arguments_follow_declarations() {
+        let script = "name=\"$1\"\ncount=$2\necho hi\n";
+        let args = json!({"name": "ada", "count": 3, "ignored": true});
+        let args = args.as_object().unwrap();
+        assert_eq!(positional_args(script, args), vec!["ada", "3"]);
+        assert_eq!(positional_args("echo no args", args), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,210 @@
+//! How each language is run: the files a job's directory gets, the command line, and how the
+//! process's end becomes a result or an error (SPEC §5's result/log/error contract).
+
+mod bash;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use super::process::{Ended, ProcessSpec};
+use crate::config::WorkerConfig;
+use crate::domain::ScriptLang;
+
+const PYTHON_WRAPPER: &str = include_str!("wrapper.py");
+const TS_WRAPPER: &str = include_str!("wrapper.ts");
+/// Written by the wrappers; distinct from `result.json`, which bash scripts own.
+const RESULT_FILE: &str = ".millrace_result.json";
+const ERROR_FILE: &str = ".millrace_error.json";
+
+/// A script failure, as SPEC §5 shapes it: `{"error": {name, message, stack?}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptError {
+    pub name: String,
+    pub message: String,
+    pub stack: Option<String>,
+}
+
+impl ScriptError {
+    pub fn new(name: &str, message: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            message: message.into(),
+            stack: None,
+        }
+    }
+
+    pub fn to_result(&self) -> Value {
+        let mut error = json!({"name": self.name, "message": self.message});
+        if let Some(stack) = &self.stack {
+            error["stack"] = json!(stack);
+        }
+        json!({ "error": error })
+    }
+}
+
+/// The interpreters this worker was configured with.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    python: PathBuf,
+    bash: PathBuf,
+    bun: PathBuf,
+    deno: PathBuf,
+}
+
+/// An executable by absolute path, or looked up on the worker's own PATH.
+fn resolve(program: &Path) -> Option<PathBuf> {
+    let is_file = |p: &Path| p.is_file();
+    if program.components().count() > 1 {
+        return is_file(program).then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_file(candidate))
+}
+
+impl Runtimes {
+    pub fn new(config: &WorkerConfig) -> Self {
+        Self {
+            python: config.python.clone(),
+            bash: config.bash.clone(),
+            bun: config.bun.clone(),
+            deno: config.deno.clone(),
+        }
+    }
+
+    fn configured(&self, lang: ScriptLang) -> (&Path, &'static str) {
+        match lang {
+            ScriptLang::Python3 => (&self.python, "WORKER_PYTHON"),
+            ScriptLang::Bash => (&self.bash, "WORKER_BASH"),
+            ScriptLang::Bun => (&self.bun, "WORKER_BUN"),
+            ScriptLang::Deno => (&self.deno, "WORKER_DENO"),
+        }
+    }
+
+    /// Writes the job's files into `dir` and returns the command that runs it.
+    pub fn prepare(
+        &self,
+        lang: ScriptLang,
+        content: &str,
+        args: &Map<String, Value>,
+        dir: &Path,
+    ) -> Result<ProcessSpec, ScriptError> {
+        let (configured, variable) = self.configured(lang);
+        let program = resolve(configured).ok_or_else(|| {
+            ScriptError::new(
+                "RuntimeNotInstalled",
+                format!(
+                    "the {lang} runtime is not installed on this worker ({variable}={})",
+                    configured.display()
+                ),
+            )
+        })?;
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| ScriptError::new("WorkerError", format!("cannot write {name}: {e}")))
+        };
+        let args_json = Value::Object(args.clone()).to_string();
+        let (program_args, env) = match lang {
+            ScriptLang::Python3 => {
+                write("main.py", content)?;
+                write("wrapper.py", PYTHON_WRAPPER)?;
+                write("args.json", &args_json)?;
+                (
+                    vec!["-u".into(), "wrapper.py".into()],
+                    vec![("PYTHONDONTWRITEBYTECODE".into(), "1".into())],
+                )
+            }
+            ScriptLang::Bash => {
+                write("main.sh", content)?;
+                let mut argv = vec!["main.sh".to_owned()];
+                argv.extend(bash::positional_args(content, args));
+                (argv, vec![])
+            }
+            ScriptLang::Bun => {
+                write("main.ts", content)?;
+                write("wrapper.ts", TS_WRAPPER)?;
+                write("args.json", &args_json)?;
+                (
+                    vec!["run".into(), "wrapper.ts".into()],
+                    vec![("BUN_RUNTIME_TRANSPILER_CACHE_PATH".into(), "0".into())],
+                )
+            }
+            ScriptLang::Deno => {
+                write("main.ts", content)?;
+                write("wrapper.ts", TS_WRAPPER)?;
+                write("args.json", &args_json)?;
+                (
+                    vec![
+                        "run".into(),
+                        "--allow-all".into(),
+                        "--no-prompt".into(),
+                        "--quiet".into(),
+                        "wrapper.ts".into(),
+                    ],
+                    vec![
+                        ("DENO_NO_UPDATE_CHECK".into(), "1".into()),
+                        ("DENO_DIR".into(), dir.join(".deno").display().to_string()),
+                    ],
+                )
+            }
+        };
+        Ok(ProcessSpec {
+            program,
+            args: program_args,
+            env,
+        })
+    }
+
+    /// The job's result once its process has ended.
+    pub fn outcome(
+        &self,
+        lang: ScriptLang,
+        ended: &Ended,
+        dir: &Path,
+        logs: &str,
+    ) -> Result<Value, ScriptError> {
+        let status = match ended {
+            Ended::TimedOut(after) => {
+                return Err(ScriptError::new(
+                    "Timeout",
+                    format!("job timed out after {}s", after.as_secs()),
+                ))
+            }
+            Ended::Canceled => return Err(ScriptError::new("Canceled", "job canceled")),
+            Ended::Exited(status) => status,
+        };
+        if lang == ScriptLang::Bash {
+            return bash::outcome(*status, dir, logs);
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join(ERROR_FILE)) {
+            let error: Value = serde_json::from_str(&text).unwrap_or_default();
+            let field = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
+            return Err(ScriptError {
+                name: field("name").unwrap_or_else(|| "Error".into()),
+                message: field("message").unwrap_or_default(),
+                stack: field("stack"),
+            });
+        }
+        match std::fs::read_to_string(dir.join(RESULT_FILE)) {
+            Ok(text) if status.success() => serde_json::from_str(&text).map_err(|e| {
+                ScriptError::new("ResultError", format!("the result is not JSON: {e}"))
+            }),
+            _ => Err(ScriptError::new(
+                "ExecutionErr",
+                format!(
+                    "{lang} exited with {status} before returning a result{}",
+                    last_line_hint(logs)
+                ),
+            )),
+        }
+    }
+}
+
+fn last_line_hint(logs: &str) -> String {
+    logs.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default()
+}
