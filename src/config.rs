@@ -49,10 +49,11 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
 pub struct DatabaseConfig {
     /// PostgreSQL connection URL (holds the password: never logged).
     #[arg(
+        id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/millrace",
-        hide_default_value = false
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/millrace"
     )]
     pub url: Secret,
 
@@ -123,7 +124,11 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
     /// When set, accepted as a bearer token with superadmin rights (bootstraps a new instance).
-    #[arg(long = "superadmin-secret", env = "SUPERADMIN_SECRET")]
+    #[arg(
+        long = "superadmin-secret",
+        env = "SUPERADMIN_SECRET",
+        hide_env_values = true
+    )]
     pub superadmin_secret: Option<Secret>,
 }
 

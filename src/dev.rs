@@ -30,7 +30,7 @@ pub struct DevOptions {
     pub data_dir: PathBuf,
 
     /// Use this PostgreSQL instead of starting one.
-    #[arg(long = "database-url", env = "DATABASE_URL")]
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
     /// Use this NATS instead of starting one.

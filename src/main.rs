@@ -212,3 +212,27 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_names_cover_the_documented_variables() {
+        let names = config_names();
+        for name in [
+            "DATABASE_URL",
+            "NATS_URL",
+            "WORKER_SLOTS",
+            "SUPERADMIN_SECRET",
+            "RUST_LOG",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} missing");
+        }
+    }
+}

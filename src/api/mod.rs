@@ -100,7 +100,7 @@ pub fn router(state: AppState) -> Router {
                 })
                 .on_response(
                     |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                        tracing::debug!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "response");
+                        tracing::debug!(target: "millrace::access", status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "response");
                     },
                 ),
         )

@@ -53,10 +53,14 @@ impl LocalNats {
 }
 
 fn spawn(bin: &Path, store_dir: &Path, port: u16) -> anyhow::Result<Child> {
+    // The flags cannot raise max_payload; a config file can (events carry results ≤ 64 KiB).
+    let conf = store_dir.join("local.conf");
+    std::fs::write(&conf, "max_payload: 8MB\n")?;
     Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store_dir)
-        .args(["--max_payload", "8MB"])
+        .arg("-c")
+        .arg(&conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -258,18 +258,25 @@ fn spawn_log_forwarder(
     let pool = ctx.pool.clone();
     let limit = ctx.settings.max_log_size;
     tokio::spawn(async move {
-        let mut saved_at = Instant::now();
         let mut so_far = String::new();
-        while let Some(chunk) = lines.recv().await {
-            let _ = bus
-                .publish_reply(id, JobReply::Log, chunk.clone().into())
-                .await;
-            if so_far.len() < limit {
-                so_far.push_str(&chunk);
-            }
-            if saved_at.elapsed() > Duration::from_secs(1) {
-                saved_at = Instant::now();
-                let _ = jobs::save_logs(&pool, id, &so_far).await;
+        let mut unsaved = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                chunk = lines.recv() => {
+                    let Some(chunk) = chunk else { break };
+                    let _ = bus.publish_reply(id, JobReply::Log, chunk.clone().into()).await;
+                    if so_far.len() < limit {
+                        so_far.push_str(&chunk);
+                        unsaved = true;
+                    }
+                }
+                _ = tick.tick() => {
+                    if unsaved {
+                        unsaved = false;
+                        let _ = jobs::save_logs(&pool, id, &so_far).await;
+                    }
+                }
             }
         }
     })

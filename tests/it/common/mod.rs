@@ -1,0 +1,418 @@
+//! The test harness: for each test, a real nats-server (JetStream) and a real PostgreSQL on free
+//! loopback ports with throwaway data directories, `millrace migrate`, one `millrace api` and
+//! any number of `millrace worker` processes — the real binary over real sockets. Dropping the
+//! [`TestEnv`] kills everything and removes the directories.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use millrace::local::{free_port, wait_for_port, LocalNats, LocalPostgres};
+use serde_json::{json, Value};
+
+pub const SUPERADMIN: &str = "test-superadmin-secret-0123456789abcdef";
+pub const WS: &str = "test";
+
+/// A variable the harness needs from `scripts/tools.sh`, or a default that works on Debian.
+fn tool(name: &str, default: &str) -> PathBuf {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default.into())
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_millrace")
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self
+    }
+}
+
+/// Extra environment for the processes of one test.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub api_env: Vec<(String, String)>,
+    pub worker_env: Vec<(String, String)>,
+    pub workers: usize,
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub nats: LocalNats,
+    pub pg: LocalPostgres,
+    pub api_url: String,
+    api: Child,
+    workers: Vec<Child>,
+    worker_count: usize,
+    options: Options,
+    pub http: reqwest::Client,
+    /// A workspace admin's token in workspace `test` (user `alice`).
+    pub token: String,
+}
+
+impl TestEnv {
+    pub async fn start() -> Self {
+        Self::with(Options {
+            workers: 1,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("millrace-it-")
+            .tempdir()
+            .unwrap();
+        let nats_bin = tool("NATS_SERVER_BIN", "nats-server");
+        let nats = LocalNats::start(&nats_bin, &dir.path().join("nats"), free_port().unwrap())
+            .await
+            .expect("nats-server starts (set NATS_SERVER_BIN)");
+        let pg = LocalPostgres::start(
+            &tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin"),
+            &dir.path().join("pg"),
+            free_port().unwrap(),
+        )
+        .expect("PostgreSQL starts (set PG_BIN_DIR)");
+        pg.create_database("millrace").await.unwrap();
+        let api_port = free_port().unwrap();
+        let mut env = Self {
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            dir,
+            nats,
+            pg,
+            api: Command::new("true").spawn().unwrap(),
+            workers: Vec::new(),
+            worker_count: 0,
+            options: options.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            token: String::new(),
+        };
+        let status = env.command("migrate", &[]).status().unwrap();
+        assert!(status.success(), "millrace migrate failed");
+        env.api = env
+            .command("api", &options.api_env)
+            .env("BIND_ADDR", format!("127.0.0.1:{api_port}"))
+            .stdout(env.log_file("api"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for_port(api_port, Duration::from_secs(20)).await,
+            "api did not listen"
+        );
+        for _ in 0..options.workers {
+            env.add_worker(&[]);
+        }
+        env.token = env
+            .user_token("alice@example.com", "alice", true, false)
+            .await;
+        env
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap()
+    }
+
+    /// Everything the processes printed so far.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    pub fn database_url(&self) -> String {
+        self.pg.url("millrace")
+    }
+
+    /// A `millrace <sub>` with this test's configuration and nothing inherited but PATH.
+    pub fn command(&self, sub: &str, extra: &[(String, String)]) -> Command {
+        let mut command = Command::new(bin());
+        command
+            .arg(sub)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", self.database_url())
+            .env("NATS_URL", self.nats.url())
+            .env("SUPERADMIN_SECRET", SUPERADMIN)
+            .env("BASE_URL", &self.api_url)
+            .env("RUST_LOG", "info,millrace::access=debug")
+            .env("JOB_ACK_WAIT", "3")
+            .env("WORKER_PYTHON", tool("WORKER_PYTHON", "/usr/bin/python3"))
+            .env("WORKER_BUN", tool("WORKER_BUN", "bun"))
+            .env("WORKER_DENO", tool("WORKER_DENO", "deno"))
+            .stdin(Stdio::null());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        command
+    }
+
+    /// Starts one more worker process; returns its index.
+    pub fn add_worker(&mut self, extra: &[(&str, &str)]) -> usize {
+        let index = self.worker_count;
+        self.worker_count += 1;
+        let mut env = self.options.worker_env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env.push(("WORKER_NAME".into(), format!("worker-{index}")));
+        env.push((
+            "WORKER_HEALTH_ADDR".into(),
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ));
+        let child = self
+            .command("worker", &env)
+            .stdout(self.log_file(&format!("worker-{index}")))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+        index
+    }
+
+    /// SIGKILL, as a crashed node would die.
+    pub fn kill_worker(&mut self, index: usize) {
+        let child = &mut self.workers[index];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; returns once the process exited.
+    pub fn terminate_worker(&mut self, index: usize) -> std::process::ExitStatus {
+        let child = &mut self.workers[index];
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api_url)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap();
+        Response {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            text: res.text().await.unwrap(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Creates a user, adds them to `test` and returns a fresh token of theirs.
+    pub async fn user_token(
+        &self,
+        email: &str,
+        username: &str,
+        admin: bool,
+        operator: bool,
+    ) -> String {
+        self.post(
+            "/api/users/create",
+            SUPERADMIN,
+            json!({"email": email, "password": "pw"}),
+        )
+        .await
+        .expect(201);
+        if self
+            .get(&format!("/api/w/{WS}/users/whoami"), SUPERADMIN)
+            .await
+            .status
+            == 404
+        {
+            self.post(
+                "/api/workspaces/create",
+                SUPERADMIN,
+                json!({"id": WS, "name": "Test"}),
+            )
+            .await
+            .expect(201);
+        }
+        self.post(
+            &format!("/api/w/{WS}/workspaces/add_user"),
+            SUPERADMIN,
+            json!({"email": email, "username": username, "is_admin": admin, "operator": operator}),
+        )
+        .await
+        .expect(201);
+        self.post(
+            "/api/users/tokens/impersonate",
+            SUPERADMIN,
+            json!({"impersonate_email": email}),
+        )
+        .await
+        .expect(201)
+        .text
+    }
+
+    /// Creates a script at `path` (replacing the live version if any); returns its hash.
+    pub async fn script(&self, path: &str, language: &str, content: &str) -> String {
+        self.script_with(path, language, content, json!({})).await
+    }
+
+    pub async fn script_with(
+        &self,
+        path: &str,
+        language: &str,
+        content: &str,
+        extra: Value,
+    ) -> String {
+        let live = self
+            .get(&format!("/api/w/{WS}/scripts/get/p/{path}"), &self.token)
+            .await;
+        let mut body = json!({"path": path, "language": language, "content": content});
+        if live.status == 200 && live.json()["archived"] == json!(false) {
+            body["parent_hash"] = live.json()["hash"].clone();
+        }
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        self.post(&format!("/api/w/{WS}/scripts/create"), &self.token, body)
+            .await
+            .expect(201)
+            .text
+    }
+
+    /// Runs the script at `path` asynchronously; returns the job id.
+    pub async fn run(&self, path: &str, args: Value) -> String {
+        self.post(&format!("/api/w/{WS}/jobs/run/p/{path}"), &self.token, args)
+            .await
+            .expect(201)
+            .text
+    }
+
+    /// Polls until the job completes; returns `get_result_maybe`'s answer.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let maybe = self
+                .get(
+                    &format!("/api/w/{WS}/jobs_u/completed/get_result_maybe/{id}"),
+                    &self.token,
+                )
+                .await
+                .expect(200)
+                .json();
+            if maybe["completed"] == json!(true) {
+                return maybe;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not completed in {timeout:?}: {maybe}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs and waits; returns the result (panics if the job failed).
+    pub async fn run_ok(&self, path: &str, args: Value) -> Value {
+        let id = self.run(path, args).await;
+        let done = self.wait(&id, Duration::from_secs(30)).await;
+        assert_eq!(done["success"], json!(true), "job failed: {done}");
+        done["result"].clone()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/api/w/{WS}/jobs_u/get/{id}"), &self.token)
+            .await
+            .expect(200)
+            .json()
+    }
+
+    /// A direct connection to the test database, for checks no API exposes.
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for child in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.api))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends raw bytes over TCP (for requests an HTTP client would normalise) and returns the status.
+pub async fn raw_status(api_url: &str, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Counts occurrences per value.
+pub fn tally<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
+    let mut counts = HashMap::new();
+    for item in items {
+        *counts.entry(item).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,14 @@
+//! Integration tests: one binary (links once), one module per behaviour.
+
+mod common;
+
+mod bad_input;
+mod events;
+mod identity;
+mod jobs_api;
+mod openapi;
+mod run_async;
+mod runtimes;
+mod scripts;
+mod wmill_client;
+mod worker_crash;

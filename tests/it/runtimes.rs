@@ -1,0 +1,203 @@
+//! Every language's result/log/error contract (SPEC §5), the job environment and limits.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{Options, TestEnv, WS};
+
+#[tokio::test]
+async fn python_results_errors_and_arguments() {
+    let env = TestEnv::start().await;
+    env.script(
+        "u/alice/py",
+        "python3",
+        "def main(a: int, b: int = 10, c=None):\n    print('adding', a, b)\n    return {'sum': a + b, 'c': c}\n",
+    )
+    .await;
+    let id = env
+        .run("u/alice/py", json!({"a": 1, "ignored": true}))
+        .await;
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["result"], json!({"sum": 11, "c": null}));
+    assert_eq!(env.job(&id).await["logs"], json!("adding 1 10\n"));
+
+    let missing = env.run("u/alice/py", json!({"b": 1})).await;
+    let done = env.wait(&missing, Duration::from_secs(20)).await;
+    assert_eq!(done["success"], json!(false));
+    assert!(
+        done["result"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a"),
+        "{done}"
+    );
+
+    env.script(
+        "u/alice/boom",
+        "python3",
+        "def main():\n    raise ValueError('bad value')\n",
+    )
+    .await;
+    let id = env.run("u/alice/boom", json!({})).await;
+    let error = &env.wait(&id, Duration::from_secs(20)).await["result"]["error"];
+    assert_eq!(error["name"], json!("ValueError"));
+    assert_eq!(error["message"], json!("bad value"));
+    assert!(error["stack"].as_str().unwrap().contains("Traceback"));
+
+    for (value, source) in [
+        (json!(null), "None"),
+        (json!("s"), "'s'"),
+        (json!([1, "x"]), "[1, 'x']"),
+    ] {
+        env.script(
+            "u/alice/value",
+            "python3",
+            &format!("def main():\n    return {source}\n"),
+        )
+        .await;
+        assert_eq!(env.run_ok("u/alice/value", json!({})).await, value);
+    }
+}
+
+#[tokio::test]
+async fn bash_results_and_errors() {
+    let env = TestEnv::start().await;
+    env.script(
+        "u/alice/sh",
+        "bash",
+        "name=\"$1\"\ncount=\"$2\"\necho \"hello $name\"\necho \"count $count\"",
+    )
+    .await;
+    assert_eq!(
+        env.run_ok("u/alice/sh", json!({"name": "ada", "count": 3}))
+            .await,
+        json!("count 3")
+    );
+    env.script(
+        "u/alice/json",
+        "bash",
+        "echo '{\"ok\": [1, 2]}' > result.json\necho printed",
+    )
+    .await;
+    assert_eq!(
+        env.run_ok("u/alice/json", json!({})).await,
+        json!({"ok": [1, 2]})
+    );
+    env.script("u/alice/fail", "bash", "echo 'about to fail'\nexit 7")
+        .await;
+    let id = env.run("u/alice/fail", json!({})).await;
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["success"], json!(false));
+    let message = done["result"]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains('7') && message.contains("about to fail"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn typescript_on_bun_and_deno() {
+    let env = TestEnv::start().await;
+    for lang in ["bun", "deno"] {
+        let path = format!("u/alice/ts_{lang}");
+        env.script(
+            &path,
+            lang,
+            "export async function main(x: number, y = 2) {\n  console.log('x is', x);\n  return { total: x + y };\n}\n",
+        )
+        .await;
+        let id = env.run(&path, json!({"x": 40})).await;
+        let done = env.wait(&id, Duration::from_secs(60)).await;
+        assert_eq!(done["result"], json!({"total": 42}), "{lang}: {done}");
+        assert!(
+            env.job(&id).await["logs"]
+                .as_str()
+                .unwrap()
+                .contains("x is 40"),
+            "{lang}"
+        );
+
+        let failing = format!("u/alice/ts_fail_{lang}");
+        env.script(
+            &failing,
+            lang,
+            "export async function main() {\n  throw new TypeError('nope');\n}\n",
+        )
+        .await;
+        let id = env.run(&failing, json!({})).await;
+        let done = env.wait(&id, Duration::from_secs(60)).await;
+        assert_eq!(
+            done["result"]["error"]["name"],
+            json!("TypeError"),
+            "{lang}: {done}"
+        );
+        assert_eq!(done["result"]["error"]["message"], json!("nope"), "{lang}");
+
+        let id = env.run(&path, json!({})).await;
+        let done = env.wait(&id, Duration::from_secs(60)).await;
+        assert_eq!(
+            done["result"]["error"]["name"],
+            json!("MissingArguments"),
+            "{lang}: {done}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_runtime_is_a_clear_job_error() {
+    let env = TestEnv::with(Options {
+        worker_env: vec![("WORKER_DENO".into(), "/nonexistent/deno".into())],
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    env.script("u/alice/d", "deno", "export function main() { return 1 }")
+        .await;
+    let id = env.run("u/alice/d", json!({})).await;
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["success"], json!(false));
+    assert_eq!(
+        done["result"]["error"]["name"],
+        json!("RuntimeNotInstalled")
+    );
+    assert!(done["result"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("WORKER_DENO"));
+}
+
+#[tokio::test]
+async fn jobs_get_their_environment_a_timeout_and_a_clean_directory() {
+    let env = TestEnv::start().await;
+    env.script(
+        "u/alice/env",
+        "python3",
+        "import os\ndef main():\n    return {k: os.environ.get(k) for k in ['WM_WORKSPACE', 'WM_JOB_ID', 'WM_JOB_PATH', 'BASE_INTERNAL_URL', 'WM_BASE_URL', 'DATABASE_URL', 'SUPERADMIN_SECRET', 'NATS_URL']} | {'token': len(os.environ.get('WM_TOKEN', '')), 'cwd': os.getcwd()}\n",
+    )
+    .await;
+    let id = env.run("u/alice/env", json!({})).await;
+    let result = env.wait(&id, Duration::from_secs(20)).await["result"].clone();
+    assert_eq!(result["WM_WORKSPACE"], json!(WS));
+    assert_eq!(result["WM_JOB_ID"], json!(id));
+    assert_eq!(result["WM_JOB_PATH"], json!("u/alice/env"));
+    assert_eq!(result["BASE_INTERNAL_URL"], json!(env.api_url));
+    assert_eq!(result["WM_BASE_URL"], json!(env.api_url));
+    for secret in ["DATABASE_URL", "SUPERADMIN_SECRET", "NATS_URL"] {
+        assert_eq!(result[secret], json!(null), "{secret} leaked into the job");
+    }
+    assert!(result["token"].as_u64().unwrap() >= 32);
+    let cwd = result["cwd"].as_str().unwrap();
+    assert!(
+        !std::path::Path::new(cwd).exists(),
+        "the job directory {cwd} was left behind"
+    );
+
+    env.script_with("u/alice/slow", "bash", "sleep 30", json!({"timeout": 1}))
+        .await;
+    let id = env.run("u/alice/slow", json!({})).await;
+    let started = std::time::Instant::now();
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(done["result"]["error"]["name"], json!("Timeout"), "{done}");
+}
