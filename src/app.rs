@@ -97,6 +97,9 @@ impl ApiServer {
                 .filter(|h| !h.is_empty())
                 .collect(),
             base_url: urls.base_url.clone(),
+            timeout_wait_result: http.timeout_wait_result,
+            timeout_sse_stream: http.timeout_sse_stream,
+            sync_error_status: api::sync_error_status(http.sync_error_status)?,
         };
         let state = AppState::new(settings, pool, bus, authenticator);
         let listener = TcpListener::bind(http.bind_addr)

@@ -27,6 +27,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("Service unavailable: {0}")]
     Unavailable(&'static str),
+    /// A sync script shaped an invalid HTTP response; the message says what is wrong.
+    #[error("Internal: {0}")]
+    BadScriptResponse(String),
+    /// A sync call waited `TIMEOUT_WAIT_RESULT` seconds (SPEC: exactly this body).
+    #[error("timeout after {0}s")]
+    SyncTimeout(u64),
     /// The detail is logged, the caller sees only "Internal: <context>".
     #[error("Internal: {context}")]
     Internal {
@@ -54,7 +60,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal { .. } | Self::BadScriptResponse(_) | Self::SyncTimeout(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

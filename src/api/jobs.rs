@@ -9,15 +9,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::cancel::{self, Canceled};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, JsonBody};
 use super::paths::WorkspacePath;
 use super::AppState;
 use crate::auth::Access;
-use crate::domain::{canceled_result, JobId};
-use crate::queue::control::CancelJob;
-use crate::queue::events::{JobDone, JobEvent, JobEventKind};
-use crate::store::jobs::{self, CancelOutcome, JobRecord, ListFilter};
+use crate::domain::JobId;
+use crate::store::jobs::{self, JobRecord, ListFilter};
 
 #[derive(Deserialize)]
 pub struct JobPath {
@@ -144,57 +143,13 @@ pub async fn cancel(
 ) -> ApiResult<String> {
     let (ws, access) = state.access(&authed, &params.workspace).await?;
     let id = parse_id(&params.id)?;
-    let by = access.username.to_string();
     let reason = body.reason.filter(|r| !r.is_empty());
-    let result = canceled_result(reason.as_deref(), &by);
-    match jobs::cancel(state.pool(), &ws, id, &by, reason.as_deref(), &result).await? {
-        CancelOutcome::CanceledQueued(job) => {
-            announce_canceled(&state, &job, result).await;
-            Ok(id.to_string())
-        }
-        CancelOutcome::Requested => {
-            state
-                .bus()
-                .publish_cancel(&CancelJob {
-                    id,
-                    canceled_by: by,
-                    reason,
-                })
-                .await?;
-            Ok(id.to_string())
-        }
-        CancelOutcome::AlreadyCompleted => Ok(format!("queued job id {id} is already completed")),
-        CancelOutcome::NotFound => Err(not_found(id)),
-    }
-}
-
-async fn announce_canceled(state: &AppState, job: &JobRecord, result: Value) {
-    let done = JobDone {
-        id: job.id,
-        success: false,
-        canceled: true,
-        result: result.clone(),
-    };
-    if let Err(e) = state.bus().publish_done(&done).await {
-        tracing::warn!(job = %job.id, error = %e, "done reply not published");
-    }
-    let event = JobEvent {
-        id: job.id,
-        workspace: job.workspace_id.clone(),
-        kind: JobEventKind::Canceled,
-        job_kind: job.job_kind.clone(),
-        path: job.script_path.clone(),
-        hash: job.script_hash.clone(),
-        flow_version: job.flow_version,
-        created_by: job.created_by.clone(),
-        at: job.completed_at.unwrap_or_else(Utc::now),
-        success: Some(false),
-        duration_ms: None,
-        result: None,
-        result_truncated: None,
-        error: result.get("error").cloned(),
-    };
-    state.bus().spawn_event(event);
+    Ok(
+        match cancel::cancel_job(&state, &ws, id, access.username.as_str(), reason).await? {
+            Canceled::Now | Canceled::Requested => id.to_string(),
+            Canceled::AlreadyCompleted => format!("queued job id {id} is already completed"),
+        },
+    )
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]

@@ -1,18 +1,23 @@
 //! The HTTP API (axum). Only this module knows about HTTP; each file serves one resource and
 //! `router` assembles them. Errors map to statuses in `error` and nowhere else.
 
+mod cancel;
 mod error;
 mod extract;
 mod health;
+mod job_wait;
 mod jobs;
 mod openapi;
 mod paths;
 mod request_args;
 mod run_async;
+mod run_stream;
+mod run_sync;
 mod run_target;
 mod scripts;
 mod state;
 mod submit;
+mod sync_response;
 mod users;
 
 use std::time::Duration;
@@ -25,6 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::ApiError;
+pub use run_sync::sync_error_status;
 pub use state::{ApiSettings, AppState};
 
 /// Every route, registered with its OpenAPI description.
@@ -50,6 +56,11 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(scripts::delete))
         .routes(routes!(run_async::run_by_path, run_async::probe_by_path))
         .routes(routes!(run_async::run_by_hash, run_async::probe_by_hash))
+        .routes(routes!(run_sync::post_by_path, run_sync::get_by_path))
+        .routes(routes!(run_sync::post_by_hash, run_sync::get_by_hash))
+        .routes(routes!(run_stream::post_by_path, run_stream::get_by_path))
+        .routes(routes!(run_stream::post_by_hash, run_stream::get_by_hash))
+        .routes(routes!(run_stream::getupdate_sse))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::get_completed))
         .routes(routes!(jobs::get_result))

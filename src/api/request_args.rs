@@ -20,6 +20,8 @@ pub struct RunOptions {
     wrap_body: bool,
     include_header: Vec<String>,
     include_query: Vec<String>,
+    /// GET sync/stream routes: the arguments, base64-encoded JSON.
+    payload: Option<String>,
     /// Every query pair, for `include_query`.
     query: Vec<(String, String)>,
 }
@@ -78,6 +80,7 @@ impl RunOptions {
                 "wrap_body" => opts.wrap_body = parse_bool(name, value)?,
                 "include_header" => opts.include_header.extend(comma_list(value)),
                 "include_query" => opts.include_query.extend(comma_list(value)),
+                "payload" => opts.payload = Some(value.clone()),
                 // Windmill's client sends these; a job started by a script records its parent.
                 "parent_job" => opts.parent_job = Uuid::parse_str(value).ok(),
                 _ => {}
@@ -86,6 +89,55 @@ impl RunOptions {
         opts.query = query;
         Ok(opts)
     }
+}
+
+impl RunOptions {
+    /// Sync and stream routes run at once, whatever the request says.
+    pub fn run_now(mut self) -> Self {
+        self.scheduled_for = None;
+        self
+    }
+}
+
+/// `payload` of a GET run route: base64 (standard or URL-safe, padded or not) of JSON.
+fn decode_payload(payload: &str) -> Result<String, ApiError> {
+    use base64::alphabet::{STANDARD, URL_SAFE};
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let bytes = GeneralPurpose::new(&STANDARD, config)
+        .decode(payload)
+        .or_else(|_| GeneralPurpose::new(&URL_SAFE, config).decode(payload))
+        .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| ApiError::bad_request("payload is not UTF-8 JSON"))
+}
+
+/// The arguments of a GET sync/stream route, from its `payload` query arg.
+pub fn build_get_args(
+    headers: &HeaderMap,
+    opts: &RunOptions,
+    instance_headers: &[String],
+) -> Result<Map<String, Value>, ApiError> {
+    let (parsed, text) = match &opts.payload {
+        None => (Value::Object(Map::new()), String::new()),
+        Some(payload) => {
+            let text = decode_payload(payload)?;
+            let value = serde_json::from_str(&text)
+                .map_err(|e| ApiError::bad_request(format!("payload is not JSON: {e}")))?;
+            (value, text)
+        }
+    };
+    let mut args = if opts.wrap_body {
+        Map::from_iter([("body".to_owned(), parsed)])
+    } else {
+        json_to_args(parsed)
+    };
+    if opts.raw {
+        args.insert("raw_string".into(), Value::String(text));
+    }
+    add_header_and_query_args(&mut args, headers, opts, instance_headers);
+    Ok(args)
 }
 
 enum BodyKind {
@@ -303,6 +355,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Value::Object(got), json!({"x_sign": "abc"}));
+        let get = |payload: &str| {
+            let o = opts(&[("payload", payload)]);
+            build_get_args(&HeaderMap::new(), &o, &[]).map(Value::Object)
+        };
+        // {"a":"é?"} in every base64 flavour.
+        for payload in [
+            "eyJhIjoiw6k/In0=",
+            "eyJhIjoiw6k/In0",
+            "eyJhIjoiw6k_In0=",
+            "eyJhIjoiw6k_In0",
+        ] {
+            assert_eq!(get(payload).unwrap(), json!({"a": "é?"}), "{payload}");
+        }
+        assert_eq!(get("WzFd").unwrap(), json!({"body": [1]}));
+        assert!(matches!(get("not base64!"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(get("bm90IGpzb24"), Err(ApiError::BadRequest(_))));
+        let raw = opts(&[("payload", "eyJhIjoxfQ"), ("raw", "true")]);
+        assert_eq!(
+            Value::Object(build_get_args(&HeaderMap::new(), &raw, &[]).unwrap()),
+            json!({"a": 1, "raw_string": "{\"a\":1}"})
+        );
         for bad in [
             ("job_id", "nope"),
             ("scheduled_for", "tomorrow"),

@@ -14,6 +14,12 @@ pub struct ApiSettings {
     /// `INCLUDE_HEADERS`, lowercased.
     pub include_headers: Vec<String>,
     pub base_url: String,
+    /// `TIMEOUT_WAIT_RESULT`.
+    pub timeout_wait_result: std::time::Duration,
+    /// `TIMEOUT_SSE_STREAM`.
+    pub timeout_sse_stream: std::time::Duration,
+    /// `SYNC_ERROR_STATUS`.
+    pub sync_error_status: axum::http::StatusCode,
 }
 
 #[derive(Clone)]

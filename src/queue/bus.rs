@@ -21,6 +21,16 @@ use crate::domain::{JobId, Tag};
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
+    epoch: tokio::sync::watch::Receiver<u64>,
+}
+
+/// What a worker says about one job on its live subjects.
+#[derive(Debug, Clone)]
+pub enum JobUpdate {
+    Started,
+    Log(String),
+    Stream(String),
+    Done(JobDone),
 }
 
 fn encode(value: &impl Serialize) -> Bytes {
@@ -36,8 +46,23 @@ fn msg_id_header(id: &str) -> HeaderMap {
 
 impl Bus {
     pub async fn connect(config: &NatsConfig, name: &str) -> Result<Self, QueueError> {
+        // Bumped on every disconnect and reconnect: live messages may have been missed then, so
+        // waiters fall back to the job store.
+        let (epoch_tx, epoch) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name(name)
+            .event_callback(move |event| {
+                let epoch_tx = epoch_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected | async_nats::Event::Disconnected => {
+                            tracing::info!(%event, "NATS connection");
+                            epoch_tx.send_modify(|e| *e += 1);
+                        }
+                        other => tracing::warn!(event = %other, "NATS"),
+                    }
+                }
+            })
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(config.url.as_str())
@@ -55,7 +80,7 @@ impl Bus {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let js = jetstream::new(client.clone());
-        Ok(Self { client, js })
+        Ok(Self { client, js, epoch })
     }
 
     pub(crate) fn jetstream(&self) -> &jetstream::Context {
@@ -171,6 +196,37 @@ impl Bus {
         &self,
     ) -> Result<impl Stream<Item = Invalidate> + Send + 'static, QueueError> {
         self.subscribe(subjects::INVALIDATE.to_owned()).await
+    }
+
+    /// Changes whenever the connection dropped or came back.
+    pub fn connection_epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.epoch.clone()
+    }
+
+    /// Everything workers publish about one job from now on. Subscribe before publishing the
+    /// job, so nothing can be missed.
+    pub async fn watch_job(
+        &self,
+        id: JobId,
+    ) -> Result<impl Stream<Item = JobUpdate> + Send + 'static, QueueError> {
+        let subscriber = self
+            .client
+            .subscribe(subjects::job_replies(id))
+            .await
+            .map_err(QueueError::request)?;
+        Ok(subscriber.filter_map(|msg| async move {
+            let kind = msg.subject.rsplit('.').next().unwrap_or_default();
+            let text = || String::from_utf8_lossy(&msg.payload).into_owned();
+            match kind {
+                "started" => Some(JobUpdate::Started),
+                "log" => Some(JobUpdate::Log(text())),
+                "stream" => Some(JobUpdate::Stream(text())),
+                "done" => serde_json::from_slice(&msg.payload)
+                    .ok()
+                    .map(JobUpdate::Done),
+                _ => None,
+            }
+        }))
     }
 
     /// Round trip to the server: used by readiness checks.

@@ -99,11 +99,29 @@ impl JobEvent {
     }
 }
 
+/// Results larger than this are not sent on `done`: waiters read them from the job store.
+pub const MAX_DONE_RESULT: usize = 1024 * 1024;
+
 /// Published on `millrace.job.<id>.done` when a job completes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobDone {
     pub id: JobId,
     pub success: bool,
     pub canceled: bool,
-    pub result: Value,
+    /// `None` when the result was too large to send: read it from the job store.
+    pub result: Option<Value>,
+}
+
+impl JobDone {
+    pub fn new(id: JobId, success: bool, canceled: bool, result: &Value) -> Self {
+        let size = serde_json::to_vec(result)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        Self {
+            id,
+            success,
+            canceled,
+            result: (size <= MAX_DONE_RESULT).then(|| result.clone()),
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! stream name (`subjects`), the wire formats (`envelope`, `events`, `control`), how streams and
 //! consumers are declared (`setup`) and how workers pull jobs (`consume`).
 
-mod bus;
+pub mod bus;
 pub mod consume;
 pub mod control;
 pub mod envelope;

@@ -34,6 +34,11 @@ pub fn job_reply(id: JobId, reply: JobReply) -> String {
     format!("millrace.job.{id}.{suffix}")
 }
 
+/// Every live subject of one job.
+pub fn job_replies(id: JobId) -> String {
+    format!("millrace.job.{id}.*")
+}
+
 /// `millrace.events.<ws>.job.<kind>`.
 pub fn job_event(workspace: &str, kind: &str) -> String {
     format!("millrace.events.{workspace}.job.{kind}")

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use super::context::WorkerContext;
-use super::process::{self, Ended, LogBuffer};
+use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use crate::auth::job_token::{self, JobClaims};
 use crate::domain::{canceled_result, JobStatus};
@@ -112,7 +112,7 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
             Outcome::canceled(by, request.and_then(|r| r.reason))
         }
         Ok(Err(error)) => Outcome::failed(error),
-        Ok(Ok(result)) => Outcome::succeeded(result),
+        Ok(Ok(result)) => Outcome::from_result(result),
     };
     finish(ctx, envelope, outcome, logs, Some(duration_ms)).await
 }
@@ -248,11 +248,12 @@ fn spawn_progress(delivery: &Delivery, ack_wait: Duration) -> impl Drop {
     }))
 }
 
-/// Publishes output lines live and saves them to the store at most once a second.
+/// Publishes output and streamed chunks live, and saves the output to the store at most once
+/// a second.
 fn spawn_log_forwarder(
     ctx: &WorkerContext,
     id: crate::domain::JobId,
-    mut lines: mpsc::UnboundedReceiver<String>,
+    mut lines: mpsc::UnboundedReceiver<Output>,
 ) -> tokio::task::JoinHandle<()> {
     let bus = ctx.bus.clone();
     let pool = ctx.pool.clone();
@@ -263,14 +264,19 @@ fn spawn_log_forwarder(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                chunk = lines.recv() => {
-                    let Some(chunk) = chunk else { break };
-                    let _ = bus.publish_reply(id, JobReply::Log, chunk.clone().into()).await;
-                    if so_far.len() < limit {
-                        so_far.push_str(&chunk);
-                        unsaved = true;
+                output = lines.recv() => match output {
+                    None => break,
+                    Some(Output::Stream(chunk)) => {
+                        let _ = bus.publish_reply(id, JobReply::Stream, chunk.into()).await;
                     }
-                }
+                    Some(Output::Log(chunk)) => {
+                        let _ = bus.publish_reply(id, JobReply::Log, chunk.clone().into()).await;
+                        if so_far.len() < limit {
+                            so_far.push_str(&chunk);
+                            unsaved = true;
+                        }
+                    }
+                },
                 _ = tick.tick() => {
                     if unsaved {
                         unsaved = false;
@@ -314,6 +320,26 @@ impl Outcome {
         }
     }
 
+    /// A returned value; `wm_failure` in it marks the job failed but keeps the value, so a
+    /// sync caller still gets the response the script shaped (SPEC §3).
+    fn from_result(mut result: Value) -> Self {
+        let failure = result
+            .get("wm_failure")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match (failure, result.as_object_mut()) {
+            (Some(message), Some(map)) => {
+                let error = ScriptError::new("Failure", message).to_result();
+                map.insert("error".into(), error["error"].clone());
+                Self {
+                    status: JobStatus::Failure,
+                    ..Self::succeeded(result)
+                }
+            }
+            _ => Self::succeeded(result),
+        }
+    }
+
     fn failed(error: ScriptError) -> Self {
         Self {
             status: JobStatus::Failure,
@@ -354,12 +380,12 @@ async fn finish(
         Ok(None) => return Settle::Ack,
         Err(_) => return Settle::Abandon,
     }
-    let done = JobDone {
-        id: envelope.id,
-        success: completion.status == JobStatus::Success,
-        canceled: completion.status == JobStatus::Canceled,
-        result: completion.result.clone(),
-    };
+    let done = JobDone::new(
+        envelope.id,
+        completion.status == JobStatus::Success,
+        completion.status == JobStatus::Canceled,
+        &completion.result,
+    );
     if let Err(e) = ctx.bus.publish_done(&done).await {
         tracing::warn!(job = %envelope.id, error = %e, "done reply not published");
     }

@@ -70,6 +70,16 @@ pub enum Ended {
 
 pub type SharedLogs = Arc<Mutex<LogBuffer>>;
 
+/// What a script printed: ordinary output, or a chunk of a streamed result (a line the
+/// wrappers mark with [`STREAM_MARKER`] and a JSON string).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Log(String),
+    Stream(String),
+}
+
+pub const STREAM_MARKER: &str = "\u{1e}MILLRACE_STREAM";
+
 /// Runs the process in `dir` until it exits, `timeout` passes or `cancel` fires. Output lines
 /// are appended to `logs` and, when `lines` is given, sent there as they come.
 pub async fn run(
@@ -78,7 +88,7 @@ pub async fn run(
     timeout: Duration,
     cancel: &CancellationToken,
     logs: &SharedLogs,
-    lines: Option<mpsc::UnboundedSender<String>>,
+    lines: Option<mpsc::UnboundedSender<Output>>,
 ) -> std::io::Result<Ended> {
     let mut command = Command::new(&spec.program);
     command
@@ -134,7 +144,7 @@ fn kill_group(pid: Option<u32>) {
 fn read_into(
     mut stream: impl AsyncRead + Unpin + Send + 'static,
     logs: SharedLogs,
-    lines: Option<mpsc::UnboundedSender<String>>,
+    lines: Option<mpsc::UnboundedSender<Output>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
@@ -163,10 +173,24 @@ fn read_into(
     })
 }
 
-fn deliver(logs: &SharedLogs, lines: &Option<mpsc::UnboundedSender<String>>, chunk: String) {
-    logs.lock().expect("log lock").push(&chunk);
+fn deliver(logs: &SharedLogs, lines: &Option<mpsc::UnboundedSender<Output>>, chunk: String) {
+    let mut plain = String::new();
+    for line in chunk.split_inclusive('\n') {
+        let Some(encoded) = line.strip_prefix(STREAM_MARKER) else {
+            plain.push_str(line);
+            continue;
+        };
+        if let (Some(lines), Ok(text)) = (lines, serde_json::from_str::<String>(encoded.trim_end()))
+        {
+            let _ = lines.send(Output::Stream(text));
+        }
+    }
+    if plain.is_empty() {
+        return;
+    }
+    logs.lock().expect("log lock").push(&plain);
     if let Some(lines) = lines {
-        let _ = lines.send(chunk);
+        let _ = lines.send(Output::Log(plain));
     }
 }
 
@@ -200,6 +224,33 @@ mod tests {
         let text = logs.lock().unwrap().text().to_owned();
         assert!(text.starts_with("hello\n"), "{text}");
         assert!(text.contains("[logs truncated at 16 bytes]"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn streamed_chunks_are_kept_out_of_the_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let script = "echo before; printf '\\036MILLRACE_STREAM\"chunk \\\\u00e9\"\\n'; echo after";
+        run(
+            &bash(script),
+            dir.path(),
+            Duration::from_secs(5),
+            &CancellationToken::new(),
+            &logs,
+            Some(tx),
+        )
+        .await
+        .unwrap();
+        assert_eq!(logs.lock().unwrap().text(), "before\nafter\n");
+        let mut outputs = Vec::new();
+        while let Ok(output) = rx.try_recv() {
+            outputs.push(output);
+        }
+        assert!(
+            outputs.contains(&Output::Stream("chunk \u{e9}".into())),
+            "{outputs:?}"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,8 @@ mod identity;
 mod jobs_api;
 mod openapi;
 mod run_async;
+mod run_stream;
+mod run_sync;
 mod runtimes;
 mod scripts;
 mod wmill_client;

@@ -1,0 +1,73 @@
+//! Cancelling a job, for the cancel route and for sync callers that give up (timeout, client
+//! gone): a queued job is completed as cancelled at once; a running one is flagged and its
+//! worker told to kill it.
+
+use chrono::Utc;
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::domain::{canceled_result, JobId, WorkspaceId};
+use crate::queue::control::CancelJob;
+use crate::queue::events::{JobDone, JobEvent, JobEventKind};
+use crate::store::jobs::{self, CancelOutcome, JobRecord};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Canceled {
+    /// It was queued and will never start.
+    Now,
+    /// It is running; its worker kills it.
+    Requested,
+    AlreadyCompleted,
+}
+
+pub async fn cancel_job(
+    state: &AppState,
+    ws: &WorkspaceId,
+    id: JobId,
+    by: &str,
+    reason: Option<String>,
+) -> ApiResult<Canceled> {
+    let result = canceled_result(reason.as_deref(), by);
+    match jobs::cancel(state.pool(), ws, id, by, reason.as_deref(), &result).await? {
+        CancelOutcome::CanceledQueued(job) => {
+            announce(state, &job, &result).await;
+            Ok(Canceled::Now)
+        }
+        CancelOutcome::Requested => {
+            let request = CancelJob {
+                id,
+                canceled_by: by.to_owned(),
+                reason,
+            };
+            state.bus().publish_cancel(&request).await?;
+            Ok(Canceled::Requested)
+        }
+        CancelOutcome::AlreadyCompleted => Ok(Canceled::AlreadyCompleted),
+        CancelOutcome::NotFound => Err(ApiError::not_found(format!("job {id} not found"))),
+    }
+}
+
+/// A job cancelled while queued never reaches a worker, so the API tells its waiters and
+/// publishes its terminal event.
+async fn announce(state: &AppState, job: &JobRecord, result: &serde_json::Value) {
+    let done = JobDone::new(job.id, false, true, result);
+    if let Err(e) = state.bus().publish_done(&done).await {
+        tracing::warn!(job = %job.id, error = %e, "done reply not published");
+    }
+    state.bus().spawn_event(JobEvent {
+        id: job.id,
+        workspace: job.workspace_id.clone(),
+        kind: JobEventKind::Canceled,
+        job_kind: job.job_kind.clone(),
+        path: job.script_path.clone(),
+        hash: job.script_hash.clone(),
+        flow_version: job.flow_version,
+        created_by: job.created_by.clone(),
+        at: job.completed_at.unwrap_or_else(Utc::now),
+        success: Some(false),
+        duration_ms: None,
+        result: None,
+        result_truncated: None,
+        error: result.get("error").cloned(),
+    });
+}

@@ -1,0 +1,197 @@
+//! Sync webhooks (SPEC §1, §3): run a script and answer with its result — or the response
+//! it shaped — once the job ends. The caller waits on `millrace.job.<id>.*`, subscribed before
+//! the job is published. Giving up (timeout) or hanging up (client gone) cancels the job.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Map, Value};
+
+use super::cancel::cancel_job;
+use super::error::{ApiError, ApiResult};
+use super::extract::{form_urlencoded_pairs, Authed, RawBody};
+use super::job_wait::{JobWatch, Seen};
+use super::request_args::{build_args, build_get_args, RunOptions};
+use super::run_async::{resolve_hash, resolve_path, ByHash, ByPath};
+use super::run_target::RunTarget;
+use super::{submit, sync_response, AppState};
+use crate::auth::Access;
+use crate::domain::{JobId, WorkspaceId};
+
+pub const JOB_ID_HEADER: &str = "x-millrace-job-id";
+
+/// The arguments and options of a sync or stream request, GET or POST.
+pub fn run_request(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<(Map<String, Value>, RunOptions)> {
+    let query = uri
+        .query()
+        .map(|q| form_urlencoded_pairs(q).collect())
+        .unwrap_or_default();
+    let opts = RunOptions::parse(query, Utc::now())?.run_now();
+    let include = &state.config().include_headers;
+    let args = if method == Method::GET {
+        build_get_args(headers, &opts, include)?
+    } else {
+        build_args(headers, body, &opts, include)?
+    };
+    Ok((args, opts))
+}
+
+/// Cancels the job if the request is dropped before it is answered (the client hung up).
+struct CancelOnDrop {
+    state: AppState,
+    ws: WorkspaceId,
+    id: JobId,
+    by: String,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (state, ws, id, by) = (
+            self.state.clone(),
+            self.ws.clone(),
+            self.id,
+            self.by.clone(),
+        );
+        tokio::spawn(async move {
+            let reason = Some("the caller disconnected".to_owned());
+            if let Err(e) = cancel_job(&state, &ws, id, &by, reason).await {
+                tracing::warn!(job = %id, error = %e, "could not cancel an abandoned sync job");
+            }
+        });
+    }
+}
+
+async fn run_and_wait(
+    state: &AppState,
+    (ws, access, target): (WorkspaceId, Access, RunTarget),
+    args: Map<String, Value>,
+    mut opts: RunOptions,
+) -> ApiResult<Response> {
+    let id = *opts.job_id.get_or_insert_with(uuid::Uuid::now_v7);
+    let updates = Box::pin(state.bus().watch_job(id).await?);
+    let mut watch = JobWatch::new(state, &ws, id, updates);
+    submit::submit(state, &ws, &access, &target, args, &opts).await?;
+    let guard = CancelOnDrop {
+        state: state.clone(),
+        ws: ws.clone(),
+        id,
+        by: access.username.to_string(),
+        armed: true,
+    };
+    let mut response = match wait_for_result(state, &ws, &access, id, &mut watch, guard).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    response.headers_mut().insert(
+        JOB_ID_HEADER,
+        HeaderValue::from_str(&id.to_string()).expect("a UUID is a valid header value"),
+    );
+    Ok(response)
+}
+
+async fn wait_for_result<S: futures::Stream<Item = crate::queue::bus::JobUpdate> + Unpin>(
+    state: &AppState,
+    ws: &WorkspaceId,
+    access: &Access,
+    id: JobId,
+    watch: &mut JobWatch<S>,
+    mut guard: CancelOnDrop,
+) -> ApiResult<Response> {
+    let limit = state.config().timeout_wait_result;
+    let deadline = tokio::time::Instant::now() + limit;
+    let completed = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match watch.next(state, left).await? {
+            Seen::Completed(completed) => break completed,
+            Seen::Quiet if tokio::time::Instant::now() >= deadline => {
+                guard.armed = false;
+                let secs = limit.as_secs();
+                let reason = Some(format!("timeout after {secs}s"));
+                cancel_job(state, ws, id, access.username.as_str(), reason).await?;
+                return Err(ApiError::SyncTimeout(secs));
+            }
+            _ => {}
+        }
+    };
+    guard.armed = false;
+    sync_response::respond(
+        &completed.result,
+        completed.success,
+        state.config().sync_error_status,
+    )
+}
+
+macro_rules! sync_route {
+    ($name:ident, $method:ident, $path:literal, $params:ty, $resolve:ident) => {
+        #[doc = "Run and wait for the result (SPEC §1, §3)."]
+        #[utoipa::path($method, path = $path, tag = "run",
+            params(("workspace" = String, Path)),
+            responses((status = 200, description = "the result, or the response the script shaped"),
+                      (status = 400), (status = 401), (status = 404),
+                      (status = 500, description = "timeout after {N}s, or an invalid custom response")))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            Path(params): Path<$params>,
+            authed: Authed,
+            method: Method,
+            uri: Uri,
+            headers: HeaderMap,
+            RawBody(body): RawBody,
+        ) -> ApiResult<Response> {
+            let resolved = $resolve(&state, &authed, &params).await?;
+            let (args, opts) = run_request(&state, &method, &uri, &headers, &body)?;
+            run_and_wait(&state, resolved, args, opts).await
+        }
+    };
+}
+
+sync_route!(
+    post_by_path,
+    post,
+    "/api/w/{workspace}/jobs/run_wait_result/p/{*path}",
+    ByPath,
+    resolve_path
+);
+sync_route!(
+    get_by_path,
+    get,
+    "/api/w/{workspace}/jobs/run_wait_result/p/{*path}",
+    ByPath,
+    resolve_path
+);
+sync_route!(
+    post_by_hash,
+    post,
+    "/api/w/{workspace}/jobs/run_wait_result/h/{hash}",
+    ByHash,
+    resolve_hash
+);
+sync_route!(
+    get_by_hash,
+    get,
+    "/api/w/{workspace}/jobs/run_wait_result/h/{hash}",
+    ByHash,
+    resolve_hash
+);
+
+/// The configured status of failed sync jobs, checked once at startup.
+pub fn sync_error_status(code: u16) -> anyhow::Result<StatusCode> {
+    StatusCode::from_u16(code)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| {
+            anyhow::anyhow!("SYNC_ERROR_STATUS={code} is not an HTTP status from 200 to 599")
+        })
+}
