@@ -2,6 +2,7 @@
 //! here, so `main`, `dev` and the tests share one code path.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiSettings, AppState};
 use crate::auth::Authenticator;
 use crate::config::{
-    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, WorkerConfig,
+    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, S3Config,
+    SmtpConfig, WorkerConfig,
 };
 use crate::domain::Tag;
 use crate::queue::setup::{self, QueueLayout};
 use crate::queue::Bus;
 use crate::store::{self, Pool};
+use crate::sweeper::{Mailer, Sweeper};
 use crate::worker::{ExecSettings, Runtimes, Worker};
 
 pub fn layout(nats: &NatsConfig) -> QueueLayout {
@@ -70,6 +73,9 @@ pub async fn migrate(db: &DatabaseConfig, nats: &NatsConfig, tags: &[Tag]) -> an
 pub struct ApiServer {
     listener: TcpListener,
     state: AppState,
+    mailer: Option<Mailer>,
+    sweep_interval: Duration,
+    storage: api::ObjectStorage,
 }
 
 impl ApiServer {
@@ -79,7 +85,9 @@ impl ApiServer {
         http: &HttpConfig,
         urls: &PublicUrls,
         auth: &AuthConfig,
+        smtp: &SmtpConfig,
     ) -> anyhow::Result<Self> {
+        let mailer = Mailer::from_config(smtp)?;
         let pool = connect_store(db).await?;
         let bus = Bus::connect(nats, "millrace-api").await?;
         let job_key = store::settings::job_token_key(&pool).await?;
@@ -87,7 +95,7 @@ impl ApiServer {
             .superadmin_secret
             .as_ref()
             .map(|s| s.expose().to_owned());
-        let authenticator = Authenticator::new(pool.clone(), secret.as_deref(), job_key);
+        let authenticator = Arc::new(Authenticator::new(pool.clone(), secret.as_deref(), job_key));
         let settings = ApiSettings {
             max_body_size: http.max_body_size,
             include_headers: http
@@ -100,12 +108,25 @@ impl ApiServer {
             timeout_wait_result: http.timeout_wait_result,
             timeout_sse_stream: http.timeout_sse_stream,
             sync_error_status: api::sync_error_status(http.sync_error_status)?,
+            auth_failures_per_minute: auth.failures_per_minute,
         };
         let state = AppState::new(settings, pool, bus, authenticator);
         let listener = TcpListener::bind(http.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {}", http.bind_addr))?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            mailer,
+            sweep_interval: smtp.sweep_interval,
+            storage: api::ObjectStorage::unconfigured(),
+        })
+    }
+
+    /// Object storage: the instance default (`S3_*`) and `MAX_UPLOAD_SIZE`.
+    pub fn with_object_storage(mut self, s3: &S3Config) -> anyhow::Result<Self> {
+        self.storage = api::ObjectStorage::from_config(s3).context("object storage (S3_*)")?;
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -114,20 +135,33 @@ impl ApiServer {
 
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let addr = self.local_addr();
+        let sweeper = Sweeper {
+            pool: state.pool().clone(),
+            bus: state.bus().clone(),
+            auth: state.shared_auth(),
+            mailer: self.mailer,
+            interval: self.sweep_interval,
+        };
+        let sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
         let invalidations = state.bus().invalidations().await?;
         let listener_state = state.clone();
         let watcher = tokio::spawn(async move {
             use futures::StreamExt;
             futures::pin_mut!(invalidations);
             while let Some(message) = invalidations.next().await {
-                listener_state.scripts().forget(&message);
+                api::apply_invalidation(&listener_state, &message);
             }
         });
-        tracing::info!(addr = %self.local_addr(), "API listening");
-        let served = axum::serve(self.listener, api::router(state))
+        tracing::info!(%addr, "API listening");
+        let app = api::router(state)
+            .layer(axum::Extension(self.storage))
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         watcher.abort();
+        let _ = sweeping.await;
         served.context("HTTP server")
     }
 }

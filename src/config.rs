@@ -130,6 +130,14 @@ pub struct AuthConfig {
         hide_env_values = true
     )]
     pub superadmin_secret: Option<Secret>,
+
+    /// Failed logins or invalid tokens from one client address per minute before it gets 429.
+    #[arg(
+        long = "auth-failures-per-minute",
+        env = "AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -236,4 +244,84 @@ pub struct TelemetryConfig {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SmtpTls {
+    /// Plain SMTP (a relay on the same host or network).
+    None,
+    /// Upgrade with STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SmtpConfig {
+    /// SMTP server for token expiry emails; no emails when unset.
+    #[arg(long = "smtp-host", env = "SMTP_HOST")]
+    pub host: Option<String>,
+
+    /// SMTP port.
+    #[arg(long = "smtp-port", env = "SMTP_PORT", default_value_t = 587)]
+    pub port: u16,
+
+    /// Sender address of the emails.
+    #[arg(
+        long = "smtp-from",
+        env = "SMTP_FROM",
+        default_value = "millrace@localhost"
+    )]
+    pub from: String,
+
+    /// SMTP user name (no authentication when unset).
+    #[arg(long = "smtp-username", env = "SMTP_USERNAME")]
+    pub username: Option<String>,
+
+    /// SMTP password.
+    #[arg(long = "smtp-password", env = "SMTP_PASSWORD", hide_env_values = true)]
+    pub password: Option<Secret>,
+
+    /// How to secure the SMTP connection.
+    #[arg(
+        long = "smtp-tls",
+        env = "SMTP_TLS",
+        value_enum,
+        default_value = "starttls"
+    )]
+    pub tls: SmtpTls,
+
+    /// Seconds between sweeps for expiring and expired tokens (and `last_used_at` updates).
+    #[arg(long = "token-sweep-interval", env = "TOKEN_SWEEP_INTERVAL", default_value = "60", value_parser = seconds)]
+    pub sweep_interval: Duration,
+}
+
+/// The instance's default object storage (MinIO/S3) for multipart uploads and scripts' files;
+/// a workspace's own settings (`/api/w/{ws}/workspaces/object_storage`) take precedence.
+#[derive(Debug, Clone, Args)]
+pub struct S3Config {
+    /// S3 endpoint URL of the default object storage (`http(s)://host[:port]`); none when unset.
+    #[arg(long = "s3-endpoint", env = "S3_ENDPOINT")]
+    pub endpoint: Option<String>,
+
+    /// Bucket of the default object storage (workspaces share it, each under `<workspace>/`).
+    #[arg(long = "s3-bucket", env = "S3_BUCKET")]
+    pub bucket: Option<String>,
+
+    /// Region of the default object storage (us-east-1 when unset).
+    #[arg(long = "s3-region", env = "S3_REGION")]
+    pub region: Option<String>,
+
+    /// Access key of the default object storage.
+    #[arg(long = "s3-access-key", env = "S3_ACCESS_KEY")]
+    pub access_key: Option<String>,
+
+    /// Secret key of the default object storage (never logged or returned).
+    #[arg(long = "s3-secret-key", env = "S3_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<Secret>,
+
+    /// Largest total size in bytes of the file parts of one multipart webhook (or of one file a
+    /// script uploads) → 413 above it.
+    #[arg(long = "max-upload-size", env = "MAX_UPLOAD_SIZE", default_value_t = 1024 * 1024 * 1024)]
+    pub max_upload_size: u64,
 }

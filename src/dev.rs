@@ -10,8 +10,8 @@ use clap::Args;
 use crate::app::{self, ApiServer};
 use crate::auth::token;
 use crate::config::{
-    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, Secret,
-    WorkerConfig,
+    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, S3Config, Secret,
+    SmtpConfig, WorkerConfig,
 };
 use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Username, WorkspaceId};
 use crate::local::{self, LocalNats, LocalPostgres};
@@ -196,17 +196,33 @@ async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    opts: DevOptions,
-    mut db: DatabaseConfig,
-    mut nats: NatsConfig,
-    mut http: HttpConfig,
-    mut urls: PublicUrls,
-    auth: AuthConfig,
-    worker: WorkerConfig,
-    jobs: JobDefaults,
-) -> anyhow::Result<()> {
+/// Everything `dev` is configured with.
+pub struct DevConfig {
+    pub opts: DevOptions,
+    pub db: DatabaseConfig,
+    pub nats: NatsConfig,
+    pub http: HttpConfig,
+    pub urls: PublicUrls,
+    pub auth: AuthConfig,
+    pub smtp: SmtpConfig,
+    pub s3: S3Config,
+    pub worker: WorkerConfig,
+    pub jobs: JobDefaults,
+}
+
+pub async fn run(config: DevConfig) -> anyhow::Result<()> {
+    let DevConfig {
+        opts,
+        mut db,
+        mut nats,
+        mut http,
+        mut urls,
+        auth,
+        smtp,
+        s3,
+        worker,
+        jobs,
+    } = config;
     let _services = start_services(&opts, &mut db, &mut nats).await?;
     let tags = app::parse_tags(&worker.tags)?;
     app::migrate(&db, &nats, &tags).await?;
@@ -214,7 +230,9 @@ pub async fn run(
     if http.bind_addr.ip().is_unspecified() {
         http.bind_addr.set_ip([127, 0, 0, 1].into());
     }
-    let server = ApiServer::build(&db, &nats, &http, &urls, &auth).await?;
+    let server = ApiServer::build(&db, &nats, &http, &urls, &auth, &smtp)
+        .await?
+        .with_object_storage(&s3)?;
     if urls.base_url == "http://localhost:8000" {
         urls.base_url = format!("http://{}", server.local_addr());
     }

@@ -7,7 +7,9 @@
 //!   per-job reply subjects, control broadcasts.
 //! - [`worker`]: pulls jobs, runs each in a child process, records the end, acks.
 //! - [`store`]: PostgreSQL, one file per table family, and the migrations.
+//! - [`storage`]: object storage (S3/MinIO): webhook uploads and scripts' files.
 //! - [`domain`]: identifiers and states with no I/O.
+//! - [`sweeper`]: token expiry notices and `last_used_at` bookkeeping, in API processes.
 //! - [`app`] wires these for each subcommand; [`dev`] and [`local`] run everything on a laptop.
 //!
 //! Dependencies point one way: `api` and `worker` use `auth`, `queue`, `store` and `domain`;
@@ -22,6 +24,8 @@ pub mod domain;
 pub mod health;
 pub mod local;
 pub mod queue;
+pub mod storage;
 pub mod store;
+pub mod sweeper;
 pub mod telemetry;
 pub mod worker;

@@ -4,8 +4,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use millrace::app::{self, ApiServer};
 use millrace::config::{
-    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, TelemetryConfig,
-    WorkerConfig,
+    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, S3Config,
+    SmtpConfig, TelemetryConfig, WorkerConfig,
 };
 use millrace::{dev, telemetry};
 
@@ -33,6 +33,10 @@ enum Command {
         urls: PublicUrls,
         #[command(flatten)]
         auth: AuthConfig,
+        #[command(flatten)]
+        smtp: SmtpConfig,
+        #[command(flatten)]
+        s3: S3Config,
         #[command(flatten)]
         telemetry: TelemetryConfig,
     },
@@ -82,6 +86,11 @@ enum Command {
         urls: PublicUrls,
         #[command(flatten)]
         auth: AuthConfig,
+        #[command(flatten)]
+        smtp: SmtpConfig,
+        // Boxed: `dev` holds every group of settings, which makes it the largest variant.
+        #[command(flatten)]
+        s3: Box<S3Config>,
         #[command(flatten)]
         worker: WorkerConfig,
         #[command(flatten)]
@@ -145,10 +154,14 @@ async fn main() -> anyhow::Result<()> {
             http,
             urls,
             auth,
+            smtp,
+            s3,
             telemetry: t,
         } => {
             telemetry::init(t.log_format);
-            let server = ApiServer::build(&db, &nats, &http, &urls, &auth).await?;
+            let server = ApiServer::build(&db, &nats, &http, &urls, &auth, &smtp)
+                .await?
+                .with_object_storage(&s3)?;
             server.run_until(app::shutdown_on_signal()).await
         }
         Command::Worker {
@@ -188,6 +201,8 @@ async fn main() -> anyhow::Result<()> {
             http,
             urls,
             auth,
+            smtp,
+            s3,
             worker,
             jobs,
             telemetry: t,
@@ -202,7 +217,19 @@ async fn main() -> anyhow::Result<()> {
                 stream_replicas: nats.stream_replicas,
                 ack_wait: nats.ack_wait,
             };
-            dev::run(opts, db, nats, http, urls, auth, worker, jobs).await
+            dev::run(dev::DevConfig {
+                opts,
+                db,
+                nats,
+                http,
+                urls,
+                auth,
+                smtp,
+                s3: *s3,
+                worker,
+                jobs,
+            })
+            .await
         }
         Command::ConfigNames => {
             for name in config_names() {

@@ -54,7 +54,8 @@ async fn announce(state: &AppState, job: &JobRecord, result: &serde_json::Value)
     if let Err(e) = state.bus().publish_done(&done).await {
         tracing::warn!(job = %job.id, error = %e, "done reply not published");
     }
-    state.bus().spawn_event(JobEvent {
+    // The same shape as the worker's `canceled` event for a running job.
+    let event = JobEvent {
         id: job.id,
         workspace: job.workspace_id.clone(),
         kind: JobEventKind::Canceled,
@@ -69,5 +70,6 @@ async fn announce(state: &AppState, job: &JobRecord, result: &serde_json::Value)
         result: None,
         result_truncated: None,
         error: result.get("error").cloned(),
-    });
+    };
+    state.bus().spawn_event(event.with_result(result));
 }

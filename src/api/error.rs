@@ -19,12 +19,17 @@ pub enum ApiError {
     Forbidden(String),
     #[error("Not found: {0}")]
     NotFound(String),
+    #[error("Method not allowed: {0}")]
+    MethodNotAllowed(String),
     #[error("Conflict: {0}")]
     Conflict(String),
     #[error("Payload too large: {0}")]
     PayloadTooLarge(String),
     #[error("Unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// Too many failed authentications from one address; the value is Retry-After seconds.
+    #[error("Too many requests: too many failed authentications; retry in {0}s")]
+    TooManyRequests(u64),
     #[error("Service unavailable: {0}")]
     Unavailable(&'static str),
     /// A sync script shaped an invalid HTTP response; the message says what is wrong.
@@ -56,9 +61,11 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } | Self::BadScriptResponse(_) | Self::SyncTimeout(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -85,6 +92,9 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::TooManyRequests(wait) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         response
     }
@@ -134,9 +144,9 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Missing | AuthError::InvalidToken => Self::Unauthorized(e.to_string()),
-            AuthError::WrongWorkspace(_) | AuthError::NotMember(_) => {
-                Self::Unauthorized(e.to_string())
-            }
+            // A valid token without the right: it was made for another workspace.
+            AuthError::WrongWorkspace(_) => Self::Forbidden(e.to_string()),
+            AuthError::NotMember(_) => Self::Unauthorized(e.to_string()),
             AuthError::UnknownWorkspace(_) => Self::NotFound(e.to_string()),
             AuthError::Store(e) => e.into(),
         }

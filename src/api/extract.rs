@@ -3,35 +3,63 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
+
+/// Where a credential came from: a cookie is sent by browsers on their own, so cookie-only
+/// requests get the cross-site guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Bearer,
+    Cookie,
+    Query,
+}
 
 /// The first credential present: `Authorization: Bearer`, the `token` cookie, then `?token=`.
 /// An invalid one is refused without trying the next.
-pub fn presented_token(parts: &Parts) -> Option<String> {
+pub fn presented_token(parts: &Parts) -> Option<(String, Credential)> {
     if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or_default();
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .unwrap_or_default();
-        return Some(token.trim().to_owned());
+        return Some((token.trim().to_owned(), Credential::Bearer));
     }
     for cookies in parts.headers.get_all(header::COOKIE) {
         for pair in cookies.to_str().unwrap_or_default().split(';') {
             if let Some(token) = pair.trim().strip_prefix("token=") {
-                return Some(token.to_owned());
+                return Some((token.to_owned(), Credential::Cookie));
             }
         }
     }
     let query = parts.uri.query()?;
     form_urlencoded_pairs(query)
         .find(|(k, _)| k == "token")
-        .map(|(_, v)| v)
+        .map(|(_, v)| (v, Credential::Query))
+}
+
+/// The peer address of the connection (rate limits are per client address).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Ok(Self(ip))
+    }
 }
 
 /// Decoded `key=value` pairs of a query string.
@@ -39,16 +67,53 @@ pub fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, Strin
     form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
-/// An authenticated caller. 401 when no credential or an invalid one is presented.
-pub struct Authed(pub Principal);
+/// An authenticated caller. 401 when no credential or an invalid one is presented; 429 when
+/// the client address failed too often.
+pub struct Authed(pub Principal, pub Credential);
 
 impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token =
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        state.check_rate(ip)?;
+        let (token, source) =
             presented_token(parts).ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
-        Ok(Self(state.auth().authenticate(&token).await?))
+        match state.auth().authenticate(&token).await {
+            Ok(principal) => Ok(Self(principal, source)),
+            Err(e) => {
+                if matches!(e, AuthError::InvalidToken) {
+                    state.record_auth_failure(ip);
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Authed {
+    /// Refuses a cookie-only request that a browser sent from another site (CSRF on GET
+    /// webhooks that run code).
+    pub fn refuse_cross_site(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.1 != Credential::Cookie {
+            return Ok(());
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let host = header("host").unwrap_or_default();
+        let foreign = |url: &str| {
+            let authority = url.split("://").nth(1).unwrap_or(url);
+            authority.split('/').next().unwrap_or_default() != host
+        };
+        let cross = header("sec-fetch-site") == Some("cross-site")
+            || header("origin").is_some_and(|o| o != "null" && foreign(o))
+            || header("referer").is_some_and(foreign);
+        if cross {
+            Err(ApiError::Forbidden(
+                "cross-site requests cannot run scripts with a cookie; send a bearer token".into(),
+            ))
+        } else {
+            Ok(())
+        }
     }
 }
 

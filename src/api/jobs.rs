@@ -9,19 +9,21 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::authorize;
 use super::cancel::{self, Canceled};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, JsonBody};
 use super::paths::WorkspacePath;
 use super::AppState;
-use crate::auth::Access;
-use crate::domain::JobId;
-use crate::store::jobs::{self, JobRecord, ListFilter};
+use crate::auth::permissions::grantees;
+use crate::auth::{Access, Action};
+use crate::domain::{JobId, WorkspaceId};
+use crate::store::jobs::{self, JobRecord, ListFilter, Viewer};
 
 #[derive(Deserialize)]
 pub struct JobPath {
-    workspace: String,
-    id: String,
+    pub workspace: String,
+    pub id: String,
 }
 
 fn parse_id(raw: &str) -> ApiResult<JobId> {
@@ -32,17 +34,19 @@ fn not_found(id: JobId) -> ApiError {
     ApiError::not_found(format!("job {id} not found"))
 }
 
-async fn load(
+/// The job, if the caller may see it (404 otherwise, as for an unknown id).
+pub async fn load(
     state: &AppState,
     authed: &Authed,
     params: &JobPath,
-) -> ApiResult<(Access, JobRecord)> {
+) -> ApiResult<(WorkspaceId, Access, JobRecord)> {
     let (ws, access) = state.access(authed, &params.workspace).await?;
     let id = parse_id(&params.id)?;
     let job = jobs::get(state.pool(), &ws, id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok((access, job))
+    authorize::see_job(state, &ws, &access, &job).await?;
+    Ok((ws, access, job))
 }
 
 /// A job, queued or completed.
@@ -54,7 +58,7 @@ pub async fn get_job(
     Path(params): Path<JobPath>,
     authed: Authed,
 ) -> ApiResult<Json<JobRecord>> {
-    let (_, job) = load(&state, &authed, &params).await?;
+    let (_, _, job) = load(&state, &authed, &params).await?;
     Ok(Json(job))
 }
 
@@ -67,7 +71,7 @@ pub async fn get_completed(
     Path(params): Path<JobPath>,
     authed: Authed,
 ) -> ApiResult<Json<JobRecord>> {
-    let (_, job) = load(&state, &authed, &params).await?;
+    let (_, _, job) = load(&state, &authed, &params).await?;
     if !job.status.is_completed() {
         return Err(ApiError::not_found(format!(
             "job {} is not completed",
@@ -99,7 +103,7 @@ pub async fn get_result_maybe(
     Path(params): Path<JobPath>,
     authed: Authed,
 ) -> ApiResult<Json<Value>> {
-    let (_, job) = load(&state, &authed, &params).await?;
+    let (_, _, job) = load(&state, &authed, &params).await?;
     let completed = job.status.is_completed();
     Ok(Json(json!({
         "completed": completed,
@@ -118,7 +122,7 @@ pub async fn get_logs(
     Path(params): Path<JobPath>,
     authed: Authed,
 ) -> ApiResult<impl IntoResponse> {
-    let (_, job) = load(&state, &authed, &params).await?;
+    let (_, _, job) = load(&state, &authed, &params).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         job.logs.unwrap_or_default(),
@@ -141,8 +145,20 @@ pub async fn cancel(
     authed: Authed,
     JsonBody(body): JsonBody<CancelBody>,
 ) -> ApiResult<String> {
-    let (ws, access) = state.access(&authed, &params.workspace).await?;
-    let id = parse_id(&params.id)?;
+    let (ws, access, job) = load(&state, &authed, &params).await?;
+    let may_cancel = access.is_admin
+        || job.created_by == access.username.as_str()
+        || match &job.script_path {
+            Some(path) => authorize::write(&state, &ws, &access, path).await.is_ok(),
+            None => false,
+        };
+    if !may_cancel {
+        return Err(ApiError::Forbidden(
+            "only the job's creator, workspace admins and writers of its script may cancel it"
+                .into(),
+        ));
+    }
+    let id = job.id;
     let reason = body.reason.filter(|r| !r.is_empty());
     Ok(
         match cancel::cancel_job(&state, &ws, id, access.username.as_str(), reason).await? {
@@ -153,6 +169,7 @@ pub async fn cancel(
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     script_path_exact: Option<String>,
     script_hash: Option<String>,
@@ -181,8 +198,14 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<JobRecord>>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let (ws, access) = state.access(&authed, &params.workspace).await?;
+    authorize::scope(&access.principal, Action::ReadJobs)?;
+    let visible_to = (!access.is_admin).then(|| Viewer {
+        username: access.username.to_string(),
+        grantees: grantees(&access),
+    });
     let filter = ListFilter {
+        visible_to,
         script_path_exact: query.script_path_exact,
         script_hash: query.script_hash,
         job_kinds: query

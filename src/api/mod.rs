@@ -1,14 +1,24 @@
 //! The HTTP API (axum). Only this module knows about HTTP; each file serves one resource and
 //! `router` assembles them. Errors map to statuses in `error` and nowhere else.
 
+mod acls;
+mod authorize;
 mod cancel;
 mod error;
 mod extract;
+mod folders;
+mod groups;
 mod health;
+mod job_helpers;
 mod job_wait;
 mod jobs;
+mod login;
+mod multipart;
+mod object_storage;
 mod openapi;
 mod paths;
+mod probe;
+mod rate_limit;
 mod request_args;
 mod run_async;
 mod run_stream;
@@ -16,6 +26,7 @@ mod run_sync;
 mod run_target;
 mod scripts;
 mod state;
+mod streamed_body;
 mod submit;
 mod sync_response;
 mod users;
@@ -30,8 +41,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::ApiError;
+pub use object_storage::ObjectStorage;
 pub use run_sync::sync_error_status;
-pub use state::{ApiSettings, AppState};
+pub use state::{apply_invalidation, ApiSettings, AppState};
 
 /// Every route, registered with its OpenAPI description.
 fn documented_routes() -> OpenApiRouter<AppState> {
@@ -45,6 +57,16 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::create_token))
         .routes(routes!(users::impersonate))
         .routes(routes!(users::whoami))
+        .routes(routes!(users::list_tokens))
+        .routes(routes!(users::delete_token))
+        .routes(routes!(login::login))
+        .routes(routes!(groups::create))
+        .routes(routes!(groups::add_user))
+        .routes(routes!(groups::list))
+        .routes(routes!(folders::create))
+        .routes(routes!(folders::list))
+        .routes(routes!(acls::add))
+        .routes(routes!(acls::remove))
         .routes(routes!(users::workspace_whoami))
         .routes(routes!(scripts::create))
         .routes(routes!(scripts::get_by_path))
@@ -54,12 +76,28 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(scripts::list))
         .routes(routes!(scripts::archive))
         .routes(routes!(scripts::delete))
-        .routes(routes!(run_async::run_by_path, run_async::probe_by_path))
-        .routes(routes!(run_async::run_by_hash, run_async::probe_by_hash))
-        .routes(routes!(run_sync::post_by_path, run_sync::get_by_path))
-        .routes(routes!(run_sync::post_by_hash, run_sync::get_by_hash))
-        .routes(routes!(run_stream::post_by_path, run_stream::get_by_path))
-        .routes(routes!(run_stream::post_by_hash, run_stream::get_by_hash))
+        .routes(routes!(run_async::run_by_path, probe::run_by_path))
+        .routes(routes!(run_async::run_by_hash, probe::run_by_hash))
+        .routes(routes!(
+            run_sync::post_by_path,
+            run_sync::get_by_path,
+            probe::wait_by_path
+        ))
+        .routes(routes!(
+            run_sync::post_by_hash,
+            run_sync::get_by_hash,
+            probe::wait_by_hash
+        ))
+        .routes(routes!(
+            run_stream::post_by_path,
+            run_stream::get_by_path,
+            probe::stream_by_path
+        ))
+        .routes(routes!(
+            run_stream::post_by_hash,
+            run_stream::get_by_hash,
+            probe::stream_by_hash
+        ))
         .routes(routes!(run_stream::getupdate_sse))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::get_completed))
@@ -68,6 +106,13 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get_logs))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::list))
+        .routes(routes!(
+            object_storage::get_settings,
+            object_storage::set_settings
+        ))
+        .routes(routes!(job_helpers::download_s3_file))
+        .routes(routes!(job_helpers::upload_s3_file))
+        .routes(routes!(job_helpers::delete_s3_file))
 }
 
 /// The OpenAPI document of every route.
@@ -81,6 +126,10 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not served on {}", uri.path()))
 }
 
 /// Redacts `token=` query values so access logs never hold a credential.
@@ -103,6 +152,7 @@ pub fn router(state: AppState) -> Router {
     let (router, _) = documented_routes().split_for_parts();
     router
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(
             TraceLayer::new_for_http()

@@ -16,6 +16,8 @@ pub struct RunOptions {
     pub scheduled_for: Option<DateTime<Utc>>,
     pub tag: Option<Tag>,
     pub parent_job: Option<Uuid>,
+    /// The caller named the id (`job_id=`), rather than the route making one.
+    id_preset: bool,
     raw: bool,
     wrap_body: bool,
     include_header: Vec<String>,
@@ -52,7 +54,8 @@ impl RunOptions {
                 "job_id" => {
                     opts.job_id = Some(Uuid::parse_str(value).map_err(|e| {
                         ApiError::bad_request(format!("query arg job_id is not a UUID: {e}"))
-                    })?)
+                    })?);
+                    opts.id_preset = true;
                 }
                 "scheduled_for" => {
                     let at = DateTime::parse_from_rfc3339(value).map_err(|e| {
@@ -92,6 +95,16 @@ impl RunOptions {
 }
 
 impl RunOptions {
+    /// The job's id, made now unless the caller preset one: uploads are named after it before
+    /// the job exists.
+    pub fn job_id(&mut self) -> Uuid {
+        *self.job_id.get_or_insert_with(Uuid::now_v7)
+    }
+
+    pub fn job_id_preset(&self) -> bool {
+        self.id_preset
+    }
+
     /// Sync and stream routes run at once, whatever the request says.
     pub fn run_now(mut self) -> Self {
         self.scheduled_for = None;
@@ -171,6 +184,29 @@ fn body_kind(headers: &HeaderMap) -> BodyKind {
     }
 }
 
+/// Whether the body is `multipart/form-data`, which `multipart::RunBody` streams instead of
+/// buffering.
+pub fn is_multipart(headers: &HeaderMap) -> bool {
+    matches!(body_kind(headers), BodyKind::Multipart)
+}
+
+/// The arguments of a multipart body from its fields (text → strings, files → S3 objects, read
+/// by `multipart`). `raw` does not apply: the body was streamed, not kept.
+pub fn build_multipart_args(
+    fields: Map<String, Value>,
+    headers: &HeaderMap,
+    opts: &RunOptions,
+    instance_headers: &[String],
+) -> Map<String, Value> {
+    let mut args = if opts.wrap_body {
+        Map::from_iter([("body".to_owned(), Value::Object(fields))])
+    } else {
+        fields
+    };
+    add_header_and_query_args(&mut args, headers, opts, instance_headers);
+    args
+}
+
 /// A parsed JSON value as arguments: an object's keys, anything else under `body`.
 fn json_to_args(value: Value) -> Map<String, Value> {
     match value {
@@ -188,8 +224,9 @@ pub fn build_args(
 ) -> Result<Map<String, Value>, ApiError> {
     let kind = body_kind(headers);
     if matches!(kind, BodyKind::Multipart) {
-        return Err(ApiError::UnsupportedMediaType(
-            "multipart/form-data bodies are not supported by this version".into(),
+        // `multipart::RunBody` reads these as a stream and never buffers them.
+        return Err(ApiError::bad_request(
+            "a multipart/form-data body cannot be read here",
         ));
     }
     let text = std::str::from_utf8(body)
@@ -325,6 +362,24 @@ mod tests {
         );
         let binary = build_args(&headers(Some("text/plain")), &[0xff, 0xfe], &opts(&[]), &[]);
         assert!(matches!(binary, Err(ApiError::UnsupportedMediaType(_))));
+    }
+
+    #[test]
+    fn multipart_fields_take_query_options() {
+        let fields = Map::from_iter([
+            ("a".to_owned(), json!("1")),
+            ("q".to_owned(), json!("body")),
+        ]);
+        let o = opts(&[("include_query", "q"), ("q", "query")]);
+        let got = build_multipart_args(fields.clone(), &HeaderMap::new(), &o, &[]);
+        assert_eq!(Value::Object(got), json!({"a": "1", "q": "query"}));
+        let wrapped = opts(&[("wrap_body", "true"), ("raw", "true")]);
+        let got = build_multipart_args(fields, &HeaderMap::new(), &wrapped, &[]);
+        assert_eq!(Value::Object(got), json!({"body": {"a": "1", "q": "body"}}));
+        assert!(is_multipart(&headers(Some(
+            "multipart/form-data; boundary=x"
+        ))));
+        assert!(!is_multipart(&headers(Some("text/plain"))));
     }
 
     #[test]

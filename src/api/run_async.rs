@@ -1,18 +1,20 @@
 //! Async webhooks (SPEC §1): answer 201 with the job id once the job is durably queued.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use chrono::Utc;
+use axum::Extension;
 use serde::Deserialize;
 
 use super::error::ApiResult;
-use super::extract::{form_urlencoded_pairs, Authed, RawBody};
-use super::request_args::{build_args, RunOptions};
+use super::extract::Authed;
+use super::multipart::RunBody;
+use super::object_storage::ObjectStorage;
 use super::run_target::{self, RunTarget};
-use super::{submit, AppState};
+use super::{authorize, submit, AppState};
 use crate::auth::Access;
-use crate::domain::{JobId, RunnablePath, ScriptHash, WorkspaceId};
+use crate::auth::Action;
+use crate::domain::{RunnablePath, ScriptHash, WorkspaceId};
 
 #[derive(Deserialize)]
 pub struct ByPath {
@@ -35,7 +37,9 @@ pub async fn resolve_path(
     let ws = WorkspaceId::parse(&params.workspace)?;
     let path = RunnablePath::parse(&params.path)?;
     let access = state.auth().access(&authed.0, &ws).await?;
+    authorize::scope(&access.principal, Action::RunScript(path.as_str()))?;
     let target = run_target::by_path(state, &ws, &path).await?;
+    authorize::read(state, &ws, &access, path.as_str()).await?;
     Ok((ws, access, target))
 }
 
@@ -49,23 +53,19 @@ pub async fn resolve_hash(
     let hash = ScriptHash::parse(&params.hash)?;
     let access = state.auth().access(&authed.0, &ws).await?;
     let target = run_target::by_hash(state, &ws, &hash).await?;
+    authorize::run(state, &ws, &access, target.path.as_str()).await?;
     Ok((ws, access, target))
 }
 
 async fn run_async(
     state: &AppState,
+    storage: &ObjectStorage,
     (ws, access, target): (WorkspaceId, Access, RunTarget),
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
+    body: RunBody,
 ) -> ApiResult<impl IntoResponse> {
-    let query = uri
-        .query()
-        .map(|q| form_urlencoded_pairs(q).collect())
-        .unwrap_or_default();
-    let opts = RunOptions::parse(query, Utc::now())?;
-    let args = build_args(headers, body, &opts, &state.config().include_headers)?;
-    let id: JobId = submit::submit(state, &ws, &access, &target, args, &opts).await?;
+    let mut opts = body.options()?;
+    let (args, mut uploads) = body.into_args(state, storage, &ws, &mut opts).await?;
+    let id = uploads.kept_if_ok(submit::submit(state, &ws, &access, &target, args, &opts).await)?;
     Ok((StatusCode::CREATED, id.to_string()))
 }
 
@@ -79,12 +79,11 @@ pub async fn run_by_path(
     State(state): State<AppState>,
     Path(params): Path<ByPath>,
     authed: Authed,
-    uri: Uri,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    Extension(storage): Extension<ObjectStorage>,
+    body: RunBody,
 ) -> ApiResult<impl IntoResponse> {
     let resolved = resolve_path(&state, &authed, &params).await?;
-    run_async(&state, resolved, &uri, &headers, &body).await
+    run_async(&state, &storage, resolved, body).await
 }
 
 /// Run exactly one version of a script, even after it was replaced.
@@ -97,25 +96,9 @@ pub async fn run_by_hash(
     State(state): State<AppState>,
     Path(params): Path<ByHash>,
     authed: Authed,
-    uri: Uri,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    Extension(storage): Extension<ObjectStorage>,
+    body: RunBody,
 ) -> ApiResult<impl IntoResponse> {
     let resolved = resolve_hash(&state, &authed, &params).await?;
-    run_async(&state, resolved, &uri, &headers, &body).await
-}
-
-/// Webhook providers probe URLs with HEAD: 200, no token needed, no job created.
-#[utoipa::path(head, path = "/api/w/{workspace}/jobs/run/p/{*path}", tag = "run",
-    params(("workspace" = String, Path), ("path" = String, Path)),
-    responses((status = 200)))]
-pub async fn probe_by_path() -> StatusCode {
-    StatusCode::OK
-}
-
-#[utoipa::path(head, path = "/api/w/{workspace}/jobs/run/h/{hash}", tag = "run",
-    params(("workspace" = String, Path), ("hash" = String, Path)),
-    responses((status = 200)))]
-pub async fn probe_by_hash() -> StatusCode {
-    StatusCode::OK
+    run_async(&state, &storage, resolved, body).await
 }

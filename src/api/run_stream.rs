@@ -6,18 +6,21 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::Stream;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Authed, RawBody};
+use super::extract::Authed;
 use super::job_wait::{completed_in_store, JobWatch, Seen};
+use super::jobs::{load, JobPath};
+use super::multipart::RunBody;
+use super::object_storage::ObjectStorage;
 use super::run_async::{resolve_hash, resolve_path, ByHash, ByPath};
 use super::run_sync::{run_request, JOB_ID_HEADER};
 use super::{submit, AppState};
@@ -119,27 +122,26 @@ async fn pump<S: Stream<Item = JobUpdate> + Unpin>(
 }
 
 macro_rules! stream_route {
-    ($name:ident, $method:ident, $path:literal, $params:ty, $resolve:ident) => {
+    ($name:ident, $method:ident, $path:literal, $target:literal, $params:ty, $resolve:ident) => {
         #[doc = "Run and stream the job as Server-Sent Events (SPEC §1)."]
         #[utoipa::path($method, path = $path, tag = "run",
-            params(("workspace" = String, Path)),
+            params(("workspace" = String, Path), ($target = String, Path)),
             responses((status = 200, description = "text/event-stream of JSON frames", content_type = "text/event-stream"),
                       (status = 400), (status = 401), (status = 404)))]
         pub async fn $name(
             State(state): State<AppState>,
             Path(params): Path<$params>,
             authed: Authed,
-            method: Method,
-            uri: Uri,
-            headers: HeaderMap,
-            RawBody(body): RawBody,
+            Extension(storage): Extension<ObjectStorage>,
+            body: RunBody,
         ) -> ApiResult<Response> {
             let (ws, access, target) = $resolve(&state, &authed, &params).await?;
-            let (args, mut opts) = run_request(&state, &method, &uri, &headers, &body)?;
-            let id = *opts.job_id.get_or_insert_with(Uuid::now_v7);
-            let updates = Box::pin(state.bus().watch_job(id).await?);
+            let (args, mut opts, mut uploads) =
+                run_request(&state, &storage, &authed, &ws, body).await?;
+            let id = opts.job_id();
+            let updates = Box::pin(uploads.kept_if_ok(state.bus().watch_job(id).await)?);
             let watch = JobWatch::new(&state, &ws, id, updates);
-            submit::submit(&state, &ws, &access, &target, args, &opts).await?;
+            uploads.kept_if_ok(submit::submit(&state, &ws, &access, &target, args, &opts).await)?;
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(pump(state, ws, id, watch, tx, Flavour { logs: false, job: false }));
             Ok(sse_response(id, rx))
@@ -151,6 +153,7 @@ stream_route!(
     post_by_path,
     post,
     "/api/w/{workspace}/jobs/run_and_stream/p/{*path}",
+    "path",
     ByPath,
     resolve_path
 );
@@ -158,6 +161,7 @@ stream_route!(
     get_by_path,
     get,
     "/api/w/{workspace}/jobs/run_and_stream/p/{*path}",
+    "path",
     ByPath,
     resolve_path
 );
@@ -165,6 +169,7 @@ stream_route!(
     post_by_hash,
     post,
     "/api/w/{workspace}/jobs/run_and_stream/h/{hash}",
+    "hash",
     ByHash,
     resolve_hash
 );
@@ -172,15 +177,10 @@ stream_route!(
     get_by_hash,
     get,
     "/api/w/{workspace}/jobs/run_and_stream/h/{hash}",
+    "hash",
     ByHash,
     resolve_hash
 );
-
-#[derive(Deserialize)]
-pub struct JobPath {
-    workspace: String,
-    id: String,
-}
 
 /// Follow an existing job: its progress, logs and completion (also when it already ended).
 #[utoipa::path(get, path = "/api/w/{workspace}/jobs_u/getupdate_sse/{id}", tag = "jobs",
@@ -192,14 +192,11 @@ pub async fn getupdate_sse(
     Path(params): Path<JobPath>,
     authed: Authed,
 ) -> ApiResult<Response> {
-    let (ws, _) = state.access(&authed, &params.workspace).await?;
     let id = Uuid::parse_str(&params.id)
         .map_err(|e| ApiError::bad_request(format!("invalid job id {:?}: {e}", params.id)))?;
     // Listen first, then read: a completion between the two is seen one way or the other.
     let updates = Box::pin(state.bus().watch_job(id).await?);
-    let job = crate::store::jobs::get(state.pool(), &ws, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let (ws, _, job) = load(&state, &authed, &params).await?;
     let (tx, rx) = mpsc::channel(64);
     if job.status.is_completed() {
         let last = final_frame(

@@ -2,18 +2,19 @@
 //! it shaped — once the job ends. The caller waits on `millrace.job.<id>.*`, subscribed before
 //! the job is published. Giving up (timeout) or hanging up (client gone) cancels the job.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use axum::Extension;
 use serde_json::{Map, Value};
 
 use super::cancel::cancel_job;
 use super::error::{ApiError, ApiResult};
-use super::extract::{form_urlencoded_pairs, Authed, RawBody};
+use super::extract::Authed;
 use super::job_wait::{JobWatch, Seen};
-use super::request_args::{build_args, build_get_args, RunOptions};
+use super::multipart::{RunBody, Uploads};
+use super::object_storage::ObjectStorage;
+use super::request_args::RunOptions;
 use super::run_async::{resolve_hash, resolve_path, ByHash, ByPath};
 use super::run_target::RunTarget;
 use super::{submit, sync_response, AppState};
@@ -22,26 +23,21 @@ use crate::domain::{JobId, WorkspaceId};
 
 pub const JOB_ID_HEADER: &str = "x-millrace-job-id";
 
-/// The arguments and options of a sync or stream request, GET or POST.
-pub fn run_request(
+/// The arguments and options of a sync or stream request, GET or POST, with the job id already
+/// chosen (uploads are named after it), and the files the body uploaded.
+pub async fn run_request(
     state: &AppState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> ApiResult<(Map<String, Value>, RunOptions)> {
-    let query = uri
-        .query()
-        .map(|q| form_urlencoded_pairs(q).collect())
-        .unwrap_or_default();
-    let opts = RunOptions::parse(query, Utc::now())?.run_now();
-    let include = &state.config().include_headers;
-    let args = if method == Method::GET {
-        build_get_args(headers, &opts, include)?
-    } else {
-        build_args(headers, body, &opts, include)?
-    };
-    Ok((args, opts))
+    storage: &ObjectStorage,
+    authed: &Authed,
+    ws: &WorkspaceId,
+    body: RunBody,
+) -> ApiResult<(Map<String, Value>, RunOptions, Uploads)> {
+    let mut opts = body.options()?.run_now();
+    if body.method() == Method::GET {
+        authed.refuse_cross_site(body.headers())?;
+    }
+    let (args, uploads) = body.into_args(state, storage, ws, &mut opts).await?;
+    Ok((args, opts, uploads))
 }
 
 /// Cancels the job if the request is dropped before it is answered (the client hung up).
@@ -76,13 +72,12 @@ impl Drop for CancelOnDrop {
 async fn run_and_wait(
     state: &AppState,
     (ws, access, target): (WorkspaceId, Access, RunTarget),
-    args: Map<String, Value>,
-    mut opts: RunOptions,
+    (args, mut opts, mut uploads): (Map<String, Value>, RunOptions, Uploads),
 ) -> ApiResult<Response> {
-    let id = *opts.job_id.get_or_insert_with(uuid::Uuid::now_v7);
-    let updates = Box::pin(state.bus().watch_job(id).await?);
+    let id = opts.job_id();
+    let updates = Box::pin(uploads.kept_if_ok(state.bus().watch_job(id).await)?);
     let mut watch = JobWatch::new(state, &ws, id, updates);
-    submit::submit(state, &ws, &access, &target, args, &opts).await?;
+    uploads.kept_if_ok(submit::submit(state, &ws, &access, &target, args, &opts).await)?;
     let guard = CancelOnDrop {
         state: state.clone(),
         ws: ws.clone(),
@@ -134,10 +129,10 @@ async fn wait_for_result<S: futures::Stream<Item = crate::queue::bus::JobUpdate>
 }
 
 macro_rules! sync_route {
-    ($name:ident, $method:ident, $path:literal, $params:ty, $resolve:ident) => {
+    ($name:ident, $method:ident, $path:literal, $target:literal, $params:ty, $resolve:ident) => {
         #[doc = "Run and wait for the result (SPEC §1, §3)."]
         #[utoipa::path($method, path = $path, tag = "run",
-            params(("workspace" = String, Path)),
+            params(("workspace" = String, Path), ($target = String, Path)),
             responses((status = 200, description = "the result, or the response the script shaped"),
                       (status = 400), (status = 401), (status = 404),
                       (status = 500, description = "timeout after {N}s, or an invalid custom response")))]
@@ -145,14 +140,12 @@ macro_rules! sync_route {
             State(state): State<AppState>,
             Path(params): Path<$params>,
             authed: Authed,
-            method: Method,
-            uri: Uri,
-            headers: HeaderMap,
-            RawBody(body): RawBody,
+            Extension(storage): Extension<ObjectStorage>,
+            body: RunBody,
         ) -> ApiResult<Response> {
             let resolved = $resolve(&state, &authed, &params).await?;
-            let (args, opts) = run_request(&state, &method, &uri, &headers, &body)?;
-            run_and_wait(&state, resolved, args, opts).await
+            let run = run_request(&state, &storage, &authed, &resolved.0, body).await?;
+            run_and_wait(&state, resolved, run).await
         }
     };
 }
@@ -161,6 +154,7 @@ sync_route!(
     post_by_path,
     post,
     "/api/w/{workspace}/jobs/run_wait_result/p/{*path}",
+    "path",
     ByPath,
     resolve_path
 );
@@ -168,6 +162,7 @@ sync_route!(
     get_by_path,
     get,
     "/api/w/{workspace}/jobs/run_wait_result/p/{*path}",
+    "path",
     ByPath,
     resolve_path
 );
@@ -175,6 +170,7 @@ sync_route!(
     post_by_hash,
     post,
     "/api/w/{workspace}/jobs/run_wait_result/h/{hash}",
+    "hash",
     ByHash,
     resolve_hash
 );
@@ -182,6 +178,7 @@ sync_route!(
     get_by_hash,
     get,
     "/api/w/{workspace}/jobs/run_wait_result/h/{hash}",
+    "hash",
     ByHash,
     resolve_hash
 );

@@ -50,9 +50,9 @@ impl ScriptCache {
         );
     }
 
-    pub fn forget(&self, invalidate: &Invalidate) {
+    pub fn forget(&self, workspace: &str, path: &str) {
         let mut live = self.live.lock().expect("cache lock");
-        live.remove(&(invalidate.workspace.clone(), invalidate.path.clone()));
+        live.remove(&(workspace.to_owned(), path.to_owned()));
     }
 }
 
@@ -98,11 +98,11 @@ pub async fn by_hash(
 
 /// Drops the cached entry here and on every other replica.
 pub async fn invalidate(state: &AppState, ws: &WorkspaceId, path: &RunnablePath) -> ApiResult<()> {
-    let message = Invalidate {
+    state.scripts().forget(ws.as_str(), path.as_str());
+    let message = Invalidate::Script {
         workspace: ws.to_string(),
         path: path.to_string(),
     };
-    state.scripts().forget(&message);
     state.bus().publish_invalidate(&message).await?;
     Ok(())
 }

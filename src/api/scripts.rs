@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, JsonBody};
 use super::paths::WorkspacePath;
-use super::run_target;
 use super::AppState;
-use crate::auth::Access;
+use super::{authorize, run_target};
+use crate::auth::{Access, Action};
 use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Tag, WorkspaceId};
 use crate::store::scripts::{self, CreateOutcome, NewScript, Script};
 
@@ -28,13 +28,11 @@ pub struct HashPath {
     hash: String,
 }
 
-fn require_writer(access: &Access) -> ApiResult<()> {
-    if access.operator {
-        return Err(ApiError::Forbidden(
-            "operators cannot create or change scripts".into(),
-        ));
-    }
-    Ok(())
+/// A caller allowed to read scripts in the workspace (item rights are checked per path).
+async fn reader(state: &AppState, authed: &Authed, ws: &str) -> ApiResult<(WorkspaceId, Access)> {
+    let (ws, access) = state.access(authed, ws).await?;
+    authorize::scope(&access.principal, Action::ReadScripts)?;
+    Ok((ws, access))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -82,8 +80,9 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateScript>,
 ) -> ApiResult<(StatusCode, String)> {
     let (ws, access) = state.access(&authed, &params.workspace).await?;
-    require_writer(&access)?;
+    authorize::scope(&access.principal, Action::WriteScripts)?;
     let path = RunnablePath::parse(&body.path)?;
+    authorize::write(&state, &ws, &access, path.as_str()).await?;
     let language: ScriptLang = body.language.parse().map_err(ApiError::BadRequest)?;
     let parent_hash = body
         .parent_hash
@@ -139,8 +138,9 @@ pub async fn get_by_path(
     Path(params): Path<ScriptPath>,
     authed: Authed,
 ) -> ApiResult<Json<Script>> {
-    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let path = RunnablePath::parse(&params.path)?;
+    authorize::read(&state, &ws, &access, path.as_str()).await?;
     scripts::latest_by_path(state.pool(), &ws, &path)
         .await?
         .map(Json)
@@ -156,12 +156,16 @@ pub async fn get_by_hash(
     Path(params): Path<HashPath>,
     authed: Authed,
 ) -> ApiResult<Json<Script>> {
-    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let hash = ScriptHash::parse(&params.hash)?;
-    scripts::by_hash(state.pool(), &ws, &hash)
+    let not_found = || ApiError::not_found(format!("script not found with hash {hash}"));
+    let script = scripts::by_hash(state.pool(), &ws, &hash)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("script not found with hash {hash}")))
+        .ok_or_else(not_found)?;
+    authorize::read(&state, &ws, &access, script.path.as_str())
+        .await
+        .map_err(|_| not_found())?;
+    Ok(Json(script))
 }
 
 /// Whether a live version exists at the path.
@@ -173,8 +177,11 @@ pub async fn exists(
     Path(params): Path<ScriptPath>,
     authed: Authed,
 ) -> ApiResult<Json<bool>> {
-    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let path = RunnablePath::parse(&params.path)?;
+    if !authorize::can_read(&state, &ws, &access, path.as_str()).await? {
+        return Ok(Json(false));
+    }
     let script = scripts::latest_by_path(state.pool(), &ws, &path).await?;
     Ok(Json(script.is_some_and(|s| !s.archived)))
 }
@@ -195,8 +202,9 @@ pub async fn history(
     Path(params): Path<ScriptPath>,
     authed: Authed,
 ) -> ApiResult<Json<Vec<HistoryItem>>> {
-    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let path = RunnablePath::parse(&params.path)?;
+    authorize::read(&state, &ws, &access, path.as_str()).await?;
     let versions = scripts::history(state.pool(), &ws, &path).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!(
@@ -231,9 +239,15 @@ pub async fn list(
     authed: Authed,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Script>>> {
-    let (ws, _) = state.access(&authed, &params.workspace).await?;
+    let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let start = query.path_start.unwrap_or_default();
-    Ok(Json(scripts::list_live(state.pool(), &ws, &start).await?))
+    let mut visible = Vec::new();
+    for script in scripts::list_live(state.pool(), &ws, &start).await? {
+        if authorize::can_read(&state, &ws, &access, script.path.as_str()).await? {
+            visible.push(script);
+        }
+    }
+    Ok(Json(visible))
 }
 
 async fn change_path(
@@ -243,8 +257,10 @@ async fn change_path(
     change: ScriptChange,
 ) -> ApiResult<String> {
     let (ws, access) = state.access(authed, &params.workspace).await?;
-    require_writer(&access)?;
+    authorize::scope(&access.principal, Action::WriteScripts)?;
     let path = RunnablePath::parse(&params.path)?;
+    authorize::read(state, &ws, &access, path.as_str()).await?;
+    authorize::write(state, &ws, &access, path.as_str()).await?;
     let touched = match change {
         ScriptChange::Archive => scripts::archive_path(state.pool(), &ws, &path).await?,
         ScriptChange::Delete => scripts::delete_path(state.pool(), &ws, &path).await?,

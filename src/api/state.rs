@@ -20,6 +20,8 @@ pub struct ApiSettings {
     pub timeout_sse_stream: std::time::Duration,
     /// `SYNC_ERROR_STATUS`.
     pub sync_error_status: axum::http::StatusCode,
+    /// `AUTH_FAILURES_PER_MINUTE`.
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Clone)]
@@ -30,18 +32,21 @@ struct Inner {
     pool: Pool,
     bus: Bus,
     inserter: JobInserter,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     scripts: ScriptCache,
     openapi: utoipa::openapi::OpenApi,
+    failures: super::rate_limit::FailureLimiter,
 }
 
 impl AppState {
-    pub fn new(settings: ApiSettings, pool: Pool, bus: Bus, auth: Authenticator) -> Self {
+    pub fn new(settings: ApiSettings, pool: Pool, bus: Bus, auth: Arc<Authenticator>) -> Self {
+        let failures = super::rate_limit::FailureLimiter::new(settings.auth_failures_per_minute);
         Self(Arc::new(Inner {
             settings,
             inserter: JobInserter::spawn(pool.clone()),
             scripts: ScriptCache::new(),
             openapi: super::openapi_document(),
+            failures,
             pool,
             bus,
             auth,
@@ -68,12 +73,28 @@ impl AppState {
         &self.0.auth
     }
 
+    pub fn shared_auth(&self) -> Arc<Authenticator> {
+        self.0.auth.clone()
+    }
+
     pub fn scripts(&self) -> &ScriptCache {
         &self.0.scripts
     }
 
     pub fn openapi(&self) -> &utoipa::openapi::OpenApi {
         &self.0.openapi
+    }
+
+    /// 429 while the client address is locked out for failing authentication.
+    pub fn check_rate(&self, ip: std::net::IpAddr) -> super::error::ApiResult<()> {
+        match self.0.failures.blocked(ip) {
+            Some(wait) => Err(super::error::ApiError::TooManyRequests(wait)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn record_auth_failure(&self, ip: std::net::IpAddr) {
+        self.0.failures.record_failure(ip);
     }
 }
 
@@ -88,5 +109,19 @@ impl AppState {
         let ws = crate::domain::WorkspaceId::parse(ws)?;
         let access = self.auth().access(&authed.0, &ws).await?;
         Ok((ws, access))
+    }
+}
+
+/// Applies a broadcast from any replica (this one included) to this replica's caches.
+pub fn apply_invalidation(state: &AppState, message: &crate::queue::control::Invalidate) {
+    use crate::queue::control::Invalidate;
+    match message {
+        Invalidate::Script { workspace, path } => state.scripts().forget(workspace, path),
+        Invalidate::Token { hash } => {
+            if let Ok(hash) = hex::decode(hash) {
+                state.auth().forget_token(&hash);
+            }
+        }
+        Invalidate::Members { .. } => state.auth().forget_memberships(),
     }
 }

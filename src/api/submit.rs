@@ -45,6 +45,7 @@ pub async fn submit(
         tag: tag.to_string(),
         timeout_s: target.timeout_s,
         parent_job: opts.parent_job,
+        started_by_token: access.principal.token_id.clone(),
     };
     match state.inserter().insert(row).await? {
         InsertOutcome::Inserted => {}
@@ -64,7 +65,11 @@ pub async fn submit(
         language: Some(target.language),
         created_by: access.username.to_string(),
         permissioned_as: access.principal.email.clone(),
-        scopes: access.principal.scopes.clone(),
+        scopes: access
+            .principal
+            .scopes
+            .as_ref()
+            .map(|scopes| scopes.iter().map(ToString::to_string).collect()),
         tag: tag.to_string(),
         timeout_s: target.timeout_s,
         scheduled_for,

@@ -12,10 +12,12 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, JsonBody};
 use super::paths::WorkspacePath;
-use super::AppState;
-use crate::auth::{token, Principal};
+use super::{authorize, AppState};
+use crate::auth::{scope, token, Principal};
 use crate::domain::{Username, WorkspaceId};
+use crate::queue::control::Invalidate;
 use crate::store::tokens::NewToken;
+use crate::store::tokens::TokenListing;
 use crate::store::workspaces::{AddMember, Membership};
 use crate::store::{self, users::User};
 
@@ -38,14 +40,10 @@ pub struct CreateWorkspace {
     responses((status = 201, body = String), (status = 400), (status = 409)))]
 pub async fn create_workspace(
     State(state): State<AppState>,
-    Authed(principal): Authed,
+    Authed(principal, _): Authed,
     JsonBody(body): JsonBody<CreateWorkspace>,
 ) -> ApiResult<(StatusCode, String)> {
-    if principal.scopes.is_some() {
-        return Err(ApiError::Forbidden(
-            "a scoped token cannot create workspaces".into(),
-        ));
-    }
+    authorize::unscoped(&principal)?;
     let id = WorkspaceId::parse(&body.id)?;
     // The superadmin secret is nobody in particular: it creates workspaces without joining them.
     let creator = store::users::get(state.pool(), &principal.email).await?;
@@ -66,7 +64,7 @@ pub struct CreateUser {
     name: Option<String>,
 }
 
-fn hash_password(password: &str) -> ApiResult<String> {
+pub(super) fn hash_password(password: &str) -> ApiResult<String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -82,9 +80,10 @@ fn hash_password(password: &str) -> ApiResult<String> {
     responses((status = 201, body = String), (status = 403), (status = 409)))]
 pub async fn create_user(
     State(state): State<AppState>,
-    Authed(principal): Authed,
+    Authed(principal, _): Authed,
     JsonBody(body): JsonBody<CreateUser>,
 ) -> ApiResult<(StatusCode, String)> {
+    authorize::unscoped(&principal)?;
     require_superadmin(&principal)?;
     let email = body.email.trim().to_owned();
     if !email.contains('@') || email.len() > 255 {
@@ -123,6 +122,7 @@ pub async fn add_user(
     JsonBody(body): JsonBody<AddUser>,
 ) -> ApiResult<(StatusCode, String)> {
     let (ws, access) = state.access(&authed, &params.workspace).await?;
+    authorize::unscoped(&access.principal)?;
     if !access.is_admin {
         return Err(ApiError::Forbidden(
             "only workspace admins may add users".into(),
@@ -155,7 +155,7 @@ pub async fn add_user(
         }
         Err(e) => return Err(e.into()),
     }
-    state.auth().forget_member(&ws, &body.email);
+    members_changed(&state, &ws).await?;
     Ok((StatusCode::CREATED, member.username.to_string()))
 }
 
@@ -169,11 +169,24 @@ pub struct CreateToken {
     impersonate_email: Option<String>,
 }
 
+/// Every replica forgets its cached memberships and groups of the workspace.
+pub async fn members_changed(state: &AppState, ws: &WorkspaceId) -> ApiResult<()> {
+    state.auth().forget_memberships();
+    let message = Invalidate::Members {
+        workspace: ws.to_string(),
+    };
+    state.bus().publish_invalidate(&message).await?;
+    Ok(())
+}
+
 async fn issue_token(
     state: &AppState,
     email: &str,
     body: &CreateToken,
 ) -> ApiResult<(StatusCode, String)> {
+    if let Some(scopes) = &body.scopes {
+        scope::parse_all(scopes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     if let Some(at) = body.expiration {
         if at <= Utc::now() {
             return Err(ApiError::bad_request("expiration is in the past"));
@@ -212,14 +225,10 @@ async fn issue_token(
     responses((status = 201, description = "the token", body = String), (status = 400)))]
 pub async fn create_token(
     State(state): State<AppState>,
-    Authed(principal): Authed,
+    Authed(principal, _): Authed,
     JsonBody(body): JsonBody<CreateToken>,
 ) -> ApiResult<(StatusCode, String)> {
-    if principal.scopes.is_some() {
-        return Err(ApiError::Forbidden(
-            "a scoped token cannot create tokens".into(),
-        ));
-    }
+    authorize::unscoped(&principal)?;
     if store::users::get(state.pool(), &principal.email)
         .await?
         .is_none()
@@ -236,9 +245,10 @@ pub async fn create_token(
     responses((status = 201, description = "the token", body = String), (status = 403), (status = 404)))]
 pub async fn impersonate(
     State(state): State<AppState>,
-    Authed(principal): Authed,
+    Authed(principal, _): Authed,
     JsonBody(body): JsonBody<CreateToken>,
 ) -> ApiResult<(StatusCode, String)> {
+    authorize::unscoped(&principal)?;
     require_superadmin(&principal)?;
     let email = body
         .impersonate_email
@@ -253,7 +263,7 @@ pub async fn impersonate(
 /// The caller.
 #[utoipa::path(get, path = "/api/users/whoami", tag = "users",
     responses((status = 200, description = "{email, username, super_admin}")))]
-pub async fn whoami(Authed(principal): Authed) -> Json<Value> {
+pub async fn whoami(Authed(principal, _): Authed) -> Json<Value> {
     Json(json!({
         "email": principal.email,
         "username": Username::from_email(&principal.email),
@@ -277,4 +287,52 @@ pub async fn workspace_whoami(
         "is_admin": access.is_admin,
         "operator": access.operator,
     })))
+}
+
+/// The caller's tokens: prefixes only, never a token.
+#[utoipa::path(get, path = "/api/users/tokens/list", tag = "tokens",
+    responses((status = 200, body = Vec<TokenListing>)))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Authed(principal, _): Authed,
+) -> ApiResult<Json<Vec<TokenListing>>> {
+    authorize::unscoped(&principal)?;
+    Ok(Json(
+        store::tokens::list(state.pool(), &principal.email).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct PrefixPath {
+    token_prefix: String,
+}
+
+/// Revoke a token: it stops working on every replica within a second.
+#[utoipa::path(delete, path = "/api/users/tokens/delete/{token_prefix}", tag = "tokens",
+    params(("token_prefix" = String, Path)),
+    responses((status = 200, body = String), (status = 404)))]
+pub async fn delete_token(
+    State(state): State<AppState>,
+    Path(params): Path<PrefixPath>,
+    Authed(principal, _): Authed,
+) -> ApiResult<String> {
+    authorize::unscoped(&principal)?;
+    let hashes =
+        store::tokens::delete_by_prefix(state.pool(), &principal.email, &params.token_prefix)
+            .await?;
+    if hashes.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no token with prefix {}",
+            params.token_prefix
+        )));
+    }
+    for hash in &hashes {
+        state.auth().forget_token(hash);
+        let message = Invalidate::Token {
+            hash: hex::encode(hash),
+        };
+        state.bus().publish_invalidate(&message).await?;
+    }
+    state.bus().flush().await?;
+    Ok(format!("deleted token {}", params.token_prefix))
 }

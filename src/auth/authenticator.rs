@@ -1,7 +1,7 @@
 //! Turns a presented token into a [`Principal`], and a principal plus a workspace into an
 //! [`Access`]. Both answers are cached for a few seconds so the database stays off the hot path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -9,12 +9,16 @@ use chrono::Utc;
 use subtle::ConstantTimeEq;
 
 use super::job_token::{self, JobClaims};
-use super::{token, Access, Principal};
+use super::principal::JOB_TOKEN_ID_PREFIX;
+use super::{token, Access, Principal, Scope};
 use crate::domain::{Username, WorkspaceId};
 use crate::store::{self, workspaces::Membership, Pool, StoreError};
 
-/// How long a positive answer is reused before the store is asked again.
+/// How long a membership is reused before the store is asked again.
 const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Tokens are re-read more often: even if a revocation broadcast is lost, a deleted token
+/// stops working within this.
+const TOKEN_TTL: Duration = Duration::from_secs(1);
 const CACHE_MAX: usize = 10_000;
 
 /// The email of the principal that `SUPERADMIN_SECRET` authenticates.
@@ -39,12 +43,14 @@ pub enum AuthError {
 
 struct TtlCache<K, V> {
     entries: Mutex<HashMap<K, (V, Instant)>>,
+    ttl: Duration,
 }
 
 impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
-    fn new() -> Self {
+    fn new(ttl: Duration) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
+            ttl,
         }
     }
 
@@ -52,26 +58,40 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
         let entries = self.entries.lock().expect("cache lock");
         entries
             .get(key)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(v, _)| v.clone())
     }
 
     fn put(&self, key: K, value: V) {
         let mut entries = self.entries.lock().expect("cache lock");
         if entries.len() >= CACHE_MAX {
-            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
         }
         entries.insert(key, (value, Instant::now()));
     }
+
+    fn remove(&self, key: &K) {
+        self.entries.lock().expect("cache lock").remove(key);
+    }
+
+    fn clear(&self) {
+        self.entries.lock().expect("cache lock").clear();
+    }
 }
+
+/// A member's role and groups, or `None` for a non-member.
+type MemberEntry = Option<(Membership, Vec<String>)>;
 
 pub struct Authenticator {
     pool: Pool,
     superadmin_hash: Option<[u8; 32]>,
     job_key: Vec<u8>,
     tokens: TtlCache<[u8; 32], (Principal, Option<chrono::DateTime<Utc>>)>,
-    members: TtlCache<(String, String), Option<Membership>>,
+    members: TtlCache<(String, String), MemberEntry>,
     workspaces: TtlCache<String, ()>,
+    /// Tokens used since the last `last_used_at` flush.
+    used: Mutex<HashSet<[u8; 32]>>,
 }
 
 impl Authenticator {
@@ -80,9 +100,10 @@ impl Authenticator {
             pool,
             superadmin_hash: superadmin_secret.map(token::hash),
             job_key,
-            tokens: TtlCache::new(),
-            members: TtlCache::new(),
-            workspaces: TtlCache::new(),
+            tokens: TtlCache::new(TOKEN_TTL),
+            members: TtlCache::new(CACHE_TTL),
+            workspaces: TtlCache::new(CACHE_TTL),
+            used: Mutex::new(HashSet::new()),
         }
     }
 
@@ -96,8 +117,9 @@ impl Authenticator {
             return Ok(Principal {
                 email: claims.email,
                 super_admin: claims.super_admin,
-                scopes: claims.scopes,
+                scopes: claims.scopes.as_deref().map(parse_scopes),
                 workspace: Some(claims.workspace),
+                token_id: Some(format!("{JOB_TOKEN_ID_PREFIX}{}", claims.job)),
             });
         }
         let hash = token::hash(presented);
@@ -106,26 +128,46 @@ impl Authenticator {
                 return Ok(superadmin());
             }
         }
-        if let Some((principal, expiration)) = self.tokens.get(&hash) {
-            return match expiration {
-                Some(at) if at <= Utc::now() => Err(AuthError::InvalidToken),
-                _ => Ok(principal),
-            };
-        }
-        let owner = store::tokens::find(&self.pool, &hash)
-            .await?
-            .ok_or(AuthError::InvalidToken)?;
-        let principal = Principal {
-            email: owner.email,
-            super_admin: owner.super_admin,
-            scopes: owner.scopes,
-            workspace: owner.workspace_id,
+        let (principal, expiration) = match self.tokens.get(&hash) {
+            Some(cached) => cached,
+            None => {
+                let owner = store::tokens::find(&self.pool, &hash)
+                    .await?
+                    .ok_or(AuthError::InvalidToken)?;
+                let principal = Principal {
+                    email: owner.email,
+                    super_admin: owner.super_admin,
+                    scopes: owner.scopes.as_deref().map(parse_scopes),
+                    workspace: owner.workspace_id,
+                    token_id: Some(hex::encode(&hash[..12])),
+                };
+                self.tokens.put(hash, (principal.clone(), owner.expiration));
+                (principal, owner.expiration)
+            }
         };
-        self.tokens.put(hash, (principal.clone(), owner.expiration));
-        match owner.expiration {
-            Some(at) if at <= Utc::now() => Err(AuthError::InvalidToken),
-            _ => Ok(principal),
+        if expiration.is_some_and(|at| at <= Utc::now()) {
+            return Err(AuthError::InvalidToken);
         }
+        self.used.lock().expect("used lock").insert(hash);
+        Ok(principal)
+    }
+
+    /// Forgets a revoked token at once (called here and on every replica's broadcast).
+    pub fn forget_token(&self, hash: &[u8]) {
+        if let Ok(hash) = <[u8; 32]>::try_from(hash) {
+            self.tokens.remove(&hash);
+        }
+    }
+
+    /// Forgets every cached membership and group list (a group or member changed).
+    pub fn forget_memberships(&self) {
+        self.members.clear();
+    }
+
+    /// The tokens used since the last call, for one batched `last_used_at` update.
+    pub fn take_used(&self) -> Vec<Vec<u8>> {
+        let mut used = self.used.lock().expect("used lock");
+        used.drain().map(|h| h.to_vec()).collect()
     }
 
     /// The caller's role in `ws`: 404 for an unknown workspace, 401 for a non-member.
@@ -144,17 +186,26 @@ impl Authenticator {
         let membership = match self.members.get(&key) {
             Some(m) => m,
             None => {
-                let m = store::workspaces::membership(&self.pool, ws, &principal.email).await?;
+                let m =
+                    match store::workspaces::membership(&self.pool, ws, &principal.email).await? {
+                        Some(m) => {
+                            let groups =
+                                store::acl::groups_of(&self.pool, ws, m.username.as_str()).await?;
+                            Some((m, groups))
+                        }
+                        None => None,
+                    };
                 self.members.put(key, m.clone());
                 m
             }
         };
         match membership {
-            Some(m) => Ok(Access {
+            Some((m, groups)) => Ok(Access {
                 principal: principal.clone(),
                 username: m.username,
                 is_admin: m.is_admin || principal.super_admin,
                 operator: m.operator && !principal.super_admin,
+                groups,
             }),
             None if principal.super_admin => Ok(Access {
                 principal: principal.clone(),
@@ -165,6 +216,7 @@ impl Authenticator {
                 },
                 is_admin: true,
                 operator: false,
+                groups: vec![store::acl::ALL_GROUP.to_owned()],
             }),
             None => Err(AuthError::NotMember(ws.to_string())),
         }
@@ -182,22 +234,17 @@ impl Authenticator {
         }
     }
 
-    /// Forgets a cached membership (after `add_user`), so the change is seen at once here.
-    pub fn forget_member(&self, ws: &WorkspaceId, email: &str) {
-        let mut entries = self.members.entries.lock().expect("cache lock");
-        entries.remove(&(ws.to_string(), email.to_owned()));
-    }
-
     pub fn sign_job_token(&self, claims: &JobClaims) -> String {
         job_token::sign(&self.job_key, claims)
     }
 }
 
 fn superadmin() -> Principal {
-    Principal {
-        email: SUPERADMIN_EMAIL.to_owned(),
-        super_admin: true,
-        scopes: None,
-        workspace: None,
-    }
+    Principal::user(SUPERADMIN_EMAIL.to_owned(), true)
+}
+
+/// Stored scopes were checked when the token was made; one that no longer parses grants
+/// nothing rather than everything.
+fn parse_scopes(raw: &[String]) -> Vec<Scope> {
+    raw.iter().filter_map(|s| Scope::parse(s).ok()).collect()
 }

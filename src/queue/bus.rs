@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::control::{CancelJob, Invalidate};
 use super::envelope::JobEnvelope;
-use super::events::{JobDone, JobEvent};
+use super::events::{JobDone, JobEvent, TokenEvent};
 use super::subjects::{self, JobReply};
 use super::QueueError;
 use crate::config::NatsConfig;
@@ -113,6 +113,26 @@ impl Bus {
             .publish_with_headers(
                 subjects::job_event(&event.workspace, event.kind.as_str()),
                 msg_id_header(&event.msg_id()),
+                encode(event),
+            )
+            .await
+            .map_err(QueueError::publish)?;
+        ack.await.map_err(QueueError::publish)?;
+        Ok(())
+    }
+
+    /// Publishes a token event; `<prefix>:<kind>` deduplicates a second sweep's copy.
+    pub async fn publish_token_event(&self, event: &TokenEvent) -> Result<(), QueueError> {
+        let ack = self
+            .js
+            .publish_with_headers(
+                subjects::token_event(&event.workspace, event.kind.as_str()),
+                msg_id_header(&format!(
+                    "{}:{}:{}",
+                    event.token_prefix,
+                    event.workspace,
+                    event.kind.as_str()
+                )),
                 encode(event),
             )
             .await

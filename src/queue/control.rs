@@ -12,10 +12,15 @@ pub struct CancelJob {
     pub reason: Option<String>,
 }
 
-/// Sent on `millrace.control.invalidate` when a definition changes, so every API replica
-/// forgets its cached copy at once.
+/// Sent on `millrace.control.invalidate` when something cached changes, so every API replica
+/// forgets its copy at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Invalidate {
-    pub workspace: String,
-    pub path: String,
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Invalidate {
+    /// A script path got a new version, or was archived or deleted.
+    Script { workspace: String, path: String },
+    /// A token was revoked (its SHA-256, hex): it must stop working everywhere.
+    Token { hash: String },
+    /// Members or groups of a workspace changed.
+    Members { workspace: String },
 }

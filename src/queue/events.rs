@@ -125,3 +125,33 @@ impl JobDone {
         }
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenEventKind {
+    /// Published once, seven days before the token's expiration.
+    Expiring,
+    /// Published when the expired token is purged.
+    Expired,
+}
+
+impl TokenEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expiring => "expiring",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// On `millrace.events.<ws>.token.<kind>` (SPEC §7 "Events").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenEvent {
+    pub workspace: String,
+    pub kind: TokenEventKind,
+    pub token_prefix: String,
+    pub label: Option<String>,
+    pub owner: String,
+    pub expiration: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}

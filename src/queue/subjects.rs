@@ -44,6 +44,11 @@ pub fn job_event(workspace: &str, kind: &str) -> String {
     format!("millrace.events.{workspace}.job.{kind}")
 }
 
+/// `millrace.events.<ws>.token.<kind>`.
+pub fn token_event(workspace: &str, kind: &str) -> String {
+    format!("millrace.events.{workspace}.token.{kind}")
+}
+
 pub const CANCEL_ALL: &str = "millrace.control.cancel.*";
 
 pub fn cancel(id: JobId) -> String {

@@ -28,6 +28,7 @@ pub struct NewJobRow {
     pub tag: String,
     pub timeout_s: Option<i32>,
     pub parent_job: Option<Uuid>,
+    pub started_by_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +116,11 @@ async fn insert_batch(pool: &Pool, rows: &[NewJobRow]) -> Result<Vec<Uuid>, Stor
         .query(
             "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args,
                                created_by, permissioned_as, created_at, scheduled_for,
-                               language, tag, timeout_s, parent_job, status)
+                               language, tag, timeout_s, parent_job, started_by_token, status)
              SELECT *, 'queued' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
                                             $5::text[], $6::jsonb[], $7::text[], $8::text[],
                                             $9::timestamptz[], $10::timestamptz[], $11::text[],
-                                            $12::text[], $13::int4[], $14::uuid[])
+                                            $12::text[], $13::int4[], $14::uuid[], $15::text[])
              ON CONFLICT (id) DO NOTHING
              RETURNING id",
             &[
@@ -137,6 +138,7 @@ async fn insert_batch(pool: &Pool, rows: &[NewJobRow]) -> Result<Vec<Uuid>, Stor
                 &col(rows, |r| &r.tag),
                 &col(rows, |r| r.timeout_s),
                 &col(rows, |r| r.parent_job),
+                &col(rows, |r| &r.started_by_token),
             ],
         )
         .await?;

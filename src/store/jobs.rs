@@ -46,12 +46,14 @@ pub struct JobRecord {
     pub status: JobStatus,
     #[serde(skip)]
     pub permissioned_as: String,
+    #[serde(skip)]
+    pub started_by_token: Option<String>,
 }
 
 const COLUMNS: &str = "id, workspace_id, job_kind, script_path, script_hash, flow_version, args, \
     created_by, created_at, scheduled_for, started_at, completed_at, duration_ms, status, \
     canceled_by, canceled_reason, result, logs, language, tag, worker, attempts, flow_status, \
-    permissioned_as";
+    permissioned_as, started_by_token";
 
 fn from_row(row: &Row) -> JobRecord {
     let status = JobStatus::parse(row.get(13)).unwrap_or(JobStatus::Failure);
@@ -88,6 +90,7 @@ fn from_row(row: &Row) -> JobRecord {
         flow_status: row.get(22),
         status,
         permissioned_as: row.get(23),
+        started_by_token: row.get(24),
     }
 }
 
@@ -116,6 +119,16 @@ pub struct ListFilter {
     pub include_flow_steps: bool,
     pub per_page: i64,
     pub page: i64,
+    /// `None` for admins (every job); otherwise who is asking.
+    pub visible_to: Option<Viewer>,
+}
+
+/// A non-admin caller of the Runs list: their own jobs and the jobs of what they can read.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub username: String,
+    /// `u/<me>` and `g/<group>` of each of the caller's groups.
+    pub grantees: Vec<String>,
 }
 
 pub async fn list(
@@ -136,11 +149,30 @@ pub async fn list(
            AND ($7::text IS NULL OR created_by = $7)
            AND ($8::timestamptz IS NULL OR created_at > $8)
            AND ($9::timestamptz IS NULL OR created_at < $9)
-           AND ($10 OR parent_job IS NULL OR job_kind <> 'script')
+           AND ($10 OR parent_job IS NULL
+                OR NOT EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_job
+                                                      AND p.job_kind = 'flow'))
+           AND ($13::text IS NULL
+                OR created_by = $13
+                OR starts_with(script_path, 'u/' || $13 || '/')
+                OR EXISTS (SELECT 1 FROM item_perms p
+                           WHERE p.workspace_id = jobs.workspace_id AND p.path = jobs.script_path
+                             AND p.grantee = ANY($14))
+                OR (starts_with(script_path, 'f/') AND EXISTS (
+                        SELECT 1 FROM folders f
+                        WHERE f.workspace_id = jobs.workspace_id
+                          AND f.name = split_part(jobs.script_path, '/', 2)
+                          AND (f.owners && $14 OR f.extra_perms ?| $14))))
          ORDER BY created_at DESC, id DESC
          LIMIT $11 OFFSET $12"
     );
     let offset = (filter.page - 1) * filter.per_page;
+    let viewer = filter.visible_to.as_ref().map(|v| v.username.as_str());
+    let grantees: Vec<String> = filter
+        .visible_to
+        .as_ref()
+        .map(|v| v.grantees.clone())
+        .unwrap_or_default();
     let rows = conn
         .query(
             &sql,
@@ -157,6 +189,8 @@ pub async fn list(
                 &filter.include_flow_steps,
                 &filter.per_page,
                 &offset,
+                &viewer,
+                &grantees,
             ],
         )
         .await?;

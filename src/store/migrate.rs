@@ -6,11 +6,23 @@ use tokio_postgres::Client;
 use super::{Pool, StoreError};
 
 /// The migrations compiled into the binary, in the order they apply.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../migrations/0001_foundation.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../migrations/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "object_storage",
+        include_str!("../../migrations/0002_object_storage.sql"),
+    ),
+    (
+        3,
+        "permissions",
+        include_str!("../../migrations/0003_permissions.sql"),
+    ),
+];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.
 const LOCK_KEY: i64 = 0x6d69_6c6c_7261_6365;

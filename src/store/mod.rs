@@ -1,9 +1,11 @@
 //! PostgreSQL: the only module that talks to the database. One file per table family;
 //! every query lives next to the row type it reads.
 
+pub mod acl;
 mod job_inserter;
 pub mod jobs;
 pub mod migrate;
+pub mod object_storage;
 pub mod scripts;
 pub mod settings;
 pub mod tokens;

@@ -40,3 +40,27 @@ pub async fn get(pool: &Pool, email: &str) -> Result<Option<User>, StoreError> {
         super_admin: row.get(2),
     }))
 }
+
+/// The stored password hash, if the user has a password.
+pub async fn password_hash(pool: &Pool, email: &str) -> Result<Option<String>, StoreError> {
+    let conn = pool.get().await?;
+    let row = conn
+        .query_opt(
+            "SELECT password_hash FROM users WHERE email = $1",
+            &[&email],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// The workspaces a user belongs to.
+pub async fn workspaces_of(pool: &Pool, email: &str) -> Result<Vec<String>, StoreError> {
+    let conn = pool.get().await?;
+    let rows = conn
+        .query(
+            "SELECT workspace_id FROM workspace_members WHERE email = $1",
+            &[&email],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

@@ -101,8 +101,17 @@ async fn malformed_unknown_and_invalid_requests() {
         .await
         .expect(401);
 
-    // Unknown routes and job ids.
+    // Unknown routes, wrong methods and job ids.
     env.get("/api/nothing/here", t).await.expect(404);
+    let res = env
+        .request(reqwest::Method::DELETE, &run, Some(t), None)
+        .await;
+    assert_eq!(res.status, 405);
+    assert!(
+        res.text.starts_with("Method not allowed: DELETE"),
+        "{}",
+        res.text
+    );
     env.get(&format!("/api/w/{WS}/jobs_u/get/not-a-uuid"), t)
         .await
         .expect(400);

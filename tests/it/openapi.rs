@@ -106,6 +106,7 @@ fn concrete(path: &str, id: &str) -> String {
             "version" => "1",
             "token_prefix" => "abcdefghij",
             "name" => "x",
+            "kind" => "script",
             other => panic!("no value for path parameter {{{other}}} in {path}"),
         });
         rest = &rest[close + 1..];
@@ -124,7 +125,12 @@ async fn send(env: &TestEnv, method: &str, path: &str) -> Response {
 
 /// Why the answer shows that the request reached no handler, or that a handler crashed.
 fn routing_problem(method: &str, url: &str, res: &Response) -> Option<String> {
-    let what = format!("{} {url} → {} {:?}", method.to_uppercase(), res.status, res.text);
+    let what = format!(
+        "{} {url} → {} {:?}",
+        method.to_uppercase(),
+        res.status,
+        res.text
+    );
     if res.status == 404 && res.text.starts_with(FALLBACK) {
         Some(format!("not routed: {what}"))
     } else if res.status == 405 {
@@ -199,19 +205,40 @@ async fn the_document_is_openapi_3() {
         if !path.starts_with('/') || path.contains("{*") {
             problems.push(format!("{path}: not an OpenAPI path template"));
         }
-        if !op["responses"].as_object().is_some_and(|r| !r.is_empty()) {
+        if op["responses"].as_object().is_none_or(|r| r.is_empty()) {
             problems.push(format!("{method} {path}: documents no responses"));
         }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[tokio::test]
+async fn path_parameters_are_declared_as_openapi_3_requires() {
+    let env = TestEnv::start().await;
+    let doc = document(&env).await;
+    let ops = operations(&doc);
+    assert!(!ops.is_empty());
+    let mut problems = Vec::new();
+    for (method, path) in &ops {
+        let op = &doc["paths"][path][method];
         // OpenAPI 3: every `{param}` of the template MUST be declared as a path parameter,
         // which MUST be required, and a path parameter MUST occur in the template.
         let path_params: Vec<&Value> = op["parameters"]
             .as_array()
             .into_iter()
             .flatten()
-            .chain(doc["paths"][path]["parameters"].as_array().into_iter().flatten())
+            .chain(
+                doc["paths"][path]["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten(),
+            )
             .filter(|p| p["in"] == json!("path"))
             .collect();
-        let declared: BTreeSet<&str> = path_params.iter().filter_map(|p| p["name"].as_str()).collect();
+        let declared: BTreeSet<&str> = path_params
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
         let template: BTreeSet<&str> = path
             .split('/')
             .filter(|s| s.starts_with('{'))
@@ -223,10 +250,17 @@ async fn the_document_is_openapi_3() {
             ));
         }
         for param in path_params.iter().filter(|p| p["required"] != json!(true)) {
-            problems.push(format!("{method} {path}: path parameter {} is not required", param["name"]));
+            problems.push(format!(
+                "{method} {path}: path parameter {} is not required",
+                param["name"]
+            ));
         }
     }
-    assert!(problems.is_empty(), "the OpenAPI document is invalid:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "the OpenAPI document is invalid:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -259,7 +293,11 @@ async fn every_documented_operation_is_routed() {
         let res = send(&env, method, &url).await;
         problems.extend(routing_problem(method, &url, &res));
     }
-    assert!(problems.is_empty(), "documented but not served:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "documented but not served:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[tokio::test]

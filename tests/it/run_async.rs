@@ -177,12 +177,15 @@ async fn scheduled_jobs_wait_for_their_time() {
 async fn head_probes_need_no_token_and_create_no_job() {
     let env = TestEnv::start().await;
     let hash = env.script("u/alice/echo", "python3", ECHO).await;
-    for path in [
-        format!("/api/w/{WS}/jobs/run/p/u/alice/echo"),
-        format!("/api/w/{WS}/jobs/run/h/{hash}"),
-    ] {
+    // The sync and SSE routes too: their GET handlers must not answer HEAD by running the job.
+    let mut paths = Vec::new();
+    for route in ["run", "run_wait_result", "run_and_stream"] {
+        paths.push(format!("/api/w/{WS}/jobs/{route}/p/u/alice/echo"));
+        paths.push(format!("/api/w/{WS}/jobs/{route}/h/{hash}"));
+    }
+    for path in paths {
         let res = env.http.head(env.url(&path)).send().await.unwrap();
-        assert_eq!(res.status(), 200);
+        assert_eq!(res.status(), 200, "HEAD {path}");
     }
     let jobs = env
         .get(&format!("/api/w/{WS}/jobs/list"), &env.token)

@@ -141,6 +141,22 @@ async fn typescript_on_bun_and_deno() {
             json!("MissingArguments"),
             "{lang}: {done}"
         );
+
+        // A rest parameter receives the arguments main does not name, like **kwargs.
+        let rest = format!("u/alice/ts_rest_{lang}");
+        env.script(
+            &rest,
+            lang,
+            "export function main(a: number, ...more: any[]) {\n  return { a, more };\n}\n",
+        )
+        .await;
+        let id = env.run(&rest, json!({"a": 1, "b": 2, "c": "x"})).await;
+        let done = env.wait(&id, Duration::from_secs(60)).await;
+        assert_eq!(
+            done["result"],
+            json!({"a": 1, "more": [{"b": 2, "c": "x"}]}),
+            "{lang}: {done}"
+        );
     }
 }
 

@@ -170,10 +170,10 @@ async fn a_job_calls_back_with_wmill_and_its_own_token() {
     assert_eq!(done["result"], json!(5), "{done}");
 
     // The inner job was a real job, run as alice, and it finished before the outer one. (wmill
-    // sends `parent_job`, which the Runs list hides by default.)
+    // sends `parent_job`; only steps of a flow are hidden from the list by default.)
     let list = env
         .get(
-            &format!("/api/w/{WS}/jobs/list?script_path_exact=u/alice/add&include_flow_steps=true"),
+            &format!("/api/w/{WS}/jobs/list?script_path_exact=u/alice/add"),
             &env.token,
         )
         .await

@@ -57,7 +57,9 @@ const { names, optional, rest } = parameters(mod.main);
 const missing = names.filter((n) => !(n in args) && !optional.has(n));
 if (missing.length > 0) fail("MissingArguments", "missing required argument(s): " + missing.join(", "));
 try {
-  let result = await mod.main(...names.map((n) => args[n]), ...(rest ? [] : []));
+  // Like Python's **kwargs: a rest parameter receives the arguments main does not name.
+  const extra = Object.fromEntries(Object.entries(args).filter(([k]) => !names.includes(k)));
+  let result = await mod.main(...names.map((n) => args[n]), ...(rest ? [extra] : []));
   if (result && typeof result[Symbol.asyncIterator] === "function") {
     let text = "";
     for await (const chunk of result) {

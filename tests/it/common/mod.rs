@@ -56,6 +56,73 @@ pub struct Options {
     pub api_env: Vec<(String, String)>,
     pub worker_env: Vec<(String, String)>,
     pub workers: usize,
+    /// Start an S3 server (s3s-fs) and give the processes `S3_*` settings for it.
+    pub s3: bool,
+}
+
+/// The S3 credentials of the harness's s3s-fs.
+pub const S3_ACCESS_KEY: &str = "millrace-test-access";
+pub const S3_SECRET_KEY: &str = "millrace-test-secret-0123456789";
+pub const S3_BUCKET: &str = "millrace";
+
+/// An s3s-fs server on a free port, storing buckets as directories of `root`. Killed on drop.
+pub struct LocalS3 {
+    pub endpoint: String,
+    pub root: PathBuf,
+    child: Child,
+}
+
+impl LocalS3 {
+    /// Starts s3s-fs (`S3S_FS_BIN`, from `scripts/tools.sh`) with the bucket `S3_BUCKET`.
+    pub async fn start(root: PathBuf) -> Self {
+        // s3s-fs serves each directory of its root as a bucket.
+        std::fs::create_dir_all(root.join(S3_BUCKET)).unwrap();
+        let port = free_port().unwrap();
+        let child = Command::new(tool("S3S_FS_BIN", "s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts (set S3S_FS_BIN: eval \"$(bash scripts/tools.sh)\")");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)).await,
+            "s3s-fs did not listen"
+        );
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+            child,
+        }
+    }
+
+    /// The `S3_*` settings of the instance default object storage.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("S3_ENDPOINT", self.endpoint.as_str()),
+            ("S3_BUCKET", S3_BUCKET),
+            ("S3_ACCESS_KEY", S3_ACCESS_KEY),
+            ("S3_SECRET_KEY", S3_SECRET_KEY),
+            ("S3_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Where s3s-fs keeps the object `key` of the bucket.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.join(S3_BUCKET).join(key)
+    }
+}
+
+impl Drop for LocalS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub struct TestEnv {
@@ -63,13 +130,16 @@ pub struct TestEnv {
     pub nats: LocalNats,
     pub pg: LocalPostgres,
     pub api_url: String,
-    api: Child,
+    /// The first is the one at `api_url`; `add_api` starts more replicas.
+    apis: Vec<Child>,
     workers: Vec<Child>,
     worker_count: usize,
     options: Options,
     pub http: reqwest::Client,
     /// A workspace admin's token in workspace `test` (user `alice`).
     pub token: String,
+    /// The S3 server, with `Options { s3: true, .. }`.
+    pub s3: Option<LocalS3>,
 }
 
 impl TestEnv {
@@ -97,13 +167,18 @@ impl TestEnv {
         )
         .expect("PostgreSQL starts (set PG_BIN_DIR)");
         pg.create_database("millrace").await.unwrap();
+        let s3 = if options.s3 {
+            Some(LocalS3::start(dir.path().join("s3")).await)
+        } else {
+            None
+        };
         let api_port = free_port().unwrap();
         let mut env = Self {
             api_url: format!("http://127.0.0.1:{api_port}"),
             dir,
             nats,
             pg,
-            api: Command::new("true").spawn().unwrap(),
+            apis: Vec::new(),
             workers: Vec::new(),
             worker_count: 0,
             options: options.clone(),
@@ -112,20 +187,11 @@ impl TestEnv {
                 .build()
                 .unwrap(),
             token: String::new(),
+            s3,
         };
         let status = env.command("migrate", &[]).status().unwrap();
         assert!(status.success(), "millrace migrate failed");
-        env.api = env
-            .command("api", &options.api_env)
-            .env("BIND_ADDR", format!("127.0.0.1:{api_port}"))
-            .stdout(env.log_file("api"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_for_port(api_port, Duration::from_secs(20)).await,
-            "api did not listen"
-        );
+        env.add_api_on(api_port).await;
         for _ in 0..options.workers {
             env.add_worker(&[]);
         }
@@ -171,10 +237,36 @@ impl TestEnv {
             .env("WORKER_BUN", tool("WORKER_BUN", "bun"))
             .env("WORKER_DENO", tool("WORKER_DENO", "deno"))
             .stdin(Stdio::null());
+        if let Some(s3) = &self.s3 {
+            command.envs(s3.env());
+        }
         for (k, v) in extra {
             command.env(k, v);
         }
         command
+    }
+
+    /// Starts one more API replica (same database and NATS); returns its base URL.
+    pub async fn add_api(&mut self) -> String {
+        let port = free_port().unwrap();
+        self.add_api_on(port).await;
+        format!("http://127.0.0.1:{port}")
+    }
+
+    async fn add_api_on(&mut self, port: u16) {
+        let index = self.apis.len();
+        let child = self
+            .command("api", &self.options.api_env)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(self.log_file(&format!("api-{index}")))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.apis.push(child);
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)).await,
+            "api did not listen"
+        );
     }
 
     /// Starts one more worker process; returns its index.
@@ -196,6 +288,11 @@ impl TestEnv {
             .unwrap();
         self.workers.push(child);
         index
+    }
+
+    /// The process id of the `millrace api` process (to watch its memory).
+    pub fn api_pid(&self) -> u32 {
+        self.apis[0].id()
     }
 
     /// SIGKILL, as a crashed node would die.
@@ -382,11 +479,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        for child in self
-            .workers
-            .iter_mut()
-            .chain(std::iter::once(&mut self.api))
-        {
+        for child in self.workers.iter_mut().chain(self.apis.iter_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,0 +1,121 @@
+//! The permission rules of SPEC §4 as the routes apply them: a token's scopes first (403),
+//! then the caller's rights on the item (404 for what they cannot see, 403 for what they can
+//! see but not change).
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::auth::permissions::{self, PathAcl};
+use crate::auth::{Access, Action, Principal};
+use crate::domain::WorkspaceId;
+use crate::store::{self, jobs::JobRecord};
+
+/// The token's scopes allow the action.
+pub fn scope(principal: &Principal, action: Action<'_>) -> ApiResult<()> {
+    if principal.allows(action) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "this token's scopes do not allow it".into(),
+        ))
+    }
+}
+
+/// Only a person's unscoped credential may do this (managing users, tokens, workspaces): a
+/// running script's `WM_TOKEN` may not mint credentials that outlive its job.
+pub fn unscoped(principal: &Principal) -> ApiResult<()> {
+    if principal.is_scoped() {
+        Err(ApiError::Forbidden("a scoped token cannot do this".into()))
+    } else if principal.is_job_token() {
+        Err(ApiError::Forbidden("a job's token cannot do this".into()))
+    } else {
+        Ok(())
+    }
+}
+
+async fn acl(state: &AppState, ws: &WorkspaceId, path: &str) -> ApiResult<PathAcl> {
+    Ok(store::acl::path_acl(state.pool(), ws, "script", path).await?)
+}
+
+pub async fn can_read(
+    state: &AppState,
+    ws: &WorkspaceId,
+    access: &Access,
+    path: &str,
+) -> ApiResult<bool> {
+    if access.is_admin || path.starts_with(&format!("u/{}/", access.username)) {
+        return Ok(true);
+    }
+    Ok(permissions::can_read(
+        access,
+        path,
+        &acl(state, ws, path).await?,
+    ))
+}
+
+/// Read access, or 404 as if the item did not exist.
+pub async fn read(
+    state: &AppState,
+    ws: &WorkspaceId,
+    access: &Access,
+    path: &str,
+) -> ApiResult<()> {
+    if can_read(state, ws, access, path).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "script not found at path {path}"
+        )))
+    }
+}
+
+/// Write access to a path: 403 otherwise.
+pub async fn write(
+    state: &AppState,
+    ws: &WorkspaceId,
+    access: &Access,
+    path: &str,
+) -> ApiResult<()> {
+    if access.operator {
+        return Err(ApiError::Forbidden(
+            "operators cannot create or change scripts".into(),
+        ));
+    }
+    if access.is_admin || permissions::can_write(access, path, &acl(state, ws, path).await?) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("you cannot write to {path}")))
+    }
+}
+
+/// Running needs a run scope for the path and read access to it.
+pub async fn run(state: &AppState, ws: &WorkspaceId, access: &Access, path: &str) -> ApiResult<()> {
+    scope(&access.principal, Action::RunScript(path))?;
+    read(state, ws, access, path).await
+}
+
+/// A job is visible to its creator, to whoever can read its runnable, and to admins. A scoped
+/// token needs `jobs:read` (403 without it), except for the jobs it started itself.
+pub async fn see_job(
+    state: &AppState,
+    ws: &WorkspaceId,
+    access: &Access,
+    job: &JobRecord,
+) -> ApiResult<()> {
+    let principal = &access.principal;
+    let started_it = principal.token_id.is_some() && principal.token_id == job.started_by_token;
+    if started_it && principal.can_run_something() {
+        return Ok(());
+    }
+    scope(principal, Action::ReadJobs)?;
+    let visible = access.is_admin
+        || job.created_by == access.username.as_str()
+        || match &job.script_path {
+            Some(path) => can_read(state, ws, access, path).await?,
+            None => false,
+        };
+    if visible {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("job {} not found", job.id)))
+    }
+}

@@ -1,0 +1,81 @@
+//! Password login: answers a session token as text and sets it as an HttpOnly cookie.
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ClientIp, JsonBody};
+use super::AppState;
+use crate::auth::token;
+use crate::store::{self, tokens::NewToken};
+
+/// How long a login session lasts.
+const SESSION_DAYS: i64 = 30;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| super::users::hash_password("not a password").unwrap_or_default())
+}
+
+fn verify(password: &str, stored: &str) -> bool {
+    PasswordHash::new(stored)
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Log in with a password.
+#[utoipa::path(post, path = "/api/auth/login", tag = "users", request_body = Login,
+    responses((status = 200, description = "the session token; also set as the `token` cookie", body = String),
+              (status = 401), (status = 429)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    JsonBody(body): JsonBody<Login>,
+) -> ApiResult<Response> {
+    state.check_rate(ip)?;
+    let stored = store::users::password_hash(state.pool(), &body.email).await?;
+    // Verify against a dummy when the user is unknown, so timing does not tell who exists.
+    let ok = verify(
+        &body.password,
+        stored.as_deref().unwrap_or_else(|| dummy_hash()),
+    ) && stored.is_some();
+    if !ok {
+        state.record_auth_failure(ip);
+        return Err(ApiError::Unauthorized("invalid email or password".into()));
+    }
+    let secret = token::generate();
+    let hash = token::hash(&secret);
+    let expiration = Utc::now() + chrono::Duration::days(SESSION_DAYS);
+    store::tokens::insert(
+        state.pool(),
+        &NewToken {
+            hash: &hash,
+            prefix: token::prefix(&secret),
+            email: &body.email,
+            label: Some("session"),
+            scopes: None,
+            workspace_id: None,
+            expiration: Some(expiration),
+        },
+    )
+    .await?;
+    let cookie = format!(
+        "token={secret}; HttpOnly; Path=/; SameSite=Lax; Max-Age={}",
+        SESSION_DAYS * 24 * 3600
+    );
+    Ok(([(header::SET_COOKIE, cookie)], secret).into_response())
+}
