@@ -1,0 +1,618 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run.sh (standard library only).
+
+  bench.py setup    create the benchmark scripts in a running instance
+  bench.py cpu      sample the CPU split between millrace, its job processes, nats-server,
+                    PostgreSQL and the load generator over a window; write JSON
+  bench.py oha      turn oha's --json output (plus a cpu sample) into a result JSON
+  bench.py e2e      submit N async jobs of one script, wait for all, compute jobs/s
+  bench.py report   print the markdown summary from the result JSONs
+
+Every subcommand that talks to Millrace reads MILLRACE_URL and MILLRACE_TOKEN.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import statistics
+import sys
+import threading
+import time
+import urllib.parse
+from datetime import datetime
+
+WORKSPACE = "demo"
+
+SCRIPTS = {
+    "bash": ("u/admin/bench_bash", "echo ok\n"),
+    "python3": ("u/admin/bench_py", "def main():\n    return 1\n"),
+}
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+class Api:
+    """One keep-alive connection to Millrace; use one per thread."""
+
+    def __init__(self, base, token):
+        url = urllib.parse.urlsplit(base)
+        self.host, self.port = url.hostname, url.port or 80
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.conn = None
+
+    def request(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(3):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                self.conn.request(method, path, body=data, headers=self.headers)
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.HTTPException, OSError):
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+
+def api_from_env():
+    return Api(os.environ["MILLRACE_URL"], os.environ["MILLRACE_TOKEN"])
+
+
+def parse_ts(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(values, p):
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, round(p / 100 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+
+def cmd_setup(_args):
+    api = api_from_env()
+    for language, (path, content) in SCRIPTS.items():
+        status, body = api.request(
+            "POST",
+            f"/api/w/{WORKSPACE}/scripts/create",
+            {"path": path, "language": language, "content": content},
+        )
+        if status != 201:
+            sys.exit(f"bench: creating {path} answered {status}: {body[:300]!r}")
+        log(f"created {path} ({language}) {body.decode().strip()}")
+
+
+# --- CPU split ------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def read_stat(pid):
+    """(comm, ppid, own cpu ticks, reaped children's cpu ticks) of a process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17.
+    ppid = int(fields[1])
+    own = int(fields[11]) + int(fields[12])
+    children = int(fields[13]) + int(fields[14])
+    return comm, ppid, own, children
+
+
+def total_busy_ticks():
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    idle = cpu[3] + cpu[4]  # idle + iowait
+    return sum(cpu[:8]) - idle, sum(cpu[:8])
+
+
+def snapshot(dev_pid, postmaster_pid, bench_root):
+    """Per-process CPU counters, each process assigned to a group. Processes under
+    `bench_root` (bench/run.sh) other than the instance itself are the load generator."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat:
+                procs[int(entry)] = stat
+
+    def descends_from(pid, root):
+        seen = 0
+        while pid > 1 and seen < 64:
+            if pid == root:
+                return True
+            if pid not in procs:
+                return False
+            pid = procs[pid][1]
+            seen += 1
+        return False
+
+    assigned = {}
+    for pid, (comm, _ppid, own, children) in procs.items():
+        if pid == dev_pid:
+            # Job processes that already exited were reaped by millrace: their time is here.
+            assigned[pid] = ("millrace", own, "jobs", children)
+        elif postmaster_pid and pid == postmaster_pid:
+            assigned[pid] = ("postgres", own, "postgres", children)
+        elif postmaster_pid and descends_from(pid, postmaster_pid):
+            assigned[pid] = ("postgres", own, None, 0)
+        elif comm == "nats-server" and descends_from(pid, dev_pid):
+            assigned[pid] = ("nats-server", own, None, 0)
+        elif descends_from(pid, dev_pid):
+            assigned[pid] = ("jobs", own, None, 0)  # job processes still running
+        elif bench_root and descends_from(pid, bench_root):
+            assigned[pid] = ("loadgen", own, None, 0)
+        else:
+            # Anything else on the machine: counted as the rest of the busy time, since a
+            # reaped child's whole life is charged to its parent at once.
+            assigned[pid] = ("others", own, None, 0)
+    busy, total = total_busy_ticks()
+    return {"procs": assigned, "busy": busy, "total": total, "at": time.monotonic()}
+
+
+GROUPS = ("millrace", "jobs", "postgres", "nats-server", "loadgen")
+
+
+def cpu_split(a, b):
+    """Percent of one core (like top) used by each group between snapshots a and b."""
+    ticks = dict.fromkeys(GROUPS + ("others",), 0)
+    for pid, (group, own, child_group, children) in b["procs"].items():
+        before = a["procs"].get(pid)
+        if before and before[0] != group:
+            before = None  # the pid was reused
+        ticks[group] += own - (before[1] if before else 0)
+        if child_group:
+            ticks[child_group] += children - (before[3] if before else 0)
+    wall = b["at"] - a["at"]
+    ncpu = os.cpu_count() or 1
+    split = {name: round(100 * ticks[name] / CLK_TCK / wall, 1) for name in GROUPS}
+    busy = (b["busy"] - a["busy"]) / max(1, b["total"] - a["total"])
+    split["machine_busy_pct"] = round(100 * busy, 1)
+    # Other processes on the machine, and kernel work charged to none (e.g. softirq).
+    split["rest"] = round(max(0.0, ncpu * 100 * busy - sum(split[g] for g in GROUPS)), 1)
+    split["cores"] = ncpu
+    split["window_s"] = round(wall, 1)
+    return split
+
+
+def sample_cpu(dev_pid, postmaster_pid, seconds):
+    root = os.getppid()
+    a = snapshot(dev_pid, postmaster_pid, root)
+    time.sleep(seconds)
+    return cpu_split(a, snapshot(dev_pid, postmaster_pid, root))
+
+
+def postmaster_pid_of(pg_data):
+    try:
+        with open(os.path.join(pg_data, "postmaster.pid")) as f:
+            return int(f.readline().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_cpu(args):
+    time.sleep(args.delay)
+    split = sample_cpu(args.dev_pid, postmaster_pid_of(args.pg_data), args.seconds)
+    with open(args.out, "w") as f:
+        json.dump(split, f)
+
+
+def cmd_quiet(args):
+    """Waits (up to --wait s) for the machine to be idle; warns and names the busiest
+    processes if it is not, since other load on the same cores lowers every figure."""
+    deadline = time.monotonic() + args.wait
+    while True:
+        a = snapshot(None, None, None)
+        time.sleep(2)
+        b = snapshot(None, None, None)
+        split = cpu_split(a, b)
+        used = split["machine_busy_pct"]
+        if used <= args.max_busy:
+            return
+        if time.monotonic() >= deadline:
+            break
+    per_proc = []
+    for pid, (_g, own, _cg, children) in b["procs"].items():
+        before = a["procs"].get(pid)
+        delta = own + children - ((before[1] + before[3]) if before else 0)
+        if delta > 0:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+            per_proc.append((delta, comm, pid))
+    per_proc.sort(reverse=True)
+    top = ", ".join(f"{c} (pid {p}, {100 * d / CLK_TCK / 2:.0f}%)" for d, c, p in per_proc[:3])
+    log(
+        f"warning: the machine is {used:.0f}% busy before the measurement ({top}); "
+        "other load on the same cores lowers the figures"
+    )
+
+
+# --- ingestion (oha) ------------------------------------------------------------------------
+
+
+def cmd_oha(args):
+    with open(args.oha_json) as f:
+        raw = json.load(f)
+    summary = raw["summary"]
+    pct = raw.get("latencyPercentiles", {})
+    codes = raw.get("statusCodeDistribution", {})
+    errors = raw.get("errorDistribution", {})
+    total = sum(codes.values())
+    ok = codes.get("201", 0)
+    result = {
+        "name": args.name,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "requests": total,
+        "created_201": ok,
+        "other_status": {k: v for k, v in codes.items() if k != "201"},
+        "errors": errors,
+        "rps": summary["requestsPerSec"],
+        # oha reports seconds.
+        "p50_ms": pct["p50"] * 1000,
+        "p90_ms": pct["p90"] * 1000,
+        "p99_ms": pct["p99"] * 1000,
+        "max_ms": summary["slowest"] * 1000,
+        "cpu": None,
+        "drained": args.drained,
+    }
+    if args.cpu and os.path.exists(args.cpu):
+        with open(args.cpu) as f:
+            result["cpu"] = json.load(f)
+        warn_if_disturbed(args.name, result["cpu"])
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    log(
+        f"{args.name}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms, "
+        f"p99 {result['p99_ms']:.1f} ms, {ok}/{total} answered 201"
+    )
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def submit_all(path, n, concurrency):
+    """Submits n async jobs with `concurrency` keep-alive connections; returns the ids."""
+    todo = queue.Queue()
+    for i in range(n):
+        todo.put(i)
+    ids, failures = [], []
+    lock = threading.Lock()
+
+    def worker():
+        api = api_from_env()
+        while True:
+            try:
+                todo.get_nowait()
+            except queue.Empty:
+                return
+            status, body = api.request("POST", f"/api/w/{WORKSPACE}/jobs/run/p/{path}", {})
+            with lock:
+                if status == 201:
+                    ids.append(body.decode().strip())
+                else:
+                    failures.append((status, body[:200]))
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        sys.exit(f"bench: {len(failures)} submissions failed, first: {failures[0]}")
+    return ids
+
+
+def list_jobs(api, path):
+    jobs, page = [], 1
+    while True:
+        status, body = api.request(
+            "GET",
+            f"/api/w/{WORKSPACE}/jobs/list?per_page=1000&page={page}"
+            f"&script_path_exact={urllib.parse.quote(path)}",
+        )
+        if status != 200:
+            sys.exit(f"bench: jobs/list answered {status}: {body[:300]!r}")
+        batch = json.loads(body)
+        jobs.extend(batch)
+        if len(batch) < 1000:
+            return jobs
+        page += 1
+
+
+def wait_completed(api, path, ids, timeout, watch_size):
+    """Waits until every job in ids is completed; returns their records."""
+    wanted = set(ids)
+    # The stream is FIFO: the last ids submitted are among the last to complete. Watch them
+    # cheaply first, then confirm with the full list.
+    watch = ids[-watch_size:]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pending = []
+        for job_id in watch:
+            status, body = api.request("GET", f"/api/w/{WORKSPACE}/jobs_u/get/{job_id}")
+            if status != 200 or json.loads(body).get("type") != "CompletedJob":
+                pending.append(job_id)
+        watch = pending
+        if not watch:
+            jobs = [j for j in list_jobs(api, path) if j["id"] in wanted]
+            done = [j for j in jobs if j["type"] == "CompletedJob"]
+            if len(done) == len(wanted):
+                return done
+            watch = [j["id"] for j in jobs if j["type"] != "CompletedJob"][:50]
+            if len(jobs) < len(wanted):
+                sys.exit(f"bench: only {len(jobs)} of {len(wanted)} submitted jobs are listed")
+        time.sleep(0.2)
+    sys.exit(f"bench: jobs of {path} still unfinished after {timeout} s")
+
+
+class CpuRecorder(threading.Thread):
+    """Snapshots the CPU counters every half second until stopped."""
+
+    def __init__(self, dev_pid, postmaster_pid):
+        super().__init__(daemon=True)
+        self.dev_pid, self.postmaster_pid = dev_pid, postmaster_pid
+        self.snaps = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            snap = snapshot(self.dev_pid, self.postmaster_pid, os.getppid())
+            snap["wall"] = time.time()
+            self.snaps.append(snap)
+            self.stop.wait(0.5)
+
+    def split(self, start, end):
+        """The CPU split between the first and last snapshots inside [start, end]."""
+        inside = [s for s in self.snaps if start <= s["wall"] <= end]
+        if len(inside) < 2:
+            return None
+        return cpu_split(inside[0], inside[-1])
+
+
+def cmd_e2e(args):
+    path, _ = SCRIPTS[args.language]
+    api = api_from_env()
+    if args.warmup:
+        log(f"e2e {args.language}: warm-up with {args.warmup} jobs")
+        wait_completed(api, path, submit_all(path, args.warmup, args.concurrency), args.timeout, 8)
+    recorder = None
+    if args.dev_pid:
+        recorder = CpuRecorder(args.dev_pid, postmaster_pid_of(args.pg_data) if args.pg_data else None)
+        recorder.start()
+    log(f"e2e {args.language}: submitting {args.jobs} jobs with {args.concurrency} connections")
+    t0 = time.time()
+    ids = submit_all(path, args.jobs, args.concurrency)
+    t_submitted = time.time()
+    log(
+        f"e2e {args.language}: {len(ids)} submitted in {t_submitted - t0:.1f} s "
+        f"({len(ids) / (t_submitted - t0):.0f} req/s); waiting for them to complete"
+    )
+    done = wait_completed(api, path, ids, args.timeout, args.concurrency)
+    t_seen = time.time()
+    failed = [j for j in done if not j["success"]]
+    created = [parse_ts(j["created_at"]) for j in done]
+    started = [parse_ts(j["started_at"]) for j in done if j["started_at"]]
+    completed = sorted(parse_ts(j["completed_at"]) for j in done)
+    durations = [j["duration_ms"] for j in done if j["duration_ms"] is not None]
+    span = completed[-1] - min(created)
+    # Time from created to started, per job (queueing in the stream).
+    waits = [parse_ts(j["started_at"]) - parse_ts(j["created_at"]) for j in done if j["started_at"]]
+    # From the worker's `running` UPDATE to its `completed` UPDATE: the script's process plus
+    # the worker's own steps around it (started event, job directory, spawn, logs).
+    in_worker = [
+        1000 * (parse_ts(j["completed_at"]) - parse_ts(j["started_at"]))
+        for j in done
+        if j["started_at"]
+    ]
+    cpu = None
+    if recorder:
+        recorder.stop.set()
+        recorder.join()
+        # The busy middle of the run: from 10% to 90% of the completions.
+        n = len(completed)
+        cpu = recorder.split(completed[n // 10], completed[n * 9 // 10 - 1])
+        warn_if_disturbed(f"e2e {args.language}", cpu)
+    result = {
+        "name": f"e2e_{args.language}",
+        "language": args.language,
+        "jobs": len(done),
+        "failed": len(failed),
+        "concurrency": args.concurrency,
+        "submit_s": round(t_submitted - t0, 2),
+        "submit_rps": round(len(ids) / (t_submitted - t0), 1),
+        "span_s": round(span, 2),
+        "jobs_per_s": round(len(done) / span, 1),
+        # Steady state: the middle 80% of completions, free of the ramp up and the tail.
+        "jobs_per_s_steady": steady_rate(completed),
+        "client_wall_s": round(t_seen - t0, 2),
+        "duration_ms_p50": statistics.median(durations) if durations else None,
+        "duration_ms_p99": percentile(durations, 99) if durations else None,
+        "queue_wait_p50_s": round(statistics.median(waits), 2) if waits else None,
+        "started_to_completed_ms_p50": round(statistics.median(in_worker), 1) if in_worker else None,
+        "slots": args.slots,
+        # Each slot takes one job per cycle: slots / rate is the time a job holds a slot.
+        "slot_cycle_ms": round(1000 * args.slots / (len(done) / span), 1) if args.slots else None,
+        "cpu": cpu,
+    }
+    if failed:
+        log(f"e2e {args.language}: {len(failed)} jobs failed, first: {failed[0].get('result')}")
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    log(
+        f"e2e {args.language}: {result['jobs_per_s']} jobs/s over {span:.1f} s "
+        f"(steady {result['jobs_per_s_steady']}), duration_ms p50 {result['duration_ms_p50']}, "
+        f"{len(failed)} failed"
+    )
+
+
+def steady_rate(completed):
+    ordered = sorted(completed)
+    n = len(ordered)
+    lo, hi = int(n * 0.1), int(n * 0.9) - 1
+    if hi <= lo or ordered[hi] <= ordered[lo]:
+        return None
+    return round((hi - lo) / (ordered[hi] - ordered[lo]), 1)
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def fmt_cpu(cpu):
+    if not cpu:
+        return "n/a"
+    parts = [
+        f"millrace {cpu['millrace']:.0f}%",
+        f"jobs {cpu['jobs']:.0f}%",
+        f"postgres {cpu['postgres']:.0f}%",
+        f"nats {cpu['nats-server']:.0f}%",
+        f"load gen {cpu['loadgen']:.0f}%",
+        f"rest {cpu['rest']:.0f}%",
+    ]
+    text = ", ".join(parts) + f" (of {cpu['cores'] * 100}%)"
+    if cpu["rest"] > DISTURBED:
+        text += " ⚠ other load on the machine"
+    return text
+
+
+# Percent of one core outside the benchmark above which a measurement is flagged.
+DISTURBED = 15
+
+
+def warn_if_disturbed(name, cpu):
+    if cpu and cpu["rest"] > DISTURBED:
+        log(
+            f"warning: {name}: {cpu['rest']:.0f}% of a core went to other processes "
+            "(or the kernel) during the measurement; its figures are lower than the machine can do"
+        )
+
+
+def cmd_report(args):
+    results = {}
+    for path in args.results:
+        with open(path) as f:
+            r = json.load(f)
+        results[r["name"]] = r
+    out = []
+    out.append(f"Millrace benchmark ({args.when}, commit {args.commit}, {args.machine})")
+    out.append(f"WORKER_SLOTS={args.slots}; load generator oha {args.oha_version}; "
+               f"command: `{args.command}`")
+    out.append("")
+    out.append("| measurement | result | target | CPU split during the run (% of one core) |")
+    out.append("| --- | --- | --- | --- |")
+    for name, label in [
+        ("ingest", "async ingestion `POST /jobs/run/p/u/admin/bench_bash`, worker running the jobs"),
+        ("ingest_idle", "async ingestion, jobs routed to a tag no worker serves (API path only)"),
+    ]:
+        r = results.get(name)
+        if not r:
+            continue
+        errs = sum(r["other_status"].values()) + sum(r["errors"].values())
+        value = (
+            f"**{r['rps']:,.0f} req/s**, p50 {r['p50_ms']:.1f} ms, p99 **{r['p99_ms']:.1f} ms** "
+            f"(max {r['max_ms']:.0f} ms; {r['connections']} connections, {r['duration_s']} s, "
+            f"{r['created_201']:,} × 201, {errs} other)"
+        )
+        target = "≥ 5,000 req/s, p99 ≤ 50 ms" if name == "ingest" else "—"
+        out.append(f"| {label} | {value} | {target} | {fmt_cpu(r['cpu'])} |")
+    for lang in ("bash", "python3"):
+        r = results.get(f"e2e_{lang}")
+        if not r:
+            continue
+        value = (
+            f"**{r['jobs_per_s']} jobs/s** ({r['jobs']} jobs in {r['span_s']} s, "
+            f"steady {r['jobs_per_s_steady']} jobs/s; {r['failed']} failed); "
+            f"worker duration_ms p50 {r['duration_ms_p50']}, p99 {r['duration_ms_p99']}; "
+            f"started→completed p50 {r['started_to_completed_ms_p50']} ms, "
+            f"slot cycle {r['slot_cycle_ms']} ms"
+        )
+        target = "≥ 200 jobs/s" if lang == "bash" else "—"
+        out.append(f"| end to end, trivial `{lang}` | {value} | {target} | {fmt_cpu(r['cpu'])} |")
+    ing = results.get("ingest")
+    if ing and ing.get("drained") is not None:
+        out.append("")
+        out.append(
+            f"During the {ing['duration_s']} s ingestion run the in-process worker completed "
+            f"{ing['drained']:,} of the {ing['created_201']:,} queued jobs; the rest were still "
+            f"queued when the instance was stopped."
+        )
+    print("\n".join(out))
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("setup")
+
+    p = sub.add_parser("cpu")
+    p.add_argument("--dev-pid", type=int, required=True)
+    p.add_argument("--pg-data", required=True)
+    p.add_argument("--delay", type=float, default=1.0)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("quiet")
+    p.add_argument("--wait", type=float, default=0)
+    p.add_argument("--max-busy", type=float, default=10, help="percent of the whole machine")
+
+    p = sub.add_parser("oha")
+    p.add_argument("--name", required=True)
+    p.add_argument("--oha-json", required=True)
+    p.add_argument("--cpu")
+    p.add_argument("--connections", type=int, required=True)
+    p.add_argument("--duration", type=int, required=True)
+    p.add_argument("--drained", type=int, help="jobs the worker completed during the run")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("e2e")
+    p.add_argument("--language", choices=sorted(SCRIPTS), required=True)
+    p.add_argument("--jobs", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--timeout", type=float, default=180)
+    p.add_argument("--dev-pid", type=int)
+    p.add_argument("--pg-data")
+    p.add_argument("--warmup", type=int, default=16)
+    p.add_argument("--slots", type=int, help="WORKER_SLOTS of the instance")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("report")
+    p.add_argument("--slots", required=True)
+    p.add_argument("--oha-version", required=True)
+    p.add_argument("--command", required=True)
+    p.add_argument("--commit", required=True)
+    p.add_argument("--when", required=True)
+    p.add_argument("--machine", required=True)
+    p.add_argument("results", nargs="+")
+
+    args = parser.parse_args()
+    {"setup": cmd_setup, "cpu": cmd_cpu, "quiet": cmd_quiet, "oha": cmd_oha, "e2e": cmd_e2e, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# Millrace benchmark: async ingestion (req/s, p50/p99) and end-to-end jobs/s.
+#
+#   bash bench/run.sh        (or: make bench)
+#
+# Builds the release binary, then for each measurement starts a fresh `millrace dev` (its own
+# nats-server and PostgreSQL in a temporary data directory, the API on a free port, an
+# in-process worker) and stops it afterwards:
+#   1. ingestion: oha, BENCH_CONNECTIONS connections for BENCH_DURATION s, against
+#      POST /api/w/demo/jobs/run/p/u/admin/bench_bash; the worker runs the jobs meanwhile.
+#   2. the same with `?tag=bench_idle`, a tag no worker serves: the API path alone.
+#   3. end to end: BENCH_BASH_JOBS trivial bash jobs, then BENCH_PYTHON_JOBS trivial python3
+#      jobs, submitted async, timed from the first created_at to the last completed_at.
+# Prints a markdown table at the end and keeps it, with the raw results, in target/bench/.
+#
+# Settings (environment): WORKER_SLOTS (8), BENCH_DURATION (15), BENCH_CONNECTIONS (64),
+# BENCH_BASH_JOBS (5000), BENCH_PYTHON_JOBS (1000), BENCH_SUBMITTERS (16) and
+# BENCH_QUIET_WAIT (0): how long to wait, before each measurement, for other load on the
+# machine to end (the run warns when the machine is busy; other load lowers every figure).
+# BENCH_SKIP_IDLE=1 skips measurement 2; BENCH_BIN=FILE measures that binary instead of building.
+# The load generator oha is installed once with cargo into
+# ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}/oha (the first build takes several minutes).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+export WORKER_SLOTS=${WORKER_SLOTS:-8}
+DURATION=${BENCH_DURATION:-15}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+BASH_JOBS=${BENCH_BASH_JOBS:-5000}
+PYTHON_JOBS=${BENCH_PYTHON_JOBS:-1000}
+SUBMITTERS=${BENCH_SUBMITTERS:-16}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-0}
+OHA_VERSION=1.16.0
+[ "$DURATION" -ge 6 ] || { echo "bench: BENCH_DURATION must be at least 6 (seconds)" >&2; exit 2; }
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+    printf 'bench: error: %s\n' "$*" >&2
+    exit 1
+}
+
+OUT=$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+
+# --- cleanup: whatever happens, stop the instance and remove its data ------------------------
+DEV_PID=
+NATS_PID=
+DATA=
+SAMPLER_PID=
+CHILD_PID=
+STOP_WAIT=30
+
+# Runs a long step as a child and waits for it, so that Ctrl-C reaches the trap below at once
+# (a foreground oha would catch SIGINT itself, print its results, and the run would go on).
+run_child() {
+    "$@" &
+    CHILD_PID=$!
+    local rc=0
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=
+    return "$rc"
+}
+
+stop_dev() {
+    if [ -n "$CHILD_PID" ]; then
+        kill "$CHILD_PID" 2>/dev/null || true
+        wait "$CHILD_PID" 2>/dev/null || true
+        CHILD_PID=
+    fi
+    if [ -n "$SAMPLER_PID" ]; then
+        kill "$SAMPLER_PID" 2>/dev/null || true
+        wait "$SAMPLER_PID" 2>/dev/null || true
+        SAMPLER_PID=
+    fi
+    if [ -n "$DEV_PID" ]; then
+        kill -TERM "$DEV_PID" 2>/dev/null || true
+        for _ in $(seq 1 $((STOP_WAIT * 5))); do
+            kill -0 "$DEV_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$DEV_PID" 2>/dev/null; then
+            log "millrace dev did not stop within $STOP_WAIT s; killing it"
+            kill -KILL "$DEV_PID" 2>/dev/null || true
+        fi
+        wait "$DEV_PID" 2>/dev/null || true
+        DEV_PID=
+    fi
+    # Normally `dev` stops its services itself; make sure of it if it could not.
+    if [ -n "$NATS_PID" ] && kill -0 "$NATS_PID" 2>/dev/null; then
+        kill -KILL "$NATS_PID" 2>/dev/null || true
+    fi
+    NATS_PID=
+    if [ -n "$DATA" ]; then
+        local pg_real=
+        if [ -e "$DATA/postgres" ]; then
+            pg_real=$(readlink -f "$DATA/postgres")
+            if [ -f "$pg_real/data/postmaster.pid" ]; then
+                log "PostgreSQL still running; stopping it"
+                if [ "$(id -u)" = 0 ]; then
+                    runuser -u postgres -- "$PG_BIN_DIR/pg_ctl" stop -D "$pg_real/data" -m immediate >/dev/null 2>&1 || true
+                else
+                    "$PG_BIN_DIR/pg_ctl" stop -D "$pg_real/data" -m immediate >/dev/null 2>&1 || true
+                fi
+            fi
+        fi
+        rm -rf "$DATA"
+        # As root `dev` keeps the cluster outside the data directory (see src/dev.rs).
+        case "$pg_real" in
+        /var/tmp/millrace-dev-*) rm -rf "$pg_real" ;;
+        esac
+        DATA=
+    fi
+}
+
+on_exit() {
+    local rc=$?
+    if [ "$rc" != 0 ]; then
+        STOP_WAIT=10
+    fi
+    if [ "$rc" = 130 ] || [ "$rc" = 143 ]; then
+        log "interrupted; stopping"
+    elif [ "$rc" != 0 ] && [ -n "$DATA" ] && [ -f "$DATA/dev.log" ]; then
+        log "failed; the last lines of millrace dev's output:"
+        tail -n 30 "$DATA/dev.log" >&2 || true
+    fi
+    stop_dev
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- build and tools -------------------------------------------------------------------------
+BUILT=target/release/millrace
+if [ -n "${BENCH_BIN:-}" ]; then
+    BUILT=$BENCH_BIN
+    log "BENCH_BIN: measuring $BUILT without building"
+else
+    log "building the release binary"
+    if ! cargo build --release >"$OUT/build.log" 2>&1; then
+        tail -n 40 "$OUT/build.log" >&2
+        die "cargo build --release failed"
+    fi
+fi
+[ -x "$BUILT" ] || die "no $BUILT"
+# A copy, so that a rebuild during the run cannot swap the binary between measurements.
+BIN=$OUT/millrace
+cp "$BUILT" "$BIN"
+
+eval "$(bash scripts/tools.sh nats postgres python)"
+TOOLS=${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}
+OHA=$TOOLS/oha/bin/oha
+if ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION\$"; then
+    log "installing oha $OHA_VERSION with cargo (once; takes several minutes)"
+    cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS/oha" >&2
+fi
+PSQL=$PG_BIN_DIR/psql
+[ -x "$PSQL" ] || PSQL=psql
+
+# --- one `millrace dev` at a time ------------------------------------------------------------
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_dev() {
+    DATA=$(mktemp -d /tmp/millrace-bench.XXXXXX)
+    local port
+    port=$(free_port)
+    # A session of its own, so that a Ctrl-C in the terminal does not also hit nats-server and
+    # PostgreSQL before millrace has drained: this script stops the instance in order.
+    BIND_ADDR=127.0.0.1:$port setsid "$BIN" dev --data-dir "$DATA" >"$DATA/dev.log" 2>&1 &
+    DEV_PID=$!
+    for _ in $(seq 1 600); do
+        grep -q '^token:' "$DATA/dev.log" 2>/dev/null && break
+        kill -0 "$DEV_PID" 2>/dev/null || die "millrace dev exited during startup"
+        sleep 0.1
+    done
+    grep -q '^token:' "$DATA/dev.log" || die "millrace dev did not start within 60 s"
+    MILLRACE_URL=$(sed -n 's/^Millrace is up at \(http[^ ]*\).*/\1/p' "$DATA/dev.log" | head -n 1)
+    MILLRACE_TOKEN=$(sed -n 's/^token: *//p' "$DATA/dev.log" | head -n 1)
+    export MILLRACE_URL MILLRACE_TOKEN
+    NATS_PID=$(pgrep -P "$DEV_PID" -x nats-server || true)
+    PG_DATA=$DATA/postgres/data
+    PG_PORT=$(sed -n 4p "$PG_DATA/postmaster.pid")
+    log "millrace dev up at $MILLRACE_URL (pid $DEV_PID, WORKER_SLOTS=$WORKER_SLOTS)"
+    "$PY" bench/bench.py setup
+}
+
+completed_jobs() {
+    "$PSQL" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d millrace -Atc \
+        "SELECT count(*) FROM jobs WHERE status IN ('success', 'failure', 'canceled')"
+}
+
+oha_post() {
+    # oha_post SECONDS URL [extra oha options...]; only through run_child (it execs)
+    local seconds=$1 url=$2
+    shift 2
+    exec "$OHA" -z "${seconds}s" -c "$CONNECTIONS" --no-tui --output-format json \
+        --wait-ongoing-requests-after-deadline \
+        -m POST -H "Authorization: Bearer $MILLRACE_TOKEN" -H "Content-Type: application/json" \
+        -d '{}' "$@" "$url"
+}
+
+# --- 1 and 2: ingestion ----------------------------------------------------------------------
+ingest() {
+    # ingest NAME QUERY
+    local name=$1 query=$2
+    "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+    start_dev
+    local url="$MILLRACE_URL/api/w/demo/jobs/run/p/u/admin/bench_bash$query"
+    log "$name: warm-up, 2 s"
+    run_child oha_post 2 "$url" >/dev/null
+    local before after
+    before=$(completed_jobs)
+    log "$name: $CONNECTIONS connections for $DURATION s against $url"
+    # The CPU split is sampled inside the run, clear of its first and last seconds.
+    "$PY" bench/bench.py cpu --dev-pid "$DEV_PID" --pg-data "$PG_DATA" --delay 2 \
+        --seconds $((DURATION - 4)) --out "$OUT/$name-cpu.json" &
+    SAMPLER_PID=$!
+    run_child oha_post "$DURATION" "$url" >"$OUT/$name-oha.json"
+    wait "$SAMPLER_PID" || log "$name: CPU sampling failed"
+    SAMPLER_PID=
+    after=$(completed_jobs)
+    "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-oha.json" \
+        --cpu "$OUT/$name-cpu.json" --connections "$CONNECTIONS" --duration "$DURATION" \
+        --drained $((after - before)) --out "$OUT/$name.json"
+    stop_dev
+}
+
+START=$(date +%s)
+ingest ingest ""
+if [ "${BENCH_SKIP_IDLE:-0}" != 1 ]; then
+    ingest ingest_idle "?tag=bench_idle"
+fi
+
+# --- 3: end to end ---------------------------------------------------------------------------
+"$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+start_dev
+for lang in bash python3; do
+    jobs=$BASH_JOBS
+    [ "$lang" = python3 ] && jobs=$PYTHON_JOBS
+    run_child "$PY" bench/bench.py e2e --language "$lang" --jobs "$jobs" \
+        --concurrency "$SUBMITTERS" --slots "$WORKER_SLOTS" \
+        --dev-pid "$DEV_PID" --pg-data "$PG_DATA" --out "$OUT/e2e_$lang.json"
+done
+stop_dev
+
+# --- summary ---------------------------------------------------------------------------------
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "${BENCH_BIN:-}" ]; then
+    COMMIT="$COMMIT (binary given by BENCH_BIN)"
+elif [ -n "$(git status --porcelain -- src migrations nats Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    COMMIT="$COMMIT+uncommitted changes"
+fi
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+MEM_GIB=$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
+MACHINE="$(nproc) cores ($CPU_MODEL), $MEM_GIB GiB, loopback, load generator on the same machine"
+results=("$OUT/ingest.json")
+[ -f "$OUT/ingest_idle.json" ] && results+=("$OUT/ingest_idle.json")
+results+=("$OUT/e2e_bash.json" "$OUT/e2e_python3.json")
+"$PY" bench/bench.py report --slots "$WORKER_SLOTS" --oha-version "$OHA_VERSION" \
+    --command "bash bench/run.sh" --commit "$COMMIT" --when "$(date -u +%Y-%m-%d)" \
+    --machine "$MACHINE" "${results[@]}" | tee "$OUT/summary.md"
+log "done in $(($(date +%s) - START)) s (build excluded); raw results in ${OUT#"$ROOT"/}/"
