@@ -237,6 +237,18 @@ pub async fn create_token(
             "this credential belongs to no user; create a user and impersonate it",
         ));
     }
+    // A workspace-bound token cannot mint a token that works elsewhere.
+    let mut body = body;
+    if let Some(bound) = &principal.workspace {
+        match &body.workspace_id {
+            Some(asked) if asked != bound => {
+                return Err(ApiError::Forbidden(format!(
+                    "this token works only in workspace {bound}"
+                )))
+            }
+            _ => body.workspace_id = Some(bound.clone()),
+        }
+    }
     issue_token(&state, &principal.email, &body).await
 }
 

@@ -204,7 +204,7 @@ async fn tokens_are_random_hashed_and_expire() {
         .expect(200);
     env.get("/api/w/other/users/whoami", &only_test)
         .await
-        .expect(401);
+        .expect(403);
     env.get("/api/w/other/users/whoami", alice)
         .await
         .expect(200);

@@ -8,6 +8,7 @@ mod identity;
 mod jobs_api;
 mod openapi;
 mod payloads;
+mod permissions;
 mod run_async;
 mod run_stream;
 mod run_sync;

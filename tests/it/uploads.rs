@@ -417,7 +417,7 @@ async fn scripts_write_files_that_clients_download_in_their_workspace_only() {
         .expect(200);
     assert_eq!(
         res.json(),
-        json!({"test": [200, "in test"], "other": [401, ""]})
+        json!({"test": [200, "in test"], "other": [403, ""]})
     );
     let res = env
         .request(

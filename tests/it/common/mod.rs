@@ -125,6 +125,70 @@ impl Drop for LocalS3 {
     }
 }
 
+/// A local SMTP server (Python's `aiosmtpd`) that prints every message it receives.
+pub struct LocalSmtp {
+    pub port: u16,
+    log: PathBuf,
+    child: Child,
+}
+
+impl LocalSmtp {
+    pub async fn start(dir: &std::path::Path) -> Self {
+        let port = free_port().unwrap();
+        let log = dir.join("smtp.out");
+        let child = Command::new(tool("WMILL_PYTHON", "python3"))
+            .args([
+                "-u",
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-c",
+                "aiosmtpd.handlers.Debugging",
+            ])
+            .args(["-l", &format!("127.0.0.1:{port}")])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd starts (set WMILL_PYTHON)");
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)).await,
+            "aiosmtpd did not listen"
+        );
+        Self { port, log, child }
+    }
+
+    /// The environment that points Millrace at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SMTP_HOST".into(), "127.0.0.1".into()),
+            ("SMTP_PORT".into(), self.port.to_string()),
+            ("SMTP_TLS".into(), "none".into()),
+            ("SMTP_FROM".into(), "millrace@example.com".into()),
+        ]
+    }
+
+    /// Every message received so far, headers and body.
+    pub fn messages(&self) -> Vec<String> {
+        let out = std::fs::read_to_string(&self.log).unwrap_or_default();
+        out.split("---------- MESSAGE FOLLOWS ----------")
+            .skip(1)
+            .map(|m| {
+                m.split("------------ END MESSAGE ------------")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+impl Drop for LocalSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub nats: LocalNats,
