@@ -109,6 +109,7 @@ impl ApiServer {
             timeout_sse_stream: http.timeout_sse_stream,
             sync_error_status: api::sync_error_status(http.sync_error_status)?,
             auth_failures_per_minute: auth.failures_per_minute,
+            trusted_proxy_hops: http.trusted_proxy_hops,
         };
         let state = AppState::new(settings, pool, bus, authenticator);
         let listener = TcpListener::bind(http.bind_addr)

@@ -119,6 +119,16 @@ pub struct HttpConfig {
     /// Request headers copied into every job's arguments (comma-separated; `X-Sign` → `x_sign`).
     #[arg(long = "include-headers", env = "INCLUDE_HEADERS", default_value = "")]
     pub include_headers: String,
+
+    /// Reverse proxies in front of the API that append to `X-Forwarded-For` (an ingress: 1).
+    /// The client address (for rate limits) is the entry that many hops from the right; 0
+    /// uses the connection's peer address and ignores the header, which clients can forge.
+    #[arg(
+        long = "trusted-proxy-hops",
+        env = "TRUSTED_PROXY_HOPS",
+        default_value_t = 0
+    )]
+    pub trusted_proxy_hops: usize,
 }
 
 #[derive(Debug, Clone, Args)]

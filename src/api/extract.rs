@@ -46,18 +46,36 @@ pub fn presented_token(parts: &Parts) -> Option<(String, Credential)> {
         .map(|(_, v)| (v, Credential::Query))
 }
 
-/// The peer address of the connection (rate limits are per client address).
+/// The client's address (rate limits are per client address): the connection's peer, or with
+/// `TRUSTED_PROXY_HOPS` = n, the n-th `X-Forwarded-For` entry from the right — the address the
+/// outermost trusted proxy saw. Entries further left are the client's own claims.
 pub struct ClientIp(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let hops = state.config().trusted_proxy_hops;
+        if hops == 0 {
+            return Ok(Self(peer));
+        }
+        let forwarded: Vec<IpAddr> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|entry| entry.trim().parse().ok())
+            .collect();
+        let ip = forwarded
+            .len()
+            .checked_sub(hops)
+            .map_or(peer, |i| forwarded[i]);
         Ok(Self(ip))
     }
 }

@@ -22,6 +22,8 @@ pub struct ApiSettings {
     pub sync_error_status: axum::http::StatusCode,
     /// `AUTH_FAILURES_PER_MINUTE`.
     pub auth_failures_per_minute: u32,
+    /// `TRUSTED_PROXY_HOPS`.
+    pub trusted_proxy_hops: usize,
 }
 
 #[derive(Clone)]

@@ -307,3 +307,16 @@ mergeOverwrite skips those). Returns JSON. Takes (dict "base" $map "over" $map).
     - port: 53
       protocol: TCP
 {{- end }}
+
+{{/*
+Proxies that append to X-Forwarded-For in front of the API: the explicit value, else 1 behind
+the chart's Ingress, else empty (the binary's default: the connection's peer).
+*/}}
+{{- define "millrace.trustedProxyHops" -}}
+{{- $hops := .Values.config.trustedProxyHops -}}
+{{- if ne (toString $hops) "" -}}
+{{- $hops -}}
+{{- else if .Values.ingress.enabled -}}
+1
+{{- end -}}
+{{- end }}
