@@ -57,7 +57,6 @@ DENO_VERSION=2.9.6         # npm deno
 S3S_FS_VERSION=0.14.1      # crates.io s3s-fs (later versions need a newer rustc)
 
 BASE_PYTHON=/usr/bin/python3 # Debian's Python; venvs are made from it
-PG_BIN_DIR_DEFAULT=/usr/lib/postgresql/$PG_MAJOR/bin
 
 # stdout is reserved for the export lines: everything else goes to stderr.
 exec 3>&1 1>&2
@@ -163,17 +162,37 @@ ensure_nats() {
     EXPORTS+=("NATS_SERVER_BIN=$bin")
 }
 
+# The newest PostgreSQL server installed from Debian/Ubuntu packages (any major from 13 up).
+find_postgres() {
+    local dir
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -n -r); do
+        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/postgres" ]; then
+            echo "$dir"
+            return
+        fi
+    done
+}
+
 ensure_postgres() {
-    local dir=$PG_BIN_DIR_DEFAULT
-    if [ ! -x "$dir/initdb" ] || [ ! -x "$dir/pg_ctl" ] || [ ! -x "$dir/postgres" ]; then
-        log "installing PostgreSQL $PG_MAJOR (Debian postgresql-$PG_MAJOR)"
-        apt_install "postgresql-$PG_MAJOR"
-        [ -x "$dir/initdb" ] || die "postgresql-$PG_MAJOR installed, but $dir/initdb is missing"
+    local dir=${PG_BIN_DIR:-}
+    [ -n "$dir" ] && [ -x "$dir/initdb" ] || dir=$(find_postgres)
+    if [ -z "$dir" ]; then
+        # Debian 12 ships postgresql-15; other releases (Ubuntu) ship another major under the
+        # generic name.
+        if apt-cache show "postgresql-$PG_MAJOR" >/dev/null 2>&1; then
+            log "installing PostgreSQL $PG_MAJOR (postgresql-$PG_MAJOR)"
+            apt_install "postgresql-$PG_MAJOR"
+        else
+            log "installing PostgreSQL (the distribution's postgresql package)"
+            apt_install postgresql
+        fi
+        dir=$(find_postgres)
+        [ -n "$dir" ] || die "PostgreSQL installed, but no /usr/lib/postgresql/*/bin/initdb found"
         INSTALLED+=("postgres ($(since "$C_START"))")
     fi
     # initdb/postgres refuse to run as root: Millrace starts them through `runuser -u postgres`.
     if [ "$(id -u)" = 0 ] && ! id -u postgres >/dev/null 2>&1; then
-        die "user 'postgres' does not exist (it comes with the postgresql-$PG_MAJOR package)"
+        die "user 'postgres' does not exist (it comes with the postgresql package)"
     fi
     EXPORTS+=("PG_BIN_DIR=$dir")
 }
