@@ -190,7 +190,6 @@ impl Drop for LocalSmtp {
 }
 
 pub struct TestEnv {
-    pub dir: tempfile::TempDir,
     pub nats: LocalNats,
     pub pg: LocalPostgres,
     pub api_url: String,
@@ -204,6 +203,8 @@ pub struct TestEnv {
     pub token: String,
     /// The S3 server, with `Options { s3: true, .. }`.
     pub s3: Option<LocalS3>,
+    /// Dropped last (fields drop in order): the servers above stop using their data first.
+    pub dir: tempfile::TempDir,
 }
 
 impl TestEnv {
