@@ -6,6 +6,9 @@
                     PostgreSQL and the load generator over a window; write JSON
   bench.py oha      turn oha's --json output (plus a cpu sample) into a result JSON
   bench.py e2e      submit N async jobs of one script, wait for all, compute jobs/s
+  bench.py sync     time N sync webhook calls (run_wait_result) from C callers; the overhead
+                    is each call's latency minus its job's duration_ms (the worker's own clock)
+  bench.py sniff    (used by sync --nats-url) timestamp Millrace's NATS messages about jobs
   bench.py report   print the markdown summary from the result JSONs
 
 Every subcommand that talks to Millrace reads MILLRACE_URL and MILLRACE_TOKEN.
@@ -16,7 +19,11 @@ import http.client
 import json
 import os
 import queue
+import re
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -477,6 +484,427 @@ def steady_rate(completed):
     return round((hi - lo) / (ordered[hi] - ordered[lo]), 1)
 
 
+# --- sync webhooks --------------------------------------------------------------------------
+
+JOB_ID_HEADER = "x-millrace-job-id"  # src/api/run_sync.rs
+SYNC_TARGET = {"p50": 3.0, "p99": 15.0}  # overhead, ms
+
+
+class TimedClient:
+    """One keep-alive connection that times each request; no retries (a failure is a result)."""
+
+    def __init__(self, base, token):
+        url = urllib.parse.urlsplit(base)
+        self.host, self.port = url.hostname, url.port or 80
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.conn = None
+
+    def call(self, method, path, body=None):
+        """(wall clock when sent, latency in s, status or None, job id header, body)."""
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+            self.conn.connect()
+            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent = time.time()
+        t0 = time.perf_counter()
+        try:
+            # Headers and a bytes body leave in one send() (http.client joins them).
+            self.conn.request(method, path, body=body, headers=self.headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+        except (http.client.HTTPException, OSError) as e:
+            self.conn.close()
+            self.conn = None
+            return sent, time.perf_counter() - t0, None, None, repr(e).encode()
+        return sent, time.perf_counter() - t0, resp.status, resp.getheader(JOB_ID_HEADER), data
+
+
+def timed_calls(method, path, body, n, concurrency, seconds=None):
+    """n calls (or as many as `seconds` allow) over `concurrency` keep-alive connections, each
+    caller sending its next call as soon as the previous one is answered. Every connection is
+    opened (and used once, on /healthz) before the first timed call. Returns one dict per call."""
+    base, token = os.environ["MILLRACE_URL"], os.environ["MILLRACE_TOKEN"]
+    left = [n]
+    lock = threading.Lock()
+    ready = threading.Barrier(concurrency)
+    deadline = [None]
+    samples = []
+
+    def caller():
+        client = TimedClient(base, token)
+        client.call("GET", "/healthz")
+        if ready.wait() == 0 and seconds:
+            deadline[0] = time.monotonic() + seconds
+        ready.wait()
+        mine = []
+        while True:
+            with lock:
+                if seconds is None:
+                    if left[0] == 0:
+                        break
+                    left[0] -= 1
+                elif time.monotonic() >= deadline[0]:
+                    break
+            sent, latency, status, job_id, data = client.call(method, path, body)
+            mine.append({"sent": sent, "latency_s": latency, "status": status, "id": job_id,
+                         "body": data[:200].decode(errors="replace")})
+        with lock:
+            samples.extend(mine)
+
+    threads = [threading.Thread(target=caller) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return samples
+
+
+def fetch_jobs(ids, concurrency=2):
+    """The job records (GET /jobs_u/get/{id}) of the given ids, read after the measurement."""
+    todo = queue.Queue()
+    for job_id in ids:
+        todo.put(job_id)
+    found, lock = {}, threading.Lock()
+
+    def reader():
+        api = api_from_env()
+        while True:
+            try:
+                job_id = todo.get_nowait()
+            except queue.Empty:
+                return
+            status, body = api.request("GET", f"/api/w/{WORKSPACE}/jobs_u/get/{job_id}")
+            if status == 200:
+                with lock:
+                    found[job_id] = json.loads(body)
+
+    threads = [threading.Thread(target=reader) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return found
+
+
+def stats(values):
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50), 3),
+        "p90": round(percentile(values, 90), 3),
+        "p99": round(percentile(values, 99), 3),
+        "max": round(max(values), 3),
+        "mean": round(statistics.fmean(values), 3),
+    }
+
+
+# The NATS sniffer: a plain core-NATS subscriber (stdlib socket) that timestamps, on arrival,
+# every message Millrace sends about jobs, so the sync path can be split into its steps.
+SNIFF_SUBJECTS = (
+    "millrace.jobs.>",  # the API publishing a job to JetStream
+    "millrace.job.>",  # the worker's live replies: started, log, stream, done
+    "millrace.events.>",  # events (queued, started, completed...)
+    "_INBOX.>",  # PubAcks of JetStream publishes, and pull deliveries to workers
+    "$JS.ACK.>",  # workers acking deliveries
+    "$JS.API.CONSUMER.MSG.NEXT.>",  # workers' pull requests
+)
+UUID_RE = re.compile(rb'"id":"([0-9a-f-]{36})"')
+
+
+def cmd_sniff(args):
+    url = urllib.parse.urlsplit(args.nats_url)
+    sock = socket.create_connection((url.hostname, url.port or 4222))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connect = {"verbose": False, "pedantic": False, "headers": True, "name": "bench-sniffer"}
+    out = [f"CONNECT {json.dumps(connect)}\r\n"]
+    out += [f"SUB {s} {i + 1}\r\n" for i, s in enumerate(SNIFF_SUBJECTS)]
+    out.append("PING\r\n")
+    sock.sendall("".join(out).encode())
+    records = []
+
+    class Stop(Exception):
+        pass
+
+    def on_term(*_):
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        sniff_loop(sock, records)
+    except Stop:
+        pass
+    with open(args.out, "w") as f:
+        json.dump(records, f)
+
+
+def sniff_loop(sock, records):
+    buf = bytearray()
+    ready = False
+    parent = os.getppid()
+    sock.settimeout(1.0)
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except socket.timeout:
+            if os.getppid() != parent:
+                return  # bench.py sync is gone (interrupted): do not linger
+            continue
+        at = time.time()
+        if not data:
+            break
+        buf += data
+        while True:
+            end = buf.find(b"\r\n")
+            if end < 0:
+                break
+            line = bytes(buf[:end])
+            if line.startswith((b"MSG ", b"HMSG ")):
+                parts = line.split()
+                headered = parts[0] == b"HMSG"
+                total = int(parts[-1])
+                if len(buf) < end + 2 + total + 2:
+                    break  # the payload is not all here yet
+                body = bytes(buf[end + 2 : end + 2 + total])
+                del buf[: end + 2 + total + 2]
+                subject = parts[1].decode()
+                nfixed = 5 if headered else 4  # verb subject sid [reply] [hdr_len] total
+                reply = parts[3].decode() if len(parts) == nfixed + 1 else None
+                msg_id, payload = None, body
+                if headered:
+                    hdr_len = int(parts[-2])
+                    headers, payload = body[:hdr_len], body[hdr_len:]
+                    for h in headers.split(b"\r\n"):
+                        if h.lower().startswith(b"nats-msg-id:"):
+                            msg_id = h.split(b":", 1)[1].strip().decode()
+                if msg_id is None and reply and reply.startswith("$JS.ACK."):
+                    found = UUID_RE.search(payload)
+                    msg_id = found.group(1).decode() if found else None
+                records.append((at, subject, reply, msg_id, payload[:80].decode(errors="replace")))
+                continue
+            del buf[: end + 2]
+            if line == b"PING":
+                sock.sendall(b"PONG\r\n")
+            elif line == b"PONG" and not ready:
+                ready = True
+                print("ready", flush=True)
+            elif line.startswith(b"-ERR"):
+                log(f"sniffer: {line.decode(errors='replace')}")
+
+
+class Sniffer:
+    """Runs `bench.py sniff` as a separate process (so that it shares no GIL with the callers)."""
+
+    def __init__(self, nats_url, out):
+        self.out = out
+        command = [sys.executable, os.path.abspath(__file__), "sniff"]
+        self.proc = subprocess.Popen(
+            command + ["--nats-url", nats_url, "--out", out],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            sys.exit("bench: the NATS sniffer did not start")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.wait(timeout=30) != 0:
+            sys.exit("bench: the NATS sniffer failed")
+        with open(self.out) as f:
+            records = json.load(f)
+        os.unlink(self.out)  # large; what it gave is kept in the result and the samples
+        return records
+
+
+def sniffed_times(records):
+    """Per job id, when each step was seen on NATS."""
+    pub, deliver, started, done, events = {}, {}, {}, {}, {}
+    replies = {}  # first message seen on each reply subject: PubAcks, ack confirmations
+    acks = {}  # the worker's ack of a delivery, by its $JS.ACK subject
+    for at, subject, reply, msg_id, payload in records:
+        if reply and reply.startswith("$JS.ACK.MILLRACE_JOBS.") and msg_id:
+            # A delivery to a worker's pull (it keeps the job's subject).
+            deliver.setdefault(msg_id, (at, reply))
+        elif subject.startswith("millrace.jobs.") and msg_id:
+            pub.setdefault(msg_id, (at, reply))
+        elif subject.startswith("millrace.job."):
+            _, _, job_id, kind = subject.split(".", 3)
+            {"started": started, "done": done}.get(kind, {}).setdefault(job_id, at)
+        elif subject.startswith("millrace.events.") and msg_id and ":" in msg_id:
+            job_id, kind = msg_id.split(":", 1)
+            events.setdefault((job_id, kind), (at, reply))
+        elif subject.startswith("$JS.ACK."):
+            acks.setdefault(subject, at)
+        elif subject.startswith("_INBOX.") and payload.startswith('{"stream"'):
+            replies.setdefault(subject, at)
+    times = {}
+    for job_id, (t_pub, pub_reply) in pub.items():
+        t = {"pub": t_pub, "pub_ack": replies.get(pub_reply)}
+        if job_id in deliver:
+            t["deliver"], ack_subject = deliver[job_id]
+            t["ack"] = acks.get(ack_subject)
+        t["started"] = started.get(job_id)
+        t["done"] = done.get(job_id)
+        if (job_id, "started") in events:
+            t["ev_started"], ev_reply = events[(job_id, "started")]
+            t["ev_started_ack"] = replies.get(ev_reply)
+        times[job_id] = t
+    return times
+
+
+# Steps of one sync call, in order; each is (name, from, to). `exec_end` is completed_at's
+# share: the worker's own clock around the script (duration_ms) is taken out of it.
+DB_STEPS = [
+    ("api_in", "sent", "created_at"),
+    ("created_to_started", "created_at", "started_at"),
+    ("worker_around_script", "started_at", "completed_at"),
+    ("completed_to_answer", "completed_at", "received"),
+]
+SNIFF_STEPS = [
+    ("api_in", "sent", "created_at"),
+    ("insert_and_publish", "created_at", "pub"),
+    ("jetstream_to_worker", "pub", "deliver"),
+    ("start_update", "deliver", "started"),
+    ("started_event_puback", "started", "ev_started_ack"),
+    ("around_script", "ev_started_ack", "completed_at"),
+    ("complete_update_and_done", "completed_at", "done"),
+    ("done_to_answer", "done", "received"),
+]
+STEP_NOTES = {
+    "api_in": "HTTP request, auth, script lookup, NATS subscribe, arguments (API)",
+    "created_to_started": "batched INSERT, JetStream publish, worker pickup, `running` UPDATE",
+    "worker_around_script": "`running` UPDATE, `started` reply and event, `completed` UPDATE "
+    "sent (minus duration_ms)",
+    "completed_to_answer": "`completed` UPDATE, `done` reply, the API answers, the client reads",
+    "insert_and_publish": "job inserter: INSERT and commit, then the API publishes the job",
+    "jetstream_to_worker": "JetStream stores the job and delivers it on a worker's pull "
+    "(including any wait for a free slot)",
+    "start_update": "worker: job task, pool checkout, `running` UPDATE, `started` reply",
+    "started_event_puback": "worker publishes the `started` event and waits for its PubAck",
+    "around_script": "worker steps around the script: start, then outcome, pool checkout, "
+    "`completed` UPDATE sent (duration_ms taken out; its truncation to whole ms puts ≈ 0.5 here)",
+    "complete_update_and_done": "`completed` UPDATE (RETURNING the whole record), `done` reply",
+    "done_to_answer": "API hears `done` and answers; the client reads (and the sniffer's own lag)",
+}
+
+
+def cmd_sync(args):
+    path, _ = SCRIPTS[args.language]
+    url = f"/api/w/{WORKSPACE}/jobs/run_wait_result/p/{path}"
+    name = f"sync_{args.language}_c{args.concurrency}" + ("_sniffed" if args.nats_url else "")
+    if args.warmup:
+        warm = timed_calls("POST", url, b"{}", args.warmup, 1)
+        bad = [s for s in warm if s["status"] != 200]
+        if bad:
+            sys.exit(f"bench: {name}: warm-up call answered {bad[0]['status']}: {bad[0]['body']}")
+    floor = None
+    if args.floor:
+        calls = timed_calls("GET", "/healthz", None, args.floor, 1)
+        floor = stats([1000 * s["latency_s"] for s in calls])
+    sniffer = Sniffer(args.nats_url, f"{args.out}.nats.json") if args.nats_url else None
+    recorder = None
+    if args.dev_pid:
+        postmaster = postmaster_pid_of(args.pg_data) if args.pg_data else None
+        recorder = CpuRecorder(args.dev_pid, postmaster)
+        recorder.start()
+    how_long = f"{args.seconds} s" if args.seconds else f"{args.calls} calls"
+    log(f"{name}: {how_long} of {url} from {args.concurrency} caller(s)")
+    t0 = time.time()
+    samples = timed_calls("POST", url, b"{}", args.calls, args.concurrency, args.seconds)
+    t1 = time.time()
+    cpu = None
+    if recorder:
+        recorder.stop.set()
+        recorder.join()
+        cpu = recorder.split(t0, t1)
+        warn_if_disturbed(name, cpu)
+    records = sniffer.stop() if sniffer else None
+    failed = [s for s in samples if s["status"] != 200 or not s["id"]]
+    if failed:
+        log(f"{name}: {len(failed)} calls failed, first: {failed[0]['status']} {failed[0]['body']}")
+    jobs = fetch_jobs([s["id"] for s in samples if s["id"]])
+    sniffed = sniffed_times(records) if records else {}
+    latency, overhead, durations = [], [], []
+    steps = {}
+    rows = []
+    for s in samples:
+        job = jobs.get(s["id"]) if s["id"] else None
+        if s["status"] != 200 or not job or job.get("duration_ms") is None:
+            continue
+        lat = 1000 * s["latency_s"]
+        latency.append(lat)
+        durations.append(job["duration_ms"])
+        over = lat - job["duration_ms"]
+        overhead.append(over)
+        t = {
+            "sent": s["sent"],
+            "received": s["sent"] + s["latency_s"],
+            "created_at": parse_ts(job["created_at"]),
+            "started_at": parse_ts(job["started_at"]),
+            "completed_at": parse_ts(job["completed_at"]),
+        }
+        t.update(sniffed.get(s["id"], {}))
+        row = {"overhead": over}
+        for step, a, b in SNIFF_STEPS if sniffed else DB_STEPS:
+            if t.get(a) is None or t.get(b) is None:
+                continue
+            ms = 1000 * (t[b] - t[a])
+            if step in ("worker_around_script", "around_script"):
+                ms -= job["duration_ms"]
+            steps.setdefault(step, []).append(ms)
+            row[step] = ms
+        rows.append(row)
+    # Where the slowest calls lose their time: the mean of each step over the 5 % of calls
+    # with the largest overhead.
+    rows.sort(key=lambda r: r["overhead"])
+    tail = rows[int(len(rows) * 0.95) :]
+    order = [s for s, _, _ in (SNIFF_STEPS if sniffed else DB_STEPS)]
+    tail_means = {
+        step: round(statistics.fmean(r[step] for r in tail if step in r), 3)
+        for step in order
+        if any(step in r for r in tail)
+    }
+    span = max(s["sent"] + s["latency_s"] for s in samples) - min(s["sent"] for s in samples)
+    result = {
+        "name": name,
+        "language": args.language,
+        "concurrency": args.concurrency,
+        "slots": args.slots,
+        "sniffed": bool(sniffed),
+        "calls": len(samples),
+        "ok": len(latency),
+        "failed": len(failed),
+        # Answered 200 but the job record could not be read back (or had no duration_ms).
+        "unread": len(samples) - len(failed) - len(latency),
+        "calls_per_s": round(len(samples) / span, 1) if span > 0 else None,
+        "latency_ms": stats(latency),
+        "duration_ms": stats(durations),
+        "overhead_ms": stats(overhead),
+        "steps_ms": {step: stats(steps[step]) for step in order if step in steps},
+        "tail_steps_ms": tail_means,
+        "floor_healthz_ms": floor,
+        "cpu": cpu,
+    }
+    if sniffed:
+        # Off the caller's path, for reference: the API's PubAck wait, the worker's ack.
+        extra = {"job_puback": ("pub", "pub_ack"), "worker_ack_after_done": ("done", "ack")}
+        for key, (a, b) in extra.items():
+            vals = [1000 * (t[b] - t[a]) for t in sniffed.values() if t.get(a) and t.get(b)]
+            result["steps_ms"][key] = stats(vals)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    if args.samples_out:
+        with open(args.samples_out, "w") as f:
+            json.dump({"samples": samples, "steps": rows}, f)
+    o = result["overhead_ms"] or {}
+    lat = result["latency_ms"] or {}
+    log(
+        f"{name}: latency p50 {lat.get('p50', 0):.1f} ms, p99 {lat.get('p99', 0):.1f} ms; "
+        f"overhead p50 {o.get('p50', 0):.1f} ms, p99 {o.get('p99', 0):.1f} ms; "
+        f"{result['calls_per_s']} calls/s; {len(failed)} failed"
+    )
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -519,9 +947,10 @@ def cmd_report(args):
     out.append(f"Millrace benchmark ({args.when}, commit {args.commit}, {args.machine})")
     out.append(f"WORKER_SLOTS={args.slots}; load generator oha {args.oha_version}; "
                f"command: `{args.command}`")
-    out.append("")
-    out.append("| measurement | result | target | CPU split during the run (% of one core) |")
-    out.append("| --- | --- | --- | --- |")
+    if any(not name.startswith("sync_") for name in results):
+        out.append("")
+        out.append("| measurement | result | target | CPU split during the run (% of one core) |")
+        out.append("| --- | --- | --- | --- |")
     for name, label in [
         ("ingest", "async ingestion `POST /jobs/run/p/u/admin/bench_bash`, worker running the jobs"),
         ("ingest_idle", "async ingestion, jobs routed to a tag no worker serves (API path only)"),
@@ -558,7 +987,82 @@ def cmd_report(args):
             f"{ing['drained']:,} of the {ing['created_201']:,} queued jobs; the rest were still "
             f"queued when the instance was stopped."
         )
+    out.extend(sync_report(results))
     print("\n".join(out))
+
+
+def sync_report(results):
+    """The sync webhook tables: latency and overhead per run, then the steps of the sniffed
+    runs. Empty when no sync run is among the results."""
+    sync = [r for name, r in sorted(results.items()) if name.startswith("sync_")]
+    if not sync:
+        return []
+
+    def order(r):
+        return (r["language"] != "bash", r["concurrency"])
+
+    plain = sorted((r for r in sync if not r["sniffed"]), key=order)
+    sniffed = sorted((r for r in sync if r["sniffed"]), key=order)
+    out = [
+        "",
+        "Sync webhook `POST /api/w/demo/jobs/run_wait_result/p/…` (ms; overhead = the call's "
+        "latency − the job's `duration_ms`; target: overhead p50 ≤ 3, p99 ≤ 15):",
+        "",
+        "| script | callers | calls (calls/s) | latency p50 / p99 | duration_ms p50 / p99 "
+        "| **overhead p50 / p99** | target met? | CPU split during the run (% of one core) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in plain or sniffed:
+        lat, dur, over = r["latency_ms"], r["duration_ms"], r["overhead_ms"]
+        if not over:
+            out.append(f"| `{r['language']}` | {r['concurrency']} | none usable "
+                       f"({r['failed']} of {r['calls']} failed) | | | | no | |")
+            continue
+        missed = [k for k in ("p50", "p99") if over[k] > SYNC_TARGET[k]]
+        verdict = "no: " + " and ".join(
+            f"{k} {over[k]:.1f} > {SYNC_TARGET[k]:g}" for k in missed) if missed else "yes"
+        failed = f", {r['failed']} failed" if r["failed"] else ""
+        if r.get("unread"):
+            failed += f", {r['unread']} not read back"
+        out.append(
+            f"| `{r['language']}` | {r['concurrency']} | {r['ok']:,} ({r['calls_per_s']}/s{failed}) "
+            f"| {lat['p50']:.1f} / {lat['p99']:.1f} | {dur['p50']:g} / {dur['p99']:g} "
+            f"| **{over['p50']:.1f} / {over['p99']:.1f}** | {verdict} | {fmt_cpu(r['cpu'])} |"
+        )
+    floor = next((r["floor_healthz_ms"] for r in plain if r.get("floor_healthz_ms")), None)
+    if floor:
+        out += ["", f"HTTP floor (the same client, `GET /healthz`, 1 caller): "
+                    f"p50 {floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms."]
+    if not sniffed:
+        return out
+
+    def cell(r, step):
+        st = r["steps_ms"].get(step)
+        return f"{st['mean']:.2f} / {st['p99']:.1f}" if st else "—"
+
+    out += [
+        "",
+        "Where the overhead goes (a second pass with a NATS sniffer timestamping each step; "
+        "mean / p99 per step, ms; the means add up to the mean overhead):",
+        "",
+        "| step | what happens | "
+        + " | ".join(f"`{r['language']}` ×{r['concurrency']}" for r in sniffed) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in sniffed) + " |",
+    ]
+    for step, _, _ in SNIFF_STEPS:
+        cells = " | ".join(cell(r, step) for r in sniffed)
+        out.append(f"| {step} | {STEP_NOTES[step]} | {cells} |")
+    cells = " | ".join(
+        f"**{r['overhead_ms']['mean']:.2f} / {r['overhead_ms']['p99']:.1f}**" for r in sniffed)
+    out.append(f"| overhead | (sum) | {cells} |")
+    off_path = {
+        "job_puback": "JetStream's PubAck of the job to the API (alongside the delivery)",
+        "worker_ack_after_done": "worker: `done` → its double ack confirmed (slot still held)",
+    }
+    for step, note in off_path.items():
+        cells = " | ".join(cell(r, step) for r in sniffed)
+        out.append(f"| *{step}* | *{note}* | {cells} |")
+    return out
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -601,6 +1105,25 @@ def main():
     p.add_argument("--slots", type=int, help="WORKER_SLOTS of the instance")
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("sync")
+    p.add_argument("--language", choices=sorted(SCRIPTS), required=True)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--calls", type=int)
+    how.add_argument("--seconds", type=float, help="call for this long instead of --calls")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=20, help="sequential calls before measuring")
+    p.add_argument("--floor", type=int, default=0, help="also time this many GET /healthz")
+    p.add_argument("--nats-url", help="split each call into its steps with a NATS sniffer")
+    p.add_argument("--dev-pid", type=int)
+    p.add_argument("--pg-data")
+    p.add_argument("--slots", type=int, help="WORKER_SLOTS of the instance")
+    p.add_argument("--out", required=True)
+    p.add_argument("--samples-out", help="also keep every call's timings here")
+
+    p = sub.add_parser("sniff")
+    p.add_argument("--nats-url", required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("report")
     p.add_argument("--slots", required=True)
     p.add_argument("--oha-version", required=True)
@@ -611,7 +1134,17 @@ def main():
     p.add_argument("results", nargs="+")
 
     args = parser.parse_args()
-    {"setup": cmd_setup, "cpu": cmd_cpu, "quiet": cmd_quiet, "oha": cmd_oha, "e2e": cmd_e2e, "report": cmd_report}[args.cmd](args)
+    commands = {
+        "setup": cmd_setup,
+        "cpu": cmd_cpu,
+        "quiet": cmd_quiet,
+        "oha": cmd_oha,
+        "e2e": cmd_e2e,
+        "sync": cmd_sync,
+        "sniff": cmd_sniff,
+        "report": cmd_report,
+    }
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Millrace benchmark: async ingestion (req/s, p50/p99) and end-to-end jobs/s.
+# Millrace benchmark: async ingestion (req/s, p50/p99), end-to-end jobs/s, and the latency and
+# overhead of sync webhooks.
 #
-#   bash bench/run.sh        (or: make bench)
+#   bash bench/run.sh                  (or: make bench) everything, about 3 minutes
+#   BENCH_ONLY=sync bash bench/run.sh  only measurement 4 (sync webhooks), about 1.5 minutes
 #
 # Builds the release binary, then for each measurement starts a fresh `millrace dev` (its own
 # nats-server and PostgreSQL in a temporary data directory, the API on a free port, an
@@ -11,6 +13,11 @@
 #   2. the same with `?tag=bench_idle`, a tag no worker serves: the API path alone.
 #   3. end to end: BENCH_BASH_JOBS trivial bash jobs, then BENCH_PYTHON_JOBS trivial python3
 #      jobs, submitted async, timed from the first created_at to the last completed_at.
+#   4. sync webhooks: POST /api/w/demo/jobs/run_wait_result/p/… of the trivial bash and python3
+#      scripts, from 1 caller and from BENCH_SYNC_CALLERS callers, BENCH_SYNC_SECONDS s each;
+#      overhead = each call's latency minus its job's duration_ms (read back afterwards with
+#      GET /jobs_u/get/{id}, the id from the x-millrace-job-id header). Then the same again with
+#      a NATS sniffer (bench.py sniff) timestamping every step, for the breakdown.
 # Prints a markdown table at the end and keeps it, with the raw results, in target/bench/.
 #
 # Settings (environment): WORKER_SLOTS (8), BENCH_DURATION (15), BENCH_CONNECTIONS (64),
@@ -18,6 +25,8 @@
 # BENCH_QUIET_WAIT (0): how long to wait, before each measurement, for other load on the
 # machine to end (the run warns when the machine is busy; other load lowers every figure).
 # BENCH_SKIP_IDLE=1 skips measurement 2; BENCH_BIN=FILE measures that binary instead of building.
+# Sync webhooks: BENCH_SYNC_SECONDS (8), BENCH_SYNC_CALLERS (16), BENCH_SYNC_BREAKDOWN (1; 0
+# skips the sniffed pass), BENCH_SKIP_SYNC=1 skips measurement 4, BENCH_ONLY=sync runs only it.
 # The load generator oha is installed once with cargo into
 # ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}/oha (the first build takes several minutes).
 set -euo pipefail
@@ -32,6 +41,14 @@ BASH_JOBS=${BENCH_BASH_JOBS:-5000}
 PYTHON_JOBS=${BENCH_PYTHON_JOBS:-1000}
 SUBMITTERS=${BENCH_SUBMITTERS:-16}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-0}
+SYNC_SECONDS=${BENCH_SYNC_SECONDS:-8}
+SYNC_CALLERS=${BENCH_SYNC_CALLERS:-16}
+SYNC_BREAKDOWN=${BENCH_SYNC_BREAKDOWN:-1}
+ONLY=${BENCH_ONLY:-all}
+case "$ONLY" in
+all | sync) ;;
+*) echo "bench: BENCH_ONLY must be all or sync" >&2; exit 2 ;;
+esac
 OHA_VERSION=1.16.0
 [ "$DURATION" -ge 6 ] || { echo "bench: BENCH_DURATION must be at least 6 (seconds)" >&2; exit 2; }
 PY=/usr/bin/python3
@@ -154,7 +171,7 @@ cp "$BUILT" "$BIN"
 eval "$(bash scripts/tools.sh nats postgres python)"
 TOOLS=${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}
 OHA=$TOOLS/oha/bin/oha
-if ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION\$"; then
+if [ "$ONLY" = all ] && ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION\$"; then
     log "installing oha $OHA_VERSION with cargo (once; takes several minutes)"
     cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS/oha" >&2
 fi
@@ -184,6 +201,11 @@ start_dev() {
     MILLRACE_TOKEN=$(sed -n 's/^token: *//p' "$DATA/dev.log" | head -n 1)
     export MILLRACE_URL MILLRACE_TOKEN
     NATS_PID=$(pgrep -P "$DEV_PID" -x nats-server || true)
+    # Where that nats-server listens (its `-p PORT`), for the sniffer of measurement 4.
+    BENCH_NATS_URL=
+    if [ -n "$NATS_PID" ]; then
+        BENCH_NATS_URL=nats://127.0.0.1:$(tr '\0' '\n' <"/proc/$NATS_PID/cmdline" | sed -n '/^-p$/{n;p;q}')
+    fi
     PG_DATA=$DATA/postgres/data
     PG_PORT=$(sed -n 4p "$PG_DATA/postmaster.pid")
     log "millrace dev up at $MILLRACE_URL (pid $DEV_PID, WORKER_SLOTS=$WORKER_SLOTS)"
@@ -232,22 +254,59 @@ ingest() {
 }
 
 START=$(date +%s)
-ingest ingest ""
-if [ "${BENCH_SKIP_IDLE:-0}" != 1 ]; then
-    ingest ingest_idle "?tag=bench_idle"
+results=()
+if [ "$ONLY" = all ]; then
+    ingest ingest ""
+    results+=("$OUT/ingest.json")
+    if [ "${BENCH_SKIP_IDLE:-0}" != 1 ]; then
+        ingest ingest_idle "?tag=bench_idle"
+        results+=("$OUT/ingest_idle.json")
+    fi
+
+    # --- 3: end to end -----------------------------------------------------------------------
+    "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+    start_dev
+    for lang in bash python3; do
+        jobs=$BASH_JOBS
+        [ "$lang" = python3 ] && jobs=$PYTHON_JOBS
+        run_child "$PY" bench/bench.py e2e --language "$lang" --jobs "$jobs" \
+            --concurrency "$SUBMITTERS" --slots "$WORKER_SLOTS" \
+            --dev-pid "$DEV_PID" --pg-data "$PG_DATA" --out "$OUT/e2e_$lang.json"
+        results+=("$OUT/e2e_$lang.json")
+    done
+    stop_dev
 fi
 
-# --- 3: end to end ---------------------------------------------------------------------------
-"$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
-start_dev
-for lang in bash python3; do
-    jobs=$BASH_JOBS
-    [ "$lang" = python3 ] && jobs=$PYTHON_JOBS
-    run_child "$PY" bench/bench.py e2e --language "$lang" --jobs "$jobs" \
-        --concurrency "$SUBMITTERS" --slots "$WORKER_SLOTS" \
-        --dev-pid "$DEV_PID" --pg-data "$PG_DATA" --out "$OUT/e2e_$lang.json"
-done
-stop_dev
+# --- 4: sync webhooks ------------------------------------------------------------------------
+if [ "$ONLY" = sync ] || [ "${BENCH_SKIP_SYNC:-0}" != 1 ]; then
+    "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+    start_dev
+    passes=(plain)
+    if [ "$SYNC_BREAKDOWN" = 1 ]; then
+        [ -n "$BENCH_NATS_URL" ] || die "cannot find the port of millrace dev's nats-server"
+        passes+=(sniffed)
+    fi
+    for pass in "${passes[@]}"; do
+        for lang in bash python3; do
+            for callers in $(printf '%s\n' 1 "$SYNC_CALLERS" | sort -nu); do
+                name=sync_${lang}_c${callers}
+                extra=()
+                if [ "$pass" = sniffed ]; then
+                    name=${name}_sniffed
+                    extra+=(--nats-url "$BENCH_NATS_URL")
+                elif [ "$lang" = bash ] && [ "$callers" = 1 ]; then
+                    extra+=(--floor 500)
+                fi
+                run_child "$PY" bench/bench.py sync --language "$lang" --seconds "$SYNC_SECONDS" \
+                    --concurrency "$callers" --slots "$WORKER_SLOTS" --dev-pid "$DEV_PID" \
+                    --pg-data "$PG_DATA" --out "$OUT/$name.json" \
+                    --samples-out "$OUT/$name-samples.json" "${extra[@]}"
+                results+=("$OUT/$name.json")
+            done
+        done
+    done
+    stop_dev
+fi
 
 # --- summary ---------------------------------------------------------------------------------
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -259,10 +318,9 @@ fi
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_GIB=$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
 MACHINE="$(nproc) cores ($CPU_MODEL), $MEM_GIB GiB, loopback, load generator on the same machine"
-results=("$OUT/ingest.json")
-[ -f "$OUT/ingest_idle.json" ] && results+=("$OUT/ingest_idle.json")
-results+=("$OUT/e2e_bash.json" "$OUT/e2e_python3.json")
+COMMAND="bash bench/run.sh"
+[ "$ONLY" = sync ] && COMMAND="BENCH_ONLY=sync $COMMAND"
 "$PY" bench/bench.py report --slots "$WORKER_SLOTS" --oha-version "$OHA_VERSION" \
-    --command "bash bench/run.sh" --commit "$COMMIT" --when "$(date -u +%Y-%m-%d)" \
+    --command "$COMMAND" --commit "$COMMIT" --when "$(date -u +%Y-%m-%d)" \
     --machine "$MACHINE" "${results[@]}" | tee "$OUT/summary.md"
 log "done in $(($(date +%s) - START)) s (build excluded); raw results in ${OUT#"$ROOT"/}/"
