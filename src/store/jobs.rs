@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -210,16 +211,17 @@ pub struct StartedJob {
 /// completed (cancelled while queued, or finished by an earlier delivery): skip it.
 pub async fn start(pool: &Pool, id: JobId, worker: &str) -> Result<Option<StartedJob>, StoreError> {
     let conn = pool.get().await?;
-    let row = conn
-        .query_opt(
+    // Typed, so the statement is parsed, bound and run in one round trip: this is per job.
+    let rows = conn
+        .query_typed(
             "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
                              attempts = attempts + 1
              WHERE id = $1 AND status IN ('queued', 'running')
              RETURNING args, attempts, cancel_requested, started_at",
-            &[&id, &worker],
+            &[(&id, Type::UUID), (&worker, Type::TEXT)],
         )
         .await?;
-    Ok(row.map(|row| StartedJob {
+    Ok(rows.into_iter().next().map(|row| StartedJob {
         args: row.get(0),
         attempts: row.get(1),
         cancel_requested: row.get(2),
@@ -254,21 +256,21 @@ pub async fn complete(
          WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING {COLUMNS}"
     );
-    let row = conn
-        .query_opt(
+    let rows = conn
+        .query_typed(
             &sql,
             &[
-                &id,
-                &completion.status.as_str(),
-                &completion.result,
-                &completion.logs,
-                &completion.duration_ms,
-                &completion.canceled_by,
-                &completion.canceled_reason,
+                (&id, Type::UUID),
+                (&completion.status.as_str(), Type::TEXT),
+                (&completion.result, Type::JSONB),
+                (&completion.logs, Type::TEXT),
+                (&completion.duration_ms, Type::INT8),
+                (&completion.canceled_by, Type::TEXT),
+                (&completion.canceled_reason, Type::TEXT),
             ],
         )
         .await?;
-    Ok(row.as_ref().map(from_row))
+    Ok(rows.first().map(from_row))
 }
 
 /// What a cancel request found.

@@ -2,6 +2,7 @@
 //! every query lives next to the row type it reads.
 
 pub mod acl;
+mod connections;
 mod job_inserter;
 pub mod jobs;
 pub mod migrate;
@@ -12,15 +13,12 @@ pub mod tokens;
 pub mod users;
 pub mod workspaces;
 
-use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::NoTls;
-
 use crate::config::DatabaseConfig;
 
 pub use job_inserter::{InsertOutcome, JobInserter, NewJobRow};
 
-pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
-pub type Conn<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<NoTls>>;
+pub type Pool = bb8::Pool<connections::Manager>;
+pub type Conn<'a> = bb8::PooledConnection<'a, connections::Manager>;
 
 /// A failure of the database itself. Callers turn it into a 500/503 without showing its text.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +44,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Pool, StoreError> {
         .expose()
         .parse()
         .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
-    let manager = PostgresConnectionManager::new(pg_config, NoTls);
     let pool = bb8::Pool::builder()
         .max_size(config.pool_size)
         .connection_timeout(std::time::Duration::from_secs(10))
-        .build(manager)
+        .build(connections::Manager::new(pg_config))
         .await?;
     Ok(pool)
 }
