@@ -71,5 +71,8 @@ async fn announce(state: &AppState, job: &JobRecord, result: &serde_json::Value)
         result_truncated: None,
         error: result.get("error").cloned(),
     };
-    state.bus().spawn_event(event.with_result(result));
+    state
+        .bus()
+        .publish_event_unconfirmed(&event.with_result(result))
+        .await;
 }

@@ -2,6 +2,7 @@
 //! live messages may have been missed (a reconnect, an oversized result) — never polling the
 //! database on the happy path.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -10,7 +11,7 @@ use serde_json::Value;
 use super::error::ApiResult;
 use super::AppState;
 use crate::domain::{JobId, WorkspaceId};
-use crate::queue::bus::JobUpdate;
+use crate::queue::bus::{JobReplies, JobUpdate};
 use crate::store::jobs::{self, JobRecord};
 
 /// A safety net in case a `done` message is lost without any reconnect.
@@ -51,17 +52,17 @@ pub async fn completed_in_store(
 
 /// Follows one job; created before the job is published.
 pub struct JobWatch<S> {
-    updates: S,
-    epoch: tokio::sync::watch::Receiver<u64>,
+    updates: Pin<Box<S>>,
+    reconnected: tokio::sync::watch::Receiver<u64>,
     ws: WorkspaceId,
     id: JobId,
 }
 
-impl<S: Stream<Item = JobUpdate> + Unpin> JobWatch<S> {
-    pub fn new(state: &AppState, ws: &WorkspaceId, id: JobId, updates: S) -> Self {
+impl<S: Stream<Item = JobUpdate>> JobWatch<S> {
+    pub fn new(ws: &WorkspaceId, id: JobId, replies: JobReplies<S>) -> Self {
         Self {
-            updates,
-            epoch: state.bus().connection_epoch(),
+            updates: Box::pin(replies.updates),
+            reconnected: replies.reconnected,
             ws: ws.clone(),
             id,
         }
@@ -97,7 +98,7 @@ impl<S: Stream<Item = JobUpdate> + Unpin> JobWatch<S> {
                         }
                     }
                 },
-                changed = self.epoch.changed() => {
+                changed = self.reconnected.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }

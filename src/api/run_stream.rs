@@ -67,7 +67,7 @@ fn final_frame(success: bool, result: Value, job: Option<&JobRecord>) -> Value {
 
 /// Forwards the job's life to the client until it completes, the stream times out, or the
 /// client goes away (a failed send).
-async fn pump<S: Stream<Item = JobUpdate> + Unpin>(
+async fn pump<S: Stream<Item = JobUpdate>>(
     state: AppState,
     ws: WorkspaceId,
     id: JobId,
@@ -139,8 +139,8 @@ macro_rules! stream_route {
             let (args, mut opts, mut uploads) =
                 run_request(&state, &storage, &authed, &ws, body).await?;
             let id = opts.job_id();
-            let updates = Box::pin(uploads.kept_if_ok(state.bus().watch_job(id).await)?);
-            let watch = JobWatch::new(&state, &ws, id, updates);
+            let replies = uploads.kept_if_ok(state.bus().watch_job(id).await)?;
+            let watch = JobWatch::new(&ws, id, replies);
             uploads.kept_if_ok(submit::submit(&state, &ws, &access, &target, args, &opts).await)?;
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(pump(state, ws, id, watch, tx, Flavour { logs: false, job: false }));
@@ -195,7 +195,7 @@ pub async fn getupdate_sse(
     let id = Uuid::parse_str(&params.id)
         .map_err(|e| ApiError::bad_request(format!("invalid job id {:?}: {e}", params.id)))?;
     // Listen first, then read: a completion between the two is seen one way or the other.
-    let updates = Box::pin(state.bus().watch_job(id).await?);
+    let replies = state.bus().watch_job(id).await?;
     let (ws, _, job) = load(&state, &authed, &params).await?;
     let (tx, rx) = mpsc::channel(64);
     if job.status.is_completed() {
@@ -213,7 +213,7 @@ pub async fn getupdate_sse(
     if let Some(logs) = job.logs.filter(|l| !l.is_empty()) {
         let _ = tx.send(json!({"type": "update", "new_logs": logs})).await;
     }
-    let watch = JobWatch::new(&state, &ws, id, updates);
+    let watch = JobWatch::new(&ws, id, replies);
     tokio::spawn(pump(
         state,
         ws,

@@ -75,8 +75,8 @@ async fn run_and_wait(
     (args, mut opts, mut uploads): (Map<String, Value>, RunOptions, Uploads),
 ) -> ApiResult<Response> {
     let id = opts.job_id();
-    let updates = Box::pin(uploads.kept_if_ok(state.bus().watch_job(id).await)?);
-    let mut watch = JobWatch::new(state, &ws, id, updates);
+    let replies = uploads.kept_if_ok(state.bus().watch_job(id).await)?;
+    let mut watch = JobWatch::new(&ws, id, replies);
     uploads.kept_if_ok(submit::submit(state, &ws, &access, &target, args, &opts).await)?;
     let guard = CancelOnDrop {
         state: state.clone(),
@@ -96,7 +96,7 @@ async fn run_and_wait(
     Ok(response)
 }
 
-async fn wait_for_result<S: futures::Stream<Item = crate::queue::bus::JobUpdate> + Unpin>(
+async fn wait_for_result<S: futures::Stream<Item = crate::queue::bus::JobUpdate>>(
     state: &AppState,
     ws: &WorkspaceId,
     access: &Access,

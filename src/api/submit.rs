@@ -83,6 +83,6 @@ pub async fn submit(
     }
     let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
     event.at = now;
-    state.bus().spawn_event(event);
+    state.bus().publish_event_unconfirmed(&event).await;
     Ok(id)
 }

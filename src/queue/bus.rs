@@ -24,6 +24,13 @@ pub struct Bus {
     epoch: tokio::sync::watch::Receiver<u64>,
 }
 
+/// One job's live subjects, and a signal that changes when the connection dropped or came
+/// back since the subscription was made.
+pub struct JobReplies<S> {
+    pub updates: S,
+    pub reconnected: tokio::sync::watch::Receiver<u64>,
+}
+
 /// What a worker says about one job on its live subjects.
 #[derive(Debug, Clone)]
 pub enum JobUpdate {
@@ -108,17 +115,25 @@ impl Bus {
 
     /// Publishes an event and waits for JetStream to store it.
     pub async fn publish_event(&self, event: &JobEvent) -> Result<(), QueueError> {
-        let ack = self
-            .js
+        self.send_event(event)
+            .await?
+            .await
+            .map_err(QueueError::publish)?;
+        Ok(())
+    }
+
+    async fn send_event(
+        &self,
+        event: &JobEvent,
+    ) -> Result<jetstream::context::PublishAckFuture, QueueError> {
+        self.js
             .publish_with_headers(
                 subjects::job_event(&event.workspace, event.kind.as_str()),
                 msg_id_header(&event.msg_id()),
                 encode(event),
             )
             .await
-            .map_err(QueueError::publish)?;
-        ack.await.map_err(QueueError::publish)?;
-        Ok(())
+            .map_err(QueueError::publish)
     }
 
     /// Publishes a token event; `<prefix>:<kind>` deduplicates a second sweep's copy.
@@ -141,14 +156,21 @@ impl Bus {
         Ok(())
     }
 
-    /// Publishes an event without holding the caller up; a failure is logged.
-    pub fn spawn_event(&self, event: JobEvent) {
-        let bus = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = bus.publish_event(&event).await {
-                tracing::warn!(job = %event.id, kind = event.kind.as_str(), error = %e, "event not published");
+    /// Publishes an event without waiting for JetStream to store it; a failure is logged.
+    /// The message is on the connection when this returns, so events one task publishes this
+    /// way stay in order.
+    pub async fn publish_event_unconfirmed(&self, event: &JobEvent) {
+        let (id, kind) = (event.id, event.kind.as_str());
+        match self.send_event(event).await {
+            Ok(ack) => {
+                tokio::spawn(async move {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(job = %id, kind, error = %e, "event not stored");
+                    }
+                });
             }
-        });
+            Err(e) => tracing::warn!(job = %id, kind, error = %e, "event not published"),
+        }
     }
 
     pub async fn publish_reply(
@@ -218,23 +240,22 @@ impl Bus {
         self.subscribe(subjects::INVALIDATE.to_owned()).await
     }
 
-    /// Changes whenever the connection dropped or came back.
-    pub fn connection_epoch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.epoch.clone()
-    }
-
     /// Everything workers publish about one job from now on. Subscribe before publishing the
     /// job, so nothing can be missed.
     pub async fn watch_job(
         &self,
         id: JobId,
-    ) -> Result<impl Stream<Item = JobUpdate> + Send + 'static, QueueError> {
+    ) -> Result<JobReplies<impl Stream<Item = JobUpdate> + Send + 'static>, QueueError> {
+        // Taken before subscribing and marked seen: only a reconnect from now on (when
+        // messages may have been lost) sends the waiter to the store.
+        let mut reconnected = self.epoch.clone();
+        reconnected.mark_unchanged();
         let subscriber = self
             .client
             .subscribe(subjects::job_replies(id))
             .await
             .map_err(QueueError::request)?;
-        Ok(subscriber.filter_map(|msg| async move {
+        let updates = subscriber.filter_map(|msg| async move {
             let kind = msg.subject.rsplit('.').next().unwrap_or_default();
             let text = || String::from_utf8_lossy(&msg.payload).into_owned();
             match kind {
@@ -246,7 +267,11 @@ impl Bus {
                     .map(JobUpdate::Done),
                 _ => None,
             }
-        }))
+        });
+        Ok(JobReplies {
+            updates,
+            reconnected,
+        })
     }
 
     /// Round trip to the server: used by readiness checks.

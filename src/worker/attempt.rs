@@ -99,7 +99,7 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
         let _keepalive = spawn_progress(delivery, ctx.settings.ack_wait);
         execute(ctx, envelope, &started.args, &cancel, &logs).await
     };
-    let duration_ms = began.elapsed().as_millis() as i64;
+    let duration_ms = (began.elapsed().as_secs_f64() * 1000.0).round() as i64;
     let logs = logs.lock().expect("log lock").text().to_owned();
     let outcome = match ended {
         Err(error) => Outcome::failed(error),
@@ -261,7 +261,11 @@ fn spawn_log_forwarder(
     tokio::spawn(async move {
         let mut so_far = String::new();
         let mut unsaved = false;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The first save a second in, not at once: most jobs end before it.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         loop {
             tokio::select! {
                 output = lines.recv() => match output {
@@ -293,13 +297,11 @@ async fn announce_start(ctx: &WorkerContext, envelope: &JobEnvelope) {
         .bus
         .publish_reply(envelope.id, JobReply::Started, "{}".into())
         .await;
-    if let Err(e) = ctx
-        .bus
-        .publish_event(&JobEvent::new(JobEventKind::Started, envelope))
-        .await
-    {
-        tracing::warn!(job = %envelope.id, error = %e, "started event not published");
-    }
+    // The script need not wait for JetStream's acknowledgement; the terminal event, published
+    // later on the same connection, still comes after this one.
+    ctx.bus
+        .publish_event_unconfirmed(&JobEvent::new(JobEventKind::Started, envelope))
+        .await;
 }
 
 /// How a job ended, before it is recorded.
