@@ -23,10 +23,20 @@ pub async fn submit(
     opts: &RunOptions,
 ) -> ApiResult<JobId> {
     let id = opts.job_id.unwrap_or_else(uuid::Uuid::now_v7);
-    let tag = match (&opts.tag, &target.tag) {
-        (Some(tag), _) => tag.clone(),
-        (None, Some(tag)) => Tag::parse(tag)?,
-        (None, None) => Tag::default_tag(),
+    let own_tag = match &target.tag {
+        Some(tag) => Tag::parse(tag)?,
+        None => Tag::default_tag(),
+    };
+    let tag = match &opts.tag {
+        // A token confined to one runnable must not pick another worker group for it (one
+        // with more privileges or secrets): only the unscoped caller may route elsewhere.
+        Some(tag) if *tag != own_tag && access.principal.is_scoped() => {
+            return Err(ApiError::Forbidden(format!(
+                "this token's scopes do not allow running on worker tag {tag:?}"
+            )))
+        }
+        Some(tag) => tag.clone(),
+        None => own_tag,
     };
     let now = Utc::now();
     let scheduled_for = opts.scheduled_for.filter(|at| *at > now);
