@@ -169,6 +169,7 @@ async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<String> {
             scopes: None,
             workspace_id: None,
             expiration: None,
+            session: false,
         },
     )
     .await?;

@@ -47,7 +47,9 @@ pub async fn login(
     JsonBody(body): JsonBody<Login>,
 ) -> ApiResult<Response> {
     state.check_rate(ip)?;
-    let stored = store::users::password_hash(state.pool(), &body.email).await?;
+    // Trimmed as at user creation, so a pasted address with a stray space still matches.
+    let email = body.email.trim();
+    let stored = store::users::password_hash(state.pool(), email).await?;
     // Verify against a dummy when the user is unknown, so timing does not tell who exists.
     let ok = verify(
         &body.password,
@@ -65,11 +67,12 @@ pub async fn login(
         &NewToken {
             hash: &hash,
             prefix: token::prefix(&secret),
-            email: &body.email,
+            email,
             label: Some("session"),
             scopes: None,
             workspace_id: None,
             expiration: Some(expiration),
+            session: true,
         },
     )
     .await?;

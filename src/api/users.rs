@@ -214,6 +214,7 @@ async fn issue_token(
             scopes: body.scopes.as_deref(),
             workspace_id: workspace.as_ref().map(WorkspaceId::as_str),
             expiration: body.expiration,
+            session: false,
         },
     )
     .await?;

@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "permissions",
         include_str!("../../migrations/0003_permissions.sql"),
     ),
+    (
+        4,
+        "session_tokens",
+        include_str!("../../migrations/0004_session_tokens.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

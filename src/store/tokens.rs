@@ -13,6 +13,8 @@ pub struct NewToken<'a> {
     pub scopes: Option<&'a [String]>,
     pub workspace_id: Option<&'a str>,
     pub expiration: Option<DateTime<Utc>>,
+    /// Made by a password login: never announced as expiring or expired.
+    pub session: bool,
 }
 
 /// What a token hash resolves to.
@@ -28,8 +30,9 @@ pub struct TokenOwner {
 pub async fn insert(pool: &Pool, token: &NewToken<'_>) -> Result<(), StoreError> {
     let conn = pool.get().await?;
     conn.execute(
-        "INSERT INTO tokens (hash, prefix, email, label, scopes, workspace_id, expiration)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO tokens (hash, prefix, email, label, scopes, workspace_id, expiration,
+                             session)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &token.hash,
             &token.prefix,
@@ -38,6 +41,7 @@ pub async fn insert(pool: &Pool, token: &NewToken<'_>) -> Result<(), StoreError>
             &token.scopes,
             &token.workspace_id,
             &token.expiration,
+            &token.session,
         ],
     )
     .await?;
@@ -156,7 +160,7 @@ pub async fn claim_expiring(
         .query(
             "UPDATE tokens SET expiring_notified_at = now()
              WHERE expiration IS NOT NULL AND expiration <= $1 AND expiration > now()
-               AND expiring_notified_at IS NULL
+               AND expiring_notified_at IS NULL AND NOT session
              RETURNING prefix, label, email, expiration, workspace_id",
             &[&horizon],
         )
@@ -164,13 +168,16 @@ pub async fn claim_expiring(
     Ok(rows.iter().map(expiring).collect())
 }
 
-/// Deletes expired tokens and returns them (one replica gets each).
+/// Deletes expired tokens and returns those to announce, login sessions left out (one replica
+/// gets each).
 pub async fn purge_expired(pool: &Pool) -> Result<Vec<ExpiringToken>, StoreError> {
     let conn = pool.get().await?;
     let rows = conn
         .query(
-            "DELETE FROM tokens WHERE expiration IS NOT NULL AND expiration <= now()
-             RETURNING prefix, label, email, expiration, workspace_id",
+            "WITH gone AS (
+                 DELETE FROM tokens WHERE expiration IS NOT NULL AND expiration <= now()
+                 RETURNING prefix, label, email, expiration, workspace_id, session)
+             SELECT prefix, label, email, expiration, workspace_id FROM gone WHERE NOT session",
             &[],
         )
         .await?;
