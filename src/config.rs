@@ -323,7 +323,7 @@ pub struct S3Config {
     pub region: Option<String>,
 
     /// Access key of the default object storage.
-    #[arg(long = "s3-access-key", env = "S3_ACCESS_KEY")]
+    #[arg(long = "s3-access-key", env = "S3_ACCESS_KEY", hide_env_values = true)]
     pub access_key: Option<String>,
 
     /// Secret key of the default object storage (never logged or returned).
