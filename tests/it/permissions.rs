@@ -108,6 +108,16 @@ async fn revoke(env: &TestEnv, owner: &str, label: &str) {
     .expect(200);
 }
 
+async fn login(env: &TestEnv, email: &str, password: &str) -> Response {
+    env.request(
+        reqwest::Method::POST,
+        "/api/auth/login",
+        None,
+        Some(json!({"email": email, "password": password})),
+    )
+    .await
+}
+
 fn ids(list: &Response) -> Vec<String> {
     list.json()
         .as_array()
@@ -359,6 +369,24 @@ def main():
     env.get(&format!("/api/w/{WS}/jobs_u/get/{id}"), &hook)
         .await
         .expect(200);
+
+    // It may not send its script to another worker group; naming the script's own tag is fine,
+    // and bob himself may route it anywhere.
+    let routed = |token: String, tag: &'static str| {
+        let env = &env;
+        async move {
+            env.post(
+                &format!("/api/w/{WS}/jobs/run/p/u/bob/hook?tag={tag}"),
+                &token,
+                json!({"x": 1}),
+            )
+            .await
+        }
+    };
+    let res = routed(hook.clone(), "privileged").await.expect(403);
+    assert!(res.text.contains("worker tag"), "{}", res.text);
+    routed(hook.clone(), "default").await.expect(201);
+    routed(bob.clone(), "privileged").await.expect(201);
 
     // Sync, by POST and by GET with a payload, and SSE.
     let res = env
@@ -622,6 +650,18 @@ async fn expiring_and_expired_tokens_are_announced_and_mailed_once() {
     )
     .await;
     let prefix = prefix_of(&env, &bob, "short").await;
+    // A login session expiring at the same instant is neither announced nor mailed.
+    let session = login(&env, "bob@example.com", "pw").await.expect(200).text;
+    let changed = env
+        .sql()
+        .await
+        .execute(
+            "UPDATE tokens SET expiration = $1 WHERE session",
+            &[&expiration],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
     // A token far from its expiration is not announced.
     new_token(
         &env,
@@ -644,6 +684,7 @@ async fn expiring_and_expired_tokens_are_announced_and_mailed_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     env.get("/api/users/whoami", &short).await.expect(401);
+    env.get("/api/users/whoami", &session).await.expect(401);
     // Three more sweeps: nothing is sent twice.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -696,24 +737,10 @@ async fn login_sets_an_http_only_cookie_that_cross_site_get_runs_refuse() {
     env.user_token("bob@example.com", "bob", false, false).await;
     env.script("u/bob/hook", "python3", ECHO).await;
 
-    let wrong = env
-        .request(
-            reqwest::Method::POST,
-            "/api/auth/login",
-            None,
-            Some(json!({"email": "bob@example.com", "password": "nope"})),
-        )
-        .await;
+    let wrong = login(&env, "bob@example.com", "nope").await;
     assert_eq!(wrong.status, 401, "{}", wrong.text);
-    let login = env
-        .request(
-            reqwest::Method::POST,
-            "/api/auth/login",
-            None,
-            Some(json!({"email": "bob@example.com", "password": "pw"})),
-        )
-        .await
-        .expect(200);
+    // Pasted with stray spaces: trimmed as at user creation.
+    let login = login(&env, " bob@example.com ", "pw").await.expect(200);
     let token = login.text.clone();
     let cookie = login.headers["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with(&format!("token={token};")), "{cookie}");
