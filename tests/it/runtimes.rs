@@ -96,6 +96,62 @@ async fn bash_results_and_errors() {
     );
 }
 
+/// Keyword-only parameters, positional-only ones, and a decorated `main` get their arguments as
+/// Python itself would name them.
+#[tokio::test]
+async fn python_signatures_of_every_shape() {
+    let env = TestEnv::start().await;
+    env.script(
+        "u/alice/shapes",
+        "python3",
+        "def main(a, /, b, *rest, k, m=5):\n    return [b, k, m, list(rest)]\n",
+    )
+    .await;
+    // `a` is positional-only: no argument can name it, so the call itself fails in `main`.
+    let id = env.run("u/alice/shapes", json!({"b": 1, "k": 2})).await;
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(
+        done["result"]["error"]["name"],
+        json!("TypeError"),
+        "{done}"
+    );
+
+    env.script(
+        "u/alice/kwonly",
+        "python3",
+        "def main(b, *, k, m=5):\n    return [b, k, m]\n",
+    )
+    .await;
+    assert_eq!(
+        env.run_ok("u/alice/kwonly", json!({"b": 1, "k": 2, "x": 0}))
+            .await,
+        json!([1, 2, 5])
+    );
+    let id = env.run("u/alice/kwonly", json!({"b": 1})).await;
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["result"]["error"]["name"], json!("MissingArguments"));
+    assert_eq!(
+        done["result"]["error"]["message"],
+        json!("missing required argument(s): k")
+    );
+
+    env.script(
+        "u/alice/decorated",
+        "python3",
+        "import functools\n\
+         def logged(f):\n    @functools.wraps(f)\n    def inner(*a, **k):\n        print('called')\n        return f(*a, **k)\n    return inner\n\
+         @logged\n\
+         def main(x, y=2):\n    return x * y\n",
+    )
+    .await;
+    // The wrapper's own `*a, **k` would take every argument; the signature it wraps decides.
+    assert_eq!(
+        env.run_ok("u/alice/decorated", json!({"x": 4, "z": 1}))
+            .await,
+        json!(8)
+    );
+}
+
 #[tokio::test]
 async fn typescript_on_bun_and_deno() {
     let env = TestEnv::start().await;
