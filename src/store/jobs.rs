@@ -240,25 +240,18 @@ pub struct Completion {
     pub canceled_reason: Option<String>,
 }
 
-/// Records the end of a running job. Returns the completed record, or `None` if the job was
-/// already completed (a duplicate delivery finishing second).
-pub async fn complete(
-    pool: &Pool,
-    id: JobId,
-    completion: &Completion,
-) -> Result<Option<JobRecord>, StoreError> {
+/// Records the end of a running job. False if the job was already completed (a duplicate
+/// delivery finishing second).
+pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result<bool, StoreError> {
     let conn = pool.get().await?;
-    let sql = format!(
-        "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5,
-                         completed_at = now(),
-                         canceled_by = COALESCE($6, canceled_by),
-                         canceled_reason = COALESCE($7, canceled_reason)
-         WHERE id = $1 AND status IN ('queued', 'running')
-         RETURNING {COLUMNS}"
-    );
     let rows = conn
         .query_typed(
-            &sql,
+            "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5,
+                             completed_at = now(),
+                             canceled_by = COALESCE($6, canceled_by),
+                             canceled_reason = COALESCE($7, canceled_reason)
+             WHERE id = $1 AND status IN ('queued', 'running')
+             RETURNING 1",
             &[
                 (&id, Type::UUID),
                 (&completion.status.as_str(), Type::TEXT),
@@ -270,7 +263,7 @@ pub async fn complete(
             ],
         )
         .await?;
-    Ok(rows.first().map(from_row))
+    Ok(!rows.is_empty())
 }
 
 /// What a cancel request found.

@@ -377,9 +377,9 @@ async fn finish(
         canceled_reason: outcome.canceled_reason,
     };
     match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
-        Ok(Some(_)) => {}
+        Ok(true) => {}
         // Another delivery recorded it first: nothing more to announce.
-        Ok(None) => return Settle::Ack,
+        Ok(false) => return Settle::Ack,
         Err(_) => return Settle::Abandon,
     }
     let done = JobDone::new(
