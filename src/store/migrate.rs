@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "session_tokens",
         include_str!("../../migrations/0004_session_tokens.sql"),
     ),
+    (
+        5,
+        "job_status_updates",
+        include_str!("../../migrations/0005_job_status_updates.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.
