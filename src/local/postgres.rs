@@ -84,7 +84,13 @@ impl LocalPostgres {
             .args(["-w", "-l"])
             .arg(data_dir.join("postgres.log"))
             .args(["-o", &options, "start"]);
-        run(start, "pg_ctl start")?;
+        if let Err(e) = run(start, "pg_ctl start") {
+            // pg_ctl only says "examine the log": bring its end along.
+            let log = std::fs::read_to_string(data_dir.join("postgres.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+            anyhow::bail!("{e:#}; the end of postgres.log:\n{tail}");
+        }
         Ok(server)
     }
 

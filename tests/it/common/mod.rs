@@ -17,6 +17,24 @@ pub const SUPERADMIN: &str = "test-superadmin-secret-0123456789abcdef";
 pub const WS: &str = "test";
 
 /// A variable the harness needs from `scripts/tools.sh`, or a default that works on Debian.
+/// A PostgreSQL server on a free port. The port is free when picked but can be taken before
+/// the server binds it (by another test's outgoing connection), so a failed start is retried
+/// on another port.
+fn start_postgres(dir: &std::path::Path) -> LocalPostgres {
+    let bin = tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin");
+    let mut attempt = 1;
+    loop {
+        match LocalPostgres::start(&bin, dir, free_port().unwrap()) {
+            Ok(pg) => return pg,
+            Err(e) if attempt < 3 => {
+                eprintln!("PostgreSQL did not start (attempt {attempt}), retrying: {e:#}");
+                attempt += 1;
+            }
+            Err(e) => panic!("PostgreSQL starts (set PG_BIN_DIR): {e:#}"),
+        }
+    }
+}
+
 fn tool(name: &str, default: &str) -> PathBuf {
     std::env::var_os(name)
         .map(PathBuf::from)
@@ -225,12 +243,7 @@ impl TestEnv {
         let nats = LocalNats::start(&nats_bin, &dir.path().join("nats"), free_port().unwrap())
             .await
             .expect("nats-server starts (set NATS_SERVER_BIN)");
-        let pg = LocalPostgres::start(
-            &tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin"),
-            &dir.path().join("pg"),
-            free_port().unwrap(),
-        )
-        .expect("PostgreSQL starts (set PG_BIN_DIR)");
+        let pg = start_postgres(&dir.path().join("pg"));
         pg.create_database("millrace").await.unwrap();
         let s3 = if options.s3 {
             Some(LocalS3::start(dir.path().join("s3")).await)
