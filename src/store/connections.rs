@@ -1,7 +1,50 @@
-//! How the pool opens and checks PostgreSQL connections.
+//! How the pool opens and checks PostgreSQL connections, and the statements each one keeps
+//! prepared.
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// A pooled connection: the client, plus the statements of the per-job queries, parsed and
+/// planned once per connection instead of on every job.
+pub struct Connection {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Deref for Connection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+// Transactions need the client mutably.
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Connection {
+    /// `sql` prepared on this connection, the first use paying for it.
+    pub async fn prepared(
+        &mut self,
+        sql: &'static str,
+        types: &[Type],
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare_typed(sql, types).await?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
 
 /// bb8-postgres' manager, except that a checkout only checks that the connection is still
 /// open instead of sending a query: a round trip before every query would double the cost of
@@ -16,11 +59,14 @@ impl Manager {
 }
 
 impl bb8::ManageConnection for Manager {
-    type Connection = tokio_postgres::Client;
+    type Connection = Connection;
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        self.0.connect().await
+        Ok(Connection {
+            client: self.0.connect().await?,
+            prepared: HashMap::new(),
+        })
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {

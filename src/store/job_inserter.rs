@@ -7,7 +7,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::{Pool, StoreError};
@@ -107,38 +106,46 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<(NewJobRow, Reply)>) {
     }
 }
 
-/// One INSERT for the whole batch, typed so it takes one round trip; returns the ids actually
-/// inserted.
+/// One INSERT for the whole batch (a statement each connection prepares once); returns the ids
+/// actually inserted.
 async fn insert_batch(pool: &Pool, rows: &[NewJobRow]) -> Result<Vec<Uuid>, StoreError> {
     fn col<'a, T>(rows: &'a [NewJobRow], f: impl Fn(&'a NewJobRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    let conn = pool.get().await?;
-    let inserted = conn
-        .query_typed(
+    let mut conn = pool.get().await?;
+    let statement = conn
+        .prepared(
             "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args,
                                created_by, permissioned_as, created_at, scheduled_for,
                                language, tag, timeout_s, parent_job, started_by_token, status)
-             SELECT *, 'queued' FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                                            $13, $14, $15)
+             SELECT *, 'queued' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                                            $5::text[], $6::jsonb[], $7::text[], $8::text[],
+                                            $9::timestamptz[], $10::timestamptz[], $11::text[],
+                                            $12::text[], $13::int4[], $14::uuid[], $15::text[])
              ON CONFLICT (id) DO NOTHING
              RETURNING id",
+            &[],
+        )
+        .await?;
+    let inserted = conn
+        .query(
+            &statement,
             &[
-                (&col(rows, |r| r.id), Type::UUID_ARRAY),
-                (&col(rows, |r| &r.workspace_id), Type::TEXT_ARRAY),
-                (&col(rows, |r| &r.job_kind), Type::TEXT_ARRAY),
-                (&col(rows, |r| &r.script_path), Type::TEXT_ARRAY),
-                (&col(rows, |r| &r.script_hash), Type::TEXT_ARRAY),
-                (&col(rows, |r| &r.args), Type::JSONB_ARRAY),
-                (&col(rows, |r| &r.created_by), Type::TEXT_ARRAY),
-                (&col(rows, |r| &r.permissioned_as), Type::TEXT_ARRAY),
-                (&col(rows, |r| r.created_at), Type::TIMESTAMPTZ_ARRAY),
-                (&col(rows, |r| r.scheduled_for), Type::TIMESTAMPTZ_ARRAY),
-                (&col(rows, |r| &r.language), Type::TEXT_ARRAY),
-                (&col(rows, |r| &r.tag), Type::TEXT_ARRAY),
-                (&col(rows, |r| r.timeout_s), Type::INT4_ARRAY),
-                (&col(rows, |r| r.parent_job), Type::UUID_ARRAY),
-                (&col(rows, |r| &r.started_by_token), Type::TEXT_ARRAY),
+                &col(rows, |r| r.id),
+                &col(rows, |r| &r.workspace_id),
+                &col(rows, |r| &r.job_kind),
+                &col(rows, |r| &r.script_path),
+                &col(rows, |r| &r.script_hash),
+                &col(rows, |r| &r.args),
+                &col(rows, |r| &r.created_by),
+                &col(rows, |r| &r.permissioned_as),
+                &col(rows, |r| r.created_at),
+                &col(rows, |r| r.scheduled_for),
+                &col(rows, |r| &r.language),
+                &col(rows, |r| &r.tag),
+                &col(rows, |r| r.timeout_s),
+                &col(rows, |r| r.parent_job),
+                &col(rows, |r| &r.started_by_token),
             ],
         )
         .await?;

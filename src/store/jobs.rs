@@ -210,18 +210,18 @@ pub struct StartedJob {
 /// Marks the job running on `worker`, counting the attempt. `None` when the job is already
 /// completed (cancelled while queued, or finished by an earlier delivery): skip it.
 pub async fn start(pool: &Pool, id: JobId, worker: &str) -> Result<Option<StartedJob>, StoreError> {
-    let conn = pool.get().await?;
-    // Typed, so the statement is parsed, bound and run in one round trip: this is per job.
-    let rows = conn
-        .query_typed(
+    let mut conn = pool.get().await?;
+    let statement = conn
+        .prepared(
             "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
                              attempts = attempts + 1
              WHERE id = $1 AND status IN ('queued', 'running')
              RETURNING args, attempts, cancel_requested, started_at",
-            &[(&id, Type::UUID), (&worker, Type::TEXT)],
+            &[Type::UUID, Type::TEXT],
         )
         .await?;
-    Ok(rows.into_iter().next().map(|row| StartedJob {
+    let row = conn.query_opt(&statement, &[&id, &worker]).await?;
+    Ok(row.map(|row| StartedJob {
         args: row.get(0),
         attempts: row.get(1),
         cancel_requested: row.get(2),
@@ -243,27 +243,40 @@ pub struct Completion {
 /// Records the end of a running job. False if the job was already completed (a duplicate
 /// delivery finishing second).
 pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result<bool, StoreError> {
-    let conn = pool.get().await?;
-    let rows = conn
-        .query_typed(
+    let mut conn = pool.get().await?;
+    let statement = conn
+        .prepared(
             "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5,
                              completed_at = now(),
                              canceled_by = COALESCE($6, canceled_by),
                              canceled_reason = COALESCE($7, canceled_reason)
-             WHERE id = $1 AND status IN ('queued', 'running')
-             RETURNING 1",
+             WHERE id = $1 AND status IN ('queued', 'running')",
             &[
-                (&id, Type::UUID),
-                (&completion.status.as_str(), Type::TEXT),
-                (&completion.result, Type::JSONB),
-                (&completion.logs, Type::TEXT),
-                (&completion.duration_ms, Type::INT8),
-                (&completion.canceled_by, Type::TEXT),
-                (&completion.canceled_reason, Type::TEXT),
+                Type::UUID,
+                Type::TEXT,
+                Type::JSONB,
+                Type::TEXT,
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
             ],
         )
         .await?;
-    Ok(!rows.is_empty())
+    let updated = conn
+        .execute(
+            &statement,
+            &[
+                &id,
+                &completion.status.as_str(),
+                &completion.result,
+                &completion.logs,
+                &completion.duration_ms,
+                &completion.canceled_by,
+                &completion.canceled_reason,
+            ],
+        )
+        .await?;
+    Ok(updated == 1)
 }
 
 /// What a cancel request found.
