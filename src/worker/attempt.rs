@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::context::WorkerContext;
 use super::process::{self, Ended, LogBuffer, Output};
@@ -28,7 +28,9 @@ enum Settle {
     Abandon,
 }
 
-pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery) {
+/// `slot` is this job's share of `WORKER_SLOTS`; it is given back as soon as the job has ended,
+/// before the ack's confirmation comes back, so the next job need not wait for that round trip.
+pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSemaphorePermit) {
     let envelope = match &delivery.envelope {
         Ok(envelope) => envelope.clone(),
         Err(why) => {
@@ -47,6 +49,7 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery) {
     let id = envelope.id;
     let settle = run_delivery(&ctx, &delivery, &envelope).await;
     ctx.unregister(id);
+    drop(slot);
     match settle {
         Settle::Ack => {
             if let Err(e) = delivery.ack().await {

@@ -160,10 +160,7 @@ async fn pull_loop(
                 },
             };
             let ctx = ctx.clone();
-            jobs.spawn(async move {
-                attempt::handle(ctx, delivery).await;
-                drop(permit);
-            });
+            jobs.spawn(attempt::handle(ctx, delivery, permit));
         }
     }
 }
