@@ -490,14 +490,8 @@ JOB_ID_HEADER = "x-millrace-job-id"  # src/api/run_sync.rs
 SYNC_TARGET = {"p50": 3.0, "p99": 15.0}  # overhead, ms
 
 
-class TimedClient:
+class TimedClient(Api):
     """One keep-alive connection that times each request; no retries (a failure is a result)."""
-
-    def __init__(self, base, token):
-        url = urllib.parse.urlsplit(base)
-        self.host, self.port = url.hostname, url.port or 80
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        self.conn = None
 
     def call(self, method, path, body=None):
         """(wall clock when sent, latency in s, status or None, job id header, body)."""

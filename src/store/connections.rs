@@ -71,8 +71,8 @@ impl bb8::ManageConnection for Manager {
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
         if conn.is_closed() {
-            // The cheapest way to produce the closed-connection error the pool expects.
-            conn.simple_query("").await.map(|_| ())
+            // bb8-postgres' own check, which fails at once on a closed connection.
+            self.0.is_valid(&mut conn.client).await
         } else {
             Ok(())
         }
