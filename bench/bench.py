@@ -756,7 +756,7 @@ DB_STEPS = [
 ]
 SNIFF_STEPS = [
     ("api_in", "sent", "created_at"),
-    ("insert_and_publish", "created_at", "pub"),
+    ("api_publish", "created_at", "pub"),
     ("jetstream_to_worker", "pub", "deliver"),
     ("start_update", "deliver", "started"),
     ("started_event_puback", "started", "ev_started_ack"),
@@ -766,18 +766,21 @@ SNIFF_STEPS = [
 ]
 STEP_NOTES = {
     "api_in": "HTTP request, auth, script lookup, NATS subscribe, arguments (API)",
-    "created_to_started": "batched INSERT, JetStream publish, worker pickup, `running` UPDATE",
+    "created_to_started": "JetStream publish (the batched INSERT alongside), worker pickup, "
+    "`running` UPDATE",
     "worker_around_script": "`running` UPDATE, `started` reply and event, `completed` UPDATE "
     "sent (minus duration_ms)",
     "completed_to_answer": "`completed` UPDATE, `done` reply, the API answers, the client reads",
-    "insert_and_publish": "job inserter: INSERT and commit, then the API publishes the job",
+    "api_publish": "the API publishes the job (its INSERT runs alongside; large arguments or a "
+    "preset id: after it)",
     "jetstream_to_worker": "JetStream stores the job and delivers it on a worker's pull "
     "(including any wait for a free slot)",
-    "start_update": "worker: job task, pool checkout, `running` UPDATE, `started` reply",
+    "start_update": "worker: job task, pool checkout, `running` UPDATE (an upsert from the "
+    "envelope, which may wait for the API's INSERT), `started` reply",
     "started_event_puback": "worker publishes the `started` event and waits for its PubAck",
     "around_script": "worker steps around the script: start, then outcome, pool checkout, "
-    "`completed` UPDATE sent (duration_ms taken out; its truncation to whole ms puts ≈ 0.5 here)",
-    "complete_update_and_done": "`completed` UPDATE (RETURNING the whole record), `done` reply",
+    "`completed` UPDATE sent (duration_ms taken out; its rounding to whole ms moves ±0.5 here)",
+    "complete_update_and_done": "`completed` UPDATE, `done` reply",
     "done_to_answer": "API hears `done` and answers; the client reads (and the sniffer's own lag)",
 }
 

@@ -73,25 +73,37 @@ impl LocalPostgres {
             data_dir: data_dir.to_path_buf(),
             port,
         };
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// Starts the server again after `stop`, on the same port and data.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.launch()
+    }
+
+    fn launch(&self) -> anyhow::Result<()> {
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-            data_dir.display()
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            self.port,
+            self.data_dir.display()
         );
-        let mut start = pg_command(bin_dir, "pg_ctl");
+        let mut start = pg_command(&self.bin_dir, "pg_ctl");
         start
             .arg("-D")
-            .arg(&cluster)
+            .arg(self.data_dir.join("data"))
             .args(["-w", "-l"])
-            .arg(data_dir.join("postgres.log"))
+            .arg(self.data_dir.join("postgres.log"))
             .args(["-o", &options, "start"]);
         if let Err(e) = run(start, "pg_ctl start") {
             // pg_ctl only says "examine the log": bring its end along.
-            let log = std::fs::read_to_string(data_dir.join("postgres.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.data_dir.join("postgres.log")).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(5)..].join("\n");
             anyhow::bail!("{e:#}; the end of postgres.log:\n{tail}");
         }
-        Ok(server)
+        Ok(())
     }
 
     /// The URL of a database on this server (not created: see `create_database`).

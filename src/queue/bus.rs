@@ -98,8 +98,9 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Publishes a job and returns once JetStream has stored it.
-    pub async fn publish_job(&self, tag: &Tag, envelope: &JobEnvelope) -> Result<(), QueueError> {
+    /// Publishes a job and returns its sequence number in the stream once JetStream has
+    /// stored it.
+    pub async fn publish_job(&self, tag: &Tag, envelope: &JobEnvelope) -> Result<u64, QueueError> {
         let ack = self
             .js
             .publish_with_headers(
@@ -109,7 +110,18 @@ impl Bus {
             )
             .await
             .map_err(QueueError::publish)?;
-        ack.await.map_err(QueueError::publish)?;
+        Ok(ack.await.map_err(QueueError::publish)?.sequence)
+    }
+
+    /// Takes a published job back out of the queue (its row could not be written).
+    pub async fn withdraw_job(&self, sequence: u64) -> Result<(), QueueError> {
+        self.js
+            .get_stream_no_info(subjects::JOBS_STREAM)
+            .await
+            .map_err(QueueError::request)?
+            .delete_message(sequence)
+            .await
+            .map_err(QueueError::request)?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::{Stream, StreamExt};
 
-use super::envelope::JobEnvelope;
+use super::envelope::{JobEnvelope, VERSION};
 use super::{subjects, Bus, QueueError};
 use crate::domain::Tag;
 
@@ -19,10 +19,19 @@ pub struct JobFeed {
 /// One delivery of a job: the envelope plus the handle to settle it with JetStream.
 pub struct Delivery {
     message: jetstream::Message,
-    /// An error when the payload is not a job envelope this worker understands.
-    pub envelope: Result<JobEnvelope, String>,
+    pub envelope: Result<JobEnvelope, Unusable>,
     /// 1 for the first delivery, more after a worker died or a scheduled job came due.
     pub delivered: i64,
+}
+
+/// Why a delivery cannot be run by this worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("not a job envelope: {0}")]
+    Unreadable(String),
+    /// Written by a newer API: a newer worker can run it.
+    #[error("envelope version {0} is newer than this worker's {VERSION}")]
+    Newer(u32),
 }
 
 impl JobFeed {
@@ -61,15 +70,7 @@ impl JobFeed {
 impl Delivery {
     fn new(message: jetstream::Message) -> Self {
         let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let envelope = serde_json::from_slice::<JobEnvelope>(&message.payload)
-            .map_err(|e| e.to_string())
-            .and_then(|env| {
-                if env.v == super::envelope::VERSION {
-                    Ok(env)
-                } else {
-                    Err(format!("unsupported envelope version {}", env.v))
-                }
-            });
+        let envelope = read_envelope(&message.payload);
         Self {
             message,
             envelope,
@@ -104,6 +105,22 @@ impl Delivery {
     }
 }
 
+fn read_envelope(payload: &[u8]) -> Result<JobEnvelope, Unusable> {
+    /// Enough of any version's envelope to tell which version it is.
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        v: u32,
+    }
+    match serde_json::from_slice::<JobEnvelope>(payload) {
+        Ok(envelope) if envelope.v > VERSION => Err(Unusable::Newer(envelope.v)),
+        Ok(envelope) => Ok(envelope),
+        Err(e) => Err(match serde_json::from_slice::<Versioned>(payload) {
+            Ok(Versioned { v }) if v > VERSION => Unusable::Newer(v),
+            _ => Unusable::Unreadable(e.to_string()),
+        }),
+    }
+}
+
 /// Sends "still working" for one delivery.
 pub struct ProgressHandle(jetstream::Message);
 
@@ -113,5 +130,44 @@ impl ProgressHandle {
             .ack_with(AckKind::Progress)
             .await
             .map_err(QueueError::request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope(v: u32) -> serde_json::Value {
+        json!({
+            "v": v, "id": uuid::Uuid::now_v7(), "workspace": "demo", "kind": "script",
+            "path": "u/admin/x", "hash": "abc", "language": "bash", "created_by": "admin",
+            "permissioned_as": "admin@example.com", "scopes": null, "tag": "default",
+            "timeout_s": null, "scheduled_for": null,
+        })
+    }
+
+    fn read(value: &serde_json::Value) -> Result<JobEnvelope, Unusable> {
+        read_envelope(&serde_json::to_vec(value).unwrap())
+    }
+
+    #[test]
+    fn older_envelopes_are_read_newer_ones_left_and_garbage_refused() {
+        let v1 = read(&envelope(1)).expect("a version 1 envelope (no record) is read");
+        assert!(v1.record.is_none());
+        assert!(matches!(
+            read(&envelope(VERSION + 1)),
+            Err(Unusable::Newer(_))
+        ));
+        let mut changed = envelope(VERSION + 1);
+        changed["kind"] = json!(["a", "new", "shape"]);
+        assert!(matches!(read(&changed), Err(Unusable::Newer(_))));
+        let mut broken = envelope(VERSION);
+        broken["kind"] = json!(7);
+        assert!(matches!(read(&broken), Err(Unusable::Unreadable(_))));
+        assert!(matches!(
+            read_envelope(b"not json"),
+            Err(Unusable::Unreadable(_))
+        ));
     }
 }

@@ -1,14 +1,21 @@
-//! The message a webhook publishes and a worker consumes. Arguments are not in it: they are
-//! in the job's row, which the worker reads when it marks the job running, so envelopes stay
-//! small whatever the payload size.
+//! The message a webhook publishes and a worker consumes. Small arguments travel in it, so the
+//! API can publish a job while its INSERT is still under way (the worker records the job itself
+//! if it gets there first); large ones stay in the job's row only, which the worker reads when
+//! it marks the job running, so a message never nears NATS' payload limit.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::domain::{JobId, JobKind, ScriptLang};
 
-/// Bumped when a field changes meaning, so old and new workers can share a queue in a rollout.
-pub const VERSION: u32 = 1;
+/// Bumped when a field changes meaning. A worker takes envelopes up to its own version and
+/// leaves newer ones in the queue for an upgraded worker, so workers are upgraded first.
+/// Version 2 added `record`.
+pub const VERSION: u32 = 2;
+
+/// Serialized arguments up to this size travel in the envelope.
+pub const INLINE_ARGS_MAX: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobEnvelope {
@@ -27,4 +34,49 @@ pub struct JobEnvelope {
     pub tag: String,
     pub timeout_s: Option<i32>,
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// The rest of the job's row, when its arguments are small enough to travel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<QueuedRecord>,
+}
+
+/// What, besides the fields above, a worker needs to write the job's row itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedRecord {
+    pub args: Map<String, Value>,
+    pub created_at: DateTime<Utc>,
+    pub parent_job: Option<JobId>,
+    /// The id (not the secret) of the token that started the job.
+    pub started_by_token: Option<String>,
+}
+
+/// Whether `args` serialize to at most [`INLINE_ARGS_MAX`] bytes; stops counting past it.
+pub fn fits_inline(args: &Map<String, Value>) -> bool {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > INLINE_ARGS_MAX {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(&mut Counter(0), args).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_small_arguments_travel_inline() {
+        let small = json!({"a": "x".repeat(INLINE_ARGS_MAX - 100)});
+        let large = json!({"a": "x".repeat(INLINE_ARGS_MAX)});
+        assert!(fits_inline(small.as_object().unwrap()));
+        assert!(!fits_inline(large.as_object().unwrap()));
+    }
 }

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 use super::{Pool, StoreError};
+use crate::queue::envelope::{JobEnvelope, QueuedRecord};
 
 /// A job about to be recorded.
 #[derive(Debug, Clone)]
@@ -29,6 +30,29 @@ pub struct NewJobRow {
     pub timeout_s: Option<i32>,
     pub parent_job: Option<Uuid>,
     pub started_by_token: Option<String>,
+}
+
+impl NewJobRow {
+    /// The row of a job about to be published, from its envelope and the rest of its record.
+    pub fn queued(envelope: &JobEnvelope, record: QueuedRecord) -> Self {
+        Self {
+            id: envelope.id,
+            workspace_id: envelope.workspace.clone(),
+            job_kind: envelope.kind.as_str().to_owned(),
+            script_path: envelope.path.clone(),
+            script_hash: envelope.hash.clone(),
+            args: Value::Object(record.args),
+            created_by: envelope.created_by.clone(),
+            permissioned_as: envelope.permissioned_as.clone(),
+            created_at: record.created_at,
+            scheduled_for: envelope.scheduled_for,
+            language: envelope.language.map(|l| l.as_str().to_owned()),
+            tag: envelope.tag.clone(),
+            timeout_s: envelope.timeout_s,
+            parent_job: record.parent_job,
+            started_by_token: record.started_by_token,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The job history: one row per job, written by the API (queued, canceled while queued)
-//! and by workers (running, completed).
+//! and by workers (running — recording the job first if its envelope got there before the
+//! API's INSERT — and completed).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use crate::domain::{JobId, JobStatus, WorkspaceId};
 
-use super::{Pool, StoreError};
+use super::{NewJobRow, Pool, StoreError};
 
 /// A job as the API shows it (SPEC §2): every field present, null when it does not apply.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -204,28 +205,95 @@ pub struct StartedJob {
     pub args: Value,
     pub attempts: i32,
     pub cancel_requested: bool,
-    pub started_at: DateTime<Utc>,
 }
 
-/// Marks the job running on `worker`, counting the attempt. `None` when the job is already
-/// completed (cancelled while queued, or finished by an earlier delivery): skip it.
-pub async fn start(pool: &Pool, id: JobId, worker: &str) -> Result<Option<StartedJob>, StoreError> {
+/// Marks the job running on `worker`, counting the attempt. With `row` (the job as its
+/// envelope describes it), the row is written here if the API's INSERT has not landed yet: the
+/// API publishes small jobs while it inserts them. `None` when the job is already completed
+/// (cancelled while queued, or finished by an earlier delivery): skip it.
+pub async fn start(
+    pool: &Pool,
+    id: JobId,
+    worker: &str,
+    row: Option<&NewJobRow>,
+) -> Result<Option<StartedJob>, StoreError> {
     let mut conn = pool.get().await?;
-    let statement = conn
-        .prepared(
-            "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
-                             attempts = attempts + 1
-             WHERE id = $1 AND status IN ('queued', 'running')
-             RETURNING args, attempts, cancel_requested, started_at",
-            &[Type::UUID, Type::TEXT],
-        )
-        .await?;
-    let row = conn.query_opt(&statement, &[&id, &worker]).await?;
-    Ok(row.map(|row| StartedJob {
+    let found = match row {
+        None => {
+            let statement = conn
+                .prepared(
+                    "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
+                                     attempts = attempts + 1
+                     WHERE id = $1 AND status IN ('queued', 'running')
+                     RETURNING args, attempts, cancel_requested",
+                    &[Type::UUID, Type::TEXT],
+                )
+                .await?;
+            conn.query_opt(&statement, &[&id, &worker]).await?
+        }
+        Some(row) => {
+            // An INSERT that is still uncommitted makes this one wait for it, then update.
+            let statement = conn
+                .prepared(
+                    "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args,
+                                       created_by, permissioned_as, created_at, scheduled_for,
+                                       language, tag, timeout_s, parent_job, started_by_token,
+                                       status, started_at, worker, attempts)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                             'running', now(), $16, 1)
+                     ON CONFLICT (id) DO UPDATE
+                         SET status = 'running', started_at = now(), worker = EXCLUDED.worker,
+                             attempts = jobs.attempts + 1
+                         WHERE jobs.status IN ('queued', 'running')
+                     RETURNING args, attempts, cancel_requested",
+                    &[
+                        Type::UUID,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::JSONB,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::TIMESTAMPTZ,
+                        Type::TIMESTAMPTZ,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::INT4,
+                        Type::UUID,
+                        Type::TEXT,
+                        Type::TEXT,
+                    ],
+                )
+                .await?;
+            conn.query_opt(
+                &statement,
+                &[
+                    &id,
+                    &row.workspace_id,
+                    &row.job_kind,
+                    &row.script_path,
+                    &row.script_hash,
+                    &row.args,
+                    &row.created_by,
+                    &row.permissioned_as,
+                    &row.created_at,
+                    &row.scheduled_for,
+                    &row.language,
+                    &row.tag,
+                    &row.timeout_s,
+                    &row.parent_job,
+                    &row.started_by_token,
+                    &worker,
+                ],
+            )
+            .await?
+        }
+    };
+    Ok(found.map(|row| StartedJob {
         args: row.get(0),
         attempts: row.get(1),
         cancel_requested: row.get(2),
-        started_at: row.get(3),
     }))
 }
 

@@ -14,26 +14,39 @@ use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use crate::auth::job_token::{self, JobClaims};
 use crate::domain::{canceled_result, JobStatus};
-use crate::queue::consume::Delivery;
+use crate::queue::consume::{Delivery, Unusable};
 use crate::queue::envelope::JobEnvelope;
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
 use crate::store::jobs::{self, Completion};
-use crate::store::StoreError;
+use crate::store::{NewJobRow, StoreError};
 
 /// How the attempt ends for the queue.
 enum Settle {
     Ack,
     /// Leave it for redelivery (the store could not record the end).
     Abandon,
+    /// Not started: hand it back at once, to be delivered again after [`START_RETRY`]. Not
+    /// retried in place, so that a job the API withdrew meanwhile (its INSERT failed) is not
+    /// run once the database is back.
+    RetryLater,
 }
+
+const START_RETRY: Duration = Duration::from_secs(2);
+/// How long an envelope of a newer version waits before it is offered again.
+const LEAVE_FOR_NEWER: Duration = Duration::from_secs(30);
 
 /// `slot` is this job's share of `WORKER_SLOTS`; it is given back as soon as the job has ended,
 /// before the ack's confirmation comes back, so the next job need not wait for that round trip.
 pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSemaphorePermit) {
     let envelope = match &delivery.envelope {
         Ok(envelope) => envelope.clone(),
-        Err(why) => {
+        Err(why @ Unusable::Newer(_)) => {
+            tracing::warn!(error = %why, "leaving a job for an upgraded worker");
+            let _ = delivery.retry_after(LEAVE_FOR_NEWER).await;
+            return;
+        }
+        Err(why @ Unusable::Unreadable(_)) => {
             tracing::error!(error = %why, "rejecting a message that is not a job");
             let _ = delivery.reject().await;
             return;
@@ -47,7 +60,11 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
         }
     }
     let id = envelope.id;
+    // From the first store call to the last: a delivery that is slow to start (the database
+    // is down) or to be recorded must not be handed to another worker meanwhile.
+    let keepalive = spawn_progress(&delivery, ctx.settings.ack_wait);
     let settle = run_delivery(&ctx, &delivery, &envelope).await;
+    drop(keepalive);
     ctx.unregister(id);
     drop(slot);
     match settle {
@@ -57,20 +74,34 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
             }
         }
         Settle::Abandon => tracing::warn!(job = %id, "left for redelivery"),
+        Settle::RetryLater => {
+            let _ = delivery.retry_after(START_RETRY).await;
+        }
     }
 }
 
 async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEnvelope) -> Settle {
     let cancel = ctx.register(envelope.id);
-    let started = match retry_store(|| {
-        jobs::start(&ctx.pool, envelope.id, &ctx.settings.worker_name)
-    })
+    let row = envelope
+        .record
+        .clone()
+        .map(|record| NewJobRow::queued(envelope, record));
+    let started = match jobs::start(
+        &ctx.pool,
+        envelope.id,
+        &ctx.settings.worker_name,
+        row.as_ref(),
+    )
     .await
     {
         Ok(Some(started)) => started,
         // Completed already: cancelled while queued, or finished by an earlier delivery.
         Ok(None) => return Settle::Ack,
-        Err(_) => return Settle::Abandon,
+        Err(e) => {
+            tracing::warn!(job = %envelope.id, error = %e,
+                "could not mark the job running; handing it back");
+            return Settle::RetryLater;
+        }
     };
     if started.attempts > ctx.settings.max_attempts {
         let error = ScriptError::new(
@@ -98,10 +129,7 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
 
     let logs = Arc::new(Mutex::new(LogBuffer::new(ctx.settings.max_log_size)));
     let began = Instant::now();
-    let ended = {
-        let _keepalive = spawn_progress(delivery, ctx.settings.ack_wait);
-        execute(ctx, envelope, &started.args, &cancel, &logs).await
-    };
+    let ended = execute(ctx, envelope, &started.args, &cancel, &logs).await;
     let duration_ms = (began.elapsed().as_secs_f64() * 1000.0).round() as i64;
     let logs = logs.lock().expect("log lock").text().to_owned();
     let outcome = match ended {

@@ -9,6 +9,7 @@ mod jobs_api;
 mod openapi;
 mod payloads;
 mod permissions;
+mod queue;
 mod run_async;
 mod run_stream;
 mod run_sync;
