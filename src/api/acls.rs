@@ -60,6 +60,7 @@ async fn change(
             }
         }
     }
+    super::users::sharing_changed(state, &ws).await;
     Ok(path.to_string())
 }
 

@@ -7,7 +7,7 @@ use super::AppState;
 use crate::auth::permissions::{self, PathAcl};
 use crate::auth::{Access, Action, Principal};
 use crate::domain::WorkspaceId;
-use crate::store::{self, jobs::JobRecord};
+use crate::store::jobs::JobRecord;
 
 /// The token's scopes allow the action.
 pub fn scope(principal: &Principal, action: Action<'_>) -> ApiResult<()> {
@@ -33,7 +33,7 @@ pub fn unscoped(principal: &Principal) -> ApiResult<()> {
 }
 
 async fn acl(state: &AppState, ws: &WorkspaceId, path: &str) -> ApiResult<PathAcl> {
-    Ok(store::acl::path_acl(state.pool(), ws, "script", path).await?)
+    Ok(state.auth().path_acl(ws, "script", path).await?)
 }
 
 pub async fn can_read(

@@ -74,6 +74,8 @@ pub async fn create(
     if !acl::create_folder(state.pool(), &ws, &folder).await? {
         return Err(ApiError::Conflict(format!("folder {name} already exists")));
     }
+    // A path in it may be cached as in no folder.
+    super::users::sharing_changed(&state, &ws).await;
     Ok((StatusCode::CREATED, name.to_string()))
 }
 

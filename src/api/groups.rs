@@ -84,7 +84,7 @@ pub async fn add_user(
             params.name
         )));
     }
-    members_changed(&state, &ws).await?;
+    members_changed(&state, &ws).await;
     Ok(format!("added {username} to group {}", params.name))
 }
 

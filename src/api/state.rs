@@ -125,5 +125,6 @@ pub fn apply_invalidation(state: &AppState, message: &crate::queue::control::Inv
             }
         }
         Invalidate::Members { .. } => state.auth().forget_memberships(),
+        Invalidate::Sharing { .. } => state.auth().forget_sharing(),
     }
 }

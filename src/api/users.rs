@@ -155,7 +155,7 @@ pub async fn add_user(
         }
         Err(e) => return Err(e.into()),
     }
-    members_changed(&state, &ws).await?;
+    members_changed(&state, &ws).await;
     Ok((StatusCode::CREATED, member.username.to_string()))
 }
 
@@ -170,13 +170,35 @@ pub struct CreateToken {
 }
 
 /// Every replica forgets its cached memberships and groups of the workspace.
-pub async fn members_changed(state: &AppState, ws: &WorkspaceId) -> ApiResult<()> {
+pub async fn members_changed(state: &AppState, ws: &WorkspaceId) {
     state.auth().forget_memberships();
-    let message = Invalidate::Members {
-        workspace: ws.to_string(),
-    };
-    state.bus().publish_invalidate(&message).await?;
-    Ok(())
+    broadcast(
+        state,
+        Invalidate::Members {
+            workspace: ws.to_string(),
+        },
+    )
+    .await
+}
+
+/// Every replica forgets its cached sharing of the workspace's items.
+pub async fn sharing_changed(state: &AppState, ws: &WorkspaceId) {
+    state.auth().forget_sharing();
+    broadcast(
+        state,
+        Invalidate::Sharing {
+            workspace: ws.to_string(),
+        },
+    )
+    .await
+}
+
+/// The change itself is done: a lost broadcast only leaves other replicas on their cached copy
+/// until it expires (5 s), so it is logged rather than answered as a failure.
+async fn broadcast(state: &AppState, message: Invalidate) {
+    if let Err(e) = state.bus().publish_invalidate(&message).await {
+        tracing::warn!(error = %e, ?message, "cache invalidation not broadcast");
+    }
 }
 
 async fn issue_token(

@@ -1,5 +1,6 @@
 //! Turns a presented token into a [`Principal`], and a principal plus a workspace into an
-//! [`Access`]. Both answers are cached for a few seconds so the database stays off the hot path.
+//! [`Access`]; reads who a path is shared with. The answers are cached for a few seconds so the
+//! database stays off the hot path, and dropped at once when a broadcast says they changed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -9,12 +10,13 @@ use chrono::Utc;
 use subtle::ConstantTimeEq;
 
 use super::job_token::{self, JobClaims};
+use super::permissions::PathAcl;
 use super::principal::JOB_TOKEN_ID_PREFIX;
 use super::{token, Access, Principal, Scope};
 use crate::domain::{Username, WorkspaceId};
 use crate::store::{self, workspaces::Membership, Pool, StoreError};
 
-/// How long a membership is reused before the store is asked again.
+/// How long a membership or a path's sharing is reused before the store is asked again.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Tokens are re-read more often: even if a revocation broadcast is lost, a deleted token
 /// stops working within this.
@@ -90,6 +92,8 @@ pub struct Authenticator {
     tokens: TtlCache<[u8; 32], (Principal, Option<chrono::DateTime<Utc>>)>,
     members: TtlCache<(String, String), MemberEntry>,
     workspaces: TtlCache<String, ()>,
+    /// (workspace, kind, path) → the sharing of that item and of its folder.
+    acls: TtlCache<(String, &'static str, String), PathAcl>,
     /// Tokens used since the last `last_used_at` flush.
     used: Mutex<HashSet<[u8; 32]>>,
 }
@@ -103,6 +107,7 @@ impl Authenticator {
             tokens: TtlCache::new(TOKEN_TTL),
             members: TtlCache::new(CACHE_TTL),
             workspaces: TtlCache::new(CACHE_TTL),
+            acls: TtlCache::new(CACHE_TTL),
             used: Mutex::new(HashSet::new()),
         }
     }
@@ -162,6 +167,27 @@ impl Authenticator {
     /// Forgets every cached membership and group list (a group or member changed).
     pub fn forget_memberships(&self) {
         self.members.clear();
+    }
+
+    /// Who the item at `path` is shared with, directly or through its folder.
+    pub async fn path_acl(
+        &self,
+        ws: &WorkspaceId,
+        kind: &'static str,
+        path: &str,
+    ) -> Result<PathAcl, StoreError> {
+        let key = (ws.to_string(), kind, path.to_owned());
+        if let Some(acl) = self.acls.get(&key) {
+            return Ok(acl);
+        }
+        let acl = store::acl::path_acl(&self.pool, ws, kind, path).await?;
+        self.acls.put(key, acl.clone());
+        Ok(acl)
+    }
+
+    /// Forgets every cached sharing (an item was shared or unshared, or a folder created).
+    pub fn forget_sharing(&self) {
+        self.acls.clear();
     }
 
     /// The tokens used since the last call, for one batched `last_used_at` update.

@@ -23,4 +23,6 @@ pub enum Invalidate {
     Token { hash: String },
     /// Members or groups of a workspace changed.
     Members { workspace: String },
+    /// An item of a workspace was shared or unshared, or a folder created.
+    Sharing { workspace: String },
 }

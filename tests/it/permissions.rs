@@ -544,6 +544,57 @@ async fn revocation_reaches_another_api_replica_within_a_second() {
 }
 
 #[tokio::test]
+async fn sharing_changes_reach_another_api_replica_within_a_second() {
+    let mut env = TestEnv::start().await;
+    let second = env.add_api().await;
+    let erin = env
+        .user_token("erin@example.com", "erin", false, false)
+        .await;
+    let bob = env.user_token("bob@example.com", "bob", false, false).await;
+    env.post(
+        &format!("/api/w/{WS}/scripts/create"),
+        &erin,
+        json!({"path": "u/erin/report", "language": "bash", "content": "echo ok"}),
+    )
+    .await
+    .expect(201);
+    let run_on_second = || {
+        let http = env.http.clone();
+        let url = format!("{second}/api/w/{WS}/jobs/run/p/u/erin/report");
+        let bob = bob.clone();
+        async move {
+            let response = http.post(url).bearer_auth(bob).json(&json!({})).send();
+            response.await.unwrap().status().as_u16()
+        }
+    };
+    let eventually = |expected: u16, what: &'static str| {
+        let run = run_on_second;
+        async move {
+            let changed = Instant::now();
+            while run().await != expected {
+                assert!(
+                    changed.elapsed() < Duration::from_secs(1),
+                    "the second replica {what} after a second"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // The second replica now holds "not shared with bob" in its cache (kept 5 s).
+    assert_eq!(run_on_second().await, 404);
+    let share = |action: &str| format!("/api/w/{WS}/acls/{action}/script/u/erin/report");
+    let bob_grant = json!({"owner": "u/bob"});
+    env.post(&share("add"), &erin, bob_grant.clone())
+        .await
+        .expect(200);
+    eventually(201, "still refuses a script shared with the caller").await;
+    env.post(&share("remove"), &erin, bob_grant)
+        .await
+        .expect(200);
+    eventually(404, "still runs a script no longer shared with the caller").await;
+}
+
+#[tokio::test]
 async fn tokens_list_shows_metadata_and_last_use_without_the_token() {
     let env = TestEnv::with(Options {
         workers: 0,
