@@ -23,6 +23,7 @@ pub async fn submit(
     args: Map<String, Value>,
     opts: &RunOptions,
 ) -> ApiResult<JobId> {
+    check_storable(&args)?;
     let id = opts.job_id.unwrap_or_else(uuid::Uuid::now_v7);
     let own_tag = match &target.tag {
         Some(tag) => Tag::parse(tag)?,
@@ -67,17 +68,30 @@ pub async fn submit(
         scheduled_for,
         record: None,
     };
-    if envelope::fits_inline(&record.args) {
+    // A preset id may be taken already, which only the INSERT can tell before anything is
+    // published: record, then publish, and without the record, so that only the API creates
+    // the row. A fresh id with small arguments: publish while inserting.
+    let concurrent = !opts.job_id_preset() && envelope::fits_inline(&record.args);
+    if concurrent {
         envelope.record = Some(record.clone());
     }
     let row = NewJobRow::queued(&envelope, record);
-    // A preset id may be taken already, which only the INSERT can tell, before anything is
-    // published. Otherwise a job that carries its record is published while it is inserted.
-    if envelope.record.is_some() && !opts.job_id_preset() {
-        record_while_publishing(state, &tag, &envelope, row).await?;
-    } else {
-        record_then_publish(state, &tag, &envelope, row).await?;
-    }
+    // Apart from the request, so that a caller hanging up cannot stop it between the INSERT,
+    // the publish and their clean-up.
+    let recorded = tokio::spawn({
+        let (state, tag, envelope) = (state.clone(), tag.clone(), envelope.clone());
+        async move {
+            if concurrent {
+                record_while_publishing(&state, &tag, &envelope, row).await
+            } else {
+                record_then_publish(&state, &tag, &envelope, row).await
+            }
+        }
+    });
+    recorded.await.map_err(|e| ApiError::Internal {
+        context: "job submission",
+        detail: e.to_string(),
+    })??;
     let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
     event.at = now;
     state.bus().publish_event_unconfirmed(&event).await;
@@ -108,7 +122,7 @@ async fn record_then_publish(
 
 /// The INSERT and the publish at once: the job is answered when both are done, but a worker
 /// may start it as soon as it is published. Its id is freshly generated, so a row that exists
-/// already was written by that worker.
+/// already was written by the worker that took it.
 async fn record_while_publishing(
     state: &AppState,
     tag: &Tag,
@@ -117,14 +131,28 @@ async fn record_while_publishing(
 ) -> ApiResult<()> {
     let id = envelope.id;
     let (inserted, published) = tokio::join!(
-        state.inserter().insert(row),
+        state.inserter().insert(row.clone()),
         state.bus().publish_job(tag, envelope)
     );
+    let inserted = match inserted {
+        Ok(outcome) => Ok(outcome),
+        // The shared INSERT may have failed for another row or a lost connection.
+        Err(_) => store::insert_one(state.pool(), &row).await,
+    };
     match (inserted, published) {
-        (Ok(_), Ok(_)) => Ok(()),
-        (Ok(_), Err(e)) => {
-            forget_unpublished(state, id).await;
-            Err(e.into())
+        (Ok(_), Ok(_)) | (Ok(InsertOutcome::DuplicateId), Err(_)) => Ok(()),
+        (Ok(InsertOutcome::Inserted), Err(e)) => {
+            // JetStream may have stored it even so: end the row, so that a late delivery
+            // finds nothing to start. A worker that started it already has it queued after all.
+            match store::jobs::abandon_unpublished(state.pool(), id, &e.to_string()).await {
+                Ok(false) => Ok(()),
+                Ok(true) => Err(e.into()),
+                Err(cleanup) => {
+                    tracing::error!(job = %id, error = %cleanup,
+                        "could not end a job whose publish failed; a worker may still run it");
+                    Err(e.into())
+                }
+            }
         }
         (Err(e), Ok(sequence)) => {
             // Answered as failed, so it must not run: a worker that already took it cannot
@@ -137,6 +165,25 @@ async fn record_while_publishing(
         }
         (Err(e), Err(_)) => Err(e.into()),
     }
+}
+
+/// PostgreSQL cannot store U+0000 in JSON: refused here, not by an INSERT other requests' jobs
+/// may share.
+fn check_storable(args: &Map<String, Value>) -> ApiResult<()> {
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    if args.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(ApiError::bad_request(
+            "the arguments contain the character U+0000, which cannot be stored",
+        ));
+    }
+    Ok(())
 }
 
 /// Not queued after all: remove the row so no job is left "queued" forever.

@@ -110,12 +110,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<(NewJobRow, Reply)>) {
             match insert_batch(&pool, &rows).await {
                 Ok(inserted) => {
                     for (row, reply) in rows.iter().zip(replies) {
-                        let outcome = if inserted.contains(&row.id) {
-                            InsertOutcome::Inserted
-                        } else {
-                            InsertOutcome::DuplicateId
-                        };
-                        let _ = reply.send(Ok(outcome));
+                        let _ = reply.send(Ok(outcome(&inserted, row)));
                     }
                 }
                 Err(e) => {
@@ -127,6 +122,20 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<(NewJobRow, Reply)>) {
             }
             drop(permit);
         });
+    }
+}
+
+/// One job, alone: a retry after its batch failed.
+pub async fn insert_one(pool: &Pool, row: &NewJobRow) -> Result<InsertOutcome, StoreError> {
+    let inserted = insert_batch(pool, std::slice::from_ref(row)).await?;
+    Ok(outcome(&inserted, row))
+}
+
+fn outcome(inserted: &[Uuid], row: &NewJobRow) -> InsertOutcome {
+    if inserted.contains(&row.id) {
+        InsertOutcome::Inserted
+    } else {
+        InsertOutcome::DuplicateId
     }
 }
 

@@ -428,6 +428,24 @@ pub async fn save_logs(pool: &Pool, id: JobId, logs: &str) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Ends, as failed, a job whose publish failed although JetStream may have stored it: a late
+/// delivery then finds nothing to start. False when a worker has started it already.
+pub async fn abandon_unpublished(pool: &Pool, id: JobId, why: &str) -> Result<bool, StoreError> {
+    let conn = pool.get().await?;
+    let result = serde_json::json!({"error": {
+        "name": "NotQueued",
+        "message": format!("the job could not be queued: {why}"),
+    }});
+    let ended = conn
+        .execute(
+            "UPDATE jobs SET status = 'failure', completed_at = now(), result = $2
+             WHERE id = $1 AND status = 'queued'",
+            &[&id, &result],
+        )
+        .await?;
+    Ok(ended == 1)
+}
+
 /// Removes a job that was recorded but could not be published, so it is not left queued.
 pub async fn forget_unpublished(pool: &Pool, id: JobId) -> Result<(), StoreError> {
     let conn = pool.get().await?;

@@ -15,7 +15,7 @@ pub mod workspaces;
 
 use crate::config::DatabaseConfig;
 
-pub use job_inserter::{InsertOutcome, JobInserter, NewJobRow};
+pub use job_inserter::{insert_one, InsertOutcome, JobInserter, NewJobRow};
 
 pub type Pool = bb8::Pool<connections::Manager>;
 pub type Conn<'a> = bb8::PooledConnection<'a, connections::Manager>;

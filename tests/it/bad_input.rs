@@ -131,6 +131,18 @@ async fn malformed_unknown_and_invalid_requests() {
     env.get(&format!("/api/w/{WS}/jobs/list?per_page=many"), t)
         .await
         .expect(400);
+    // PostgreSQL cannot store U+0000 in JSON, in a value or a key, however deep.
+    for args in [
+        json!({"a": "x\u{0}y"}),
+        json!({"a": [{"b": "\u{0}"}]}),
+        json!({"k\u{0}": 1}),
+    ] {
+        let refused = env
+            .post(&format!("/api/w/{WS}/jobs/run/h/{hash}"), t, args)
+            .await
+            .expect(400);
+        assert!(refused.text.contains("U+0000"), "{}", refused.text);
+    }
 
     // The good request still works, and nothing above answered 500.
     let id = env
