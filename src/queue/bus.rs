@@ -66,6 +66,8 @@ impl Bus {
                             tracing::info!(%event, "NATS connection");
                             epoch_tx.send_modify(|e| *e += 1);
                         }
+                        // Only when the client is closed or dropped: on purpose.
+                        async_nats::Event::Closed => tracing::info!("NATS connection closed"),
                         other => tracing::warn!(event = %other, "NATS"),
                     }
                 }
