@@ -68,23 +68,23 @@ pub async fn submit(
         scheduled_for,
         record: None,
     };
+    let row = NewJobRow::queued(&envelope, &record);
     // A preset id may be taken already, which only the INSERT can tell before anything is
     // published: record, then publish, and without the record, so that only the API creates
     // the row. A fresh id with small arguments: publish while inserting.
-    let concurrent = !opts.job_id_preset() && envelope::fits_inline(&record.args);
-    if concurrent {
-        envelope.record = Some(record.clone());
+    if !opts.job_id_preset() && envelope::fits_inline(&record.args) {
+        envelope.record = Some(record);
     }
-    let row = NewJobRow::queued(&envelope, record);
+    let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
+    event.at = now;
     // Apart from the request, so that a caller hanging up cannot stop it between the INSERT,
     // the publish and their clean-up.
     let recorded = tokio::spawn({
-        let (state, tag, envelope) = (state.clone(), tag.clone(), envelope.clone());
+        let state = state.clone();
         async move {
-            if concurrent {
-                record_while_publishing(&state, &tag, &envelope, row).await
-            } else {
-                record_then_publish(&state, &tag, &envelope, row).await
+            match &envelope.record {
+                Some(record) => record_while_publishing(&state, &tag, &envelope, record, row).await,
+                None => record_then_publish(&state, &tag, &envelope, row).await,
             }
         }
     });
@@ -92,8 +92,6 @@ pub async fn submit(
         context: "job submission",
         detail: e.to_string(),
     })??;
-    let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
-    event.at = now;
     state.bus().publish_event_unconfirmed(&event).await;
     Ok(id)
 }
@@ -127,17 +125,18 @@ async fn record_while_publishing(
     state: &AppState,
     tag: &Tag,
     envelope: &JobEnvelope,
+    record: &QueuedRecord,
     row: NewJobRow,
 ) -> ApiResult<()> {
     let id = envelope.id;
     let (inserted, published) = tokio::join!(
-        state.inserter().insert(row.clone()),
+        state.inserter().insert(row),
         state.bus().publish_job(tag, envelope)
     );
     let inserted = match inserted {
         Ok(outcome) => Ok(outcome),
         // The shared INSERT may have failed for another row or a lost connection.
-        Err(_) => store::insert_one(state.pool(), &row).await,
+        Err(_) => store::insert_one(state.pool(), &NewJobRow::queued(envelope, record)).await,
     };
     match (inserted, published) {
         (Ok(_), Ok(_)) | (Ok(InsertOutcome::DuplicateId), Err(_)) => Ok(()),

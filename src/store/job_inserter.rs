@@ -34,14 +34,14 @@ pub struct NewJobRow {
 
 impl NewJobRow {
     /// The row of a job about to be published, from its envelope and the rest of its record.
-    pub fn queued(envelope: &JobEnvelope, record: QueuedRecord) -> Self {
+    pub fn queued(envelope: &JobEnvelope, record: &QueuedRecord) -> Self {
         Self {
             id: envelope.id,
             workspace_id: envelope.workspace.clone(),
             job_kind: envelope.kind.as_str().to_owned(),
             script_path: envelope.path.clone(),
             script_hash: envelope.hash.clone(),
-            args: Value::Object(record.args),
+            args: Value::Object(record.args.clone()),
             created_by: envelope.created_by.clone(),
             permissioned_as: envelope.permissioned_as.clone(),
             created_at: record.created_at,
@@ -50,7 +50,7 @@ impl NewJobRow {
             tag: envelope.tag.clone(),
             timeout_s: envelope.timeout_s,
             parent_job: record.parent_job,
-            started_by_token: record.started_by_token,
+            started_by_token: record.started_by_token.clone(),
         }
     }
 }

@@ -84,7 +84,7 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
     let cancel = ctx.register(envelope.id);
     let row = envelope
         .record
-        .clone()
+        .as_ref()
         .map(|record| NewJobRow::queued(envelope, record));
     let started = match jobs::start(
         &ctx.pool,
