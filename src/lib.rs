@@ -9,6 +9,7 @@
 //! - [`store`]: PostgreSQL, one file per table family, and the migrations.
 //! - [`storage`]: object storage (S3/MinIO): webhook uploads and scripts' files.
 //! - [`domain`]: identifiers and states with no I/O.
+//! - [`flows`]: OpenFlow definitions, the pure flow state machine and its driver.
 //! - [`sweeper`]: token expiry notices and `last_used_at` bookkeeping, in API processes.
 //! - [`app`] wires these for each subcommand; [`dev`] and [`local`] run everything on a laptop.
 //!
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod domain;
+pub mod flows;
 pub mod health;
 pub mod local;
 pub mod queue;
