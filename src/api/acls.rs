@@ -7,7 +7,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, JsonBody};
 use super::folders::check_grantee;
 use super::{authorize, AppState};
-use crate::domain::RunnablePath;
+use crate::domain::{JobKind, RunnablePath};
 use crate::store::acl;
 
 #[derive(Deserialize)]
@@ -26,10 +26,10 @@ pub struct Grant {
     write: bool,
 }
 
-fn kind(raw: &str) -> ApiResult<&'static str> {
+fn kind(raw: &str) -> ApiResult<JobKind> {
     match raw {
-        "script" => Ok("script"),
-        "flow" => Ok("flow"),
+        "script" => Ok(JobKind::Script),
+        "flow" => Ok(JobKind::Flow),
         other => Err(ApiError::bad_request(format!(
             "cannot share a {other:?}: expected script or flow"
         ))),
@@ -48,8 +48,9 @@ async fn change(
     let kind = kind(&params.kind)?;
     let path = RunnablePath::parse(&params.path)?;
     check_grantee(grantee)?;
-    authorize::read(state, &ws, &access, path.as_str()).await?;
-    authorize::write(state, &ws, &access, path.as_str()).await?;
+    authorize::read(state, &ws, &access, kind, path.as_str()).await?;
+    authorize::write(state, &ws, &access, kind, path.as_str()).await?;
+    let kind = kind.as_str();
     match grant {
         Some(write) => acl::grant(state.pool(), &ws, kind, path.as_str(), grantee, write).await?,
         None => {

@@ -6,7 +6,7 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::auth::permissions::{self, PathAcl};
 use crate::auth::{Access, Action, Principal};
-use crate::domain::WorkspaceId;
+use crate::domain::{JobKind, WorkspaceId};
 use crate::store::jobs::JobRecord;
 
 /// The token's scopes allow the action.
@@ -32,14 +32,15 @@ pub fn unscoped(principal: &Principal) -> ApiResult<()> {
     }
 }
 
-async fn acl(state: &AppState, ws: &WorkspaceId, path: &str) -> ApiResult<PathAcl> {
-    Ok(state.auth().path_acl(ws, "script", path).await?)
+async fn acl(state: &AppState, ws: &WorkspaceId, kind: JobKind, path: &str) -> ApiResult<PathAcl> {
+    Ok(state.auth().path_acl(ws, kind.as_str(), path).await?)
 }
 
 pub async fn can_read(
     state: &AppState,
     ws: &WorkspaceId,
     access: &Access,
+    kind: JobKind,
     path: &str,
 ) -> ApiResult<bool> {
     if access.is_admin || path.starts_with(&format!("u/{}/", access.username)) {
@@ -48,7 +49,7 @@ pub async fn can_read(
     Ok(permissions::can_read(
         access,
         path,
-        &acl(state, ws, path).await?,
+        &acl(state, ws, kind, path).await?,
     ))
 }
 
@@ -57,13 +58,15 @@ pub async fn read(
     state: &AppState,
     ws: &WorkspaceId,
     access: &Access,
+    kind: JobKind,
     path: &str,
 ) -> ApiResult<()> {
-    if can_read(state, ws, access, path).await? {
+    if can_read(state, ws, access, kind, path).await? {
         Ok(())
     } else {
         Err(ApiError::not_found(format!(
-            "script not found at path {path}"
+            "{} not found at path {path}",
+            kind.as_str()
         )))
     }
 }
@@ -73,14 +76,16 @@ pub async fn write(
     state: &AppState,
     ws: &WorkspaceId,
     access: &Access,
+    kind: JobKind,
     path: &str,
 ) -> ApiResult<()> {
     if access.operator {
-        return Err(ApiError::Forbidden(
-            "operators cannot create or change scripts".into(),
-        ));
+        return Err(ApiError::Forbidden(format!(
+            "operators cannot create or change {}s",
+            kind.as_str()
+        )));
     }
-    if access.is_admin || permissions::can_write(access, path, &acl(state, ws, path).await?) {
+    if access.is_admin || permissions::can_write(access, path, &acl(state, ws, kind, path).await?) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!("you cannot write to {path}")))
@@ -88,13 +93,24 @@ pub async fn write(
 }
 
 /// Running needs a run scope for the path and read access to it.
-pub async fn run(state: &AppState, ws: &WorkspaceId, access: &Access, path: &str) -> ApiResult<()> {
-    scope(&access.principal, Action::RunScript(path))?;
-    read(state, ws, access, path).await
+pub async fn run(
+    state: &AppState,
+    ws: &WorkspaceId,
+    access: &Access,
+    kind: JobKind,
+    path: &str,
+) -> ApiResult<()> {
+    let action = match kind {
+        JobKind::Script => Action::RunScript(path),
+        JobKind::Flow => Action::RunFlow(path),
+    };
+    scope(&access.principal, action)?;
+    read(state, ws, access, kind, path).await
 }
 
-/// A job is visible to its creator, to whoever can read its runnable, and to admins. A scoped
-/// token needs `jobs:read` (403 without it), except for the jobs it started itself.
+/// A job is visible to its creator, to whoever can read its runnable (a flow step's: its flow),
+/// and to admins. A scoped token needs `jobs:read` (403 without it), except for the jobs it
+/// started itself.
 pub async fn see_job(
     state: &AppState,
     ws: &WorkspaceId,
@@ -109,8 +125,8 @@ pub async fn see_job(
     scope(principal, Action::ReadJobs)?;
     let visible = access.is_admin
         || job.created_by == access.username.as_str()
-        || match &job.script_path {
-            Some(path) => can_read(state, ws, access, path).await?,
+        || match runnable_of(state, ws, job).await? {
+            Some((kind, path)) => can_read(state, ws, access, kind, &path).await?,
             None => false,
         };
     if visible {
@@ -118,4 +134,22 @@ pub async fn see_job(
     } else {
         Err(ApiError::not_found(format!("job {} not found", job.id)))
     }
+}
+
+/// What a job runs, for permissions: a flow step counts as its root flow.
+pub async fn runnable_of(
+    state: &AppState,
+    ws: &WorkspaceId,
+    job: &JobRecord,
+) -> ApiResult<Option<(JobKind, String)>> {
+    if let Some(root) = job.root_job.filter(|_| job.flow_step_id.is_some()) {
+        let flow = crate::store::jobs::get(state.pool(), ws, root).await?;
+        return Ok(flow.and_then(|f| f.script_path).map(|p| (JobKind::Flow, p)));
+    }
+    let kind = if job.job_kind == JobKind::Flow.as_str() {
+        JobKind::Flow
+    } else {
+        JobKind::Script
+    };
+    Ok(job.script_path.clone().map(|p| (kind, p)))
 }

@@ -1,12 +1,13 @@
 //! Cancelling a job, for the cancel route and for sync callers that give up (timeout, client
 //! gone): a queued job is completed as cancelled at once; a running one is flagged and its
-//! worker told to kill it.
+//! worker told to kill it. A flow ends as cancelled at once, with its steps.
 
 use chrono::Utc;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::domain::{canceled_result, JobId, WorkspaceId};
+use crate::domain::{canceled_result, JobId, JobKind, WorkspaceId};
+use crate::flows::driver::{self, DriverError, FlowCancel};
 use crate::queue::control::CancelJob;
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::store::jobs::{self, CancelOutcome, JobRecord};
@@ -27,6 +28,21 @@ pub async fn cancel_job(
     by: &str,
     reason: Option<String>,
 ) -> ApiResult<Canceled> {
+    let is_flow = jobs::get(state.pool(), ws, id)
+        .await?
+        .is_some_and(|job| job.job_kind == JobKind::Flow.as_str());
+    if is_flow {
+        let canceled =
+            driver::cancel_flow(state.pool(), state.bus(), id, by, reason.as_deref()).await;
+        return match canceled.map_err(|e| match e {
+            DriverError::Store(e) => ApiError::from(e),
+            DriverError::Queue(e) => ApiError::from(e),
+        })? {
+            FlowCancel::Canceled => Ok(Canceled::Now),
+            FlowCancel::AlreadyCompleted => Ok(Canceled::AlreadyCompleted),
+            FlowCancel::NotFound => Err(ApiError::not_found(format!("job {id} not found"))),
+        };
+    }
     let result = canceled_result(reason.as_deref(), by);
     match jobs::cancel(state.pool(), ws, id, by, reason.as_deref(), &result).await? {
         CancelOutcome::CanceledQueued(job) => {
@@ -63,6 +79,8 @@ async fn announce(state: &AppState, job: &JobRecord, result: &serde_json::Value)
         path: job.script_path.clone(),
         hash: job.script_hash.clone(),
         flow_version: job.flow_version,
+        parent_job: job.parent_job,
+        root_job: job.root_job,
         created_by: job.created_by.clone(),
         at: job.completed_at.unwrap_or_else(Utc::now),
         success: Some(false),

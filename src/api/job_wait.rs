@@ -23,6 +23,10 @@ pub enum Seen {
     Started,
     Log(String),
     Stream(String),
+    /// A flow's `flow_status` after a step.
+    Progress(Value),
+    /// A flow's `early_return` result (the flow goes on).
+    EarlyReturn(Value),
     Completed(Completed),
     /// Nothing happened for this long (SSE sends a ping).
     Quiet,
@@ -56,6 +60,8 @@ pub struct JobWatch<S> {
     reconnected: tokio::sync::watch::Receiver<u64>,
     ws: WorkspaceId,
     id: JobId,
+    /// Also look for a flow's early result in the store.
+    early: bool,
 }
 
 impl<S: Stream<Item = JobUpdate>> JobWatch<S> {
@@ -65,7 +71,27 @@ impl<S: Stream<Item = JobUpdate>> JobWatch<S> {
             reconnected: replies.reconnected,
             ws: ws.clone(),
             id,
+            early: false,
         }
+    }
+
+    /// Waits for a flow's `early_return` result too (which the store fallback must then find).
+    pub fn with_early_return(mut self) -> Self {
+        self.early = true;
+        self
+    }
+
+    /// What the store says, when live messages may have been missed.
+    async fn seen_in_store(&self, state: &AppState) -> ApiResult<Option<Seen>> {
+        if let Some((completed, _)) = completed_in_store(state, &self.ws, self.id).await? {
+            return Ok(Some(Seen::Completed(completed)));
+        }
+        if self.early {
+            if let Some(result) = jobs::early_result(state.pool(), &self.ws, self.id).await? {
+                return Ok(Some(Seen::EarlyReturn(result)));
+            }
+        }
+        Ok(None)
     }
 
     /// The next thing that happens, or `Quiet` after `quiet` of silence.
@@ -79,18 +105,20 @@ impl<S: Stream<Item = JobUpdate>> JobWatch<S> {
                     Some(JobUpdate::Started) => return Ok(Seen::Started),
                     Some(JobUpdate::Log(text)) => return Ok(Seen::Log(text)),
                     Some(JobUpdate::Stream(text)) => return Ok(Seen::Stream(text)),
+                    Some(JobUpdate::Progress(status)) => return Ok(Seen::Progress(status)),
+                    Some(JobUpdate::EarlyReturn(result)) => return Ok(Seen::EarlyReturn(result)),
                     Some(JobUpdate::Done(done)) => {
                         if let Some(result) = done.result {
                             return Ok(Seen::Completed(Completed { success: done.success, result }));
                         }
-                        if let Some((completed, _)) = completed_in_store(state, &self.ws, self.id).await? {
-                            return Ok(Seen::Completed(completed));
+                        if let Some(seen) = self.seen_in_store(state).await? {
+                            return Ok(seen);
                         }
                     }
                     // The subscription ended (connection closed): rely on the store from now on.
                     None => {
-                        if let Some((completed, _)) = completed_in_store(state, &self.ws, self.id).await? {
-                            return Ok(Seen::Completed(completed));
+                        if let Some(seen) = self.seen_in_store(state).await? {
+                            return Ok(seen);
                         }
                         tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1))).await;
                         if tokio::time::Instant::now() >= deadline {
@@ -102,13 +130,13 @@ impl<S: Stream<Item = JobUpdate>> JobWatch<S> {
                     if changed.is_err() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    if let Some((completed, _)) = completed_in_store(state, &self.ws, self.id).await? {
-                        return Ok(Seen::Completed(completed));
+                    if let Some(seen) = self.seen_in_store(state).await? {
+                        return Ok(seen);
                     }
                 }
                 _ = check.tick() => {
-                    if let Some((completed, _)) = completed_in_store(state, &self.ws, self.id).await? {
-                        return Ok(Seen::Completed(completed));
+                    if let Some(seen) = self.seen_in_store(state).await? {
+                        return Ok(seen);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return Ok(Seen::Quiet),

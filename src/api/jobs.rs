@@ -148,8 +148,10 @@ pub async fn cancel(
     let (ws, access, job) = load(&state, &authed, &params).await?;
     let may_cancel = access.is_admin
         || job.created_by == access.username.as_str()
-        || match &job.script_path {
-            Some(path) => authorize::write(&state, &ws, &access, path).await.is_ok(),
+        || match authorize::runnable_of(&state, &ws, &job).await? {
+            Some((kind, path)) => authorize::write(&state, &ws, &access, kind, &path)
+                .await
+                .is_ok(),
             None => false,
         };
     if !may_cancel {

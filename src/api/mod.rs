@@ -6,6 +6,7 @@ mod authorize;
 mod cancel;
 mod error;
 mod extract;
+mod flows;
 mod folders;
 mod groups;
 mod health;
@@ -76,6 +77,15 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(scripts::list))
         .routes(routes!(scripts::archive))
         .routes(routes!(scripts::delete))
+        .routes(routes!(flows::create))
+        .routes(routes!(flows::update))
+        .routes(routes!(flows::get))
+        .routes(routes!(flows::get_version))
+        .routes(routes!(flows::latest_version))
+        .routes(routes!(flows::history))
+        .routes(routes!(flows::list))
+        .routes(routes!(flows::archive))
+        .routes(routes!(flows::delete))
         .routes(routes!(run_async::run_by_path, probe::run_by_path))
         .routes(routes!(run_async::run_by_hash, probe::run_by_hash))
         .routes(routes!(
@@ -97,6 +107,34 @@ fn documented_routes() -> OpenApiRouter<AppState> {
             run_stream::post_by_hash,
             run_stream::get_by_hash,
             probe::stream_by_hash
+        ))
+        .routes(routes!(
+            run_async::run_flow_by_path,
+            probe::run_flow_by_path
+        ))
+        .routes(routes!(
+            run_async::run_flow_by_version,
+            probe::run_flow_by_version
+        ))
+        .routes(routes!(
+            run_sync::post_flow_by_path,
+            run_sync::get_flow_by_path,
+            probe::wait_flow_by_path
+        ))
+        .routes(routes!(
+            run_sync::post_flow_by_version,
+            run_sync::get_flow_by_version,
+            probe::wait_flow_by_version
+        ))
+        .routes(routes!(
+            run_stream::post_flow_by_path,
+            run_stream::get_flow_by_path,
+            probe::stream_flow_by_path
+        ))
+        .routes(routes!(
+            run_stream::post_flow_by_version,
+            run_stream::get_flow_by_version,
+            probe::stream_flow_by_version
         ))
         .routes(routes!(run_stream::getupdate_sse))
         .routes(routes!(jobs::get_job))

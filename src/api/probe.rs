@@ -37,3 +37,33 @@ probe!(
     "/api/w/{workspace}/jobs/run_and_stream/h/{hash}",
     "hash"
 );
+probe!(
+    run_flow_by_path,
+    "/api/w/{workspace}/jobs/run/f/{*path}",
+    "path"
+);
+probe!(
+    run_flow_by_version,
+    "/api/w/{workspace}/jobs/run/fv/{version}",
+    "version"
+);
+probe!(
+    wait_flow_by_path,
+    "/api/w/{workspace}/jobs/run_wait_result/f/{*path}",
+    "path"
+);
+probe!(
+    wait_flow_by_version,
+    "/api/w/{workspace}/jobs/run_wait_result/fv/{version}",
+    "version"
+);
+probe!(
+    stream_flow_by_path,
+    "/api/w/{workspace}/jobs/run_and_stream/f/{*path}",
+    "path"
+);
+probe!(
+    stream_flow_by_version,
+    "/api/w/{workspace}/jobs/run_and_stream/fv/{version}",
+    "version"
+);

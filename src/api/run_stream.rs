@@ -21,7 +21,9 @@ use super::job_wait::{completed_in_store, JobWatch, Seen};
 use super::jobs::{load, JobPath};
 use super::multipart::RunBody;
 use super::object_storage::ObjectStorage;
-use super::run_async::{resolve_hash, resolve_path, ByHash, ByPath};
+use super::run_async::{
+    resolve_flow_path, resolve_flow_version, resolve_hash, resolve_path, ByHash, ByPath, ByVersion,
+};
 use super::run_sync::{run_request, JOB_ID_HEADER};
 use super::{submit, AppState};
 use crate::domain::{JobId, WorkspaceId};
@@ -93,6 +95,8 @@ async fn pump<S: Stream<Item = JobUpdate>>(
             Ok(Seen::Stream(chunk)) => json!({"type": "update", "new_result_stream": chunk}),
             Ok(Seen::Log(text)) if flavour.logs => json!({"type": "update", "new_logs": text}),
             Ok(Seen::Log(_)) => continue,
+            Ok(Seen::Progress(status)) => json!({"type": "update", "flow_status": status}),
+            Ok(Seen::EarlyReturn(_)) => continue,
             Ok(Seen::Quiet) if tokio::time::Instant::now() >= deadline => continue,
             Ok(Seen::Quiet) => json!({"type": "ping"}),
             Ok(Seen::Completed(completed)) => {
@@ -164,6 +168,38 @@ stream_route!(
     "path",
     ByPath,
     resolve_path
+);
+stream_route!(
+    post_flow_by_path,
+    post,
+    "/api/w/{workspace}/jobs/run_and_stream/f/{*path}",
+    "path",
+    ByPath,
+    resolve_flow_path
+);
+stream_route!(
+    get_flow_by_path,
+    get,
+    "/api/w/{workspace}/jobs/run_and_stream/f/{*path}",
+    "path",
+    ByPath,
+    resolve_flow_path
+);
+stream_route!(
+    post_flow_by_version,
+    post,
+    "/api/w/{workspace}/jobs/run_and_stream/fv/{version}",
+    "version",
+    ByVersion,
+    resolve_flow_version
+);
+stream_route!(
+    get_flow_by_version,
+    get,
+    "/api/w/{workspace}/jobs/run_and_stream/fv/{version}",
+    "version",
+    ByVersion,
+    resolve_flow_version
 );
 stream_route!(
     post_by_hash,

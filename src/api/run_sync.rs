@@ -11,12 +11,14 @@ use serde_json::{Map, Value};
 use super::cancel::cancel_job;
 use super::error::{ApiError, ApiResult};
 use super::extract::Authed;
-use super::job_wait::{JobWatch, Seen};
+use super::job_wait::{Completed, JobWatch, Seen};
 use super::multipart::{RunBody, Uploads};
 use super::object_storage::ObjectStorage;
 use super::request_args::RunOptions;
-use super::run_async::{resolve_hash, resolve_path, ByHash, ByPath};
-use super::run_target::RunTarget;
+use super::run_async::{
+    resolve_flow_path, resolve_flow_version, resolve_hash, resolve_path, ByHash, ByPath, ByVersion,
+};
+use super::run_target::{RunTarget, Runnable};
 use super::{submit, sync_response, AppState};
 use crate::auth::Access;
 use crate::domain::{JobId, WorkspaceId};
@@ -77,6 +79,12 @@ async fn run_and_wait(
     let id = opts.job_id();
     let replies = uploads.kept_if_ok(state.bus().watch_job(id).await)?;
     let mut watch = JobWatch::new(&ws, id, replies);
+    if let Runnable::Flow {
+        early_return: true, ..
+    } = target.runnable
+    {
+        watch = watch.with_early_return();
+    }
     uploads.kept_if_ok(submit::submit(state, &ws, &access, &target, args, &opts).await)?;
     let guard = CancelOnDrop {
         state: state.clone(),
@@ -110,6 +118,13 @@ async fn wait_for_result<S: futures::Stream<Item = crate::queue::bus::JobUpdate>
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match watch.next(state, left).await? {
             Seen::Completed(completed) => break completed,
+            // The flow goes on; the caller has its answer.
+            Seen::EarlyReturn(result) => {
+                break Completed {
+                    success: true,
+                    result,
+                }
+            }
             Seen::Quiet if tokio::time::Instant::now() >= deadline => {
                 guard.armed = false;
                 let secs = limit.as_secs();
@@ -165,6 +180,38 @@ sync_route!(
     "path",
     ByPath,
     resolve_path
+);
+sync_route!(
+    post_flow_by_path,
+    post,
+    "/api/w/{workspace}/jobs/run_wait_result/f/{*path}",
+    "path",
+    ByPath,
+    resolve_flow_path
+);
+sync_route!(
+    get_flow_by_path,
+    get,
+    "/api/w/{workspace}/jobs/run_wait_result/f/{*path}",
+    "path",
+    ByPath,
+    resolve_flow_path
+);
+sync_route!(
+    post_flow_by_version,
+    post,
+    "/api/w/{workspace}/jobs/run_wait_result/fv/{version}",
+    "version",
+    ByVersion,
+    resolve_flow_version
+);
+sync_route!(
+    get_flow_by_version,
+    get,
+    "/api/w/{workspace}/jobs/run_wait_result/fv/{version}",
+    "version",
+    ByVersion,
+    resolve_flow_version
 );
 sync_route!(
     post_by_hash,

@@ -1,6 +1,7 @@
-//! Resolves what a run route names (a path or a hash) into a runnable script version. Path
-//! lookups are cached; every replica drops an entry when `millrace.control.invalidate` says the
-//! path changed, so a new version is what `/run/p` runs right after `create` answers.
+//! Resolves what a run route names (a script path or hash, a flow path or version) into the
+//! version a job will run. Script path lookups are cached; every replica drops an entry when
+//! `millrace.control.invalidate` says the path changed, so a new version is what `/run/p` runs
+//! right after `create` answers. Flow lookups read the store each time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,21 +9,42 @@ use std::time::{Duration, Instant};
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::domain::{RunnablePath, ScriptHash, ScriptLang, WorkspaceId};
+use crate::domain::{JobKind, RunnablePath, ScriptHash, ScriptLang, WorkspaceId};
 use crate::queue::control::Invalidate;
 use crate::store;
 
 /// A safety net for a lost invalidation: entries are also refreshed after this long.
 const TTL: Duration = Duration::from_secs(30);
 
-/// The script version a job will run.
+/// The version a job will run.
 #[derive(Debug, Clone)]
 pub struct RunTarget {
     pub path: RunnablePath,
-    pub hash: ScriptHash,
-    pub language: ScriptLang,
     pub tag: Option<String>,
-    pub timeout_s: Option<i32>,
+    pub runnable: Runnable,
+}
+
+#[derive(Debug, Clone)]
+pub enum Runnable {
+    Script {
+        hash: ScriptHash,
+        language: ScriptLang,
+        timeout_s: Option<i32>,
+    },
+    Flow {
+        version: i64,
+        /// The flow answers sync calls early, with that module's result.
+        early_return: bool,
+    },
+}
+
+impl RunTarget {
+    pub fn kind(&self) -> JobKind {
+        match self.runnable {
+            Runnable::Script { .. } => JobKind::Script,
+            Runnable::Flow { .. } => JobKind::Flow,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -59,11 +81,52 @@ impl ScriptCache {
 fn target_of(script: store::scripts::Script) -> RunTarget {
     RunTarget {
         path: script.path,
-        hash: script.hash,
-        language: script.language,
         tag: script.tag,
-        timeout_s: script.timeout,
+        runnable: Runnable::Script {
+            hash: script.hash,
+            language: script.language,
+            timeout_s: script.timeout,
+        },
     }
+}
+
+fn flow_target(flow: store::flows::Flow) -> ApiResult<RunTarget> {
+    Ok(RunTarget {
+        path: RunnablePath::parse(&flow.path)?,
+        tag: flow.tag,
+        runnable: Runnable::Flow {
+            version: flow.version_id,
+            early_return: flow
+                .value
+                .get("early_return")
+                .is_some_and(|v| v.is_string()),
+        },
+    })
+}
+
+/// The live version of the flow at `path`; 404 when there is none (unknown, archived, deleted).
+pub async fn flow_by_path(
+    state: &AppState,
+    ws: &WorkspaceId,
+    path: &RunnablePath,
+) -> ApiResult<RunTarget> {
+    let flow = store::flows::latest(state.pool(), ws, path)
+        .await?
+        .filter(|f| !f.archived)
+        .ok_or_else(|| ApiError::not_found(format!("flow not found at path {path}")))?;
+    flow_target(flow)
+}
+
+/// Exactly that flow version, archived or not.
+pub async fn flow_by_version(
+    state: &AppState,
+    ws: &WorkspaceId,
+    version: i64,
+) -> ApiResult<RunTarget> {
+    let flow = store::flows::version(state.pool(), ws, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("flow version {version} not found")))?;
+    flow_target(flow)
 }
 
 /// The live version at `path`; 404 when there is none (unknown, archived or deleted).

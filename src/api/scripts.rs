@@ -13,7 +13,7 @@ use super::paths::WorkspacePath;
 use super::AppState;
 use super::{authorize, run_target};
 use crate::auth::{Access, Action};
-use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Tag, WorkspaceId};
+use crate::domain::{JobKind, RunnablePath, ScriptHash, ScriptLang, Tag, WorkspaceId};
 use crate::store::scripts::{self, CreateOutcome, NewScript, Script};
 
 #[derive(Deserialize)]
@@ -82,7 +82,7 @@ pub async fn create(
     let (ws, access) = state.access(&authed, &params.workspace).await?;
     authorize::scope(&access.principal, Action::WriteScripts)?;
     let path = RunnablePath::parse(&body.path)?;
-    authorize::write(&state, &ws, &access, path.as_str()).await?;
+    authorize::write(&state, &ws, &access, JobKind::Script, path.as_str()).await?;
     let language: ScriptLang = body.language.parse().map_err(ApiError::BadRequest)?;
     let parent_hash = body
         .parent_hash
@@ -140,7 +140,7 @@ pub async fn get_by_path(
 ) -> ApiResult<Json<Script>> {
     let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let path = RunnablePath::parse(&params.path)?;
-    authorize::read(&state, &ws, &access, path.as_str()).await?;
+    authorize::read(&state, &ws, &access, JobKind::Script, path.as_str()).await?;
     scripts::latest_by_path(state.pool(), &ws, &path)
         .await?
         .map(Json)
@@ -162,7 +162,7 @@ pub async fn get_by_hash(
     let script = scripts::by_hash(state.pool(), &ws, &hash)
         .await?
         .ok_or_else(not_found)?;
-    authorize::read(&state, &ws, &access, script.path.as_str())
+    authorize::read(&state, &ws, &access, JobKind::Script, script.path.as_str())
         .await
         .map_err(|_| not_found())?;
     Ok(Json(script))
@@ -179,7 +179,7 @@ pub async fn exists(
 ) -> ApiResult<Json<bool>> {
     let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let path = RunnablePath::parse(&params.path)?;
-    if !authorize::can_read(&state, &ws, &access, path.as_str()).await? {
+    if !authorize::can_read(&state, &ws, &access, JobKind::Script, path.as_str()).await? {
         return Ok(Json(false));
     }
     let script = scripts::latest_by_path(state.pool(), &ws, &path).await?;
@@ -204,7 +204,7 @@ pub async fn history(
 ) -> ApiResult<Json<Vec<HistoryItem>>> {
     let (ws, access) = reader(&state, &authed, &params.workspace).await?;
     let path = RunnablePath::parse(&params.path)?;
-    authorize::read(&state, &ws, &access, path.as_str()).await?;
+    authorize::read(&state, &ws, &access, JobKind::Script, path.as_str()).await?;
     let versions = scripts::history(state.pool(), &ws, &path).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!(
@@ -243,7 +243,7 @@ pub async fn list(
     let start = query.path_start.unwrap_or_default();
     let mut visible = Vec::new();
     for script in scripts::list_live(state.pool(), &ws, &start).await? {
-        if authorize::can_read(&state, &ws, &access, script.path.as_str()).await? {
+        if authorize::can_read(&state, &ws, &access, JobKind::Script, script.path.as_str()).await? {
             visible.push(script);
         }
     }
@@ -259,8 +259,8 @@ async fn change_path(
     let (ws, access) = state.access(authed, &params.workspace).await?;
     authorize::scope(&access.principal, Action::WriteScripts)?;
     let path = RunnablePath::parse(&params.path)?;
-    authorize::read(state, &ws, &access, path.as_str()).await?;
-    authorize::write(state, &ws, &access, path.as_str()).await?;
+    authorize::read(state, &ws, &access, JobKind::Script, path.as_str()).await?;
+    authorize::write(state, &ws, &access, JobKind::Script, path.as_str()).await?;
     let touched = match change {
         ScriptChange::Archive => scripts::archive_path(state.pool(), &ws, &path).await?,
         ScriptChange::Delete => scripts::delete_path(state.pool(), &ws, &path).await?,

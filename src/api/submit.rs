@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::request_args::RunOptions;
-use super::run_target::RunTarget;
+use super::run_target::{RunTarget, Runnable};
 use super::AppState;
 use crate::auth::Access;
 use crate::domain::{JobId, JobKind, Tag, WorkspaceId};
@@ -48,14 +48,22 @@ pub async fn submit(
         parent_job: opts.parent_job,
         started_by_token: access.principal.token_id.clone(),
     };
+    let (hash, language, timeout_s, flow_version) = match &target.runnable {
+        Runnable::Script {
+            hash,
+            language,
+            timeout_s,
+        } => (Some(hash.to_string()), Some(*language), *timeout_s, None),
+        Runnable::Flow { version, .. } => (None, None, None, Some(*version)),
+    };
     let mut envelope = JobEnvelope {
         v: envelope::VERSION,
         id,
         workspace: ws.to_string(),
-        kind: JobKind::Script,
+        kind: target.kind(),
         path: Some(target.path.to_string()),
-        hash: Some(target.hash.to_string()),
-        language: Some(target.language),
+        hash,
+        language,
         created_by: access.username.to_string(),
         permissioned_as: access.principal.email.clone(),
         scopes: access
@@ -64,15 +72,21 @@ pub async fn submit(
             .as_ref()
             .map(|scopes| scopes.iter().map(ToString::to_string).collect()),
         tag: tag.to_string(),
-        timeout_s: target.timeout_s,
+        timeout_s,
         scheduled_for,
+        flow_version,
+        flow_step: None,
         record: None,
     };
     let row = NewJobRow::queued(&envelope, &record);
     // A preset id may be taken already, which only the INSERT can tell before anything is
     // published: record, then publish, and without the record, so that only the API creates
-    // the row. A fresh id with small arguments: publish while inserting.
-    if !opts.job_id_preset() && envelope::fits_inline(&record.args) {
+    // the row. A fresh id with small arguments: publish while inserting. A flow's first
+    // transition needs its row, so flows are recorded first too.
+    if !opts.job_id_preset()
+        && target.kind() == JobKind::Script
+        && envelope::fits_inline(&record.args)
+    {
         envelope.record = Some(record);
     }
     let mut event = JobEvent::new(JobEventKind::Queued, &envelope);

@@ -704,7 +704,7 @@ impl Machine<'_> {
         let Some(id) = &def.early_return else {
             return;
         };
-        if state.early_returned {
+        if state.early_result.is_some() {
             return;
         }
         let ended = def
@@ -715,7 +715,7 @@ impl Machine<'_> {
             .and_then(|(_, n)| n.end.as_ref())
             .filter(|e| !e.failed());
         if let Some(end) = ended {
-            state.early_returned = true;
+            state.early_result = Some(end.result.clone());
             self.actions.push(Action::EarlyReturn(end.result.clone()));
         }
     }

@@ -8,6 +8,7 @@
 //! acks the step's JetStream message only after it committed. A redelivered message finds the
 //! transition done (the step's row is completed) and only re-publishes what is still queued.
 
+pub mod driver;
 pub mod expr;
 pub mod machine;
 pub mod model;

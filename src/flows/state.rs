@@ -14,8 +14,9 @@ pub struct FlowState {
     /// The failure module's run, once the flow failed and the definition has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureRun>,
-    #[serde(default)]
-    pub early_returned: bool,
+    /// The `early_return` module's result, once it ended (what a sync caller is answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_result: Option<Value>,
     /// Set when the flow has ended; later events change nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<End>,

@@ -37,6 +37,8 @@ pub enum JobUpdate {
     Started,
     Log(String),
     Stream(String),
+    Progress(serde_json::Value),
+    EarlyReturn(serde_json::Value),
     Done(JobDone),
 }
 
@@ -103,13 +105,21 @@ impl Bus {
     /// Publishes a job and returns its sequence number in the stream once JetStream has
     /// stored it.
     pub async fn publish_job(&self, tag: &Tag, envelope: &JobEnvelope) -> Result<u64, QueueError> {
+        self.publish_job_as(tag, envelope, &envelope.id.to_string())
+            .await
+    }
+
+    /// Publishes a job message under its own deduplication id: a flow's wake-up (the flow job
+    /// again, due later) is not a duplicate of the flow's first message.
+    pub async fn publish_job_as(
+        &self,
+        tag: &Tag,
+        envelope: &JobEnvelope,
+        msg_id: &str,
+    ) -> Result<u64, QueueError> {
         let ack = self
             .js
-            .publish_with_headers(
-                subjects::jobs(tag),
-                msg_id_header(&envelope.id.to_string()),
-                encode(envelope),
-            )
+            .publish_with_headers(subjects::jobs(tag), msg_id_header(msg_id), encode(envelope))
             .await
             .map_err(QueueError::publish)?;
         Ok(ack.await.map_err(QueueError::publish)?.sequence)
@@ -276,6 +286,12 @@ impl Bus {
                 "started" => Some(JobUpdate::Started),
                 "log" => Some(JobUpdate::Log(text())),
                 "stream" => Some(JobUpdate::Stream(text())),
+                "progress" => serde_json::from_slice(&msg.payload)
+                    .ok()
+                    .map(JobUpdate::Progress),
+                "early_return" => serde_json::from_slice(&msg.payload)
+                    .ok()
+                    .map(JobUpdate::EarlyReturn),
                 "done" => serde_json::from_slice(&msg.payload)
                     .ok()
                     .map(JobUpdate::Done),

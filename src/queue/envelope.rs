@@ -11,8 +11,8 @@ use crate::domain::{JobId, JobKind, ScriptLang};
 
 /// Bumped when a field changes meaning. A worker takes envelopes up to its own version and
 /// leaves newer ones in the queue for an upgraded worker, so workers are upgraded first.
-/// Version 2 added `record`.
-pub const VERSION: u32 = 2;
+/// Version 2 added `record`; version 3 flows (`flow_version`, `flow_step`).
+pub const VERSION: u32 = 3;
 
 /// Serialized arguments up to this size travel in the envelope.
 pub const INLINE_ARGS_MAX: usize = 64 * 1024;
@@ -34,9 +34,26 @@ pub struct JobEnvelope {
     pub tag: String,
     pub timeout_s: Option<i32>,
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// The version a flow job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_version: Option<i64>,
+    /// Set on a flow's step job: which flow and module it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_step: Option<FlowStep>,
     /// The rest of the job's row, when its arguments are small enough to travel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<QueuedRecord>,
+}
+
+/// A step job's place in its flow. The step's code is the module `step_id` of the flow version
+/// (a `rawscript`), or the script version in `hash`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowStep {
+    pub flow_job: JobId,
+    pub root_job: JobId,
+    pub flow_path: String,
+    pub flow_version: i64,
+    pub step_id: String,
 }
 
 /// What, besides the fields above, a worker needs to write the job's row itself.

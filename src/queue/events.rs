@@ -45,6 +45,11 @@ pub struct JobEvent {
     pub hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_version: Option<i64>,
+    /// A flow step's flow and root flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_job: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_job: Option<JobId>,
     pub created_by: String,
     pub at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,7 +74,9 @@ impl JobEvent {
             job_kind: envelope.kind.as_str().to_owned(),
             path: envelope.path.clone(),
             hash: envelope.hash.clone(),
-            flow_version: None,
+            flow_version: envelope.flow_version,
+            parent_job: envelope.flow_step.as_ref().map(|s| s.flow_job),
+            root_job: envelope.flow_step.as_ref().map(|s| s.root_job),
             created_by: envelope.created_by.clone(),
             at: Utc::now(),
             success: None,

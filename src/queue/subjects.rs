@@ -21,6 +21,10 @@ pub enum JobReply {
     Started,
     Log,
     Stream,
+    /// A flow's `flow_status` after a transition.
+    Progress,
+    /// A flow's `early_return` result, before the flow ends.
+    EarlyReturn,
     Done,
 }
 
@@ -29,6 +33,8 @@ pub fn job_reply(id: JobId, reply: JobReply) -> String {
         JobReply::Started => "started",
         JobReply::Log => "log",
         JobReply::Stream => "stream",
+        JobReply::Progress => "progress",
+        JobReply::EarlyReturn => "early_return",
         JobReply::Done => "done",
     };
     format!("millrace.job.{id}.{suffix}")

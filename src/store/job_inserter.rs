@@ -30,6 +30,11 @@ pub struct NewJobRow {
     pub timeout_s: Option<i32>,
     pub parent_job: Option<Uuid>,
     pub started_by_token: Option<String>,
+    pub flow_version: Option<i64>,
+    /// For a flow's step: its root flow, module id and unique place in the run.
+    pub root_job: Option<Uuid>,
+    pub flow_step_id: Option<String>,
+    pub flow_step_key: Option<String>,
 }
 
 impl NewJobRow {
@@ -51,6 +56,10 @@ impl NewJobRow {
             timeout_s: envelope.timeout_s,
             parent_job: record.parent_job,
             started_by_token: record.started_by_token.clone(),
+            flow_version: envelope.flow_version,
+            root_job: None,
+            flow_step_id: None,
+            flow_step_key: None,
         }
     }
 }
@@ -142,27 +151,36 @@ fn outcome(inserted: &[Uuid], row: &NewJobRow) -> InsertOutcome {
 /// One INSERT for the whole batch (a statement each connection prepares once); returns the ids
 /// actually inserted.
 async fn insert_batch(pool: &Pool, rows: &[NewJobRow]) -> Result<Vec<Uuid>, StoreError> {
+    let mut conn = pool.get().await?;
+    let statement = conn.prepared(INSERT, &[]).await?;
+    Ok(run_insert(&**conn, &statement, rows).await?)
+}
+
+pub(super) const INSERT: &str =
+    "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args, created_by,
+                       permissioned_as, created_at, scheduled_for, language, tag, timeout_s,
+                       parent_job, started_by_token, flow_version, root_job, flow_step_id,
+                       flow_step_key, status)
+     SELECT *, 'queued' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[],
+                                    $10::timestamptz[], $11::text[], $12::text[], $13::int4[],
+                                    $14::uuid[], $15::text[], $16::int8[], $17::uuid[],
+                                    $18::text[], $19::text[])
+     ON CONFLICT DO NOTHING
+     RETURNING id";
+
+/// Runs [`INSERT`] for `rows` on a client or inside a transaction.
+pub(super) async fn run_insert(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    rows: &[NewJobRow],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     fn col<'a, T>(rows: &'a [NewJobRow], f: impl Fn(&'a NewJobRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    let mut conn = pool.get().await?;
-    let statement = conn
-        .prepared(
-            "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args,
-                               created_by, permissioned_as, created_at, scheduled_for,
-                               language, tag, timeout_s, parent_job, started_by_token, status)
-             SELECT *, 'queued' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
-                                            $5::text[], $6::jsonb[], $7::text[], $8::text[],
-                                            $9::timestamptz[], $10::timestamptz[], $11::text[],
-                                            $12::text[], $13::int4[], $14::uuid[], $15::text[])
-             ON CONFLICT (id) DO NOTHING
-             RETURNING id",
-            &[],
-        )
-        .await?;
-    let inserted = conn
+    let inserted = client
         .query(
-            &statement,
+            statement,
             &[
                 &col(rows, |r| r.id),
                 &col(rows, |r| &r.workspace_id),
@@ -179,6 +197,10 @@ async fn insert_batch(pool: &Pool, rows: &[NewJobRow]) -> Result<Vec<Uuid>, Stor
                 &col(rows, |r| r.timeout_s),
                 &col(rows, |r| r.parent_job),
                 &col(rows, |r| &r.started_by_token),
+                &col(rows, |r| r.flow_version),
+                &col(rows, |r| r.root_job),
+                &col(rows, |r| &r.flow_step_id),
+                &col(rows, |r| &r.flow_step_key),
             ],
         )
         .await?;

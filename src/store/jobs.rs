@@ -44,6 +44,10 @@ pub struct JobRecord {
     pub worker: Option<String>,
     pub attempts: i32,
     pub flow_status: Option<Value>,
+    /// A flow step's flow, its root flow, and its module id.
+    pub parent_job: Option<Uuid>,
+    pub root_job: Option<Uuid>,
+    pub flow_step_id: Option<String>,
     #[serde(skip)]
     pub status: JobStatus,
     #[serde(skip)]
@@ -55,7 +59,7 @@ pub struct JobRecord {
 const COLUMNS: &str = "id, workspace_id, job_kind, script_path, script_hash, flow_version, args, \
     created_by, created_at, scheduled_for, started_at, completed_at, duration_ms, status, \
     canceled_by, canceled_reason, result, logs, language, tag, worker, attempts, flow_status, \
-    permissioned_as, started_by_token";
+    permissioned_as, started_by_token, parent_job, root_job, flow_step_id";
 
 fn from_row(row: &Row) -> JobRecord {
     let status = JobStatus::parse(row.get(13)).unwrap_or(JobStatus::Failure);
@@ -93,6 +97,9 @@ fn from_row(row: &Row) -> JobRecord {
         status,
         permissioned_as: row.get(23),
         started_by_token: row.get(24),
+        parent_job: row.get(25),
+        root_job: row.get(26),
+        flow_step_id: row.get(27),
     }
 }
 
@@ -105,6 +112,22 @@ pub async fn get(
     let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND workspace_id = $2");
     let row = conn.query_opt(&sql, &[&id, &ws.as_str()]).await?;
     Ok(row.as_ref().map(from_row))
+}
+
+/// A running flow's `early_return` result, once its module ended.
+pub async fn early_result(
+    pool: &Pool,
+    ws: &WorkspaceId,
+    id: JobId,
+) -> Result<Option<Value>, StoreError> {
+    let conn = pool.get().await?;
+    let row = conn
+        .query_opt(
+            "SELECT flow_state -> 'early_result' FROM jobs WHERE id = $1 AND workspace_id = $2",
+            &[&id, &ws.as_str()],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
 }
 
 /// Filters of the Runs list (SPEC §2), already parsed.
@@ -314,11 +337,7 @@ pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result
     let mut conn = pool.get().await?;
     let statement = conn
         .prepared(
-            "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5,
-                             completed_at = now(),
-                             canceled_by = COALESCE($6, canceled_by),
-                             canceled_reason = COALESCE($7, canceled_reason)
-             WHERE id = $1 AND status IN ('queued', 'running')",
+            COMPLETE,
             &[
                 Type::UUID,
                 Type::TEXT,
@@ -346,6 +365,12 @@ pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result
         .await?;
     Ok(updated == 1)
 }
+
+pub(super) const COMPLETE: &str =
+    "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5, completed_at = now(),
+                     canceled_by = COALESCE($6, canceled_by),
+                     canceled_reason = COALESCE($7, canceled_reason)
+     WHERE id = $1 AND status IN ('queued', 'running')";
 
 /// What a cancel request found.
 #[derive(Debug)]

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "job_status_updates",
         include_str!("../../migrations/0005_job_status_updates.sql"),
     ),
+    (6, "flows", include_str!("../../migrations/0006_flows.sql")),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

@@ -3,6 +3,8 @@
 
 pub mod acl;
 mod connections;
+pub mod flow_runs;
+pub mod flows;
 mod job_inserter;
 pub mod jobs;
 pub mod migrate;

@@ -9,11 +9,12 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::context::WorkerContext;
+use super::context::{ScriptCode, WorkerContext};
 use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use crate::auth::job_token::{self, JobClaims};
-use crate::domain::{canceled_result, JobStatus};
+use crate::domain::{canceled_result, JobKind, JobStatus};
+use crate::flows::driver::DriverError;
 use crate::queue::consume::{Delivery, Unusable};
 use crate::queue::envelope::JobEnvelope;
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
@@ -63,7 +64,10 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
     // From the first store call to the last: a delivery that is slow to start (the database
     // is down) or to be recorded must not be handed to another worker meanwhile.
     let keepalive = spawn_progress(&delivery, ctx.settings.ack_wait);
-    let settle = run_delivery(&ctx, &delivery, &envelope).await;
+    let settle = match envelope.kind {
+        JobKind::Flow => advance_flow(&ctx, &envelope).await,
+        JobKind::Script => run_delivery(&ctx, &delivery, &envelope).await,
+    };
     drop(keepalive);
     ctx.unregister(id);
     drop(slot);
@@ -76,6 +80,18 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
         Settle::Abandon => tracing::warn!(job = %id, "left for redelivery"),
         Settle::RetryLater => {
             let _ = delivery.retry_after(START_RETRY).await;
+        }
+    }
+}
+
+/// A flow job's message: its first transition, or a wake-up. Nothing runs here; the flow's
+/// steps are jobs of their own.
+async fn advance_flow(ctx: &WorkerContext, envelope: &JobEnvelope) -> Settle {
+    match ctx.flows.on_flow_message(envelope).await {
+        Ok(()) => Settle::Ack,
+        Err(e) => {
+            tracing::warn!(flow = %envelope.id, error = %e, "flow transition failed; retrying");
+            Settle::RetryLater
         }
     }
 }
@@ -95,8 +111,20 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
     .await
     {
         Ok(Some(started)) => started,
-        // Completed already: cancelled while queued, or finished by an earlier delivery.
-        Ok(None) => return Settle::Ack,
+        // Completed already: cancelled while queued, or finished by an earlier delivery (whose
+        // worker may have died before publishing what its flow enqueued next).
+        Ok(None) => {
+            let Some(step) = &envelope.flow_step else {
+                return Settle::Ack;
+            };
+            return match ctx.flows.on_step_redelivered(step, envelope.id).await {
+                Ok(()) => Settle::Ack,
+                Err(e) => {
+                    tracing::warn!(job = %envelope.id, error = %e, "flow step reconciliation failed");
+                    Settle::RetryLater
+                }
+            };
+        }
         Err(e) => {
             tracing::warn!(job = %envelope.id, error = %e,
                 "could not mark the job running; handing it back");
@@ -156,22 +184,7 @@ async fn execute(
     cancel: &tokio_util::sync::CancellationToken,
     logs: &process::SharedLogs,
 ) -> Result<Result<Value, ScriptError>, ScriptError> {
-    let (Some(ws), Some(hash)) = (Some(&envelope.workspace), envelope.hash.as_deref()) else {
-        return Err(ScriptError::new(
-            "WorkerError",
-            "the job names no script version",
-        ));
-    };
-    let code = ctx
-        .script(ws, hash)
-        .await
-        .map_err(|e| ScriptError::new("WorkerError", format!("cannot load the script: {e}")))?
-        .ok_or_else(|| {
-            ScriptError::new(
-                "NotFound",
-                format!("script version {hash} no longer exists"),
-            )
-        })?;
+    let code = code_of(ctx, envelope).await?;
     let dir = tempfile::Builder::new()
         .prefix("millrace-job-")
         .tempdir()
@@ -213,6 +226,49 @@ async fn execute(
     })
 }
 
+/// The script version the job names, or its flow step's inline code.
+async fn code_of(
+    ctx: &WorkerContext,
+    envelope: &JobEnvelope,
+) -> Result<Arc<ScriptCode>, ScriptError> {
+    let cannot_load = |e: crate::store::StoreError| {
+        ScriptError::new("WorkerError", format!("cannot load the script: {e}"))
+    };
+    if let Some(hash) = envelope.hash.as_deref() {
+        return ctx
+            .script(&envelope.workspace, hash)
+            .await
+            .map_err(cannot_load)?
+            .ok_or_else(|| {
+                ScriptError::new(
+                    "NotFound",
+                    format!("script version {hash} no longer exists"),
+                )
+            });
+    }
+    let Some(step) = &envelope.flow_step else {
+        return Err(ScriptError::new(
+            "WorkerError",
+            "the job names no script version",
+        ));
+    };
+    let (language, content) = ctx
+        .flows
+        .step_code(&envelope.workspace, step)
+        .await
+        .map_err(cannot_load)?
+        .ok_or_else(|| {
+            ScriptError::new(
+                "NotFound",
+                format!(
+                    "module {} of flow version {} no longer exists",
+                    step.step_id, step.flow_version
+                ),
+            )
+        })?;
+    Ok(Arc::new(ScriptCode { language, content }))
+}
+
 /// The documented environment of a job (SPEC §5); nothing of the worker's own leaks in.
 fn job_env(
     ctx: &WorkerContext,
@@ -235,7 +291,7 @@ fn job_env(
         },
     );
     let home = dir.display().to_string();
-    vec![
+    let mut env = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("HOME".into(), home.clone()),
         ("TMPDIR".into(), home),
@@ -254,7 +310,16 @@ fn job_env(
             ctx.settings.base_internal_url.clone(),
         ),
         ("WM_BASE_URL".into(), ctx.settings.base_url.clone()),
-    ]
+    ];
+    if let Some(step) = &envelope.flow_step {
+        env.extend([
+            ("WM_FLOW_JOB_ID".into(), step.flow_job.to_string()),
+            ("WM_ROOT_FLOW_JOB_ID".into(), step.root_job.to_string()),
+            ("WM_FLOW_PATH".into(), step.flow_path.clone()),
+            ("WM_FLOW_STEP_ID".into(), step.step_id.clone()),
+        ]);
+    }
+    env
 }
 
 /// Keeps JetStream from redelivering a job that is still running.
@@ -407,12 +472,37 @@ async fn finish(
         canceled_by: outcome.canceled_by,
         canceled_reason: outcome.canceled_reason,
     };
-    match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
+    let unpublished = std::sync::atomic::AtomicBool::new(false);
+    let recorded =
+        match &envelope.flow_step {
+            None => retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await,
+            // The step's end and the transition it triggers commit together.
+            Some(step) => retry_store(|| async {
+                match ctx.flows.on_step_end(step, envelope.id, &completion).await {
+                    Ok(recorded) => Ok(recorded),
+                    Err(DriverError::Store(e)) => Err(e),
+                    Err(DriverError::Queue(e)) => {
+                        tracing::warn!(job = %envelope.id, error = %e, "flow step publish failed");
+                        unpublished.store(true, std::sync::atomic::Ordering::Relaxed);
+                        Ok(true)
+                    }
+                }
+            })
+            .await,
+        };
+    match recorded {
         Ok(true) => {}
         // Another delivery recorded it first: nothing more to announce.
         Ok(false) => return Settle::Ack,
         Err(_) => return Settle::Abandon,
     }
+    // Committed, but what the flow enqueued was not published: a quick redelivery of this
+    // message publishes it again.
+    let settle = if unpublished.into_inner() {
+        Settle::RetryLater
+    } else {
+        Settle::Ack
+    };
     let done = JobDone::new(
         envelope.id,
         completion.status == JobStatus::Success,
@@ -436,7 +526,7 @@ async fn finish(
     if let Err(e) = ctx.bus.publish_event(&event).await {
         tracing::warn!(job = %envelope.id, error = %e, "terminal event not published");
     }
-    Settle::Ack
+    settle
 }
 
 /// Retries a store call while the database is unavailable (up to ~30 s), so a short outage

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::runtimes::Runtimes;
 use crate::domain::{JobId, ScriptHash, ScriptLang, WorkspaceId};
+use crate::flows::driver::FlowDriver;
 use crate::queue::control::CancelJob;
 use crate::queue::Bus;
 use crate::store::{self, Pool, StoreError};
@@ -43,6 +44,8 @@ pub struct WorkerContext {
     pub bus: Bus,
     pub runtimes: Runtimes,
     pub job_key: Vec<u8>,
+    /// Runs flow transitions: flow jobs, and the ends of flow steps.
+    pub flows: FlowDriver,
     running: Mutex<HashMap<JobId, Running>>,
     scripts: Mutex<HashMap<(String, String), Arc<ScriptCode>>>,
 }
@@ -55,7 +58,9 @@ impl WorkerContext {
         runtimes: Runtimes,
         job_key: Vec<u8>,
     ) -> Self {
+        let flows = FlowDriver::new(pool.clone(), bus.clone(), settings.worker_name.clone());
         Self {
+            flows,
             settings,
             pool,
             bus,

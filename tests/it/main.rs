@@ -4,6 +4,7 @@ mod common;
 
 mod bad_input;
 mod events;
+mod flows;
 mod identity;
 mod jobs_api;
 mod openapi;

@@ -498,6 +498,57 @@ impl TestEnv {
             .text
     }
 
+    /// Creates the flow at `path`, or adds a version to it; returns the version id.
+    pub async fn flow(&self, path: &str, value: Value) -> i64 {
+        self.flow_with(path, json!({"value": value})).await
+    }
+
+    /// Like [`TestEnv::flow`] with the whole body (`value`, `schema`, `summary`…).
+    pub async fn flow_with(&self, path: &str, mut body: Value) -> i64 {
+        body["path"] = json!(path);
+        let exists = self
+            .get(&format!("/api/w/{WS}/flows/get/{path}"), &self.token)
+            .await
+            .status
+            == 200;
+        if exists {
+            self.post(
+                &format!("/api/w/{WS}/flows/update/{path}"),
+                &self.token,
+                body,
+            )
+            .await
+            .expect(200);
+        } else {
+            self.post(&format!("/api/w/{WS}/flows/create"), &self.token, body)
+                .await
+                .expect(201);
+        }
+        self.get(
+            &format!("/api/w/{WS}/flows/get_latest_version/{path}"),
+            &self.token,
+        )
+        .await
+        .expect(200)
+        .json()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Runs the flow at `path` asynchronously; returns the job id.
+    pub async fn run_flow(&self, path: &str, args: Value) -> String {
+        self.post(&format!("/api/w/{WS}/jobs/run/f/{path}"), &self.token, args)
+            .await
+            .expect(201)
+            .text
+    }
+
+    /// Runs the flow and waits; returns `get_result_maybe`'s answer.
+    pub async fn run_flow_done(&self, path: &str, args: Value) -> Value {
+        let id = self.run_flow(path, args).await;
+        self.wait(&id, Duration::from_secs(60)).await
+    }
+
     /// Runs the script at `path` asynchronously; returns the job id.
     pub async fn run(&self, path: &str, args: Value) -> String {
         self.post(&format!("/api/w/{WS}/jobs/run/p/{path}"), &self.token, args)

@@ -1,0 +1,758 @@
+//! The impure half of flows: runs one transition of the state machine as one PostgreSQL
+//! transaction, then publishes what it decided. Any worker runs transitions, for any flow:
+//! - a flow job's message starts the flow (or, redelivered or sent again later, wakes it);
+//! - a step's end is recorded by the worker that ran it, in the same transaction as the
+//!   transition it triggers; the step's own JetStream message is acked only after the commit,
+//!   so a worker dying in between leaves the message to be redelivered;
+//! - a redelivered step message finds its row completed: the transition is applied if it is not
+//!   in the state yet (a step cancelled while queued), and the flow's queued steps are published
+//!   again (the step jobs are rows before they are messages: the rows are the outbox).
+//!
+//! Step jobs are inserted with a key unique per flow (module path, iteration, attempt), so a
+//! transition can never enqueue the same step twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::machine::{self, Action, Event, NewStep, StepDone};
+use super::model::{FlowDef, ModuleKind};
+use super::state::FlowState;
+use super::status::flow_status;
+use crate::domain::{
+    canceled_result, JobId, JobKind, JobStatus, RunnablePath, ScriptHash, ScriptLang, Tag,
+    WorkspaceId,
+};
+use crate::queue::envelope::{self, FlowStep, JobEnvelope};
+use crate::queue::events::{JobDone, JobEvent, JobEventKind};
+use crate::queue::subjects::JobReply;
+use crate::queue::{Bus, QueueError};
+use crate::store::flow_runs::{self, CanceledStep, FlowEnd, FlowJob, FlowRun, QueuedStep};
+use crate::store::jobs::Completion;
+use crate::store::{self, NewJobRow, Pool, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Nothing was committed: the trigger must be delivered again.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The transition committed, but publishing what it enqueued failed: a redelivery of the
+    /// trigger publishes it again.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What the driver keeps in the flow job's `flow_state`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    #[serde(flatten)]
+    machine: FlowState,
+    /// The triggering token's scopes: every step's own token may do no more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scopes: Option<Vec<String>>,
+}
+
+/// An immutable flow version, as transitions need it.
+struct Version {
+    def: FlowDef,
+    schema: Option<Value>,
+}
+
+pub struct FlowDriver {
+    pool: Pool,
+    bus: Bus,
+    worker: String,
+    versions: Mutex<HashMap<(String, i64), Arc<Version>>>,
+}
+
+/// What started the transition.
+enum Trigger<'a> {
+    /// The flow job's own message: a start, or a wake-up.
+    Message { scopes: Option<Vec<String>> },
+    /// A step ended on this worker: record it.
+    StepEnded {
+        step: JobId,
+        completion: &'a Completion,
+    },
+    /// A step's message came back and its row is completed already.
+    StepRedelivered { step: JobId },
+}
+
+/// Everything a transition decided, to publish once it committed.
+#[derive(Default)]
+struct Effects {
+    started: bool,
+    steps: Vec<QueuedStep>,
+    /// Queued steps that ended as cancelled, and running ones to kill.
+    canceled_now: Vec<CanceledStep>,
+    to_kill: Vec<JobId>,
+    cancel_by: String,
+    cancel_reason: Option<String>,
+    cancel_result: Value,
+    wake_at: Option<chrono::DateTime<Utc>>,
+    early_return: Option<Value>,
+    end: Option<FlowEnd>,
+    status: Value,
+    /// The flow's scopes, which its steps' envelopes carry.
+    scopes: Option<Vec<String>>,
+}
+
+impl FlowDriver {
+    pub fn new(pool: Pool, bus: Bus, worker: String) -> Self {
+        Self {
+            pool,
+            bus,
+            worker,
+            versions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A flow job's message: starts the flow the first time, wakes it later. Ack when `Ok`.
+    pub async fn on_flow_message(&self, envelope: &JobEnvelope) -> Result<(), DriverError> {
+        let trigger = Trigger::Message {
+            scopes: envelope.scopes.clone(),
+        };
+        self.transition(envelope.id, trigger).await
+    }
+
+    /// A step ended on this worker: records it and advances its flow in one transaction.
+    /// False when the step had ended already (another delivery recorded it).
+    pub async fn on_step_end(
+        &self,
+        step: &FlowStep,
+        id: JobId,
+        completion: &Completion,
+    ) -> Result<bool, DriverError> {
+        let trigger = Trigger::StepEnded {
+            step: id,
+            completion,
+        };
+        let recorded = self.transition_checked(step.flow_job, trigger).await?;
+        Ok(recorded)
+    }
+
+    /// A step's message came back although its row is completed: makes sure its flow saw it,
+    /// and publishes the flow's queued steps again.
+    pub async fn on_step_redelivered(&self, step: &FlowStep, id: JobId) -> Result<(), DriverError> {
+        self.transition(step.flow_job, Trigger::StepRedelivered { step: id })
+            .await
+    }
+
+    async fn transition(&self, flow: JobId, trigger: Trigger<'_>) -> Result<(), DriverError> {
+        self.transition_checked(flow, trigger).await.map(drop)
+    }
+
+    /// Runs one transition; true unless a step end to record had been recorded already.
+    async fn transition_checked(
+        &self,
+        flow: JobId,
+        trigger: Trigger<'_>,
+    ) -> Result<bool, DriverError> {
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        let Some(mut run) = flow_runs::lock(&mut conn, flow).await? else {
+            tracing::warn!(flow = %flow, "no such flow job; dropping the message");
+            return Ok(true);
+        };
+        let (event, recorded) = match &trigger {
+            Trigger::Message { .. } if run.flow.status == JobStatus::Queued => {
+                run.mark_started(&self.worker).await?;
+                (Some(Event::Start), true)
+            }
+            Trigger::Message { .. } => (Some(Event::Wake), true),
+            Trigger::StepEnded { step, completion } => {
+                if run.complete_step(*step, completion).await? {
+                    let done = StepDone {
+                        job: *step,
+                        success: completion.status == JobStatus::Success,
+                        canceled: completion.status == JobStatus::Canceled,
+                        result: completion.result.clone(),
+                    };
+                    (Some(Event::StepDone(done)), true)
+                } else {
+                    (self.recorded_end(&run, *step).await?, false)
+                }
+            }
+            Trigger::StepRedelivered { step } => (self.recorded_end(&run, *step).await?, true),
+        };
+        let scopes = match &trigger {
+            Trigger::Message { scopes } => scopes.clone(),
+            _ => None,
+        };
+        let flow_job = run.flow.clone();
+        let effects = match (event, flow_job.status.is_completed()) {
+            (Some(event), false) => {
+                let (effects, state) = self.apply(&mut run, event, scopes).await?;
+                run.save(Some(&state), Some(&effects.status), effects.end.as_ref())
+                    .await?;
+                effects
+            }
+            // Ended already (cancelled, say): only the step's own end was recorded.
+            _ => {
+                run.commit_steps().await?;
+                Effects {
+                    scopes: saved_scopes(&flow_job),
+                    ..Effects::default()
+                }
+            }
+        };
+        drop(conn);
+        let scopes = effects.scopes.clone();
+        self.publish(&flow_job, effects).await?;
+        if let Trigger::StepRedelivered { .. } | Trigger::Message { .. } = trigger {
+            self.republish_queued(&flow_job, &scopes).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// The end of a step as its row records it, as an event (`None` while it has not ended).
+    async fn recorded_end(
+        &self,
+        run: &FlowRun<'_>,
+        step: JobId,
+    ) -> Result<Option<Event>, StoreError> {
+        Ok(run.step(step).await?.and_then(|(status, result)| {
+            status.is_completed().then(|| {
+                Event::StepDone(StepDone {
+                    job: step,
+                    success: status == JobStatus::Success,
+                    canceled: status == JobStatus::Canceled,
+                    result,
+                })
+            })
+        }))
+    }
+
+    /// Applies `event` (and what resolving its new steps gives back); returns what to publish
+    /// and the state to save.
+    async fn apply(
+        &self,
+        run: &mut FlowRun<'_>,
+        event: Event,
+        scopes: Option<Vec<String>>,
+    ) -> Result<(Effects, Value), DriverError> {
+        let flow = run.flow.clone();
+        let mut effects = Effects {
+            started: matches!(event, Event::Start),
+            ..Effects::default()
+        };
+        let mut saved: Saved = flow
+            .state
+            .as_ref()
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        if effects.started {
+            saved.scopes = scopes;
+        }
+        effects.scopes = saved.scopes.clone();
+        let ws = WorkspaceId::parse(&flow.workspace_id)
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let Some(version) = self.version(&ws, flow.flow_version).await? else {
+            return Ok(end_now(
+                effects,
+                "NotFound",
+                "the flow version no longer exists".into(),
+            ));
+        };
+        if effects.started {
+            if let Some(missing) = missing_arguments(version.schema.as_ref(), &flow.args) {
+                let message = format!("missing required argument(s): {}", missing.join(", "));
+                return Ok(end_now(effects, "MissingArguments", message));
+            }
+        }
+        let mut events = vec![event];
+        let mut rows = Vec::new();
+        let mut cancels = Vec::new();
+        while let Some(event) = events.pop() {
+            let actions = apply_blocking(&version, &mut saved.machine, &flow.args, event).await;
+            for action in actions {
+                match action {
+                    Action::Enqueue(step) => match self.step_row(&flow, &version.def, &step).await?
+                    {
+                        Ok(row) => rows.push(row),
+                        // The script is gone: the step fails without running.
+                        Err(result) => events.push(Event::StepDone(StepDone {
+                            job: step.job,
+                            success: false,
+                            canceled: false,
+                            result,
+                        })),
+                    },
+                    Action::Cancel(job) => cancels.push(job),
+                    Action::WakeAt(at) => {
+                        effects.wake_at = Some(effects.wake_at.map_or(at, |w| w.min(at)))
+                    }
+                    Action::EarlyReturn(result) => effects.early_return = Some(result),
+                    Action::Finish { success, result } => {
+                        effects.end = Some(FlowEnd {
+                            status: if success {
+                                JobStatus::Success
+                            } else {
+                                JobStatus::Failure
+                            },
+                            result,
+                            canceled_by: None,
+                            canceled_reason: None,
+                        })
+                    }
+                }
+            }
+        }
+        run.insert_steps(&rows).await?;
+        let reason = Some(NOT_NEEDED);
+        let result = canceled_result(reason, &flow.created_by);
+        let (now, kill) = run
+            .cancel_steps(&cancels, &flow.created_by, reason, &result)
+            .await?;
+        effects.canceled_now = now;
+        effects.to_kill = kill;
+        effects.cancel_by = flow.created_by.clone();
+        effects.cancel_reason = reason.map(str::to_owned);
+        effects.cancel_result = result;
+        effects.steps = rows.iter().map(queued_step).collect();
+        effects.status = flow_status(&version.def, &saved.machine);
+        let state = serde_json::to_value(&saved).expect("the flow state serialises");
+        Ok((effects, state))
+    }
+
+    /// The row of a new step job, or the error result of a step whose script is gone.
+    async fn step_row(
+        &self,
+        flow: &FlowJob,
+        def: &FlowDef,
+        step: &NewStep,
+    ) -> Result<Result<NewJobRow, Value>, StoreError> {
+        let module = def
+            .find(&step.module_id)
+            .expect("the machine names modules of its flow");
+        let ws = WorkspaceId::parse(&flow.workspace_id)
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let flow_path = flow.path.clone().unwrap_or_default();
+        let (path, hash, language, tag, timeout) = match &module.kind {
+            ModuleKind::RawScript { language, tag, .. } => (
+                format!("{flow_path}/{}", module.id),
+                None,
+                *language,
+                tag.as_ref().map(Tag::to_string),
+                None,
+            ),
+            ModuleKind::Script {
+                path, hash, tag, ..
+            } => {
+                let Some(script) = self.script(&ws, path, hash.as_ref()).await? else {
+                    let which = hash
+                        .as_ref()
+                        .map_or_else(|| path.to_string(), |h| format!("{path} ({h})"));
+                    return Ok(Err(json!({"error": {
+                        "name": "NotFound",
+                        "message": format!("module {}: script {which} not found", module.id),
+                        "step_id": module.id,
+                    }})));
+                };
+                (
+                    path.to_string(),
+                    Some(script.hash.to_string()),
+                    script.language,
+                    tag.as_ref().map(Tag::to_string).or(script.tag),
+                    script.timeout,
+                )
+            }
+            _ => unreachable!("only step modules are enqueued"),
+        };
+        Ok(Ok(NewJobRow {
+            id: step.job,
+            workspace_id: flow.workspace_id.clone(),
+            job_kind: JobKind::Script.as_str().to_owned(),
+            script_path: Some(path),
+            script_hash: hash,
+            args: Value::Object(step.args.clone()),
+            created_by: flow.created_by.clone(),
+            permissioned_as: flow.permissioned_as.clone(),
+            created_at: Utc::now(),
+            scheduled_for: step.scheduled_for,
+            language: Some(language.as_str().to_owned()),
+            tag: tag.unwrap_or_else(|| flow.tag.clone()),
+            timeout_s: step.timeout_s.or(timeout),
+            parent_job: Some(flow.id),
+            started_by_token: flow.started_by_token.clone(),
+            flow_version: None,
+            root_job: Some(flow.id),
+            flow_step_id: Some(module.id.clone()),
+            flow_step_key: Some(step.key.clone()),
+        }))
+    }
+
+    async fn script(
+        &self,
+        ws: &WorkspaceId,
+        path: &RunnablePath,
+        hash: Option<&ScriptHash>,
+    ) -> Result<Option<store::scripts::Script>, StoreError> {
+        Ok(match hash {
+            Some(hash) => store::scripts::by_hash(&self.pool, ws, hash)
+                .await?
+                .filter(|s| &s.path == path),
+            None => store::scripts::latest_by_path(&self.pool, ws, path)
+                .await?
+                .filter(|s| !s.archived),
+        })
+    }
+
+    /// The language and code of a `rawscript` step.
+    pub async fn step_code(
+        &self,
+        ws: &str,
+        step: &FlowStep,
+    ) -> Result<Option<(ScriptLang, String)>, StoreError> {
+        let Ok(ws) = WorkspaceId::parse(ws) else {
+            return Ok(None);
+        };
+        let Some(version) = self.version(&ws, Some(step.flow_version)).await? else {
+            return Ok(None);
+        };
+        Ok(match version.def.find(&step.step_id).map(|m| &m.kind) {
+            Some(ModuleKind::RawScript {
+                language, content, ..
+            }) => Some((*language, content.clone())),
+            _ => None,
+        })
+    }
+
+    /// A flow version, from the cache (versions never change) or the store.
+    async fn version(
+        &self,
+        ws: &WorkspaceId,
+        id: Option<i64>,
+    ) -> Result<Option<Arc<Version>>, StoreError> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let key = (ws.to_string(), id);
+        if let Some(version) = self.versions.lock().expect("versions lock").get(&key) {
+            return Ok(Some(version.clone()));
+        }
+        let Some(flow) = store::flows::version(&self.pool, ws, id).await? else {
+            return Ok(None);
+        };
+        let Ok(def) = FlowDef::parse(&flow.value) else {
+            // Checked when saved; a version that no longer parses cannot run.
+            return Ok(None);
+        };
+        let version = Arc::new(Version {
+            def,
+            schema: flow.schema,
+        });
+        self.versions
+            .lock()
+            .expect("versions lock")
+            .insert(key, version.clone());
+        Ok(Some(version))
+    }
+
+    /// Publishes what a committed transition decided.
+    async fn publish(&self, flow: &FlowJob, effects: Effects) -> Result<(), DriverError> {
+        let template = flow_envelope(flow, None);
+        if effects.started {
+            let _ = self
+                .bus
+                .publish_reply(flow.id, JobReply::Started, "{}".into())
+                .await;
+            self.bus
+                .publish_event_unconfirmed(&JobEvent::new(JobEventKind::Started, &template))
+                .await;
+        }
+        for step in &effects.steps {
+            let envelope = self.step_envelope(flow, &effects.scopes, step);
+            self.bus.publish_job(&tag_of(&step.tag), &envelope).await?;
+            let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
+            event.at = Utc::now();
+            self.bus.publish_event_unconfirmed(&event).await;
+        }
+        announce_canceled(&self.bus, flow, &effects).await;
+        if !effects.status.is_null() {
+            let progress = serde_json::to_vec(&effects.status).unwrap_or_default();
+            let _ = self
+                .bus
+                .publish_reply(flow.id, JobReply::Progress, progress.into())
+                .await;
+        }
+        if let Some(result) = &effects.early_return {
+            let payload = serde_json::to_vec(result).unwrap_or_default();
+            let _ = self
+                .bus
+                .publish_reply(flow.id, JobReply::EarlyReturn, payload.into())
+                .await;
+        }
+        if let Some(at) = effects.wake_at {
+            let wake = flow_envelope(flow, Some(at));
+            let msg_id = format!("{}:wake:{}", flow.id, at.timestamp_millis());
+            self.bus
+                .publish_job_as(&tag_of(&flow.tag), &wake, &msg_id)
+                .await?;
+        }
+        if let Some(end) = &effects.end {
+            announce_end(&self.bus, &template, end).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes the flow's queued steps again (after a crash between commit and publish).
+    async fn republish_queued(
+        &self,
+        flow: &FlowJob,
+        scopes: &Option<Vec<String>>,
+    ) -> Result<(), DriverError> {
+        let conn = self.pool.get().await.map_err(StoreError::from)?;
+        let queued = flow_runs::queued_steps(&conn, flow.id).await?;
+        drop(conn);
+        for step in &queued {
+            let envelope = self.step_envelope(flow, scopes, step);
+            self.bus.publish_job(&tag_of(&step.tag), &envelope).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The flow job's own envelope (a wake-up when `scheduled_for` is set).
+fn flow_envelope(flow: &FlowJob, scheduled_for: Option<chrono::DateTime<Utc>>) -> JobEnvelope {
+    JobEnvelope {
+        v: envelope::VERSION,
+        id: flow.id,
+        workspace: flow.workspace_id.clone(),
+        kind: JobKind::Flow,
+        path: flow.path.clone(),
+        hash: None,
+        language: None,
+        created_by: flow.created_by.clone(),
+        permissioned_as: flow.permissioned_as.clone(),
+        scopes: None,
+        tag: flow.tag.clone(),
+        timeout_s: None,
+        scheduled_for,
+        flow_version: flow.flow_version,
+        flow_step: None,
+        record: None,
+    }
+}
+
+impl FlowDriver {
+    fn step_envelope(
+        &self,
+        flow: &FlowJob,
+        scopes: &Option<Vec<String>>,
+        step: &QueuedStep,
+    ) -> JobEnvelope {
+        JobEnvelope {
+            v: envelope::VERSION,
+            id: step.id,
+            workspace: flow.workspace_id.clone(),
+            kind: JobKind::Script,
+            path: step.script_path.clone(),
+            hash: step.script_hash.clone(),
+            language: step.language.as_deref().and_then(|l| l.parse().ok()),
+            created_by: flow.created_by.clone(),
+            permissioned_as: flow.permissioned_as.clone(),
+            scopes: scopes.clone(),
+            tag: step.tag.clone(),
+            timeout_s: step.timeout_s,
+            scheduled_for: step.scheduled_for,
+            flow_version: None,
+            flow_step: Some(FlowStep {
+                flow_job: flow.id,
+                root_job: flow.id,
+                flow_path: flow.path.clone().unwrap_or_default(),
+                flow_version: flow.flow_version.unwrap_or_default(),
+                step_id: step.flow_step_id.clone().unwrap_or_default(),
+            }),
+            record: None,
+        }
+    }
+}
+
+/// Why a transition cancels a step.
+const NOT_NEEDED: &str = "no longer needed by its flow";
+
+/// What a cancel request did to a flow.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FlowCancel {
+    Canceled,
+    AlreadyCompleted,
+    NotFound,
+}
+
+/// Cancels a flow: it ends as cancelled now, its queued steps never start, its running steps
+/// are killed, and later step ends change nothing.
+pub async fn cancel_flow(
+    pool: &Pool,
+    bus: &Bus,
+    id: JobId,
+    by: &str,
+    reason: Option<&str>,
+) -> Result<FlowCancel, DriverError> {
+    let mut conn = pool.get().await.map_err(StoreError::from)?;
+    let Some(run) = flow_runs::lock(&mut conn, id).await? else {
+        return Ok(FlowCancel::NotFound);
+    };
+    if run.flow.status.is_completed() {
+        return Ok(FlowCancel::AlreadyCompleted);
+    }
+    let flow = run.flow.clone();
+    let result = canceled_result(reason, by);
+    let unfinished = run.unfinished_steps().await?;
+    let (now, kill) = run.cancel_steps(&unfinished, by, reason, &result).await?;
+    let end = FlowEnd {
+        status: JobStatus::Canceled,
+        result: result.clone(),
+        canceled_by: Some(by.to_owned()),
+        canceled_reason: reason.map(str::to_owned),
+    };
+    run.save(None, None, Some(&end)).await?;
+    drop(conn);
+    let effects = Effects {
+        canceled_now: now,
+        to_kill: kill,
+        cancel_by: by.to_owned(),
+        cancel_reason: reason.map(str::to_owned),
+        cancel_result: result,
+        ..Effects::default()
+    };
+    announce_canceled(bus, &flow, &effects).await;
+    announce_end(bus, &flow_envelope(&flow, None), &end).await;
+    Ok(FlowCancel::Canceled)
+}
+
+/// Tells the waiters of steps cancelled while queued, and the workers of running ones.
+async fn announce_canceled(bus: &Bus, flow: &FlowJob, effects: &Effects) {
+    for step in &effects.canceled_now {
+        let done = JobDone::new(step.id, false, true, &effects.cancel_result);
+        let _ = bus.publish_done(&done).await;
+        let mut event = JobEvent::new(JobEventKind::Canceled, &flow_envelope(flow, None));
+        event.id = step.id;
+        event.job_kind = JobKind::Script.as_str().to_owned();
+        event.path = step.script_path.clone();
+        event.hash = step.script_hash.clone();
+        event.flow_version = None;
+        event.parent_job = Some(flow.id);
+        event.root_job = Some(flow.id);
+        event.success = Some(false);
+        event.error = effects.cancel_result.get("error").cloned();
+        bus.publish_event_unconfirmed(&event.with_result(&effects.cancel_result))
+            .await;
+    }
+    for id in &effects.to_kill {
+        let request = crate::queue::control::CancelJob {
+            id: *id,
+            canceled_by: effects.cancel_by.clone(),
+            reason: effects.cancel_reason.clone(),
+        };
+        let _ = bus.publish_cancel(&request).await;
+    }
+}
+
+/// Ends the flow as failed before anything runs.
+fn end_now(mut effects: Effects, name: &str, message: String) -> (Effects, Value) {
+    effects.end = Some(FlowEnd {
+        status: JobStatus::Failure,
+        result: json!({"error": {"name": name, "message": message}}),
+        canceled_by: None,
+        canceled_reason: None,
+    });
+    effects.status = json!({"step": 0, "modules": []});
+    let state = json!({"scopes": effects.scopes});
+    (effects, state)
+}
+
+fn saved_scopes(flow: &FlowJob) -> Option<Vec<String>> {
+    flow.state
+        .as_ref()
+        .and_then(|s| s.get("scopes"))
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+}
+
+/// Publishes a flow's `done` and terminal event.
+pub async fn announce_end(bus: &Bus, flow: &JobEnvelope, end: &FlowEnd) {
+    let done = JobDone::new(
+        flow.id,
+        end.status == JobStatus::Success,
+        end.status == JobStatus::Canceled,
+        &end.result,
+    );
+    if let Err(e) = bus.publish_done(&done).await {
+        tracing::warn!(flow = %flow.id, error = %e, "done reply not published");
+    }
+    let kind = match end.status {
+        JobStatus::Success => JobEventKind::Completed,
+        JobStatus::Canceled => JobEventKind::Canceled,
+        _ => JobEventKind::Failed,
+    };
+    let mut event = JobEvent::new(kind, flow).with_result(&end.result);
+    event.success = Some(done.success);
+    if !done.success {
+        event.error = end.result.get("error").cloned();
+    }
+    if let Err(e) = bus.publish_event(&event).await {
+        tracing::warn!(flow = %flow.id, error = %e, "terminal event not published");
+    }
+}
+
+fn tag_of(raw: &str) -> Tag {
+    Tag::parse(raw).unwrap_or_else(|_| Tag::default_tag())
+}
+
+fn queued_step(row: &NewJobRow) -> QueuedStep {
+    QueuedStep {
+        id: row.id,
+        script_path: row.script_path.clone(),
+        script_hash: row.script_hash.clone(),
+        language: row.language.clone(),
+        tag: row.tag.clone(),
+        timeout_s: row.timeout_s,
+        scheduled_for: row.scheduled_for,
+        flow_step_id: row.flow_step_id.clone(),
+    }
+}
+
+/// The names the schema requires and the arguments lack.
+fn missing_arguments(schema: Option<&Value>, args: &Value) -> Option<Vec<String>> {
+    let required = schema?.get("required")?.as_array()?;
+    let args = args.as_object();
+    let missing: Vec<String> = required
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|name| !args.is_some_and(|a| a.contains_key(*name)))
+        .map(str::to_owned)
+        .collect();
+    (!missing.is_empty()).then_some(missing)
+}
+
+/// Runs the machine off the async threads: expressions may take up to their deadline.
+async fn apply_blocking(
+    version: &Arc<Version>,
+    state: &mut FlowState,
+    args: &Value,
+    event: Event,
+) -> Vec<Action> {
+    let version = version.clone();
+    let mut owned = std::mem::take(state);
+    let input = match args {
+        Value::Object(_) => args.clone(),
+        _ => Value::Object(Map::new()),
+    };
+    let (owned, actions) = tokio::task::spawn_blocking(move || {
+        let actions = machine::apply(
+            &version.def,
+            &mut owned,
+            &input,
+            event,
+            Utc::now(),
+            &mut uuid::Uuid::now_v7,
+        );
+        (owned, actions)
+    })
+    .await
+    .expect("the flow machine does not panic");
+    *state = owned;
+    actions
+}

@@ -1,0 +1,318 @@
+//! One flow transition as one transaction: lock the flow job's row, record what happened to its
+//! steps, insert the step jobs it enqueues, save the new state (and the end, if it ended), and
+//! commit. The row lock serialises transitions of one flow, whichever workers run them.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Statement, Transaction};
+
+use super::job_inserter::{run_insert, INSERT};
+use super::jobs::{Completion, COMPLETE};
+use super::{Conn, NewJobRow, StoreError};
+use crate::domain::{JobId, JobStatus};
+
+/// The flow job's row, as a transition needs it.
+#[derive(Debug, Clone)]
+pub struct FlowJob {
+    pub id: JobId,
+    pub workspace_id: String,
+    pub status: JobStatus,
+    pub args: Value,
+    pub flow_version: Option<i64>,
+    pub path: Option<String>,
+    pub created_by: String,
+    pub permissioned_as: String,
+    pub tag: String,
+    pub started_by_token: Option<String>,
+    pub state: Option<Value>,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A step job waiting in the queue, to publish (again).
+#[derive(Debug, Clone)]
+pub struct QueuedStep {
+    pub id: JobId,
+    pub script_path: Option<String>,
+    pub script_hash: Option<String>,
+    pub language: Option<String>,
+    pub tag: String,
+    pub timeout_s: Option<i32>,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub flow_step_id: Option<String>,
+}
+
+/// A queued step that a transition or a cancel ended as cancelled.
+#[derive(Debug, Clone)]
+pub struct CanceledStep {
+    pub id: JobId,
+    pub script_path: Option<String>,
+    pub script_hash: Option<String>,
+}
+
+/// How a flow ended, to record on its row.
+#[derive(Debug, Clone)]
+pub struct FlowEnd {
+    pub status: JobStatus,
+    pub result: Value,
+    pub canceled_by: Option<String>,
+    pub canceled_reason: Option<String>,
+}
+
+/// A flow job locked for one transition; dropped without [`FlowRun::commit`], nothing happened.
+pub struct FlowRun<'c> {
+    tx: Transaction<'c>,
+    statements: Statements,
+    pub flow: FlowJob,
+}
+
+struct Statements {
+    complete: Statement,
+    insert: Statement,
+}
+
+const LOCK: &str = "SELECT id, workspace_id, status, args, flow_version, script_path, created_by,
+                           permissioned_as, tag, started_by_token, flow_state, started_at
+                    FROM jobs WHERE id = $1 AND job_kind = 'flow' FOR UPDATE";
+
+/// Locks the flow job `id`; `None` when there is no such flow job.
+pub async fn lock<'c>(
+    conn: &'c mut Conn<'_>,
+    id: JobId,
+) -> Result<Option<FlowRun<'c>>, StoreError> {
+    let lock = conn.prepared(LOCK, &[Type::UUID]).await?;
+    let statements = Statements {
+        complete: conn.prepared(COMPLETE, COMPLETE_TYPES).await?,
+        insert: conn.prepared(INSERT, &[]).await?,
+    };
+    let tx = conn.transaction().await?;
+    let Some(row) = tx.query_opt(&lock, &[&id]).await? else {
+        return Ok(None);
+    };
+    let flow = FlowJob {
+        id: row.get(0),
+        workspace_id: row.get(1),
+        status: JobStatus::parse(row.get(2)).unwrap_or(JobStatus::Failure),
+        args: row.get(3),
+        flow_version: row.get(4),
+        path: row.get(5),
+        created_by: row.get(6),
+        permissioned_as: row.get(7),
+        tag: row.get(8),
+        started_by_token: row.get(9),
+        state: row.get(10),
+        started_at: row.get(11),
+    };
+    Ok(Some(FlowRun {
+        tx,
+        statements,
+        flow,
+    }))
+}
+
+const COMPLETE_TYPES: &[Type] = &[
+    Type::UUID,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+impl FlowRun<'_> {
+    /// Queued → running, on `worker`.
+    pub async fn mark_started(&mut self, worker: &str) -> Result<(), StoreError> {
+        let row = self
+            .tx
+            .query_one(
+                "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
+                                 attempts = attempts + 1
+                 WHERE id = $1 RETURNING started_at",
+                &[&self.flow.id, &worker],
+            )
+            .await?;
+        self.flow.status = JobStatus::Running;
+        self.flow.started_at = row.get(0);
+        Ok(())
+    }
+
+    /// Records a step's end; false if it had ended already (a duplicate delivery).
+    pub async fn complete_step(
+        &self,
+        step: JobId,
+        completion: &Completion,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .tx
+            .execute(
+                &self.statements.complete,
+                &[
+                    &step,
+                    &completion.status.as_str(),
+                    &completion.result,
+                    &completion.logs,
+                    &completion.duration_ms,
+                    &completion.canceled_by,
+                    &completion.canceled_reason,
+                ],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// A step's status and result, if it belongs to this flow.
+    pub async fn step(&self, step: JobId) -> Result<Option<(JobStatus, Value)>, StoreError> {
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT status, result FROM jobs WHERE id = $1 AND parent_job = $2",
+                &[&step, &self.flow.id],
+            )
+            .await?;
+        Ok(row.map(|row| {
+            let status = JobStatus::parse(row.get(0)).unwrap_or(JobStatus::Failure);
+            let result: Option<Value> = row.get(1);
+            (status, result.unwrap_or(Value::Null))
+        }))
+    }
+
+    pub async fn insert_steps(&self, rows: &[NewJobRow]) -> Result<(), StoreError> {
+        if !rows.is_empty() {
+            run_insert(&self.tx, &self.statements.insert, rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Cancels steps: queued ones end now (returned first), running ones are flagged for their
+    /// worker to kill (returned second).
+    pub async fn cancel_steps(
+        &self,
+        ids: &[JobId],
+        by: &str,
+        reason: Option<&str>,
+        result: &Value,
+    ) -> Result<(Vec<CanceledStep>, Vec<JobId>), StoreError> {
+        if ids.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let queued = self
+            .tx
+            .query(
+                "UPDATE jobs SET status = 'canceled', canceled_by = $2, canceled_reason = $3,
+                                 result = $4, completed_at = now(), logs = ''
+                 WHERE id = ANY($1) AND status = 'queued'
+                 RETURNING id, script_path, script_hash",
+                &[&ids, &by, &reason, result],
+            )
+            .await?;
+        let queued = queued
+            .iter()
+            .map(|r| CanceledStep {
+                id: r.get(0),
+                script_path: r.get(1),
+                script_hash: r.get(2),
+            })
+            .collect();
+        let running = self
+            .tx
+            .query(
+                "UPDATE jobs SET cancel_requested = true, canceled_by = $2, canceled_reason = $3
+                 WHERE id = ANY($1) AND status = 'running' RETURNING id",
+                &[&ids, &by, &reason],
+            )
+            .await?;
+        Ok((queued, running.iter().map(|r| r.get(0)).collect()))
+    }
+
+    /// Every step of this flow that is still queued or running.
+    pub async fn unfinished_steps(&self) -> Result<Vec<JobId>, StoreError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT id FROM jobs WHERE parent_job = $1 AND flow_step_key IS NOT NULL
+                                       AND status IN ('queued', 'running')",
+                &[&self.flow.id],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Commits what was recorded of the steps, leaving the flow as it was.
+    pub async fn commit_steps(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
+    }
+
+    /// Saves the state (`None`: as it was) and, when the flow ended, its end; commits the
+    /// transition.
+    pub async fn save(
+        self,
+        state: Option<&Value>,
+        status: Option<&Value>,
+        end: Option<&FlowEnd>,
+    ) -> Result<(), StoreError> {
+        match end {
+            None => {
+                self.tx
+                    .execute(
+                        "UPDATE jobs SET flow_state = COALESCE($2, flow_state),
+                                         flow_status = COALESCE($3, flow_status)
+                         WHERE id = $1",
+                        &[&self.flow.id, &state, &status],
+                    )
+                    .await?;
+            }
+            Some(end) => {
+                self.tx
+                    .execute(
+                        "UPDATE jobs SET flow_state = COALESCE($2, flow_state),
+                                         flow_status = COALESCE($3, flow_status),
+                                         status = $4, result = $5,
+                                         completed_at = now(),
+                                         duration_ms = (EXTRACT(EPOCH FROM now() - COALESCE(started_at, now())) * 1000)::bigint,
+                                         canceled_by = COALESCE($6, canceled_by),
+                                         canceled_reason = COALESCE($7, canceled_reason)
+                         WHERE id = $1",
+                        &[
+                            &self.flow.id,
+                            &state,
+                            &status,
+                            &end.status.as_str(),
+                            &end.result,
+                            &end.canceled_by,
+                            &end.canceled_reason,
+                        ],
+                    )
+                    .await?;
+            }
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The steps of a flow still waiting in the queue: a replayed transition publishes them again
+/// (JetStream drops the copies it still remembers).
+pub async fn queued_steps(conn: &Conn<'_>, flow: JobId) -> Result<Vec<QueuedStep>, StoreError> {
+    let rows = conn
+        .query(
+            "SELECT id, script_path, script_hash, language, tag, timeout_s, scheduled_for,
+                    flow_step_id
+             FROM jobs WHERE parent_job = $1 AND flow_step_key IS NOT NULL AND status = 'queued'",
+            &[&flow],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| QueuedStep {
+            id: row.get(0),
+            script_path: row.get(1),
+            script_hash: row.get(2),
+            language: row.get(3),
+            tag: row.get(4),
+            timeout_s: row.get(5),
+            scheduled_for: row.get(6),
+            flow_step_id: row.get(7),
+        })
+        .collect())
+}
