@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Millrace benchmark: async ingestion (req/s, p50/p99), end-to-end jobs/s, and the latency and
-# overhead of sync webhooks.
+# Millrace benchmark: async ingestion (req/s, p50/p99), end-to-end jobs/s, the latency and
+# overhead of sync webhooks, and flows.
 #
-#   bash bench/run.sh                  (or: make bench) everything, about 3 minutes
-#   BENCH_ONLY=sync bash bench/run.sh  only measurement 4 (sync webhooks), about 1.5 minutes
+#   bash bench/run.sh                   (or: make bench) everything, about 4 minutes
+#   BENCH_ONLY=sync bash bench/run.sh   only measurement 4 (sync webhooks), about 1.5 minutes
+#   BENCH_ONLY=flows bash bench/run.sh  only measurement 5 (flows), about 1 minute
 #
 # Builds the release binary, then for each measurement starts a fresh `millrace dev` (its own
 # nats-server and PostgreSQL in a temporary data directory, the API on a free port, an
@@ -18,6 +19,10 @@
 #      overhead = each call's latency minus its job's duration_ms (read back afterwards with
 #      GET /jobs_u/get/{id}, the id from the x-millrace-job-id header). Then the same again with
 #      a NATS sniffer (bench.py sniff) timestamping every step, for the breakdown.
+#   5. flows (bench/flows.py): per-transition overhead (step k+1 started_at - step k
+#      completed_at) over BENCH_FLOWS sequential 10-step bash flows run one at a time; sync calls
+#      of a 3-step bash flow from one caller for BENCH_SYNC_SECONDS s (overhead = latency minus
+#      the steps' duration_ms); one parallel loop of BENCH_LOOP_ITERATIONS trivial bash steps.
 # Prints a markdown table at the end and keeps it, with the raw results, in target/bench/.
 #
 # Settings (environment): WORKER_SLOTS (8), BENCH_DURATION (15), BENCH_CONNECTIONS (64),
@@ -27,6 +32,8 @@
 # BENCH_SKIP_IDLE=1 skips measurement 2; BENCH_BIN=FILE measures that binary instead of building.
 # Sync webhooks: BENCH_SYNC_SECONDS (8), BENCH_SYNC_CALLERS (16), BENCH_SYNC_BREAKDOWN (1; 0
 # skips the sniffed pass), BENCH_SKIP_SYNC=1 skips measurement 4, BENCH_ONLY=sync runs only it.
+# Flows: BENCH_FLOWS (30), BENCH_LOOP_ITERATIONS (1000), BENCH_SKIP_FLOWS=1 skips measurement 5,
+# BENCH_ONLY=flows runs only it.
 # The load generator oha is installed once with cargo into
 # ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}/oha (the first build takes several minutes).
 set -euo pipefail
@@ -44,10 +51,12 @@ QUIET_WAIT=${BENCH_QUIET_WAIT:-0}
 SYNC_SECONDS=${BENCH_SYNC_SECONDS:-8}
 SYNC_CALLERS=${BENCH_SYNC_CALLERS:-16}
 SYNC_BREAKDOWN=${BENCH_SYNC_BREAKDOWN:-1}
+FLOWS=${BENCH_FLOWS:-30}
+LOOP_ITERATIONS=${BENCH_LOOP_ITERATIONS:-1000}
 ONLY=${BENCH_ONLY:-all}
 case "$ONLY" in
-all | sync) ;;
-*) echo "bench: BENCH_ONLY must be all or sync" >&2; exit 2 ;;
+all | sync | flows) ;;
+*) echo "bench: BENCH_ONLY must be all, sync or flows" >&2; exit 2 ;;
 esac
 OHA_VERSION=1.16.0
 [ "$DURATION" -ge 6 ] || { echo "bench: BENCH_DURATION must be at least 6 (seconds)" >&2; exit 2; }
@@ -278,7 +287,7 @@ if [ "$ONLY" = all ]; then
 fi
 
 # --- 4: sync webhooks ------------------------------------------------------------------------
-if [ "$ONLY" = sync ] || [ "${BENCH_SKIP_SYNC:-0}" != 1 ]; then
+if [ "$ONLY" = sync ] || { [ "$ONLY" = all ] && [ "${BENCH_SKIP_SYNC:-0}" != 1 ]; }; then
     "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
     start_dev
     passes=(plain)
@@ -308,6 +317,19 @@ if [ "$ONLY" = sync ] || [ "${BENCH_SKIP_SYNC:-0}" != 1 ]; then
     stop_dev
 fi
 
+# --- 5: flows ---------------------------------------------------------------------------------
+flow_results=()
+if [ "$ONLY" = flows ] || { [ "$ONLY" = all ] && [ "${BENCH_SKIP_FLOWS:-0}" != 1 ]; }; then
+    "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+    start_dev
+    "$PY" bench/flows.py setup --iterations "$LOOP_ITERATIONS"
+    run_child "$PY" bench/flows.py transition --flows "$FLOWS" --out "$OUT/flow_transition.json"
+    run_child "$PY" bench/flows.py sync --seconds "$SYNC_SECONDS" --out "$OUT/flow_sync3.json"
+    run_child "$PY" bench/flows.py loop --iterations "$LOOP_ITERATIONS" --out "$OUT/flow_loop.json"
+    flow_results=("$OUT/flow_transition.json" "$OUT/flow_sync3.json" "$OUT/flow_loop.json")
+    stop_dev
+fi
+
 # --- summary ---------------------------------------------------------------------------------
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "${BENCH_BIN:-}" ]; then
@@ -319,8 +341,17 @@ CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_GIB=$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
 MACHINE="$(nproc) cores ($CPU_MODEL), $MEM_GIB GiB, loopback, load generator on the same machine"
 COMMAND="bash bench/run.sh"
-[ "$ONLY" = sync ] && COMMAND="BENCH_ONLY=sync $COMMAND"
-"$PY" bench/bench.py report --slots "$WORKER_SLOTS" --oha-version "$OHA_VERSION" \
-    --command "$COMMAND" --commit "$COMMIT" --when "$(date -u +%Y-%m-%d)" \
-    --machine "$MACHINE" "${results[@]}" | tee "$OUT/summary.md"
+[ "$ONLY" != all ] && COMMAND="BENCH_ONLY=$ONLY $COMMAND"
+{
+    if [ ${#results[@]} -gt 0 ]; then
+        "$PY" bench/bench.py report --slots "$WORKER_SLOTS" --oha-version "$OHA_VERSION" \
+            --command "$COMMAND" --commit "$COMMIT" --when "$(date -u +%Y-%m-%d)" \
+            --machine "$MACHINE" "${results[@]}"
+    else
+        printf '`%s` at %s, %s; %s\n' "$COMMAND" "$COMMIT" "$(date -u +%Y-%m-%d)" "$MACHINE"
+    fi
+    if [ ${#flow_results[@]} -gt 0 ]; then
+        "$PY" bench/flows.py report "${flow_results[@]}"
+    fi
+} | tee "$OUT/summary.md"
 log "done in $(($(date +%s) - START)) s (build excluded); raw results in ${OUT#"$ROOT"/}/"

@@ -26,15 +26,15 @@ const TERMINAL_KEYS: [&str; 5] = [
 
 /// One message of the stream, as a consumer sees it.
 #[derive(Debug, Clone)]
-struct Event {
-    subject: String,
-    msg_id: Option<String>,
-    seq: u64,
-    body: Value,
+pub(crate) struct Event {
+    pub subject: String,
+    pub msg_id: Option<String>,
+    pub seq: u64,
+    pub body: Value,
 }
 
 impl Event {
-    fn kind(&self) -> &str {
+    pub fn kind(&self) -> &str {
         self.body["kind"].as_str().unwrap_or_default()
     }
 
@@ -55,13 +55,13 @@ async fn jetstream(env: &TestEnv) -> jetstream::Context {
 }
 
 /// A durable pull consumer on every job event of workspace `test`, from the stream's start.
-struct Events {
+pub(crate) struct Events {
     consumer: consumer::PullConsumer,
     seen: Vec<Event>,
 }
 
 impl Events {
-    async fn open(env: &TestEnv, durable: &str) -> Self {
+    pub async fn open(env: &TestEnv, durable: &str) -> Self {
         let js = jetstream(env).await;
         let stream = js
             .get_stream(STREAM)
@@ -130,7 +130,7 @@ impl Events {
 
     /// The events of job `id` once `kinds` have all arrived, plus whatever follows within a
     /// grace period (so that "exactly" assertions also catch late duplicates).
-    async fn of_job(&mut self, id: &str, kinds: &[&str], timeout: Duration) -> Vec<Event> {
+    pub async fn of_job(&mut self, id: &str, kinds: &[&str], timeout: Duration) -> Vec<Event> {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain().await;
@@ -154,7 +154,7 @@ impl Events {
     }
 }
 
-fn kinds(events: &[Event]) -> Vec<String> {
+pub(crate) fn kinds(events: &[Event]) -> Vec<String> {
     let mut kinds: Vec<String> = events.iter().map(|e| e.kind().to_owned()).collect();
     kinds.sort_by_key(|k| {
         ["queued", "started", "completed", "failed", "canceled"]

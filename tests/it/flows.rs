@@ -1,13 +1,15 @@
-//! Flows end to end: definitions, every module type and option, webhooks in every mode, and
-//! durability when workers die.
+//! Flows end to end (SPEC §5 "Flows", §7): definitions and versions, every module type and
+//! option, webhooks in every mode, permissions, events and cancellation.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{Options, TestEnv, WS};
+use crate::common::{TestEnv, WS};
+use crate::events::{kinds, Events};
+use crate::run_stream::read_frames;
 
-fn bash(id: &str, content: &str, inputs: Value) -> Value {
+pub fn bash(id: &str, content: &str, inputs: Value) -> Value {
     json!({"id": id, "value": {"type": "rawscript", "language": "bash", "content": content, "input_transforms": inputs}})
 }
 
@@ -15,30 +17,971 @@ fn python(id: &str, content: &str, inputs: Value) -> Value {
     json!({"id": id, "value": {"type": "rawscript", "language": "python3", "content": content, "input_transforms": inputs}})
 }
 
-fn js(expr: &str) -> Value {
+pub fn js(expr: &str) -> Value {
     json!({"type": "javascript", "expr": expr})
 }
 
-fn two_workers() -> Options {
-    Options {
-        workers: 2,
-        ..Default::default()
-    }
+fn fixed(value: Value) -> Value {
+    json!({"type": "static", "value": value})
+}
+
+/// A python step returning `x`.
+fn echo(id: &str, x: Value) -> Value {
+    python(id, "def main(x=None):\n    return x\n", json!({"x": x}))
+}
+
+async fn steps_of(env: &TestEnv, flow: &str) -> Vec<Value> {
+    let list = env
+        .get(
+            &format!("/api/w/{WS}/jobs/list?include_flow_steps=true&per_page=1000"),
+            &env.token,
+        )
+        .await
+        .expect(200)
+        .json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["parent_job"] == json!(flow))
+        .cloned()
+        .collect()
 }
 
 #[tokio::test]
-async fn a_flow_of_steps_passes_results_along() {
+async fn a_flow_of_steps_in_every_language_passes_results_along() {
     let env = TestEnv::start().await;
+    let ts = "export async function main(x: number) { return x * 3; }";
     env.flow(
         "u/alice/chain",
         json!({"modules": [
             python("a", "def main(n):\n    return n + 1\n", json!({"n": js("flow_input.n")})),
             bash("b", "x=\"$1\"\necho $((x * 10))", json!({"x": js("previous_result")})),
-            python("c", "def main(a, b):\n    return {'a': a, 'b': b}\n", json!({"a": js("results.a"), "b": js("results.b")})),
+            {"id": "c", "value": {"type": "rawscript", "language": "bun", "content": ts,
+              "input_transforms": {"x": js("Number(results.b)")}}},
+            {"id": "d", "value": {"type": "rawscript", "language": "deno", "content": ts,
+              "input_transforms": {"x": js("previous_result")}}},
+            python("e", "import os\ndef main(a, b, d):\n    return {'a': a, 'b': b, 'd': d, 'env': [os.environ[k] for k in ('WM_FLOW_PATH', 'WM_FLOW_STEP_ID', 'WM_FLOW_JOB_ID', 'WM_ROOT_FLOW_JOB_ID', 'WM_JOB_PATH')]}\n",
+                   json!({"a": js("results.a"), "b": js("results.b"), "d": js("results.d")})),
         ]}),
     )
     .await;
-    let done = env.run_flow_done("u/alice/chain", json!({"n": 1})).await;
+    let id = env.run_flow("u/alice/chain", json!({"n": 1})).await;
+    let done = env.wait(&id, Duration::from_secs(60)).await;
     assert_eq!(done["success"], json!(true), "{done}");
-    assert_eq!(done["result"], json!({"a": 2, "b": "20"}));
+    let result = &done["result"];
+    assert_eq!(result["a"], json!(2));
+    assert_eq!(result["b"], json!("20"));
+    assert_eq!(result["d"], json!(180));
+    assert_eq!(
+        result["env"],
+        json!(["u/alice/chain", "e", id, id, "u/alice/chain/e"])
+    );
+
+    let job = env.job(&id).await;
+    assert_eq!(job["job_kind"], json!("flow"));
+    assert_eq!(job["script_path"], json!("u/alice/chain"));
+    assert!(job["flow_version"].as_i64().unwrap() > 0);
+    let status = &job["flow_status"];
+    assert_eq!(status["step"], json!(5));
+    let modules = status["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 5);
+    assert!(
+        modules.iter().all(|m| m["type"] == json!("Success")),
+        "{status}"
+    );
+
+    // Each step is a job of its own, hidden from the Runs list unless asked for.
+    let steps = steps_of(&env, &id).await;
+    assert_eq!(steps.len(), 5);
+    for step in &steps {
+        assert_eq!(step["root_job"], json!(id));
+        assert_eq!(step["job_kind"], json!("script"));
+        let module = step["flow_step_id"].as_str().unwrap();
+        let listed = modules.iter().find(|m| m["id"] == json!(module)).unwrap();
+        assert_eq!(
+            listed["job"], step["id"],
+            "flow_status names each step's job"
+        );
+    }
+    let plain = env
+        .get(&format!("/api/w/{WS}/jobs/list"), &env.token)
+        .await
+        .expect(200)
+        .json();
+    let ids: Vec<&Value> = plain.as_array().unwrap().iter().map(|j| &j["id"]).collect();
+    assert_eq!(
+        ids,
+        vec![&json!(id)],
+        "only the flow is listed without include_flow_steps"
+    );
+}
+
+#[tokio::test]
+async fn loops_branches_and_their_options() {
+    let env = TestEnv::start().await;
+    let double = python(
+        "double",
+        "import time, random\ndef main(x):\n    time.sleep(random.random() / 5)\n    return x * 2\n",
+        json!({"x": js("flow_input.iter.value")}),
+    );
+    env.flow(
+        "u/alice/loops",
+        json!({"modules": [
+            echo("items", js("flow_input.items")),
+            {"id": "par", "value": {"type": "forloopflow", "iterator": js("results.items"),
+              "parallel": true, "parallelism": 3, "modules": [double]}},
+            {"id": "seq", "value": {"type": "forloopflow", "iterator": js("[[1, 2], [3]]"), "modules": [
+                {"id": "inner", "value": {"type": "forloopflow", "iterator": js("flow_input.iter.value"),
+                  "modules": [echo("leaf", js("flow_input.iter.value * 100 + flow_input.iter.index"))]}},
+            ]}},
+            {"id": "skipping", "value": {"type": "forloopflow", "iterator": js("[1, 2, 3]"),
+              "modules": [python("maybe", "def main(x):\n    if x == 2:\n        raise ValueError('two')\n    return x\n",
+                                 json!({"x": js("flow_input.iter.value")}))]}},
+            {"id": "pick", "value": {"type": "branchone", "branches": [
+                {"expr": "flow_input.items.length > 100", "modules": [echo("many", fixed(json!("many")))]},
+                {"expr": "flow_input.items.length > 2", "modules": [echo("some", fixed(json!("some")))]},
+            ], "default": [echo("few", fixed(json!("few")))]}},
+            {"id": "all", "value": {"type": "branchall", "branches": [
+                {"modules": [echo("left", fixed(json!("L")))]},
+                {"modules": [{"id": "same", "value": {"type": "identity"}}]},
+                {"modules": [echo("right", js("results.pick"))]},
+            ]}},
+            echo("out", js("({par: results.par, seq: results.seq, skipping: results.skipping, all: results.all})")),
+        ]}),
+    )
+    .await;
+    let done = env
+        .run_flow_done("u/alice/loops", json!({"items": [1, 2, 3, 4, 5, 6, 7]}))
+        .await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    let out = &done["result"];
+    assert_eq!(
+        out["par"],
+        json!([2, 4, 6, 8, 10, 12, 14]),
+        "parallel results in order"
+    );
+    assert_eq!(out["seq"], json!([[100, 201], [300]]));
+    let skipping = out["skipping"].as_array().unwrap();
+    assert_eq!(skipping[0], json!(1));
+    assert_eq!(
+        skipping[1]["error"]["name"],
+        json!("ValueError"),
+        "skip_failures keeps the error"
+    );
+    assert_eq!(skipping[2], json!(3));
+    // The identity branch passes on the previous result: branchone's "some".
+    assert_eq!(out["all"], json!(["L", "some", "some"]));
+
+    let id = done_id(&env, "u/alice/loops").await;
+    let status = env.job(&id).await["flow_status"].clone();
+    let par = &status["modules"][1];
+    assert_eq!(par["flow_jobs"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        par["flow_jobs_success"],
+        json!([true, true, true, true, true, true, true])
+    );
+    assert_eq!(par["iterator"]["itered_len"], json!(7));
+    assert_eq!(
+        status["modules"][4]["branch_chosen"],
+        json!({"type": "branch", "branch": 1})
+    );
+    // With parallelism 3, never more than three iterations ran at once.
+    let steps = steps_of(&env, &id).await;
+    let mut doubles: Vec<(String, String)> = steps
+        .iter()
+        .filter(|s| s["flow_step_id"] == json!("double"))
+        .map(|s| {
+            (
+                s["started_at"].as_str().unwrap().to_owned(),
+                s["completed_at"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(doubles.len(), 7);
+    doubles.sort();
+    for (start, _) in &doubles {
+        let overlapping = doubles
+            .iter()
+            .filter(|(s, e)| s <= start && e > start)
+            .count();
+        assert!(
+            overlapping <= 3,
+            "{overlapping} iterations at once: {doubles:?}"
+        );
+    }
+}
+
+/// The id of the newest flow job at `path`.
+async fn done_id(env: &TestEnv, path: &str) -> String {
+    let list = env
+        .get(
+            &format!("/api/w/{WS}/jobs/list?script_path_exact={path}"),
+            &env.token,
+        )
+        .await
+        .expect(200)
+        .json();
+    list[0]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn without_skip_failures_a_loop_fails_and_the_failure_module_sees_the_error() {
+    let env = TestEnv::start().await;
+    env.flow(
+        "u/alice/failing",
+        json!({
+            "modules": [
+                {"id": "loop", "value": {"type": "forloopflow", "iterator": js("[1, 2, 3]"), "skip_failures": false,
+                  "modules": [python("boom", "def main(x):\n    if x == 2:\n        raise KeyError('no two')\n    return x\n",
+                                     json!({"x": js("flow_input.iter.value")}))]}},
+                echo("never", fixed(json!("ran"))),
+            ],
+            "failure_module": echo("failure", js("({caught: error.name, step: error.step_id, input: flow_input.tag})")),
+        }),
+    )
+    .await;
+    let done = env
+        .run_flow_done("u/alice/failing", json!({"tag": "t1"}))
+        .await;
+    assert_eq!(done["success"], json!(false), "{done}");
+    assert_eq!(
+        done["result"],
+        json!({"caught": "KeyError", "step": "boom", "input": "t1"})
+    );
+    let id = done_id(&env, "u/alice/failing").await;
+    let job = env.job(&id).await;
+    assert_eq!(
+        job["flow_status"]["failure_module"]["type"],
+        json!("Success")
+    );
+    assert_eq!(job["flow_status"]["modules"][0]["type"], json!("Failure"));
+    assert_eq!(
+        job["flow_status"]["modules"][1]["type"],
+        json!("WaitingForPriorSteps")
+    );
+    assert!(steps_of(&env, &id)
+        .await
+        .iter()
+        .all(|s| s["flow_step_id"] != json!("never")));
+
+    // Without a failure module, the flow fails with the step's error.
+    env.flow(
+        "u/alice/plain",
+        json!({"modules": [bash("bad", "exit 3", json!({}))]}),
+    )
+    .await;
+    let done = env.run_flow_done("u/alice/plain", json!({})).await;
+    assert_eq!(done["success"], json!(false));
+    assert_eq!(done["result"]["error"]["step_id"], json!("bad"), "{done}");
+}
+
+#[tokio::test]
+async fn retries_stop_after_if_skip_if_sleep_timeout_and_continue_on_error() {
+    let env = TestEnv::start().await;
+    // Fails twice (counting in a file of the workspace's temp dir), then succeeds.
+    let flaky = "import os\ndef main(marker):\n    n = int(open(marker).read()) if os.path.exists(marker) else 0\n    open(marker, 'w').write(str(n + 1))\n    if n < 2:\n        raise RuntimeError(f'attempt {n + 1}')\n    return n + 1\n";
+    let marker = env.dir.path().join("flaky").display().to_string();
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    env.flow(
+        "u/alice/options",
+        json!({"modules": [
+            {"id": "flaky", "value": {"type": "rawscript", "language": "python3", "content": flaky,
+              "input_transforms": {"marker": fixed(json!(marker))}},
+             "retry": {"constant": {"attempts": 3, "seconds": 1}}},
+            {"id": "skipped", "value": {"type": "rawscript", "language": "bash", "content": "echo nope"},
+             "skip_if": {"expr": "previous_result == 3"}},
+            {"id": "slow", "value": {"type": "rawscript", "language": "bash", "content": "sleep 30"},
+             "timeout": 1, "continue_on_error": true},
+            {"id": "napping", "value": {"type": "identity"}, "sleep": fixed(json!(2))},
+            {"id": "stop", "value": {"type": "rawscript", "language": "bash", "content": "echo 7",
+              "input_transforms": {}}, "stop_after_if": {"expr": "result == '7'"}},
+            echo("never", fixed(json!("ran"))),
+        ]}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let done = env.run_flow_done("u/alice/options", json!({})).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    assert_eq!(
+        done["result"],
+        json!("7"),
+        "stop_after_if ends the flow with the step's result"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "retries waited 2x1 s and the sleep 2 s"
+    );
+    let id = done_id(&env, "u/alice/options").await;
+    let job = env.job(&id).await;
+    let modules = &job["flow_status"]["modules"];
+    assert_eq!(
+        modules[0]["failed_retries"].as_array().unwrap().len(),
+        2,
+        "{modules}"
+    );
+    assert_eq!(modules[1]["type"], json!("Skipped"));
+    assert_eq!(
+        modules[2]["type"],
+        json!("Failure"),
+        "the timed-out step failed…"
+    );
+    assert_eq!(modules[5]["type"], json!("WaitingForPriorSteps"));
+    let steps = steps_of(&env, &id).await;
+    let flaky_runs: Vec<&Value> = steps
+        .iter()
+        .filter(|s| s["flow_step_id"] == json!("flaky"))
+        .collect();
+    assert_eq!(flaky_runs.len(), 3, "retries counted: three attempts");
+    let slow = steps
+        .iter()
+        .find(|s| s["flow_step_id"] == json!("slow"))
+        .unwrap();
+    assert_eq!(
+        slow["result"]["error"]["name"],
+        json!("Timeout"),
+        "…after its 1 s timeout"
+    );
+    assert!(steps
+        .iter()
+        .all(|s| s["flow_step_id"] != json!("skipped") && s["flow_step_id"] != json!("never")));
+}
+
+#[tokio::test]
+async fn script_modules_run_the_live_or_the_pinned_version() {
+    let env = TestEnv::start().await;
+    let v1 = env
+        .script(
+            "u/alice/add",
+            "python3",
+            "def main(a, b):\n    return a + b\n",
+        )
+        .await;
+    let flow = |hash: Option<&str>| {
+        let mut value = json!({"type": "script", "path": "u/alice/add",
+            "input_transforms": {"a": js("flow_input.a"), "b": fixed(json!(10))}});
+        if let Some(hash) = hash {
+            value["hash"] = json!(hash);
+        }
+        json!({"modules": [{"id": "s", "value": value}]})
+    };
+    env.flow("u/alice/live", flow(None)).await;
+    env.flow("u/alice/pinned", flow(Some(&v1))).await;
+    env.script(
+        "u/alice/add",
+        "python3",
+        "def main(a, b):\n    return a * b\n",
+    )
+    .await;
+    assert_eq!(
+        env.run_flow_done("u/alice/live", json!({"a": 3})).await["result"],
+        json!(30)
+    );
+    assert_eq!(
+        env.run_flow_done("u/alice/pinned", json!({"a": 3})).await["result"],
+        json!(13)
+    );
+    let id = done_id(&env, "u/alice/pinned").await;
+    let step = &steps_of(&env, &id).await[0];
+    assert_eq!(step["script_hash"], json!(v1));
+    assert_eq!(step["script_path"], json!("u/alice/add"));
+}
+
+#[tokio::test]
+async fn versions_are_immutable_and_fv_pins_one_across_update_and_archive() {
+    let env = TestEnv::start().await;
+    let v1 = env
+        .flow(
+            "u/alice/pin",
+            json!({"modules": [echo("a", fixed(json!("one")))]}),
+        )
+        .await;
+    let v2 = env
+        .flow(
+            "u/alice/pin",
+            json!({"modules": [echo("a", fixed(json!("two")))]}),
+        )
+        .await;
+    assert!(v2 > v1);
+    let run_fv = |v: i64| {
+        let env = &env;
+        async move {
+            env.post(
+                &format!("/api/w/{WS}/jobs/run_wait_result/fv/{v}"),
+                &env.token,
+                json!({}),
+            )
+            .await
+        }
+    };
+    assert_eq!(run_fv(v1).await.expect(200).json(), json!("one"));
+    assert_eq!(run_fv(v2).await.expect(200).json(), json!("two"));
+    let sync = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run_wait_result/f/u/alice/pin"),
+            &env.token,
+            json!({}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(sync.json(), json!("two"));
+    assert!(sync.headers.contains_key("x-millrace-job-id"));
+
+    let history = env
+        .get(
+            &format!("/api/w/{WS}/flows/history/p/u/alice/pin"),
+            &env.token,
+        )
+        .await
+        .expect(200)
+        .json();
+    let ids: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![v2, v1]);
+    let old = env
+        .get(
+            &format!("/api/w/{WS}/flows/get/v/{v1}/p/u/alice/pin"),
+            &env.token,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        old["value"]["modules"][0]["value"]["input_transforms"]["x"]["value"],
+        json!("one")
+    );
+    assert_eq!(old["version_id"], json!(v1));
+    let latest = env
+        .get(&format!("/api/w/{WS}/flows/get/u/alice/pin"), &env.token)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(latest["version_id"], json!(v2));
+    assert_eq!(latest["path"], json!("u/alice/pin"));
+
+    env.post(
+        &format!("/api/w/{WS}/flows/archive/u/alice/pin"),
+        &env.token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    env.post(
+        &format!("/api/w/{WS}/jobs/run/f/u/alice/pin"),
+        &env.token,
+        json!({}),
+    )
+    .await
+    .expect(404);
+    assert_eq!(
+        run_fv(v1).await.expect(200).json(),
+        json!("one"),
+        "fv runs after archive"
+    );
+    let listed = env
+        .get(&format!("/api/w/{WS}/flows/list"), &env.token)
+        .await
+        .expect(200)
+        .json();
+    assert!(listed.as_array().unwrap().is_empty(), "{listed}");
+
+    env.request(
+        reqwest::Method::DELETE,
+        &format!("/api/w/{WS}/flows/delete/u/alice/pin"),
+        Some(&env.token),
+        None,
+    )
+    .await
+    .expect(200);
+    run_fv(v1).await.expect(404);
+    env.get(&format!("/api/w/{WS}/flows/get/u/alice/pin"), &env.token)
+        .await
+        .expect(404);
+    // Unknown versions and malformed ones.
+    run_fv(999_999).await.expect(404);
+    env.post(
+        &format!("/api/w/{WS}/jobs/run/fv/abc"),
+        &env.token,
+        json!({}),
+    )
+    .await
+    .expect(400);
+}
+
+#[tokio::test]
+async fn bad_definitions_are_refused_naming_the_module() {
+    let env = TestEnv::start().await;
+    let cases = [
+        (
+            json!({"modules": [{"id": "w", "value": {"type": "whileloopflow", "modules": []}}]}),
+            "module w: unknown module type",
+        ),
+        (
+            json!({"modules": [echo("a", fixed(json!(1))), echo("a", fixed(json!(2)))]}),
+            "duplicate module id \"a\"",
+        ),
+        (
+            json!({"modules": [{"id": "s", "value": {"type": "script", "path": "u/alice/nothing"}}]}),
+            "module s: script u/alice/nothing not found",
+        ),
+        (
+            json!({"modules": [{"id": "s", "value": {"type": "script", "path": "u/alice/x", "hash": "0123456789abcdef"}}]}),
+            "module s: script",
+        ),
+        (
+            json!({"modules": [{"id": "r", "value": {"type": "rawscript", "language": "go", "content": ""}}]}),
+            "module r: unknown language",
+        ),
+        (
+            json!({"modules": [echo("e", js("flow_input.(x"))]}),
+            "module e: input x",
+        ),
+        (
+            json!({"modules": [{"id": "b", "value": {"type": "branchone", "branches": [{"expr": "a ==", "modules": []}], "default": []}}]}),
+            "module b: branch expr",
+        ),
+        (json!({"modules": "nope"}), "must be an array"),
+    ];
+    for (value, expected) in cases {
+        let res = env
+            .post(
+                &format!("/api/w/{WS}/flows/create"),
+                &env.token,
+                json!({"path": "u/alice/bad", "value": value}),
+            )
+            .await
+            .expect(400);
+        assert!(res.text.contains(expected), "{value}: {}", res.text);
+        assert!(res.text.starts_with("Bad request: "), "{}", res.text);
+    }
+    env.get(&format!("/api/w/{WS}/flows/get/u/alice/bad"), &env.token)
+        .await
+        .expect(404);
+    // A good one, then a second create at the same path, and an update of an unknown path.
+    env.flow("u/alice/good", json!({"modules": []})).await;
+    env.post(
+        &format!("/api/w/{WS}/flows/create"),
+        &env.token,
+        json!({"path": "u/alice/good", "value": {"modules": []}}),
+    )
+    .await
+    .expect(400);
+    env.post(
+        &format!("/api/w/{WS}/flows/update/u/alice/none"),
+        &env.token,
+        json!({"value": {"modules": []}}),
+    )
+    .await
+    .expect(404);
+}
+
+#[tokio::test]
+async fn webhooks_in_every_mode_early_return_and_sse_progress() {
+    let env = TestEnv::start().await;
+    env.flow_with(
+        "u/alice/hook",
+        json!({
+            "value": {"modules": [
+                echo("first", js("({got: flow_input.x, header: flow_input.x_sign ?? null})")),
+                bash("later", "sleep 1\necho later", json!({})),
+            ], "early_return": "first"},
+            "schema": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]},
+        }),
+    )
+    .await;
+    // Sync with early_return: answered before the flow ends, which goes on.
+    let started = std::time::Instant::now();
+    let res = env
+        .http
+        .post(env.url(&format!(
+            "/api/w/{WS}/jobs/run_wait_result/f/u/alice/hook?include_header=X-Sign"
+        )))
+        .bearer_auth(&env.token)
+        .header("X-Sign", "abc")
+        .json(&json!({"x": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["x-millrace-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"got": 5, "header": "abc"})
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered before the 1 s step"
+    );
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        done["result"],
+        json!("later"),
+        "the flow went on after the early answer"
+    );
+
+    // GET with a base64 payload; a missing required argument fails the flow, naming it.
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"y":1}"#);
+    let res = env
+        .get(
+            &format!("/api/w/{WS}/jobs/run_wait_result/f/u/alice/hook?payload={payload}"),
+            &env.token,
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        res.json()["error"]["name"],
+        json!("MissingArguments"),
+        "{}",
+        res.text
+    );
+    assert!(res.text.contains("x"));
+
+    // HEAD probes need no token and run nothing.
+    for route in [
+        "run/f/u/alice/hook",
+        "run_wait_result/f/u/alice/hook",
+        "run_and_stream/f/u/alice/hook",
+        "run/fv/1",
+    ] {
+        let res = env
+            .request(
+                reqwest::Method::HEAD,
+                &format!("/api/w/{WS}/jobs/{route}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(res.status, 200, "{route}");
+    }
+    // Unknown flows are 404 before anything starts, in every mode.
+    for route in [
+        "run/f/u/alice/none",
+        "run_wait_result/f/u/alice/none",
+        "run_and_stream/f/u/alice/none",
+    ] {
+        env.post(&format!("/api/w/{WS}/jobs/{route}"), &env.token, json!({}))
+            .await
+            .expect(404);
+    }
+
+    // SSE: a running frame, flow_status progress frames, then the result.
+    let res = env
+        .http
+        .post(env.url(&format!("/api/w/{WS}/jobs/run_and_stream/f/u/alice/hook")))
+        .bearer_auth(&env.token)
+        .json(&json!({"x": 1}))
+        .send()
+        .await
+        .unwrap();
+    let frames: Vec<Value> = read_frames(res).await.into_iter().map(|(_, f)| f).collect();
+    assert!(
+        frames.iter().any(|f| f["running"] == json!(true)),
+        "{frames:?}"
+    );
+    let progress: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f.get("flow_status").is_some())
+        .collect();
+    assert!(progress.len() >= 2, "{frames:?}");
+    assert_eq!(
+        progress[0]["flow_status"]["modules"][0]["id"],
+        json!("first")
+    );
+    assert_eq!(
+        frames.last().unwrap(),
+        &json!({"type": "update", "completed": true, "success": true, "only_result": "later"})
+    );
+
+    // Async with a preset job_id; the id is readable at once; reusing it is a conflict.
+    let preset = uuid::Uuid::new_v4().to_string();
+    let id = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run/f/u/alice/hook?job_id={preset}"),
+            &env.token,
+            json!({"x": 2}),
+        )
+        .await
+        .expect(201)
+        .text;
+    assert_eq!(id, preset);
+    env.job(&id).await;
+    env.post(
+        &format!("/api/w/{WS}/jobs/run/f/u/alice/hook?job_id={preset}"),
+        &env.token,
+        json!({"x": 2}),
+    )
+    .await
+    .expect(409);
+    assert_eq!(
+        env.wait(&id, Duration::from_secs(30)).await["result"],
+        json!("later")
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_flow_kills_its_running_step_and_starts_no_new_one() {
+    let env = TestEnv::start().await;
+    env.flow(
+        "u/alice/long",
+        json!({"modules": [
+            bash("first", "sleep 60", json!({})),
+            echo("second", fixed(json!("never"))),
+        ]}),
+    )
+    .await;
+    let id = env.run_flow("u/alice/long", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let step = loop {
+        if let Some(step) = steps_of(&env, &id)
+            .await
+            .into_iter()
+            .find(|s| s["running"] == json!(true))
+        {
+            break step;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let res = env
+        .post(
+            &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
+            &env.token,
+            json!({"reason": "enough"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(res.text, id);
+    let done = env.wait(&id, Duration::from_secs(10)).await;
+    assert_eq!(done["success"], json!(false));
+    assert_eq!(done["result"]["error"]["name"], json!("Canceled"));
+    assert_eq!(
+        done["result"]["error"]["message"],
+        json!("Job canceled: enough by alice")
+    );
+    let step_id = step["id"].as_str().unwrap();
+    let step_done = env.wait(step_id, Duration::from_secs(10)).await;
+    assert_eq!(
+        step_done["result"]["error"]["name"],
+        json!("Canceled"),
+        "the running step was killed"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        steps_of(&env, &id).await.len(),
+        1,
+        "no step started after the cancel"
+    );
+    let job = env.job(&id).await;
+    assert_eq!(job["canceled"], json!(true));
+    assert_eq!(job["canceled_by"], json!("alice"));
+    let again = env
+        .post(
+            &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
+            &env.token,
+            json!({}),
+        )
+        .await
+        .expect(200);
+    assert!(again.text.contains("already completed"));
+}
+
+#[tokio::test]
+async fn flows_and_their_steps_publish_events_naming_their_flow() {
+    let env = TestEnv::start().await;
+    let mut events = Events::open(&env, "flow-events").await;
+    let version = env
+        .flow(
+            "u/alice/evented",
+            json!({"modules": [echo("a", fixed(json!(1))), echo("b", fixed(json!(2)))]}),
+        )
+        .await;
+    let id = env.run_flow("u/alice/evented", json!({})).await;
+    let flow_events = events
+        .of_job(
+            &id,
+            &["queued", "started", "completed"],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(kinds(&flow_events), vec!["queued", "started", "completed"]);
+    for event in &flow_events {
+        assert_eq!(event.body["job_kind"], json!("flow"));
+        assert_eq!(event.body["flow_version"], json!(version));
+        assert_eq!(event.body["path"], json!("u/alice/evented"));
+        assert!(event.body.get("parent_job").is_none());
+        assert_eq!(
+            event.msg_id.as_deref(),
+            Some(format!("{id}:{}", event.kind()).as_str())
+        );
+    }
+    let completed = flow_events
+        .iter()
+        .find(|e| e.kind() == "completed")
+        .unwrap();
+    assert_eq!(completed.body["result"], json!(2));
+    for step in steps_of(&env, &id).await {
+        let step_id = step["id"].as_str().unwrap();
+        let step_events = events
+            .of_job(
+                step_id,
+                &["queued", "started", "completed"],
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(kinds(&step_events), vec!["queued", "started", "completed"]);
+        for event in &step_events {
+            assert_eq!(event.body["job_kind"], json!("script"));
+            assert_eq!(event.body["parent_job"], json!(id));
+            assert_eq!(event.body["root_job"], json!(id));
+        }
+    }
+}
+
+#[tokio::test]
+async fn flow_permissions_scopes_sharing_and_webhook_tokens() {
+    let env = TestEnv::start().await;
+    env.flow(
+        "u/alice/private",
+        json!({"modules": [echo("a", fixed(json!("ok")))]}),
+    )
+    .await;
+    let bob = env.user_token("bob@example.com", "bob", false, false).await;
+    // Bob cannot see or run alice's flow, nor write it.
+    env.get(&format!("/api/w/{WS}/flows/get/u/alice/private"), &bob)
+        .await
+        .expect(404);
+    env.post(
+        &format!("/api/w/{WS}/jobs/run/f/u/alice/private"),
+        &bob,
+        json!({}),
+    )
+    .await
+    .expect(404);
+    env.post(
+        &format!("/api/w/{WS}/flows/create"),
+        &bob,
+        json!({"path": "u/alice/mine", "value": {"modules": []}}),
+    )
+    .await
+    .expect(403);
+    // Shared for reading: bob may run it but not update it.
+    env.post(
+        &format!("/api/w/{WS}/acls/add/flow/u/alice/private"),
+        &env.token,
+        json!({"owner": "u/bob"}),
+    )
+    .await
+    .expect(200);
+    let id = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run/f/u/alice/private"),
+            &bob,
+            json!({}),
+        )
+        .await
+        .expect(201)
+        .text;
+    assert_eq!(
+        env.wait(&id, Duration::from_secs(30)).await["result"],
+        json!("ok")
+    );
+    env.post(
+        &format!("/api/w/{WS}/flows/update/u/alice/private"),
+        &bob,
+        json!({"value": {"modules": []}}),
+    )
+    .await
+    .expect(403);
+
+    // A webhook-specific token runs that one flow and nothing else.
+    let create = |scopes: Value| {
+        let env = &env;
+        async move {
+            env.post(
+                "/api/users/tokens/create",
+                &env.token,
+                json!({"scopes": scopes}),
+            )
+            .await
+            .expect(201)
+            .text
+        }
+    };
+    let hook = create(json!(["jobs:run:flows:u/alice/private"])).await;
+    let id = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run_wait_result/f/u/alice/private"),
+            &hook,
+            json!({}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(id.json(), json!("ok"));
+    env.flow("u/alice/other", json!({"modules": []})).await;
+    env.post(
+        &format!("/api/w/{WS}/jobs/run/f/u/alice/other"),
+        &hook,
+        json!({}),
+    )
+    .await
+    .expect(403);
+    env.get(&format!("/api/w/{WS}/flows/get/u/alice/private"), &hook)
+        .await
+        .expect(403);
+    // flows:read reads but does not write; flows:write writes.
+    let reader = create(json!(["flows:read"])).await;
+    env.get(&format!("/api/w/{WS}/flows/get/u/alice/private"), &reader)
+        .await
+        .expect(200);
+    env.post(
+        &format!("/api/w/{WS}/flows/update/u/alice/private"),
+        &reader,
+        json!({"value": {"modules": []}}),
+    )
+    .await
+    .expect(403);
+    env.post(
+        &format!("/api/w/{WS}/jobs/run/f/u/alice/private"),
+        &reader,
+        json!({}),
+    )
+    .await
+    .expect(403);
+    let writer = create(json!(["flows:write"])).await;
+    env.post(
+        &format!("/api/w/{WS}/flows/update/u/alice/other"),
+        &writer,
+        json!({"value": {"modules": []}}),
+    )
+    .await
+    .expect(200);
+    // A flow in a folder: the folder's owners write it.
+    env.post(
+        &format!("/api/w/{WS}/folders/create"),
+        &env.token,
+        json!({"name": "ops", "owners": ["u/bob"]}),
+    )
+    .await
+    .expect(201);
+    env.post(
+        &format!("/api/w/{WS}/flows/create"),
+        &bob,
+        json!({"path": "f/ops/deploy", "value": {"modules": []}}),
+    )
+    .await
+    .expect(201);
 }

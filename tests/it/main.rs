@@ -4,6 +4,7 @@ mod common;
 
 mod bad_input;
 mod events;
+mod flow_durability;
 mod flows;
 mod identity;
 mod jobs_api;

@@ -182,7 +182,7 @@ async fn an_envelope_of_a_newer_version_is_left_for_an_upgraded_worker() {
     let js = jetstream(&env).await;
     let id = uuid::Uuid::now_v7();
     let mut future = envelope(id, &hash, json!({}));
-    future["v"] = json!(3);
+    future["v"] = json!(4);
     // A future version may change fields too; the version alone must be enough to tell.
     future["kind"] = json!({"something": "new"});
 

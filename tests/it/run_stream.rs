@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::common::{Options, TestEnv, WS};
 
 /// Every frame of an SSE response, with when it arrived.
-async fn read_frames(res: reqwest::Response) -> Vec<(Instant, Value)> {
+pub(crate) async fn read_frames(res: reqwest::Response) -> Vec<(Instant, Value)> {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     assert!(res.headers().contains_key("x-millrace-job-id"));

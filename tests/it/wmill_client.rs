@@ -196,3 +196,70 @@ async fn a_job_calls_back_with_wmill_and_its_own_token() {
         "the inner job ended after the outer one"
     );
 }
+
+/// Runs a flow the way a user's program does with `wmill`: an id from `run_flow_async`, then
+/// `wait_job` polling until the result; a failing flow raises.
+const FLOW_PROGRAM: &str = r#"
+import json, sys
+import wmill
+
+api, token, workspace = sys.argv[1], sys.argv[2], sys.argv[3]
+c = wmill.Windmill(base_url=api, token=token, workspace=workspace)
+out = {}
+job_id = c.run_flow_async("u/alice/double_all", args={"items": [1, 2, 3]})
+out["id"] = job_id
+out["result"] = c.wait_job(job_id, timeout=60, cleanup=False)
+out["status"] = c.get_job_status(job_id)
+out["job"] = c.get_job(job_id)
+try:
+    c.wait_job(c.run_flow_async("u/alice/failing_flow", args={}), timeout=60, cleanup=False)
+    out["failure"] = None
+except Exception as e:
+    out["failure"] = str(e)
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn the_windmill_python_client_runs_flows() {
+    let python = wmill_python();
+    let env = TestEnv::start().await;
+    env.flow(
+        "u/alice/double_all",
+        json!({"modules": [{"id": "loop", "value": {"type": "forloopflow",
+            "iterator": {"type": "javascript", "expr": "flow_input.items"}, "parallel": true,
+            "modules": [{"id": "d", "value": {"type": "rawscript", "language": "python3",
+                "content": "def main(x):\n    return x * 2\n",
+                "input_transforms": {"x": {"type": "javascript", "expr": "flow_input.iter.value"}}}}]}}]}),
+    )
+    .await;
+    env.flow(
+        "u/alice/failing_flow",
+        json!({"modules": [{"id": "f", "value": {"type": "rawscript", "language": "python3",
+            "content": "def main():\n    raise ValueError('flow step broke')\n"}}]}),
+    )
+    .await;
+    let mut command = Command::new(&python);
+    command
+        .arg("-c")
+        .arg(FLOW_PROGRAM)
+        .arg(&env.api_url)
+        .arg(&env.token)
+        .arg(WS);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run the wmill flow program");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the wmill program failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(got["result"], json!([2, 4, 6]), "{got}");
+    assert_eq!(got["status"], json!("COMPLETED"));
+    assert_eq!(got["job"]["job_kind"], json!("flow"));
+    assert_eq!(got["job"]["id"], got["id"]);
+    let failure = got["failure"].as_str().unwrap_or_else(|| panic!("{got}"));
+    assert!(failure.contains("flow step broke"), "{failure}");
+}

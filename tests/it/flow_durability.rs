@@ -1,0 +1,206 @@
+//! Flows survive their workers: a worker SIGKILLed while a flow runs (mid-step, or at random
+//! moments, transitions included) loses no flow, and no step is recorded as completed twice.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{Options, TestEnv, WS};
+use crate::flows::{bash, js};
+
+fn options(workers: usize) -> Options {
+    Options {
+        workers,
+        worker_env: vec![("JOB_MAX_ATTEMPTS".into(), "20".into())],
+        ..Default::default()
+    }
+}
+
+/// Every step job of `flow`, straight from the database: (module, key, status, attempts).
+async fn step_rows(env: &TestEnv, flow: &str) -> Vec<(String, String, String, i32)> {
+    let sql = env.sql().await;
+    let rows = sql
+        .query(
+            "SELECT flow_step_id, flow_step_key, status, attempts FROM jobs
+             WHERE parent_job = $1::text::uuid ORDER BY created_at",
+            &[&flow],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// Each step (module + iteration) succeeded exactly once; returns how many there were.
+async fn assert_each_step_completed_once(env: &TestEnv, flow: &str) -> usize {
+    let rows = step_rows(env, flow).await;
+    let mut successes: HashMap<String, usize> = HashMap::new();
+    for (_, key, status, _) in &rows {
+        // The key is `<path>#<attempt>`: the step is the path.
+        let step = key
+            .rsplit_once('#')
+            .map_or(key.as_str(), |(p, _)| p)
+            .to_owned();
+        if status == "success" {
+            *successes.entry(step).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = successes.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "steps completed twice: {twice:?}");
+    successes.len()
+}
+
+async fn wait_for_step(env: &TestEnv, flow: &str, module: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = step_rows(env, flow).await;
+        if rows.iter().any(|(m, _, s, _)| m == module && s == status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "step {module} never {status}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_in_the_middle_of_a_20_step_flow() {
+    let mut env = TestEnv::with(options(1)).await;
+    let modules: Vec<Value> = (0..20)
+        .map(|i| {
+            let input = if i == 0 {
+                js("flow_input.start")
+            } else {
+                js("Number(previous_result)")
+            };
+            bash(
+                &format!("s{i}"),
+                "x=\"$1\"\nsleep 0.2\necho $((x + 1))",
+                json!({"x": input}),
+            )
+        })
+        .collect();
+    env.flow("u/alice/twenty", json!({"modules": modules}))
+        .await;
+    let id = env.run_flow("u/alice/twenty", json!({"start": 100})).await;
+    wait_for_step(&env, &id, "s7", "running").await;
+    env.kill_worker(0);
+    env.add_worker(&[]);
+    let done = env.wait(&id, Duration::from_secs(90)).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    assert_eq!(done["result"], json!("120"));
+    assert_eq!(assert_each_step_completed_once(&env, &id).await, 20);
+    let rows = step_rows(&env, &id).await;
+    let s7: Vec<_> = rows.iter().filter(|(m, ..)| m == "s7").collect();
+    assert_eq!(s7.len(), 1, "{rows:?}");
+    assert_eq!(
+        s7[0].3, 2,
+        "the interrupted step ran again on the new worker"
+    );
+    let job = env.job(&id).await;
+    assert!(job["flow_status"]["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["type"] == json!("Success")));
+}
+
+#[tokio::test]
+async fn a_worker_killed_during_a_parallel_50_iteration_loop() {
+    let mut env = TestEnv::with(options(2)).await;
+    env.flow(
+        "u/alice/fifty",
+        json!({"modules": [
+            {"id": "loop", "value": {"type": "forloopflow", "iterator": js("[...Array(50).keys()]"), "parallel": true,
+              "modules": [bash("work", "x=\"$1\"\nsleep 0.5\necho $((x * x))", json!({"x": js("flow_input.iter.value")}))]}},
+        ]}),
+    )
+    .await;
+    let id = env.run_flow("u/alice/fifty", json!({})).await;
+    // Some iterations are done and others running on both workers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = step_rows(&env, &id).await;
+        if rows.iter().filter(|r| r.2 == "success").count() >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.kill_worker(0);
+    let done = env.wait(&id, Duration::from_secs(120)).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    let expected: Vec<Value> = (0..50).map(|i: i64| json!((i * i).to_string())).collect();
+    assert_eq!(done["result"], json!(expected), "every iteration, in order");
+    assert_eq!(assert_each_step_completed_once(&env, &id).await, 50);
+    let rerun = step_rows(&env, &id)
+        .await
+        .iter()
+        .filter(|r| r.3 > 1)
+        .count();
+    assert!(
+        rerun > 0,
+        "the killed worker's iterations ran again elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn workers_killed_at_random_moments_lose_no_flow() {
+    let mut env = TestEnv::with(options(2)).await;
+    // Short steps: most of the time goes to transitions, so kills land in them too.
+    env.flow(
+        "u/alice/chaos",
+        json!({"modules": [
+            bash("a", "echo 1", json!({})),
+            {"id": "loop", "value": {"type": "forloopflow", "iterator": js("[...Array(12).keys()]"), "parallel": true,
+              "modules": [
+                  bash("i1", "x=\"$1\"\necho $((x + 1))", json!({"x": js("flow_input.iter.value")})),
+                  bash("i2", "x=\"$1\"\necho $((x * 2))", json!({"x": js("Number(previous_result)")})),
+              ]}},
+            {"id": "all", "value": {"type": "branchall", "branches": [
+                {"modules": [bash("b1", "echo left", json!({}))]},
+                {"modules": [bash("b2", "echo right", json!({}))]},
+            ]}},
+            bash("z", "x=\"$1\"\necho \"$x\"", json!({"x": js("JSON.stringify([results.loop, results.all])")})),
+        ]}),
+    )
+    .await;
+    let ids = [
+        env.run_flow("u/alice/chaos", json!({})).await,
+        env.run_flow("u/alice/chaos", json!({})).await,
+        env.run_flow("u/alice/chaos", json!({})).await,
+    ];
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let mut alive = vec![0usize, 1];
+    for round in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150 + next() % 400)).await;
+        let victim = alive.remove((next() % alive.len() as u64) as usize);
+        env.kill_worker(victim);
+        alive.push(env.add_worker(&[]));
+        let _ = round;
+    }
+    let expected: Vec<Value> = (0..12)
+        .map(|i: i64| json!(((i + 1) * 2).to_string()))
+        .collect();
+    for id in &ids {
+        let done = env.wait(id, Duration::from_secs(120)).await;
+        assert_eq!(done["success"], json!(true), "{done}");
+        let out: Value = serde_json::from_str(done["result"].as_str().unwrap()).unwrap();
+        assert_eq!(out, json!([expected, ["left", "right"]]));
+        assert_eq!(
+            assert_each_step_completed_once(&env, id).await,
+            1 + 24 + 2 + 1
+        );
+    }
+    let _ = WS;
+}
