@@ -22,10 +22,7 @@ use super::machine::{self, Action, Event, NewStep, StepDone};
 use super::model::{FlowDef, ModuleKind};
 use super::state::FlowState;
 use super::status::flow_status;
-use crate::domain::{
-    canceled_result, JobId, JobKind, JobStatus, RunnablePath, ScriptHash, ScriptLang, Tag,
-    WorkspaceId,
-};
+use crate::domain::{canceled_result, JobId, JobKind, JobStatus, ScriptLang, Tag, WorkspaceId};
 use crate::queue::envelope::{self, FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
@@ -249,7 +246,7 @@ impl FlowDriver {
         effects.scopes = saved.scopes.clone();
         let ws = WorkspaceId::parse(&flow.workspace_id)
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        let Some(version) = self.version(&ws, flow.flow_version).await? else {
+        let Some(version) = self.version(&ws, flow.flow_version, Some(run)).await? else {
             return Ok(end_now(
                 effects,
                 "NotFound",
@@ -269,7 +266,7 @@ impl FlowDriver {
             let actions = apply_blocking(&version, &mut saved.machine, &flow.args, event).await;
             for action in actions {
                 match action {
-                    Action::Enqueue(step) => match self.step_row(&flow, &version.def, &step).await?
+                    Action::Enqueue(step) => match step_row(run, &flow, &version.def, &step).await?
                     {
                         Ok(row) => rows.push(row),
                         // The script is gone: the step fails without running.
@@ -317,89 +314,6 @@ impl FlowDriver {
         Ok((effects, state))
     }
 
-    /// The row of a new step job, or the error result of a step whose script is gone.
-    async fn step_row(
-        &self,
-        flow: &FlowJob,
-        def: &FlowDef,
-        step: &NewStep,
-    ) -> Result<Result<NewJobRow, Value>, StoreError> {
-        let module = def
-            .find(&step.module_id)
-            .expect("the machine names modules of its flow");
-        let ws = WorkspaceId::parse(&flow.workspace_id)
-            .map_err(|e| StoreError::Config(e.to_string()))?;
-        let flow_path = flow.path.clone().unwrap_or_default();
-        let (path, hash, language, tag, timeout) = match &module.kind {
-            ModuleKind::RawScript { language, tag, .. } => (
-                format!("{flow_path}/{}", module.id),
-                None,
-                *language,
-                tag.as_ref().map(Tag::to_string),
-                None,
-            ),
-            ModuleKind::Script {
-                path, hash, tag, ..
-            } => {
-                let Some(script) = self.script(&ws, path, hash.as_ref()).await? else {
-                    let which = hash
-                        .as_ref()
-                        .map_or_else(|| path.to_string(), |h| format!("{path} ({h})"));
-                    return Ok(Err(json!({"error": {
-                        "name": "NotFound",
-                        "message": format!("module {}: script {which} not found", module.id),
-                        "step_id": module.id,
-                    }})));
-                };
-                (
-                    path.to_string(),
-                    Some(script.hash.to_string()),
-                    script.language,
-                    tag.as_ref().map(Tag::to_string).or(script.tag),
-                    script.timeout,
-                )
-            }
-            _ => unreachable!("only step modules are enqueued"),
-        };
-        Ok(Ok(NewJobRow {
-            id: step.job,
-            workspace_id: flow.workspace_id.clone(),
-            job_kind: JobKind::Script.as_str().to_owned(),
-            script_path: Some(path),
-            script_hash: hash,
-            args: Value::Object(step.args.clone()),
-            created_by: flow.created_by.clone(),
-            permissioned_as: flow.permissioned_as.clone(),
-            created_at: Utc::now(),
-            scheduled_for: step.scheduled_for,
-            language: Some(language.as_str().to_owned()),
-            tag: tag.unwrap_or_else(|| flow.tag.clone()),
-            timeout_s: step.timeout_s.or(timeout),
-            parent_job: Some(flow.id),
-            started_by_token: flow.started_by_token.clone(),
-            flow_version: None,
-            root_job: Some(flow.id),
-            flow_step_id: Some(module.id.clone()),
-            flow_step_key: Some(step.key.clone()),
-        }))
-    }
-
-    async fn script(
-        &self,
-        ws: &WorkspaceId,
-        path: &RunnablePath,
-        hash: Option<&ScriptHash>,
-    ) -> Result<Option<store::scripts::Script>, StoreError> {
-        Ok(match hash {
-            Some(hash) => store::scripts::by_hash(&self.pool, ws, hash)
-                .await?
-                .filter(|s| &s.path == path),
-            None => store::scripts::latest_by_path(&self.pool, ws, path)
-                .await?
-                .filter(|s| !s.archived),
-        })
-    }
-
     /// The language and code of a `rawscript` step.
     pub async fn step_code(
         &self,
@@ -409,7 +323,7 @@ impl FlowDriver {
         let Ok(ws) = WorkspaceId::parse(ws) else {
             return Ok(None);
         };
-        let Some(version) = self.version(&ws, Some(step.flow_version)).await? else {
+        let Some(version) = self.version(&ws, Some(step.flow_version), None).await? else {
             return Ok(None);
         };
         Ok(match version.def.find(&step.step_id).map(|m| &m.kind) {
@@ -420,11 +334,13 @@ impl FlowDriver {
         })
     }
 
-    /// A flow version, from the cache (versions never change) or the store.
+    /// A flow version, from the cache (versions never change) or the store (in `run`'s
+    /// transaction when there is one, so a transition never waits for a second connection).
     async fn version(
         &self,
         ws: &WorkspaceId,
         id: Option<i64>,
+        run: Option<&FlowRun<'_>>,
     ) -> Result<Option<Arc<Version>>, StoreError> {
         let Some(id) = id else {
             return Ok(None);
@@ -433,7 +349,11 @@ impl FlowDriver {
         if let Some(version) = self.versions.lock().expect("versions lock").get(&key) {
             return Ok(Some(version.clone()));
         }
-        let Some(flow) = store::flows::version(&self.pool, ws, id).await? else {
+        let stored = match run {
+            Some(run) => run.version(ws, id).await?,
+            None => store::flows::version(&self.pool, ws, id).await?,
+        };
+        let Some(flow) = stored else {
             return Ok(None);
         };
         let Ok(def) = FlowDef::parse(&flow.value) else {
@@ -649,6 +569,73 @@ async fn announce_canceled(bus: &Bus, flow: &FlowJob, effects: &Effects) {
         };
         let _ = bus.publish_cancel(&request).await;
     }
+}
+
+/// The row of a new step job, or the error result of a step whose script is gone.
+async fn step_row(
+    run: &FlowRun<'_>,
+    flow: &FlowJob,
+    def: &FlowDef,
+    step: &NewStep,
+) -> Result<Result<NewJobRow, Value>, StoreError> {
+    let module = def
+        .find(&step.module_id)
+        .expect("the machine names modules of its flow");
+    let ws =
+        WorkspaceId::parse(&flow.workspace_id).map_err(|e| StoreError::Config(e.to_string()))?;
+    let flow_path = flow.path.clone().unwrap_or_default();
+    let (path, hash, language, tag, timeout) = match &module.kind {
+        ModuleKind::RawScript { language, tag, .. } => (
+            format!("{flow_path}/{}", module.id),
+            None,
+            *language,
+            tag.as_ref().map(Tag::to_string),
+            None,
+        ),
+        ModuleKind::Script {
+            path, hash, tag, ..
+        } => {
+            let Some(script) = run.script(&ws, path, hash.as_ref()).await? else {
+                let which = hash
+                    .as_ref()
+                    .map_or_else(|| path.to_string(), |h| format!("{path} ({h})"));
+                return Ok(Err(json!({"error": {
+                    "name": "NotFound",
+                    "message": format!("module {}: script {which} not found", module.id),
+                    "step_id": module.id,
+                }})));
+            };
+            (
+                path.to_string(),
+                Some(script.hash.to_string()),
+                script.language,
+                tag.as_ref().map(Tag::to_string).or(script.tag),
+                script.timeout,
+            )
+        }
+        _ => unreachable!("only step modules are enqueued"),
+    };
+    Ok(Ok(NewJobRow {
+        id: step.job,
+        workspace_id: flow.workspace_id.clone(),
+        job_kind: JobKind::Script.as_str().to_owned(),
+        script_path: Some(path),
+        script_hash: hash,
+        args: Value::Object(step.args.clone()),
+        created_by: flow.created_by.clone(),
+        permissioned_as: flow.permissioned_as.clone(),
+        created_at: Utc::now(),
+        scheduled_for: step.scheduled_for,
+        language: Some(language.as_str().to_owned()),
+        tag: tag.unwrap_or_else(|| flow.tag.clone()),
+        timeout_s: step.timeout_s.or(timeout),
+        parent_job: Some(flow.id),
+        started_by_token: flow.started_by_token.clone(),
+        flow_version: None,
+        root_job: Some(flow.id),
+        flow_step_id: Some(module.id.clone()),
+        flow_step_key: Some(step.key.clone()),
+    }))
 }
 
 /// Ends the flow as failed before anything runs.

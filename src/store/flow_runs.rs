@@ -7,10 +7,12 @@ use serde_json::Value;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Statement, Transaction};
 
+use super::flows::{self, Flow};
 use super::job_inserter::{run_insert, INSERT};
 use super::jobs::{Completion, COMPLETE};
+use super::scripts::{self, Script};
 use super::{Conn, NewJobRow, StoreError};
-use crate::domain::{JobId, JobStatus};
+use crate::domain::{JobId, JobStatus, RunnablePath, ScriptHash, WorkspaceId};
 
 /// The flow job's row, as a transition needs it.
 #[derive(Debug, Clone)]
@@ -175,6 +177,29 @@ impl FlowRun<'_> {
             let result: Option<Value> = row.get(1);
             (status, result.unwrap_or(Value::Null))
         }))
+    }
+
+    /// A script version, read in this transaction: the live one at `path`, or `hash` if it is
+    /// a version of `path`.
+    pub async fn script(
+        &self,
+        ws: &WorkspaceId,
+        path: &RunnablePath,
+        hash: Option<&ScriptHash>,
+    ) -> Result<Option<Script>, StoreError> {
+        Ok(match hash {
+            Some(hash) => scripts::by_hash_on(&self.tx, ws, hash)
+                .await?
+                .filter(|s| &s.path == path),
+            None => scripts::latest_by_path_on(&self.tx, ws, path)
+                .await?
+                .filter(|s| !s.archived),
+        })
+    }
+
+    /// A flow version, read in this transaction.
+    pub async fn version(&self, ws: &WorkspaceId, id: i64) -> Result<Option<Flow>, StoreError> {
+        flows::version_on(&self.tx, ws, id).await
     }
 
     pub async fn insert_steps(&self, rows: &[NewJobRow]) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row};
 
 use crate::domain::{RunnablePath, WorkspaceId};
 
@@ -156,7 +156,15 @@ pub async fn latest(
 
 /// One version, by id.
 pub async fn version(pool: &Pool, ws: &WorkspaceId, id: i64) -> Result<Option<Flow>, StoreError> {
-    let conn = pool.get().await?;
+    version_on(&**pool.get().await?, ws, id).await
+}
+
+/// [`version`] on a given connection or transaction.
+pub(super) async fn version_on(
+    conn: &impl GenericClient,
+    ws: &WorkspaceId,
+    id: i64,
+) -> Result<Option<Flow>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE v.workspace_id = $1 AND v.id = $2");
     let row = conn.query_opt(&sql, &[&ws.as_str(), &id]).await?;
     Ok(row.as_ref().map(from_row))

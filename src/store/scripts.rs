@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row};
 
 use crate::domain::{RunnablePath, ScriptHash, ScriptLang, WorkspaceId};
 
@@ -150,7 +150,15 @@ pub async fn latest_by_path(
     ws: &WorkspaceId,
     path: &RunnablePath,
 ) -> Result<Option<Script>, StoreError> {
-    let conn = pool.get().await?;
+    latest_by_path_on(&**pool.get().await?, ws, path).await
+}
+
+/// [`latest_by_path`] on a given connection or transaction.
+pub(super) async fn latest_by_path_on(
+    conn: &impl GenericClient,
+    ws: &WorkspaceId,
+    path: &RunnablePath,
+) -> Result<Option<Script>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM scripts WHERE workspace_id = $1 AND path = $2
          ORDER BY archived, created_at DESC LIMIT 1"
@@ -166,7 +174,15 @@ pub async fn by_hash(
     ws: &WorkspaceId,
     hash: &ScriptHash,
 ) -> Result<Option<Script>, StoreError> {
-    let conn = pool.get().await?;
+    by_hash_on(&**pool.get().await?, ws, hash).await
+}
+
+/// [`by_hash`] on a given connection or transaction.
+pub(super) async fn by_hash_on(
+    conn: &impl GenericClient,
+    ws: &WorkspaceId,
+    hash: &ScriptHash,
+) -> Result<Option<Script>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM scripts WHERE workspace_id = $1 AND hash = $2");
     let row = conn
         .query_opt(&sql, &[&ws.as_str(), &hash.as_str()])
