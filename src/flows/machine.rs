@@ -21,6 +21,8 @@ use crate::domain::JobId;
 
 /// Retries never wait longer than this.
 const MAX_RETRY_DELAY_S: u64 = 6 * 3600;
+/// A loop runs at most this many iterations: each is a job, and the flow's state holds them all.
+pub const MAX_ITERATIONS: usize = 10_000;
 
 /// What happened to the flow.
 #[derive(Debug, Clone, PartialEq)]
@@ -373,6 +375,17 @@ impl Machine<'_> {
                 ..
             } => {
                 let items = match self.transform(iterator, scope, &[("result", scope.previous)]) {
+                    Ok(Value::Array(items)) if items.len() > MAX_ITERATIONS => {
+                        return immediate(End::failure(error_result(
+                            "IteratorError",
+                            format!(
+                                "module {}: the iterator has {} items; a loop runs at most {MAX_ITERATIONS}",
+                                module.id,
+                                items.len()
+                            ),
+                            module,
+                        )))
+                    }
                     Ok(Value::Array(items)) => items,
                     Ok(other) => {
                         return immediate(End::failure(error_result(
