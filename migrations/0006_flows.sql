@@ -30,10 +30,15 @@ CREATE INDEX flow_versions_by_path ON flow_versions (workspace_id, path, id DESC
 -- derived from it). A step job names its flow (`parent_job`, `root_job`), its module
 -- (`flow_step_id`) and its place in the run (`flow_step_key`: module path, iteration, attempt),
 -- unique per flow, so a transition that is replayed cannot enqueue a step twice.
+-- `flow_step_applied` is set once the flow's state has taken the step's end into account: a
+-- transition applies every ended step not applied yet, so steps ending together share one.
 ALTER TABLE jobs
-    ADD COLUMN root_job      uuid,
-    ADD COLUMN flow_step_id  text,
-    ADD COLUMN flow_step_key text,
-    ADD COLUMN flow_state    jsonb;
+    ADD COLUMN root_job          uuid,
+    ADD COLUMN flow_step_id      text,
+    ADD COLUMN flow_step_key     text,
+    ADD COLUMN flow_step_applied boolean NOT NULL DEFAULT false,
+    ADD COLUMN flow_state        jsonb;
 CREATE UNIQUE INDEX jobs_flow_steps ON jobs (parent_job, flow_step_key)
     WHERE flow_step_key IS NOT NULL;
+CREATE INDEX jobs_flow_steps_unapplied ON jobs (parent_job)
+    WHERE flow_step_key IS NOT NULL AND NOT flow_step_applied;

@@ -28,7 +28,6 @@ use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
 use crate::queue::{Bus, QueueError};
 use crate::store::flow_runs::{self, CanceledStep, FlowEnd, FlowJob, FlowRun, QueuedStep};
-use crate::store::jobs::Completion;
 use crate::store::{self, NewJobRow, Pool, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,16 +65,11 @@ pub struct FlowDriver {
 }
 
 /// What started the transition.
-enum Trigger<'a> {
+enum Trigger {
     /// The flow job's own message: a start, or a wake-up.
     Message { scopes: Option<Vec<String>> },
-    /// A step ended on this worker: record it.
-    StepEnded {
-        step: JobId,
-        completion: &'a Completion,
-    },
-    /// A step's message came back and its row is completed already.
-    StepRedelivered { step: JobId },
+    /// A step of the flow ended (its end is recorded).
+    StepEnded,
 }
 
 /// Everything a transition decided, to publish once it committed.
@@ -112,127 +106,94 @@ impl FlowDriver {
         let trigger = Trigger::Message {
             scopes: envelope.scopes.clone(),
         };
-        self.transition(envelope.id, trigger).await
+        // A redelivered start may follow a commit whose steps were never published.
+        self.transition(envelope.id, trigger, true).await
     }
 
-    /// A step ended on this worker: records it and advances its flow in one transaction.
-    /// False when the step had ended already (another delivery recorded it).
-    pub async fn on_step_end(
-        &self,
-        step: &FlowStep,
-        id: JobId,
-        completion: &Completion,
-    ) -> Result<bool, DriverError> {
-        let trigger = Trigger::StepEnded {
-            step: id,
-            completion,
-        };
-        let recorded = self.transition_checked(step.flow_job, trigger).await?;
-        Ok(recorded)
-    }
-
-    /// A step's message came back although its row is completed: makes sure its flow saw it,
-    /// and publishes the flow's queued steps again.
-    pub async fn on_step_redelivered(&self, step: &FlowStep, id: JobId) -> Result<(), DriverError> {
-        self.transition(step.flow_job, Trigger::StepRedelivered { step: id })
+    /// A step of this flow ended and its end is recorded: advances the flow, applying this end
+    /// and every other one the flow has not taken into account yet (steps ending together share
+    /// one transition).
+    pub async fn on_step_end(&self, step: &FlowStep) -> Result<(), DriverError> {
+        self.transition(step.flow_job, Trigger::StepEnded, false)
             .await
     }
 
-    async fn transition(&self, flow: JobId, trigger: Trigger<'_>) -> Result<(), DriverError> {
-        self.transition_checked(flow, trigger).await.map(drop)
+    /// A step's message came back although its row is completed: makes sure its flow saw it,
+    /// and publishes the flow's queued steps again (its worker may have died in between).
+    pub async fn on_step_redelivered(&self, step: &FlowStep) -> Result<(), DriverError> {
+        self.transition(step.flow_job, Trigger::StepEnded, true)
+            .await
     }
 
-    /// Runs one transition; true unless a step end to record had been recorded already.
-    async fn transition_checked(
+    /// Runs one transition and publishes what it decided; with `republish`, also the flow's
+    /// queued steps.
+    async fn transition(
         &self,
         flow: JobId,
-        trigger: Trigger<'_>,
-    ) -> Result<bool, DriverError> {
+        trigger: Trigger,
+        republish: bool,
+    ) -> Result<(), DriverError> {
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let Some(mut run) = flow_runs::lock(&mut conn, flow).await? else {
             tracing::warn!(flow = %flow, "no such flow job; dropping the message");
-            return Ok(true);
+            return Ok(());
         };
-        let (event, recorded) = match &trigger {
-            Trigger::Message { .. } if run.flow.status == JobStatus::Queued => {
+        let mut events = Vec::new();
+        let mut scopes = None;
+        if let Trigger::Message { scopes: given } = trigger {
+            if run.flow.status == JobStatus::Queued {
                 run.mark_started(&self.worker).await?;
-                (Some(Event::Start), true)
+                events.push(Event::Start);
+                scopes = given;
+            } else {
+                events.push(Event::Wake);
             }
-            Trigger::Message { .. } => (Some(Event::Wake), true),
-            Trigger::StepEnded { step, completion } => {
-                if run.complete_step(*step, completion).await? {
-                    let done = StepDone {
-                        job: *step,
-                        success: completion.status == JobStatus::Success,
-                        canceled: completion.status == JobStatus::Canceled,
-                        result: completion.result.clone(),
-                    };
-                    (Some(Event::StepDone(done)), true)
-                } else {
-                    (self.recorded_end(&run, *step).await?, false)
-                }
-            }
-            Trigger::StepRedelivered { step } => (self.recorded_end(&run, *step).await?, true),
-        };
-        let scopes = match &trigger {
-            Trigger::Message { scopes } => scopes.clone(),
-            _ => None,
-        };
+        }
+        let ends = run.unapplied_ends().await?;
+        let applied: Vec<JobId> = ends.iter().map(|(id, ..)| *id).collect();
+        events.extend(ends.into_iter().map(|(job, status, result)| {
+            Event::StepDone(StepDone {
+                job,
+                success: status == JobStatus::Success,
+                canceled: status == JobStatus::Canceled,
+                result,
+            })
+        }));
         let flow_job = run.flow.clone();
-        let effects = match (event, flow_job.status.is_completed()) {
-            (Some(event), false) => {
-                let (effects, state) = self.apply(&mut run, event, scopes).await?;
-                run.save(Some(&state), Some(&effects.status), effects.end.as_ref())
-                    .await?;
-                effects
+        let effects = if events.is_empty() || flow_job.status.is_completed() {
+            // Nothing new, or the flow ended already (cancelled, say).
+            run.commit_steps().await?;
+            Effects {
+                scopes: saved_scopes(&flow_job),
+                ..Effects::default()
             }
-            // Ended already (cancelled, say): only the step's own end was recorded.
-            _ => {
-                run.commit_steps().await?;
-                Effects {
-                    scopes: saved_scopes(&flow_job),
-                    ..Effects::default()
-                }
-            }
+        } else {
+            let (effects, state) = self.apply(&mut run, events, scopes).await?;
+            run.mark_applied(&applied).await?;
+            run.save(Some(&state), Some(&effects.status), effects.end.as_ref())
+                .await?;
+            effects
         };
         drop(conn);
         let scopes = effects.scopes.clone();
         self.publish(&flow_job, effects).await?;
-        if let Trigger::StepRedelivered { .. } | Trigger::Message { .. } = trigger {
+        if republish {
             self.republish_queued(&flow_job, &scopes).await?;
         }
-        Ok(recorded)
+        Ok(())
     }
 
-    /// The end of a step as its row records it, as an event (`None` while it has not ended).
-    async fn recorded_end(
-        &self,
-        run: &FlowRun<'_>,
-        step: JobId,
-    ) -> Result<Option<Event>, StoreError> {
-        Ok(run.step(step).await?.and_then(|(status, result)| {
-            status.is_completed().then(|| {
-                Event::StepDone(StepDone {
-                    job: step,
-                    success: status == JobStatus::Success,
-                    canceled: status == JobStatus::Canceled,
-                    result,
-                })
-            })
-        }))
-    }
-
-    /// Applies `event` (and what resolving its new steps gives back); returns what to publish
-    /// and the state to save.
+    /// Applies `events` (and what resolving their new steps gives back); returns what to
+    /// publish and the state to save.
     async fn apply(
         &self,
         run: &mut FlowRun<'_>,
-        event: Event,
+        events: Vec<Event>,
         scopes: Option<Vec<String>>,
     ) -> Result<(Effects, Value), DriverError> {
         let flow = run.flow.clone();
         let mut effects = Effects {
-            started: matches!(event, Event::Start),
+            started: events.first() == Some(&Event::Start),
             ..Effects::default()
         };
         let mut saved: Saved = flow
@@ -259,11 +220,12 @@ impl FlowDriver {
                 return Ok(end_now(effects, "MissingArguments", message));
             }
         }
-        let mut events = vec![event];
         let mut rows = Vec::new();
         let mut cancels = Vec::new();
-        while let Some(event) = events.pop() {
-            let actions = apply_blocking(&version, &mut saved.machine, &flow.args, event).await;
+        let mut events = events;
+        while !events.is_empty() {
+            let batch = std::mem::take(&mut events);
+            let actions = apply_blocking(&version, &mut saved.machine, &flow.args, batch).await;
             for action in actions {
                 match action {
                     Action::Enqueue(step) => match step_row(run, &flow, &version.def, &step).await?
@@ -383,10 +345,19 @@ impl FlowDriver {
                 .publish_event_unconfirmed(&JobEvent::new(JobEventKind::Started, &template))
                 .await;
         }
-        for step in &effects.steps {
-            let envelope = self.step_envelope(flow, &effects.scopes, step);
-            self.bus.publish_job(&tag_of(&step.tag), &envelope).await?;
-            let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
+        let jobs: Vec<(Tag, JobEnvelope)> = effects
+            .steps
+            .iter()
+            .map(|step| {
+                (
+                    tag_of(&step.tag),
+                    self.step_envelope(flow, &effects.scopes, step),
+                )
+            })
+            .collect();
+        self.bus.publish_jobs(&jobs).await?;
+        for (_, envelope) in &jobs {
+            let mut event = JobEvent::new(JobEventKind::Queued, envelope);
             event.at = Utc::now();
             self.bus.publish_event_unconfirmed(&event).await;
         }
@@ -427,11 +398,11 @@ impl FlowDriver {
         let conn = self.pool.get().await.map_err(StoreError::from)?;
         let queued = flow_runs::queued_steps(&conn, flow.id).await?;
         drop(conn);
-        for step in &queued {
-            let envelope = self.step_envelope(flow, scopes, step);
-            self.bus.publish_job(&tag_of(&step.tag), &envelope).await?;
-        }
-        Ok(())
+        let jobs: Vec<(Tag, JobEnvelope)> = queued
+            .iter()
+            .map(|step| (tag_of(&step.tag), self.step_envelope(flow, scopes, step)))
+            .collect();
+        Ok(self.bus.publish_jobs(&jobs).await?)
     }
 }
 
@@ -714,12 +685,13 @@ fn missing_arguments(schema: Option<&Value>, args: &Value) -> Option<Vec<String>
     (!missing.is_empty()).then_some(missing)
 }
 
-/// Runs the machine off the async threads: expressions may take up to their deadline.
+/// Runs the machine off the async threads (expressions may take up to their deadline),
+/// applying `events` in order.
 async fn apply_blocking(
     version: &Arc<Version>,
     state: &mut FlowState,
     args: &Value,
-    event: Event,
+    events: Vec<Event>,
 ) -> Vec<Action> {
     let version = version.clone();
     let mut owned = std::mem::take(state);
@@ -728,14 +700,17 @@ async fn apply_blocking(
         _ => Value::Object(Map::new()),
     };
     let (owned, actions) = tokio::task::spawn_blocking(move || {
-        let actions = machine::apply(
-            &version.def,
-            &mut owned,
-            &input,
-            event,
-            Utc::now(),
-            &mut uuid::Uuid::now_v7,
-        );
+        let mut actions = Vec::new();
+        for event in events {
+            actions.extend(machine::apply(
+                &version.def,
+                &mut owned,
+                &input,
+                event,
+                Utc::now(),
+                &mut uuid::Uuid::now_v7,
+            ));
+        }
         (owned, actions)
     })
     .await

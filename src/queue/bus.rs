@@ -125,6 +125,27 @@ impl Bus {
         Ok(ack.await.map_err(QueueError::publish)?.sequence)
     }
 
+    /// Publishes several jobs, sending them all before waiting for their PubAcks.
+    pub async fn publish_jobs(&self, jobs: &[(Tag, JobEnvelope)]) -> Result<(), QueueError> {
+        let mut acks = Vec::with_capacity(jobs.len());
+        for (tag, envelope) in jobs {
+            let ack = self
+                .js
+                .publish_with_headers(
+                    subjects::jobs(tag),
+                    msg_id_header(&envelope.id.to_string()),
+                    encode(envelope),
+                )
+                .await
+                .map_err(QueueError::publish)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(QueueError::publish)?;
+        }
+        Ok(())
+    }
+
     /// Takes a published job back out of the queue (its row could not be written).
     pub async fn withdraw_job(&self, sequence: u64) -> Result<(), QueueError> {
         self.js

@@ -9,7 +9,6 @@ use tokio_postgres::{Statement, Transaction};
 
 use super::flows::{self, Flow};
 use super::job_inserter::{run_insert, INSERT};
-use super::jobs::{Completion, COMPLETE};
 use super::scripts::{self, Script};
 use super::{Conn, NewJobRow, StoreError};
 use crate::domain::{JobId, JobStatus, RunnablePath, ScriptHash, WorkspaceId};
@@ -69,7 +68,7 @@ pub struct FlowRun<'c> {
 }
 
 struct Statements {
-    complete: Statement,
+    unapplied: Statement,
     insert: Statement,
 }
 
@@ -84,7 +83,7 @@ pub async fn lock<'c>(
 ) -> Result<Option<FlowRun<'c>>, StoreError> {
     let lock = conn.prepared(LOCK, &[Type::UUID]).await?;
     let statements = Statements {
-        complete: conn.prepared(COMPLETE, COMPLETE_TYPES).await?,
+        unapplied: conn.prepared(UNAPPLIED, &[Type::UUID]).await?,
         insert: conn.prepared(INSERT, &[]).await?,
     };
     let tx = conn.transaction().await?;
@@ -112,15 +111,11 @@ pub async fn lock<'c>(
     }))
 }
 
-const COMPLETE_TYPES: &[Type] = &[
-    Type::UUID,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-];
+const UNAPPLIED: &str = "SELECT id, status, result FROM jobs
+                         WHERE parent_job = $1 AND flow_step_key IS NOT NULL
+                           AND NOT flow_step_applied
+                           AND status IN ('success', 'failure', 'canceled')
+                         ORDER BY completed_at, id";
 
 impl FlowRun<'_> {
     /// Queued → running, on `worker`.
@@ -139,44 +134,34 @@ impl FlowRun<'_> {
         Ok(())
     }
 
-    /// Records a step's end; false if it had ended already (a duplicate delivery).
-    pub async fn complete_step(
-        &self,
-        step: JobId,
-        completion: &Completion,
-    ) -> Result<bool, StoreError> {
-        let updated = self
+    /// The ended steps of this flow that its state has not taken into account yet, in the order
+    /// they ended: `(id, status, result)`.
+    pub async fn unapplied_ends(&self) -> Result<Vec<(JobId, JobStatus, Value)>, StoreError> {
+        let rows = self
             .tx
-            .execute(
-                &self.statements.complete,
-                &[
-                    &step,
-                    &completion.status.as_str(),
-                    &completion.result,
-                    &completion.logs,
-                    &completion.duration_ms,
-                    &completion.canceled_by,
-                    &completion.canceled_reason,
-                ],
-            )
+            .query(&self.statements.unapplied, &[&self.flow.id])
             .await?;
-        Ok(updated == 1)
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let status = JobStatus::parse(row.get(1)).unwrap_or(JobStatus::Failure);
+                let result: Option<Value> = row.get(2);
+                (row.get(0), status, result.unwrap_or(Value::Null))
+            })
+            .collect())
     }
 
-    /// A step's status and result, if it belongs to this flow.
-    pub async fn step(&self, step: JobId) -> Result<Option<(JobStatus, Value)>, StoreError> {
-        let row = self
-            .tx
-            .query_opt(
-                "SELECT status, result FROM jobs WHERE id = $1 AND parent_job = $2",
-                &[&step, &self.flow.id],
-            )
-            .await?;
-        Ok(row.map(|row| {
-            let status = JobStatus::parse(row.get(0)).unwrap_or(JobStatus::Failure);
-            let result: Option<Value> = row.get(1);
-            (status, result.unwrap_or(Value::Null))
-        }))
+    /// Marks steps' ends as taken into account by the state this transition saves.
+    pub async fn mark_applied(&self, steps: &[JobId]) -> Result<(), StoreError> {
+        if !steps.is_empty() {
+            self.tx
+                .execute(
+                    "UPDATE jobs SET flow_step_applied = true WHERE id = ANY($1)",
+                    &[&steps],
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// A script version, read in this transaction: the live one at `path`, or `hash` if it is

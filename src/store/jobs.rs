@@ -366,7 +366,7 @@ pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result
     Ok(updated == 1)
 }
 
-pub(super) const COMPLETE: &str =
+const COMPLETE: &str =
     "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5, completed_at = now(),
                      canceled_by = COALESCE($6, canceled_by),
                      canceled_reason = COALESCE($7, canceled_reason)

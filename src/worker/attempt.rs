@@ -117,7 +117,7 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
             let Some(step) = &envelope.flow_step else {
                 return Settle::Ack;
             };
-            return match ctx.flows.on_step_redelivered(step, envelope.id).await {
+            return match ctx.flows.on_step_redelivered(step).await {
                 Ok(()) => Settle::Ack,
                 Err(e) => {
                     tracing::warn!(job = %envelope.id, error = %e, "flow step reconciliation failed");
@@ -472,37 +472,36 @@ async fn finish(
         canceled_by: outcome.canceled_by,
         canceled_reason: outcome.canceled_reason,
     };
-    let unpublished = std::sync::atomic::AtomicBool::new(false);
-    let recorded =
-        match &envelope.flow_step {
-            None => retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await,
-            // The step's end and the transition it triggers commit together.
-            Some(step) => retry_store(|| async {
-                match ctx.flows.on_step_end(step, envelope.id, &completion).await {
-                    Ok(recorded) => Ok(recorded),
-                    Err(DriverError::Store(e)) => Err(e),
-                    Err(DriverError::Queue(e)) => {
-                        tracing::warn!(job = %envelope.id, error = %e, "flow step publish failed");
-                        unpublished.store(true, std::sync::atomic::Ordering::Relaxed);
-                        Ok(true)
-                    }
-                }
-            })
-            .await,
-        };
-    match recorded {
-        Ok(true) => {}
-        // Another delivery recorded it first: nothing more to announce.
-        Ok(false) => return Settle::Ack,
+    let recorded = match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
+        Ok(recorded) => recorded,
         Err(_) => return Settle::Abandon,
-    }
-    // Committed, but what the flow enqueued was not published: a quick redelivery of this
-    // message publishes it again.
-    let settle = if unpublished.into_inner() {
-        Settle::RetryLater
-    } else {
-        Settle::Ack
     };
+    // A flow's step: its flow moves on before the message is acked. Also when another delivery
+    // recorded the end first: its worker may have died before the transition.
+    let settle = match &envelope.flow_step {
+        None => Settle::Ack,
+        Some(step) => match retry_store(|| async {
+            match ctx.flows.on_step_end(step).await {
+                Ok(()) => Ok(Settle::Ack),
+                Err(DriverError::Store(e)) => Err(e),
+                // Committed, but what the flow enqueued was not published: a quick
+                // redelivery of this message publishes it again.
+                Err(DriverError::Queue(e)) => {
+                    tracing::warn!(job = %envelope.id, error = %e, "flow step publish failed");
+                    Ok(Settle::RetryLater)
+                }
+            }
+        })
+        .await
+        {
+            Ok(settle) => settle,
+            Err(_) => return Settle::Abandon,
+        },
+    };
+    if !recorded {
+        // Another delivery recorded it first: nothing more to announce.
+        return settle;
+    }
     let done = JobDone::new(
         envelope.id,
         completion.status == JobStatus::Success,
