@@ -62,6 +62,8 @@ pub struct FlowDriver {
     bus: Bus,
     worker: String,
     versions: Mutex<HashMap<(String, i64), Arc<Version>>>,
+    /// Per flow, whose turn it is to run a transition in this process.
+    turns: Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What started the transition.
@@ -98,6 +100,7 @@ impl FlowDriver {
             bus,
             worker,
             versions: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -112,17 +115,50 @@ impl FlowDriver {
 
     /// A step of this flow ended and its end is recorded: advances the flow, applying this end
     /// and every other one the flow has not taken into account yet (steps ending together share
-    /// one transition).
-    pub async fn on_step_end(&self, step: &FlowStep) -> Result<(), DriverError> {
-        self.transition(step.flow_job, Trigger::StepEnded, false)
-            .await
+    /// one transition). With `republish`, also publishes the flow's queued steps again.
+    pub async fn on_step_end(
+        &self,
+        step: &FlowStep,
+        id: JobId,
+        republish: bool,
+    ) -> Result<(), DriverError> {
+        // One transition per flow at a time in this process: the others wait here, holding no
+        // database connection, and most find their end applied by the one before.
+        let turn = self.turn(step.flow_job);
+        let (guard, waited) = match turn.clone().try_lock_owned() {
+            Ok(guard) => (guard, false),
+            Err(_) => (turn.clone().lock_owned().await, true),
+        };
+        // Whoever had the turn before may have applied this end already.
+        let applied = if waited && !republish {
+            let conn = self.pool.get().await.map_err(StoreError::from)?;
+            flow_runs::step_applied(&conn, id).await?
+        } else {
+            false
+        };
+        let result = if applied {
+            Ok(())
+        } else {
+            self.transition(step.flow_job, Trigger::StepEnded, republish)
+                .await
+        };
+        drop(guard);
+        self.release_turn(step.flow_job, turn);
+        result
     }
 
-    /// A step's message came back although its row is completed: makes sure its flow saw it,
-    /// and publishes the flow's queued steps again (its worker may have died in between).
-    pub async fn on_step_redelivered(&self, step: &FlowStep) -> Result<(), DriverError> {
-        self.transition(step.flow_job, Trigger::StepEnded, true)
-            .await
+    fn turn(&self, flow: JobId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().expect("turns lock");
+        turns.entry(flow).or_default().clone()
+    }
+
+    /// Forgets a flow's turn once nobody else holds or waits for it.
+    fn release_turn(&self, flow: JobId, turn: Arc<tokio::sync::Mutex<()>>) {
+        let mut turns = self.turns.lock().expect("turns lock");
+        // The map's copy and ours: nobody else (a waiter holds a clone while it waits).
+        if Arc::strong_count(&turn) == 2 {
+            turns.remove(&flow);
+        }
     }
 
     /// Runs one transition and publishes what it decided; with `republish`, also the flow's
@@ -133,11 +169,13 @@ impl FlowDriver {
         trigger: Trigger,
         republish: bool,
     ) -> Result<(), DriverError> {
+        let began = std::time::Instant::now();
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         let Some(mut run) = flow_runs::lock(&mut conn, flow).await? else {
             tracing::warn!(flow = %flow, "no such flow job; dropping the message");
             return Ok(());
         };
+        let locked = began.elapsed();
         let mut events = Vec::new();
         let mut scopes = None;
         if let Trigger::Message { scopes: given } = trigger {
@@ -169,9 +207,13 @@ impl FlowDriver {
             }
         } else {
             let (effects, state) = self.apply(&mut run, events, scopes).await?;
+            let applied_at = began.elapsed();
             run.mark_applied(&applied).await?;
             run.save(Some(&state), Some(&effects.status), effects.end.as_ref())
                 .await?;
+            tracing::debug!(flow = %flow, ends = applied.len(), new_steps = effects.steps.len(),
+                locked_ms = locked.as_secs_f64() * 1e3, applied_ms = applied_at.as_secs_f64() * 1e3,
+                committed_ms = began.elapsed().as_secs_f64() * 1e3, "flow transition");
             effects
         };
         drop(conn);

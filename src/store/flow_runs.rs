@@ -326,3 +326,11 @@ pub async fn queued_steps(conn: &Conn<'_>, flow: JobId) -> Result<Vec<QueuedStep
         })
         .collect())
 }
+
+/// Whether a step's end has been taken into account by its flow.
+pub async fn step_applied(conn: &Conn<'_>, step: JobId) -> Result<bool, StoreError> {
+    let row = conn
+        .query_opt("SELECT flow_step_applied FROM jobs WHERE id = $1", &[&step])
+        .await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}

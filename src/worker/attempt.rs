@@ -13,10 +13,10 @@ use super::context::{ScriptCode, WorkerContext};
 use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use crate::auth::job_token::{self, JobClaims};
-use crate::domain::{canceled_result, JobKind, JobStatus};
+use crate::domain::{canceled_result, JobId, JobKind, JobStatus};
 use crate::flows::driver::DriverError;
 use crate::queue::consume::{Delivery, Unusable};
-use crate::queue::envelope::JobEnvelope;
+use crate::queue::envelope::{FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
 use crate::store::jobs::{self, Completion};
@@ -31,6 +31,13 @@ enum Settle {
     /// retried in place, so that a job the API withdrew meanwhile (its INSERT failed) is not
     /// run once the database is back.
     RetryLater,
+    /// A flow's step ended and its end is recorded: its flow must take it into account before
+    /// the ack (with `republish`, also publish the flow's queued steps again: the message came
+    /// back, so its worker may have died before publishing them). Done without the job's slot.
+    AdvanceFlow {
+        step: FlowStep,
+        republish: bool,
+    },
 }
 
 const START_RETRY: Duration = Duration::from_secs(2);
@@ -68,9 +75,15 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
         JobKind::Flow => advance_flow(&ctx, &envelope).await,
         JobKind::Script => run_delivery(&ctx, &delivery, &envelope).await,
     };
-    drop(keepalive);
     ctx.unregister(id);
     drop(slot);
+    let settle = match settle {
+        Settle::AdvanceFlow { step, republish } => {
+            advance_after_step(&ctx, id, &step, republish).await
+        }
+        other => other,
+    };
+    drop(keepalive);
     match settle {
         Settle::Ack => {
             if let Err(e) = delivery.ack().await {
@@ -81,7 +94,32 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
         Settle::RetryLater => {
             let _ = delivery.retry_after(START_RETRY).await;
         }
+        Settle::AdvanceFlow { .. } => unreachable!("advanced above"),
     }
+}
+
+/// Advances the flow of a step that ended. Steps ending together share one transition; the
+/// slot is free meanwhile, so more steps run while transitions queue.
+async fn advance_after_step(
+    ctx: &WorkerContext,
+    id: JobId,
+    step: &FlowStep,
+    republish: bool,
+) -> Settle {
+    let advanced = retry_store(|| async {
+        match ctx.flows.on_step_end(step, id, republish).await {
+            Ok(()) => Ok(Settle::Ack),
+            Err(DriverError::Store(e)) => Err(e),
+            // Committed, but what the flow enqueued was not published: a quick redelivery of
+            // this message publishes it again.
+            Err(DriverError::Queue(e)) => {
+                tracing::warn!(job = %id, error = %e, "flow step publish failed");
+                Ok(Settle::RetryLater)
+            }
+        }
+    })
+    .await;
+    advanced.unwrap_or(Settle::Abandon)
 }
 
 /// A flow job's message: its first transition, or a wake-up. Nothing runs here; the flow's
@@ -114,15 +152,12 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
         // Completed already: cancelled while queued, or finished by an earlier delivery (whose
         // worker may have died before publishing what its flow enqueued next).
         Ok(None) => {
-            let Some(step) = &envelope.flow_step else {
-                return Settle::Ack;
-            };
-            return match ctx.flows.on_step_redelivered(step).await {
-                Ok(()) => Settle::Ack,
-                Err(e) => {
-                    tracing::warn!(job = %envelope.id, error = %e, "flow step reconciliation failed");
-                    Settle::RetryLater
-                }
+            return match &envelope.flow_step {
+                None => Settle::Ack,
+                Some(step) => Settle::AdvanceFlow {
+                    step: step.clone(),
+                    republish: true,
+                },
             };
         }
         Err(e) => {
@@ -480,22 +515,9 @@ async fn finish(
     // recorded the end first: its worker may have died before the transition.
     let settle = match &envelope.flow_step {
         None => Settle::Ack,
-        Some(step) => match retry_store(|| async {
-            match ctx.flows.on_step_end(step).await {
-                Ok(()) => Ok(Settle::Ack),
-                Err(DriverError::Store(e)) => Err(e),
-                // Committed, but what the flow enqueued was not published: a quick
-                // redelivery of this message publishes it again.
-                Err(DriverError::Queue(e)) => {
-                    tracing::warn!(job = %envelope.id, error = %e, "flow step publish failed");
-                    Ok(Settle::RetryLater)
-                }
-            }
-        })
-        .await
-        {
-            Ok(settle) => settle,
-            Err(_) => return Settle::Abandon,
+        Some(step) => Settle::AdvanceFlow {
+            step: step.clone(),
+            republish: false,
         },
     };
     if !recorded {
