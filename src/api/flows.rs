@@ -75,7 +75,15 @@ async fn check(
     access: &Access,
     value: &Value,
 ) -> ApiResult<()> {
-    let def = FlowDef::parse(value).map_err(|e| ApiError::bad_request(e.0))?;
+    // Compiling every expression is CPU work: off the async threads.
+    let owned = value.clone();
+    let def = tokio::task::spawn_blocking(move || FlowDef::check(&owned))
+        .await
+        .map_err(|e| ApiError::Internal {
+            context: "checking a flow",
+            detail: e.to_string(),
+        })?
+        .map_err(|e| ApiError::bad_request(e.0))?;
     for script in def.script_refs() {
         let missing = || {
             let which = script.hash.as_ref().map_or_else(

@@ -19,22 +19,35 @@ const STACK_LIMIT: usize = 1024 * 1024;
 #[error("{0}")]
 pub struct ExprError(pub String);
 
-/// Whether `source` parses, as an expression or as a function body (`return` included).
-pub fn check(source: &str) -> Result<(), String> {
-    with_engine(|ctx| {
-        compile(&ctx, source)
-            .map(drop)
-            .map_err(|e| describe(&ctx, e))
-    })
-    .map_err(|e| e.0)?
+/// Whether each source compiles, as an expression or as a function body (`return`
+/// included), in one engine; nothing is run. The error names the first that does not.
+pub fn check_all(sources: &[&str]) -> Result<(), (usize, String)> {
+    let outcome = with_engine(Instant::now() + DEADLINE * 5, |ctx| {
+        let make = maker(&ctx).map_err(|e| (0, describe(&ctx, e)))?;
+        for (i, source) in sources.iter().enumerate() {
+            make.call::<_, rquickjs::Function>((*source,))
+                .map_err(|e| (i, describe(&ctx, e)))?;
+        }
+        Ok(())
+    });
+    outcome.map_err(|e| (0, e.0))?
 }
 
-/// Evaluates `source` with `vars` as its global variables.
+/// Evaluates `source` with `vars` as its global variables, within [`DEADLINE`].
 pub fn eval(source: &str, vars: &Map<String, Value>) -> Result<Value, ExprError> {
+    eval_by(source, vars, Instant::now() + DEADLINE)
+}
+
+/// Evaluates `source` with `vars` as its global variables, stopping it at `deadline`.
+pub fn eval_by(
+    source: &str,
+    vars: &Map<String, Value>,
+    deadline: Instant,
+) -> Result<Value, ExprError> {
     if let Some(found) = plain_lookup(source, vars) {
         return Ok(found.clone());
     }
-    with_engine(|ctx| {
+    let value = with_engine(deadline, |ctx| {
         let globals = ctx.globals();
         for (name, value) in vars {
             let js = ctx
@@ -44,7 +57,9 @@ pub fn eval(source: &str, vars: &Map<String, Value>) -> Result<Value, ExprError>
                 .set(name.as_str(), js)
                 .map_err(|e| ExprError(format!("cannot pass {name}: {e}")))?;
         }
-        let function = compile(&ctx, source).map_err(|e| ExprError(describe(&ctx, e)))?;
+        let function = maker(&ctx)
+            .and_then(|make| make.call::<_, rquickjs::Function>((source,)))
+            .map_err(|e| ExprError(describe(&ctx, e)))?;
         let json: Option<String> = function
             .call::<_, rquickjs::Value>(())
             .and_then(|value| {
@@ -61,7 +76,22 @@ pub fn eval(source: &str, vars: &Map<String, Value>) -> Result<Value, ExprError>
             Some(text) => serde_json::from_str(&text)
                 .map_err(|e| ExprError(format!("the value is not JSON: {e}"))),
         }
-    })?
+    })??;
+    if has_nul(&value) {
+        return Err(ExprError(
+            "the value contains the character U+0000, which cannot be stored".into(),
+        ));
+    }
+    Ok(value)
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// `Boolean(expr)`, as Windmill evaluates predicates.
@@ -69,7 +99,8 @@ pub fn eval_bool(source: &str, vars: &Map<String, Value>) -> Result<bool, ExprEr
     Ok(truthy(&eval(source, vars)?))
 }
 
-fn truthy(value: &Value) -> bool {
+/// JavaScript's truthiness of a JSON value.
+pub fn truthy(value: &Value) -> bool {
     match value {
         Value::Null => false,
         Value::Bool(b) => *b,
@@ -79,30 +110,38 @@ fn truthy(value: &Value) -> bool {
     }
 }
 
-/// A fresh runtime and context with the limits set; `run` gets the context.
-fn with_engine<T>(run: impl FnOnce(rquickjs::Ctx<'_>) -> T) -> Result<T, ExprError> {
+/// A fresh runtime and context with the limits set, interrupted at `deadline`; `run` gets the
+/// context.
+fn with_engine<T>(
+    deadline: Instant,
+    run: impl FnOnce(rquickjs::Ctx<'_>) -> T,
+) -> Result<T, ExprError> {
+    if Instant::now() >= deadline {
+        return Err(ExprError("no time was left to evaluate it".into()));
+    }
     let engine = |e: rquickjs::Error| ExprError(format!("cannot start the expression engine: {e}"));
     let runtime = Runtime::new().map_err(engine)?;
     runtime.set_memory_limit(MEMORY_LIMIT);
     runtime.set_max_stack_size(STACK_LIMIT);
-    let deadline = Instant::now() + DEADLINE;
     runtime.set_interrupt_handler(Some(Box::new(move || Instant::now() > deadline)));
     let context = Context::full(&runtime).map_err(engine)?;
     Ok(context.with(run))
 }
 
-/// The expression as a function: `return (<source>)` when it is an expression, else the
-/// source itself as the body (so `let x = 1; return x` works too).
-fn compile<'js>(
-    ctx: &rquickjs::Ctx<'js>,
-    source: &str,
-) -> rquickjs::Result<rquickjs::Function<'js>> {
-    ctx.eval::<rquickjs::Function, _>(format!("(function () {{ return (\n{source}\n); }})"))
-        .or_else(|_| {
-            // The first attempt's exception is pending: clear it before the second.
-            let _ = ctx.catch();
-            ctx.eval::<rquickjs::Function, _>(format!("(function () {{\n{source}\n}})"))
-        })
+/// A function that compiles a source into a function without running any of it: the source
+/// is handed to `new Function` as a value, so it is parsed as a function body and cannot break
+/// out of it. First as an expression (`return (<source>)`), else as a body of its own (so
+/// `let x = 1; return x` works too); a syntax error names the expression form's problem.
+fn maker<'js>(ctx: &rquickjs::Ctx<'js>) -> rquickjs::Result<rquickjs::Function<'js>> {
+    ctx.eval(
+        "(function (src) {
+            try { return new Function('return (\\n' + src + '\\n);'); }
+            catch (first) {
+                if (!(first instanceof SyntaxError)) throw first;
+                try { return new Function(src); } catch (second) { throw first; }
+            }
+        })",
+    )
 }
 
 fn describe(ctx: &rquickjs::Ctx<'_>, error: rquickjs::Error) -> String {
@@ -277,9 +316,15 @@ mod tests {
         assert!(started.elapsed() < DEADLINE * 3);
         let err = eval("let a = []; while (true) a.push('x'.repeat(1000))", &v).unwrap_err();
         assert!(!err.0.is_empty());
-        assert!(check("flow_input.x +").is_err());
-        assert!(check("return 1").is_ok());
-        assert!(check("flow_input.x").is_ok());
+        assert!(
+            check_all(&["flow_input.x", "flow_input.x +"])
+                .unwrap_err()
+                .0
+                == 1
+        );
+        assert!(check_all(&["return 1", "flow_input.x", "let a = 1; return a"]).is_ok());
+        let err = eval("'a\\u0000b'", &v).unwrap_err();
+        assert!(err.0.contains("U+0000"), "{err}");
         // Nothing outside the engine is reachable.
         assert_eq!(
             eval("typeof require + typeof process + typeof fetch", &v).unwrap(),

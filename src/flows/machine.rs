@@ -15,7 +15,7 @@ use super::expr::{self, ExprError};
 use super::model::{FlowDef, Module, ModuleKind, Retry, Transform};
 use super::state::{
     BranchAllRun, BranchOneRun, End, FailureRun, FlowState, JobRun, Lane, LoopRun, Node, Outcome,
-    Run, Seq,
+    Run, Seq, Spent,
 };
 use crate::domain::JobId;
 
@@ -23,6 +23,16 @@ use crate::domain::JobId;
 const MAX_RETRY_DELAY_S: u64 = 6 * 3600;
 /// A loop runs at most this many iterations: each is a job, and the flow's state holds them all.
 pub const MAX_ITERATIONS: usize = 10_000;
+/// A flow starts at most this many step jobs and loop iterations or branches in all.
+pub const MAX_UNITS: u64 = 50_000;
+/// One step's arguments, and all of a flow's steps' arguments together, at most.
+pub const MAX_STEP_ARGS: usize = 8 * 1024 * 1024;
+pub const MAX_FLOW_ARGS: u64 = 256 * 1024 * 1024;
+/// A `sleep` never lasts longer than this.
+pub const MAX_SLEEP_S: u64 = 30 * 24 * 3600;
+/// All the expressions of one transition together may run this long: the transition holds its
+/// flow's lock meanwhile.
+pub const TRANSITION_EXPR_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What happened to the flow.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +101,8 @@ pub fn apply(
             Event::Start | Event::Wake => None,
         },
         actions: Vec::new(),
+        spent: state.spent,
+        deadline: std::time::Instant::now() + TRANSITION_EXPR_TIME,
     };
     let root = Scope::root(flow_input);
     let mut end = None;
@@ -119,6 +131,7 @@ pub fn apply(
             // Handled or not, the flow failed: it ends with the failure module's result.
             .map(|e| End::failure(e.result));
     }
+    state.spent = machine.spent;
     if let Some(end) = end {
         machine.actions.push(Action::Finish {
             success: !end.failed(),
@@ -225,11 +238,28 @@ struct Machine<'m> {
     /// Consumed by the node it concerns.
     event: Option<StepDone>,
     actions: Vec<Action>,
+    /// What the flow has started so far, against [`MAX_UNITS`] and [`MAX_FLOW_ARGS`].
+    spent: Spent,
+    /// When this transition's expressions must have ended.
+    deadline: std::time::Instant,
 }
 
 /// The error result of a step that failed before or without running.
 fn error_result(name: &str, message: String, module: &Module) -> Value {
     json!({"error": {"name": name, "message": message, "step_id": module.id}})
+}
+
+/// The flow would start more than it may.
+fn too_big(module: &Module) -> End {
+    End::failure(error_result(
+        "FlowTooLarge",
+        format!(
+            "module {}: the flow would start more than {MAX_UNITS} steps and iterations, or more \
+             than {MAX_FLOW_ARGS} bytes of step arguments",
+            module.id
+        ),
+        module,
+    ))
 }
 
 fn expr_failure(module: &Module, what: &str, source: &str, e: ExprError) -> End {
@@ -241,6 +271,31 @@ fn expr_failure(module: &Module, what: &str, source: &str, e: ExprError) -> End 
 }
 
 impl Machine<'_> {
+    fn eval(&self, source: &str, vars: &Map<String, Value>) -> Result<Value, ExprError> {
+        let deadline = self
+            .deadline
+            .min(std::time::Instant::now() + expr::DEADLINE);
+        expr::eval_by(source, vars, deadline)
+    }
+
+    fn eval_bool(&self, source: &str, vars: &Map<String, Value>) -> Result<bool, ExprError> {
+        Ok(expr::truthy(&self.eval(source, vars)?))
+    }
+
+    /// Counts `units` more jobs or lanes; `false` when the flow would exceed [`MAX_UNITS`].
+    fn charge(&mut self, units: u64, arg_bytes: u64) -> bool {
+        let units = self.spent.units + units;
+        let bytes = self.spent.arg_bytes + arg_bytes;
+        if units > MAX_UNITS || bytes > MAX_FLOW_ARGS {
+            return false;
+        }
+        self.spent = Spent {
+            units,
+            arg_bytes: bytes,
+        };
+        true
+    }
+
     /// Runs a sequence as far as it can go; `Some` once it has ended.
     fn seq(
         &mut self,
@@ -287,11 +342,12 @@ impl Machine<'_> {
             if let Some(sleep) = &module.sleep {
                 match self.seconds(sleep, &here, &[("result", &end.result)]) {
                     Ok(Some(secs)) => {
-                        seq.sleep_until = Some(self.now + chrono::Duration::seconds(secs as i64))
+                        let secs = secs.min(MAX_SLEEP_S) as i64;
+                        seq.sleep_until = Some(self.now + chrono::Duration::seconds(secs))
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        let failed = expr_failure(module, "sleep", &format!("{sleep:?}"), e);
+                        let failed = expr_failure(module, "sleep", &sleep.describe(), e);
                         node.end = Some(failed.clone());
                         return Some(failed);
                     }
@@ -330,7 +386,7 @@ impl Machine<'_> {
             };
             if let Some(stop) = stop {
                 let vars = scope.vars(&stop.expr, &[("result", &end.result)]);
-                match expr::eval_bool(&stop.expr, &vars) {
+                match self.eval_bool(&stop.expr, &vars) {
                     Ok(true) => {
                         end.stopped = true;
                         end.skipped = stop.skip_if_stopped;
@@ -350,7 +406,7 @@ impl Machine<'_> {
     fn start(&mut self, module: &Module, scope: &Scope<'_>, key: &str) -> Result<Run, (Run, End)> {
         let immediate = |end| Err((Run::Immediate, end));
         if let Some(source) = &module.skip_if {
-            match expr::eval_bool(source, &scope.vars(source, &[])) {
+            match self.eval_bool(source, &scope.vars(source, &[])) {
                 Ok(true) => return Err((Run::Skipped, End::success(scope.previous.clone()))),
                 Ok(false) => {}
                 Err(e) => return immediate(expr_failure(module, "skip_if", source, e)),
@@ -401,7 +457,7 @@ impl Machine<'_> {
                         return immediate(expr_failure(
                             module,
                             "iterator",
-                            &format!("{iterator:?}"),
+                            &iterator.describe(),
                             e,
                         ))
                     }
@@ -413,7 +469,13 @@ impl Machine<'_> {
                         None | Some(Ok(None)) => items.len(),
                         Some(Ok(Some(n))) => n as usize,
                         Some(Err(e)) => {
-                            return immediate(expr_failure(module, "parallelism", "", e))
+                            let source = parallelism.as_ref().map(Transform::describe);
+                            return immediate(expr_failure(
+                                module,
+                                "parallelism",
+                                &source.unwrap_or_default(),
+                                e,
+                            ));
                         }
                     }
                 };
@@ -426,7 +488,7 @@ impl Machine<'_> {
             ModuleKind::BranchOne { branches, .. } => {
                 let mut chosen = None;
                 for (i, (source, _)) in branches.iter().enumerate() {
-                    match expr::eval_bool(source, &scope.vars(source, &[])) {
+                    match self.eval_bool(source, &scope.vars(source, &[])) {
                         Ok(true) => {
                             chosen = Some(i);
                             break;
@@ -574,14 +636,16 @@ impl Machine<'_> {
                 else {
                     continue;
                 };
-                if end.failed() && skip_failure {
+                // A flow that outgrew its budget fails whatever the loop skips.
+                let too_big = end.result["error"]["name"] == "FlowTooLarge";
+                if end.failed() && skip_failure && !too_big {
                     end.outcome = Outcome::Continued;
                 }
                 if end.failed() {
                     stop = Some(End::failure(end.result.clone()));
                 } else if let (Some(source), false) = (break_if, end.stopped) {
                     let vars = here.vars(source, &[("result", &end.result)]);
-                    match expr::eval_bool(source, &vars) {
+                    match self.eval_bool(source, &vars) {
                         Ok(true) => end.stopped = true,
                         Ok(false) => {}
                         Err(e) => stop = Some(expr_failure(module, "stop_after_if", source, e)),
@@ -619,10 +683,17 @@ impl Machine<'_> {
             }
             let running = lanes.iter().filter(|l| l.end.is_none()).count();
             if lanes.len() < total && running < limit {
+                let new = (limit - running).min(total - lanes.len());
+                if !self.charge(new as u64, 0) {
+                    let mut jobs = Vec::new();
+                    for l in lanes.iter().filter(|l| l.end.is_none()) {
+                        l.seq.running_jobs(&mut jobs);
+                    }
+                    self.actions.extend(jobs.into_iter().map(Action::Cancel));
+                    return Some(too_big(module));
+                }
                 // Started lanes are advanced by the next round of this loop.
-                lanes.extend(
-                    (0..(limit - running).min(total - lanes.len())).map(|_| Lane::default()),
-                );
+                lanes.extend((0..new).map(|_| Lane::default()));
                 continue;
             }
             if lanes.len() == total && running == 0 {
@@ -656,7 +727,8 @@ impl Machine<'_> {
             if let Transform::Js(source) = transform {
                 let params = Value::Object(args.clone());
                 let vars = scope.vars(source, &[("params", &params)]);
-                let value = expr::eval(source, &vars)
+                let value = self
+                    .eval(source, &vars)
                     .map_err(|e| expr_failure(module, &format!("input {name}"), source, e))?;
                 args.insert(name.clone(), value);
             }
@@ -665,9 +737,23 @@ impl Machine<'_> {
             None => None,
             Some(t) => self
                 .seconds(t, scope, &[])
-                .map_err(|e| expr_failure(module, "timeout", "", e))?
+                .map_err(|e| expr_failure(module, "timeout", &t.describe(), e))?
                 .map(|s| s.min(i32::MAX as u64) as i32),
         };
+        let size = serde_json::to_vec(&args).map_or(usize::MAX, |v| v.len());
+        if size > MAX_STEP_ARGS {
+            return Err(End::failure(error_result(
+                "ArgumentsTooLarge",
+                format!(
+                    "module {}: its arguments take {size} bytes; a step takes at most {MAX_STEP_ARGS}",
+                    module.id
+                ),
+                module,
+            )));
+        }
+        if !self.charge(1, size as u64) {
+            return Err(too_big(module));
+        }
         let job = (self.new_id)();
         self.actions.push(Action::Enqueue(NewStep {
             job,
@@ -688,7 +774,7 @@ impl Machine<'_> {
     ) -> Result<Value, ExprError> {
         match transform {
             Transform::Static(value) => Ok(value.clone()),
-            Transform::Js(source) => expr::eval(source, &scope.vars(source, extra)),
+            Transform::Js(source) => self.eval(source, &scope.vars(source, extra)),
         }
     }
 
@@ -1329,6 +1415,56 @@ mod tests {
         assert!(slow.is_none(), "the sibling was cancelled");
         assert!(actions.iter().any(|a| matches!(a, Action::Cancel(_))));
         assert_eq!(sim.finished.as_ref().map(|f| f.0), Some(false));
+    }
+
+    #[test]
+    fn budgets_bound_what_one_flow_starts() {
+        // 200 × 300 nested iterations exceed the flow's budget: the loop fails, nothing more starts.
+        let mut sim = Sim::new(
+            json!({"modules": [
+                {"id": "outer", "value": {"type": "forloopflow", "iterator": js("[...Array(200).keys()]"), "parallel": true, "modules": [
+                    {"id": "inner", "value": {"type": "forloopflow", "iterator": js("[...Array(300).keys()]"), "parallel": true,
+                      "modules": [{"id": "same", "value": {"type": "identity"}}]}},
+                ]}},
+            ]}),
+            json!({}),
+        );
+        let (ok, result) = sim.run(echo, false);
+        assert!(
+            !ok,
+            "{}",
+            &result.to_string()[..200.min(result.to_string().len())]
+        );
+        assert_eq!(result["error"]["name"], json!("FlowTooLarge"), "{result}");
+        assert!(sim.state.spent.units <= MAX_UNITS);
+        // One step's arguments are bounded too.
+        let mut sim = Sim::new(
+            json!({"modules": [raw("big", json!({"x": js("'x'.repeat(9 * 1024 * 1024)")}))]}),
+            json!({}),
+        );
+        let (ok, result) = sim.run(echo, false);
+        assert!(!ok);
+        assert_eq!(result["error"]["name"], json!("ArgumentsTooLarge"));
+    }
+
+    #[test]
+    fn a_huge_sleep_is_capped_not_a_panic() {
+        let mut sim = Sim::new(
+            json!({"modules": [
+                {"id": "a", "value": {"type": "identity"}, "sleep": js("1e15")},
+                {"id": "b", "value": {"type": "identity"}},
+            ]}),
+            json!({}),
+        );
+        let actions = sim.apply(Event::Start);
+        let wake = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::WakeAt(at) => Some(*at),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((wake - sim.now).num_seconds(), MAX_SLEEP_S as i64);
     }
 
     #[test]

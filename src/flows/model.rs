@@ -82,6 +82,16 @@ pub enum Transform {
     Js(String),
 }
 
+impl Transform {
+    /// The expression, or the static value, as text for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Static(value) => value.to_string(),
+            Self::Js(source) => source.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StopIf {
     pub expr: String,
@@ -104,6 +114,20 @@ pub struct Retry {
 #[error("{0}")]
 pub struct InvalidFlow(pub String);
 
+/// How much a definition may hold: each module may start jobs and loops of its own, and each
+/// expression is compiled when the definition is saved.
+pub const MAX_MODULES: usize = 1_000;
+/// Loops and branches inside loops and branches, at most this deep.
+pub const MAX_NESTING: usize = 16;
+pub const MAX_EXPR_LEN: usize = 64 * 1024;
+
+/// What parsing has seen so far across the whole definition.
+#[derive(Default)]
+struct Parsing {
+    ids: HashSet<String>,
+    depth: usize,
+}
+
 /// A script module's target, for the caller to check that it exists.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScriptRef {
@@ -113,20 +137,41 @@ pub struct ScriptRef {
 }
 
 impl FlowDef {
-    /// Parses and checks a flow `value`.
+    /// Parses and checks a flow `value` as it is saved: its structure, and that every
+    /// JavaScript expression compiles (nothing is run).
+    pub fn check(value: &Value) -> Result<Self, InvalidFlow> {
+        let def = Self::parse(value)?;
+        let expressions = def.expressions();
+        let sources: Vec<&str> = expressions.iter().map(|(_, s)| s.as_str()).collect();
+        if let Err((i, why)) = expr::check_all(&sources) {
+            let (at, source) = &expressions[i];
+            return Err(InvalidFlow(format!(
+                "{at} {source:?} does not parse: {why}"
+            )));
+        }
+        Ok(def)
+    }
+
+    /// Parses a flow `value` that was checked when it was saved.
     pub fn parse(value: &Value) -> Result<Self, InvalidFlow> {
         let object = value
             .as_object()
             .ok_or_else(|| InvalidFlow("the flow value must be a JSON object".into()))?;
-        let mut ids = HashSet::new();
+        let mut parsing = Parsing::default();
         let modules = match object.get("modules") {
-            Some(modules) => parse_modules(modules, "value.modules", &mut ids)?,
+            Some(modules) => parse_modules(modules, "value.modules", &mut parsing)?,
             None => return Err(InvalidFlow("the flow value has no `modules`".into())),
         };
         let failure_module = match object.get("failure_module") {
             None | Some(Value::Null) => None,
-            Some(raw) => Some(parse_module(raw, "value.failure_module", &mut ids)?),
+            Some(raw) => Some(parse_module(raw, "value.failure_module", &mut parsing)?),
         };
+        if parsing.ids.len() > MAX_MODULES {
+            return Err(InvalidFlow(format!(
+                "the flow has {} modules; at most {MAX_MODULES}",
+                parsing.ids.len()
+            )));
+        }
         let early_return = match object.get("early_return") {
             None | Some(Value::Null) => None,
             Some(Value::String(id)) if modules.iter().any(|m| &m.id == id) => Some(id.clone()),
@@ -141,6 +186,15 @@ impl FlowDef {
             failure_module,
             early_return,
         })
+    }
+
+    /// Every JavaScript expression, with where it is (`module a: input x`).
+    pub fn expressions(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        for module in self.modules.iter().chain(self.failure_module.iter()) {
+            collect_expressions(module, &mut found);
+        }
+        found
     }
 
     /// Every `script` module, nested ones included.
@@ -181,6 +235,67 @@ impl FlowDef {
     }
 }
 
+fn collect_expressions(module: &Module, found: &mut Vec<(String, String)>) {
+    let at = |what: &str| format!("module {}: {what}", module.id);
+    let mut transform = |what: &str, t: &Transform| {
+        if let Transform::Js(source) = t {
+            found.push((at(what), source.clone()));
+        }
+    };
+    if let Some(t) = &module.timeout {
+        transform("timeout", t);
+    }
+    if let Some(t) = &module.sleep {
+        transform("sleep", t);
+    }
+    match &module.kind {
+        ModuleKind::RawScript { inputs, .. } | ModuleKind::Script { inputs, .. } => {
+            for (name, t) in inputs {
+                transform(&format!("input {name}"), t);
+            }
+        }
+        ModuleKind::ForLoop {
+            iterator,
+            parallelism,
+            ..
+        } => {
+            transform("iterator", iterator);
+            if let Some(t) = parallelism {
+                transform("parallelism", t);
+            }
+        }
+        _ => {}
+    }
+    for (what, stop) in [
+        ("stop_after_if", &module.stop_after_if),
+        ("stop_after_all_iters_if", &module.stop_after_all_iters_if),
+    ] {
+        if let Some(stop) = stop {
+            found.push((at(what), stop.expr.clone()));
+        }
+    }
+    if let Some(source) = &module.skip_if {
+        found.push((at("skip_if"), source.clone()));
+    }
+    match &module.kind {
+        ModuleKind::ForLoop { body, .. } => {
+            body.iter().for_each(|m| collect_expressions(m, found));
+        }
+        ModuleKind::BranchOne { branches, default } => {
+            for (source, modules) in branches {
+                found.push((at("branch expr"), source.clone()));
+                modules.iter().for_each(|m| collect_expressions(m, found));
+            }
+            default.iter().for_each(|m| collect_expressions(m, found));
+        }
+        ModuleKind::BranchAll { branches, .. } => branches
+            .iter()
+            .flat_map(|(b, _)| b)
+            .for_each(|m| collect_expressions(m, found)),
+        ModuleKind::RawScript { .. } | ModuleKind::Script { .. } | ModuleKind::Identity => {}
+    }
+}
+
 fn collect_refs(module: &Module, refs: &mut Vec<ScriptRef>) {
     match &module.kind {
         ModuleKind::Script { path, hash, .. } => refs.push(ScriptRef {
@@ -202,19 +317,23 @@ fn collect_refs(module: &Module, refs: &mut Vec<ScriptRef>) {
     }
 }
 
-fn parse_modules(
-    raw: &Value,
-    at: &str,
-    ids: &mut HashSet<String>,
-) -> Result<Vec<Module>, InvalidFlow> {
+fn parse_modules(raw: &Value, at: &str, parsing: &mut Parsing) -> Result<Vec<Module>, InvalidFlow> {
     let items = raw
         .as_array()
         .ok_or_else(|| InvalidFlow(format!("{at} must be an array of modules")))?;
-    items
+    if parsing.depth > MAX_NESTING {
+        return Err(InvalidFlow(format!(
+            "{at}: loops and branches are nested more than {MAX_NESTING} deep"
+        )));
+    }
+    parsing.depth += 1;
+    let modules = items
         .iter()
         .enumerate()
-        .map(|(i, m)| parse_module(m, &format!("{at}[{i}]"), ids))
-        .collect()
+        .map(|(i, m)| parse_module(m, &format!("{at}[{i}]"), parsing))
+        .collect();
+    parsing.depth -= 1;
+    modules
 }
 
 /// Reads one field of a module, naming the module when it has the wrong type.
@@ -253,10 +372,24 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An expression's source; whether it compiles is checked with all the others.
     fn expr(&self, key: &str, source: &str) -> Result<String, InvalidFlow> {
-        expr::check(source)
-            .map_err(|e| self.bad(format!("{key} {source:?} does not parse: {e}")))?;
+        if source.len() > MAX_EXPR_LEN {
+            return Err(self.bad(format!("{key} is longer than {MAX_EXPR_LEN} bytes")));
+        }
         Ok(source.to_owned())
+    }
+
+    /// A number of seconds (or a count): a non-negative number, null, or an expression.
+    fn amount(&self, key: &str) -> Result<Option<Transform>, InvalidFlow> {
+        let transform = self.optional_transform(key)?;
+        if let Some(Transform::Static(value)) = &transform {
+            let ok = value.is_null() || value.as_f64().is_some_and(|n| n >= 0.0);
+            if !ok {
+                return Err(self.bad(format!("{key} must be a non-negative number, got {value}")));
+            }
+        }
+        Ok(transform)
     }
 
     fn transform(&self, key: &str, raw: &Value) -> Result<Transform, InvalidFlow> {
@@ -368,7 +501,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn parse_module(raw: &Value, at: &str, ids: &mut HashSet<String>) -> Result<Module, InvalidFlow> {
+fn parse_module(raw: &Value, at: &str, parsing: &mut Parsing) -> Result<Module, InvalidFlow> {
     let map = raw
         .as_object()
         .ok_or_else(|| InvalidFlow(format!("{at} must be an object")))?;
@@ -385,7 +518,7 @@ fn parse_module(raw: &Value, at: &str, ids: &mut HashSet<String>) -> Result<Modu
             "module id {id:?} must be 1 to 64 of [A-Za-z0-9_-]"
         )));
     }
-    if !ids.insert(id.clone()) {
+    if !parsing.ids.insert(id.clone()) {
         return Err(InvalidFlow(format!("duplicate module id {id:?}")));
     }
     let fields = Fields { map, module: &id };
@@ -426,14 +559,14 @@ fn parse_module(raw: &Value, at: &str, ids: &mut HashSet<String>) -> Result<Modu
             body: parse_modules(
                 v.get("modules").unwrap_or(&Value::Array(vec![])),
                 &format!("module {id}: modules"),
-                ids,
+                parsing,
             )?,
             parallel: v.boolean("parallel", false)?,
-            parallelism: v.optional_transform("parallelism")?,
+            parallelism: v.amount("parallelism")?,
             skip_failures: v.boolean("skip_failures", true)?,
         },
         Some("branchone") => {
-            let branches = branch_list(&v, &id, ids, |b, modules| {
+            let branches = branch_list(&v, &id, parsing, |b, modules| {
                 let expr = b.string("expr")?.unwrap_or_default();
                 let expr = if expr.trim().is_empty() {
                     "false".to_owned()
@@ -443,13 +576,13 @@ fn parse_module(raw: &Value, at: &str, ids: &mut HashSet<String>) -> Result<Modu
                 Ok((expr, modules))
             })?;
             let default = match v.get("default") {
-                Some(raw) => parse_modules(raw, &format!("module {id}: default"), ids)?,
+                Some(raw) => parse_modules(raw, &format!("module {id}: default"), parsing)?,
                 None => Vec::new(),
             };
             ModuleKind::BranchOne { branches, default }
         }
         Some("branchall") => ModuleKind::BranchAll {
-            branches: branch_list(&v, &id, ids, |b, modules| {
+            branches: branch_list(&v, &id, parsing, |b, modules| {
                 Ok((modules, b.boolean("skip_failure", true)?))
             })?,
             parallel: v.boolean("parallel", true)?,
@@ -479,8 +612,8 @@ fn parse_module(raw: &Value, at: &str, ids: &mut HashSet<String>) -> Result<Modu
         stop_after_if: fields.stop_if("stop_after_if")?,
         stop_after_all_iters_if: fields.stop_if("stop_after_all_iters_if")?,
         skip_if,
-        timeout: fields.optional_transform("timeout")?,
-        sleep: fields.optional_transform("sleep")?,
+        timeout: fields.amount("timeout")?,
+        sleep: fields.amount("sleep")?,
         continue_on_error: fields.boolean("continue_on_error", false)?,
         id,
     })
@@ -490,7 +623,7 @@ fn parse_module(raw: &Value, at: &str, ids: &mut HashSet<String>) -> Result<Modu
 fn branch_list<T>(
     v: &Fields<'_>,
     id: &str,
-    ids: &mut HashSet<String>,
+    parsing: &mut Parsing,
     read: impl Fn(&Fields<'_>, Vec<Module>) -> Result<T, InvalidFlow>,
 ) -> Result<Vec<T>, InvalidFlow> {
     let Some(raw) = v.get("branches") else {
@@ -509,7 +642,7 @@ fn branch_list<T>(
             let modules = parse_modules(
                 map.get("modules").unwrap_or(&Value::Array(vec![])),
                 &format!("module {id}: branch {i}"),
-                ids,
+                parsing,
             )?;
             read(&fields, modules)
         })
@@ -527,7 +660,7 @@ mod tests {
 
     #[test]
     fn a_full_definition_parses() {
-        let def = FlowDef::parse(&json!({
+        let def = FlowDef::check(&json!({
             "modules": [
                 raw("a", "echo 1"),
                 {"id": "loop", "value": {"type": "forloopflow",
@@ -572,6 +705,33 @@ mod tests {
         assert_eq!(def.script_refs().len(), 1);
         assert_eq!(def.find("e").unwrap().id, "e");
         assert_eq!(def.early_return.as_deref(), Some("a"));
+    }
+
+    fn nested(depth: usize) -> Value {
+        let mut inner = json!([]);
+        for i in 0..depth {
+            inner = json!([{"id": format!("l{i}"), "value": {"type": "forloopflow",
+                "iterator": {"type": "javascript", "expr": "[]"}, "modules": inner}}]);
+        }
+        json!({"modules": inner})
+    }
+
+    #[test]
+    fn expressions_are_compiled_not_run() {
+        // Breaking out of the wrapper must not run anything: it does not even parse.
+        let escape = "0); })(), (()=>{while(true){}})(), (function () { return (0";
+        let started = std::time::Instant::now();
+        let err = FlowDef::check(
+            &json!({"modules": [{"id": "a", "value": {"type": "identity"},
+            "skip_if": {"expr": escape}}]}),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("module a: skip_if"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "nothing ran until the deadline"
+        );
+        assert!(FlowDef::check(&nested(MAX_NESTING)).is_ok());
     }
 
     #[test]
@@ -623,7 +783,7 @@ mod tests {
             ),
         ];
         for (value, expected) in cases {
-            match FlowDef::parse(&value) {
+            match FlowDef::check(&value) {
                 Ok(_) if expected.is_empty() => {}
                 Ok(_) => panic!("accepted {value}"),
                 Err(e) => assert!(e.0.contains(expected), "{value}: {e}"),

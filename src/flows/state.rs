@@ -20,6 +20,16 @@ pub struct FlowState {
     /// Set when the flow has ended; later events change nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<End>,
+    #[serde(default)]
+    pub spent: Spent,
+}
+
+/// What a flow has started so far: step jobs plus loop iterations and branches, and the bytes
+/// of its steps' arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spent {
+    pub units: u64,
+    pub arg_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
