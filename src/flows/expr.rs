@@ -23,10 +23,25 @@ pub struct ExprError(pub String);
 /// included), in one engine; nothing is run. The error names the first that does not.
 pub fn check_all(sources: &[&str]) -> Result<(), (usize, String)> {
     let outcome = with_engine(Instant::now() + DEADLINE * 5, |ctx| {
-        let make = maker(&ctx).map_err(|e| (0, describe(&ctx, e)))?;
         for (i, source) in sources.iter().enumerate() {
-            make.call::<_, rquickjs::Function>((*source,))
-                .map_err(|e| (i, describe(&ctx, e)))?;
+            // A module is only compiled when declared, never run: whatever the source does to
+            // the text around it, none of it executes here.
+            let declare = |name: String, code: String| {
+                rquickjs::Module::declare(ctx.clone(), name, code).map(drop)
+            };
+            declare(
+                format!("e{i}"),
+                format!("export function f() {{ return (\n{source}\n); }}"),
+            )
+            .or_else(|first| {
+                let _ = ctx.catch();
+                declare(
+                    format!("b{i}"),
+                    format!("export function f() {{\n{source}\n}}"),
+                )
+                .map_err(|_| first)
+            })
+            .map_err(|e| (i, describe(&ctx, e)))?;
         }
         Ok(())
     });
@@ -57,9 +72,7 @@ pub fn eval_by(
                 .set(name.as_str(), js)
                 .map_err(|e| ExprError(format!("cannot pass {name}: {e}")))?;
         }
-        let function = maker(&ctx)
-            .and_then(|make| make.call::<_, rquickjs::Function>((source,)))
-            .map_err(|e| ExprError(describe(&ctx, e)))?;
+        let function = compile(&ctx, source).map_err(|e| ExprError(describe(&ctx, e)))?;
         let json: Option<String> = function
             .call::<_, rquickjs::Value>(())
             .and_then(|value| {
@@ -128,20 +141,19 @@ fn with_engine<T>(
     Ok(context.with(run))
 }
 
-/// A function that compiles a source into a function without running any of it: the source
-/// is handed to `new Function` as a value, so it is parsed as a function body and cannot break
-/// out of it. First as an expression (`return (<source>)`), else as a body of its own (so
-/// `let x = 1; return x` works too); a syntax error names the expression form's problem.
-fn maker<'js>(ctx: &rquickjs::Ctx<'js>) -> rquickjs::Result<rquickjs::Function<'js>> {
-    ctx.eval(
-        "(function (src) {
-            try { return new Function('return (\\n' + src + '\\n);'); }
-            catch (first) {
-                if (!(first instanceof SyntaxError)) throw first;
-                try { return new Function(src); } catch (second) { throw first; }
-            }
-        })",
-    )
+/// The expression as a function: `return (<source>)` when it is an expression, else the
+/// source itself as the body (so `let x = 1; return x` works too). Evaluating the function
+/// expression runs nothing of the source; calling it does.
+fn compile<'js>(
+    ctx: &rquickjs::Ctx<'js>,
+    source: &str,
+) -> rquickjs::Result<rquickjs::Function<'js>> {
+    ctx.eval::<rquickjs::Function, _>(format!("(function () {{ return (\n{source}\n); }})"))
+        .or_else(|_| {
+            // The first attempt's exception is pending: clear it before the second.
+            let _ = ctx.catch();
+            ctx.eval::<rquickjs::Function, _>(format!("(function () {{\n{source}\n}})"))
+        })
 }
 
 fn describe(ctx: &rquickjs::Ctx<'_>, error: rquickjs::Error) -> String {
