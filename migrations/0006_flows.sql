@@ -32,11 +32,15 @@ CREATE INDEX flow_versions_by_path ON flow_versions (workspace_id, path, id DESC
 -- unique per flow, so a transition that is replayed cannot enqueue a step twice.
 -- `flow_step_applied` is set once the flow's state has taken the step's end into account: a
 -- transition applies every ended step not applied yet, so steps ending together share one.
+-- `flow_enqueued_by` names what triggered the transition that enqueued the step (a step's end,
+-- or the flow's own message): when that trigger's message comes back after a crash, the steps
+-- it enqueued and that are still queued are published again, and only those.
 ALTER TABLE jobs
     ADD COLUMN root_job          uuid,
     ADD COLUMN flow_step_id      text,
     ADD COLUMN flow_step_key     text,
     ADD COLUMN flow_step_applied boolean NOT NULL DEFAULT false,
+    ADD COLUMN flow_enqueued_by  text,
     ADD COLUMN flow_state        jsonb;
 CREATE UNIQUE INDEX jobs_flow_steps ON jobs (parent_job, flow_step_key)
     WHERE flow_step_key IS NOT NULL;

@@ -10,7 +10,7 @@ use super::request_args::RunOptions;
 use super::run_target::{RunTarget, Runnable};
 use super::AppState;
 use crate::auth::Access;
-use crate::domain::{JobId, JobKind, Tag, WorkspaceId};
+use crate::domain::{JobId, Tag, WorkspaceId};
 use crate::queue::envelope::{self, JobEnvelope, QueuedRecord};
 use crate::queue::events::{JobEvent, JobEventKind};
 use crate::store::{self, InsertOutcome, NewJobRow};
@@ -81,12 +81,8 @@ pub async fn submit(
     let row = NewJobRow::queued(&envelope, &record);
     // A preset id may be taken already, which only the INSERT can tell before anything is
     // published: record, then publish, and without the record, so that only the API creates
-    // the row. A fresh id with small arguments: publish while inserting. A flow's first
-    // transition needs its row, so flows are recorded first too.
-    if !opts.job_id_preset()
-        && target.kind() == JobKind::Script
-        && envelope::fits_inline(&record.args)
-    {
+    // the row. A fresh id with small arguments: publish while inserting.
+    if !opts.job_id_preset() && envelope::fits_inline(&record.args) {
         envelope.record = Some(record);
     }
     let mut event = JobEvent::new(JobEventKind::Queued, &envelope);

@@ -68,10 +68,28 @@ pub struct FlowDriver {
 
 /// What started the transition.
 enum Trigger {
-    /// The flow job's own message: a start, or a wake-up.
-    Message { scopes: Option<Vec<String>> },
+    /// The flow job's own message: a start, or a wake-up (`due`: its `scheduled_for`). The
+    /// row travels in a start's message, for the worker to write if it got there first.
+    Message {
+        scopes: Option<Vec<String>>,
+        due: Option<chrono::DateTime<Utc>>,
+        record: Option<Box<NewJobRow>>,
+    },
     /// A step of the flow ended (its end is recorded).
-    StepEnded,
+    StepEnded { step: JobId },
+}
+
+impl Trigger {
+    /// Names the trigger on the step rows its transition enqueues, so that when the trigger
+    /// comes back it publishes again just those.
+    fn id(&self) -> String {
+        match self {
+            Self::Message { due, .. } => {
+                format!("flow:{}", due.map_or(0, |t| t.timestamp_millis()))
+            }
+            Self::StepEnded { step } => step.to_string(),
+        }
+    }
 }
 
 /// Everything a transition decided, to publish once it committed.
@@ -108,6 +126,11 @@ impl FlowDriver {
     pub async fn on_flow_message(&self, envelope: &JobEnvelope) -> Result<(), DriverError> {
         let trigger = Trigger::Message {
             scopes: envelope.scopes.clone(),
+            due: envelope.scheduled_for,
+            record: envelope
+                .record
+                .as_ref()
+                .map(|record| Box::new(NewJobRow::queued(envelope, record))),
         };
         // A redelivered start may follow a commit whose steps were never published.
         self.transition(envelope.id, trigger, true).await
@@ -139,7 +162,7 @@ impl FlowDriver {
         let result = if applied {
             Ok(())
         } else {
-            self.transition(step.flow_job, Trigger::StepEnded, republish)
+            self.transition(step.flow_job, Trigger::StepEnded { step: id }, republish)
                 .await
         };
         drop(guard);
@@ -161,8 +184,9 @@ impl FlowDriver {
         }
     }
 
-    /// Runs one transition and publishes what it decided; with `republish`, also the flow's
-    /// queued steps.
+    /// Runs one transition and publishes what it decided; with `republish` (the trigger came
+    /// back: its earlier run may have committed without publishing), also the queued steps
+    /// that this trigger enqueued.
     async fn transition(
         &self,
         flow: JobId,
@@ -171,18 +195,22 @@ impl FlowDriver {
     ) -> Result<(), DriverError> {
         let began = std::time::Instant::now();
         let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-        let Some(mut run) = flow_runs::lock(&mut conn, flow).await? else {
+        let record = match &trigger {
+            Trigger::Message { record, .. } => record.as_deref(),
+            Trigger::StepEnded { .. } => None,
+        };
+        let Some(mut run) = flow_runs::lock(&mut conn, flow, record).await? else {
             tracing::warn!(flow = %flow, "no such flow job; dropping the message");
             return Ok(());
         };
         let locked = began.elapsed();
         let mut events = Vec::new();
         let mut scopes = None;
-        if let Trigger::Message { scopes: given } = trigger {
+        if let Trigger::Message { scopes: given, .. } = &trigger {
             if run.flow.status == JobStatus::Queued {
                 run.mark_started(&self.worker).await?;
                 events.push(Event::Start);
-                scopes = given;
+                scopes = given.clone();
             } else {
                 events.push(Event::Wake);
             }
@@ -198,18 +226,21 @@ impl FlowDriver {
             })
         }));
         let flow_job = run.flow.clone();
+        let trigger_id = trigger.id();
         let effects = if events.is_empty() || flow_job.status.is_completed() {
             // Nothing new, or the flow ended already (cancelled, say).
             run.commit_steps().await?;
             Effects {
-                scopes: saved_scopes(&flow_job),
+                scopes: read_state(flow_job.state.as_deref())
+                    .ok()
+                    .and_then(|s| s.scopes),
                 ..Effects::default()
             }
         } else {
-            let (effects, state) = self.apply(&mut run, events, scopes).await?;
+            let (effects, state) = self.apply(&mut run, events, scopes, &trigger_id).await?;
             let applied_at = began.elapsed();
             run.mark_applied(&applied).await?;
-            run.save(Some(&state), Some(&effects.status), effects.end.as_ref())
+            run.save(state.as_ref(), Some(&effects.status), effects.end.as_ref())
                 .await?;
             tracing::debug!(flow = %flow, ends = applied.len(), new_steps = effects.steps.len(),
                 locked_ms = locked.as_secs_f64() * 1e3, applied_ms = applied_at.as_secs_f64() * 1e3,
@@ -220,29 +251,33 @@ impl FlowDriver {
         let scopes = effects.scopes.clone();
         self.publish(&flow_job, effects).await?;
         if republish {
-            self.republish_queued(&flow_job, &scopes).await?;
+            self.republish_queued(&flow_job, &scopes, &trigger_id)
+                .await?;
         }
         Ok(())
     }
 
     /// Applies `events` (and what resolving their new steps gives back); returns what to
-    /// publish and the state to save.
+    /// publish and the state to save (`None`: leave it as it is).
     async fn apply(
         &self,
         run: &mut FlowRun<'_>,
         events: Vec<Event>,
         scopes: Option<Vec<String>>,
-    ) -> Result<(Effects, Value), DriverError> {
+        trigger_id: &str,
+    ) -> Result<(Effects, Option<Value>), DriverError> {
         let flow = run.flow.clone();
         let mut effects = Effects {
             started: events.first() == Some(&Event::Start),
             ..Effects::default()
         };
-        let mut saved: Saved = flow
-            .state
-            .as_ref()
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .unwrap_or_default();
+        let mut saved = match read_state(flow.state.as_deref()) {
+            Ok(saved) => saved,
+            Err(e) => {
+                let why = format!("the flow's state cannot be read: {e}");
+                return self.end_now(run, effects, "InternalError", why).await;
+            }
+        };
         if effects.started {
             saved.scopes = scopes;
         }
@@ -250,16 +285,13 @@ impl FlowDriver {
         let ws = WorkspaceId::parse(&flow.workspace_id)
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let Some(version) = self.version(&ws, flow.flow_version, Some(run)).await? else {
-            return Ok(end_now(
-                effects,
-                "NotFound",
-                "the flow version no longer exists".into(),
-            ));
+            let why = "the flow version no longer exists".to_owned();
+            return self.end_now(run, effects, "NotFound", why).await;
         };
         if effects.started {
             if let Some(missing) = missing_arguments(version.schema.as_ref(), &flow.args) {
-                let message = format!("missing required argument(s): {}", missing.join(", "));
-                return Ok(end_now(effects, "MissingArguments", message));
+                let why = format!("missing required argument(s): {}", missing.join(", "));
+                return self.end_now(run, effects, "MissingArguments", why).await;
             }
         }
         let mut rows = Vec::new();
@@ -267,55 +299,94 @@ impl FlowDriver {
         let mut events = events;
         while !events.is_empty() {
             let batch = std::mem::take(&mut events);
-            let actions = apply_blocking(&version, &mut saved.machine, &flow.args, batch).await;
+            let actions =
+                match apply_blocking(&version, &mut saved.machine, &flow.args, batch).await {
+                    Ok(actions) => actions,
+                    Err(why) => return self.end_now(run, effects, "InternalError", why).await,
+                };
             for action in actions {
                 match action {
-                    Action::Enqueue(step) => match step_row(run, &flow, &version.def, &step).await?
-                    {
-                        Ok(row) => rows.push(row),
-                        // The script is gone: the step fails without running.
-                        Err(result) => events.push(Event::StepDone(StepDone {
-                            job: step.job,
-                            success: false,
-                            canceled: false,
-                            result,
-                        })),
-                    },
+                    Action::Enqueue(step) => {
+                        match step_row(run, &flow, &version.def, &step, trigger_id).await? {
+                            Ok(row) => rows.push(row),
+                            // The script is gone: the step fails without running.
+                            Err(result) => events.push(Event::StepDone(StepDone {
+                                job: step.job,
+                                success: false,
+                                canceled: false,
+                                result,
+                            })),
+                        }
+                    }
                     Action::Cancel(job) => cancels.push(job),
                     Action::WakeAt(at) => {
                         effects.wake_at = Some(effects.wake_at.map_or(at, |w| w.min(at)))
                     }
                     Action::EarlyReturn(result) => effects.early_return = Some(result),
                     Action::Finish { success, result } => {
-                        effects.end = Some(FlowEnd {
-                            status: if success {
-                                JobStatus::Success
-                            } else {
-                                JobStatus::Failure
-                            },
-                            result,
-                            canceled_by: None,
-                            canceled_reason: None,
-                        })
+                        effects.end = Some(flow_end(success, result))
                     }
                 }
             }
         }
-        run.insert_steps(&rows).await?;
-        let reason = Some(NOT_NEEDED);
-        let result = canceled_result(reason, &flow.created_by);
-        let (now, kill) = run
-            .cancel_steps(&cancels, &flow.created_by, reason, &result)
+        let inserted = run.insert_steps(&rows).await?;
+        if inserted != rows.len() {
+            // Keys are unique per flow and a state never enqueues one twice: this is a bug.
+            let why = format!(
+                "{} of {} new steps were enqueued already",
+                rows.len() - inserted,
+                rows.len()
+            );
+            return self.end_now(run, effects, "InternalError", why).await;
+        }
+        self.cancel(run, &cancels, &flow.created_by, NOT_NEEDED, &mut effects)
             .await?;
-        effects.canceled_now = now;
-        effects.to_kill = kill;
-        effects.cancel_by = flow.created_by.clone();
-        effects.cancel_reason = reason.map(str::to_owned);
-        effects.cancel_result = result;
         effects.steps = rows.iter().map(queued_step).collect();
         effects.status = flow_status(&version.def, &saved.machine);
         let state = serde_json::to_value(&saved).expect("the flow state serialises");
-        Ok((effects, state))
+        Ok((effects, Some(state)))
+    }
+
+    /// Cancels steps of the flow: queued ones end now, running ones are killed.
+    async fn cancel(
+        &self,
+        run: &FlowRun<'_>,
+        steps: &[JobId],
+        by: &str,
+        reason: &str,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let result = canceled_result(Some(reason), by);
+        let (now, kill) = run.cancel_steps(steps, by, Some(reason), &result).await?;
+        effects.canceled_now = now;
+        effects.to_kill = kill;
+        effects.cancel_by = by.to_owned();
+        effects.cancel_reason = Some(reason.to_owned());
+        effects.cancel_result = result;
+        Ok(())
+    }
+
+    /// Ends the flow as failed, cancelling whatever of it still runs; its state stays as it was.
+    async fn end_now(
+        &self,
+        run: &FlowRun<'_>,
+        mut effects: Effects,
+        name: &str,
+        message: String,
+    ) -> Result<(Effects, Option<Value>), DriverError> {
+        tracing::warn!(flow = %run.flow.id, error = %message, "ending a flow: {name}");
+        let unfinished = run.unfinished_steps().await?;
+        let by = run.flow.created_by.clone();
+        self.cancel(run, &unfinished, &by, "its flow failed", &mut effects)
+            .await?;
+        effects.end = Some(FlowEnd {
+            status: JobStatus::Failure,
+            result: json!({"error": {"name": name, "message": message}}),
+            canceled_by: None,
+            canceled_reason: None,
+        });
+        effects.status = json!({"step": 0, "modules": []});
+        Ok((effects, None))
     }
 
     /// The language and code of a `rawscript` step.
@@ -436,9 +507,10 @@ impl FlowDriver {
         &self,
         flow: &FlowJob,
         scopes: &Option<Vec<String>>,
+        trigger_id: &str,
     ) -> Result<(), DriverError> {
         let conn = self.pool.get().await.map_err(StoreError::from)?;
-        let queued = flow_runs::queued_steps(&conn, flow.id).await?;
+        let queued = flow_runs::queued_steps(&conn, flow.id, trigger_id).await?;
         drop(conn);
         let jobs: Vec<(Tag, JobEnvelope)> = queued
             .iter()
@@ -525,7 +597,7 @@ pub async fn cancel_flow(
     reason: Option<&str>,
 ) -> Result<FlowCancel, DriverError> {
     let mut conn = pool.get().await.map_err(StoreError::from)?;
-    let Some(run) = flow_runs::lock(&mut conn, id).await? else {
+    let Some(run) = flow_runs::lock(&mut conn, id, None).await? else {
         return Ok(FlowCancel::NotFound);
     };
     if run.flow.status.is_completed() {
@@ -590,6 +662,7 @@ async fn step_row(
     flow: &FlowJob,
     def: &FlowDef,
     step: &NewStep,
+    trigger_id: &str,
 ) -> Result<Result<NewJobRow, Value>, StoreError> {
     let module = def
         .find(&step.module_id)
@@ -648,27 +721,53 @@ async fn step_row(
         root_job: Some(flow.id),
         flow_step_id: Some(module.id.clone()),
         flow_step_key: Some(step.key.clone()),
+        flow_enqueued_by: Some(trigger_id.to_owned()),
     }))
 }
 
-/// Ends the flow as failed before anything runs.
-fn end_now(mut effects: Effects, name: &str, message: String) -> (Effects, Value) {
-    effects.end = Some(FlowEnd {
-        status: JobStatus::Failure,
-        result: json!({"error": {"name": name, "message": message}}),
+/// How the machine's `Finish` is recorded. A result nested deeper than PostgreSQL's readers
+/// take (serde_json's limit of 128 levels) fails the flow instead.
+fn flow_end(success: bool, result: Value) -> FlowEnd {
+    let (status, result) = if json_depth(&result) > MAX_RESULT_DEPTH {
+        let message = format!("the flow's result is nested deeper than {MAX_RESULT_DEPTH} levels");
+        (
+            JobStatus::Failure,
+            json!({"error": {"name": "ResultError", "message": message}}),
+        )
+    } else if success {
+        (JobStatus::Success, result)
+    } else {
+        (JobStatus::Failure, result)
+    };
+    FlowEnd {
+        status,
+        result,
         canceled_by: None,
         canceled_reason: None,
-    });
-    effects.status = json!({"step": 0, "modules": []});
-    let state = json!({"scopes": effects.scopes});
-    (effects, state)
+    }
 }
 
-fn saved_scopes(flow: &FlowJob) -> Option<Vec<String>> {
-    flow.state
-        .as_ref()
-        .and_then(|s| s.get("scopes"))
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
+const MAX_RESULT_DEPTH: usize = 120;
+
+fn json_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The saved state: read without serde_json's depth limit, since step results (up to that
+/// limit themselves) sit deep inside it.
+fn read_state(text: Option<&str>) -> Result<Saved, serde_json::Error> {
+    let Some(text) = text else {
+        return Ok(Saved::default());
+    };
+    let mut reader = serde_json::Deserializer::from_str(text);
+    reader.disable_recursion_limit();
+    let saved = Saved::deserialize(&mut reader)?;
+    reader.end()?;
+    Ok(saved)
 }
 
 /// Publishes a flow's `done` and terminal event.
@@ -734,7 +833,7 @@ async fn apply_blocking(
     state: &mut FlowState,
     args: &Value,
     events: Vec<Event>,
-) -> Vec<Action> {
+) -> Result<Vec<Action>, String> {
     let version = version.clone();
     let mut owned = std::mem::take(state);
     let input = match args {
@@ -756,7 +855,7 @@ async fn apply_blocking(
         (owned, actions)
     })
     .await
-    .expect("the flow machine does not panic");
+    .map_err(|e| format!("the flow's state machine failed: {e}"))?;
     *state = owned;
-    actions
+    Ok(actions)
 }

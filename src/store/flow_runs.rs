@@ -26,7 +26,8 @@ pub struct FlowJob {
     pub permissioned_as: String,
     pub tag: String,
     pub started_by_token: Option<String>,
-    pub state: Option<Value>,
+    /// The flow's saved state, as JSON text (read without a depth limit by its reader).
+    pub state: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
 }
 
@@ -73,19 +74,26 @@ struct Statements {
 }
 
 const LOCK: &str = "SELECT id, workspace_id, status, args, flow_version, script_path, created_by,
-                           permissioned_as, tag, started_by_token, flow_state, started_at
+                           permissioned_as, tag, started_by_token, flow_state::text, started_at
                     FROM jobs WHERE id = $1 AND job_kind = 'flow' FOR UPDATE";
 
-/// Locks the flow job `id`; `None` when there is no such flow job.
+/// Locks the flow job `id`; `None` when there is no such flow job. With `record` (the flow's
+/// row as its first message carries it), the row is written first if the API's INSERT has not
+/// landed yet (the API publishes small flows while it inserts them).
 pub async fn lock<'c>(
     conn: &'c mut Conn<'_>,
     id: JobId,
+    record: Option<&NewJobRow>,
 ) -> Result<Option<FlowRun<'c>>, StoreError> {
     let lock = conn.prepared(LOCK, &[Type::UUID]).await?;
     let statements = Statements {
         unapplied: conn.prepared(UNAPPLIED, &[Type::UUID]).await?,
         insert: conn.prepared(INSERT, &[]).await?,
     };
+    if let Some(row) = record {
+        // Waits for an uncommitted INSERT of the same id, then does nothing.
+        run_insert(&***conn, &statements.insert, std::slice::from_ref(row)).await?;
+    }
     let tx = conn.transaction().await?;
     let Some(row) = tx.query_opt(&lock, &[&id]).await? else {
         return Ok(None);
@@ -187,11 +195,14 @@ impl FlowRun<'_> {
         flows::version_on(&self.tx, ws, id).await
     }
 
-    pub async fn insert_steps(&self, rows: &[NewJobRow]) -> Result<(), StoreError> {
-        if !rows.is_empty() {
-            run_insert(&self.tx, &self.statements.insert, rows).await?;
+    /// Inserts step rows; returns how many were new.
+    pub async fn insert_steps(&self, rows: &[NewJobRow]) -> Result<usize, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        Ok(run_insert(&self.tx, &self.statements.insert, rows)
+            .await?
+            .len())
     }
 
     /// Cancels steps: queued ones end now (returned first), running ones are flagged for their
@@ -301,15 +312,20 @@ impl FlowRun<'_> {
     }
 }
 
-/// The steps of a flow still waiting in the queue: a replayed transition publishes them again
-/// (JetStream drops the copies it still remembers).
-pub async fn queued_steps(conn: &Conn<'_>, flow: JobId) -> Result<Vec<QueuedStep>, StoreError> {
+/// The steps of a flow that `trigger` enqueued and that are still waiting in the queue: when
+/// the trigger comes back they are published again (JetStream drops the copies it remembers).
+pub async fn queued_steps(
+    conn: &Conn<'_>,
+    flow: JobId,
+    trigger: &str,
+) -> Result<Vec<QueuedStep>, StoreError> {
     let rows = conn
         .query(
             "SELECT id, script_path, script_hash, language, tag, timeout_s, scheduled_for,
                     flow_step_id
-             FROM jobs WHERE parent_job = $1 AND flow_step_key IS NOT NULL AND status = 'queued'",
-            &[&flow],
+             FROM jobs WHERE parent_job = $1 AND flow_step_key IS NOT NULL AND status = 'queued'
+                         AND flow_enqueued_by = $2",
+            &[&flow, &trigger],
         )
         .await?;
     Ok(rows

@@ -179,15 +179,23 @@ pub async fn list(
                                                       AND p.job_kind = 'flow'))
            AND ($13::text IS NULL
                 OR created_by = $13
-                OR starts_with(script_path, 'u/' || $13 || '/')
-                OR EXISTS (SELECT 1 FROM item_perms p
-                           WHERE p.workspace_id = jobs.workspace_id AND p.path = jobs.script_path
-                             AND p.grantee = ANY($14))
-                OR (starts_with(script_path, 'f/') AND EXISTS (
-                        SELECT 1 FROM folders f
-                        WHERE f.workspace_id = jobs.workspace_id
-                          AND f.name = split_part(jobs.script_path, '/', 2)
-                          AND (f.owners && $14 OR f.extra_perms ?| $14))))
+                OR EXISTS (
+                    -- What the job runs, for permissions: a flow's step counts as its flow.
+                    SELECT 1 FROM (SELECT
+                        CASE WHEN jobs.flow_step_id IS NULL THEN jobs.script_path
+                             ELSE (SELECT r.script_path FROM jobs r WHERE r.id = jobs.root_job)
+                        END AS path,
+                        CASE WHEN jobs.job_kind = 'flow' OR jobs.flow_step_id IS NOT NULL
+                             THEN 'flow' ELSE 'script' END AS kind) v
+                    WHERE starts_with(v.path, 'u/' || $13 || '/')
+                       OR EXISTS (SELECT 1 FROM item_perms p
+                                  WHERE p.workspace_id = jobs.workspace_id AND p.kind = v.kind
+                                    AND p.path = v.path AND p.grantee = ANY($14))
+                       OR (starts_with(v.path, 'f/') AND EXISTS (
+                               SELECT 1 FROM folders f
+                               WHERE f.workspace_id = jobs.workspace_id
+                                 AND f.name = split_part(v.path, '/', 2)
+                                 AND (f.owners && $14 OR f.extra_perms ?| $14)))))
          ORDER BY created_at DESC, id DESC
          LIMIT $11 OFFSET $12"
     );

@@ -204,3 +204,56 @@ async fn workers_killed_at_random_moments_lose_no_flow() {
     }
     let _ = WS;
 }
+
+#[tokio::test]
+async fn an_api_killed_while_its_sync_caller_waits_loses_no_flow() {
+    let mut env = TestEnv::with(options(1)).await;
+    env.flow(
+        "u/alice/slowflow",
+        json!({"modules": [
+            bash("a", "sleep 1\necho one", json!({})),
+            bash("b", "x=\"$1\"\nsleep 1\necho \"$x two\"", json!({"x": js("previous_result")})),
+        ]}),
+    )
+    .await;
+    let second = env.add_api().await;
+    // A sync call on the second replica, which dies while the flow runs.
+    let http = env.http.clone();
+    let token = env.token.clone();
+    let call = tokio::spawn(async move {
+        http.post(format!(
+            "{second}/api/w/{WS}/jobs/run_wait_result/f/u/alice/slowflow"
+        ))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let list = env
+            .get(
+                &format!("/api/w/{WS}/jobs/list?script_path_exact=u/alice/slowflow"),
+                &env.token,
+            )
+            .await
+            .expect(200)
+            .json();
+        if let Some(id) = list[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the flow was never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_for_step(&env, &id, "a", "running").await;
+    env.kill_api(1);
+    assert!(
+        call.await.unwrap().is_err(),
+        "the killed replica's caller lost its connection"
+    );
+    // The caller is gone, but nobody cancelled the flow: it ends on its own, read on replica 0.
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    assert_eq!(done["result"], json!("one two"));
+    assert_eq!(assert_each_step_completed_once(&env, &id).await, 2);
+}

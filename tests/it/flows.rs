@@ -969,6 +969,48 @@ async fn flow_permissions_scopes_sharing_and_webhook_tokens() {
     )
     .await
     .expect(200);
+    // Steps of a flow bob cannot read stay hidden from him, even when they run his script.
+    env.script(
+        "u/bob/helper",
+        "python3",
+        "def main():\n    return 'secret result'\n",
+    )
+    .await;
+    env.post(
+        &format!("/api/w/{WS}/acls/add/script/u/bob/helper"),
+        &env.token,
+        json!({"owner": "u/alice"}),
+    )
+    .await
+    .expect(200);
+    env.flow(
+        "u/alice/uses_bobs",
+        json!({"modules": [{"id": "h", "value": {"type": "script", "path": "u/bob/helper"}}]}),
+    )
+    .await;
+    let flow_id = env.run_flow("u/alice/uses_bobs", json!({})).await;
+    assert_eq!(
+        env.wait(&flow_id, Duration::from_secs(30)).await["result"],
+        json!("secret result")
+    );
+    let seen = env
+        .get(
+            &format!("/api/w/{WS}/jobs/list?include_flow_steps=true&per_page=1000"),
+            &bob,
+        )
+        .await
+        .expect(200)
+        .json();
+    let leaked: Vec<&Value> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["parent_job"] == json!(flow_id) || j["id"] == json!(flow_id))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "bob sees alice's flow or its steps: {leaked:?}"
+    );
     // A flow in a folder: the folder's owners write it.
     env.post(
         &format!("/api/w/{WS}/folders/create"),
@@ -984,4 +1026,31 @@ async fn flow_permissions_scopes_sharing_and_webhook_tokens() {
     )
     .await
     .expect(201);
+}
+
+#[tokio::test]
+async fn a_result_nested_too_deep_fails_the_flow_clearly() {
+    let env = TestEnv::start().await;
+    // 118 levels from the step, more from the loops around it: past what readers take.
+    let deep = "def main():\n    v = 1\n    for _ in range(118):\n        v = [v]\n    return v\n";
+    env.flow(
+        "u/alice/deep",
+        json!({"modules": [
+            {"id": "l1", "value": {"type": "forloopflow", "iterator": js("[1]"), "modules": [
+                {"id": "l2", "value": {"type": "forloopflow", "iterator": js("[1]"), "modules": [
+                    {"id": "l3", "value": {"type": "forloopflow", "iterator": js("[1]"), "modules": [
+                        python("d", deep, json!({})),
+                    ]}},
+                ]}},
+            ]}},
+        ]}),
+    )
+    .await;
+    let done = env.run_flow_done("u/alice/deep", json!({})).await;
+    assert_eq!(done["success"], json!(false), "{done}");
+    assert_eq!(done["result"]["error"]["name"], json!("ResultError"));
+    let id = done_id(&env, "u/alice/deep").await;
+    // The job, its steps and the list all still read fine.
+    env.job(&id).await;
+    assert_eq!(steps_of(&env, &id).await.len(), 1);
 }

@@ -373,6 +373,13 @@ impl TestEnv {
         self.apis[0].id()
     }
 
+    /// SIGKILLs API replica `index` (0 is the one at `api_url`).
+    pub fn kill_api(&mut self, index: usize) {
+        let child = &mut self.apis[index];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// SIGKILL, as a crashed node would die.
     pub fn kill_worker(&mut self, index: usize) {
         let child = &mut self.workers[index];
