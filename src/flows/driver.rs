@@ -240,7 +240,9 @@ impl FlowDriver {
             let (effects, state) = self.apply(&mut run, events, scopes, &trigger_id).await?;
             let applied_at = began.elapsed();
             run.mark_applied(&applied).await?;
-            run.save(state.as_ref(), Some(&effects.status), effects.end.as_ref())
+            // An empty status: the flow ended before its state could change (keep the last).
+            let status = (!effects.status.is_null()).then_some(&effects.status);
+            run.save(state.as_ref(), status, effects.end.as_ref())
                 .await?;
             tracing::debug!(flow = %flow, ends = applied.len(), new_steps = effects.steps.len(),
                 locked_ms = locked.as_secs_f64() * 1e3, applied_ms = applied_at.as_secs_f64() * 1e3,
@@ -385,7 +387,6 @@ impl FlowDriver {
             canceled_by: None,
             canceled_reason: None,
         });
-        effects.status = json!({"step": 0, "modules": []});
         Ok((effects, None))
     }
 
