@@ -15,7 +15,6 @@ use super::object_storage::ObjectStorage;
 use super::run_target::{self, RunTarget};
 use super::{authorize, submit, AppState};
 use crate::auth::Access;
-use crate::auth::Action;
 use crate::domain::{JobKind, RunnablePath, ScriptHash, WorkspaceId};
 
 #[derive(Deserialize)]
@@ -42,13 +41,7 @@ pub async fn resolve_path(
     authed: &Authed,
     params: &ByPath,
 ) -> ApiResult<(WorkspaceId, Access, RunTarget)> {
-    let ws = WorkspaceId::parse(&params.workspace)?;
-    let path = RunnablePath::parse(&params.path)?;
-    let access = state.auth().access(&authed.0, &ws).await?;
-    authorize::scope(&access.principal, Action::RunScript(path.as_str()))?;
-    let target = run_target::by_path(state, &ws, &path).await?;
-    authorize::read(state, &ws, &access, JobKind::Script, path.as_str()).await?;
-    Ok((ws, access, target))
+    resolve_named(state, authed, params, JobKind::Script).await
 }
 
 /// Authorises the caller in the workspace and resolves the flow named by a path.
@@ -57,12 +50,25 @@ pub async fn resolve_flow_path(
     authed: &Authed,
     params: &ByPath,
 ) -> ApiResult<(WorkspaceId, Access, RunTarget)> {
+    resolve_named(state, authed, params, JobKind::Flow).await
+}
+
+/// The run scope and read access first (404 for what the caller may not see), then the live
+/// version of the script or flow at the path.
+async fn resolve_named(
+    state: &AppState,
+    authed: &Authed,
+    params: &ByPath,
+    kind: JobKind,
+) -> ApiResult<(WorkspaceId, Access, RunTarget)> {
     let ws = WorkspaceId::parse(&params.workspace)?;
     let path = RunnablePath::parse(&params.path)?;
     let access = state.auth().access(&authed.0, &ws).await?;
-    authorize::scope(&access.principal, Action::RunFlow(path.as_str()))?;
-    authorize::read(state, &ws, &access, JobKind::Flow, path.as_str()).await?;
-    let target = run_target::flow_by_path(state, &ws, &path).await?;
+    authorize::run(state, &ws, &access, kind, path.as_str()).await?;
+    let target = match kind {
+        JobKind::Script => run_target::by_path(state, &ws, &path).await?,
+        JobKind::Flow => run_target::flow_by_path(state, &ws, &path).await?,
+    };
     Ok((ws, access, target))
 }
 
@@ -124,70 +130,56 @@ async fn run_async(
     Ok((StatusCode::CREATED, id.to_string()))
 }
 
-/// Run the live version of the script at a path.
-#[utoipa::path(post, path = "/api/w/{workspace}/jobs/run/p/{*path}", tag = "run",
-    params(("workspace" = String, Path), ("path" = String, Path, description = "u/<user>/<name> or f/<folder>/<name>")),
-    request_body(content = Object, description = "the job's arguments (SPEC §1)"),
-    responses((status = 201, description = "the job id", body = String),
-              (status = 400), (status = 401), (status = 404), (status = 409), (status = 413)))]
-pub async fn run_by_path(
-    State(state): State<AppState>,
-    Path(params): Path<ByPath>,
-    authed: Authed,
-    Extension(storage): Extension<ObjectStorage>,
-    body: RunBody,
-) -> ApiResult<impl IntoResponse> {
-    let resolved = resolve_path(&state, &authed, &params).await?;
-    run_async(&state, &storage, resolved, body).await
+macro_rules! async_route {
+    ($name:ident, $path:literal, $target:literal, $params:ty, $resolve:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "run",
+            params(("workspace" = String, Path), ($target = String, Path)),
+            request_body(content = Object, description = "the job's arguments (SPEC §1)"),
+            responses((status = 201, description = "the job id", body = String),
+                      (status = 400), (status = 401), (status = 404), (status = 409), (status = 413)))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            Path(params): Path<$params>,
+            authed: Authed,
+            Extension(storage): Extension<ObjectStorage>,
+            body: RunBody,
+        ) -> ApiResult<impl IntoResponse> {
+            let resolved = $resolve(&state, &authed, &params).await?;
+            run_async(&state, &storage, resolved, body).await
+        }
+    };
 }
 
-/// Run exactly one version of a script, even after it was replaced.
-#[utoipa::path(post, path = "/api/w/{workspace}/jobs/run/h/{hash}", tag = "run",
-    params(("workspace" = String, Path), ("hash" = String, Path)),
-    request_body(content = Object, description = "the job's arguments (SPEC §1)"),
-    responses((status = 201, description = "the job id", body = String),
-              (status = 400), (status = 401), (status = 404), (status = 409), (status = 413)))]
-pub async fn run_by_hash(
-    State(state): State<AppState>,
-    Path(params): Path<ByHash>,
-    authed: Authed,
-    Extension(storage): Extension<ObjectStorage>,
-    body: RunBody,
-) -> ApiResult<impl IntoResponse> {
-    let resolved = resolve_hash(&state, &authed, &params).await?;
-    run_async(&state, &storage, resolved, body).await
-}
-
-/// Run the latest version of the flow at a path.
-#[utoipa::path(post, path = "/api/w/{workspace}/jobs/run/f/{*path}", tag = "run",
-    params(("workspace" = String, Path), ("path" = String, Path, description = "u/<user>/<name> or f/<folder>/<name>")),
-    request_body(content = Object, description = "the flow's arguments (SPEC §1)"),
-    responses((status = 201, description = "the job id", body = String),
-              (status = 400), (status = 401), (status = 404), (status = 409), (status = 413)))]
-pub async fn run_flow_by_path(
-    State(state): State<AppState>,
-    Path(params): Path<ByPath>,
-    authed: Authed,
-    Extension(storage): Extension<ObjectStorage>,
-    body: RunBody,
-) -> ApiResult<impl IntoResponse> {
-    let resolved = resolve_flow_path(&state, &authed, &params).await?;
-    run_async(&state, &storage, resolved, body).await
-}
-
-/// Run exactly one version of a flow, even after later updates or archiving.
-#[utoipa::path(post, path = "/api/w/{workspace}/jobs/run/fv/{version}", tag = "run",
-    params(("workspace" = String, Path), ("version" = String, Path)),
-    request_body(content = Object, description = "the flow's arguments (SPEC §1)"),
-    responses((status = 201, description = "the job id", body = String),
-              (status = 400), (status = 401), (status = 404), (status = 409), (status = 413)))]
-pub async fn run_flow_by_version(
-    State(state): State<AppState>,
-    Path(params): Path<ByVersion>,
-    authed: Authed,
-    Extension(storage): Extension<ObjectStorage>,
-    body: RunBody,
-) -> ApiResult<impl IntoResponse> {
-    let resolved = resolve_flow_version(&state, &authed, &params).await?;
-    run_async(&state, &storage, resolved, body).await
-}
+async_route!(
+    run_by_path,
+    "/api/w/{workspace}/jobs/run/p/{*path}",
+    "path",
+    ByPath,
+    resolve_path,
+    "Run the live version of the script at a path (u/<user>/<name> or f/<folder>/<name>)."
+);
+async_route!(
+    run_by_hash,
+    "/api/w/{workspace}/jobs/run/h/{hash}",
+    "hash",
+    ByHash,
+    resolve_hash,
+    "Run exactly one version of a script, even after it was replaced."
+);
+async_route!(
+    run_flow_by_path,
+    "/api/w/{workspace}/jobs/run/f/{*path}",
+    "path",
+    ByPath,
+    resolve_flow_path,
+    "Run the latest version of the flow at a path."
+);
+async_route!(
+    run_flow_by_version,
+    "/api/w/{workspace}/jobs/run/fv/{version}",
+    "version",
+    ByVersion,
+    resolve_flow_version,
+    "Run exactly one version of a flow, even after later updates or archiving."
+);

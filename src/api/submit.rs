@@ -10,7 +10,7 @@ use super::request_args::RunOptions;
 use super::run_target::{RunTarget, Runnable};
 use super::AppState;
 use crate::auth::Access;
-use crate::domain::{JobId, Tag, WorkspaceId};
+use crate::domain::{contains_nul, JobId, Tag, WorkspaceId};
 use crate::queue::envelope::{self, JobEnvelope, QueuedRecord};
 use crate::queue::events::{JobEvent, JobEventKind};
 use crate::store::{self, InsertOutcome, NewJobRow};
@@ -179,15 +179,10 @@ async fn record_while_publishing(
 /// PostgreSQL cannot store U+0000 in JSON: refused here, not by an INSERT other requests' jobs
 /// may share.
 fn check_storable(args: &Map<String, Value>) -> ApiResult<()> {
-    fn has_nul(value: &Value) -> bool {
-        match value {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(items) => items.iter().any(has_nul),
-            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
-    if args.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+    if args
+        .iter()
+        .any(|(k, v)| k.contains('\0') || contains_nul(v))
+    {
         return Err(ApiError::bad_request(
             "the arguments contain the character U+0000, which cannot be stored",
         ));

@@ -71,3 +71,15 @@ pub fn canceled_result(reason: Option<&str>, by: &str) -> serde_json::Value {
     let reason = reason.unwrap_or("no reason given");
     serde_json::json!({"error": {"name": "Canceled", "message": format!("Job canceled: {reason} by {by}")}})
 }
+
+/// Whether a JSON value holds the character U+0000 anywhere (keys included), which PostgreSQL
+/// cannot store in `jsonb`.
+pub fn contains_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}

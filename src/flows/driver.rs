@@ -1,12 +1,14 @@
 //! The impure half of flows: runs one transition of the state machine as one PostgreSQL
 //! transaction, then publishes what it decided. Any worker runs transitions, for any flow:
 //! - a flow job's message starts the flow (or, redelivered or sent again later, wakes it);
-//! - a step's end is recorded by the worker that ran it, in the same transaction as the
-//!   transition it triggers; the step's own JetStream message is acked only after the commit,
-//!   so a worker dying in between leaves the message to be redelivered;
-//! - a redelivered step message finds its row completed: the transition is applied if it is not
-//!   in the state yet (a step cancelled while queued), and the flow's queued steps are published
-//!   again (the step jobs are rows before they are messages: the rows are the outbox).
+//! - a step's end is recorded by the worker that ran it, as any job's; that worker then runs a
+//!   transition, which applies every recorded end the flow has not taken into account yet, and
+//!   acks the step's JetStream message only after that transition committed, so a worker dying
+//!   in between leaves the message to be redelivered;
+//! - a redelivered message finds its step completed (or its flow started): it runs the
+//!   transition (a no-op if its end is applied) and publishes again the still queued steps that
+//!   its earlier run enqueued (the step jobs are rows before they are messages: the rows are
+//!   the outbox).
 //!
 //! Step jobs are inserted with a key unique per flow (module path, iteration, attempt), so a
 //! transition can never enqueue the same step twice.

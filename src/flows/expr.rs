@@ -90,21 +90,12 @@ pub fn eval_by(
                 .map_err(|e| ExprError(format!("the value is not JSON: {e}"))),
         }
     })??;
-    if has_nul(&value) {
+    if crate::domain::contains_nul(&value) {
         return Err(ExprError(
             "the value contains the character U+0000, which cannot be stored".into(),
         ));
     }
     Ok(value)
-}
-
-fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
 }
 
 /// `Boolean(expr)`, as Windmill evaluates predicates.

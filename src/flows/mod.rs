@@ -4,9 +4,9 @@
 //! (`driver`) that runs transitions in PostgreSQL and publishes their step jobs.
 //!
 //! A flow job is started by whichever worker pulls it; each step is a job of its own, run by any
-//! worker; the worker that records a step's end runs the transition in the same transaction, and
-//! acks the step's JetStream message only after it committed. A redelivered message finds the
-//! transition done (the step's row is completed) and only re-publishes what is still queued.
+//! worker; the worker that records a step's end then runs the flow's transition, and acks the
+//! step's JetStream message only after it committed. A redelivered message finds the transition
+//! done and only re-publishes what it had enqueued and is still queued.
 
 pub mod driver;
 pub mod expr;

@@ -67,22 +67,12 @@ except Exception as e:
 print(json.dumps(out))
 "#;
 
-#[tokio::test]
-async fn the_windmill_python_client_runs_scripts_and_reads_jobs() {
-    let python = wmill_python();
-    let env = TestEnv::start().await;
-    env.script("u/alice/add", "python3", ADD).await;
-    env.script(
-        "u/alice/fail",
-        "python3",
-        "def main():\n    raise KeyError('missing thing')\n",
-    )
-    .await;
-
-    let mut command = Command::new(&python);
+/// Runs a client program (argv: API base URL, token, workspace); returns the JSON it prints.
+async fn run_client(python: &str, env: &TestEnv, program: &str) -> Value {
+    let mut command = Command::new(python);
     command
         .arg("-c")
-        .arg(CLIENT_PROGRAM)
+        .arg(program)
         .arg(&env.api_url)
         .arg(&env.token)
         .arg(WS)
@@ -104,8 +94,22 @@ async fn the_windmill_python_client_runs_scripts_and_reads_jobs() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let got: Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn the_windmill_python_client_runs_scripts_and_reads_jobs() {
+    let python = wmill_python();
+    let env = TestEnv::start().await;
+    env.script("u/alice/add", "python3", ADD).await;
+    env.script(
+        "u/alice/fail",
+        "python3",
+        "def main():\n    raise KeyError('missing thing')\n",
+    )
+    .await;
+
+    let got = run_client(&python, &env, CLIENT_PROGRAM).await;
 
     assert_eq!(got["sync"], json!(3), "{got}");
 
@@ -238,24 +242,7 @@ async fn the_windmill_python_client_runs_flows() {
             "content": "def main():\n    raise ValueError('flow step broke')\n"}}]}),
     )
     .await;
-    let mut command = Command::new(&python);
-    command
-        .arg("-c")
-        .arg(FLOW_PROGRAM)
-        .arg(&env.api_url)
-        .arg(&env.token)
-        .arg(WS);
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("run the wmill flow program");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the wmill program failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let got = run_client(&python, &env, FLOW_PROGRAM).await;
     assert_eq!(got["result"], json!([2, 4, 6]), "{got}");
     assert_eq!(got["status"], json!("COMPLETED"));
     assert_eq!(got["job"]["job_kind"], json!("flow"));
