@@ -241,10 +241,9 @@ impl FlowDriver {
         } else {
             let (effects, state) = self.apply(&mut run, events, scopes, &trigger_id).await?;
             let applied_at = began.elapsed();
-            run.mark_applied(&applied).await?;
             // An empty status: the flow ended before its state could change (keep the last).
             let status = (!effects.status.is_null()).then_some(&effects.status);
-            run.save(state.as_ref(), status, effects.end.as_ref())
+            run.save(&applied, state.as_ref(), status, effects.end.as_ref())
                 .await?;
             tracing::debug!(flow = %flow, ends = applied.len(), new_steps = effects.steps.len(),
                 locked_ms = locked.as_secs_f64() * 1e3, applied_ms = applied_at.as_secs_f64() * 1e3,
@@ -616,7 +615,7 @@ pub async fn cancel_flow(
         canceled_by: Some(by.to_owned()),
         canceled_reason: reason.map(str::to_owned),
     };
-    run.save(None, None, Some(&end)).await?;
+    run.save(&[], None, None, Some(&end)).await?;
     drop(conn);
     let effects = Effects {
         canceled_now: now,

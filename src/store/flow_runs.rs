@@ -61,7 +61,7 @@ pub struct FlowEnd {
     pub canceled_reason: Option<String>,
 }
 
-/// A flow job locked for one transition; dropped without [`FlowRun::commit`], nothing happened.
+/// A flow job locked for one transition; dropped without [`FlowRun::save`], nothing happened.
 pub struct FlowRun<'c> {
     tx: Transaction<'c>,
     statements: Statements,
@@ -71,6 +71,7 @@ pub struct FlowRun<'c> {
 struct Statements {
     unapplied: Statement,
     insert: Statement,
+    save: Statement,
 }
 
 const LOCK: &str = "SELECT id, workspace_id, status, args, flow_version, script_path, created_by,
@@ -89,6 +90,7 @@ pub async fn lock<'c>(
     let statements = Statements {
         unapplied: conn.prepared(UNAPPLIED, &[Type::UUID]).await?,
         insert: conn.prepared(INSERT, &[]).await?,
+        save: conn.prepared(SAVE, SAVE_TYPES).await?,
     };
     if let Some(row) = record {
         // Waits for an uncommitted INSERT of the same id, then does nothing.
@@ -157,19 +159,6 @@ impl FlowRun<'_> {
                 (row.get(0), status, result.unwrap_or(Value::Null))
             })
             .collect())
-    }
-
-    /// Marks steps' ends as taken into account by the state this transition saves.
-    pub async fn mark_applied(&self, steps: &[JobId]) -> Result<(), StoreError> {
-        if !steps.is_empty() {
-            self.tx
-                .execute(
-                    "UPDATE jobs SET flow_step_applied = true WHERE id = ANY($1)",
-                    &[&steps],
-                )
-                .await?;
-        }
-        Ok(())
     }
 
     /// A script version, read in this transaction: the live one at `path`, or `hash` if it is
@@ -264,53 +253,58 @@ impl FlowRun<'_> {
         Ok(self.tx.commit().await?)
     }
 
-    /// Saves the state (`None`: as it was) and, when the flow ended, its end; commits the
-    /// transition.
+    /// Marks the step ends it applied, saves the state (`None`: as it was) and, when the flow
+    /// ended, its end — one statement — and commits the transition.
     pub async fn save(
         self,
+        applied: &[JobId],
         state: Option<&Value>,
         status: Option<&Value>,
         end: Option<&FlowEnd>,
     ) -> Result<(), StoreError> {
-        match end {
-            None => {
-                self.tx
-                    .execute(
-                        "UPDATE jobs SET flow_state = COALESCE($2, flow_state),
-                                         flow_status = COALESCE($3, flow_status)
-                         WHERE id = $1",
-                        &[&self.flow.id, &state, &status],
-                    )
-                    .await?;
-            }
-            Some(end) => {
-                self.tx
-                    .execute(
-                        "UPDATE jobs SET flow_state = COALESCE($2, flow_state),
-                                         flow_status = COALESCE($3, flow_status),
-                                         status = $4, result = $5,
-                                         completed_at = now(),
-                                         duration_ms = (EXTRACT(EPOCH FROM now() - COALESCE(started_at, now())) * 1000)::bigint,
-                                         canceled_by = COALESCE($6, canceled_by),
-                                         canceled_reason = COALESCE($7, canceled_reason)
-                         WHERE id = $1",
-                        &[
-                            &self.flow.id,
-                            &state,
-                            &status,
-                            &end.status.as_str(),
-                            &end.result,
-                            &end.canceled_by,
-                            &end.canceled_reason,
-                        ],
-                    )
-                    .await?;
-            }
-        }
+        self.tx
+            .execute(
+                &self.statements.save,
+                &[
+                    &self.flow.id,
+                    &state,
+                    &status,
+                    &end.map(|e| e.status.as_str()),
+                    &end.map(|e| &e.result),
+                    &end.and_then(|e| e.canceled_by.as_deref()),
+                    &end.and_then(|e| e.canceled_reason.as_deref()),
+                    &applied,
+                ],
+            )
+            .await?;
         self.tx.commit().await?;
         Ok(())
     }
 }
+
+const SAVE: &str = "WITH applied AS (
+         UPDATE jobs SET flow_step_applied = true WHERE id = ANY($8))
+     UPDATE jobs SET flow_state = COALESCE($2, flow_state),
+                     flow_status = COALESCE($3, flow_status),
+                     status = COALESCE($4, status),
+                     result = CASE WHEN $4 IS NULL THEN result ELSE $5 END,
+                     completed_at = CASE WHEN $4 IS NULL THEN completed_at ELSE now() END,
+                     duration_ms = CASE WHEN $4 IS NULL THEN duration_ms ELSE
+                         (EXTRACT(EPOCH FROM now() - COALESCE(started_at, now())) * 1000)::bigint
+                     END,
+                     canceled_by = COALESCE($6, canceled_by),
+                     canceled_reason = COALESCE($7, canceled_reason)
+     WHERE id = $1";
+const SAVE_TYPES: &[Type] = &[
+    Type::UUID,
+    Type::JSONB,
+    Type::JSONB,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TEXT,
+    Type::TEXT,
+    Type::UUID_ARRAY,
+];
 
 /// The steps of a flow that `trigger` enqueued and that are still waiting in the queue: when
 /// the trigger comes back they are published again (JetStream drops the copies it remembers).

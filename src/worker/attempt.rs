@@ -544,7 +544,11 @@ async fn finish(
     if !done.success {
         event.error = completion.result.get("error").cloned();
     }
-    if let Err(e) = ctx.bus.publish_event(&event).await {
+    if envelope.flow_step.is_some() {
+        // Its flow's next step waits for nothing but the transition; the event's storage is
+        // confirmed in the background (a failure is logged either way).
+        ctx.bus.publish_event_unconfirmed(&event).await;
+    } else if let Err(e) = ctx.bus.publish_event(&event).await {
         tracing::warn!(job = %envelope.id, error = %e, "terminal event not published");
     }
     settle
