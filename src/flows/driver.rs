@@ -30,6 +30,7 @@ use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
 use crate::queue::{Bus, QueueError};
 use crate::store::flow_runs::{self, CanceledStep, FlowEnd, FlowJob, FlowRun, QueuedStep};
+use crate::store::jobs::Completion;
 use crate::store::{self, NewJobRow, Pool, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,15 @@ pub enum DriverError {
     /// trigger publishes it again.
     #[error(transparent)]
     Queue(#[from] QueueError),
+}
+
+/// What a transition did, once it committed.
+#[derive(Debug, Default)]
+pub struct Transitioned {
+    /// The step end it was given was recorded by it (not by another delivery before).
+    pub recorded: bool,
+    /// Publishing what it decided failed: its trigger must come back soon, to publish again.
+    pub unpublished: Option<DriverError>,
 }
 
 /// What the driver keeps in the flow job's `flow_state`.
@@ -69,7 +79,7 @@ pub struct FlowDriver {
 }
 
 /// What started the transition.
-enum Trigger {
+enum Trigger<'a> {
     /// The flow job's own message: a start, or a wake-up (`due`: its `scheduled_for`). The
     /// row travels in a start's message, for the worker to write if it got there first.
     Message {
@@ -77,11 +87,15 @@ enum Trigger {
         due: Option<chrono::DateTime<Utc>>,
         record: Option<Box<NewJobRow>>,
     },
-    /// A step of the flow ended (its end is recorded).
-    StepEnded { step: JobId },
+    /// A step of the flow ended; its end is recorded, or `ended` says it (recorded in the
+    /// transition).
+    StepEnded {
+        step: JobId,
+        ended: Option<&'a Completion>,
+    },
 }
 
-impl Trigger {
+impl Trigger<'_> {
     /// Names the trigger on the step rows its transition enqueues, so that when the trigger
     /// comes back it publishes again just those.
     fn id(&self) -> String {
@@ -89,7 +103,7 @@ impl Trigger {
             Self::Message { due, .. } => {
                 format!("flow:{}", due.map_or(0, |t| t.timestamp_millis()))
             }
-            Self::StepEnded { step } => step.to_string(),
+            Self::StepEnded { step, .. } => step.to_string(),
         }
     }
 }
@@ -135,41 +149,66 @@ impl FlowDriver {
                 .map(|record| Box::new(NewJobRow::queued(envelope, record))),
         };
         // A redelivered start may follow a commit whose steps were never published.
-        self.transition(envelope.id, trigger, true).await
+        match self
+            .transition(envelope.id, trigger, true)
+            .await?
+            .unpublished
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    /// A step of this flow ended and its end is recorded: advances the flow, applying this end
-    /// and every other one the flow has not taken into account yet (steps ending together share
-    /// one transition). With `republish`, also publishes the flow's queued steps again.
+    /// A step of this flow ended: advances the flow, applying this end and every other one the
+    /// flow has not taken into account yet (steps ending together share one transition).
+    /// `ended`, when given, is recorded first — inside the transition when this process may run
+    /// one at once, before waiting otherwise (so the transition running meanwhile can apply it
+    /// too). True when `ended` was recorded here (not by another delivery). With `republish`,
+    /// also publishes again the queued steps this step's earlier transition enqueued.
     pub async fn on_step_end(
         &self,
         step: &FlowStep,
         id: JobId,
         republish: bool,
-    ) -> Result<(), DriverError> {
+        ended: Option<&Completion>,
+    ) -> Result<Transitioned, StoreError> {
         // One transition per flow at a time in this process: the others wait here, holding no
         // database connection, and most find their end applied by the one before.
         let turn = self.turn(step.flow_job);
-        let (guard, waited) = match turn.clone().try_lock_owned() {
-            Ok(guard) => (guard, false),
-            Err(_) => (turn.clone().lock_owned().await, true),
-        };
-        // Whoever had the turn before may have applied this end already.
-        let applied = if waited && !republish {
-            let conn = self.pool.get().await.map_err(StoreError::from)?;
-            flow_runs::step_applied(&conn, id).await?
-        } else {
-            false
-        };
-        let result = if applied {
-            Ok(())
-        } else {
-            self.transition(step.flow_job, Trigger::StepEnded { step: id }, republish)
-                .await
-        };
-        drop(guard);
+        let outcome = self.step_end_turn(step, id, republish, ended, &turn).await;
         self.release_turn(step.flow_job, turn);
-        result
+        outcome
+    }
+
+    async fn step_end_turn(
+        &self,
+        step: &FlowStep,
+        id: JobId,
+        republish: bool,
+        ended: Option<&Completion>,
+        turn: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Transitioned, StoreError> {
+        if let Ok(_guard) = turn.clone().try_lock_owned() {
+            let trigger = Trigger::StepEnded { step: id, ended };
+            return self.transition(step.flow_job, trigger, republish).await;
+        }
+        let recorded = match ended {
+            Some(completion) => store::jobs::complete(&self.pool, id, completion).await?,
+            None => false,
+        };
+        let _guard = turn.clone().lock_owned().await;
+        // Whoever had the turn before may have applied this end already.
+        let applied = flow_runs::step_applied(&self.pool.get().await?, id).await?;
+        let mut outcome = Transitioned::default();
+        if !applied || republish {
+            let trigger = Trigger::StepEnded {
+                step: id,
+                ended: None,
+            };
+            outcome = self.transition(step.flow_job, trigger, republish).await?;
+        }
+        outcome.recorded = recorded;
+        Ok(outcome)
     }
 
     fn turn(&self, flow: JobId) -> Arc<tokio::sync::Mutex<()>> {
@@ -188,24 +227,42 @@ impl FlowDriver {
 
     /// Runs one transition and publishes what it decided; with `republish` (the trigger came
     /// back: its earlier run may have committed without publishing), also the queued steps
-    /// that this trigger enqueued.
+    /// that this trigger enqueued. True when the trigger's `ended` was recorded here.
     async fn transition(
         &self,
         flow: JobId,
-        trigger: Trigger,
+        trigger: Trigger<'_>,
         republish: bool,
-    ) -> Result<(), DriverError> {
+    ) -> Result<Transitioned, StoreError> {
         let began = std::time::Instant::now();
-        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        let mut conn = self.pool.get().await?;
         let record = match &trigger {
             Trigger::Message { record, .. } => record.as_deref(),
             Trigger::StepEnded { .. } => None,
         };
         let Some(mut run) = flow_runs::lock(&mut conn, flow, record).await? else {
             tracing::warn!(flow = %flow, "no such flow job; dropping the message");
-            return Ok(());
+            let recorded = match &trigger {
+                Trigger::StepEnded {
+                    step,
+                    ended: Some(completion),
+                } => store::jobs::complete(&self.pool, *step, completion).await?,
+                _ => false,
+            };
+            return Ok(Transitioned {
+                recorded,
+                unpublished: None,
+            });
         };
         let locked = began.elapsed();
+        let mut recorded = false;
+        if let Trigger::StepEnded {
+            step,
+            ended: Some(completion),
+        } = &trigger
+        {
+            recorded = run.complete_step(*step, completion).await?;
+        }
         let mut events = Vec::new();
         let mut scopes = None;
         if let Trigger::Message { scopes: given, .. } = &trigger {
@@ -252,12 +309,14 @@ impl FlowDriver {
         };
         drop(conn);
         let scopes = effects.scopes.clone();
-        self.publish(&flow_job, effects).await?;
-        if republish {
-            self.republish_queued(&flow_job, &scopes, &trigger_id)
-                .await?;
+        let mut published = self.publish(&flow_job, effects).await;
+        if republish && published.is_ok() {
+            published = self.republish_queued(&flow_job, &scopes, &trigger_id).await;
         }
-        Ok(())
+        Ok(Transitioned {
+            recorded,
+            unpublished: published.err(),
+        })
     }
 
     /// Applies `events` (and what resolving their new steps gives back); returns what to
@@ -268,7 +327,7 @@ impl FlowDriver {
         events: Vec<Event>,
         scopes: Option<Vec<String>>,
         trigger_id: &str,
-    ) -> Result<(Effects, Option<Value>), DriverError> {
+    ) -> Result<(Effects, Option<Value>), StoreError> {
         let flow = run.flow.clone();
         let mut effects = Effects {
             started: events.first() == Some(&Event::Start),
@@ -376,7 +435,7 @@ impl FlowDriver {
         mut effects: Effects,
         name: &str,
         message: String,
-    ) -> Result<(Effects, Option<Value>), DriverError> {
+    ) -> Result<(Effects, Option<Value>), StoreError> {
         tracing::warn!(flow = %run.flow.id, error = %message, "ending a flow: {name}");
         let unfinished = run.unfinished_steps().await?;
         let by = run.flow.created_by.clone();

@@ -9,6 +9,7 @@ use tokio_postgres::{Statement, Transaction};
 
 use super::flows::{self, Flow};
 use super::job_inserter::{run_insert, INSERT};
+use super::jobs::{run_complete, Completion, COMPLETE, COMPLETE_TYPES};
 use super::scripts::{self, Script};
 use super::{Conn, NewJobRow, StoreError};
 use crate::domain::{JobId, JobStatus, RunnablePath, ScriptHash, WorkspaceId};
@@ -69,6 +70,7 @@ pub struct FlowRun<'c> {
 }
 
 struct Statements {
+    complete: Statement,
     unapplied: Statement,
     insert: Statement,
     save: Statement,
@@ -88,6 +90,7 @@ pub async fn lock<'c>(
 ) -> Result<Option<FlowRun<'c>>, StoreError> {
     let lock = conn.prepared(LOCK, &[Type::UUID]).await?;
     let statements = Statements {
+        complete: conn.prepared(COMPLETE, COMPLETE_TYPES).await?,
         unapplied: conn.prepared(UNAPPLIED, &[Type::UUID]).await?,
         insert: conn.prepared(INSERT, &[]).await?,
         save: conn.prepared(SAVE, SAVE_TYPES).await?,
@@ -142,6 +145,15 @@ impl FlowRun<'_> {
         self.flow.status = JobStatus::Running;
         self.flow.started_at = row.get(0);
         Ok(())
+    }
+
+    /// Records a step's end in this transaction; false if it had ended already.
+    pub async fn complete_step(
+        &self,
+        step: JobId,
+        completion: &Completion,
+    ) -> Result<bool, StoreError> {
+        run_complete(&self.tx, &self.statements.complete, step, completion).await
     }
 
     /// The ended steps of this flow that its state has not taken into account yet, in the order

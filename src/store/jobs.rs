@@ -343,23 +343,20 @@ pub struct Completion {
 /// delivery finishing second).
 pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result<bool, StoreError> {
     let mut conn = pool.get().await?;
-    let statement = conn
-        .prepared(
-            COMPLETE,
-            &[
-                Type::UUID,
-                Type::TEXT,
-                Type::JSONB,
-                Type::TEXT,
-                Type::INT8,
-                Type::TEXT,
-                Type::TEXT,
-            ],
-        )
-        .await?;
-    let updated = conn
+    let statement = conn.prepared(COMPLETE, COMPLETE_TYPES).await?;
+    run_complete(&**conn, &statement, id, completion).await
+}
+
+/// Runs [`COMPLETE`] on a connection or inside a transaction; false if the job had ended.
+pub(super) async fn run_complete(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    id: JobId,
+    completion: &Completion,
+) -> Result<bool, StoreError> {
+    let updated = client
         .execute(
-            &statement,
+            statement,
             &[
                 &id,
                 &completion.status.as_str(),
@@ -374,7 +371,17 @@ pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result
     Ok(updated == 1)
 }
 
-const COMPLETE: &str =
+pub(super) const COMPLETE_TYPES: &[Type] = &[
+    Type::UUID,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+pub(super) const COMPLETE: &str =
     "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5, completed_at = now(),
                      canceled_by = COALESCE($6, canceled_by),
                      canceled_reason = COALESCE($7, canceled_reason)

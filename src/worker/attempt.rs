@@ -13,8 +13,7 @@ use super::context::{ScriptCode, WorkerContext};
 use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use crate::auth::job_token::{self, JobClaims};
-use crate::domain::{canceled_result, JobId, JobKind, JobStatus};
-use crate::flows::driver::DriverError;
+use crate::domain::{canceled_result, JobKind, JobStatus};
 use crate::queue::consume::{Delivery, Unusable};
 use crate::queue::envelope::{FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
@@ -31,12 +30,14 @@ enum Settle {
     /// retried in place, so that a job the API withdrew meanwhile (its INSERT failed) is not
     /// run once the database is back.
     RetryLater,
-    /// A flow's step ended and its end is recorded: its flow must take it into account before
-    /// the ack (with `republish`, also publish the flow's queued steps again: the message came
-    /// back, so its worker may have died before publishing them). Done without the job's slot.
+    /// A flow's step ended: its end (`ended`, or already recorded) must be in its flow's state
+    /// before the ack (with `republish`, the queued steps its earlier transition enqueued are
+    /// published again: the message came back, so its worker may have died before publishing
+    /// them). Done without the job's slot.
     AdvanceFlow {
         step: FlowStep,
         republish: bool,
+        ended: Option<Box<Completion>>,
     },
 }
 
@@ -78,9 +79,11 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
     ctx.unregister(id);
     drop(slot);
     let settle = match settle {
-        Settle::AdvanceFlow { step, republish } => {
-            advance_after_step(&ctx, id, &step, republish).await
-        }
+        Settle::AdvanceFlow {
+            step,
+            republish,
+            ended,
+        } => advance_after_step(&ctx, &envelope, &step, republish, ended.as_deref()).await,
         other => other,
     };
     drop(keepalive);
@@ -102,23 +105,32 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
 /// slot is free meanwhile, so more steps run while transitions queue.
 async fn advance_after_step(
     ctx: &WorkerContext,
-    id: JobId,
+    envelope: &JobEnvelope,
     step: &FlowStep,
     republish: bool,
+    ended: Option<&Completion>,
 ) -> Settle {
+    let id = envelope.id;
+    // Whether this delivery recorded the end, across retries of the store call.
+    let recorded = std::sync::atomic::AtomicBool::new(false);
     let advanced = retry_store(|| async {
-        match ctx.flows.on_step_end(step, id, republish).await {
-            Ok(()) => Ok(Settle::Ack),
-            Err(DriverError::Store(e)) => Err(e),
+        let ended = ended.filter(|_| !recorded.load(std::sync::atomic::Ordering::Relaxed));
+        let advanced = ctx.flows.on_step_end(step, id, republish, ended).await?;
+        recorded.fetch_or(advanced.recorded, std::sync::atomic::Ordering::Relaxed);
+        Ok(match advanced.unpublished {
+            None => Settle::Ack,
             // Committed, but what the flow enqueued was not published: a quick redelivery of
             // this message publishes it again.
-            Err(DriverError::Queue(e)) => {
+            Some(e) => {
                 tracing::warn!(job = %id, error = %e, "flow step publish failed");
-                Ok(Settle::RetryLater)
+                Settle::RetryLater
             }
-        }
+        })
     })
     .await;
+    if let (true, Some(completion)) = (recorded.into_inner(), ended) {
+        announce_end(ctx, envelope, completion).await;
+    }
     advanced.unwrap_or(Settle::Abandon)
 }
 
@@ -157,6 +169,7 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
                 Some(step) => Settle::AdvanceFlow {
                     step: step.clone(),
                     republish: true,
+                    ended: None,
                 },
             };
         }
@@ -507,23 +520,27 @@ async fn finish(
         canceled_by: outcome.canceled_by,
         canceled_reason: outcome.canceled_reason,
     };
-    let recorded = match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
-        Ok(recorded) => recorded,
-        Err(_) => return Settle::Abandon,
-    };
-    // A flow's step: its flow moves on before the message is acked. Also when another delivery
-    // recorded the end first: its worker may have died before the transition.
-    let settle = match &envelope.flow_step {
-        None => Settle::Ack,
-        Some(step) => Settle::AdvanceFlow {
+    // A flow's step: its end is recorded with its flow's transition, and the message acked
+    // after it.
+    if let Some(step) = &envelope.flow_step {
+        return Settle::AdvanceFlow {
             step: step.clone(),
             republish: false,
-        },
-    };
-    if !recorded {
-        // Another delivery recorded it first: nothing more to announce.
-        return settle;
+            ended: Some(Box::new(completion)),
+        };
     }
+    match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
+        Ok(true) => {}
+        // Another delivery recorded it first: nothing more to announce.
+        Ok(false) => return Settle::Ack,
+        Err(_) => return Settle::Abandon,
+    }
+    announce_end(ctx, envelope, &completion).await;
+    Settle::Ack
+}
+
+/// Tells the job's waiters it ended, and publishes its terminal event.
+async fn announce_end(ctx: &WorkerContext, envelope: &JobEnvelope, completion: &Completion) {
     let done = JobDone::new(
         envelope.id,
         completion.status == JobStatus::Success,
@@ -540,7 +557,7 @@ async fn finish(
     };
     let mut event = JobEvent::new(kind, envelope).with_result(&completion.result);
     event.success = Some(done.success);
-    event.duration_ms = duration_ms;
+    event.duration_ms = completion.duration_ms;
     if !done.success {
         event.error = completion.result.get("error").cloned();
     }
@@ -551,7 +568,6 @@ async fn finish(
     } else if let Err(e) = ctx.bus.publish_event(&event).await {
         tracing::warn!(job = %envelope.id, error = %e, "terminal event not published");
     }
-    settle
 }
 
 /// Retries a store call while the database is unavailable (up to ~30 s), so a short outage
