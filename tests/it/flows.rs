@@ -1054,3 +1054,62 @@ async fn a_result_nested_too_deep_fails_the_flow_clearly() {
     env.job(&id).await;
     assert_eq!(steps_of(&env, &id).await.len(), 1);
 }
+
+#[tokio::test]
+async fn scheduled_flows_wait_and_a_sync_timeout_cancels_the_flow() {
+    let env = TestEnv::with(crate::common::Options {
+        workers: 1,
+        api_env: vec![("TIMEOUT_WAIT_RESULT".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    env.flow(
+        "u/alice/quick",
+        json!({"modules": [echo("a", fixed(json!("on time")))]}),
+    )
+    .await;
+    let id = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run/f/u/alice/quick?scheduled_in_secs=2"),
+            &env.token,
+            json!({}),
+        )
+        .await
+        .expect(201)
+        .text;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let job = env.job(&id).await;
+    assert_eq!(
+        job["started_at"],
+        json!(null),
+        "a scheduled flow waits: {job}"
+    );
+    assert!(job["scheduled_for"].is_string());
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["result"], json!("on time"));
+
+    env.flow(
+        "u/alice/slow",
+        json!({"modules": [bash("nap", "sleep 20", json!({}))]}),
+    )
+    .await;
+    let res = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run_wait_result/f/u/alice/slow"),
+            &env.token,
+            json!({}),
+        )
+        .await
+        .expect(500);
+    assert_eq!(res.text, "timeout after 1s");
+    let id = res.headers["x-millrace-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let done = env.wait(&id, Duration::from_secs(10)).await;
+    assert_eq!(done["result"]["error"]["name"], json!("Canceled"), "{done}");
+    assert_eq!(
+        env.job(&id).await["canceled_reason"],
+        json!("timeout after 1s")
+    );
+}
