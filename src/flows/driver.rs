@@ -14,13 +14,14 @@
 //! transition can never enqueue the same step twice.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::machine::{self, Action, Event, NewStep, StepDone};
+use super::machine::{self, json_depth, Action, Event, NewStep, StepDone};
 use super::model::{FlowDef, ModuleKind};
 use super::state::FlowState;
 use super::status::flow_status;
@@ -29,7 +30,7 @@ use crate::queue::envelope::{self, FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
 use crate::queue::{Bus, QueueError};
-use crate::store::flow_runs::{self, CanceledStep, FlowEnd, FlowJob, FlowRun, QueuedStep};
+use crate::store::flow_runs::{self, CanceledStep, FlowEnd, FlowJob, FlowRun, Locked, QueuedStep};
 use crate::store::jobs::Completion;
 use crate::store::{self, NewJobRow, Pool, StoreError};
 
@@ -42,6 +43,13 @@ pub enum DriverError {
     /// trigger publishes it again.
     #[error(transparent)]
     Queue(#[from] QueueError),
+}
+
+/// Whether a transition waits for the flow's row lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
 }
 
 /// What a transition did, once it committed.
@@ -149,11 +157,10 @@ impl FlowDriver {
                 .map(|record| Box::new(NewJobRow::queued(envelope, record))),
         };
         // A redelivered start may follow a commit whose steps were never published.
-        match self
-            .transition(envelope.id, trigger, true)
-            .await?
-            .unpublished
-        {
+        let done = self
+            .transition(envelope.id, trigger, true, Wait::Yes)
+            .await?;
+        match done.and_then(|d| d.unpublished) {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -161,54 +168,86 @@ impl FlowDriver {
 
     /// A step of this flow ended: advances the flow, applying this end and every other one the
     /// flow has not taken into account yet (steps ending together share one transition).
-    /// `ended`, when given, is recorded first — inside the transition when this process may run
-    /// one at once, before waiting otherwise (so the transition running meanwhile can apply it
-    /// too). True when `ended` was recorded here (not by another delivery). With `republish`,
-    /// also publishes again the queued steps this step's earlier transition enqueued.
+    /// `ended`, when given, is recorded too — inside the transition when the flow is free at
+    /// once, alone otherwise (before waiting, so that the transition running meanwhile can
+    /// apply it, and so that it is never left uncommitted behind another one). `recorded` is
+    /// set as soon as this call has recorded it (not another delivery). With `republish`, also
+    /// publishes again what this step's earlier transition enqueued.
     pub async fn on_step_end(
         &self,
         step: &FlowStep,
         id: JobId,
         republish: bool,
         ended: Option<&Completion>,
+        recorded: &AtomicBool,
     ) -> Result<Transitioned, StoreError> {
         // One transition per flow at a time in this process: the others wait here, holding no
         // database connection, and most find their end applied by the one before.
         let turn = self.turn(step.flow_job);
-        let outcome = self.step_end_turn(step, id, republish, ended, &turn).await;
-        self.release_turn(step.flow_job, turn);
+        let flow = step.flow_job;
+        let outcome = async {
+            if let Ok(_guard) = turn.clone().try_lock_owned() {
+                if let Some(completion) = ended {
+                    let trigger = Trigger::StepEnded { step: id, ended };
+                    match self.transition(flow, trigger, republish, Wait::No).await {
+                        Ok(Some(done)) => {
+                            recorded.fetch_or(done.recorded, Ordering::Relaxed);
+                            return Ok(done);
+                        }
+                        // The flow's row is another process's for now: record alone, then wait.
+                        Ok(None) => self.record_alone(id, completion, recorded).await?,
+                        Err(e) => {
+                            // Keep the end whatever becomes of the transition.
+                            self.record_alone(id, completion, recorded).await?;
+                            return Err(e);
+                        }
+                    }
+                }
+                return self.advance(flow, id, republish).await;
+            }
+            if let Some(completion) = ended {
+                self.record_alone(id, completion, recorded).await?;
+            }
+            let _guard = turn.clone().lock_owned().await;
+            // Whoever had the turn before may have applied this end already.
+            let applied = flow_runs::step_applied(&self.pool.get().await?, id).await?;
+            if applied && !republish {
+                return Ok(Transitioned::default());
+            }
+            self.advance(flow, id, republish).await
+        }
+        .await;
+        self.release_turn(flow, turn);
         outcome
     }
 
-    async fn step_end_turn(
+    /// Records a step's end in a transaction of its own.
+    async fn record_alone(
         &self,
-        step: &FlowStep,
+        id: JobId,
+        completion: &Completion,
+        recorded: &AtomicBool,
+    ) -> Result<(), StoreError> {
+        let now = store::jobs::complete(&self.pool, id, completion).await?;
+        recorded.fetch_or(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A transition for a step whose end is recorded.
+    async fn advance(
+        &self,
+        flow: JobId,
         id: JobId,
         republish: bool,
-        ended: Option<&Completion>,
-        turn: &Arc<tokio::sync::Mutex<()>>,
     ) -> Result<Transitioned, StoreError> {
-        if let Ok(_guard) = turn.clone().try_lock_owned() {
-            let trigger = Trigger::StepEnded { step: id, ended };
-            return self.transition(step.flow_job, trigger, republish).await;
-        }
-        let recorded = match ended {
-            Some(completion) => store::jobs::complete(&self.pool, id, completion).await?,
-            None => false,
+        let trigger = Trigger::StepEnded {
+            step: id,
+            ended: None,
         };
-        let _guard = turn.clone().lock_owned().await;
-        // Whoever had the turn before may have applied this end already.
-        let applied = flow_runs::step_applied(&self.pool.get().await?, id).await?;
-        let mut outcome = Transitioned::default();
-        if !applied || republish {
-            let trigger = Trigger::StepEnded {
-                step: id,
-                ended: None,
-            };
-            outcome = self.transition(step.flow_job, trigger, republish).await?;
-        }
-        outcome.recorded = recorded;
-        Ok(outcome)
+        Ok(self
+            .transition(flow, trigger, republish, Wait::Yes)
+            .await?
+            .unwrap_or_default())
     }
 
     fn turn(&self, flow: JobId) -> Arc<tokio::sync::Mutex<()>> {
@@ -227,32 +266,38 @@ impl FlowDriver {
 
     /// Runs one transition and publishes what it decided; with `republish` (the trigger came
     /// back: its earlier run may have committed without publishing), also the queued steps
-    /// that this trigger enqueued. True when the trigger's `ended` was recorded here.
+    /// that this trigger enqueued, and a wake-up if the flow sleeps. `None` when `wait` is
+    /// `No` and another transaction holds the flow.
     async fn transition(
         &self,
         flow: JobId,
         trigger: Trigger<'_>,
         republish: bool,
-    ) -> Result<Transitioned, StoreError> {
+        wait: Wait,
+    ) -> Result<Option<Transitioned>, StoreError> {
         let began = std::time::Instant::now();
         let mut conn = self.pool.get().await?;
         let record = match &trigger {
             Trigger::Message { record, .. } => record.as_deref(),
             Trigger::StepEnded { .. } => None,
         };
-        let Some(mut run) = flow_runs::lock(&mut conn, flow, record).await? else {
-            tracing::warn!(flow = %flow, "no such flow job; dropping the message");
-            let recorded = match &trigger {
-                Trigger::StepEnded {
-                    step,
-                    ended: Some(completion),
-                } => store::jobs::complete(&self.pool, *step, completion).await?,
-                _ => false,
-            };
-            return Ok(Transitioned {
-                recorded,
-                unpublished: None,
-            });
+        let mut run = match flow_runs::lock(&mut conn, flow, record, wait == Wait::Yes).await? {
+            Locked::Run(run) => *run,
+            Locked::Busy => return Ok(None),
+            Locked::Missing => {
+                tracing::warn!(flow = %flow, "no such flow job; dropping the message");
+                let recorded = match &trigger {
+                    Trigger::StepEnded {
+                        step,
+                        ended: Some(completion),
+                    } => store::jobs::complete(&self.pool, *step, completion).await?,
+                    _ => false,
+                };
+                return Ok(Some(Transitioned {
+                    recorded,
+                    unpublished: None,
+                }));
+            }
         };
         let locked = began.elapsed();
         let mut recorded = false;
@@ -273,6 +318,10 @@ impl FlowDriver {
             } else {
                 events.push(Event::Wake);
             }
+        } else if republish {
+            // The earlier run may have died before publishing a wake-up: a sleeping flow
+            // announces it again (its message id makes a copy harmless).
+            events.push(Event::Wake);
         }
         let ends = run.unapplied_ends().await?;
         let applied: Vec<JobId> = ends.iter().map(|(id, ..)| *id).collect();
@@ -313,10 +362,10 @@ impl FlowDriver {
         if republish && published.is_ok() {
             published = self.republish_queued(&flow_job, &scopes, &trigger_id).await;
         }
-        Ok(Transitioned {
+        Ok(Some(Transitioned {
             recorded,
             unpublished: published.err(),
-        })
+        }))
     }
 
     /// Applies `events` (and what resolving their new steps gives back); returns what to
@@ -328,6 +377,8 @@ impl FlowDriver {
         scopes: Option<Vec<String>>,
         trigger_id: &str,
     ) -> Result<(Effects, Option<Value>), StoreError> {
+        // One budget of expression time for the whole transition, however many events.
+        let deadline = std::time::Instant::now() + machine::TRANSITION_EXPR_TIME;
         let flow = run.flow.clone();
         let mut effects = Effects {
             started: events.first() == Some(&Event::Start),
@@ -362,7 +413,9 @@ impl FlowDriver {
         while !events.is_empty() {
             let batch = std::mem::take(&mut events);
             let actions =
-                match apply_blocking(&version, &mut saved.machine, &flow.args, batch).await {
+                match apply_blocking(&version, &mut saved.machine, &flow.args, batch, deadline)
+                    .await
+                {
                     Ok(actions) => actions,
                     Err(why) => return self.end_now(run, effects, "InternalError", why).await,
                 };
@@ -658,8 +711,9 @@ pub async fn cancel_flow(
     reason: Option<&str>,
 ) -> Result<FlowCancel, DriverError> {
     let mut conn = pool.get().await.map_err(StoreError::from)?;
-    let Some(run) = flow_runs::lock(&mut conn, id, None).await? else {
-        return Ok(FlowCancel::NotFound);
+    let run = match flow_runs::lock(&mut conn, id, None, true).await? {
+        Locked::Run(run) => *run,
+        Locked::Missing | Locked::Busy => return Ok(FlowCancel::NotFound),
     };
     if run.flow.status.is_completed() {
         return Ok(FlowCancel::AlreadyCompleted);
@@ -810,14 +864,6 @@ fn flow_end(success: bool, result: Value) -> FlowEnd {
 
 const MAX_RESULT_DEPTH: usize = 120;
 
-fn json_depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// The saved state: read without serde_json's depth limit, since step results (up to that
 /// limit themselves) sit deep inside it.
 fn read_state(text: Option<&str>) -> Result<Saved, serde_json::Error> {
@@ -894,6 +940,7 @@ async fn apply_blocking(
     state: &mut FlowState,
     args: &Value,
     events: Vec<Event>,
+    deadline: std::time::Instant,
 ) -> Result<Vec<Action>, String> {
     let version = version.clone();
     let mut owned = std::mem::take(state);
@@ -909,7 +956,7 @@ async fn apply_blocking(
                 &mut owned,
                 &input,
                 event,
-                Utc::now(),
+                (Utc::now(), deadline),
                 &mut uuid::Uuid::now_v7,
             ));
         }

@@ -28,6 +28,11 @@ pub const MAX_UNITS: u64 = 50_000;
 /// One step's arguments, and all of a flow's steps' arguments together, at most.
 pub const MAX_STEP_ARGS: usize = 8 * 1024 * 1024;
 pub const MAX_FLOW_ARGS: u64 = 256 * 1024 * 1024;
+/// All of a flow's steps' results together, at most: the flow's state keeps them until it ends,
+/// and every transition rewrites the state.
+pub const MAX_FLOW_RESULTS: u64 = 64 * 1024 * 1024;
+/// Steps' arguments nest at most this deep (readers of JSON columns take 128 levels).
+pub const MAX_ARGS_DEPTH: usize = 100;
 /// A `sleep` never lasts longer than this.
 pub const MAX_SLEEP_S: u64 = 30 * 24 * 3600;
 /// All the expressions of one transition together may run this long: the transition holds its
@@ -80,14 +85,15 @@ pub enum Action {
     },
 }
 
-/// Applies one event. `new_id` names new step jobs (UUIDv7s in production, so ids are never
-/// reused; tests pass a counter).
+/// Applies one event at `now`; expressions stop at `deadline` (one per transition, however
+/// many events it applies). `new_id` names new step jobs (UUIDv7s in production, so ids are
+/// never reused; tests pass a counter).
 pub fn apply(
     def: &FlowDef,
     state: &mut FlowState,
     flow_input: &Value,
     event: Event,
-    now: DateTime<Utc>,
+    (now, deadline): (DateTime<Utc>, std::time::Instant),
     new_id: &mut dyn FnMut() -> JobId,
 ) -> Vec<Action> {
     if state.ended.is_some() {
@@ -102,7 +108,7 @@ pub fn apply(
         },
         actions: Vec::new(),
         spent: state.spent,
-        deadline: std::time::Instant::now() + TRANSITION_EXPR_TIME,
+        deadline,
     };
     let root = Scope::root(flow_input);
     let mut end = None;
@@ -254,8 +260,9 @@ fn too_big(module: &Module) -> End {
     End::failure(error_result(
         "FlowTooLarge",
         format!(
-            "module {}: the flow would start more than {MAX_UNITS} steps and iterations, or more \
-             than {MAX_FLOW_ARGS} bytes of step arguments",
+            "module {}: the flow would start more than {MAX_UNITS} steps and iterations, or \
+             hold more than {MAX_FLOW_ARGS} bytes of step arguments or {MAX_FLOW_RESULTS} bytes \
+             of step results",
             module.id
         ),
         module,
@@ -282,6 +289,16 @@ impl Machine<'_> {
         Ok(expr::truthy(&self.eval(source, vars)?))
     }
 
+    /// Counts a step's result; `false` when the flow would exceed [`MAX_FLOW_RESULTS`].
+    fn charge_results(&mut self, bytes: u64) -> bool {
+        let total = self.spent.result_bytes.saturating_add(bytes);
+        if total > MAX_FLOW_RESULTS {
+            return false;
+        }
+        self.spent.result_bytes = total;
+        true
+    }
+
     /// Counts `units` more jobs or lanes; `false` when the flow would exceed [`MAX_UNITS`].
     fn charge(&mut self, units: u64, arg_bytes: u64) -> bool {
         let units = self.spent.units + units;
@@ -289,10 +306,8 @@ impl Machine<'_> {
         if units > MAX_UNITS || bytes > MAX_FLOW_ARGS {
             return false;
         }
-        self.spent = Spent {
-            units,
-            arg_bytes: bytes,
-        };
+        self.spent.units = units;
+        self.spent.arg_bytes = bytes;
         true
     }
 
@@ -574,6 +589,10 @@ impl Machine<'_> {
             return None;
         }
         let done = self.event.take()?;
+        let size = serde_json::to_vec(&done.result).map_or(u64::MAX, |v| v.len() as u64);
+        if !self.charge_results(size) {
+            return Some(too_big(module));
+        }
         if done.success {
             return Some(End::success(done.result));
         }
@@ -741,6 +760,17 @@ impl Machine<'_> {
                 .map(|s| s.min(i32::MAX as u64) as i32),
         };
         let size = serde_json::to_vec(&args).map_or(usize::MAX, |v| v.len());
+        let depth = json_depth(&Value::Object(args.clone()));
+        if depth > MAX_ARGS_DEPTH {
+            return Err(End::failure(error_result(
+                "ArgumentsTooDeep",
+                format!(
+                    "module {}: its arguments nest {depth} levels deep; at most {MAX_ARGS_DEPTH}",
+                    module.id
+                ),
+                module,
+            )));
+        }
         if size > MAX_STEP_ARGS {
             return Err(End::failure(error_result(
                 "ArgumentsTooLarge",
@@ -817,6 +847,15 @@ impl Machine<'_> {
             state.early_result = Some(end.result.clone());
             self.actions.push(Action::EarlyReturn(end.result.clone()));
         }
+    }
+}
+
+/// How deeply a JSON value nests (a scalar: 0).
+pub fn json_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -899,12 +938,13 @@ mod tests {
                 next += 1;
                 JobId::from_u128(next)
             };
+            let deadline = std::time::Instant::now() + TRANSITION_EXPR_TIME;
             let actions = apply(
                 &self.def,
                 &mut self.state,
                 &self.input,
                 event,
-                self.now,
+                (self.now, deadline),
                 &mut ids,
             );
             self.next = next;
@@ -1465,6 +1505,90 @@ mod tests {
             })
             .unwrap();
         assert_eq!((wake - sim.now).num_seconds(), MAX_SLEEP_S as i64);
+    }
+
+    #[test]
+    fn sequential_branchall_skips_failures_and_a_skipped_stop_marks_the_flow() {
+        let mut sim = Sim::new(
+            json!({"modules": [
+                {"id": "all", "value": {"type": "branchall", "parallel": false, "branches": [
+                    {"modules": [raw("bad", json!({"fail": {"type": "static", "value": true}}))]},
+                    {"modules": [raw("good", json!({"x": {"type": "static", "value": 2}}))]},
+                ]}},
+                {"id": "stop", "value": {"type": "identity"}, "stop_after_if": {"expr": "true", "skip_if_stopped": true}},
+                raw("never", json!({})),
+            ]}),
+            json!({}),
+        );
+        sim.apply(Event::Start);
+        assert_eq!(sim.pending.len(), 1, "one branch at a time");
+        let (ok, result) = sim.run(echo, false);
+        assert!(ok);
+        assert_eq!(
+            result[0]["error"]["message"],
+            json!("asked to fail"),
+            "skip_failure defaults to true"
+        );
+        assert_eq!(result[1], json!(2));
+        assert_eq!(sim.enqueued("never"), 0);
+        assert_eq!(flow_status(&sim.def, &sim.state)["skipped"], json!(true));
+    }
+
+    #[test]
+    fn a_timeout_may_be_computed() {
+        let mut sim = Sim::new(
+            json!({"modules": [
+                {"id": "a", "value": {"type": "rawscript", "language": "bash", "content": ""},
+                 "timeout": js("flow_input.limit * 2")},
+            ]}),
+            json!({"limit": 21}),
+        );
+        sim.apply(Event::Start);
+        assert_eq!(sim.pending[0].timeout_s, Some(42));
+        let mut sim = Sim::new(
+            json!({"modules": [
+                {"id": "a", "value": {"type": "rawscript", "language": "bash", "content": ""},
+                 "timeout": js("'soon'")},
+            ]}),
+            json!({}),
+        );
+        let (ok, result) = sim.run(echo, false);
+        assert!(!ok);
+        assert!(
+            result["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("module a: timeout \"'soon'\""),
+            "{result}"
+        );
+    }
+
+    #[test]
+    fn deep_arguments_and_too_many_results_fail_the_step() {
+        let mut sim = Sim::new(
+            json!({"modules": [
+                raw("deep", json!({"x": js("JSON.parse('['.repeat(120) + ']'.repeat(120))")})),
+            ]}),
+            json!({}),
+        );
+        let (ok, result) = sim.run(echo, false);
+        assert!(!ok);
+        assert_eq!(
+            result["error"]["name"],
+            json!("ArgumentsTooDeep"),
+            "{result}"
+        );
+        let mut sim = Sim::new(
+            json!({"modules": [
+                {"id": "loop", "value": {"type": "forloopflow", "iterator": js("[...Array(10).keys()]"), "skip_failures": false,
+                  "modules": [raw("big", json!({}))]}},
+            ]}),
+            json!({}),
+        );
+        let huge = json!("x".repeat(8 * 1024 * 1024));
+        let (ok, result) = sim.run(|_, _| (true, huge.clone()), false);
+        assert!(!ok);
+        assert_eq!(result["error"]["name"], json!("FlowTooLarge"));
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub struct FlowState {
 }
 
 /// What a flow has started so far: step jobs plus loop iterations and branches, and the bytes
-/// of its steps' arguments.
+/// of its steps' arguments and results.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Spent {
     pub units: u64,
     pub arg_bytes: u64,
+    #[serde(default)]
+    pub result_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

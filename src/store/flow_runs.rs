@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Statement, Transaction};
 
@@ -79,16 +80,34 @@ struct Statements {
 const LOCK: &str = "SELECT id, workspace_id, status, args, flow_version, script_path, created_by,
                            permissioned_as, tag, started_by_token, flow_state::text, started_at
                     FROM jobs WHERE id = $1 AND job_kind = 'flow' FOR UPDATE";
+const LOCK_NOWAIT: &str = "SELECT id, workspace_id, status, args, flow_version, script_path,
+                                  created_by, permissioned_as, tag, started_by_token,
+                                  flow_state::text, started_at
+                           FROM jobs WHERE id = $1 AND job_kind = 'flow' FOR UPDATE NOWAIT";
 
-/// Locks the flow job `id`; `None` when there is no such flow job. With `record` (the flow's
-/// row as its first message carries it), the row is written first if the API's INSERT has not
-/// landed yet (the API publishes small flows while it inserts them).
+/// What locking a flow job found.
+pub enum Locked<'c> {
+    Run(Box<FlowRun<'c>>),
+    /// No such flow job.
+    Missing,
+    /// Another transaction holds it (only when asked not to wait).
+    Busy,
+}
+
+/// Locks the flow job `id`, waiting for it or not. With `record` (the flow's row as its first
+/// message carries it), the row is written first if the API's INSERT has not landed yet (the
+/// API publishes small flows while it inserts them).
 pub async fn lock<'c>(
     conn: &'c mut Conn<'_>,
     id: JobId,
     record: Option<&NewJobRow>,
-) -> Result<Option<FlowRun<'c>>, StoreError> {
-    let lock = conn.prepared(LOCK, &[Type::UUID]).await?;
+    wait: bool,
+) -> Result<Locked<'c>, StoreError> {
+    let lock = if wait {
+        conn.prepared(LOCK, &[Type::UUID]).await?
+    } else {
+        conn.prepared(LOCK_NOWAIT, &[Type::UUID]).await?
+    };
     let statements = Statements {
         complete: conn.prepared(COMPLETE, COMPLETE_TYPES).await?,
         unapplied: conn.prepared(UNAPPLIED, &[Type::UUID]).await?,
@@ -100,8 +119,11 @@ pub async fn lock<'c>(
         run_insert(&***conn, &statements.insert, std::slice::from_ref(row)).await?;
     }
     let tx = conn.transaction().await?;
-    let Some(row) = tx.query_opt(&lock, &[&id]).await? else {
-        return Ok(None);
+    let row = match tx.query_opt(&lock, &[&id]).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(Locked::Missing),
+        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(Locked::Busy),
+        Err(e) => return Err(e.into()),
     };
     let flow = FlowJob {
         id: row.get(0),
@@ -117,11 +139,11 @@ pub async fn lock<'c>(
         state: row.get(10),
         started_at: row.get(11),
     };
-    Ok(Some(FlowRun {
+    Ok(Locked::Run(Box::new(FlowRun {
         tx,
         statements,
         flow,
-    }))
+    })))
 }
 
 const UNAPPLIED: &str = "SELECT id, status, result FROM jobs

@@ -115,8 +115,10 @@ async fn advance_after_step(
     let recorded = std::sync::atomic::AtomicBool::new(false);
     let advanced = retry_store(|| async {
         let ended = ended.filter(|_| !recorded.load(std::sync::atomic::Ordering::Relaxed));
-        let advanced = ctx.flows.on_step_end(step, id, republish, ended).await?;
-        recorded.fetch_or(advanced.recorded, std::sync::atomic::Ordering::Relaxed);
+        let advanced = ctx
+            .flows
+            .on_step_end(step, id, republish, ended, &recorded)
+            .await?;
         Ok(match advanced.unpublished {
             None => Settle::Ack,
             // Committed, but what the flow enqueued was not published: a quick redelivery of
