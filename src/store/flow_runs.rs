@@ -114,12 +114,15 @@ pub async fn lock<'c>(
         insert: conn.prepared(INSERT, &[]).await?,
         save: conn.prepared(SAVE, SAVE_TYPES).await?,
     };
-    if let Some(row) = record {
-        // Waits for an uncommitted INSERT of the same id, then does nothing.
-        run_insert(&***conn, &statements.insert, std::slice::from_ref(row)).await?;
-    }
+    // Usually the API's INSERT landed before the message arrived: look first.
     let tx = conn.transaction().await?;
-    let row = match tx.query_opt(&lock, &[&id]).await {
+    let mut found = tx.query_opt(&lock, &[&id]).await;
+    if let (Ok(None), Some(record)) = (&found, record) {
+        // Waits for an uncommitted INSERT of the same id (then does nothing), or writes the row.
+        run_insert(&tx, &statements.insert, std::slice::from_ref(record)).await?;
+        found = tx.query_opt(&lock, &[&id]).await;
+    }
+    let row = match found {
         Ok(Some(row)) => row,
         Ok(None) => return Ok(Locked::Missing),
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(Locked::Busy),
