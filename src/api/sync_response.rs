@@ -1,5 +1,8 @@
 //! A sync result → the HTTP response (SPEC §3, §7 "Custom responses"): a result object may
-//! choose its status, content type and headers with `wm_*` / `windmill_*` keys.
+//! choose its status, content type and headers with `wm_*` / `windmill_*` keys. What a script
+//! shapes is served on the API's origin, where the login cookie lives, so it is made inert: no
+//! content sniffing, a sandboxing Content-Security-Policy whenever the script chose the content
+//! type, and no cookies or connection-level headers.
 
 use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -87,6 +90,7 @@ pub fn respond(
             .clone()
             .unwrap_or_else(|| HeaderValue::from_static("application/json")),
     );
+    let mut chose_type = content_type.is_some();
     if let Some(extra) = key(map, "headers") {
         let extra = extra.as_object().ok_or_else(|| {
             ApiError::BadScriptResponse("invalid headers: expected an object of strings".into())
@@ -94,18 +98,53 @@ pub fn respond(
         for (name, value) in extra {
             let invalid = || ApiError::BadScriptResponse(format!("invalid header {name:?}"));
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+            if REFUSED_HEADERS.contains(&name.as_str()) {
+                return Err(ApiError::BadScriptResponse(format!(
+                    "a script may not set the header {name:?}"
+                )));
+            }
             let value = value
                 .as_str()
                 .and_then(|v| HeaderValue::from_str(v).ok())
                 .ok_or_else(invalid)?;
-            if name == header::CONTENT_TYPE && content_type.is_some() {
-                continue;
+            if name == header::CONTENT_TYPE {
+                if content_type.is_some() {
+                    continue;
+                }
+                chose_type = true;
             }
             headers.insert(name, value);
         }
     }
+    // Last, so that no header of the script's replaces them.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if chose_type {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        );
+    }
     Ok(response)
 }
+
+/// Headers a script may not set: cookies (the API's origin holds the login cookie) and
+/// connection-level headers (the server frames the response). Lowercase, as `HeaderName`s are.
+const REFUSED_HEADERS: [&str; 11] = [
+    "set-cookie",
+    "set-cookie2",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 #[cfg(test)]
 mod tests {
@@ -168,6 +207,29 @@ mod tests {
         assert_eq!((status, body.as_str()), (204, ""));
     }
 
+    #[tokio::test]
+    async fn script_shaped_responses_are_inert() {
+        let (_, ct, _, headers) = parts(json!({"wm_content_type": "text/html",
+            "wm_headers": {"Content-Security-Policy": "default-src *", "X-Content-Type-Options": "sniff"},
+            "result": "<script>alert(document.cookie)</script>"}))
+        .await;
+        assert_eq!(ct, "text/html");
+        assert_eq!(headers["content-security-policy"], "sandbox");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        let (_, _, _, headers) =
+            parts(json!({"wm_headers": {"content-type": "image/svg+xml"}})).await;
+        assert_eq!(
+            headers["content-security-policy"], "sandbox",
+            "a type chosen by header too"
+        );
+        let (_, _, _, headers) = parts(json!({"wm_status_code": 201})).await;
+        assert!(
+            headers.get("content-security-policy").is_none(),
+            "JSON needs no sandbox"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+    }
+
     #[test]
     fn invalid_custom_responses_are_500_with_a_message() {
         for bad in [
@@ -179,6 +241,9 @@ mod tests {
             json!({"wm_headers": {"x": 1}}),
             json!({"wm_headers": "x"}),
             json!({"wm_content_type": 5}),
+            json!({"wm_headers": {"Set-Cookie": "token=stolen; Path=/"}}),
+            json!({"wm_headers": {"transfer-encoding": "chunked"}}),
+            json!({"wm_headers": {"Connection": "close"}}),
         ] {
             let err = respond(&bad, true, StatusCode::OK).unwrap_err();
             assert!(matches!(err, ApiError::BadScriptResponse(_)), "{bad}");
