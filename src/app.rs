@@ -185,6 +185,7 @@ pub async fn build_worker(
         default_timeout: jobs.timeout,
         max_attempts: jobs.max_attempts,
         max_log_size: config.max_log_size,
+        max_output_size: config.max_output_size,
         ack_wait: nats.ack_wait,
     };
     let worker = Worker::new(

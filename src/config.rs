@@ -209,6 +209,22 @@ pub struct WorkerConfig {
     #[arg(long = "max-log-size", env = "MAX_LOG_SIZE", default_value_t = 2 * 1024 * 1024)]
     pub max_log_size: usize,
 
+    /// Bytes a job may print in all; past it the job is killed and fails (`OutputTooLarge`).
+    #[arg(
+        long = "max-output-size",
+        env = "MAX_OUTPUT_SIZE",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub max_output_size: u64,
+
+    /// Bytes of a job's result; a larger one fails the job (`ResultTooLarge`).
+    #[arg(
+        long = "max-result-size",
+        env = "MAX_RESULT_SIZE",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub max_result_size: u64,
+
     /// Address of the worker's `/healthz` and `/readyz`.
     #[arg(
         long = "worker-health-addr",

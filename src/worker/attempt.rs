@@ -255,16 +255,25 @@ async fn execute(
         .filter(|t| *t > 0)
         .map(|t| Duration::from_secs(t as u64))
         .unwrap_or(ctx.settings.default_timeout);
-    let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+    let (lines_tx, lines_rx) = mpsc::channel(process::LIVE_OUTPUT_QUEUE);
     let forwarder = spawn_log_forwarder(ctx, envelope.id, lines_rx);
-    let ended = process::run(&spec, dir.path(), timeout, cancel, logs, Some(lines_tx))
-        .await
-        .map_err(|e| {
-            ScriptError::new(
-                "WorkerError",
-                format!("cannot start {}: {e}", spec.program.display()),
-            )
-        });
+    let max_output = ctx.settings.max_output_size;
+    let ended = process::run(
+        &spec,
+        dir.path(),
+        timeout,
+        cancel,
+        logs,
+        Some(lines_tx),
+        max_output,
+    )
+    .await
+    .map_err(|e| {
+        ScriptError::new(
+            "WorkerError",
+            format!("cannot start {}: {e}", spec.program.display()),
+        )
+    });
     let _ = forwarder.await;
     let ended = ended?;
     let text = logs.lock().expect("log lock").text().to_owned();
@@ -399,7 +408,7 @@ fn spawn_progress(delivery: &Delivery, ack_wait: Duration) -> impl Drop {
 fn spawn_log_forwarder(
     ctx: &WorkerContext,
     id: crate::domain::JobId,
-    mut lines: mpsc::UnboundedReceiver<Output>,
+    mut lines: mpsc::Receiver<Output>,
 ) -> tokio::task::JoinHandle<()> {
     let bus = ctx.bus.clone();
     let pool = ctx.pool.clone();

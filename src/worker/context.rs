@@ -22,6 +22,8 @@ pub struct ExecSettings {
     pub default_timeout: Duration,
     pub max_attempts: i32,
     pub max_log_size: usize,
+    /// `MAX_OUTPUT_SIZE`: past it a job is killed.
+    pub max_output_size: u64,
     pub ack_wait: Duration,
 }
 

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,7 +67,17 @@ pub enum Ended {
     Exited(ExitStatus),
     TimedOut(Duration),
     Canceled,
+    /// It printed more than this many bytes and was killed.
+    OutputTooLarge(u64),
 }
+
+/// A line longer than this is handed over in pieces: output without a newline is never held
+/// (or scanned) whole.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Live output waiting to be published, at most; a script printing faster than it is published
+/// waits for it.
+pub const LIVE_OUTPUT_QUEUE: usize = 256;
 
 pub type SharedLogs = Arc<Mutex<LogBuffer>>;
 
@@ -80,15 +91,17 @@ pub enum Output {
 
 pub const STREAM_MARKER: &str = "\u{1e}MILLRACE_STREAM";
 
-/// Runs the process in `dir` until it exits, `timeout` passes or `cancel` fires. Output lines
-/// are appended to `logs` and, when `lines` is given, sent there as they come.
+/// Runs the process in `dir` until it exits, `timeout` passes, `cancel` fires or it prints more
+/// than `max_output` bytes. Output lines are appended to `logs` and, when `lines` is given, sent
+/// there as they come.
 pub async fn run(
     spec: &ProcessSpec,
     dir: &Path,
     timeout: Duration,
     cancel: &CancellationToken,
     logs: &SharedLogs,
-    lines: Option<mpsc::UnboundedSender<Output>>,
+    lines: Option<mpsc::Sender<Output>>,
+    max_output: u64,
 ) -> std::io::Result<Ended> {
     let mut command = Command::new(&spec.program);
     command
@@ -104,19 +117,24 @@ pub async fn run(
         .kill_on_drop(true);
     let mut child = command.spawn()?;
     let pid = child.id();
+    let budget = OutputBudget {
+        left: Arc::new(AtomicU64::new(max_output)),
+        exceeded: CancellationToken::new(),
+    };
     let stdout = child
         .stdout
         .take()
-        .map(|s| read_into(s, logs.clone(), lines.clone()));
+        .map(|s| read_into(s, logs.clone(), lines.clone(), budget.clone()));
     let stderr = child
         .stderr
         .take()
-        .map(|s| read_into(s, logs.clone(), lines));
+        .map(|s| read_into(s, logs.clone(), lines, budget.clone()));
 
     let ended = tokio::select! {
         status = child.wait() => Ended::Exited(status?),
         _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
         _ = cancel.cancelled() => Ended::Canceled,
+        _ = budget.exceeded.cancelled() => Ended::OutputTooLarge(max_output),
     };
     if !matches!(ended, Ended::Exited(_)) {
         kill_group(pid);
@@ -141,10 +159,36 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
+/// What a job may still print, shared by its stdout and stderr readers.
+#[derive(Clone)]
+struct OutputBudget {
+    left: Arc<AtomicU64>,
+    exceeded: CancellationToken,
+}
+
+impl OutputBudget {
+    /// Takes `n` bytes; false (and the job is to be killed) once the budget is spent.
+    fn take(&self, n: usize) -> bool {
+        let n = n as u64;
+        let before = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                Some(left.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if before < n {
+            self.exceeded.cancel();
+            return false;
+        }
+        true
+    }
+}
+
 fn read_into(
     mut stream: impl AsyncRead + Unpin + Send + 'static,
     logs: SharedLogs,
-    lines: Option<mpsc::UnboundedSender<Output>>,
+    lines: Option<mpsc::Sender<Output>>,
+    budget: OutputBudget,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
@@ -154,43 +198,66 @@ fn read_into(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            pending.extend_from_slice(&buf[..n]);
-            // Hand over whole lines only, so a multi-byte character is never split.
-            if let Some(last_newline) = pending.iter().rposition(|b| *b == b'\n') {
-                let rest = pending.split_off(last_newline + 1);
-                let chunk = String::from_utf8_lossy(&pending).into_owned();
-                pending = rest;
-                deliver(&logs, &lines, chunk);
+            if !budget.take(n) {
+                break;
             }
+            pending.extend_from_slice(&buf[..n]);
+            // Hand over whole lines only, so a multi-byte character is never split; a line
+            // that grows past MAX_LINE goes in pieces, cut between characters.
+            let cut = match pending.iter().rposition(|b| *b == b'\n') {
+                Some(last_newline) => last_newline + 1,
+                None if pending.len() >= MAX_LINE => char_boundary(&pending),
+                None => continue,
+            };
+            let rest = pending.split_off(cut);
+            let chunk = String::from_utf8_lossy(&pending).into_owned();
+            pending = rest;
+            deliver(&logs, &lines, chunk).await;
         }
         if !pending.is_empty() {
             deliver(
                 &logs,
                 &lines,
                 String::from_utf8_lossy(&pending).into_owned(),
-            );
+            )
+            .await;
         }
     })
 }
 
-fn deliver(logs: &SharedLogs, lines: &Option<mpsc::UnboundedSender<Output>>, chunk: String) {
+/// Where to cut `bytes` without splitting a UTF-8 character (bytes that are not UTF-8 at all
+/// are cut anywhere: they are replaced anyway).
+fn char_boundary(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    }
+}
+
+async fn deliver(logs: &SharedLogs, lines: &Option<mpsc::Sender<Output>>, chunk: String) {
     let mut plain = String::new();
+    let mut streamed = Vec::new();
     for line in chunk.split_inclusive('\n') {
         let Some(encoded) = line.strip_prefix(STREAM_MARKER) else {
             plain.push_str(line);
             continue;
         };
-        if let (Some(lines), Ok(text)) = (lines, serde_json::from_str::<String>(encoded.trim_end()))
-        {
-            let _ = lines.send(Output::Stream(text));
+        if let Ok(text) = serde_json::from_str::<String>(encoded.trim_end()) {
+            streamed.push(text);
         }
     }
-    if plain.is_empty() {
-        return;
+    if !plain.is_empty() {
+        logs.lock().expect("log lock").push(&plain);
     }
-    logs.lock().expect("log lock").push(&plain);
-    if let Some(lines) = lines {
-        let _ = lines.send(Output::Log(plain));
+    let Some(lines) = lines else {
+        return;
+    };
+    for text in streamed {
+        let _ = lines.send(Output::Stream(text)).await;
+    }
+    if !plain.is_empty() {
+        let _ = lines.send(Output::Log(plain)).await;
     }
 }
 
@@ -217,6 +284,7 @@ mod tests {
             &CancellationToken::new(),
             &logs,
             None,
+            u64::MAX,
         )
         .await
         .unwrap();
@@ -230,7 +298,7 @@ mod tests {
     async fn streamed_chunks_are_kept_out_of_the_logs() {
         let dir = tempfile::tempdir().unwrap();
         let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(LIVE_OUTPUT_QUEUE);
         let script = "echo before; printf '\\036MILLRACE_STREAM\"chunk \\\\u00e9\"\\n'; echo after";
         run(
             &bash(script),
@@ -239,6 +307,7 @@ mod tests {
             &CancellationToken::new(),
             &logs,
             Some(tx),
+            u64::MAX,
         )
         .await
         .unwrap();
@@ -251,6 +320,41 @@ mod tests {
             outputs.contains(&Output::Stream("chunk \u{e9}".into())),
             "{outputs:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn endless_output_is_cut_into_lines_and_stopped_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
+        let started = std::time::Instant::now();
+        // One "line" of 3 GB: never held whole, and the job is stopped at 8 MiB.
+        let ended = run(
+            &bash("head -c 3000000000 /dev/zero | tr '\\0' a"),
+            dir.path(),
+            Duration::from_secs(60),
+            &CancellationToken::new(),
+            &logs,
+            None,
+            8 * 1024 * 1024,
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(ended, Ended::OutputTooLarge(n) if n == 8 * 1024 * 1024),
+            "{ended:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(logs
+            .lock()
+            .unwrap()
+            .text()
+            .contains("[logs truncated at 1024 bytes]"));
+        assert_eq!(char_boundary("ab\u{e9}".as_bytes()), 4);
+        assert_eq!(char_boundary(&"ab\u{e9}".as_bytes()[..3]), 2);
     }
 
     #[tokio::test]
@@ -267,6 +371,7 @@ mod tests {
             &CancellationToken::new(),
             &logs,
             None,
+            u64::MAX,
         )
         .await
         .unwrap();

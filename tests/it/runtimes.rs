@@ -273,3 +273,67 @@ async fn jobs_get_their_environment_a_timeout_and_a_clean_directory() {
     assert!(started.elapsed() < Duration::from_secs(8));
     assert_eq!(done["result"]["error"]["name"], json!("Timeout"), "{done}");
 }
+
+#[tokio::test]
+async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on() {
+    let env = crate::common::TestEnv::with(crate::common::Options {
+        workers: 1,
+        worker_env: vec![
+            ("MAX_OUTPUT_SIZE".into(), "8388608".into()),
+            ("MAX_RESULT_SIZE".into(), "1048576".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // One 3 GB line: the job is stopped at the cap, within seconds.
+    env.script(
+        "u/alice/flood",
+        "bash",
+        "head -c 3000000000 /dev/zero | tr '\\0' a\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let id = env.run("u/alice/flood", serde_json::json!({})).await;
+    let done = env.wait(&id, std::time::Duration::from_secs(30)).await;
+    assert_eq!(done["success"], serde_json::json!(false));
+    assert_eq!(
+        done["result"]["error"]["name"],
+        serde_json::json!("OutputTooLarge"),
+        "{done}"
+    );
+    assert!(done["result"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("MAX_OUTPUT_SIZE"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // A result file over MAX_RESULT_SIZE is refused.
+    env.script(
+        "u/alice/huge",
+        "bash",
+        "head -c 2000000 /dev/zero | tr '\\0' a > result.json\n",
+    )
+    .await;
+    let id = env.run("u/alice/huge", serde_json::json!({})).await;
+    let done = env.wait(&id, std::time::Duration::from_secs(30)).await;
+    assert_eq!(
+        done["result"]["error"]["name"],
+        serde_json::json!("ResultTooLarge"),
+        "{done}"
+    );
+    // The one-line script that used to abort the worker, then a normal job on the same worker.
+    env.script(
+        "u/alice/args",
+        "bash",
+        "x=\"$100000000000\"\necho \"[$x]\"\n",
+    )
+    .await;
+    assert_eq!(
+        env.run_ok("u/alice/args", serde_json::json!({})).await,
+        serde_json::json!("[00000000000]")
+    );
+    env.script("u/alice/after", "bash", "echo fine\n").await;
+    assert_eq!(
+        env.run_ok("u/alice/after", serde_json::json!({})).await,
+        serde_json::json!("fine")
+    );
+}

@@ -1,14 +1,17 @@
 //! Bash: `x="$1"` lines name the positional arguments; the result is `./result.json` if the
 //! script wrote it, else the last line of its output.
 
-use std::path::Path;
 use std::process::ExitStatus;
 
 use serde_json::{Map, Value};
 
 use super::{last_line_hint, ScriptError};
 
-/// Argument names in positional order, from lines like `name="$1"` (or `name=$1`).
+/// Positions bash can name: `$1`…`$9`, or `${10}` and up with braces (`$10` is `${1}0`).
+const MAX_POSITION: usize = 1000;
+
+/// Argument names in positional order, from lines like `name="$1"` (or `name=$1`,
+/// `name="${12}"`).
 fn declared_names(content: &str) -> Vec<(usize, String)> {
     let mut names = Vec::new();
     for line in content.lines() {
@@ -17,10 +20,18 @@ fn declared_names(content: &str) -> Vec<(usize, String)> {
             continue;
         };
         let value = value.trim().trim_matches('"');
-        let Some(position) = value
-            .strip_prefix('$')
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
+        let Some(reference) = value.strip_prefix('$') else {
+            continue;
+        };
+        let digits = match reference
+            .strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+        {
+            Some(inside) => inside,
+            None if reference.len() == 1 => reference,
+            None => continue,
+        };
+        let Some(position) = digits.parse::<usize>().ok().filter(|p| *p <= MAX_POSITION) else {
             continue;
         };
         let valid_name = !name.is_empty()
@@ -48,14 +59,19 @@ pub fn positional_args(content: &str, args: &Map<String, Value>) -> Vec<String> 
     positional
 }
 
-pub fn outcome(status: ExitStatus, dir: &Path, logs: &str) -> Result<Value, ScriptError> {
+/// `result_json`: the `result.json` the script wrote, if any.
+pub fn outcome(
+    status: ExitStatus,
+    result_json: Option<String>,
+    logs: &str,
+) -> Result<Value, ScriptError> {
     if !status.success() {
         return Err(ScriptError::new(
             "ExecutionErr",
             format!("bash exited with {status}{}", last_line_hint(logs)),
         ));
     }
-    if let Ok(text) = std::fs::read_to_string(dir.join("result.json")) {
+    if let Some(text) = result_json {
         return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
     }
     let last = logs.lines().rev().find(|l| !l.trim().is_empty());
@@ -74,5 +90,21 @@ mod tests {
         let args = args.as_object().unwrap();
         assert_eq!(positional_args(script, args), vec!["ada", "3"]);
         assert_eq!(positional_args("echo no args", args), Vec::<String>::new());
+        // `$100000000000` is `${1}00000000000` to bash: no ten-billion-slot vector.
+        assert_eq!(
+            positional_args("x=\"$100000000000\"", args),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            positional_args(
+                "x=\"${3}\"",
+                &json!({"x": "c"}).as_object().unwrap().clone()
+            ),
+            vec!["", "", "c"]
+        );
+        assert_eq!(
+            positional_args("x=\"${100000}\"", args),
+            Vec::<String>::new()
+        );
     }
 }

@@ -50,6 +50,8 @@ pub struct Runtimes {
     bash: PathBuf,
     bun: PathBuf,
     deno: PathBuf,
+    /// `MAX_RESULT_SIZE`.
+    max_result: u64,
 }
 
 /// An executable by absolute path, or looked up on the worker's own PATH.
@@ -70,6 +72,7 @@ impl Runtimes {
             bash: config.bash.clone(),
             bun: config.bun.clone(),
             deno: config.deno.clone(),
+            max_result: config.max_result_size,
         }
     }
 
@@ -172,12 +175,21 @@ impl Runtimes {
                 ))
             }
             Ended::Canceled => return Err(ScriptError::new("Canceled", "job canceled")),
+            Ended::OutputTooLarge(max) => {
+                return Err(ScriptError::new(
+                    "OutputTooLarge",
+                    format!(
+                        "the job printed more than {max} bytes (MAX_OUTPUT_SIZE) and was stopped"
+                    ),
+                ))
+            }
             Ended::Exited(status) => status,
         };
         if lang == ScriptLang::Bash {
-            return bash::outcome(*status, dir, logs);
+            let result = read_capped(&dir.join("result.json"), self.max_result)?;
+            return bash::outcome(*status, result, logs);
         }
-        if let Ok(text) = std::fs::read_to_string(dir.join(ERROR_FILE)) {
+        if let Some(text) = read_capped(&dir.join(ERROR_FILE), self.max_result)? {
             let error: Value = serde_json::from_str(&text).unwrap_or_default();
             let field = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
             return Err(ScriptError {
@@ -186,8 +198,8 @@ impl Runtimes {
                 stack: field("stack"),
             });
         }
-        match std::fs::read_to_string(dir.join(RESULT_FILE)) {
-            Ok(text) if status.success() => serde_json::from_str(&text).map_err(|e| {
+        match read_capped(&dir.join(RESULT_FILE), self.max_result)? {
+            Some(text) if status.success() => serde_json::from_str(&text).map_err(|e| {
                 ScriptError::new("ResultError", format!("the result is not JSON: {e}"))
             }),
             _ => Err(ScriptError::new(
@@ -199,6 +211,25 @@ impl Runtimes {
             )),
         }
     }
+}
+
+/// A file the script wrote, if it did, refused past `max` bytes without reading it.
+fn read_capped(path: &Path, max: u64) -> Result<Option<String>, ScriptError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(None);
+    };
+    if meta.len() > max {
+        return Err(ScriptError::new(
+            "ResultTooLarge",
+            format!(
+                "the result is {} bytes; at most {max} (MAX_RESULT_SIZE)",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(std::fs::read(path)
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn last_line_hint(logs: &str) -> String {
