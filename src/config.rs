@@ -141,7 +141,8 @@ pub struct AuthConfig {
     )]
     pub superadmin_secret: Option<Secret>,
 
-    /// Failed logins or invalid tokens from one client address per minute before it gets 429.
+    /// Invalid tokens from one client address, and failed logins of one account from one
+    /// address, per minute before further ones get 429 (valid tokens are always served).
     #[arg(
         long = "auth-failures-per-minute",
         env = "AUTH_FAILURES_PER_MINUTE",

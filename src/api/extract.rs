@@ -85,8 +85,8 @@ pub fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, Strin
     form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
-/// An authenticated caller. 401 when no credential or an invalid one is presented; 429 when
-/// the client address failed too often.
+/// An authenticated caller. 401 when no credential or an invalid one is presented; 429 for an
+/// invalid one when the client address failed too often (a valid one is always served).
 pub struct Authed(pub Principal, pub Credential);
 
 impl FromRequestParts<AppState> for Authed {
@@ -94,17 +94,12 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
-        state.check_rate(ip)?;
         let (token, source) =
             presented_token(parts).ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
         match state.auth().authenticate(&token).await {
             Ok(principal) => Ok(Self(principal, source)),
-            Err(e) => {
-                if matches!(e, AuthError::InvalidToken) {
-                    state.record_auth_failure(ip);
-                }
-                Err(e.into())
-            }
+            Err(e @ AuthError::InvalidToken) => Err(state.token_failed(ip, e.into())),
+            Err(e) => Err(e.into()),
         }
     }
 }

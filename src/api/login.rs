@@ -46,9 +46,9 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<Login>,
 ) -> ApiResult<Response> {
-    state.check_rate(ip)?;
     // Trimmed as at user creation, so a pasted address with a stray space still matches.
     let email = body.email.trim();
+    state.check_login_rate(email, ip)?;
     let stored = store::users::password_hash(state.pool(), email).await?;
     // Verify against a dummy when the user is unknown, so timing does not tell who exists.
     let ok = verify(
@@ -56,7 +56,7 @@ pub async fn login(
         stored.as_deref().unwrap_or_else(|| dummy_hash()),
     ) && stored.is_some();
     if !ok {
-        state.record_auth_failure(ip);
+        state.record_login_failure(email, ip);
         return Err(ApiError::Unauthorized("invalid email or password".into()));
     }
     let secret = token::generate();

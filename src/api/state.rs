@@ -37,18 +37,24 @@ struct Inner {
     auth: Arc<Authenticator>,
     scripts: ScriptCache,
     openapi: utoipa::openapi::OpenApi,
-    failures: super::rate_limit::FailureLimiter,
+    /// Invalid tokens, per client address.
+    token_failures: super::rate_limit::FailureLimiter<std::net::IpAddr>,
+    /// Failed logins, per account and client address.
+    login_failures: super::rate_limit::FailureLimiter<(String, std::net::IpAddr)>,
 }
 
 impl AppState {
     pub fn new(settings: ApiSettings, pool: Pool, bus: Bus, auth: Arc<Authenticator>) -> Self {
-        let failures = super::rate_limit::FailureLimiter::new(settings.auth_failures_per_minute);
+        let limit = settings.auth_failures_per_minute;
+        let token_failures = super::rate_limit::FailureLimiter::new(limit);
+        let login_failures = super::rate_limit::FailureLimiter::new(limit);
         Self(Arc::new(Inner {
             settings,
             inserter: JobInserter::spawn(pool.clone()),
             scripts: ScriptCache::new(),
             openapi: super::openapi_document(),
-            failures,
+            token_failures,
+            login_failures,
             pool,
             bus,
             auth,
@@ -87,16 +93,34 @@ impl AppState {
         &self.0.openapi
     }
 
-    /// 429 while the client address is locked out for failing authentication.
-    pub fn check_rate(&self, ip: std::net::IpAddr) -> super::error::ApiResult<()> {
-        match self.0.failures.blocked(ip) {
+    /// An invalid token from `ip`: 429 once the address failed too often, else `rejection`.
+    pub fn token_failed(
+        &self,
+        ip: std::net::IpAddr,
+        rejection: super::error::ApiError,
+    ) -> super::error::ApiError {
+        let blocked = self.0.token_failures.blocked(&ip);
+        self.0.token_failures.record_failure(ip);
+        match blocked {
+            Some(wait) => super::error::ApiError::TooManyRequests(wait),
+            None => rejection,
+        }
+    }
+
+    /// 429 while this account is locked out for failed logins from this address.
+    pub fn check_login_rate(
+        &self,
+        email: &str,
+        ip: std::net::IpAddr,
+    ) -> super::error::ApiResult<()> {
+        match self.0.login_failures.blocked(&(email.to_owned(), ip)) {
             Some(wait) => Err(super::error::ApiError::TooManyRequests(wait)),
             None => Ok(()),
         }
     }
 
-    pub fn record_auth_failure(&self, ip: std::net::IpAddr) {
-        self.0.failures.record_failure(ip);
+    pub fn record_login_failure(&self, email: &str, ip: std::net::IpAddr) {
+        self.0.login_failures.record_failure((email.to_owned(), ip));
     }
 }
 
