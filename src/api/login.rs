@@ -1,6 +1,5 @@
 //! Password login: answers a session token as text and sets it as an HttpOnly cookie.
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -9,7 +8,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ClientIp, JsonBody};
-use super::AppState;
+use super::{passwords, AppState};
 use crate::auth::token;
 use crate::store::{self, tokens::NewToken};
 
@@ -20,21 +19,6 @@ const SESSION_DAYS: i64 = 30;
 pub struct Login {
     email: String,
     password: String,
-}
-
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| super::users::hash_password("not a password").unwrap_or_default())
-}
-
-fn verify(password: &str, stored: &str) -> bool {
-    PasswordHash::new(stored)
-        .map(|hash| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-        })
-        .unwrap_or(false)
 }
 
 /// Log in with a password.
@@ -50,12 +34,7 @@ pub async fn login(
     let email = body.email.trim();
     state.check_login_rate(email, ip)?;
     let stored = store::users::password_hash(state.pool(), email).await?;
-    // Verify against a dummy when the user is unknown, so timing does not tell who exists.
-    let ok = verify(
-        &body.password,
-        stored.as_deref().unwrap_or_else(|| dummy_hash()),
-    ) && stored.is_some();
-    if !ok {
+    if !passwords::verify(&state, body.password, stored).await? {
         state.record_login_failure(email, ip);
         return Err(ApiError::Unauthorized("invalid email or password".into()));
     }

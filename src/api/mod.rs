@@ -17,6 +17,7 @@ mod login;
 mod multipart;
 mod object_storage;
 mod openapi;
+mod passwords;
 mod paths;
 mod probe;
 mod rate_limit;

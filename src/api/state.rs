@@ -39,6 +39,8 @@ struct Inner {
     openapi: utoipa::openapi::OpenApi,
     /// Invalid tokens, per client address.
     token_failures: super::rate_limit::FailureLimiter<std::net::IpAddr>,
+    /// Argon2 computations at once (`passwords::PARALLEL`).
+    argon2_turns: tokio::sync::Semaphore,
     /// Failed logins, per account and client address.
     login_failures: super::rate_limit::FailureLimiter<(String, std::net::IpAddr)>,
 }
@@ -55,6 +57,7 @@ impl AppState {
             openapi: super::openapi_document(),
             token_failures,
             login_failures,
+            argon2_turns: tokio::sync::Semaphore::new(super::passwords::PARALLEL),
             pool,
             bus,
             auth,
@@ -91,6 +94,15 @@ impl AppState {
 
     pub fn openapi(&self) -> &utoipa::openapi::OpenApi {
         &self.0.openapi
+    }
+
+    /// A turn to run Argon2; held while it runs.
+    pub async fn argon2_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.0
+            .argon2_turns
+            .acquire()
+            .await
+            .expect("the Argon2 semaphore is never closed")
     }
 
     /// An invalid token from `ip`: 429 once the address failed too often, else `rejection`.

@@ -1,7 +1,5 @@
 //! Bootstrapping identity: workspaces, users, members and tokens (SPEC §4).
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-use argon2::Argon2;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -12,7 +10,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Authed, JsonBody};
 use super::paths::WorkspacePath;
-use super::{authorize, AppState};
+use super::{authorize, passwords, AppState};
 use crate::auth::{scope, token, Principal};
 use crate::domain::{Username, WorkspaceId};
 use crate::queue::control::Invalidate;
@@ -64,17 +62,6 @@ pub struct CreateUser {
     name: Option<String>,
 }
 
-pub(super) fn hash_password(password: &str) -> ApiResult<String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| ApiError::Internal {
-            context: "password hashing failed",
-            detail: e.to_string(),
-        })
-}
-
 /// Create a user (superadmin only).
 #[utoipa::path(post, path = "/api/users/create", tag = "users", request_body = CreateUser,
     responses((status = 201, body = String), (status = 403), (status = 409)))]
@@ -89,7 +76,10 @@ pub async fn create_user(
     if !email.contains('@') || email.len() > 255 {
         return Err(ApiError::bad_request(format!("invalid email {email:?}")));
     }
-    let password_hash = body.password.as_deref().map(hash_password).transpose()?;
+    let password_hash = match body.password {
+        Some(password) => Some(passwords::hash(&state, password).await?),
+        None => None,
+    };
     let user = User {
         email: email.clone(),
         name: body.name,
