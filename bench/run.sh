@@ -35,7 +35,7 @@
 # Flows: BENCH_FLOWS (30), BENCH_LOOP_ITERATIONS (1000), BENCH_SKIP_FLOWS=1 skips measurement 5,
 # BENCH_ONLY=flows runs only it.
 # The load generator oha is installed once with cargo into
-# ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}/oha (the first build takes several minutes).
+# ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace; /var/cache/millrace as root}/oha (the first build takes several minutes).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -178,7 +178,7 @@ BIN=$OUT/millrace
 cp "$BUILT" "$BIN"
 
 eval "$(bash scripts/tools.sh nats postgres python)"
-TOOLS=${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}
+TOOLS=$MILLRACE_TOOLS_DIR # exported by tools.sh
 OHA=$TOOLS/oha/bin/oha
 if [ "$ONLY" = all ] && ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION\$"; then
     log "installing oha $OHA_VERSION with cargo (once; takes several minutes)"

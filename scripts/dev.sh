@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Millrace locally, from nothing: installs the programs it needs (once, into
-# ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}), builds the release binary, then runs
+# ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace; /var/cache/millrace as root}), builds the release binary, then runs
 # `millrace dev`, which starts its own nats-server and PostgreSQL under a data directory and
 # prints the URL, workspace, token and a curl example. Arguments go to `millrace dev`.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run`): installs the programs the integration tests
-# start (into ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}), then
+# start (into ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace; /var/cache/millrace as root}), then
 #   cargo fmt --check
 #   cargo clippy --all-targets -- -D warnings
 #   cargo test --all-targets

@@ -16,7 +16,8 @@
 # When sourced, choose components with MILLRACE_TOOLS_COMPONENTS="nats postgres ...".
 # MILLRACE_TOOLS_DIR is always exported.
 #
-# Cache directory: ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}. Every component is checked
+# Cache directory: ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}, or /var/cache/millrace as root
+# (jobs then run as other users, who must reach the runtimes). Every component is checked
 # (binary present, right version) on each run and installed only when the check fails, so a run
 # with everything in place takes well under a second. Delete a component's folder to force a
 # reinstall. Progress goes to stderr; stdout carries only the export lines.
@@ -73,8 +74,16 @@ if [ -z "${HOME:-}" ]; then
     HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
     export HOME
 fi
-T=${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}
+# As root the worker runs each job as a user of its own, who must reach the runtimes
+# installed here: so not under a home directory only root may enter.
+if [ "$(id -u)" = 0 ]; then
+    DEFAULT_TOOLS_DIR=/var/cache/millrace
+else
+    DEFAULT_TOOLS_DIR=$HOME/.cache/millrace
+fi
+T=${MILLRACE_TOOLS_DIR:-$DEFAULT_TOOLS_DIR}
 mkdir -p "$T"
+chmod 755 "$T"
 T=$(cd "$T" && pwd -P)
 
 # One installer at a time per cache directory (a second one waits, then finds everything there).
