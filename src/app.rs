@@ -20,7 +20,7 @@ use crate::queue::setup::{self, QueueLayout};
 use crate::queue::Bus;
 use crate::store::{self, Pool};
 use crate::sweeper::{Mailer, Sweeper};
-use crate::worker::{ExecSettings, Runtimes, Worker};
+use crate::worker::{ExecSettings, Runtimes, Sandbox, Worker};
 
 pub fn layout(nats: &NatsConfig) -> QueueLayout {
     QueueLayout {
@@ -192,7 +192,10 @@ pub async fn build_worker(
         settings,
         pool.clone(),
         bus.clone(),
-        Runtimes::new(config),
+        (
+            Runtimes::new(config),
+            Sandbox::new(config, config.slots.max(1))?,
+        ),
         job_key,
         parse_tags(&config.tags)?,
         config.slots,

@@ -210,6 +210,47 @@ pub struct WorkerConfig {
     #[arg(long = "max-log-size", env = "MAX_LOG_SIZE", default_value_t = 2 * 1024 * 1024)]
     pub max_log_size: usize,
 
+    /// Users each slot's jobs run as, `FIRST-LAST` (one per slot), when the worker may change
+    /// users (root, or CAP_SETUID and CAP_SETGID); `none` runs jobs as the worker's own user.
+    #[arg(
+        long = "job-uid-range",
+        env = "JOB_UID_RANGE",
+        default_value = "61000-61999"
+    )]
+    pub job_uid_range: String,
+
+    /// Bytes of heap and data a job's process may use (RLIMIT_DATA).
+    #[arg(
+        long = "job-memory-limit",
+        env = "JOB_MEMORY_LIMIT",
+        default_value_t = 2 * 1024 * 1024 * 1024
+    )]
+    pub job_memory_limit: u64,
+
+    /// Processes a job may run at once (RLIMIT_NPROC; applied when it has a user of its own).
+    #[arg(
+        long = "job-max-processes",
+        env = "JOB_MAX_PROCESSES",
+        default_value_t = 512
+    )]
+    pub job_max_processes: u64,
+
+    /// Files a job's process may hold open (RLIMIT_NOFILE).
+    #[arg(
+        long = "job-max-open-files",
+        env = "JOB_MAX_OPEN_FILES",
+        default_value_t = 1024
+    )]
+    pub job_max_open_files: u64,
+
+    /// Largest file a job may write, in bytes (RLIMIT_FSIZE).
+    #[arg(
+        long = "job-max-file-size",
+        env = "JOB_MAX_FILE_SIZE",
+        default_value_t = 1024 * 1024 * 1024
+    )]
+    pub job_max_file_size: u64,
+
     /// Bytes a job may print in all; past it the job is killed and fails (`OutputTooLarge`).
     #[arg(
         long = "max-output-size",

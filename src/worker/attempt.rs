@@ -235,15 +235,12 @@ async fn execute(
     logs: &process::SharedLogs,
 ) -> Result<Result<Value, ScriptError>, ScriptError> {
     let code = code_of(ctx, envelope).await?;
-    let dir = tempfile::Builder::new()
-        .prefix("millrace-job-")
-        .tempdir()
-        .map_err(|e| {
-            ScriptError::new(
-                "WorkerError",
-                format!("cannot create the job directory: {e}"),
-            )
-        })?;
+    let dir = ctx.sandbox.job_dir().map_err(|e| {
+        ScriptError::new(
+            "WorkerError",
+            format!("cannot create the job directory: {e}"),
+        )
+    })?;
     let empty = Map::new();
     let args = args.as_object().unwrap_or(&empty);
     let mut spec = ctx
@@ -257,32 +254,30 @@ async fn execute(
         .unwrap_or(ctx.settings.default_timeout);
     let (lines_tx, lines_rx) = mpsc::channel(process::LIVE_OUTPUT_QUEUE);
     let forwarder = spawn_log_forwarder(ctx, envelope.id, lines_rx);
-    let max_output = ctx.settings.max_output_size;
-    let ended = process::run(
-        &spec,
-        dir.path(),
+    let how = process::Run {
         timeout,
         cancel,
         logs,
-        Some(lines_tx),
-        max_output,
-    )
-    .await
-    .map_err(|e| {
+        lines: Some(lines_tx),
+        max_output: ctx.settings.max_output_size,
+        confinement: dir.confinement(),
+    };
+    let ended = process::run(&spec, dir.path(), how).await.map_err(|e| {
         ScriptError::new(
             "WorkerError",
             format!("cannot start {}: {e}", spec.program.display()),
         )
     });
     let _ = forwarder.await;
-    let ended = ended?;
     let text = logs.lock().expect("log lock").text().to_owned();
-    Ok(match ended {
+    let outcome = ended.map(|ended| match ended {
         Ended::Canceled => Err(ScriptError::new("Canceled", "job canceled")),
         other => ctx
             .runtimes
             .outcome(code.language, &other, dir.path(), &text),
-    })
+    });
+    dir.remove().await;
+    outcome
 }
 
 /// The script version the job names, or its flow step's inline code.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::runtimes::Runtimes;
+use super::sandbox::Sandbox;
 use crate::domain::{JobId, ScriptHash, ScriptLang, WorkspaceId};
 use crate::flows::driver::FlowDriver;
 use crate::queue::control::CancelJob;
@@ -45,6 +46,8 @@ pub struct WorkerContext {
     pub pool: Pool,
     pub bus: Bus,
     pub runtimes: Runtimes,
+    /// The users jobs run as, and their limits.
+    pub sandbox: Sandbox,
     pub job_key: Vec<u8>,
     /// Runs flow transitions: flow jobs, and the ends of flow steps.
     pub flows: FlowDriver,
@@ -58,6 +61,7 @@ impl WorkerContext {
         pool: Pool,
         bus: Bus,
         runtimes: Runtimes,
+        sandbox: Sandbox,
         job_key: Vec<u8>,
     ) -> Self {
         let flows = FlowDriver::new(pool.clone(), bus.clone(), settings.worker_name.clone());
@@ -67,6 +71,7 @@ impl WorkerContext {
             pool,
             bus,
             runtimes,
+            sandbox,
             job_key,
             running: Mutex::new(HashMap::new()),
             scripts: Mutex::new(HashMap::new()),

@@ -6,6 +6,7 @@ mod attempt;
 mod context;
 mod process;
 mod runtimes;
+mod sandbox;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 pub use context::ExecSettings;
 use context::WorkerContext;
 pub use runtimes::Runtimes;
+pub use sandbox::Sandbox;
 
 use crate::domain::Tag;
 use crate::queue::consume::JobFeed;
@@ -39,13 +41,15 @@ impl Worker {
         settings: ExecSettings,
         pool: Pool,
         bus: Bus,
-        runtimes: Runtimes,
+        (runtimes, sandbox): (Runtimes, Sandbox),
         job_key: Vec<u8>,
         tags: Vec<Tag>,
         slots: usize,
     ) -> Self {
         Self {
-            ctx: Arc::new(WorkerContext::new(settings, pool, bus, runtimes, job_key)),
+            ctx: Arc::new(WorkerContext::new(
+                settings, pool, bus, runtimes, sandbox, job_key,
+            )),
             tags,
             slots: slots.max(1),
         }

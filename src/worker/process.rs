@@ -12,6 +12,8 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::sandbox::{self, Confinement};
+
 /// Everything needed to start the process.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
@@ -91,18 +93,29 @@ pub enum Output {
 
 pub const STREAM_MARKER: &str = "\u{1e}MILLRACE_STREAM";
 
-/// Runs the process in `dir` until it exits, `timeout` passes, `cancel` fires or it prints more
-/// than `max_output` bytes. Output lines are appended to `logs` and, when `lines` is given, sent
-/// there as they come.
-pub async fn run(
-    spec: &ProcessSpec,
-    dir: &Path,
-    timeout: Duration,
-    cancel: &CancellationToken,
-    logs: &SharedLogs,
-    lines: Option<mpsc::Sender<Output>>,
-    max_output: u64,
-) -> std::io::Result<Ended> {
+/// How a job's process is run: its time, where its output goes, how it is confined.
+pub struct Run<'a> {
+    pub timeout: Duration,
+    pub cancel: &'a CancellationToken,
+    pub logs: &'a SharedLogs,
+    /// Output is also sent here as it comes.
+    pub lines: Option<mpsc::Sender<Output>>,
+    /// Past this many bytes of output the job is killed.
+    pub max_output: u64,
+    pub confinement: Confinement,
+}
+
+/// Runs the process in `dir` until it exits, its timeout passes, its cancel fires or it prints
+/// more than its output allows. Output lines are appended to the logs and sent on.
+pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Result<Ended> {
+    let Run {
+        timeout,
+        cancel,
+        logs,
+        lines,
+        max_output,
+        confinement,
+    } = how;
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
@@ -115,6 +128,17 @@ pub async fn run(
         // Its own group, so a kill reaches every process the script started.
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(uid) = confinement.uid {
+        command.uid(uid).gid(uid);
+    }
+    let limits = confinement.limits;
+    let own_user = confinement.uid.is_some();
+    // A backstop only: the wall-clock timeout ends the job first.
+    let cpu_seconds = timeout.as_secs().saturating_add(60);
+    // SAFETY: `apply_limits` makes only setrlimit calls, async-signal-safe.
+    unsafe {
+        command.pre_exec(move || sandbox::apply_limits(&limits, own_user, cpu_seconds));
+    }
     let mut child = command.spawn()?;
     let pid = child.id();
     let budget = OutputBudget {
@@ -136,12 +160,15 @@ pub async fn run(
         _ = cancel.cancelled() => Ended::Canceled,
         _ = budget.exceeded.cancelled() => Ended::OutputTooLarge(max_output),
     };
+    // The whole job goes, also children the script left behind when it exited: with a user of
+    // its own, every process of that user (those that left the group with `setsid` too; the
+    // worker may lack `CAP_KILL`, so it signals as that user); else its process group.
+    match confinement.uid {
+        Some(uid) => sandbox::kill_user(uid).await,
+        None => kill_group(pid),
+    }
     if !matches!(ended, Ended::Exited(_)) {
-        kill_group(pid);
         let _ = child.wait().await;
-    } else {
-        // Children the script left behind must not outlive the job either.
-        kill_group(pid);
     }
     for reader in [stdout, stderr].into_iter().flatten() {
         // Readers end once every holder of the pipes is gone; bound the wait anyway.
@@ -264,6 +291,32 @@ async fn deliver(logs: &SharedLogs, lines: &Option<mpsc::Sender<Output>>, chunk:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::sandbox::Limits;
+
+    fn how<'a>(
+        timeout: Duration,
+        cancel: &'a CancellationToken,
+        logs: &'a SharedLogs,
+        lines: Option<mpsc::Sender<Output>>,
+        max_output: u64,
+    ) -> Run<'a> {
+        Run {
+            timeout,
+            cancel,
+            logs,
+            lines,
+            max_output,
+            confinement: Confinement {
+                uid: None,
+                limits: Limits {
+                    memory: 1 << 32,
+                    processes: 1 << 20,
+                    open_files: 1024,
+                    file_size: 1 << 32,
+                },
+            },
+        }
+    }
 
     fn bash(script: &str) -> ProcessSpec {
         ProcessSpec {
@@ -280,11 +333,13 @@ mod tests {
         let ended = run(
             &bash("echo hello; echo world-and-more-text >&2; exit 3"),
             dir.path(),
-            Duration::from_secs(5),
-            &CancellationToken::new(),
-            &logs,
-            None,
-            u64::MAX,
+            how(
+                Duration::from_secs(5),
+                &CancellationToken::new(),
+                &logs,
+                None,
+                u64::MAX,
+            ),
         )
         .await
         .unwrap();
@@ -303,11 +358,13 @@ mod tests {
         run(
             &bash(script),
             dir.path(),
-            Duration::from_secs(5),
-            &CancellationToken::new(),
-            &logs,
-            Some(tx),
-            u64::MAX,
+            how(
+                Duration::from_secs(5),
+                &CancellationToken::new(),
+                &logs,
+                Some(tx),
+                u64::MAX,
+            ),
         )
         .await
         .unwrap();
@@ -331,11 +388,13 @@ mod tests {
         let ended = run(
             &bash("head -c 3000000000 /dev/zero | tr '\\0' a"),
             dir.path(),
-            Duration::from_secs(60),
-            &CancellationToken::new(),
-            &logs,
-            None,
-            8 * 1024 * 1024,
+            how(
+                Duration::from_secs(60),
+                &CancellationToken::new(),
+                &logs,
+                None,
+                8 * 1024 * 1024,
+            ),
         )
         .await
         .unwrap();
@@ -367,11 +426,13 @@ mod tests {
         let ended = run(
             &bash(&script),
             dir.path(),
-            Duration::from_millis(300),
-            &CancellationToken::new(),
-            &logs,
-            None,
-            u64::MAX,
+            how(
+                Duration::from_millis(300),
+                &CancellationToken::new(),
+                &logs,
+                None,
+                u64::MAX,
+            ),
         )
         .await
         .unwrap();

@@ -278,14 +278,9 @@ async fn without_skip_failures_a_loop_fails_and_the_failure_module_sees_the_erro
 #[tokio::test]
 async fn retries_stop_after_if_skip_if_sleep_timeout_and_continue_on_error() {
     let env = TestEnv::start().await;
-    // Fails twice (counting in a file of the workspace's temp dir), then succeeds.
+    // Fails twice (counting in a file of the test's scratch dir), then succeeds.
     let flaky = "import os\ndef main(marker):\n    n = int(open(marker).read()) if os.path.exists(marker) else 0\n    open(marker, 'w').write(str(n + 1))\n    if n < 2:\n        raise RuntimeError(f'attempt {n + 1}')\n    return n + 1\n";
-    let marker = env.dir.path().join("flaky").display().to_string();
-    std::fs::set_permissions(
-        env.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let marker = env.scratch().join("flaky").display().to_string();
     env.flow(
         "u/alice/options",
         json!({"modules": [

@@ -91,7 +91,7 @@ async fn cancel_queued_running_and_completed_jobs() {
     // Queued (scheduled later): never starts.
     env.script("u/alice/mark", "bash", "touch \"$1\"\necho ran")
         .await;
-    let marker = env.dir.path().join("queued-ran");
+    let marker = env.scratch().join("queued-ran");
     let marker_arg = json!({"path": marker.display().to_string()});
     env.script(
         "u/alice/mark",
@@ -132,7 +132,7 @@ async fn cancel_queued_running_and_completed_jobs() {
     assert_eq!(env.job(&queued).await["started_at"], json!(null));
 
     // Running: killed with its process group, quickly.
-    let grandchild = env.dir.path().join("grandchild-survived");
+    let grandchild = env.scratch().join("grandchild-survived");
     let script = format!("(sleep 3; touch {}) &\nsleep 60", grandchild.display());
     env.script("u/alice/long", "bash", &script).await;
     let running = env.run("u/alice/long", json!({})).await;

@@ -7,6 +7,7 @@ mod events;
 mod flow_durability;
 mod flows;
 mod identity;
+mod isolation;
 mod jobs_api;
 mod openapi;
 mod payloads;

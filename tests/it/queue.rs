@@ -208,7 +208,7 @@ async fn an_envelope_of_a_newer_version_is_left_for_an_upgraded_worker() {
 #[tokio::test]
 async fn a_job_whose_row_cannot_be_written_is_taken_back_not_run() {
     let env = TestEnv::start().await;
-    let marker = env.dir.path().join("ran");
+    let marker = env.scratch().join("ran");
     env.script("u/admin/touch", "bash", "path=\"$1\"\ntouch \"$path\"\n")
         .await;
     let path = marker.display().to_string();

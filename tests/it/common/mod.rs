@@ -294,13 +294,40 @@ impl TestEnv {
         all
     }
 
+    /// A directory every job may write to (jobs run as users of their own when the harness is
+    /// root), for markers that tests check.
+    pub fn scratch(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The test's temp dir itself is private: let jobs through it, not into it.
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        dir
+    }
+
     pub fn database_url(&self) -> String {
         self.pg.url("millrace")
     }
 
     /// A `millrace <sub>` with this test's configuration and nothing inherited but PATH.
     pub fn command(&self, sub: &str, extra: &[(String, String)]) -> Command {
-        let mut command = Command::new(bin());
+        // SAFETY: geteuid has no preconditions.
+        let mut command = if sub == "worker" && unsafe { libc::geteuid() } == 0 {
+            // As the Helm chart runs it: root with CAP_SETUID and CAP_SETGID and nothing else
+            // (no CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_KILL…), so the tests prove that is enough.
+            let mut command = Command::new("setpriv");
+            command
+                .args([
+                    "--bounding-set=-all,+setuid,+setgid",
+                    "--inh-caps=-all",
+                    "--",
+                ])
+                .arg(bin());
+            command
+        } else {
+            Command::new(bin())
+        };
         command
             .arg(sub)
             .env_clear()

@@ -1,0 +1,272 @@
+//! Keeping a job away from the worker and from other jobs. When the worker may change users
+//! (root, or just `CAP_SETUID` and `CAP_SETGID`), each slot's jobs run as a user of their own
+//! from `JOB_UID_RANGE` (its group alike, no supplementary groups), in a job directory only that
+//! user and the worker may enter; the worker itself is not dumpable, so its `/proc/<pid>/environ`
+//! and `mem` stay closed to every job. Every job gets resource limits, and when it ends every
+//! process of its user is killed — also those that left its process group with `setsid`.
+//! Without the right to change users the worker says so once, loudly, and runs jobs as itself.
+
+mod limits;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use limits::{apply as apply_limits, Limits};
+pub use users::kill_all as kill_user;
+
+use crate::config::WorkerConfig;
+
+/// Job directories are `<temp dir>/millrace-<worker uid>/job-…`.
+const JOB_DIR_PREFIX: &str = "job-";
+
+/// The users jobs run as, where their directories live, and their limits.
+pub struct Sandbox {
+    /// `<temp dir>/millrace-<worker uid>`: only its owner may list or change it.
+    root: PathBuf,
+    /// Free users; `None` when jobs run as the worker's own user.
+    users: Option<Arc<Mutex<Vec<u32>>>>,
+    /// Locks on this worker's users, held while it lives (see [`users::claim`]).
+    _claims: Vec<std::fs::File>,
+    limits: Limits,
+}
+
+/// A job's user, given back when dropped (after its processes and files are gone).
+struct JobUser {
+    uid: u32,
+    free: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Drop for JobUser {
+    fn drop(&mut self) {
+        self.free.lock().expect("users lock").push(self.uid);
+    }
+}
+
+/// How one job's processes are confined.
+#[derive(Debug, Clone, Copy)]
+pub struct Confinement {
+    /// The job's own user, if it has one.
+    pub uid: Option<u32>,
+    pub limits: Limits,
+}
+
+/// A job's directory and user. [`JobDir::remove`] it when the job is over: removing its
+/// contents needs the job's user, which a drop cannot wait for.
+pub struct JobDir {
+    dir: tempfile::TempDir,
+    user: Option<JobUser>,
+    limits: Limits,
+}
+
+impl Sandbox {
+    /// Decides how jobs run; fails only on settings that cannot work.
+    pub fn new(config: &WorkerConfig, slots: usize) -> anyhow::Result<Self> {
+        let limits = Limits {
+            memory: config.job_memory_limit,
+            processes: config.job_max_processes,
+            open_files: config.job_max_open_files,
+            file_size: config.job_max_file_size,
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let root = std::env::temp_dir().join(format!("millrace-{me}"));
+        private_dir(&root, 0o711)?;
+        let mut claims = Vec::new();
+        let users = match parse_range(&config.job_uid_range)? {
+            None => {
+                tracing::warn!(
+                    "JOB_UID_RANGE=none: jobs run as the worker's own user and can read its \
+                     environment and each other"
+                );
+                None
+            }
+            Some(_) if !users::can_switch() => {
+                tracing::warn!(
+                    "this worker may not change users (it needs root, or CAP_SETUID and \
+                     CAP_SETGID): jobs run as its own user and can read its environment \
+                     (DATABASE_URL…) and each other's files; do not run untrusted code here"
+                );
+                None
+            }
+            Some((first, last)) => {
+                let locks = root.join("users");
+                private_dir(&locks, 0o700)?;
+                let (mut uids, held) = users::claim(&locks, first, last, slots)?;
+                claims = held;
+                users::join_groups(&uids)
+                    .map_err(|e| anyhow::anyhow!("cannot join the job users' groups: {e}"))?;
+                // A worker that died before may have left processes and job directories of
+                // these users behind; the next job of the user must not find them.
+                for uid in &uids {
+                    users::kill_all_now(*uid);
+                    remove_leftovers(&root, *uid);
+                }
+                forbid_inspection();
+                tracing::info!(users = ?uids, "jobs run as users of their own");
+                uids.reverse();
+                Some(Arc::new(Mutex::new(uids)))
+            }
+        };
+        Ok(Self {
+            root,
+            users,
+            _claims: claims,
+            limits,
+        })
+    }
+
+    /// A new job directory, given to a free user (there is one per slot): only that user's
+    /// group and the worker may enter it (`0770`, the worker's own group `0700` when jobs run
+    /// as the worker).
+    pub fn job_dir(&self) -> std::io::Result<JobDir> {
+        use std::os::unix::fs::PermissionsExt;
+        let user = self.users.as_ref().and_then(|free| {
+            let uid = free.lock().expect("users lock").pop()?;
+            Some(JobUser {
+                uid,
+                free: free.clone(),
+            })
+        });
+        let dir = tempfile::Builder::new()
+            .prefix(JOB_DIR_PREFIX)
+            .tempdir_in(&self.root)?;
+        if let Some(user) = &user {
+            // The worker is in the group (see `join_groups`): no `CAP_CHOWN` needed.
+            std::os::unix::fs::chown(dir.path(), None, Some(user.uid))?;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770))?;
+        }
+        Ok(JobDir {
+            dir,
+            user,
+            limits: self.limits,
+        })
+    }
+}
+
+impl JobDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn confinement(&self) -> Confinement {
+        Confinement {
+            uid: self.user.as_ref().map(|u| u.uid),
+            limits: self.limits,
+        }
+    }
+
+    /// Removes the directory: its contents as the job's user (who may have made directories
+    /// the worker may not enter), then the directory itself; then the user is free again.
+    pub async fn remove(self) {
+        let removed = tokio::task::spawn_blocking(move || {
+            if let Some(user) = &self.user {
+                clear_as(user.uid, self.dir.path());
+            }
+            self.dir.close()
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove a job directory"),
+            Err(e) => tracing::warn!(error = %e, "job directory removal panicked"),
+        }
+    }
+}
+
+/// Empties `dir` as the user `uid`, warning when it cannot.
+fn clear_as(uid: u32, dir: &Path) {
+    match users::as_user(uid, || users::empty_dir(dir)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not empty a job directory")
+        }
+    }
+}
+
+/// Creates `dir` (or takes the one there) as a directory of this process's user with `mode`.
+/// One someone else made, or a link, could let a job squat on users or directories: refused.
+fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => anyhow::bail!("cannot create {}: {e}", dir.display()),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        meta.is_dir() && meta.uid() == me,
+        "{} must be a directory of this worker's user",
+        dir.display()
+    );
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Removes the job directories a user's jobs left when their worker died.
+fn remove_leftovers(root: &Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let job_dir = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(JOB_DIR_PREFIX));
+        let users = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.gid() == uid);
+        if job_dir && users {
+            clear_as(uid, &path);
+            if let Err(e) = std::fs::remove_dir(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a job directory left behind");
+            }
+        }
+    }
+}
+
+/// `first-last`, or `none`.
+fn parse_range(raw: &str) -> anyhow::Result<Option<(u32, u32)>> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("none") || raw.is_empty() {
+        return Ok(None);
+    }
+    let bad =
+        || anyhow::anyhow!("JOB_UID_RANGE {raw:?}: expected FIRST-LAST (e.g. 61000-61999) or none");
+    let (first, last) = raw.split_once('-').ok_or_else(bad)?;
+    let (first, last): (u32, u32) = (
+        first.trim().parse().map_err(|_| bad())?,
+        last.trim().parse().map_err(|_| bad())?,
+    );
+    anyhow::ensure!(
+        first >= 1000 && first <= last && last < u32::MAX,
+        "JOB_UID_RANGE {raw:?}: users from 1000 up, FIRST ≤ LAST"
+    );
+    Ok(Some((first, last)))
+}
+
+/// Makes this process non-dumpable: its `/proc/<pid>` files (environ, mem) belong to root and
+/// no other user may trace it.
+fn forbid_inspection() {
+    // SAFETY: prctl(PR_SET_DUMPABLE) only changes a flag of this process.
+    let done = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if done != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not make the worker non-dumpable");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_ranges() {
+        assert_eq!(parse_range("61000-61999").unwrap(), Some((61000, 61999)));
+        assert_eq!(parse_range("none").unwrap(), None);
+        assert!(parse_range("0-10").is_err(), "no system users");
+        assert!(parse_range("62000-61000").is_err());
+        assert!(parse_range("61000").is_err());
+    }
+}

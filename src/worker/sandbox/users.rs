@@ -1,0 +1,160 @@
+//! The Unix users jobs run as: claiming them, acting on their files, killing their processes.
+//! Everything here works with only `CAP_SETUID` and `CAP_SETGID` (what the Helm chart grants):
+//! the worker never needs to read or change a job's files as root.
+
+use std::fs::File;
+use std::path::Path;
+
+/// Whether this process holds `CAP_SETUID` and `CAP_SETGID` (root normally does).
+pub fn can_switch() -> bool {
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    effective & (1 << CAP_SETUID) != 0 && effective & (1 << CAP_SETGID) != 0
+}
+
+/// Claims `count` users of `first..=last` for this worker alone. Workers sharing a host (a
+/// laptop, the test suite, pods on one node without user namespaces) must never hand the same
+/// user to two jobs: each user is claimed with an exclusive `flock` on `<locks>/<uid>`, and the
+/// kernel drops the lock when the worker dies, however it dies.
+pub fn claim(
+    locks: &Path,
+    first: u32,
+    last: u32,
+    count: usize,
+) -> anyhow::Result<(Vec<u32>, Vec<File>)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let mut uids = Vec::with_capacity(count);
+    let mut held = Vec::with_capacity(count);
+    for uid in first..=last {
+        if uids.len() == count {
+            break;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(locks.join(uid.to_string()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            uids.push(uid);
+            held.push(file);
+        }
+    }
+    anyhow::ensure!(
+        uids.len() == count,
+        "JOB_UID_RANGE {first}-{last}: only {} users are free on this host for {count} \
+         WORKER_SLOTS (other workers hold the rest); widen the range",
+        uids.len()
+    );
+    Ok((uids, held))
+}
+
+/// Adds the groups of `gids` to this process's supplementary groups, so that it may give a job
+/// directory to a job's group without `CAP_CHOWN`. Jobs never inherit them: a child that takes
+/// a job's user drops every supplementary group.
+pub fn join_groups(gids: &[u32]) -> std::io::Result<()> {
+    // SAFETY: getgroups with a null buffer returns the count; then fills a buffer that large.
+    let mut groups = unsafe {
+        let count = libc::getgroups(0, std::ptr::null_mut());
+        if count < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut groups = vec![0 as libc::gid_t; count as usize];
+        if libc::getgroups(count, groups.as_mut_ptr()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        groups
+    };
+    groups.extend(gids.iter().map(|g| *g as libc::gid_t));
+    // SAFETY: a valid buffer of `len` gids; glibc applies it to every thread of the process.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` with this thread's file-system identity set to the job user `uid`: what `f` may
+/// touch is what the job could. Blocking; call it from a blocking thread.
+pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> std::io::Result<T> {
+    struct Restore(libc::uid_t, libc::gid_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: setfsuid/setfsgid only change this thread's file-system credentials.
+            unsafe {
+                libc::setfsuid(self.0);
+                libc::setfsgid(self.1);
+            }
+        }
+    }
+    // SAFETY: as above; each returns the previous value, and -1 changes nothing (a query).
+    let restore = unsafe {
+        let gid = libc::setfsgid(uid);
+        Restore(libc::setfsuid(uid) as libc::uid_t, gid as libc::gid_t)
+    };
+    // SAFETY: a query, see above.
+    let now = unsafe { (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX)) };
+    if now != (uid as i32, uid as i32) {
+        drop(restore);
+        return Err(std::io::Error::other(format!(
+            "cannot act as user {uid} (no CAP_SETUID/CAP_SETGID?)"
+        )));
+    }
+    let out = f();
+    drop(restore);
+    Ok(out)
+}
+
+/// Removes everything inside `dir` (not `dir` itself). Call it as the user who wrote it.
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Kills every process of a job's user (those that escaped its process group with `setsid`
+/// too).
+pub async fn kill_all(uid: u32) {
+    if let Err(e) = tokio::process::Command::from(killer(uid)).status().await {
+        tracing::warn!(uid, error = %e, "could not kill a job user's processes");
+    }
+}
+
+/// The same, blocking (at start, before any job runs).
+pub fn kill_all_now(uid: u32) {
+    if let Err(e) = killer(uid).status() {
+        tracing::warn!(uid, error = %e, "could not kill a job user's processes");
+    }
+}
+
+/// A short-lived child that takes the user and signals everything that user may signal.
+fn killer(uid: u32) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("/bin/sh");
+    command.args(["-c", "exit 0"]).uid(uid).gid(uid);
+    // SAFETY: kill(2) is async-signal-safe; kill(-1) reaches every process of the child's
+    // (new) user but the child itself.
+    unsafe {
+        command.pre_exec(|| {
+            libc::kill(-1, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+}

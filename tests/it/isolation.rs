@@ -1,0 +1,293 @@
+//! Every script is hostile: each attack here is what a workspace member could try from a job.
+//! The worker runs jobs as users of their own only when it may change users, so these tests
+//! need the harness (and its workers) to run as root — as CI does; elsewhere they say so and
+//! stop.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{Options, TestEnv, WS};
+
+/// The job directories of root's workers (the harness runs as root when these tests run).
+fn job_dirs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir().join("millrace-0"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("job-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: job isolation needs the worker to run as root (CI does)");
+    }
+    root
+}
+
+async fn run_output(env: &TestEnv, path: &str, args: Value) -> (Value, String) {
+    let id = env.run(path, args).await;
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    let logs = env
+        .get(&format!("/api/w/{WS}/jobs_u/get_logs/{id}"), &env.token)
+        .await
+        .expect(200)
+        .text;
+    (done, logs)
+}
+
+#[tokio::test]
+async fn a_job_cannot_read_the_workers_environment_or_memory() {
+    if !as_root() {
+        return;
+    }
+    let env = TestEnv::start().await;
+    env.script(
+        "u/alice/peek",
+        "bash",
+        "tr '\\0' '\\n' < /proc/$PPID/environ 2>&1 | head -c 20000\n\
+         head -c 16 /proc/$PPID/mem 2>&1 | head -c 200\n\
+         id -u\necho \"groups $(id -G)\"\necho end\n",
+    )
+    .await;
+    let (done, logs) = run_output(&env, "u/alice/peek", json!({})).await;
+    assert_eq!(done["result"], json!("end"), "{done}");
+    for secret in [
+        "DATABASE_URL",
+        "SUPERADMIN_SECRET",
+        "NATS_URL",
+        "postgres://",
+    ] {
+        assert!(!logs.contains(secret), "the job read {secret}: {logs}");
+    }
+    assert!(logs.contains("Permission denied"), "{logs}");
+    // Its own group only: none of the worker's (which holds every slot's group).
+    let groups = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("groups "))
+        .unwrap();
+    assert_eq!(groups.split_whitespace().count(), 1, "{logs}");
+    assert!(
+        !logs.lines().any(|l| l.trim() == "0"),
+        "the job ran as root: {logs}"
+    );
+}
+
+#[tokio::test]
+async fn jobs_cannot_read_or_signal_each_other() {
+    if !as_root() {
+        return;
+    }
+    let env = TestEnv::start().await;
+    // The victim keeps a secret in its directory and its token in its environment.
+    env.script(
+        "u/alice/victim",
+        "bash",
+        "echo s3cret-file > secret.txt\nchmod 644 secret.txt\nsleep 4\ncat secret.txt\n",
+    )
+    .await;
+    env.script(
+        "u/alice/attacker",
+        "bash",
+        "victim=\"$1\"\ndir=\"$2\"\n\
+         cat \"$dir/secret.txt\" 2>&1\n\
+         ls \"$dir\" 2>&1\n\
+         echo \"listed $(ls \"$(dirname \"$dir\")\" 2>/dev/null | grep -c job-)\"\n\
+         mv \"$dir\" \"$dir.gone\" 2>&1\n\
+         rm -rf \"$dir\" 2>&1\n\
+         for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null | grep -q \"$victim\" && echo \"FOUND $f\"; done\n\
+         kill -9 -1 2>&1\n\
+         pkill -9 -f 'sleep 4' 2>&1\n\
+         echo tried\n",
+    )
+    .await;
+    let victim = env.run("u/alice/victim", json!({})).await;
+    // The harness (root) finds the victim's directory; the attacker is told where it is.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let victim_dir = loop {
+        let found = job_dirs()
+            .into_iter()
+            .find(|d| d.join("secret.txt").exists());
+        if let Some(dir) = found {
+            break dir;
+        }
+        assert!(Instant::now() < deadline, "the victim never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let attack = json!({"victim": victim, "dir": victim_dir.display().to_string()});
+    let (done, logs) = run_output(&env, "u/alice/attacker", attack).await;
+    assert_eq!(done["result"], json!("tried"), "{done}");
+    assert!(
+        !logs.contains("s3cret-file"),
+        "read the victim's directory: {logs}"
+    );
+    assert!(
+        logs.contains("listed 0"),
+        "listed the job directories: {logs}"
+    );
+    assert!(
+        !logs.contains("FOUND"),
+        "read the victim's environment: {logs}"
+    );
+    let victim_done = env.wait(&victim, Duration::from_secs(30)).await;
+    assert_eq!(
+        victim_done["success"],
+        json!(true),
+        "the attacker killed the victim: {victim_done}"
+    );
+    assert_eq!(victim_done["result"], json!("s3cret-file"));
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
+    if !as_root() {
+        return;
+    }
+    let env = TestEnv::with(Options {
+        workers: 1,
+        worker_env: vec![("JOB_MAX_PROCESSES".into(), "64".into())],
+        ..Default::default()
+    })
+    .await;
+    env.script_with(
+        "u/alice/bomb",
+        "bash",
+        "bomb() { bomb | bomb & }\nbomb\nsleep 60\n",
+        json!({"timeout": 3}),
+    )
+    .await;
+    let started = Instant::now();
+    let id = env.run("u/alice/bomb", json!({})).await;
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    // It fails: killed at its timeout, or its shell killed while forks are refused.
+    assert_eq!(done["success"], json!(false), "{done}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Nothing of it is left, and the next job runs as usual.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = std::process::Command::new("pgrep")
+        .args(["-c", "-f", "bomb"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "0",
+        "processes of the bomb survived"
+    );
+    env.script("u/alice/after", "bash", "echo fine\n").await;
+    assert_eq!(env.run_ok("u/alice/after", json!({})).await, json!("fine"));
+}
+
+#[tokio::test]
+async fn a_process_that_left_the_group_dies_with_its_job() {
+    if !as_root() {
+        return;
+    }
+    let env = TestEnv::start().await;
+    env.script("u/alice/escape", "bash", "setsid sleep 987 &\nsleep 60\n")
+        .await;
+    let id = env.run("u/alice/escape", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let escaped = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "sleep 987"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    while !escaped() {
+        assert!(Instant::now() < deadline, "the escapee never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.post(
+        &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
+        &env.token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    env.wait(&id, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!escaped(), "a setsid process outlived its cancelled job");
+}
+
+#[tokio::test]
+async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
+    use std::os::unix::fs::MetadataExt;
+    if !as_root() {
+        return;
+    }
+    // A user no other test's workers take, so the next worker here gets the same one.
+    let mut env = TestEnv::with(Options {
+        workers: 1,
+        worker_env: vec![
+            ("JOB_UID_RANGE".into(), "62000-62000".into()),
+            ("WORKER_SLOTS".into(), "1".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    env.script(
+        "u/alice/orphan",
+        "bash",
+        "echo leftover > secret.txt\nsleep 986\n",
+    )
+    .await;
+    env.run("u/alice/orphan", json!({})).await;
+    let left_behind = || {
+        let pids = std::process::Command::new("pgrep")
+            .args(["-u", "62000", "-f", "sleep 986"])
+            .output()
+            .unwrap();
+        let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let dirs: Vec<std::path::PathBuf> = job_dirs()
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.gid() == 62000))
+            .collect();
+        (pids, dirs)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (pids, dirs) = loop {
+        let (pids, dirs) = left_behind();
+        if !pids.is_empty() && !dirs.is_empty() {
+            break (pids, dirs);
+        }
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    env.kill_worker(0);
+    assert_eq!(
+        left_behind().0,
+        pids,
+        "a crashed worker leaves its job running"
+    );
+    env.add_worker(&[]);
+    // The new worker takes the user over: the orphan and its directory are gone (the job
+    // itself, redelivered, may run again — as a new process in a new directory).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (now_pids, now_dirs) = left_behind();
+        let gone = pids.iter().all(|p| !now_pids.contains(p))
+            && dirs.iter().all(|d| !now_dirs.contains(d));
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {now_pids:?} {now_dirs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
