@@ -131,30 +131,62 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
 /// Kills every process of a job's user (those that escaped its process group with `setsid`
 /// too).
 pub async fn kill_all(uid: u32) {
-    if let Err(e) = tokio::process::Command::from(killer(uid)).status().await {
-        tracing::warn!(uid, error = %e, "could not kill a job user's processes");
+    match tokio::task::spawn_blocking(move || kill_all_now(uid)).await {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(uid, error = %e, "killing a job user's processes panicked"),
     }
 }
 
-/// The same, blocking (at start, before any job runs).
+/// The same, blocking. A child takes the user and signals everything that user may signal
+/// (`kill(-1)` spares only the caller): the worker itself may lack `CAP_KILL`. The child shares
+/// the worker's memory and the worker's thread waits for it (`CLONE_VM | CLONE_VFORK`, as
+/// `posix_spawn` does) and it makes only raw system calls: no copy of the worker's page tables,
+/// no program to start — this runs after every job.
 pub fn kill_all_now(uid: u32) {
-    if let Err(e) = killer(uid).status() {
-        tracing::warn!(uid, error = %e, "could not kill a job user's processes");
-    }
-}
-
-/// A short-lived child that takes the user and signals everything that user may signal.
-fn killer(uid: u32) -> std::process::Command {
-    use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new("/bin/sh");
-    command.args(["-c", "exit 0"]).uid(uid).gid(uid);
-    // SAFETY: kill(2) is async-signal-safe; kill(-1) reaches every process of the child's
-    // (new) user but the child itself.
-    unsafe {
-        command.pre_exec(|| {
+    extern "C" fn take_user_and_kill(arg: *mut libc::c_void) -> libc::c_int {
+        let id = arg as usize as libc::c_long;
+        // SAFETY: raw system calls only; setresuid changes this task's credentials alone.
+        unsafe {
+            if libc::syscall(libc::SYS_setresuid, id, id, id) != 0 {
+                return 1;
+            }
             libc::kill(-1, libc::SIGKILL);
-            Ok(())
-        });
+        }
+        0
     }
-    command
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the stack outlives the child (CLONE_VFORK: this thread waits until it exits);
+    // every signal is blocked around the clone so that no handler of the worker runs on the
+    // child's stack; the child's function makes only system calls.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len() - 64);
+        let top = top.sub(top as usize % 16) as *mut libc::c_void;
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+        let pid = libc::clone(
+            take_user_and_kill,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            uid as usize as *mut libc::c_void,
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+        pid
+    };
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(uid, error = %e, "could not kill a job user's processes");
+        return;
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child cloned above.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        tracing::warn!(uid, "could not take a job user to kill its processes");
+    }
 }
