@@ -17,7 +17,7 @@ use crate::config::{
 };
 use crate::domain::Tag;
 use crate::queue::setup::{self, QueueLayout};
-use crate::queue::Bus;
+use crate::queue::{Bus, Role};
 use crate::store::{self, Pool};
 use crate::sweeper::{Mailer, Sweeper};
 use crate::worker::{ExecSettings, Runtimes, Sandbox, Worker};
@@ -62,7 +62,7 @@ pub async fn migrate(db: &DatabaseConfig, nats: &NatsConfig, tags: &[Tag]) -> an
     let pool = connect_store(db).await?;
     let applied = store::migrate::run(&pool).await.context("migrations")?;
     tracing::info!(?applied, "database schema is current");
-    let bus = Bus::connect(nats, "millrace-migrate").await?;
+    let bus = Bus::connect(nats, Role::Migrate).await?;
     setup::declare_all(&bus, tags, &layout(nats)).await?;
     bus.flush().await?;
     tracing::info!("NATS streams and consumers declared");
@@ -89,7 +89,7 @@ impl ApiServer {
     ) -> anyhow::Result<Self> {
         let mailer = Mailer::from_config(smtp)?;
         let pool = connect_store(db).await?;
-        let bus = Bus::connect(nats, "millrace-api").await?;
+        let bus = Bus::connect(nats, Role::Api).await?;
         let job_key = store::settings::job_token_key(&pool).await?;
         let secret = auth
             .superadmin_secret
@@ -175,7 +175,7 @@ pub async fn build_worker(
     jobs: &JobDefaults,
 ) -> anyhow::Result<(Worker, Pool, Bus)> {
     let pool = connect_store(db).await?;
-    let bus = Bus::connect(nats, "millrace-worker").await?;
+    let bus = Bus::connect(nats, Role::Worker).await?;
     let job_key = store::settings::job_token_key(&pool).await?;
     let name = config.name.clone().unwrap_or_else(default_worker_name);
     let settings = ExecSettings {

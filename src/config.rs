@@ -38,6 +38,39 @@ impl FromStr for Secret {
     }
 }
 
+/// Secret variables that may instead name a file holding the value, `<NAME>_FILE`, as
+/// Kubernetes mounts Secrets: a file can be readable by the process's user alone, an environment
+/// variable is copied into every child that is not started with a clean one.
+pub const FILE_SECRETS: &[&str] = &[
+    "DATABASE_URL",
+    "SUPERADMIN_SECRET",
+    "SMTP_PASSWORD",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+    "NATS_PASSWORD",
+    "NATS_NKEY",
+];
+
+/// Moves every `<NAME>_FILE` of [`FILE_SECRETS`] into `<NAME>` for the parser. Call before any
+/// other thread exists (the environment is not thread-safe).
+pub fn read_secret_files() -> Result<(), String> {
+    for name in FILE_SECRETS {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = std::env::var_os(&file_var) else {
+            continue;
+        };
+        if std::env::var_os(name).is_some() {
+            return Err(format!("set {name} or {file_var}, not both"));
+        }
+        let value = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{file_var}: cannot read {}: {e}", path.to_string_lossy()))?;
+        // Files written by editors and `echo` end with a newline that is not part of the secret.
+        std::env::set_var(name, value.trim_end_matches(['\n', '\r']));
+        std::env::remove_var(&file_var);
+    }
+    Ok(())
+}
+
 /// Seconds as a `Duration`, the unit of every timeout variable.
 pub fn seconds(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()
@@ -76,6 +109,9 @@ pub struct NatsConfig {
     )]
     pub url: String,
 
+    #[command(flatten)]
+    pub auth: NatsAuth,
+
     /// Replicas of the JetStream streams (3 with a clustered NATS).
     #[arg(
         long = "nats-stream-replicas",
@@ -88,6 +124,45 @@ pub struct NatsConfig {
     /// Running jobs send progress acks, so only a dead worker's jobs wait this long.
     #[arg(long = "job-ack-wait", env = "JOB_ACK_WAIT", default_value = "30", value_parser = seconds)]
     pub ack_wait: Duration,
+}
+
+/// How a process proves to NATS who it is (nats/auth.conf gives each role its user). At most
+/// one of a password, a credentials file or an nkey.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NatsAuth {
+    /// NATS user of this process (its role's user: `api`, `worker` or `migrate`, see
+    /// nats/auth.conf); no authentication when unset.
+    #[arg(
+        id = "nats_user",
+        long = "nats-user",
+        env = "NATS_USER",
+        requires = "nats_password"
+    )]
+    pub user: Option<String>,
+
+    /// Password of NATS_USER.
+    #[arg(
+        id = "nats_password",
+        long = "nats-password",
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub password: Option<Secret>,
+
+    /// A NATS credentials file (user JWT and nkey seed), instead of a user and password.
+    #[arg(long = "nats-creds", env = "NATS_CREDS", conflicts_with_all = ["nats_password", "nats_nkey"])]
+    pub creds: Option<PathBuf>,
+
+    /// An nkey seed (`SU…`), instead of a user and password.
+    #[arg(
+        id = "nats_nkey",
+        long = "nats-nkey",
+        env = "NATS_NKEY",
+        hide_env_values = true,
+        conflicts_with = "nats_password"
+    )]
+    pub nkey: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Args)]

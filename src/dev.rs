@@ -15,6 +15,7 @@ use crate::config::{
 };
 use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Username, WorkspaceId};
 use crate::local::{self, LocalNats, LocalPostgres};
+use crate::queue::Role;
 use crate::store::{
     self, scripts::NewScript, tokens::NewToken, users::User, workspaces::Membership,
 };
@@ -56,8 +57,20 @@ pub struct DevOptions {
 
 /// The services `dev` started; dropping them stops them.
 struct LocalServices {
-    _nats: Option<LocalNats>,
+    nats: Option<LocalNats>,
     _postgres: Option<LocalPostgres>,
+}
+
+impl LocalServices {
+    /// The NATS settings of one role: its own user on the NATS `dev` started, else what was
+    /// configured for the given NATS.
+    fn nats_for(&self, base: &NatsConfig, role: Role) -> NatsConfig {
+        let mut config = base.clone();
+        if let Some(local) = &self.nats {
+            config.auth = local.auth(role.as_str());
+        }
+        config
+    }
 }
 
 fn port_or_free(preferred: u16) -> anyhow::Result<u16> {
@@ -129,7 +142,7 @@ async fn start_services(
         }
     };
     Ok(LocalServices {
-        _nats: local_nats,
+        nats: local_nats,
         _postgres: local_pg,
     })
 }
@@ -224,25 +237,34 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         worker,
         jobs,
     } = config;
-    let _services = start_services(&opts, &mut db, &mut nats).await?;
+    let services = start_services(&opts, &mut db, &mut nats).await?;
     let tags = app::parse_tags(&worker.tags)?;
-    app::migrate(&db, &nats, &tags).await?;
+    app::migrate(&db, &services.nats_for(&nats, Role::Migrate), &tags).await?;
     let token = bootstrap(&db).await.context("bootstrap")?;
     if http.bind_addr.ip().is_unspecified() {
         http.bind_addr.set_ip([127, 0, 0, 1].into());
     }
-    let server = ApiServer::build(&db, &nats, &http, &urls, &auth, &smtp)
+    let api_nats = services.nats_for(&nats, Role::Api);
+    let server = ApiServer::build(&db, &api_nats, &http, &urls, &auth, &smtp)
         .await?
         .with_object_storage(&s3)?;
     if urls.base_url == "http://localhost:8000" {
         urls.base_url = format!("http://{}", server.local_addr());
     }
     let shutdown = app::shutdown_on_signal();
-    let (worker, _, _) = app::build_worker(&db, &nats, &worker, &urls, &jobs).await?;
+    let worker_nats = services.nats_for(&nats, Role::Worker);
+    let (worker, _, _) = app::build_worker(&db, &worker_nats, &worker, &urls, &jobs).await?;
     let layout = app::layout(&nats);
     let worker_shutdown = shutdown.clone();
     let worker_task = tokio::spawn(async move { worker.run(&layout, worker_shutdown).await });
     print_banner(&urls.base_url, &token);
+    if let Some(local) = &services.nats {
+        println!(
+            "Job events on NATS: {} as the read-only user `events`, password in {}\n",
+            local.url(),
+            opts.data_dir.join("nats/users.json").display()
+        );
+    }
     server.run_until(shutdown.clone()).await?;
     shutdown.cancel();
     worker_task.await??;

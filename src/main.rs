@@ -126,6 +126,10 @@ struct NatsSettingsForDev {
         default_value_t = 1
     )]
     stream_replicas: usize,
+    /// How to log in to the NATS of NATS_URL (every role uses it); `dev`'s own NATS has a
+    /// user per role.
+    #[command(flatten)]
+    auth: millrace::config::NatsAuth,
     /// Seconds before JetStream redelivers a job whose worker went silent.
     #[arg(long = "job-ack-wait", env = "JOB_ACK_WAIT", default_value = "30", value_parser = millrace::config::seconds)]
     ack_wait: std::time::Duration,
@@ -141,15 +145,29 @@ fn config_names() -> Vec<String> {
         })
         .map(|env| env.to_string_lossy().into_owned())
         .chain(["RUST_LOG".to_owned()])
+        .chain(
+            millrace::config::FILE_SECRETS
+                .iter()
+                .map(|name| format!("{name}_FILE")),
+        )
         .collect();
     names.sort();
     names.dedup();
     names
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads exist: this writes the environment.
+    millrace::config::read_secret_files().map_err(anyhow::Error::msg)?;
+    let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Api {
             db,
             nats,
@@ -216,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let nats = NatsConfig {
                 url: String::new(),
+                auth: nats.auth,
                 stream_replicas: nats.stream_replicas,
                 ack_wait: nats.ack_wait,
             };
@@ -259,6 +278,8 @@ mod tests {
             "NATS_URL",
             "WORKER_SLOTS",
             "SUPERADMIN_SECRET",
+            "SUPERADMIN_SECRET_FILE",
+            "NATS_PASSWORD_FILE",
             "RUST_LOG",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} missing");

@@ -1,34 +1,41 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 
-/// A `nats-server -js` on loopback.
+use crate::config::{NatsAuth, Secret};
+
+/// The users of nats/auth.conf, one per role.
+pub const USERS: [&str; 4] = ["api", "worker", "migrate", "events"];
+
+const AUTH_CONF: &str = include_str!("../../nats/auth.conf");
+
+/// A `nats-server -js` on loopback that lets in only the users of nats/auth.conf.
 pub struct LocalNats {
     child: Child,
     port: u16,
     bin: PathBuf,
     store_dir: PathBuf,
+    passwords: BTreeMap<String, String>,
 }
 
 impl LocalNats {
+    /// Starts the server; the users' passwords are made once and kept in the store directory
+    /// (readable by this user only), so a restarted `dev` keeps its credentials.
     pub async fn start(bin: &Path, store_dir: &Path, port: u16) -> anyhow::Result<Self> {
         std::fs::create_dir_all(store_dir)?;
-        let child = spawn(bin, store_dir, port)?;
+        let passwords = passwords(store_dir)?;
         let mut server = Self {
-            child,
+            child: spawn(bin, store_dir, port, &passwords)?,
             port,
             bin: bin.to_path_buf(),
             store_dir: store_dir.to_path_buf(),
+            passwords,
         };
         server.await_ready().await?;
         Ok(server)
-    }
-
-    fn spawn_again(&mut self) -> anyhow::Result<()> {
-        self.child = spawn(&self.bin, &self.store_dir, self.port)?;
-        Ok(())
     }
 
     async fn await_ready(&mut self) -> anyhow::Result<()> {
@@ -43,28 +50,91 @@ impl LocalNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The password of one of [`USERS`].
+    pub fn password(&self, user: &str) -> &str {
+        &self.passwords[user]
+    }
+
+    /// How a client logs in as one of [`USERS`].
+    pub fn auth(&self, user: &str) -> NatsAuth {
+        NatsAuth {
+            user: Some(user.to_owned()),
+            password: Some(Secret::new(self.password(user))),
+            ..NatsAuth::default()
+        }
+    }
+
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.spawn_again()?;
+        self.child = spawn(&self.bin, &self.store_dir, self.port, &self.passwords)?;
         self.await_ready().await
     }
 }
 
-fn spawn(bin: &Path, store_dir: &Path, port: u16) -> anyhow::Result<Child> {
-    // The flags cannot raise max_payload; a config file can (events carry results ≤ 64 KiB).
+/// The passwords kept in `<store>/users.json`, made when missing.
+fn passwords(store_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = store_dir.join("users.json");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let kept: BTreeMap<String, String> =
+            serde_json::from_str(&text).with_context(|| format!("{}", file.display()))?;
+        if USERS.iter().all(|u| kept.contains_key(*u)) {
+            return Ok(kept);
+        }
+    }
+    // A leading letter: nats-server reads a variable that looks like a number as one.
+    let made: BTreeMap<String, String> = USERS
+        .iter()
+        .map(|u| {
+            (
+                u.to_string(),
+                format!("m{}", crate::auth::token::generate()),
+            )
+        })
+        .collect();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| format!("{}", file.display()))?;
+    std::io::Write::write_all(&mut out, serde_json::to_string(&made)?.as_bytes())?;
+    Ok(made)
+}
+
+fn spawn(
+    bin: &Path,
+    store_dir: &Path,
+    port: u16,
+    passwords: &BTreeMap<String, String>,
+) -> anyhow::Result<Child> {
+    // The flags cannot raise max_payload or name users; a config file can (events carry
+    // results ≤ 64 KiB).
+    std::fs::write(store_dir.join("auth.conf"), AUTH_CONF)?;
     let conf = store_dir.join("local.conf");
-    std::fs::write(&conf, "max_payload: 8MB\n")?;
-    Command::new(bin)
+    std::fs::write(&conf, "max_payload: 8MB\ninclude ./auth.conf\n")?;
+    let mut command = Command::new(bin);
+    command
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store_dir)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    for (user, password) in passwords {
+        command.env(password_variable(user), password);
+    }
+    command
         .spawn()
         .with_context(|| format!("cannot run {} (set NATS_SERVER_BIN)", bin.display()))
+}
+
+/// The variable nats/auth.conf reads a user's password from.
+fn password_variable(user: &str) -> String {
+    format!("MILLRACE_NATS_{}_PASSWORD", user.to_ascii_uppercase())
 }
 
 impl Drop for LocalNats {

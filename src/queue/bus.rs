@@ -14,7 +14,7 @@ use super::envelope::JobEnvelope;
 use super::events::{JobDone, JobEvent, TokenEvent};
 use super::subjects::{self, JobReply};
 use super::QueueError;
-use crate::config::NatsConfig;
+use crate::config::{NatsAuth, NatsConfig};
 use crate::domain::{JobId, Tag};
 
 #[derive(Clone)]
@@ -53,13 +53,51 @@ fn msg_id_header(id: &str) -> HeaderMap {
     headers
 }
 
+/// Which Millrace process connects: each has its own NATS user (nats/auth.conf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+    Migrate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Worker => "worker",
+            Role::Migrate => "migrate",
+        }
+    }
+}
+
+/// The client's options for `auth`: with a password, a credentials file or an nkey.
+async fn authenticated(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, QueueError> {
+    if let Some(path) = &auth.creds {
+        return async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| QueueError::Connect(format!("NATS_CREDS {}: {e}", path.display())));
+    }
+    Ok(match (&auth.user, &auth.password, &auth.nkey) {
+        (Some(user), Some(password), _) => async_nats::ConnectOptions::with_user_and_password(
+            user.clone(),
+            password.expose().to_owned(),
+        ),
+        (_, _, Some(seed)) => async_nats::ConnectOptions::with_nkey(seed.expose().to_owned()),
+        _ => async_nats::ConnectOptions::new(),
+    })
+}
+
 impl Bus {
-    pub async fn connect(config: &NatsConfig, name: &str) -> Result<Self, QueueError> {
+    pub async fn connect(config: &NatsConfig, role: Role) -> Result<Self, QueueError> {
         // Bumped on every disconnect and reconnect: live messages may have been missed then, so
         // waiters fall back to the job store.
         let (epoch_tx, epoch) = tokio::sync::watch::channel(0u64);
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
+        let client = authenticated(&config.auth)
+            .await?
+            .name(format!("millrace-{}", role.as_str()))
+            // Replies come to an inbox only this role's user may subscribe to.
+            .custom_inbox_prefix(format!("_INBOX_{}", role.as_str()))
             .event_callback(move |event| {
                 let epoch_tx = epoch_tx.clone();
                 async move {

@@ -10,7 +10,7 @@ pub mod events;
 pub mod setup;
 pub mod subjects;
 
-pub use bus::Bus;
+pub use bus::{Bus, Role};
 
 /// A NATS failure. Every kind is "the broker is unavailable or refused" from the caller's view:
 /// the API answers 503, a worker retries.

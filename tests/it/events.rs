@@ -48,10 +48,7 @@ impl Event {
 }
 
 async fn jetstream(env: &TestEnv) -> jetstream::Context {
-    let client = async_nats::connect(env.nats.url())
-        .await
-        .expect("connect to the test NATS");
-    jetstream::new(client)
+    jetstream::new(env.nats_as("events").await)
 }
 
 /// A durable pull consumer on every job event of workspace `test`, from the stream's start.
@@ -490,7 +487,9 @@ async fn a_replayed_event_is_not_stored_twice() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{id}:completed").as_str());
     let payload = serde_json::to_vec(&original.body).unwrap();
-    let ack = js
+    // As the worker it comes from.
+    let worker = jetstream::new(env.nats_as("worker").await);
+    let ack = worker
         .publish_with_headers(original.subject.clone(), headers, payload.into())
         .await
         .unwrap()
@@ -512,7 +511,7 @@ async fn a_replayed_event_is_not_stored_twice() {
     headers.insert("Nats-Msg-Id", format!("{fresh}:completed").as_str());
     let mut body = original.body.clone();
     body["id"] = json!(fresh.to_string());
-    let ack = js
+    let ack = worker
         .publish_with_headers(
             original.subject.clone(),
             headers,
@@ -593,7 +592,7 @@ async fn nats_py(
     command
         .arg("-c")
         .arg(NATS_PY_READER)
-        .arg(env.nats.url())
+        .arg(env.nats_url_as("events"))
         .arg(durable)
         .arg(want.to_string());
     if let Some(seq) = start_seq {

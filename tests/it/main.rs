@@ -9,6 +9,7 @@ mod flows;
 mod identity;
 mod isolation;
 mod jobs_api;
+mod nats_auth;
 mod openapi;
 mod payloads;
 mod permissions;

@@ -648,7 +648,7 @@ async fn tokens_list_shows_metadata_and_last_use_without_the_token() {
 async fn token_events(env: &TestEnv) -> Vec<(String, Option<String>, Value)> {
     use async_nats::jetstream::{self, consumer};
     use futures::StreamExt;
-    let js = jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let js = jetstream::new(env.nats_as("events").await);
     let stream = js.get_stream("MILLRACE_EVENTS").await.unwrap();
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {

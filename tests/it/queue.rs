@@ -11,20 +11,26 @@ use crate::common::{TestEnv, WS};
 
 const JOBS_STREAM: &str = "MILLRACE_JOBS";
 
-async fn jetstream(env: &TestEnv) -> jetstream::Context {
-    let client = async_nats::connect(env.nats.url())
-        .await
-        .expect("connect to the test NATS");
-    jetstream::new(client)
+/// The jobs stream as the API publishes to it, and as its administrator sees it.
+struct Jobs {
+    api: jetstream::Context,
+    admin: jetstream::Context,
 }
 
-async fn stream_state(js: &jetstream::Context) -> jetstream::stream::State {
-    let mut stream = js.get_stream(JOBS_STREAM).await.unwrap();
+async fn jetstream(env: &TestEnv) -> Jobs {
+    Jobs {
+        api: jetstream::new(env.nats_as("api").await),
+        admin: jetstream::new(env.nats_as("migrate").await),
+    }
+}
+
+async fn stream_state(js: &Jobs) -> jetstream::stream::State {
+    let mut stream = js.admin.get_stream(JOBS_STREAM).await.unwrap();
     stream.info().await.unwrap().state.clone()
 }
 
 /// Messages in the jobs stream: published and not yet acked (or taken back).
-async fn queued_messages(js: &jetstream::Context) -> u64 {
+async fn queued_messages(js: &Jobs) -> u64 {
     stream_state(js).await.messages
 }
 
@@ -66,15 +72,16 @@ async fn wait_for_log(env: &TestEnv, line: &str) {
     }
 }
 
-async fn publish(js: &jetstream::Context, message: &Value) {
-    js.publish(
-        "millrace.jobs.default",
-        serde_json::to_vec(message).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+async fn publish(js: &Jobs, message: &Value) {
+    js.api
+        .publish(
+            "millrace.jobs.default",
+            serde_json::to_vec(message).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

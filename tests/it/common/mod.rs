@@ -306,6 +306,44 @@ impl TestEnv {
         dir
     }
 
+    /// `<dir>/nats-<user>.password`, mode 0400.
+    pub fn nats_password_file(&self, user: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let file = self.dir.path().join(format!("nats-{user}.password"));
+        if !file.exists() {
+            std::fs::write(&file, format!("{}\n", self.nats.password(user))).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        file
+    }
+
+    /// A NATS client logged in as one of the users of nats/auth.conf (with the role's inbox,
+    /// as Millrace's processes use it).
+    pub async fn nats_as(&self, user: &str) -> async_nats::Client {
+        let options = async_nats::ConnectOptions::with_user_and_password(
+            user.into(),
+            self.nats.password(user).into(),
+        );
+        let options = if user == "events" {
+            options
+        } else {
+            options.custom_inbox_prefix(format!("_INBOX_{user}"))
+        };
+        options
+            .connect(self.nats.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test NATS as {user}: {e}"))
+    }
+
+    /// The NATS URL with a user's credentials in it, for clients in other languages.
+    pub fn nats_url_as(&self, user: &str) -> String {
+        self.nats.url().replacen(
+            "nats://",
+            &format!("nats://{user}:{}@", self.nats.password(user)),
+            1,
+        )
+    }
+
     pub fn database_url(&self) -> String {
         self.pg.url("millrace")
     }
@@ -342,6 +380,12 @@ impl TestEnv {
             .env("WORKER_BUN", tool("WORKER_BUN", "bun"))
             .env("WORKER_DENO", tool("WORKER_DENO", "deno"))
             .stdin(Stdio::null());
+        if let Some(user) = ["api", "worker", "migrate"].into_iter().find(|u| *u == sub) {
+            // As a file readable by the process's user only, as the chart mounts it.
+            command
+                .env("NATS_USER", user)
+                .env("NATS_PASSWORD_FILE", self.nats_password_file(user));
+        }
         if let Some(s3) = &self.s3 {
             command.envs(s3.env());
         }

@@ -1,0 +1,301 @@
+//! NATS lets in only Millrace's users (nats/auth.conf), each limited to its role's subjects:
+//! what a script — or anything else that reaches the NATS port — could try there without the
+//! right credentials, or with the wrong role's.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::common::{TestEnv, WS};
+
+/// A client of `user` and the errors the server sends it (a refused publish or subscription
+/// is reported on the connection, not to the caller).
+async fn client_as(
+    env: &TestEnv,
+    user: &str,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let options = async_nats::ConnectOptions::with_user_and_password(
+        user.into(),
+        env.nats.password(user).into(),
+    )
+    .event_callback(move |event| {
+        let tx = tx.clone();
+        async move {
+            if let async_nats::Event::ServerError(e) = event {
+                let _ = tx.send(e.to_string());
+            }
+        }
+    });
+    let options = if user == "events" {
+        options
+    } else {
+        options.custom_inbox_prefix(format!("_INBOX_{user}"))
+    };
+    let client = options.connect(env.nats.url()).await.unwrap();
+    (client, rx)
+}
+
+/// Waits for the server to refuse `what` (e.g. `Publish to "millrace.jobs.default"`).
+async fn refused(errors: &mut mpsc::UnboundedReceiver<String>, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let error = tokio::time::timeout_at(deadline, errors.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the server did not refuse {what}"))
+            .unwrap();
+        if error.contains("Permissions Violation") && error.contains(what) {
+            return;
+        }
+    }
+}
+
+/// The jobs stream's last sequence, as its administrator sees it.
+async fn jobs_published(env: &TestEnv) -> u64 {
+    let js = jetstream::new(env.nats_as("migrate").await);
+    let mut stream = js.get_stream("MILLRACE_JOBS").await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
+
+fn forged_envelope() -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "v": 3, "id": uuid::Uuid::new_v4(), "workspace": WS, "kind": "script",
+        "path": "u/alice/x", "hash": "0000000000000000", "language": "bash",
+        "created_by": "mallory", "permissioned_as": "superadmin@millrace.local",
+        "scopes": null, "tag": "default", "timeout_s": null, "scheduled_for": null
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn nats_refuses_clients_without_credentials() {
+    let env = TestEnv::start().await;
+    for options in [
+        async_nats::ConnectOptions::new(),
+        async_nats::ConnectOptions::with_user_and_password("worker".into(), "guess".into()),
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into()),
+    ] {
+        let error = options
+            .connect(env.nats.url())
+            .await
+            .expect_err("NATS let in a client without valid credentials");
+        assert!(
+            error.to_string().to_lowercase().contains("authorization"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_the_api_and_workers_may_publish_jobs() {
+    let env = TestEnv::start().await;
+    let before = jobs_published(&env).await;
+    let (events, mut errors) = client_as(&env, "events").await;
+    events
+        .publish("millrace.jobs.default", forged_envelope().into())
+        .await
+        .unwrap();
+    events.flush().await.unwrap();
+    refused(&mut errors, "Publish to \"millrace.jobs.default\"").await;
+    // Not through JetStream's API either: no direct-get or consumer could write a job.
+    let mut js = jetstream::new(events.clone());
+    js.set_timeout(Duration::from_secs(2));
+    assert!(js.get_stream("MILLRACE_JOBS").await.is_err());
+    refused(&mut errors, "MILLRACE_JOBS").await;
+    assert_eq!(jobs_published(&env).await, before, "a forged job is queued");
+}
+
+#[tokio::test]
+async fn a_forged_done_does_not_answer_a_waiting_caller() {
+    let env = TestEnv::start().await;
+    env.script(
+        "u/alice/slow",
+        "bash",
+        "sleep 2\necho '\"real\"' > result.json\n",
+    )
+    .await;
+    let id = uuid::Uuid::new_v4();
+    let url = format!(
+        "{}/api/w/{WS}/jobs/run_wait_result/p/u/alice/slow?job_id={id}",
+        env.api_url
+    );
+    let call = env
+        .http
+        .post(url)
+        .bearer_auth(&env.token)
+        .json(&json!({}))
+        .send();
+    let call = tokio::spawn(call);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (events, mut errors) = client_as(&env, "events").await;
+    let forged = json!({"id": id, "success": true, "canceled": false, "result": "forged"});
+    events
+        .publish(
+            format!("millrace.job.{id}.done"),
+            serde_json::to_vec(&forged).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    events.flush().await.unwrap();
+    refused(
+        &mut errors,
+        &format!("Publish to \"millrace.job.{id}.done\""),
+    )
+    .await;
+    // Nor may the events user listen to the job's live subjects (its logs and result).
+    let _sub = events
+        .subscribe(format!("millrace.job.{id}.*"))
+        .await
+        .unwrap();
+    refused(&mut errors, "Subscription to \"millrace.job.").await;
+    let answer = call.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "\"real\"");
+}
+
+#[tokio::test]
+async fn streams_are_administered_by_the_migrate_user_alone() {
+    let env = TestEnv::start().await;
+    for user in ["worker", "api", "events"] {
+        let (client, mut errors) = client_as(&env, user).await;
+        let mut js = jetstream::new(client);
+        // A refused request is never answered: do not wait long for it.
+        js.set_timeout(Duration::from_secs(2));
+        for stream in ["MILLRACE_JOBS", "MILLRACE_EVENTS"] {
+            assert!(
+                js.delete_stream(stream).await.is_err(),
+                "{user} deleted {stream}"
+            );
+            refused(
+                &mut errors,
+                &format!("Publish to \"$JS.API.STREAM.DELETE.{stream}\""),
+            )
+            .await;
+        }
+        // Nor empty the queue.
+        let jobs = js.get_stream_no_info("MILLRACE_JOBS").await.unwrap();
+        assert!(jobs.purge().await.is_err(), "{user} purged the jobs stream");
+        refused(
+            &mut errors,
+            "Publish to \"$JS.API.STREAM.PURGE.MILLRACE_JOBS\"",
+        )
+        .await;
+    }
+    // Both streams are whole, and the instance still runs jobs.
+    let js = jetstream::new(env.nats_as("migrate").await);
+    for stream in ["MILLRACE_JOBS", "MILLRACE_EVENTS"] {
+        js.get_stream(stream).await.unwrap();
+    }
+    env.script("u/alice/ok", "bash", "echo '1' > result.json\n")
+        .await;
+    assert_eq!(env.run_ok("u/alice/ok", json!({})).await, json!(1));
+}
+
+#[tokio::test]
+async fn the_events_user_reads_events_but_not_jobs() {
+    let env = TestEnv::start().await;
+    let (events, mut errors) = client_as(&env, "events").await;
+    let mut feed = events
+        .subscribe(format!("millrace.events.{WS}.job.>"))
+        .await
+        .unwrap();
+    let _jobs = events.subscribe("millrace.jobs.>").await.unwrap();
+    refused(&mut errors, "Subscription to \"millrace.jobs.>\"").await;
+    // A consumer of its own on the jobs stream would take (and ack) other tenants' jobs.
+    let mut js = jetstream::new(events.clone());
+    js.set_timeout(Duration::from_secs(2));
+    let created = js
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some("thief".into()),
+                ..Default::default()
+            },
+            "MILLRACE_JOBS",
+        )
+        .await;
+    assert!(created.is_err(), "events made a jobs consumer");
+    refused(&mut errors, "$JS.API.CONSUMER.").await;
+    env.script("u/alice/hi", "bash", "echo '\"hi\"' > result.json\n")
+        .await;
+    env.run_ok("u/alice/hi", json!({})).await;
+    let event = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut feed))
+        .await
+        .expect("no job event reached the events user")
+        .unwrap();
+    assert!(event
+        .subject
+        .starts_with(&format!("millrace.events.{WS}.job.")));
+}
+
+#[tokio::test]
+async fn the_events_user_cannot_deliver_events_into_a_jobs_subjects() {
+    let env = TestEnv::start().await;
+    env.script("u/alice/hi", "bash", "echo '\"hi\"' > result.json\n")
+        .await;
+    env.run_ok("u/alice/hi", json!({})).await;
+    let events = env.nats_as("events").await;
+    let mut js = jetstream::new(events.clone());
+    js.set_timeout(Duration::from_secs(2));
+    let watcher = env.nats_as("api").await;
+    let id = uuid::Uuid::new_v4();
+    // A push consumer's messages are sent by the server, not by its creator: were any deliver
+    // subject allowed, stored events (results that scripts shape) would land where sync
+    // callers read results. The control: an inbox of the events user's own gets them.
+    let inbox = events.new_inbox();
+    for (deliver_to, delivers) in [(format!("millrace.job.{id}.done"), false), (inbox, true)] {
+        let mut heard = if delivers {
+            events.subscribe(deliver_to.clone()).await.unwrap()
+        } else {
+            watcher
+                .subscribe(format!("millrace.job.{id}.*"))
+                .await
+                .unwrap()
+        };
+        // The creation itself may be accepted: what matters is that nothing arrives.
+        let _ = js
+            .create_consumer_on_stream(
+                jetstream::consumer::push::Config {
+                    deliver_subject: deliver_to.clone(),
+                    ..Default::default()
+                },
+                "MILLRACE_EVENTS",
+            )
+            .await;
+        let got =
+            tokio::time::timeout(Duration::from_secs(3), futures::StreamExt::next(&mut heard))
+                .await;
+        assert_eq!(got.is_ok(), delivers, "delivered to {deliver_to}");
+    }
+}
+
+#[tokio::test]
+async fn a_job_gets_no_nats_credentials() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: jobs run as users of their own only when the worker is root (CI is)");
+        return;
+    }
+    let env = TestEnv::start().await;
+    // The harness gives the worker its password as a 0400 file, as the chart does; the job
+    // runs as a user of its own, in a clean environment.
+    let file = env.nats_password_file("worker");
+    env.scratch();
+    env.script(
+        "u/alice/creds",
+        "bash",
+        "path=\"$1\"\ncat \"$path\" 2>&1 | head -c 300\necho\nenv | grep NATS_ || echo 'no NATS variable'\n",
+    )
+    .await;
+    let id = env.run("u/alice/creds", json!({"path": file})).await;
+    env.wait(&id, Duration::from_secs(60)).await;
+    let logs = env
+        .get(&format!("/api/w/{WS}/jobs_u/get_logs/{id}"), &env.token)
+        .await
+        .expect(200)
+        .text;
+    assert!(logs.contains("Permission denied"), "{logs}");
+    assert!(logs.contains("no NATS variable"), "{logs}");
+    assert!(!logs.contains(env.nats.password("worker")), "{logs}");
+}
