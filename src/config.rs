@@ -467,4 +467,15 @@ pub struct S3Config {
     /// script uploads) → 413 above it.
     #[arg(long = "max-upload-size", env = "MAX_UPLOAD_SIZE", default_value_t = 1024 * 1024 * 1024)]
     pub max_upload_size: u64,
+
+    /// Internal hosts that workspaces' own object storage endpoints may name, comma-separated:
+    /// `name`, `name:port`, an IP address, `ip:port` (`[v6]:port`) or a CIDR block. Without an
+    /// entry, an endpoint that resolves to a loopback, link-local, private or other non-public
+    /// address is refused (the `S3_*` default storage is the operator's and is never checked).
+    #[arg(
+        long = "object-storage-allowed-hosts",
+        env = "OBJECT_STORAGE_ALLOWED_HOSTS",
+        default_value = ""
+    )]
+    pub allowed_hosts: String,
 }

@@ -1,7 +1,9 @@
 //! Where a workspace's files live (SPEC §7 "Object storage settings"): its own bucket when a
 //! workspace admin set one, else the instance default (`S3_*`) with each workspace under its
 //! own `<workspace>/` prefix, so that no workspace reaches another's files. Also the routes
-//! that read and change the settings; none of them ever returns the secret key.
+//! that read and change the settings; none of them ever returns the secret key. A workspace's
+//! own endpoint must pass the endpoint guard (`OBJECT_STORAGE_ALLOWED_HOSTS`) when it is saved
+//! and on every connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use super::{authorize, AppState};
 use crate::auth::Access;
 use crate::config::{S3Config, Secret};
 use crate::domain::WorkspaceId;
+use crate::storage::endpoint_guard::EndpointGuard;
 use crate::storage::{ObjectStore, S3Settings, StorageError};
 use crate::store::object_storage::{self as settings_store, ObjectStorageRow};
 
@@ -27,6 +30,7 @@ pub struct ObjectStorage(Arc<Inner>);
 struct Inner {
     instance: Option<(S3Settings, ObjectStore)>,
     max_upload_size: u64,
+    guard: EndpointGuard,
     /// Clients of workspaces' own settings, reused while those settings are unchanged (a
     /// client owns a connection pool).
     own: Mutex<HashMap<String, (ObjectStorageRow, ObjectStore)>>,
@@ -36,7 +40,7 @@ impl ObjectStorage {
     pub fn from_config(config: &S3Config) -> anyhow::Result<Self> {
         let instance = match S3Settings::from_config(config)? {
             Some(settings) => {
-                let store = ObjectStore::new(&settings, "", config.max_upload_size)?;
+                let store = ObjectStore::trusted(&settings, "", config.max_upload_size)?;
                 tracing::info!(endpoint = %settings.endpoint, bucket = %settings.bucket,
                     "default object storage configured");
                 Some((settings, store))
@@ -46,6 +50,7 @@ impl ObjectStorage {
         Ok(Self(Arc::new(Inner {
             instance,
             max_upload_size: config.max_upload_size,
+            guard: EndpointGuard::parse(&config.allowed_hosts).map_err(anyhow::Error::msg)?,
             own: Mutex::default(),
         })))
     }
@@ -55,6 +60,7 @@ impl ObjectStorage {
         Self(Arc::new(Inner {
             instance: None,
             max_upload_size: 1024 * 1024 * 1024,
+            guard: EndpointGuard::default(),
             own: Mutex::default(),
         }))
     }
@@ -77,15 +83,24 @@ impl ObjectStorage {
                 .as_ref()
                 .map(|(_, store)| store.with_prefix(&format!("{ws}/"))));
         };
-        let mut own = self.0.own.lock().expect("object storage cache lock");
-        if let Some((cached, store)) = own.get(ws.as_str()) {
-            if *cached == row {
-                return Ok(Some(store.clone()));
+        if let Some((cached, store)) = self.cached(ws) {
+            if cached == row {
+                return Ok(Some(store));
             }
         }
-        let store = ObjectStore::new(&to_settings(&row), "", self.0.max_upload_size)?;
-        own.insert(ws.to_string(), (row, store.clone()));
+        let store =
+            ObjectStore::guarded(&to_settings(&row), &self.0.guard, self.0.max_upload_size).await?;
+        self.0
+            .own
+            .lock()
+            .expect("object storage cache lock")
+            .insert(ws.to_string(), (row, store.clone()));
         Ok(Some(store))
+    }
+
+    fn cached(&self, ws: &WorkspaceId) -> Option<(ObjectStorageRow, ObjectStore)> {
+        let own = self.0.own.lock().expect("object storage cache lock");
+        own.get(ws.as_str()).cloned()
     }
 
     /// The workspace's storage, or 400 saying that there is none.
@@ -122,6 +137,12 @@ impl From<StorageError> for ApiError {
                 ApiError::Unavailable("object storage")
             }
             StorageError::Interrupted => ApiError::bad_request("the upload was interrupted"),
+            StorageError::Blocked(detail) => {
+                tracing::warn!(error = %detail, "workspace object storage blocked");
+                ApiError::bad_request(format!(
+                    "the workspace's object storage cannot be used: {detail}"
+                ))
+            }
             StorageError::Refused(detail) => ApiError::Internal {
                 context:
                     "the object storage refused the request (check its bucket and credentials)",
@@ -261,6 +282,12 @@ pub async fn set_settings(
     };
     to_settings(&row)
         .validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    storage
+        .0
+        .guard
+        .check(&row.endpoint)
+        .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     settings_store::put(state.pool(), &ws, &row, access.username.as_str()).await?;
     tracing::info!(workspace = %ws, by = %access.username, "object storage settings changed");

@@ -1,12 +1,16 @@
 //! Object storage: files on an S3-compatible store (MinIO, AWS S3, …) through the `minio`
 //! crate. Webhook uploads and the files scripts read and write live here (SPEC §1 multipart,
 //! §7 "Object storage settings"). Nothing here knows about HTTP or workspaces' rights: callers
-//! pass a checked key and get typed errors whose text never holds a credential.
+//! pass a checked key and get typed errors whose text never holds a credential. A workspace's
+//! own endpoint is reached only through the guard (`endpoint_guard.rs`, `relay.rs`).
 
+pub mod endpoint_guard;
 pub mod keys;
+mod relay;
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -19,6 +23,8 @@ use minio::s3::types::{Region, S3Api};
 use minio::s3::{MinioClient, MinioClientBuilder};
 
 use crate::config::{S3Config, Secret};
+use endpoint_guard::{EndpointError, EndpointGuard};
+use relay::Relay;
 
 /// Smallest part S3 accepts in a multipart upload; the memory one upload holds at a time.
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -100,6 +106,9 @@ pub enum StorageError {
     Refused(String),
     #[error("the object storage is unreachable: {0}")]
     Unavailable(String),
+    /// The endpoint, or where it led, is not one a workspace may use.
+    #[error("{0}")]
+    Blocked(String),
     /// The data being uploaded failed (the client's body, a size limit): told by the caller.
     #[error("the upload was interrupted")]
     Interrupted,
@@ -116,7 +125,19 @@ impl StorageError {
                     response.code(),
                     response.message().as_deref().unwrap_or_default()
                 );
+                let message = response.message().clone().unwrap_or_default();
                 match response.code() {
+                    // minio hands unknown codes back lowercased.
+                    MinioErrorCode::OtherError(code)
+                        if code.eq_ignore_ascii_case(relay::BLOCKED) =>
+                    {
+                        Self::Blocked(message)
+                    }
+                    MinioErrorCode::OtherError(code)
+                        if code.eq_ignore_ascii_case(relay::UNREACHABLE) =>
+                    {
+                        Self::Unavailable(message)
+                    }
                     MinioErrorCode::NoSuchKey => Self::NotFound(response.resource().to_owned()),
                     MinioErrorCode::NoSuchBucket | MinioErrorCode::AccessDenied => {
                         Self::Refused(detail)
@@ -142,6 +163,16 @@ impl StorageError {
     }
 }
 
+impl From<EndpointError> for StorageError {
+    fn from(e: EndpointError) -> Self {
+        match e {
+            EndpointError::Invalid(_) => Self::Settings(e.to_string()),
+            EndpointError::Refused { .. } => Self::Blocked(e.to_string()),
+            EndpointError::Unresolvable { .. } => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
 /// A stream of file bytes; an error ends the upload.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -159,6 +190,8 @@ pub struct ObjectStore {
     bucket: String,
     prefix: String,
     part_size: u64,
+    /// Held by every clone: the last one dropped stops it.
+    _relay: Option<Arc<Relay>>,
 }
 
 impl fmt::Debug for ObjectStore {
@@ -172,18 +205,46 @@ impl fmt::Debug for ObjectStore {
 }
 
 impl ObjectStore {
-    /// A client for the bucket (no network yet). `max_object_size` sizes multipart parts so
-    /// that an object of that size fits S3's part count.
-    pub fn new(
+    /// A client for the operator's own storage (`S3_*`), which connects wherever the settings
+    /// say: settings from users go through [`ObjectStore::guarded`]. No network yet.
+    /// `max_object_size` sizes multipart parts so that an object of that size fits S3's part
+    /// count.
+    pub fn trusted(
         settings: &S3Settings,
         prefix: &str,
         max_object_size: u64,
     ) -> Result<Self, StorageError> {
+        Self::build(settings, prefix, max_object_size, None)
+    }
+
+    /// A client for settings a workspace admin gave. The endpoint must pass `guard` now, and
+    /// every connection is checked again on the addresses it resolves, with no redirect
+    /// followed: `Blocked` when it does not pass.
+    pub async fn guarded(
+        settings: &S3Settings,
+        guard: &EndpointGuard,
+        max_object_size: u64,
+    ) -> Result<Self, StorageError> {
+        settings.validate()?;
+        let endpoint = guard.check(&settings.endpoint).await?;
+        let relay = Relay::start(endpoint).await?;
+        Self::build(settings, "", max_object_size, Some(Arc::new(relay)))
+    }
+
+    fn build(
+        settings: &S3Settings,
+        prefix: &str,
+        max_object_size: u64,
+        relay: Option<Arc<Relay>>,
+    ) -> Result<Self, StorageError> {
         settings.validate()?;
         let provider =
             StaticProvider::new(&settings.access_key, settings.secret_key.expose(), None);
-        let client = MinioClientBuilder::new(settings.base_url()?)
-            .provider(Some(provider))
+        let mut builder = MinioClientBuilder::new(settings.base_url()?).provider(Some(provider));
+        if let Some(relay) = &relay {
+            builder = builder.hook(relay.hook());
+        }
+        let client = builder
             .build()
             .map_err(|e| StorageError::Settings(e.to_string()))?;
         let needed = max_object_size.div_ceil(MAX_PARTS);
@@ -192,6 +253,7 @@ impl ObjectStore {
             bucket: settings.bucket.clone(),
             prefix: prefix.to_owned(),
             part_size: needed.max(MIN_PART_SIZE),
+            _relay: relay,
         })
     }
 
@@ -309,6 +371,7 @@ mod tests {
             access_key: None,
             secret_key: None,
             max_upload_size: 1 << 30,
+            allowed_hosts: String::new(),
         };
         assert_eq!(S3Settings::from_config(&config).unwrap(), None);
         config.endpoint = Some("http://127.0.0.1:9000".into());
@@ -323,12 +386,13 @@ mod tests {
     #[test]
     fn stores_never_print_their_credentials_and_size_their_parts() {
         let small =
-            ObjectStore::new(&settings("http://h:9000", "uploads"), "ws/", 1 << 30).unwrap();
+            ObjectStore::trusted(&settings("http://h:9000", "uploads"), "ws/", 1 << 30).unwrap();
         let shown = format!("{small:?} {:?}", settings("http://h:9000", "uploads"));
         assert!(!shown.contains("very-secret"), "{shown}");
         assert_eq!(small.part_size, MIN_PART_SIZE);
         assert_eq!(small.full_key("a/b"), "ws/a/b");
-        let huge = ObjectStore::new(&settings("http://h:9000", "uploads"), "", 100 << 30).unwrap();
+        let huge =
+            ObjectStore::trusted(&settings("http://h:9000", "uploads"), "", 100 << 30).unwrap();
         assert!(huge.part_size * MAX_PARTS >= 100 << 30);
     }
 }

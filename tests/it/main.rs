@@ -19,6 +19,7 @@ mod run_stream;
 mod run_sync;
 mod runtimes;
 mod scripts;
+mod storage_endpoints;
 mod uploads;
 mod wmill_client;
 mod worker_crash;
