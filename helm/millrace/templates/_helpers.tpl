@@ -108,14 +108,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-The full name the official NATS chart gives its resources (its own "nats.fullname" logic,
-evaluated with this release and the nats.* values).
+The full name the official NATS chart gives its resources (its own "nats.fullname" logic).
+Takes a context whose .Values are the nats values: the NATS chart's own context, or
+(dict "Values" .Values.nats "Release" .Release) from this chart.
 */}}
 {{- define "millrace.natsFullname" -}}
-{{- if .Values.nats.fullnameOverride }}
-{{- .Values.nats.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- $name := default "nats" .Values.nats.nameOverride }}
+{{- $name := default "nats" .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
@@ -127,7 +128,7 @@ evaluated with this release and the nats.* values).
 {{/* NATS_URL: the bundled NATS Service, or nats.url. */}}
 {{- define "millrace.natsUrl" -}}
 {{- if .Values.nats.enabled }}
-{{- printf "nats://%s.%s.svc:4222" (include "millrace.natsFullname" .) .Release.Namespace }}
+{{- printf "nats://%s.%s.svc:4222" (include "millrace.natsFullname" (dict "Values" .Values.nats "Release" .Release)) .Release.Namespace }}
 {{- else }}
 {{- required "nats.url is required when nats.enabled is false" .Values.nats.url }}
 {{- end }}
@@ -138,7 +139,7 @@ evaluated with this release and the nats.* values).
 {{- if .Values.nats.monitoringEndpoint }}
 {{- .Values.nats.monitoringEndpoint }}
 {{- else if .Values.nats.enabled }}
-{{- printf "%s-headless.%s.svc.cluster.local:8222" (include "millrace.natsFullname" .) .Release.Namespace }}
+{{- printf "%s-headless.%s.svc.cluster.local:8222" (include "millrace.natsFullname" (dict "Values" .Values.nats "Release" .Release)) .Release.Namespace }}
 {{- else }}
 {{- required "nats.monitoringEndpoint (host:port of the NATS monitoring port) is required for KEDA autoscaling with an external NATS" .Values.nats.monitoringEndpoint }}
 {{- end }}
@@ -194,52 +195,104 @@ evaluated with this release and the nats.* values).
 {{- if or .Values.minio.enabled .Values.s3.endpoint }}true{{ end }}
 {{- end }}
 
-{{/*
-Environment of every Millrace container (api, worker, migrate): the ConfigMap, plus the
-secret variables read one by one from the Secret. With an existing Secret the optional keys
-are marked optional, so a Secret without SMTP_PASSWORD still starts.
-*/}}
+{{/* Environment of every Millrace container: the ConfigMap of non-secret settings. */}}
 {{- define "millrace.envFrom" -}}
 - configMapRef:
     name: {{ include "millrace.configMapName" . }}
 {{- end }}
 
+{{/*
+What one Millrace process reads from Secrets, and nothing more, as JSON {"files": [{"name",
+"secret", "key"}]}: "name" is the variable (the file's name), "key" the Secret's key. Workers
+and migrate get DATABASE_URL and their role's NATS credential; only the api gets the
+superadmin secret, the S3 keys and the SMTP password. Takes (dict "ctx" $ "role" "api"),
+role one of api, worker, migrate.
+*/}}
+{{- define "millrace.secretFiles" -}}
+{{- $v := .ctx.Values }}
+{{- $main := include "millrace.secretName" .ctx }}
+{{- $names := list "DATABASE_URL" }}
+{{- if eq .role "api" }}
+{{- $names = append $names "SUPERADMIN_SECRET" }}
+{{- if include "millrace.s3Enabled" .ctx }}
+{{- $names = concat $names (list "S3_ACCESS_KEY" "S3_SECRET_KEY") }}
+{{- end }}
+{{- if and $v.smtp.host $v.smtp.username }}
+{{- $names = append $names "SMTP_PASSWORD" }}
+{{- end }}
+{{- end }}
+{{- $files := list }}
+{{- range $names }}
+{{- $files = append $files (dict "name" . "secret" $main "key" .) }}
+{{- end }}
+{{- $method := $v.nats.auth.method }}
+{{- if ne $method "none" }}
+{{- $natsSecret := include "millrace.natsAuthSecret" (dict "Values" $v.nats "Release" .ctx.Release) }}
+{{- $key := include "millrace.natsSecretKey" (dict "role" .role "method" $method) }}
+{{- $files = append $files (dict "name" (printf "NATS_%s" (upper $method)) "secret" $natsSecret "key" $key) }}
+{{- end }}
+{{- toJson (dict "files" $files) }}
+{{- end }}
+
+{{/* Where a container's secret files are mounted. */}}
+{{- define "millrace.secretDir" -}}
+/etc/millrace/secrets
+{{- end }}
+
+{{/*
+The environment that points a Millrace process at its secret files: <NAME>_FILE for each, but
+NATS_CREDS, which is a path already; NATS_USER with password logins. Takes (dict "ctx" $
+"role" "api").
+*/}}
 {{- define "millrace.secretEnv" -}}
-{{- $secret := include "millrace.secretName" . }}
-{{- $existing := .Values.secrets.existingSecret -}}
-- name: DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: DATABASE_URL
-- name: SUPERADMIN_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: SUPERADMIN_SECRET
-      {{- if $existing }}
-      optional: true
+{{- $auth := .ctx.Values.nats.auth }}
+{{- if eq $auth.method "password" }}
+- name: NATS_USER
+  value: {{ required (printf "nats.auth.users.%s is required" .role) (get $auth.users .role) | quote }}
+{{- end }}
+{{- range (include "millrace.secretFiles" . | fromJson).files }}
+- name: {{ ternary .name (printf "%s_FILE" .name) (eq .name "NATS_CREDS") }}
+  value: {{ printf "%s/%s" (include "millrace.secretDir" $) .name | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The volume holding one process's secret files. Takes (dict "ctx" $ "role" "api"). */}}
+{{- define "millrace.secretVolume" -}}
+{{- $bySecret := dict }}
+{{- range (include "millrace.secretFiles" . | fromJson).files }}
+{{- $_ := set $bySecret .secret (append (get $bySecret .secret | default list) (dict "key" .key "path" .name)) }}
+{{- end -}}
+- name: secrets-{{ .role }}
+  projected:
+    # Owner-only files: with fsGroup the kubelet adds group read for the pod's own group.
+    # Jobs of isolated workers run as other users with no supplementary group, so they can
+    # read none of them.
+    defaultMode: 0400
+    sources:
+      {{- range $secret, $items := $bySecret }}
+      - secret:
+          name: {{ $secret }}
+          items:
+            {{- toYaml $items | nindent 12 }}
       {{- end }}
-{{- if include "millrace.s3Enabled" . }}
-{{- range list "S3_ACCESS_KEY" "S3_SECRET_KEY" }}
-- name: {{ . }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: {{ . }}
-      {{- if or $existing (not $.Values.minio.enabled) }}
-      optional: true
-      {{- end }}
+{{- end }}
+
+{{/*
+The secret volumes of an api or worker pod: the main container's, and the migrate init
+container's when migrations run. Takes (dict "ctx" $ "role" "api").
+*/}}
+{{- define "millrace.secretVolumes" -}}
+{{ include "millrace.secretVolume" . }}
+{{- if .ctx.Values.migrations.enabled }}
+{{ include "millrace.secretVolume" (dict "ctx" .ctx "role" "migrate") }}
 {{- end }}
 {{- end }}
-{{- if .Values.smtp.host }}
-- name: SMTP_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: SMTP_PASSWORD
-      optional: true
-{{- end }}
+
+{{/* The mount of a process's secret files. Takes the role. */}}
+{{- define "millrace.secretMount" -}}
+- name: secrets-{{ . }}
+  mountPath: {{ include "millrace.secretDir" . }}
+  readOnly: true
 {{- end }}
 
 {{/* The migrate init container of api and worker pods. */}}
@@ -252,7 +305,7 @@ are marked optional, so a Secret without SMTP_PASSWORD still starts.
   envFrom:
     {{- include "millrace.envFrom" . | nindent 4 }}
   env:
-    {{- include "millrace.secretEnv" . | nindent 4 }}
+    {{- include "millrace.secretEnv" (dict "ctx" . "role" "migrate") | nindent 4 }}
   securityContext:
     {{- toYaml .Values.securityContext | nindent 4 }}
   resources:
@@ -260,6 +313,7 @@ are marked optional, so a Secret without SMTP_PASSWORD still starts.
   volumeMounts:
     - name: tmp
       mountPath: /tmp
+    {{- include "millrace.secretMount" "migrate" | nindent 4 }}
 {{- end }}
 {{- end }}
 
@@ -269,8 +323,38 @@ Annotations that roll the pods when the configuration they read changes.
 {{- define "millrace.configChecksums" -}}
 checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- if not .Values.secrets.existingSecret }}
-checksum/secret-inputs: {{ list .Values.secrets .Values.database .Values.s3 .Values.smtp.password .Values.postgresql.auth | toJson | sha256sum }}
+checksum/secret-inputs: {{ list .Values.secrets .Values.database .Values.s3 .Values.smtp.password .Values.postgresql.auth .Values.nats.auth | toJson | sha256sum }}
 {{- end }}
+{{- end }}
+
+{{/*
+A secret value: the one given in values, else the one the cluster already holds (so generated
+values survive upgrades), else the fresh one. Takes (dict "given" "" "old" <the existing
+Secret's data> "key" "NAME" "fresh" (randAlphaNum 32)).
+*/}}
+{{- define "millrace.kept" -}}
+{{- .given | default (get .old .key | b64dec) | default .fresh }}
+{{- end }}
+
+{{/*
+A Secret the chart generates. helm uninstall keeps it, like the data it unlocks. Takes (dict
+"ctx" $ "name" "..." "component" "..." "data" <map of plain values>).
+*/}}
+{{- define "millrace.secret" }}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "millrace.componentLabels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+  annotations:
+    helm.sh/resource-policy: keep
+type: Opaque
+data:
+  {{- range $key := keys .data | sortAlpha }}
+  {{ $key }}: {{ get $.data $key | b64enc | quote }}
+  {{- end }}
 {{- end }}
 
 {{/*
@@ -298,14 +382,110 @@ mergeOverwrite skips those). Returns JSON. Takes (dict "base" $map "over" $map).
 {{- toJson (dict "groups" $groups) }}
 {{- end }}
 
-{{/* NetworkPolicy egress rule for DNS, wherever the cluster runs it. */}}
+{{/* NetworkPolicy egress rule for DNS: to networkPolicy.dns, or to kube-dns. */}}
 {{- define "millrace.np.dns" -}}
-# DNS, wherever the cluster runs it.
-- ports:
+- to:
+    {{- with .Values.networkPolicy.dns }}
+    {{- toYaml . | nindent 4 }}
+    {{- else }}
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: kube-system
+      podSelector:
+        matchLabels:
+          k8s-app: kube-dns
+    {{- end }}
+  ports:
     - port: 53
       protocol: UDP
     - port: 53
       protocol: TCP
+{{- end }}
+
+{{/* NetworkPolicy egress rule to pods of the namespace. Takes (dict "labels" <YAML> "port" 5432). */}}
+{{- define "millrace.np.toPods" -}}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- .labels | nindent 10 }}
+  ports:
+    - port: {{ .port }}
+      protocol: TCP
+{{- end }}
+
+{{/*
+NetworkPolicy egress rule to an external service: the cidrs and peers of
+networkPolicy.external.<name>. Without any the install fails, since a rule without
+destinations would allow every address. Takes (dict "ctx" $ "name" "s3" "ports" <default>).
+*/}}
+{{- define "millrace.np.toExternal" -}}
+{{- $ext := get .ctx.Values.networkPolicy.external .name }}
+{{- $peers := $ext.peers | default list }}
+{{- range $ext.cidrs }}
+{{- $peers = append $peers (dict "ipBlock" (dict "cidr" .)) }}
+{{- end }}
+{{- if not $peers }}
+{{- fail (printf "networkPolicy.external.%s: give the addresses of the external %s (cidrs or peers), or the NetworkPolicy cannot let pods reach it" .name .name) }}
+{{- end -}}
+- to:
+    {{- toYaml $peers | nindent 4 }}
+  ports:
+    {{- range ($ext.ports | default .ports) }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+
+{{/* NetworkPolicy egress rules to PostgreSQL and NATS, which api and worker pods both use. */}}
+{{- define "millrace.np.stores" -}}
+{{- $rules := list }}
+{{- if .Values.postgresql.enabled }}
+{{- $rules = append $rules (include "millrace.np.toPods" (dict "labels" (include "millrace.componentSelectorLabels" (dict "ctx" . "component" "postgresql")) "port" 5432)) }}
+{{- else }}
+{{- $rules = append $rules (include "millrace.np.toExternal" (dict "ctx" . "name" "postgresql")) }}
+{{- end }}
+{{- if .Values.nats.enabled }}
+{{- $rules = append $rules (include "millrace.np.toPods" (dict "labels" (include "millrace.natsSelectorLabels" .) "port" 4222)) }}
+{{- else }}
+{{- $rules = append $rules (include "millrace.np.toExternal" (dict "ctx" . "name" "nats")) }}
+{{- end }}
+{{- join "\n" $rules }}
+{{- end }}
+
+{{/* The selector labels of the bundled NATS servers' pods (the NATS chart's "nats.selectorLabels"). */}}
+{{- define "millrace.natsSelectorLabels" -}}
+app.kubernetes.io/name: {{ default "nats" .Values.nats.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nats
+{{- end }}
+
+{{/*
+NetworkPolicy egress rule to public addresses (the workers' scripts; the api's workspace
+stores, on their ports): every address but networkPolicy.workerInternetExcept, split by address
+family as ipBlock requires. Takes (dict "ctx" $ "ports" <list, optional: every port>).
+*/}}
+{{- define "millrace.np.internet" -}}
+{{- $except := dict "0.0.0.0/0" list "::/0" list }}
+{{- range .ctx.Values.networkPolicy.workerInternetExcept }}
+{{- $all := ternary "::/0" "0.0.0.0/0" (contains ":" .) }}
+{{- $_ := set $except $all (append (get $except $all) .) }}
+{{- end -}}
+- to:
+    {{- range $cidr, $out := $except }}
+    - ipBlock:
+        cidr: {{ $cidr }}
+        {{- with $out }}
+        except:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+    {{- end }}
+  {{- with .ports }}
+  ports:
+    {{- range . }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- end }}
 {{- end }}
 
 {{/*

@@ -65,6 +65,15 @@ and NATS are up and the schema is current. Watch them with:
 {{- end }}
 
   In-cluster callback URL for scripts (BASE_INTERNAL_URL): {{ include "millrace.internalUrl" . }}
+{{- if .Values.nats.enabled }}
+
+5. Job events for other systems
+
+  NATS user "{{ .Values.nats.auth.users.events }}" may only read the events (subjects millrace.events.>, stream
+  MILLRACE_EVENTS) at {{ include "millrace.natsUrl" . }}. Its password:
+
+  kubectl -n {{ .Release.Namespace }} get secret {{ include "millrace.natsAuthSecret" (dict "Values" .Values.nats "Release" .Release) }} -o jsonpath='{.data.MILLRACE_NATS_EVENTS_PASSWORD}' | base64 -d
+{{- end }}
 {{- if and .Values.ingress.enabled (not .Values.ingress.tls) }}
 
 WARNING: the Ingress has no TLS section; tokens would cross the network in clear text.
