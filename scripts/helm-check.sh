@@ -27,8 +27,9 @@
 # The official NATS chart (a dependency) cannot be fetched here without its chart repository.
 # The chart is rendered from a temporary copy whose charts/nats is helm/millrace/charts/nats*
 # when `helm dependency update` put it there, else $NATS_CHART_DIR (default
-# ../shared/vendor/helm/nats next to the repository: chart 2.14.2, unpacked). Nothing is
-# written into helm/millrace. See docs/kubernetes.md.
+# ../shared/vendor/helm/nats next to the repository: chart 2.14.2, unpacked), else the copy
+# of it kept in the tools directory by an earlier run. Nothing is written into helm/millrace.
+# See docs/kubernetes.md.
 #
 # Environment: KUBE_VERSION (default 1.37.0), MILLRACE_TOOLS_DIR, CONFIG_NAMES_FILE, MILLRACE_BIN,
 # NATS_CHART_DIR, NATS_SERVER_BIN.
@@ -128,6 +129,14 @@ CHART="$WORK/chart/millrace"
 mkdir -p "$WORK/chart"
 cp -R "$CHART_SRC" "$CHART"
 NATS_CHART_DIR="${NATS_CHART_DIR:-$ROOT/../shared/vendor/helm/nats}"
+# A copy kept with the tools, for checkouts that have no unpacked chart next to them.
+NATS_CHART_CACHE="$TOOLS_DIR/helm-charts/nats"
+if [ -f "$NATS_CHART_DIR/Chart.yaml" ]; then
+  rm -rf "$NATS_CHART_CACHE" && mkdir -p "$TOOLS_DIR/helm-charts"
+  cp -R "$NATS_CHART_DIR" "$NATS_CHART_CACHE"
+elif [ -f "$NATS_CHART_CACHE/Chart.yaml" ]; then
+  NATS_CHART_DIR="$NATS_CHART_CACHE"
+fi
 if compgen -G "$CHART/charts/nats-*.tgz" >/dev/null || [ -f "$CHART/charts/nats/Chart.yaml" ]; then
   echo "NATS chart: the one in helm/millrace/charts/"
 elif [ -f "$NATS_CHART_DIR/Chart.yaml" ]; then
