@@ -294,7 +294,8 @@ pub struct WorkerConfig {
     )]
     pub job_uid_range: String,
 
-    /// Bytes of heap and data a job's process may use (RLIMIT_DATA).
+    /// Bytes of heap and data a job's process may use (RLIMIT_DATA), and all its processes
+    /// together where the worker may make cgroups.
     #[arg(
         long = "job-memory-limit",
         env = "JOB_MEMORY_LIMIT",

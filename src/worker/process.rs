@@ -128,16 +128,12 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
         // Its own group, so a kill reaches every process the script started.
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(uid) = confinement.uid {
-        command.uid(uid).gid(uid);
-    }
-    let limits = confinement.limits;
-    let own_user = confinement.uid.is_some();
     // A backstop only: the wall-clock timeout ends the job first.
     let cpu_seconds = timeout.as_secs().saturating_add(60);
-    // SAFETY: `apply_limits` makes only setrlimit calls, async-signal-safe.
+    let entering = confinement.clone();
+    // SAFETY: `enter` makes only async-signal-safe system calls.
     unsafe {
-        command.pre_exec(move || sandbox::apply_limits(&limits, own_user, cpu_seconds));
+        command.pre_exec(move || entering.enter(cpu_seconds));
     }
     let mut child = command.spawn()?;
     let pid = child.id();
@@ -308,6 +304,7 @@ mod tests {
             max_output,
             confinement: Confinement {
                 uid: None,
+                cgroup: None,
                 limits: Limits {
                     memory: 1 << 32,
                     processes: 1 << 20,

@@ -291,3 +291,87 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Whether this machine lets a root worker make cgroup v1 memory and pids groups, or has a
+/// delegated v2 cgroup (CI's machines have the former); the worker says which in its log.
+fn job_cgroups_in_log(env: &TestEnv) -> bool {
+    let logs = env.logs();
+    if logs.contains("no cgroups for jobs") {
+        let why = logs
+            .lines()
+            .find(|l| l.contains("no cgroups for jobs"))
+            .unwrap_or_default();
+        eprintln!("skipped: this machine lets the worker make no cgroups: {why}");
+        return false;
+    }
+    assert!(
+        logs.contains("jobs run in cgroups of their own"),
+        "the worker said nothing about cgroups:\n{logs}"
+    );
+    true
+}
+
+#[tokio::test]
+async fn a_jobs_processes_share_one_memory_and_process_budget() {
+    if !as_root() {
+        return;
+    }
+    let env = TestEnv::with(Options {
+        workers: 1,
+        worker_env: vec![
+            ("JOB_MEMORY_LIMIT".into(), (200u64 << 20).to_string()),
+            ("JOB_MAX_PROCESSES".into(), "77".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    env.script(
+        "u/alice/where",
+        "bash",
+        "grep -E ':(memory|pids):|^0::' /proc/self/cgroup\n\
+         for f in $(sed -n 's/^[0-9]*:\\(pids\\|memory\\):\\(.*\\)/\\1\\2/p;s/^0::\\(.*\\)/unified\\1/p' /proc/self/cgroup); do\n\
+           d=/sys/fs/cgroup/$f\n\
+           cat $d/pids.max $d/memory.limit_in_bytes $d/memory.max 2>/dev/null\n\
+         done\n",
+    )
+    .await;
+    let (_, logs) = run_output(&env, "u/alice/where", json!({})).await;
+    if !job_cgroups_in_log(&env) {
+        return;
+    }
+    assert!(logs.contains("millrace-job-"), "{logs}");
+    // A root worker with only CAP_SETUID/CAP_SETGID may find the pids hierarchy read-only (as
+    // here): then RLIMIT_NPROC alone counts the job's processes.
+    if logs
+        .lines()
+        .any(|l| l.contains(":pids:/") && l.contains("millrace-job-"))
+    {
+        assert!(logs.lines().any(|l| l.trim() == "77"), "pids.max: {logs}");
+    }
+    assert!(
+        logs.lines().any(|l| l.trim() == (200u64 << 20).to_string()),
+        "memory limit: {logs}"
+    );
+
+    // Three processes of 150 MiB each: every one is within its own limit (the rlimit is per
+    // process), together they are over the job's 200 MiB, and the kernel stops them.
+    env.script(
+        "u/alice/hog",
+        "bash",
+        "for i in 1 2 3; do\n\
+           python3 -c \"b = bytearray(150 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(3); print('held')\" &\n\
+         done\n\
+         wait\necho end\n",
+    )
+    .await;
+    let (_, logs) = run_output(&env, "u/alice/hog", json!({})).await;
+    assert!(logs.contains("end"), "{logs}");
+    assert!(
+        logs.lines().filter(|l| l.trim() == "held").count() < 3,
+        "450 MiB held under a 200 MiB job limit: {logs}"
+    );
+    // The worker is unharmed.
+    env.script("u/alice/ok", "bash", "echo '1' > result.json\n")
+        .await;
+    assert_eq!(env.run_ok("u/alice/ok", json!({})).await, json!(1));
+}

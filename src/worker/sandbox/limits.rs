@@ -15,7 +15,7 @@ pub struct Limits {
 /// the job's user). Runs between fork and exec: only async-signal-safe calls. A limit above
 /// what the worker itself may have is lowered to that: raising it needs `CAP_SYS_RESOURCE`,
 /// which a worker in a pod with only `CAP_SETUID`/`CAP_SETGID` lacks.
-pub fn apply(limits: &Limits, own_user: bool, cpu_seconds: u64) -> std::io::Result<()> {
+pub(super) fn apply(limits: &Limits, own_user: bool, cpu_seconds: u64) -> std::io::Result<()> {
     let set = |resource, value: u64| {
         let mut current = libc::rlimit {
             rlim_cur: 0,

@@ -6,13 +6,16 @@
 //! process of its user is killed — also those that left its process group with `setsid`.
 //! Without the right to change users the worker says so once, loudly, and runs jobs as itself.
 
+mod cgroups;
 mod limits;
 mod users;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use limits::{apply as apply_limits, Limits};
+pub use cgroups::JobCgroup;
+pub use limits::Limits;
 pub use users::kill_all as kill_user;
 
 use crate::config::WorkerConfig;
@@ -28,6 +31,8 @@ pub struct Sandbox {
     users: Option<Arc<Mutex<Vec<u32>>>>,
     /// Locks on this worker's users, held while it lives (see [`users::claim`]).
     _claims: Vec<std::fs::File>,
+    /// Each user's cgroup, where the worker may make them.
+    cgroups: HashMap<u32, Arc<JobCgroup>>,
     limits: Limits,
 }
 
@@ -44,11 +49,28 @@ impl Drop for JobUser {
 }
 
 /// How one job's processes are confined.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Confinement {
     /// The job's own user, if it has one.
     pub uid: Option<u32>,
+    /// Its user's cgroup, if the worker may make cgroups.
+    pub cgroup: Option<Arc<JobCgroup>>,
     pub limits: Limits,
+}
+
+impl Confinement {
+    /// Everything a job's child does between fork and exec (only async-signal-safe calls):
+    /// into the job's cgroup while it may still move itself, then the job's user and group with
+    /// no supplementary groups, then the limits.
+    pub fn enter(&self, cpu_seconds: u64) -> std::io::Result<()> {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.join()?;
+        }
+        if let Some(uid) = self.uid {
+            users::become_user(uid)?;
+        }
+        limits::apply(&self.limits, self.uid.is_some(), cpu_seconds)
+    }
 }
 
 /// A job's directory and user. [`JobDir::remove`] it when the job is over: removing its
@@ -56,6 +78,7 @@ pub struct Confinement {
 pub struct JobDir {
     dir: tempfile::TempDir,
     user: Option<JobUser>,
+    cgroup: Option<Arc<JobCgroup>>,
     limits: Limits,
 }
 
@@ -73,6 +96,7 @@ impl Sandbox {
         let root = std::env::temp_dir().join(format!("millrace-{me}"));
         private_dir(&root, 0o711)?;
         let mut claims = Vec::new();
+        let mut cgroups = HashMap::new();
         let users = match parse_range(&config.job_uid_range)? {
             None => {
                 tracing::warn!(
@@ -104,6 +128,7 @@ impl Sandbox {
                 }
                 forbid_inspection();
                 tracing::info!(users = ?uids, "jobs run as users of their own");
+                cgroups = job_cgroups(&uids, &limits);
                 uids.reverse();
                 Some(Arc::new(Mutex::new(uids)))
             }
@@ -112,6 +137,7 @@ impl Sandbox {
             root,
             users,
             _claims: claims,
+            cgroups,
             limits,
         })
     }
@@ -136,9 +162,13 @@ impl Sandbox {
             std::os::unix::fs::chown(dir.path(), None, Some(user.uid))?;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770))?;
         }
+        let cgroup = user
+            .as_ref()
+            .and_then(|u| self.cgroups.get(&u.uid).cloned());
         Ok(JobDir {
             dir,
             user,
+            cgroup,
             limits: self.limits,
         })
     }
@@ -152,6 +182,7 @@ impl JobDir {
     pub fn confinement(&self) -> Confinement {
         Confinement {
             uid: self.user.as_ref().map(|u| u.uid),
+            cgroup: self.cgroup.clone(),
             limits: self.limits,
         }
     }
@@ -203,6 +234,38 @@ fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
     );
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+/// A cgroup per job user with the jobs' memory and process limits, where this worker may make
+/// them; none (said once) where it may not.
+fn job_cgroups(uids: &[u32], limits: &Limits) -> HashMap<u32, Arc<JobCgroup>> {
+    let cgroups = match cgroups::Cgroups::detect() {
+        Ok(cgroups) => cgroups,
+        Err(why) => {
+            tracing::warn!(
+                "no cgroups for jobs ({why}): a job's memory and processes are limited per \
+                 process and per user (rlimits) only"
+            );
+            return HashMap::new();
+        }
+    };
+    let mut made = HashMap::new();
+    for uid in uids {
+        match cgroups.prepare(*uid, limits.memory, limits.processes) {
+            Ok(cgroup) => {
+                made.insert(*uid, Arc::new(cgroup));
+            }
+            Err(e) => {
+                tracing::warn!(?cgroups, error = %e, "cannot make cgroups for jobs: rlimits only");
+                return HashMap::new();
+            }
+        }
+    }
+    tracing::info!(
+        ?cgroups,
+        "jobs run in cgroups of their own (memory and processes)"
+    );
+    made
 }
 
 /// Removes the job directories a user's jobs left when their worker died.

@@ -128,6 +128,22 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Takes the job's user and group, with no supplementary groups, in a job's child between fork
+/// and exec (async-signal-safe calls only).
+pub fn become_user(uid: u32) -> std::io::Result<()> {
+    // SAFETY: plain system calls on this (single-threaded, forked) process.
+    let done = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(uid) == 0
+            && libc::setuid(uid) == 0
+    };
+    if done {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Kills every process of a job's user (those that escaped its process group with `setsid`
 /// too).
 pub async fn kill_all(uid: u32) {
