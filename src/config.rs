@@ -71,6 +71,15 @@ pub fn read_secret_files() -> Result<(), String> {
     Ok(())
 }
 
+/// Removes every secret of [`FILE_SECRETS`] from the environment once parsed: children that are
+/// not started with a clean environment (nats-server and PostgreSQL under `dev`) do not inherit
+/// them. Call before any other thread exists.
+pub fn forget_secrets() {
+    for name in FILE_SECRETS {
+        std::env::remove_var(name);
+    }
+}
+
 /// Seconds as a `Duration`, the unit of every timeout variable.
 pub fn seconds(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()

@@ -160,6 +160,7 @@ fn main() -> anyhow::Result<()> {
     // Before the runtime's threads exist: this writes the environment.
     millrace::config::read_secret_files().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
+    millrace::config::forget_secrets();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -213,23 +213,48 @@ impl Runtimes {
     }
 }
 
-/// A file the script wrote, if it did, refused past `max` bytes without reading it.
+/// A file the script wrote, if it did, refused past `max` bytes without reading more. The job
+/// owns its directory's entries, and the worker may read what the job may not: a link in place
+/// of the file (to a secret of the worker's), a device (`/dev/zero`) or a FIFO would be read on
+/// the job's behalf, without end, or block, so only a plain file of its own is taken.
 fn read_capped(path: &Path, max: u64) -> Result<Option<String>, ScriptError> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(None);
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let refused = |why: String| ScriptError::new("ResultError", format!("{name}: {why}"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refused("a symbolic link, not a file".into()))
+        }
+        Err(e) => return Err(refused(e.to_string())),
+    };
+    let meta = file.metadata().map_err(|e| refused(e.to_string()))?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(refused("not a plain file of the job's own".into()));
+    }
+    let too_large = |size: u64| {
+        ScriptError::new(
+            "ResultTooLarge",
+            format!("the result is {size} bytes; at most {max} (MAX_RESULT_SIZE)"),
+        )
     };
     if meta.len() > max {
-        return Err(ScriptError::new(
-            "ResultTooLarge",
-            format!(
-                "the result is {} bytes; at most {max} (MAX_RESULT_SIZE)",
-                meta.len()
-            ),
-        ));
+        return Err(too_large(meta.len()));
     }
-    Ok(std::fs::read(path)
-        .ok()
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refused(e.to_string()))?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn last_line_hint(logs: &str) -> String {

@@ -44,6 +44,9 @@ struct JobUser {
 
 impl Drop for JobUser {
     fn drop(&mut self) {
+        // Normally nothing is left by now; after a panic or an abandoned job there may be,
+        // and the slot's next job must not meet it.
+        users::kill_all_now(self.uid);
         self.free.lock().expect("users lock").push(self.uid);
     }
 }
@@ -69,6 +72,22 @@ impl Confinement {
         if let Some(uid) = self.uid {
             users::become_user(uid)?;
         }
+        // A worker given CAP_SETUID/CAP_SETGID as ambient capabilities would pass them on
+        // through exec, and set-user-ID programs would raise the job again: neither.
+        // SAFETY: prctl only changes flags of this process.
+        unsafe {
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         limits::apply(&self.limits, self.uid.is_some(), cpu_seconds)
     }
 }
@@ -93,7 +112,9 @@ impl Sandbox {
         };
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        let root = std::env::temp_dir().join(format!("millrace-{me}"));
+        let temp = std::env::temp_dir();
+        sticky(&temp)?;
+        let root = temp.join(format!("millrace-{me}"));
         private_dir(&root, 0o711)?;
         let mut claims = Vec::new();
         let mut cgroups = HashMap::new();
@@ -147,13 +168,20 @@ impl Sandbox {
     /// as the worker).
     pub fn job_dir(&self) -> std::io::Result<JobDir> {
         use std::os::unix::fs::PermissionsExt;
-        let user = self.users.as_ref().and_then(|free| {
-            let uid = free.lock().expect("users lock").pop()?;
-            Some(JobUser {
-                uid,
-                free: free.clone(),
-            })
-        });
+        let user = match &self.users {
+            None => None,
+            Some(free) => {
+                // One user per slot: none free is a bug, and running the job as the worker
+                // instead would hand it the worker's rights.
+                let uid = free.lock().expect("users lock").pop().ok_or_else(|| {
+                    std::io::Error::other("no job user is free (more jobs than slots)")
+                })?;
+                Some(JobUser {
+                    uid,
+                    free: free.clone(),
+                })
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix(JOB_DIR_PREFIX)
             .tempdir_in(&self.root)?;
@@ -205,14 +233,44 @@ impl JobDir {
     }
 }
 
-/// Empties `dir` as the user `uid`, warning when it cannot.
+/// Empties `dir` as the user `uid`, and removes what the user left in the shared temporary
+/// directories, warning when it cannot.
 fn clear_as(uid: u32, dir: &Path) {
-    match users::as_user(uid, || users::empty_dir(dir)) {
+    let cleared = users::as_user(uid, || {
+        users::remove_shared_leftovers(uid);
+        users::empty_dir(dir)
+    });
+    match cleared {
         Ok(Ok(())) => {}
         Ok(Err(e)) | Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "could not empty a job directory")
         }
     }
+}
+
+/// Makes sure no job can rename or replace what the worker keeps in `dir`: a directory that
+/// others may write to must have the sticky bit (a Kubernetes `emptyDir` is `0777` without
+/// it), which the worker sets when the directory is its own.
+fn sticky(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.mode();
+    if mode & 0o002 == 0 || mode & 0o1000 != 0 {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    anyhow::ensure!(
+        meta.uid() == unsafe { libc::geteuid() },
+        "{} may be written by anyone and has no sticky bit: jobs could replace the worker's \
+         directories there (set TMPDIR to a directory of the worker's)",
+        dir.display()
+    );
+    std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode((mode & 0o7777) | 0o1000),
+    )?;
+    tracing::info!(dir = %dir.display(), "set the sticky bit of the temporary directory");
+    Ok(())
 }
 
 /// Creates `dir` (or takes the one there) as a directory of this process's user with `mode`.

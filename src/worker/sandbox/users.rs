@@ -117,15 +117,49 @@ pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> std::io::Result<T> {
 
 /// Removes everything inside `dir` (not `dir` itself). Call it as the user who wrote it.
 pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    let mut first_error = Ok(());
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if std::fs::symlink_metadata(&path)?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
+        let removed = entry.and_then(|e| remove_tree(&e.path()));
+        if first_error.is_ok() {
+            first_error = removed;
         }
     }
-    Ok(())
+    first_error
+}
+
+/// Where any user may leave files that outlive a job: what a job user left there is removed
+/// with its job, so the slot's next job (another tenant's) does not find it.
+const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Removes what `uid` owns at the top of [`SHARED_DIRS`]. Call it as that user.
+pub fn remove_shared_leftovers(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for dir in SHARED_DIRS {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == uid) {
+                if let Err(e) = remove_tree(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a job's file");
+                }
+            }
+        }
+    }
+}
+
+/// Removes a file or a whole directory tree of the calling (file-system) user, also
+/// directories it made unreadable to itself (`chmod 000`): as their owner it may open them up.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    empty_dir(path)?;
+    std::fs::remove_dir(path)
 }
 
 /// Takes the job's user and group, with no supplementary groups, in a job's child between fork
