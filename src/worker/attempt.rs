@@ -423,13 +423,18 @@ fn spawn_log_forwarder(
                     Some(Output::Stream(chunk)) => {
                         let _ = bus.publish_reply(id, JobReply::Stream, chunk.into()).await;
                     }
-                    Some(Output::Log(chunk)) => {
+                    // Live subscribers get what the stored logs keep (MAX_LOG_SIZE), not every
+                    // byte a flooding job prints before MAX_OUTPUT_SIZE stops it.
+                    Some(Output::Log(chunk)) if so_far.len() < limit => {
                         let _ = bus.publish_reply(id, JobReply::Log, chunk.clone().into()).await;
-                        if so_far.len() < limit {
-                            so_far.push_str(&chunk);
-                            unsaved = true;
+                        so_far.push_str(&chunk);
+                        unsaved = true;
+                        if so_far.len() >= limit {
+                            let note = format!("\n[live logs end at {limit} bytes]\n");
+                            let _ = bus.publish_reply(id, JobReply::Log, note.into()).await;
                         }
                     }
+                    Some(Output::Log(_)) => {}
                 },
                 _ = tick.tick() => {
                     if unsaved {

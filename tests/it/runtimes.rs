@@ -337,3 +337,47 @@ async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on(
         serde_json::json!("fine")
     );
 }
+
+#[tokio::test]
+async fn live_logs_stop_at_max_log_size() {
+    use futures::StreamExt;
+    let env = TestEnv::with(Options {
+        workers: 1,
+        worker_env: vec![("MAX_LOG_SIZE".into(), "4096".into())],
+        ..Default::default()
+    })
+    .await;
+    // About 1 MB of output, well under MAX_OUTPUT_SIZE.
+    env.script(
+        "u/alice/chatty",
+        "bash",
+        "for i in $(seq 1 20000); do echo \"line $i of a job that talks a lot\"; done\n",
+    )
+    .await;
+    let id = uuid::Uuid::new_v4();
+    let live = env.nats_as("api").await;
+    let mut logs = live
+        .subscribe(format!("millrace.job.{id}.log"))
+        .await
+        .unwrap();
+    env.post(
+        &format!("/api/w/{WS}/jobs/run/p/u/alice/chatty?job_id={id}"),
+        &env.token,
+        json!({}),
+    )
+    .await
+    .expect(201);
+    env.wait(&id.to_string(), Duration::from_secs(60)).await;
+    let mut received = 0;
+    let mut last = String::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), logs.next()).await {
+        received += msg.payload.len();
+        last = String::from_utf8_lossy(&msg.payload).into_owned();
+    }
+    assert!(received >= 4096, "only {received} bytes of live logs");
+    assert!(
+        received < 4096 + 64 * 1024 + 100,
+        "{received} bytes of live logs past the cap"
+    );
+    assert!(last.contains("live logs end at 4096 bytes"), "{last}");
+}
