@@ -166,14 +166,20 @@ async fn forward(State(upstream): State<Arc<Upstream>>, request: Request) -> Res
         outgoing = outgoing.body(reqwest::Body::wrap_stream(body.into_data_stream()));
     }
     match outgoing.send().await {
-        Ok(response) if response.status().is_redirection() => s3_error(
-            StatusCode::FORBIDDEN,
-            BLOCKED,
-            &format!(
-                "the object storage answered {} (a redirect), which is not followed",
-                response.status()
-            ),
-        ),
+        // 304 Not Modified answers a conditional request and goes back as it is.
+        Ok(response)
+            if response.status().is_redirection()
+                && response.status() != StatusCode::NOT_MODIFIED =>
+        {
+            s3_error(
+                StatusCode::FORBIDDEN,
+                BLOCKED,
+                &format!(
+                    "the object storage answered {} (a redirect), which is not followed",
+                    response.status()
+                ),
+            )
+        }
         Ok(response) => {
             let mut response = axum::http::Response::from(response).map(Body::new);
             remove_hop_by_hop(response.headers_mut());
