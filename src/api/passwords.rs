@@ -16,7 +16,7 @@ async fn in_turn<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> ApiResult<T> {
-    let _turn = state.argon2_turn().await;
+    let _turn = state.argon2_turn().await?;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::Internal {

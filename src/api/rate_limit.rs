@@ -1,7 +1,7 @@
 //! Brute-force protection: whoever fails authentication too often in a minute gets 429 with
 //! `Retry-After` until the minute is over — for invalid tokens, the client address (a valid
 //! token is always served, so one broken client behind a shared address locks out nobody
-//! else); for logins, the account and address together.
+//! else); for logins, the account and address together, and the address over all accounts.
 
 use std::collections::HashMap;
 use std::hash::Hash;

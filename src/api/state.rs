@@ -42,7 +42,19 @@ struct Inner {
     /// Argon2 computations at once (`passwords::PARALLEL`).
     argon2_turns: tokio::sync::Semaphore,
     /// Failed logins, per account and client address.
-    login_failures: super::rate_limit::FailureLimiter<(String, std::net::IpAddr)>,
+    /// Failed logins per account (a digest: a key of bounded size) and address…
+    login_failures: super::rate_limit::FailureLimiter<([u8; 32], std::net::IpAddr)>,
+    /// …and per address over every account, looser, against guessing across accounts.
+    address_login_failures: super::rate_limit::FailureLimiter<std::net::IpAddr>,
+}
+
+/// Failed logins one address may make over all accounts, as a multiple of the per-account limit:
+/// a shared address (an office NAT) has many users who mistype.
+const ADDRESS_LOGIN_FACTOR: u32 = 5;
+
+/// An account's key in the login limiter: a digest of the address as typed, case aside.
+fn login_key(email: &str) -> [u8; 32] {
+    crate::auth::token::hash(&email.to_lowercase())
 }
 
 impl AppState {
@@ -50,6 +62,8 @@ impl AppState {
         let limit = settings.auth_failures_per_minute;
         let token_failures = super::rate_limit::FailureLimiter::new(limit);
         let login_failures = super::rate_limit::FailureLimiter::new(limit);
+        let address_login_failures =
+            super::rate_limit::FailureLimiter::new(limit.saturating_mul(ADDRESS_LOGIN_FACTOR));
         Self(Arc::new(Inner {
             settings,
             inserter: JobInserter::spawn(pool.clone()),
@@ -57,6 +71,7 @@ impl AppState {
             openapi: super::openapi_document(),
             token_failures,
             login_failures,
+            address_login_failures,
             argon2_turns: tokio::sync::Semaphore::new(super::passwords::PARALLEL),
             pool,
             bus,
@@ -97,12 +112,17 @@ impl AppState {
     }
 
     /// A turn to run Argon2; held while it runs.
-    pub async fn argon2_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.0
-            .argon2_turns
-            .acquire()
-            .await
-            .expect("the Argon2 semaphore is never closed")
+    /// A turn at Argon2, or 503 when a flood of logins keeps every turn busy for 10 s (the
+    /// queue of waiters stays bounded by the callers' patience, not by memory).
+    pub async fn argon2_turn(&self) -> super::error::ApiResult<tokio::sync::SemaphorePermit<'_>> {
+        let turn = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.0.argon2_turns.acquire(),
+        );
+        match turn.await {
+            Ok(permit) => Ok(permit.expect("the Argon2 semaphore is never closed")),
+            Err(_) => Err(super::error::ApiError::Unavailable("password hashing")),
+        }
     }
 
     /// An invalid token from `ip`: 429 once the address failed too often, else `rejection`.
@@ -125,14 +145,20 @@ impl AppState {
         email: &str,
         ip: std::net::IpAddr,
     ) -> super::error::ApiResult<()> {
-        match self.0.login_failures.blocked(&(email.to_owned(), ip)) {
+        let blocked = self
+            .0
+            .login_failures
+            .blocked(&(login_key(email), ip))
+            .or_else(|| self.0.address_login_failures.blocked(&ip));
+        match blocked {
             Some(wait) => Err(super::error::ApiError::TooManyRequests(wait)),
             None => Ok(()),
         }
     }
 
     pub fn record_login_failure(&self, email: &str, ip: std::net::IpAddr) {
-        self.0.login_failures.record_failure((email.to_owned(), ip));
+        self.0.login_failures.record_failure((login_key(email), ip));
+        self.0.address_login_failures.record_failure(ip);
     }
 }
 

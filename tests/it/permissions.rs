@@ -943,6 +943,22 @@ async fn repeated_failures_are_rate_limited_per_address() {
         200,
         "another account from the same address is not"
     );
+    // Guessing across accounts from one address: five times the limit in all, then 429 for
+    // every account from there, and still none elsewhere.
+    let spray = |email: String| {
+        env.http
+            .post(env.url("/api/auth/login"))
+            .header("x-forwarded-for", "192.0.2.9")
+            .json(&json!({"email": email, "password": "guess"}))
+            .send()
+    };
+    for i in 0..15 {
+        let res = spray(format!("user{i}@example.com")).await.unwrap();
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+    let res = spray("someone-else@example.com".into()).await.unwrap();
+    assert_eq!(res.status(), 429, "the address is limited over all accounts");
+    assert_eq!(login("pw", "198.51.100.1").await.unwrap().status(), 200);
 }
 
 #[tokio::test]
