@@ -7,14 +7,19 @@
 #   - NOTES.txt renders for each value set;
 #   - no drift between the environment variables the chart sets and the names the binary
 #     reads (`millrace config-names`), and nothing secret outside Secrets;
-#   - NATS: the bundled server's users and permissions equal nats/auth.conf, its rendered
+#   - NATS: the bundled server's users and permissions equal nats/auth.conf, a clustered
+#     one's routes log in with the route password and accept nothing else, its rendered
 #     config passes `nats-server -t`, and each Millrace process logs in as its own user;
 #   - least privilege: secrets reach pods only as 0400 files, each container mounting only
-#     what its process reads (workers: no superadmin, S3 or SMTP secret);
-#   - NetworkPolicies: every egress rule names its destination, selectors match rendered pods,
-#     and workers reach the internet only with networkPolicy.allowWorkerInternetEgress;
-#   - values.schema.json rejects bad values; values.yaml documents every value, and its nats
-#     keys exist in the NATS chart;
+#     what its process reads (workers: no superadmin, S3 or SMTP secret); worker pods get
+#     hostUsers exactly as worker.hostUsers says;
+#   - NetworkPolicies, exactly when networkPolicy.enabled (the default; NOTES warns when off):
+#     every egress rule names its destination, extra rules only on the pods their list names,
+#     selectors match rendered pods, workers reach the internet only with
+#     networkPolicy.allowWorkerInternetEgress, internet rules leave out the metadata ranges,
+#     and the bundled NATS admits clients, routes and monitoring only from their own peers;
+#   - values.schema.json and validate.yaml reject bad values; values.yaml documents every
+#     value, isolates by default, and its nats keys exist in the NATS chart;
 #   - Chart.yaml's appVersion is the crate version; the Dockerfile matches the chart.
 #
 # Tools are installed once into ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace} (/var/cache/millrace
@@ -166,10 +171,10 @@ echo 'notes: {{ include "millrace.notes" . | toJson }}' >"$NOTES_CHART/templates
 # Value sets: the defaults, each helm/millrace/ci/*.yaml, and variants the ci files do not
 # cover (written here, never into the chart).
 mkdir -p "$WORK/variants"
-cat >"$WORK/variants/netpol-bundled.yaml" <<'YAML'
-# NetworkPolicies with every store bundled and no internet for the workers.
+cat >"$WORK/variants/netpol-disabled.yaml" <<'YAML'
+# No NetworkPolicies (the default creates them): none rendered, and NOTES warns.
 networkPolicy:
-  enabled: true
+  enabled: false
 YAML
 cat >"$WORK/variants/external-nats-password.yaml" <<'YAML'
 # An external NATS whose users log in with passwords given in values.
@@ -179,6 +184,10 @@ nats:
   auth:
     users: {api: millrace-api, worker: millrace-worker, migrate: millrace-migrate, events: unused}
     passwords: {api: not-a-real-password-1, worker: not-a-real-password-2, migrate: not-a-real-password-3}
+networkPolicy:
+  external:
+    nats:
+      cidrs: [10.40.0.0/24]
 YAML
 VALUE_SETS=(default)
 for f in "$CHART_SRC"/ci/*.yaml "$WORK"/variants/*.yaml; do
@@ -215,16 +224,24 @@ def load(path):
         return [d for d in yaml.safe_load_all(f) if d]
 
 
+def merge(base, over):
+    """Deep merge of two maps: maps merge, the rest replaces (helm's rule for value files)."""
+    for k, v in over.items():
+        base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
 def merged_values(*files):
-    """The values helm computes from these files, in order (maps merge, the rest replaces)."""
-    def merge(base, over):
-        for k, v in over.items():
-            base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-        return base
+    """The values helm computes from these files, in order."""
     out = {}
     for f in files:
         out = merge(out, yaml.safe_load(open(f)) or {})
     return out
+
+
+def worker_groups(values):
+    """Each worker group's settings: `worker` overridden by the group's keys (millrace.workerGroups)."""
+    return [merge(json.loads(json.dumps(values["worker"])), g) for g in values["workerGroups"]]
 
 
 def pod_of(doc):
@@ -425,14 +442,24 @@ def secrets(rendered, *values_files):
     return 1 if errs else 0
 
 
-def notes(rendered):
+NETPOL_WARNING = "WARNING: networkPolicy.enabled=false"
+
+
+def notes(rendered, *values_files):
+    """NOTES shows the webhook URLs and the token steps, and warns exactly when the
+    NetworkPolicies are off (scripts then reach the metadata endpoint, the cluster, the internet)."""
     text = yaml.safe_load(open(rendered))["notes"]
     need = ["/api/w/<workspace>/jobs/run/p/", "SUPERADMIN_SECRET", "/api/auth/login"]
-    missing = [n for n in need if n not in text]
+    disabled = not merged_values(*values_files)["networkPolicy"]["enabled"]
+    if disabled:
+        need += [NETPOL_WARNING, "169.254.169.254", "internet"]
+    errs = [f"NOTES lacks {n!r}" for n in need if n not in text]
+    if not disabled and NETPOL_WARNING in text:
+        errs.append("NOTES warns that NetworkPolicies are off, but they are on")
     print(text)
-    if missing:
-        print("error: NOTES lacks", missing)
-    return 1 if missing else 0
+    for e in errs:
+        print("error:", e)
+    return 1 if errs else 0
 
 
 def values_commented(values_file):
@@ -472,10 +499,23 @@ def dockerfile(dockerfile_path, values_file):
     return 1 if errs else 0
 
 
-def isolation(rendered):
+def isolation(rendered, *values_files):
     """A worker that runs jobs as users of their own is root with CAP_SETUID and CAP_SETGID and
-    nothing more; one that does not runs as a non-root user with no capability."""
+    nothing more; one that does not runs as a non-root user with no capability. A worker pod has
+    hostUsers exactly when its group sets it (worker.hostUsers)."""
     errs, workers = [], 0
+    values = merged_values(*values_files)
+    host_users = {g["name"]: g.get("hostUsers") for g in worker_groups(values)}
+    for doc in load(rendered):
+        pod = pod_of(doc)
+        if not pod or pod[0].get("app.kubernetes.io/component") != "worker":
+            continue
+        group = pod[0].get("millrace/worker-group")
+        want, got = host_users.get(group), pod[1].get("hostUsers")
+        if group not in host_users or want != got:
+            errs.append(f"{doc['metadata']['name']}: hostUsers is {got}, worker group {group} sets {want}")
+        else:
+            print(f"{doc['metadata']['name']}: hostUsers {'unset' if got is None else got}")
     for owner, c in millrace_containers(load(rendered)):
         if c.get("args") != ["worker"]:
             continue
@@ -645,9 +685,54 @@ def nats_auth(rendered, auth_conf):
                 errs.append(f"Secret {ref['name']} has no key {var}")
             else:
                 print(f"${var} <- Secret {ref['name']}")
+    # The kubelet expands $(NAME) only with variables listed before.
+    for i, e in enumerate(container.get("env", [])):
+        for ref in re.findall(r"\$\((\w+)\)", e.get("value") or ""):
+            if ref not in [x["name"] for x in container["env"][:i]]:
+                errs.append(f"env {e['name']} refers to $({ref}), which is not listed before it")
+    errs += nats_routes(parse_nats_conf(conf).get("cluster"), env, sts)
     for e in errs:
         print("error:", e)
     return 1 if errs else 0
+
+
+def nats_routes(cluster, env, sts):
+    """A clustered NATS accepts routes only with a password from its credentials Secret, and
+    dials each of its peers with it: a route that is not authenticated could join from any pod
+    and bypass every user's permissions."""
+    if cluster is None:
+        print("not clustered: no routes")
+        return []
+    errs = []
+    auth = cluster.get("authorization")
+    auth = auth if isinstance(auth, dict) else {}
+    user, password = auth.get("user"), auth.get("password", "")
+    if not user or not re.fullmatch(r"\$\w+_PASSWORD", password):
+        return [f"cluster routes are not authenticated by a password variable: authorization {auth}"]
+    routes = cluster.get("routes")
+    routes = routes if isinstance(routes, list) else []
+    if len(routes) != sts["spec"].get("replicas", 1):
+        errs.append(f"{len(routes)} routes for {sts['spec'].get('replicas')} NATS servers")
+    servers = set()
+    for r in routes:
+        var = r[1:] if r.startswith("$") else None
+        url = (env.get(var) or {}).get("value") if var else r
+        if url is None:
+            errs.append(f"route {r}: no literal value in the nats container's environment")
+            continue
+        m = re.fullmatch(r"(nats|tls)://([^:@/]+):([^@/]+)@([^:/]+):(\d+)", url)
+        if not m or m.group(2) != user or m.group(3) != f"$({password[1:]})":
+            errs.append(f"route {r} = {url}: does not log in as {user} with $({password[1:]})")
+        elif m.group(5) != str(cluster.get("port")):
+            errs.append(f"route {r} = {url}: not the cluster port {cluster.get('port')}")
+        else:
+            servers.add(m.group(4).split(".")[0])
+    want = {f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"].get("replicas", 1))}
+    if not errs and servers != want:
+        errs.append(f"routes lead to {sorted(servers)}, not to the servers {sorted(want)}")
+    if not errs:
+        print(f"{len(routes)} routes, each logging in as {user!r} with {password}; routes accepted only so")
+    return errs
 
 
 def nats_server_env(rendered, conf_out):
@@ -775,37 +860,73 @@ def selects(selector, labels):
     return ok
 
 
+# Ranges the internet rules must leave out whatever else changes: cloud metadata endpoints
+# (169.254.169.254; fd00:ec2::254 lies in fc00::/7) and IPv6 link-local addresses.
+METADATA_RANGES = {"0.0.0.0/0": {"169.254.0.0/16"}, "::/0": {"fe80::/10", "fc00::/7"}}
+
+
 def netpol(rendered, *values_files):
-    """Every egress rule of the chart's NetworkPolicies names its destination; pod selectors
+    """NetworkPolicies exist exactly when networkPolicy.enabled. Then: every egress rule of the
+    chart names its destination (extra rules only where their list puts them); pod selectors
     select rendered pods on ports they expose; workers reach 0.0.0.0/0 if and only if
-    networkPolicy.allowWorkerInternetEgress."""
+    networkPolicy.allowWorkerInternetEgress, the api only on workspaceStoragePorts, and every
+    internet rule leaves out workerInternetExcept, metadata ranges included; the bundled NATS
+    takes clients from the release's api and worker pods (and natsClientsFrom), routes from its
+    own pods, monitoring from KEDA's namespace and natsMonitoringFrom, nothing else."""
     values = merged_values(*values_files)
-    internet = values["networkPolicy"]["allowWorkerInternetEgress"]
+    np = values["networkPolicy"]
     docs = load(rendered)
     policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    if not np["enabled"]:
+        if policies:
+            print(f"error: networkPolicy.enabled is false, yet {len(policies)} NetworkPolicies are rendered")
+            return 1
+        print("networkPolicy.enabled is false: no NetworkPolicy rendered")
+        return 0
     pods = [p for p in (pod_of(d) for d in docs) if p]
+    component = lambda labels: labels.get("app.kubernetes.io/component")
+
+    def selected(selector):
+        return {component(l) for l, _ in pods if selects(selector, l)}
+
+    def policy_of(comp):
+        found = [p for p in policies if selected(p["spec"]["podSelector"]) == {comp}]
+        return found[0] if len(found) == 1 else None
+
     errs, worker_internet = [], False
-    extra = values["networkPolicy"]["extraEgress"]
-    storage_ports = values["networkPolicy"]["workspaceStoragePorts"]
+    extra = {"api": np["extraEgress"] + np.get("apiExtraEgress", []),
+             "worker": np["extraEgress"] + np.get("workerExtraEgress", [])}
+    except_want = {"0.0.0.0/0": set(), "::/0": set()}
+    for cidr in np["workerInternetExcept"]:
+        except_want["::/0" if ":" in cidr else "0.0.0.0/0"].add(cidr)
+    storage_ports = set(np["workspaceStoragePorts"])
+    internet_to = {}
     for pol in policies:
         name, spec = pol["metadata"]["name"], pol["spec"]
+        targets = selected(spec["podSelector"])
+        allowed_extra = extra.get(next(iter(targets)), []) if len(targets) == 1 else []
         for i, rule in enumerate(spec.get("egress") or []):
             where = f"NetworkPolicy {name} egress rule {i}"
-            if rule in extra:
+            if rule in allowed_extra:
                 continue
             if not rule.get("to"):
                 errs.append(f"{where} has no destination: {rule}")
             ports = {p["port"] for p in rule.get("ports") or []}
             for peer in rule.get("to") or []:
-                cidr = (peer.get("ipBlock") or {}).get("cidr")
+                block = peer.get("ipBlock") or {}
+                cidr = block.get("cidr")
                 if cidr in ("0.0.0.0/0", "::/0"):
-                    selected = {l.get("app.kubernetes.io/component") for l, _ in pods
-                                if selects(spec["podSelector"], l)}
                     # The api reaches workspaces' own stores on workspaceStoragePorts alone.
-                    storage = selected == {"api"} and ports and ports == set(storage_ports)
-                    if not storage and selected != {"worker"}:
+                    storage = targets == {"api"} and ports and ports == storage_ports
+                    if not storage and targets != {"worker"}:
                         errs.append(f"{where} opens {cidr} to pods other than workers")
-                    worker_internet |= cidr == "0.0.0.0/0" and selected == {"worker"}
+                    worker_internet |= cidr == "0.0.0.0/0" and targets == {"worker"}
+                    internet_to.setdefault("/".join(sorted(targets)), []).append(rule["to"])
+                    out = set(block.get("except") or [])
+                    if out != except_want[cidr]:
+                        errs.append(f"{where}: {cidr} except {sorted(out)}, not workerInternetExcept's {sorted(except_want[cidr])}")
+                    if not METADATA_RANGES[cidr] <= out:
+                        errs.append(f"{where}: {cidr} does not leave out {sorted(METADATA_RANGES[cidr] - out)} (cloud metadata)")
                 if "podSelector" in peer and "namespaceSelector" not in peer:
                     matched = [s for l, s in pods if selects(peer["podSelector"], l)]
                     exposed = {cp["containerPort"] for s in matched for c in s["containers"] for cp in c.get("ports", [])}
@@ -813,15 +934,112 @@ def netpol(rendered, *values_files):
                         errs.append(f"{where}: {peer['podSelector']} selects no rendered pod")
                     elif ports - exposed:
                         errs.append(f"{where}: ports {sorted(ports - exposed)} are not exposed by the pods it selects")
+        for i, rule in enumerate(spec.get("ingress") or []):
+            for peer in rule.get("from") or []:
+                if "podSelector" in peer and "namespaceSelector" not in peer and not selected(peer["podSelector"]):
+                    errs.append(f"NetworkPolicy {name} ingress rule {i}: {peer['podSelector']} selects no rendered pod")
     for labels, _ in pods:
-        if labels.get("app.kubernetes.io/component") in MILLRACE_COMPONENTS and not any(
+        if component(labels) in MILLRACE_COMPONENTS and not any(
                 "Egress" in p["spec"].get("policyTypes", []) and selects(p["spec"]["podSelector"], labels) for p in policies):
             errs.append(f"no NetworkPolicy limits the egress of pods {labels}")
-    if worker_internet != internet:
-        errs.append(f"workers {'can' if worker_internet else 'cannot'} reach 0.0.0.0/0, expected {internet}")
-    print(f"{len(policies)} NetworkPolicies; worker internet egress: {worker_internet}")
+    if worker_internet != np["allowWorkerInternetEgress"]:
+        errs.append(f"workers {'can' if worker_internet else 'cannot'} reach 0.0.0.0/0, expected {np['allowWorkerInternetEgress']}")
+    if storage_ports and "api" not in internet_to:
+        errs.append("workspaceStoragePorts is set, but the api has no rule to public addresses")
+    if "api" in internet_to and "worker" in internet_to and internet_to["api"] != internet_to["worker"]:
+        errs.append(f"the api's internet rule leaves out other ranges than the workers': {internet_to}")
+    # Extra rules land where their list says: apiExtraEgress never reaches the workers' scripts.
+    for comp, other in (("api", "worker"), ("worker", "api")):
+        pol = policy_of(comp)
+        if pol is None:
+            errs.append(f"no single NetworkPolicy for the {comp} pods")
+            continue
+        rules = pol["spec"].get("egress") or []
+        errs += [f"{pol['metadata']['name']} lacks the extra egress rule {r}" for r in extra[comp] if r not in rules]
+        errs += [f"{pol['metadata']['name']} has {other}'s own extra egress rule {r}" for r in extra[other]
+                 if r in rules and r not in extra[comp]]
+    errs += nats_netpol(values, policies, pods, selected)
+    print(f"{len(policies)} NetworkPolicies; worker internet egress: {worker_internet}; "
+          f"extra egress rules: api {len(extra['api'])}, worker {len(extra['worker'])}")
     for e in errs:
         print("error:", e)
+    return 1 if errs else 0
+
+
+def nats_netpol(values, policies, pods, selected):
+    """The bundled NATS's policy: port by port, exactly the peers the values call for."""
+    nats_pods = [(l, s) for l, s in pods if l.get("app.kubernetes.io/component") == "nats"]
+    if not values["nats"]["enabled"]:
+        return []
+    if not nats_pods:
+        return ["no NATS pod rendered"]
+    mine = [p for p in policies if selected(p["spec"]["podSelector"]) == {"nats"}]
+    if len(mine) != 1 or not all(selects(mine[0]["spec"]["podSelector"], l) for l, _ in nats_pods):
+        return [f"{len(mine)} NetworkPolicies select the NATS pods, not one selecting all of them"]
+    pol = mine[0]
+    name, spec, errs = pol["metadata"]["name"], pol["spec"], []
+    if "Ingress" not in spec.get("policyTypes", []):
+        errs.append(f"{name} does not limit ingress")
+    port_of = {cp["name"]: cp["containerPort"] for c in nats_pods[0][1]["containers"] if c["name"] == "nats"
+               for cp in c.get("ports", [])}
+    np = values["networkPolicy"]
+    keda = any(g["autoscaling"]["enabled"] and g["autoscaling"]["keda"]["enabled"] for g in worker_groups(values))
+    monitor_from = ([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": np["kedaNamespace"]}}}]
+                    if keda and np["kedaNamespace"] else []) + np["natsMonitoringFrom"]
+    got = {}
+    for i, rule in enumerate(spec.get("ingress") or []):
+        if not rule.get("from") or not rule.get("ports"):
+            errs.append(f"{name} ingress rule {i} is open to every peer or every port: {rule}")
+            continue
+        for p in rule["ports"]:
+            got.setdefault(p["port"], []).extend(rule["from"])
+
+    def pods_only(peers, comps):
+        """peers is one podSelector of this namespace selecting exactly the pods of comps."""
+        return (len(peers) == 1 and set(peers[0]) == {"podSelector"} and selected(peers[0]["podSelector"]) == comps
+                and all(selects(peers[0]["podSelector"], l) for l, _ in pods if l.get("app.kubernetes.io/component") in comps))
+
+    client = got.pop(port_of["nats"], [])
+    if not pods_only(client[:1], {"api", "worker"}) or client[1:] != np["natsClientsFrom"]:
+        errs.append(f"client port {port_of['nats']}: peers {client}, not the api and worker pods plus natsClientsFrom")
+    if "cluster" in port_of:
+        routes = got.pop(port_of["cluster"], [])
+        if not pods_only(routes, {"nats"}):
+            errs.append(f"route port {port_of['cluster']}: peers {routes}, not the NATS pods alone")
+    if "monitor" in port_of:
+        monitor = got.pop(port_of["monitor"], [])
+        if monitor != monitor_from:
+            errs.append(f"monitoring port {port_of['monitor']}: peers {monitor}, not {monitor_from}")
+    errs += [f"{name} admits port {p}, which the chart does not open: {peers}" for p, peers in got.items()]
+    if not errs:
+        routes = "routes from the NATS pods only" if "cluster" in port_of else "not clustered"
+        print(f"{name}: clients from api/worker pods + {len(np['natsClientsFrom'])} peers, {routes}, "
+              f"monitoring from {monitor_from or 'nobody'}")
+    return errs
+
+
+def defaults(values_file):
+    """The values a plain install gets isolate the workers: NetworkPolicies on, no internet for
+    scripts, metadata ranges left out of internet rules, no extra egress, fsGroup set."""
+    v = yaml.safe_load(open(values_file))
+    np, errs = v["networkPolicy"], []
+    if np["enabled"] is not True:
+        errs.append("networkPolicy.enabled is not true by default")
+    if np["allowWorkerInternetEgress"] is not False:
+        errs.append("workers reach the internet by default")
+    for key in ("extraEgress", "apiExtraEgress", "workerExtraEgress", "natsClientsFrom", "natsMonitoringFrom"):
+        if np.get(key) != []:
+            errs.append(f"networkPolicy.{key} is {np.get(key)!r} by default, not []")
+    missing = set().union(*METADATA_RANGES.values()) - set(np["workerInternetExcept"])
+    if missing:
+        errs.append(f"networkPolicy.workerInternetExcept lacks {sorted(missing)}")
+    if not v["podSecurityContext"].get("fsGroup"):
+        errs.append("podSecurityContext.fsGroup is not set by default")
+    if "hostUsers" in v["worker"]:
+        errs.append("worker.hostUsers is set by default; it must stay unset (the cluster may not support user namespaces)")
+    for e in errs:
+        print("error:", e)
+    print("defaults checked")
     return 1 if errs else 0
 
 
@@ -830,7 +1048,7 @@ if __name__ == "__main__":
     sys.exit({"split": split, "drift": drift, "secrets": secrets, "notes": notes, "isolation": isolation,
               "values-commented": values_commented, "dockerfile": dockerfile, "nats-auth": nats_auth,
               "nats-server-env": nats_server_env, "nats-values": nats_values, "secret-files": secret_files,
-              "netpol": netpol}[cmd](*args))
+              "netpol": netpol, "defaults": defaults}[cmd](*args))
 PY
 inspect() { "$PY" "$WORK/inspect.py" "$@"; }
 
@@ -861,6 +1079,7 @@ appversion_matches_crate() {
 }
 check "Chart.yaml appVersion is the crate version" appversion_matches_crate
 check "values.yaml documents every value" inspect values-commented "$CHART_SRC/values.yaml"
+check "values.yaml isolates by default (NetworkPolicies on, no extra egress, fsGroup)" inspect defaults "$CHART_SRC/values.yaml"
 check "Dockerfile matches the chart (runtimes, user, entrypoint)" inspect dockerfile "$ROOT/Dockerfile" "$CHART_SRC/values.yaml"
 check "values.yaml passes the NATS chart only values it has" inspect nats-values "$CHART_SRC/values.yaml" "$NATS_VALUES"
 nats_dependency_matches() {
@@ -910,7 +1129,8 @@ nats_config_valid() {
 notes() {
   values_of "$1"
   "$HELM" template "$RELEASE" "$NOTES_CHART" -n "$NAMESPACE" --kube-version "$KUBE_VERSION" "${VALUES[@]}" \
-    --show-only templates/zz-notes-preview.yaml >"$WORK/$1.notes.yaml" && inspect notes "$WORK/$1.notes.yaml"
+    --show-only templates/zz-notes-preview.yaml >"$WORK/$1.notes.yaml" &&
+    inspect notes "$WORK/$1.notes.yaml" "$CHART_SRC/values.yaml" "${VALUES[@]:1}"
 }
 
 for set in "${VALUE_SETS[@]}"; do
@@ -920,10 +1140,8 @@ for set in "${VALUE_SETS[@]}"; do
     check "[$set] env names match the binary's configuration" drift "$set"
     check "[$set] secrets only in Secrets" with_values secrets "$set"
     check "[$set] secrets as 0400 files, each process only its own; a NATS user per role" with_values secret-files "$set"
-    check "[$set] isolated workers: root with CAP_SETUID/CAP_SETGID only" inspect isolation "$WORK/$set.yaml"
-    if grep -q '^kind: NetworkPolicy' "$WORK/$set.yaml"; then
-      check "[$set] NetworkPolicy egress names every destination" with_values netpol "$set"
-    fi
+    check "[$set] isolated workers: root with CAP_SETUID/CAP_SETGID only; hostUsers as set" with_values isolation "$set"
+    check "[$set] NetworkPolicies: egress names every destination, NATS ports only from their peers" with_values netpol "$set"
     if grep -q '^  nats.conf:' "$WORK/$set.yaml"; then
       check "[$set] NATS users and permissions are those of nats/auth.conf" inspect nats-auth "$WORK/$set.yaml" "$ROOT/nats/auth.conf"
       check "[$set] nats-server -t accepts the rendered NATS config" nats_config_valid "$set"
@@ -981,6 +1199,16 @@ check "rejects an SMTP user without password" rejects "smtp.username and smtp.pa
   --set smtp.host=smtp.example.com --set smtp.username=millrace
 check "rejects job uids that include the pods' fsGroup" rejects "includes podSecurityContext.fsGroup" \
   --set worker.isolation.uidRange=10000-10099
+check "rejects pods without fsGroup (secret files unreadable)" rejects "podSecurityContext.fsGroup is required" \
+  --set podSecurityContext.fsGroup=null
+check "rejects a NATS password that is a boolean word to nats-server" rejects "nats.auth.passwords.api: Must not validate" \
+  --set-string nats.auth.passwords.api=Yes
+check "rejects a NATS password that starts with a digit" rejects "nats.auth.passwords.route: Does not match pattern" \
+  --set-string nats.auth.passwords.route=12kb
+check "rejects route credentials in the NATS ConfigMap" rejects "routeURLs.user/password would put the route password" \
+  --set nats.config.cluster.enabled=true --set nats.config.cluster.routeURLs.user=r --set nats.config.cluster.routeURLs.password=p
+check "rejects job uids above 65535 with hostUsers: false" rejects "which a pod with hostUsers: false cannot use" \
+  --set worker.hostUsers=false --set worker.isolation.uidRange=70000-70999
 
 echo "helm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

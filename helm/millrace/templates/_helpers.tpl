@@ -445,11 +445,41 @@ destinations would allow every address. Takes (dict "ctx" $ "name" "s3" "ports" 
 {{- $rules = append $rules (include "millrace.np.toExternal" (dict "ctx" . "name" "postgresql")) }}
 {{- end }}
 {{- if .Values.nats.enabled }}
-{{- $rules = append $rules (include "millrace.np.toPods" (dict "labels" (include "millrace.natsSelectorLabels" .) "port" 4222)) }}
+{{- $rules = append $rules (include "millrace.np.toPods" (dict "labels" (include "millrace.natsSelectorLabels" .) "port" (include "millrace.natsPort" (dict "ctx" . "name" "nats")))) }}
 {{- else }}
 {{- $rules = append $rules (include "millrace.np.toExternal" (dict "ctx" . "name" "nats")) }}
 {{- end }}
 {{- join "\n" $rules }}
+{{- end }}
+
+{{/*
+A port of the bundled NATS servers: nats.config.<name>.port (the NATS chart's defaults are
+part of .Values.nats). Takes (dict "ctx" $ "name" "nats|cluster|monitor").
+*/}}
+{{- define "millrace.natsPort" -}}
+{{- $defaults := dict "nats" 4222 "cluster" 6222 "monitor" 8222 }}
+{{- dig "config" .name "port" (get $defaults .name) .ctx.Values.nats | int }}
+{{- end }}
+
+{{/* True (non-empty) when a worker group scales with KEDA, which reads the NATS monitoring port. */}}
+{{- define "millrace.kedaEnabled" -}}
+{{- range (include "millrace.workerGroups" . | fromJson).groups }}
+{{- if and .autoscaling.enabled .autoscaling.keda.enabled }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The extra egress rules of api or worker pods: networkPolicy.extraEgress (both) and
+networkPolicy.apiExtraEgress / workerExtraEgress (that one only). A host only the api needs
+(e.g. internal workspace storage) belongs in apiExtraEgress: what worker pods may reach,
+scripts may reach too. Takes (dict "ctx" $ "component" "api|worker").
+*/}}
+{{- define "millrace.np.extraEgress" -}}
+{{- $np := .ctx.Values.networkPolicy }}
+{{- $rules := concat ($np.extraEgress | default list) (get $np (printf "%sExtraEgress" .component) | default list) }}
+{{- with $rules }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* The selector labels of the bundled NATS servers' pods (the NATS chart's "nats.selectorLabels"). */}}

@@ -97,3 +97,66 @@ NATS chart and this one name the same Secret.
 {{- define "millrace.natsSecretKey" -}}
 {{- printf "MILLRACE_NATS_%s_%s" (upper .role) (upper .method) }}
 {{- end }}
+
+{{/*
+Route authentication of the clustered bundled NATS (nats.config.cluster.enabled). Routes are
+trusted server-to-server links: a route sees every message of every account and the users'
+permissions do not apply to it, so without authentication any pod reaching port 6222 could
+join as a route and read or publish anything. Every server therefore accepts routes only as
+user "route" with the password MILLRACE_NATS_ROUTE_PASSWORD of the credentials Secret.
+
+A server dials its peers with the credentials of the route URL (it does not use the
+cluster's authorization block for that), and nats.conf cannot build a string out of a
+variable. Each route URL is therefore an environment variable of the nats container,
+MILLRACE_NATS_ROUTE_URL_<i>, that the kubelet assembles from $(MILLRACE_NATS_ROUTE_PASSWORD):
+the password is in neither the ConfigMap nor the pod spec. (The NATS chart's own
+config.cluster.routeURLs.user/password would write it into the ConfigMap.)
+
+Rendered by the NATS chart (nats.config.cluster.merge and nats.container.env in values.yaml):
+the context is that chart's, whose .Values are this chart's nats values with the NATS chart's
+defaults (statefulSet.name, headlessService.name) filled in.
+*/}}
+{{- define "millrace.natsRouteUser" -}}
+route
+{{- end }}
+
+{{/* The variable holding the URL of route i. Takes the index. */}}
+{{- define "millrace.natsRouteVar" -}}
+{{- printf "MILLRACE_NATS_ROUTE_URL_%d" (int .) }}
+{{- end }}
+
+{{/* The cluster's authorization block: the only credentials a route is accepted with. */}}
+{{- define "millrace.natsClusterAuthorization" -}}
+user: {{ include "millrace.natsRouteUser" . | quote }}
+password: "<< $MILLRACE_NATS_ROUTE_PASSWORD >>"
+{{- end }}
+
+{{/* The cluster's routes: one variable per server (see millrace.natsRouteEnv). */}}
+{{- define "millrace.natsClusterRoutes" -}}
+{{- range $i := until (int .Values.config.cluster.replicas) }}
+- "<< ${{ include "millrace.natsRouteVar" $i }} >>"
+{{- end }}
+{{- end }}
+
+{{/*
+The nats container's route variables, when clustered: the route password from the
+credentials Secret, then each route URL with it. The NATS chart lists container.env sorted
+by name, so MILLRACE_NATS_ROUTE_PASSWORD comes before the URLs that refer to it, as the
+kubelet's $(VAR) expansion requires. Hosts and scheme are those the NATS chart gives its own
+route URLs (config/cluster.yaml).
+*/}}
+{{- define "millrace.natsRouteEnv" -}}
+{{- $c := .Values.config.cluster }}
+{{- if $c.enabled }}
+MILLRACE_NATS_ROUTE_PASSWORD:
+  {{- include "millrace.natsServerPassword" (list . "route") | nindent 2 }}
+{{- $scheme := ternary "tls" "nats" $c.tls.enabled }}
+{{- $domain := .Values.headlessService.name }}
+{{- if $c.routeURLs.useFQDN }}
+{{- $domain = printf "%s.%s.svc.%s" $domain (.Values.namespaceOverride | default .Release.Namespace) $c.routeURLs.k8sClusterDomain }}
+{{- end }}
+{{- range $i := until (int $c.replicas) }}
+{{ include "millrace.natsRouteVar" $i }}: {{ printf "%s://%s:$(MILLRACE_NATS_ROUTE_PASSWORD)@%s-%d.%s:%d" $scheme (include "millrace.natsRouteUser" $) $.Values.statefulSet.name $i $domain (int $c.port) | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -73,6 +73,22 @@ and NATS are up and the schema is current. Watch them with:
   MILLRACE_EVENTS) at {{ include "millrace.natsUrl" . }}. Its password:
 
   kubectl -n {{ .Release.Namespace }} get secret {{ include "millrace.natsAuthSecret" (dict "Values" .Values.nats "Release" .Release) }} -o jsonpath='{.data.MILLRACE_NATS_EVENTS_PASSWORD}' | base64 -d
+{{- if .Values.networkPolicy.enabled }}
+
+  The NetworkPolicy admits to NATS only the release's pods and networkPolicy.natsClientsFrom
+  ({{ len .Values.networkPolicy.natsClientsFrom }} peer(s)): add other systems' pods or namespaces there.
+{{- end }}
+{{- end }}
+{{- if not .Values.networkPolicy.enabled }}
+
+##########################################################################################
+WARNING: networkPolicy.enabled=false: NO NetworkPolicy limits this release's pods.
+  Scripts run by the workers can reach the cloud metadata endpoint (169.254.169.254, and
+  with it often the node's cloud credentials), every Service and pod of the cluster
+  (PostgreSQL, MinIO, NATS's route and monitoring ports, other applications) and the whole
+  internet, whatever networkPolicy.allowWorkerInternetEgress says. Turn it back on
+  (networkPolicy.enabled=true, the default) unless something else restricts this traffic.
+##########################################################################################
 {{- end }}
 {{- if and .Values.ingress.enabled (not .Values.ingress.tls) }}
 
