@@ -345,7 +345,8 @@ async fn a_jobs_processes_share_one_memory_and_process_budget() {
     env.script(
         "u/alice/where",
         "bash",
-        "grep -E ':(memory|pids):|^0::' /proc/self/cgroup\n\
+        "echo \"oom $(cat /proc/self/oom_score_adj)\"\n\
+         grep -E ':(memory|pids):|^0::' /proc/self/cgroup\n\
          for f in $(sed -n 's/^[0-9]*:\\(pids\\|memory\\):\\(.*\\)/\\1\\2/p;s/^0::\\(.*\\)/unified\\1/p' /proc/self/cgroup); do\n\
            d=/sys/fs/cgroup/$f\n\
            cat $d/pids.max $d/memory.limit_in_bytes $d/memory.max 2>/dev/null\n\
@@ -353,6 +354,8 @@ async fn a_jobs_processes_share_one_memory_and_process_budget() {
     )
     .await;
     let (_, logs) = run_output(&env, "u/alice/where", json!({})).await;
+    // Out of memory, the kernel takes a job's process before the worker.
+    assert!(logs.contains("oom 1000"), "{logs}");
     if !job_cgroups_in_log(&env) {
         return;
     }

@@ -66,6 +66,7 @@ impl Confinement {
     /// into the job's cgroup while it may still move itself, then the job's user and group with
     /// no supplementary groups, then the limits.
     pub fn enter(&self, cpu_seconds: u64) -> std::io::Result<()> {
+        first_to_go_out_of_memory()?;
         if let Some(cgroup) = &self.cgroup {
             cgroup.join()?;
         }
@@ -246,6 +247,29 @@ fn clear_as(uid: u32, dir: &Path) {
             tracing::warn!(dir = %dir.display(), error = %e, "could not empty a job directory")
         }
     }
+}
+
+/// Makes the calling process (a job's child, between fork and exec) the kernel's first choice
+/// when memory runs out: a job over its memory dies, not the worker with every job it runs —
+/// whose jobs would then be redelivered, the culprit too. Async-signal-safe calls only.
+fn first_to_go_out_of_memory() -> std::io::Result<()> {
+    // SAFETY: open, write and close on a NUL-terminated literal path.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"1000".as_ptr().cast(), 4);
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if written != 4 {
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 /// Makes sure no job can rename or replace what the worker keeps in `dir`: a directory that
