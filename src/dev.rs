@@ -2,6 +2,7 @@
 //! PostgreSQL under one data directory unless URLs are given, migrates, creates a workspace,
 //! a user with a token and an example script, then serves the API and runs a worker.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -83,23 +84,71 @@ fn port_or_free(preferred: u16) -> anyhow::Result<u16> {
 
 /// PostgreSQL refuses to run as root, and the `postgres` user must reach its data directory:
 /// under a home directory it cannot, so the cluster then lives in /var/tmp, linked from here.
+/// The directory (cluster, superuser password, socket) is private to PostgreSQL's user: see
+/// [`LocalPostgres`].
 fn postgres_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let wanted = data_dir.join("postgres");
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() == 0 };
     if !root || wanted.is_symlink() {
-        return Ok(std::fs::canonicalize(&wanted).unwrap_or(wanted));
+        let dir = std::fs::canonicalize(&wanted).unwrap_or(wanted);
+        if root {
+            check_owned_by_postgres_or_root(&dir)?;
+        }
+        return Ok(dir);
     }
     let digest = token::hash(&data_dir.display().to_string());
     let outside = PathBuf::from(format!(
         "/var/tmp/millrace-dev-{}",
         hex::encode(&digest[..6])
     ));
-    std::fs::create_dir_all(&outside)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&outside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("{}", outside.display())),
+    }
+    check_owned_by_postgres_or_root(&outside)?;
     if !wanted.exists() {
         std::os::unix::fs::symlink(&outside, &wanted)?;
     }
     Ok(outside)
+}
+
+/// /var/tmp is everybody's: a directory there by the name `dev` picks could have been made (or
+/// linked elsewhere) by another user, to be handed the cluster and its password.
+fn check_owned_by_postgres_or_root(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    let owner_ok = meta.uid() == 0 || Some(meta.uid()) == postgres_uid();
+    anyhow::ensure!(
+        meta.is_dir() && owner_ok,
+        "{} is not a directory of root or postgres (made by another user?): remove it",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The uid of the `postgres` user, if there is one.
+fn postgres_uid() -> Option<u32> {
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found = std::ptr::null_mut();
+    // SAFETY: the name is NUL-terminated, `buf` is as long as said, and `pwd` is read only
+    // when getpwnam_r says it filled it (`found` non-null).
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c"postgres".as_ptr(),
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: filled by getpwnam_r, as checked above.
+    Some(unsafe { pwd.assume_init() }.pw_uid)
 }
 
 async fn start_services(

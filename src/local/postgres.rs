@@ -1,14 +1,41 @@
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
-/// A PostgreSQL cluster of its own on loopback. Refuses root, so as root it runs as `postgres`.
+/// A PostgreSQL cluster of its own on loopback that lets in only its superuser `postgres`, with
+/// a password. The server refuses to run as root, so as root it runs as the `postgres` user.
+///
+/// `data_dir` (mode 0700; owned by `postgres` when we are root) holds:
+/// - `data/`: the cluster;
+/// - `postgres.password`: the superuser's password (0600), made once and kept, so that a
+///   restarted `dev` logs in again;
+/// - `postgres.log`;
+/// - the server's Unix socket, reachable by nobody else through this private directory.
+///
+/// Jobs run on the same machine as other users: with `trust` authentication any of them could
+/// log in as the superuser over TCP (read the signing key, `COPY … TO PROGRAM`). So every
+/// connection, TCP or socket, needs the password (SCRAM), and a cluster made before that (by
+/// `initdb -A trust`) is switched over when started.
 pub struct LocalPostgres {
     bin_dir: PathBuf,
     data_dir: PathBuf,
     port: u16,
+    password: String,
 }
+
+/// The whole of the cluster's pg_hba.conf: the password on every connection.
+const PG_HBA: &str = "\
+# Written by Millrace (src/local/postgres.rs), and again whenever it differs: the superuser's
+# password (SCRAM) on every connection. Jobs run on this machine as other users.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+";
+
+const PASSWORD_FILE: &str = "postgres.password";
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -39,39 +66,185 @@ fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives `path` (and with `recursive` all under it) to the `postgres` user.
+fn chown_to_postgres(path: &Path, recursive: bool) -> anyhow::Result<()> {
+    let mut chown = Command::new("chown");
+    if recursive {
+        chown.arg("-R");
+    }
+    chown.arg("postgres:postgres").arg(path);
+    run(chown, "chown")
+}
+
+/// The password kept in `<data_dir>/postgres.password`, made (0600) when missing or empty; and
+/// whether it was just made.
+fn password(data_dir: &Path) -> anyhow::Result<(String, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = data_dir.join(PASSWORD_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}", file.display())),
+    }
+    let made = crate::auth::token::generate();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| format!("{}", file.display()))?;
+    // A first line, as `initdb --pwfile` reads it.
+    out.write_all(format!("{made}\n").as_bytes())?;
+    out.sync_all()?;
+    Ok((made, true))
+}
+
+/// Sets the superuser's password in a stopped cluster, in single-user mode: no connection, so
+/// no moment in which a server lets anybody in without it.
+fn set_password_offline(bin_dir: &Path, cluster: &Path, password: &str) -> anyhow::Result<()> {
+    let mut single = pg_command(bin_dir, "postgres");
+    single.arg("--single").arg("-D").arg(cluster).args([
+        "-c",
+        "password_encryption=scram-sha-256",
+        // A failed statement stops the backend (a non-zero exit) and is not echoed (it holds
+        // the password).
+        "-c",
+        "exit_on_error=on",
+        "-c",
+        "log_min_error_statement=panic",
+        "postgres",
+    ]);
+    let mut child = single
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run postgres --single (set PG_BIN_DIR)")?;
+    let statement = format!(
+        "ALTER ROLE postgres WITH PASSWORD '{}';\n",
+        password.replace('\'', "''")
+    );
+    let written = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(statement.as_bytes());
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        written.is_ok() && output.status.success(),
+        "setting the password of the PostgreSQL cluster in {} failed (is a server still running \
+         on it? stop it, or remove the directory to start afresh): {}",
+        cluster.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Stops a server still running on the cluster: one whose `dev` was killed before it could stop
+/// it. (Its socket and port would refuse the new one, and its password cannot be set under it.)
+fn stop_leftover(bin_dir: &Path, cluster: &Path) {
+    if !cluster.join("postmaster.pid").exists() {
+        return;
+    }
+    let mut status = pg_command(bin_dir, "pg_ctl");
+    status.arg("-D").arg(cluster).arg("status");
+    let running = status
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if running {
+        tracing::warn!(
+            cluster = %cluster.display(),
+            "a PostgreSQL server left running on this cluster; stopping it"
+        );
+        let mut stop = pg_command(bin_dir, "pg_ctl");
+        stop.arg("-D")
+            .arg(cluster)
+            .args(["-m", "fast", "-w", "stop"]);
+        let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// `text` as it may stand in a URL's user information (RFC 3986 unreserved characters as they
+/// are, every other byte percent-encoded).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 impl LocalPostgres {
-    /// Initialises `data_dir` if it is empty, then starts the server on `port`.
+    /// Initialises `data_dir` if it is empty, then starts the server on `port`. A cluster made
+    /// by an older Millrace with `trust` authentication gets a password and pg_hba.conf first.
     pub fn start(bin_dir: &Path, data_dir: &Path, port: u16) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
         let cluster = data_dir.join("data");
-        if !cluster.join("PG_VERSION").exists() {
-            std::fs::create_dir_all(data_dir)?;
-            if is_root() {
-                run(
-                    {
-                        let mut c = Command::new("chown");
-                        c.args(["-R", "postgres:postgres"]).arg(data_dir);
-                        c
-                    },
-                    "chown",
-                )?;
+        let fresh = !cluster.join("PG_VERSION").exists();
+        std::fs::create_dir_all(data_dir)?;
+        // The socket is in there too: private before anything else.
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("{}", data_dir.display()))?;
+        let (password, made) = password(data_dir)?;
+        if is_root() {
+            if fresh {
+                chown_to_postgres(data_dir, true)?;
+            } else {
+                chown_to_postgres(data_dir, false)?;
+                chown_to_postgres(&data_dir.join(PASSWORD_FILE), false)?;
             }
+        }
+        if fresh {
             let mut initdb = pg_command(bin_dir, "initdb");
-            initdb.arg("-D").arg(&cluster).args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ]);
+            initdb
+                .arg("-D")
+                .arg(&cluster)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ])
+                .arg(format!(
+                    "--pwfile={}",
+                    data_dir.join(PASSWORD_FILE).display()
+                ));
             run(initdb, "initdb")?;
+        }
+        if !fresh {
+            stop_leftover(bin_dir, &cluster);
+        }
+        let hba = cluster.join("pg_hba.conf");
+        let hba_current = std::fs::read_to_string(&hba).is_ok_and(|text| text == PG_HBA);
+        if !fresh && (made || !hba_current) {
+            // Made with `trust` (or its password file lost): give the superuser the password
+            // before any server runs with the new rules.
+            set_password_offline(bin_dir, &cluster, &password)?;
+        }
+        if !hba_current {
+            // Truncating the existing file keeps its owner (`postgres`) and mode (0600).
+            std::fs::write(&hba, PG_HBA).with_context(|| format!("{}", hba.display()))?;
+            if is_root() {
+                chown_to_postgres(&hba, false)?;
+            }
         }
         let server = Self {
             bin_dir: bin_dir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             port,
+            password,
         };
         server.launch()?;
         Ok(server)
@@ -84,7 +257,7 @@ impl LocalPostgres {
 
     fn launch(&self) -> anyhow::Result<()> {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c unix_socket_permissions=0700 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             self.port,
             self.data_dir.display()
         );
@@ -106,9 +279,14 @@ impl LocalPostgres {
         Ok(())
     }
 
-    /// The URL of a database on this server (not created: see `create_database`).
+    /// The URL of a database on this server, with the superuser's password (not created: see
+    /// `create_database`).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            percent_encode(&self.password),
+            self.port
+        )
     }
 
     pub async fn create_database(&self, name: &str) -> anyhow::Result<()> {
@@ -131,6 +309,16 @@ impl LocalPostgres {
         self.port
     }
 
+    /// The directory of the cluster, its password file, log and Unix socket.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The file that keeps the superuser's password.
+    pub fn password_file(&self) -> PathBuf {
+        self.data_dir.join(PASSWORD_FILE)
+    }
+
     pub fn stop(&self) {
         let mut stop = pg_command(&self.bin_dir, "pg_ctl");
         stop.arg("-D")
@@ -143,5 +331,16 @@ impl LocalPostgres {
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_encode;
+
+    #[test]
+    fn passwords_are_percent_encoded_in_urls() {
+        assert_eq!(percent_encode("aZ09-._~"), "aZ09-._~");
+        assert_eq!(percent_encode("a@b:c/d%é"), "a%40b%3Ac%2Fd%25%C3%A9");
     }
 }

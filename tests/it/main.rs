@@ -9,6 +9,7 @@ mod flows;
 mod identity;
 mod isolation;
 mod jobs_api;
+mod local_services;
 mod nats_auth;
 mod openapi;
 mod payloads;
