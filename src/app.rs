@@ -114,7 +114,13 @@ impl ApiServer {
         let state = AppState::new(settings, pool, bus, authenticator);
         let listener = TcpListener::bind(http.bind_addr)
             .await
-            .with_context(|| format!("cannot listen on {}", http.bind_addr))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (is another program using the port? set BIND_ADDR, \
+                     e.g. BIND_ADDR=127.0.0.1:8001)",
+                    http.bind_addr
+                )
+            })?;
         Ok(Self {
             listener,
             state,

@@ -116,20 +116,57 @@ fn spawn(
     std::fs::write(store_dir.join("auth.conf"), AUTH_CONF)?;
     let conf = store_dir.join("local.conf");
     std::fs::write(&conf, "max_payload: 8MB\ninclude ./auth.conf\n")?;
+    stop_leftover(store_dir);
     let mut command = Command::new(bin);
     command
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store_dir)
         .arg("-c")
         .arg(&conf)
+        .arg("-P")
+        .arg(store_dir.join(PID_FILE))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    super::dies_with_parent(&mut command, libc::SIGTERM);
     for (user, password) in passwords {
         command.env(password_variable(user), password);
     }
     command
         .spawn()
         .with_context(|| format!("cannot run {} (set NATS_SERVER_BIN)", bin.display()))
+}
+
+const PID_FILE: &str = "nats-server.pid";
+
+/// Stops a nats-server still running on this store: one that an earlier `dev`, killed before
+/// servers died with it, left holding the port and the store.
+fn stop_leftover(store_dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(store_dir.join(PID_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::pid_t>().ok())
+    else {
+        return;
+    };
+    // Only a nats-server of this store: the pid may have been reused by anything since.
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let store = store_dir.as_os_str().as_encoded_bytes();
+        args.iter().any(|a| a.ends_with(b"nats-server")) && args.contains(&store)
+    });
+    if !ours {
+        return;
+    }
+    tracing::warn!(pid, store = %store_dir.display(), "a nats-server left running on this store; stopping it");
+    // SAFETY: kill(2) on a pid checked just above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// The variable nats/auth.conf reads a user's password from.

@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -23,6 +24,9 @@ pub struct LocalPostgres {
     data_dir: PathBuf,
     port: u16,
     password: String,
+    /// The postmaster, a child of this process (not daemonised by pg_ctl) so that it dies with
+    /// it: a killed `dev` leaves no server behind.
+    server: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 /// The whole of the cluster's pg_hba.conf: the password on every connection.
@@ -64,6 +68,20 @@ fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(())
+}
+
+/// The `postgres` user's uid and gid.
+fn postgres_ids() -> anyhow::Result<(u32, u32)> {
+    // SAFETY: getpwnam with a NUL-terminated name; the entry is read at once, before another
+    // call could reuse its buffer.
+    unsafe {
+        let entry = libc::getpwnam(c"postgres".as_ptr());
+        anyhow::ensure!(
+            !entry.is_null(),
+            "there is no `postgres` user to run PostgreSQL as"
+        );
+        Ok(((*entry).pw_uid, (*entry).pw_gid))
+    }
 }
 
 /// Gives `path` (and with `recursive` all under it) to the `postgres` user.
@@ -245,6 +263,7 @@ impl LocalPostgres {
             data_dir: data_dir.to_path_buf(),
             port,
             password,
+            server: std::sync::Mutex::new(None),
         };
         server.launch()?;
         Ok(server)
@@ -256,27 +275,82 @@ impl LocalPostgres {
     }
 
     fn launch(&self) -> anyhow::Result<()> {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c unix_socket_permissions=0700 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-            self.port,
-            self.data_dir.display()
-        );
-        let mut start = pg_command(&self.bin_dir, "pg_ctl");
-        start
+        let log_path = self.data_dir.join("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("{}", log_path.display()))?;
+        let mut postgres = Command::new(self.bin_dir.join("postgres"));
+        if is_root() {
+            let (uid, gid) = postgres_ids()?;
+            postgres.uid(uid).gid(gid);
+        }
+        postgres
             .arg("-D")
             .arg(self.data_dir.join("data"))
-            .args(["-w", "-l"])
-            .arg(self.data_dir.join("postgres.log"))
-            .args(["-o", &options, "start"]);
-        if let Err(e) = run(start, "pg_ctl start") {
-            // pg_ctl only says "examine the log": bring its end along.
-            let log =
-                std::fs::read_to_string(self.data_dir.join("postgres.log")).unwrap_or_default();
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-k",
+            ])
+            .arg(&self.data_dir)
+            .args([
+                "-c",
+                "unix_socket_permissions=0700",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SIGINT: PostgreSQL's fast shutdown, clients cut off and the data written out.
+        super::dies_with_parent(&mut postgres, libc::SIGINT);
+        let mut child = postgres
+            .spawn()
+            .with_context(|| format!("cannot run {} (set PG_BIN_DIR)", self.bin_dir.display()))?;
+        if let Err(e) = self.await_ready(&mut child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The server's own words are in its log: bring its end along.
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(5)..].join("\n");
             anyhow::bail!("{e:#}; the end of postgres.log:\n{tail}");
         }
+        *self.server.lock().expect("postgres lock") = Some(child);
         Ok(())
+    }
+
+    /// Waits until the server accepts connections (`pg_isready`), or fails when it exits.
+    fn await_ready(&self, child: &mut std::process::Child) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("PostgreSQL exited at start ({status})");
+            }
+            let ready = Command::new(self.bin_dir.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .stdin(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL did not accept connections within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// The URL of a database on this server, with the superuser's password (not created: see
@@ -319,18 +393,24 @@ impl LocalPostgres {
         self.data_dir.join(PASSWORD_FILE)
     }
 
+    /// Stops the server at once, as a crash would (`immediate`: the next start recovers).
     pub fn stop(&self) {
-        let mut stop = pg_command(&self.bin_dir, "pg_ctl");
-        stop.arg("-D")
-            .arg(self.data_dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"]);
-        let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        self.shut_down(libc::SIGQUIT);
+    }
+
+    fn shut_down(&self, signal: libc::c_int) {
+        if let Some(mut child) = self.server.lock().expect("postgres lock").take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
-        self.stop();
+        // A fast shutdown: the data written out, nothing to recover at the next start.
+        self.shut_down(libc::SIGINT);
     }
 }
 

@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod dev_command;
 mod events;
 mod flow_durability;
 mod flows;

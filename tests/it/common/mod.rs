@@ -35,7 +35,7 @@ fn start_postgres(dir: &std::path::Path) -> LocalPostgres {
     }
 }
 
-fn tool(name: &str, default: &str) -> PathBuf {
+pub fn tool(name: &str, default: &str) -> PathBuf {
     std::env::var_os(name)
         .map(PathBuf::from)
         .unwrap_or_else(|| default.into())
