@@ -175,6 +175,9 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
         json!({"timeout": 3}),
     )
     .await;
+    env.script("u/alice/warm", "bash", "echo warm\n").await;
+    env.run_ok("u/alice/warm", json!({})).await;
+    let baseline = env.worker_rss_kib(0);
     let started = Instant::now();
     let id = env.run("u/alice/bomb", json!({})).await;
     let done = env.wait(&id, Duration::from_secs(30)).await;
@@ -200,6 +203,7 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    env.assert_worker_idle(0, baseline).await;
     env.script("u/alice/after", "bash", "echo fine\n").await;
     assert_eq!(env.run_ok("u/alice/after", json!({})).await, json!("fine"));
 }

@@ -285,6 +285,10 @@ async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on(
         ..Default::default()
     })
     .await;
+    // A job first, so that the worker's memory is what it holds once at work.
+    env.script("u/alice/warm", "bash", "echo warm\n").await;
+    env.run_ok("u/alice/warm", json!({})).await;
+    let baseline = env.worker_rss_kib(0);
     // One 3 GB line: the job is stopped at the cap, within seconds.
     env.script(
         "u/alice/flood",
@@ -306,6 +310,8 @@ async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on(
         .unwrap()
         .contains("MAX_OUTPUT_SIZE"));
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // And the worker is back to idle: no CPU spent on it, no memory kept.
+    env.assert_worker_idle(0, baseline).await;
     // A result file over MAX_RESULT_SIZE is refused.
     env.script(
         "u/alice/huge",

@@ -439,6 +439,46 @@ impl TestEnv {
         index
     }
 
+    /// Whether worker `index` is back to idle: under 10% of a core over a second, and its
+    /// resident memory at most 64 MiB above `baseline_kib` (from [`TestEnv::worker_rss_kib`]).
+    pub async fn assert_worker_idle(&self, index: usize, baseline_kib: u64) {
+        let pid = self.workers[index].id();
+        let cpu_ticks = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            // After the command name (in parentheses, maybe with spaces): utime is field 14.
+            let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+                .split(' ')
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            fields[11] + fields[12]
+        };
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let before = cpu_ticks();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = cpu_ticks() - before;
+        assert!(
+            used * 10 <= per_second,
+            "worker {index} used {used}/{per_second} s of CPU in an idle second"
+        );
+        let rss = self.worker_rss_kib(index);
+        assert!(
+            rss <= baseline_kib + 64 * 1024,
+            "worker {index} holds {rss} KiB, {baseline_kib} KiB before"
+        );
+    }
+
+    /// Worker `index`'s resident memory in KiB.
+    pub fn worker_rss_kib(&self, index: usize) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.workers[index].id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     /// The process id of the `millrace api` process (to watch its memory).
     pub fn api_pid(&self) -> u32 {
         self.apis[0].id()
