@@ -33,6 +33,24 @@ pub(crate) fn dies_with_parent(command: &mut std::process::Command, signal: libc
     }
 }
 
+/// Writes a secret to `file`, readable and writable by this process's user alone (mode 0600
+/// from its creation: never readable by others, not even for a moment).
+pub(crate) fn write_private(file: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("{}", file.display()))?;
+    out.write_all(contents.as_bytes())?;
+    out.sync_all()?;
+    Ok(())
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -75,7 +75,6 @@ impl LocalNats {
 
 /// The passwords kept in `<store>/users.json`, made when missing.
 fn passwords(store_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
-    use std::os::unix::fs::OpenOptionsExt;
     let file = store_dir.join("users.json");
     if let Ok(text) = std::fs::read_to_string(&file) {
         let kept: BTreeMap<String, String> =
@@ -94,14 +93,7 @@ fn passwords(store_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
             )
         })
         .collect();
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&file)
-        .with_context(|| format!("{}", file.display()))?;
-    std::io::Write::write_all(&mut out, serde_json::to_string(&made)?.as_bytes())?;
+    super::write_private(&file, &serde_json::to_string(&made)?)?;
     Ok(made)
 }
 

@@ -97,7 +97,6 @@ fn chown_to_postgres(path: &Path, recursive: bool) -> anyhow::Result<()> {
 /// The password kept in `<data_dir>/postgres.password`, made (0600) when missing or empty; and
 /// whether it was just made.
 fn password(data_dir: &Path) -> anyhow::Result<(String, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
     let file = data_dir.join(PASSWORD_FILE);
     match std::fs::read_to_string(&file) {
         Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), false)),
@@ -106,16 +105,8 @@ fn password(data_dir: &Path) -> anyhow::Result<(String, bool)> {
         Err(e) => return Err(e).with_context(|| format!("{}", file.display())),
     }
     let made = crate::auth::token::generate();
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&file)
-        .with_context(|| format!("{}", file.display()))?;
     // A first line, as `initdb --pwfile` reads it.
-    out.write_all(format!("{made}\n").as_bytes())?;
-    out.sync_all()?;
+    super::write_private(&file, &format!("{made}\n"))?;
     Ok((made, true))
 }
 

@@ -101,6 +101,23 @@ fn none_left(needle: &str) {
     }
 }
 
+/// A throwaway data directory for `dev`.
+fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("millrace-dev-it-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Removes what `dev` keeps outside the data directory (its log, and as root its cluster).
+fn clean_up(data_dir: &Path) {
+    let pg_dir = postgres_dir(data_dir);
+    if pg_dir != data_dir.join("postgres") {
+        let _ = std::fs::remove_dir_all(&pg_dir);
+    }
+    let _ = std::fs::remove_file(data_dir.with_extension("log"));
+}
+
 /// Where dev keeps PostgreSQL: `<data>/postgres`, or as root the directory it links to.
 fn postgres_dir(data_dir: &Path) -> PathBuf {
     std::fs::canonicalize(data_dir.join("postgres")).unwrap()
@@ -147,10 +164,7 @@ async fn result(http: &reqwest::Client, base: &str, token: &str, job: &str) -> V
 #[tokio::test]
 async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
     let _one = ONE_DEV.lock().await;
-    let data = tempfile::Builder::new()
-        .prefix("millrace-dev-it-")
-        .tempdir()
-        .unwrap();
+    let data = data_dir();
     let data_dir = data.path().to_path_buf();
     let port = millrace::local::free_port().unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -192,19 +206,13 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
     second.wait().unwrap();
     none_left(&pg_dir.display().to_string());
     none_left(&data_dir.join("nats").display().to_string());
-    if pg_dir != data_dir.join("postgres") {
-        let _ = std::fs::remove_dir_all(&pg_dir);
-    }
-    let _ = std::fs::remove_file(data_dir.with_extension("log"));
+    clean_up(&data_dir);
 }
 
 #[tokio::test]
 async fn a_dev_that_cannot_start_stops_what_it_started() {
     let _one = ONE_DEV.lock().await;
-    let data = tempfile::Builder::new()
-        .prefix("millrace-dev-it-")
-        .tempdir()
-        .unwrap();
+    let data = data_dir();
     let data_dir = data.path().to_path_buf();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -223,8 +231,5 @@ async fn a_dev_that_cannot_start_stops_what_it_started() {
     let pg_dir = postgres_dir(data.path());
     none_left(&pg_dir.display().to_string());
     none_left(&data.path().join("nats").display().to_string());
-    if pg_dir != data.path().join("postgres") {
-        let _ = std::fs::remove_dir_all(&pg_dir);
-    }
-    let _ = std::fs::remove_file(data.path().with_extension("log"));
+    clean_up(data.path());
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{Options, TestEnv, WS};
+use crate::common::{jobs_have_own_users, Options, TestEnv, WS};
 
 /// The job directories of root's workers (the harness runs as root when these tests run).
 fn job_dirs() -> Vec<std::path::PathBuf> {
@@ -26,20 +26,6 @@ fn job_dirs() -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
-fn as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        // CI runs as root: there, a skip would hide that nothing was tested.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "job isolation tests need root, and CI is set"
-        );
-        eprintln!("skipped: job isolation needs the worker to run as root (CI does)");
-    }
-    root
-}
-
 async fn run_output(env: &TestEnv, path: &str, args: Value) -> (Value, String) {
     let id = env.run(path, args).await;
     let done = env.wait(&id, Duration::from_secs(60)).await;
@@ -53,7 +39,7 @@ async fn run_output(env: &TestEnv, path: &str, args: Value) -> (Value, String) {
 
 #[tokio::test]
 async fn a_job_cannot_read_the_workers_environment_or_memory() {
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     let env = TestEnv::start().await;
@@ -90,7 +76,7 @@ async fn a_job_cannot_read_the_workers_environment_or_memory() {
 
 #[tokio::test]
 async fn jobs_cannot_read_or_signal_each_other() {
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     let env = TestEnv::start().await;
@@ -155,7 +141,7 @@ async fn jobs_cannot_read_or_signal_each_other() {
 
 #[tokio::test]
 async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     // The default process limit; a user of its own, so that what is left of it can be counted.
@@ -210,7 +196,7 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
 
 #[tokio::test]
 async fn a_process_that_left_the_group_dies_with_its_job() {
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     let env = TestEnv::start().await;
@@ -244,7 +230,7 @@ async fn a_process_that_left_the_group_dies_with_its_job() {
 #[tokio::test]
 async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     use std::os::unix::fs::MetadataExt;
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     // A user no other test's workers take, so the next worker here gets the same one.
@@ -334,7 +320,7 @@ fn job_cgroups_in_log(env: &TestEnv) -> bool {
 
 #[tokio::test]
 async fn a_jobs_processes_share_one_memory_and_process_budget() {
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     let env = TestEnv::with(Options {
@@ -402,7 +388,7 @@ async fn a_jobs_processes_share_one_memory_and_process_budget() {
 
 #[tokio::test]
 async fn the_worker_reads_no_result_but_a_plain_file_of_the_job() {
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     let env = TestEnv::start().await;

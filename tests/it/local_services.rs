@@ -9,21 +9,7 @@ use serde_json::json;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use crate::common::{TestEnv, WS};
-
-/// Jobs run as other users only when the worker is root; CI is, and must not skip.
-fn as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run these tests as root (jobs run as users of their own only then)"
-        );
-        eprintln!("skipped: jobs run as users of their own only when the worker is root (CI is)");
-    }
-    root
-}
+use crate::common::{jobs_have_own_users, TestEnv, WS};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
@@ -35,7 +21,7 @@ fn mode(path: &std::path::Path) -> u32 {
 
 #[tokio::test]
 async fn postgres_lets_in_only_with_the_password() {
-    if !as_root() {
+    if !jobs_have_own_users() {
         return;
     }
     let env = TestEnv::start().await;

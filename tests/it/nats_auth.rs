@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::common::{TestEnv, WS};
+use crate::common::{jobs_have_own_users, TestEnv, WS};
 
 /// A client of `user` and the errors the server sends it (a refused publish or subscription
 /// is reported on the connection, not to the caller).
@@ -272,9 +272,7 @@ async fn the_events_user_cannot_deliver_events_into_a_jobs_subjects() {
 
 #[tokio::test]
 async fn a_job_gets_no_nats_credentials() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: jobs run as users of their own only when the worker is root (CI is)");
+    if !jobs_have_own_users() {
         return;
     }
     let env = TestEnv::start().await;
