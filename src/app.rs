@@ -112,15 +112,13 @@ impl ApiServer {
             trusted_proxy_hops: http.trusted_proxy_hops,
         };
         let state = AppState::new(settings, pool, bus, authenticator);
-        let listener = TcpListener::bind(http.bind_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (is another program using the port? set BIND_ADDR, \
+        let listener = TcpListener::bind(http.bind_addr).await.with_context(|| {
+            format!(
+                "cannot listen on {} (is another program using the port? set BIND_ADDR, \
                      e.g. BIND_ADDR=127.0.0.1:8001)",
-                    http.bind_addr
-                )
-            })?;
+                http.bind_addr
+            )
+        })?;
         Ok(Self {
             listener,
             state,

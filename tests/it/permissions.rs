@@ -957,7 +957,11 @@ async fn repeated_failures_are_rate_limited_per_address() {
         assert_eq!(res.status(), 401, "attempt {i}");
     }
     let res = spray("someone-else@example.com".into()).await.unwrap();
-    assert_eq!(res.status(), 429, "the address is limited over all accounts");
+    assert_eq!(
+        res.status(),
+        429,
+        "the address is limited over all accounts"
+    );
     assert_eq!(login("pw", "198.51.100.1").await.unwrap().status(), 200);
 }
 
