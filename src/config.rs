@@ -303,6 +303,18 @@ pub struct WorkerConfig {
     )]
     pub job_uid_range: String,
 
+    /// Whether each job user gets a cgroup with the job's memory and process limits: `auto`
+    /// only where moving a process into one is cheap (cgroup v2 mounted with `favordynmods`;
+    /// elsewhere each move can wait 7–15 ms for the kernel), `on` wherever the worker may make
+    /// cgroups, `off` never.
+    #[arg(
+        long = "job-cgroups",
+        env = "JOB_CGROUPS",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub job_cgroups: JobCgroups,
+
     /// Bytes of heap and data a job's process may use (RLIMIT_DATA), and all its processes
     /// together where the worker may make cgroups.
     #[arg(
@@ -397,6 +409,13 @@ pub struct TelemetryConfig {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JobCgroups {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

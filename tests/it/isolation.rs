@@ -326,6 +326,7 @@ async fn a_jobs_processes_share_one_memory_and_process_budget() {
     let env = TestEnv::with(Options {
         workers: 1,
         worker_env: vec![
+            ("JOB_CGROUPS".into(), "on".into()),
             ("JOB_MEMORY_LIMIT".into(), (200u64 << 20).to_string()),
             ("JOB_MAX_PROCESSES".into(), "77".into()),
         ],

@@ -18,7 +18,7 @@ pub use cgroups::JobCgroup;
 pub use limits::Limits;
 pub use users::kill_all as kill_user;
 
-use crate::config::WorkerConfig;
+use crate::config::{JobCgroups, WorkerConfig};
 
 /// Job directories are `<temp dir>/millrace-<worker uid>/job-…`.
 const JOB_DIR_PREFIX: &str = "job-";
@@ -150,7 +150,7 @@ impl Sandbox {
                 }
                 forbid_inspection();
                 tracing::info!(users = ?uids, "jobs run as users of their own");
-                cgroups = job_cgroups(&uids, &limits);
+                cgroups = job_cgroups(config.job_cgroups, &uids, &limits);
                 uids.reverse();
                 Some(Arc::new(Mutex::new(uids)))
             }
@@ -320,14 +320,21 @@ fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
 
 /// A cgroup per job user with the jobs' memory and process limits, where this worker may make
 /// them; none (said once) where it may not.
-fn job_cgroups(uids: &[u32], limits: &Limits) -> HashMap<u32, Arc<JobCgroup>> {
-    let cgroups = match cgroups::Cgroups::detect() {
+fn job_cgroups(mode: JobCgroups, uids: &[u32], limits: &Limits) -> HashMap<u32, Arc<JobCgroup>> {
+    if mode == JobCgroups::Off {
+        return HashMap::new();
+    }
+    let cgroups = match cgroups::Cgroups::detect(mode == JobCgroups::Auto) {
         Ok(cgroups) => cgroups,
         Err(why) => {
-            tracing::warn!(
-                "no cgroups for jobs ({why}): a job's memory and processes are limited per \
-                 process and per user (rlimits) only"
-            );
+            let said = "no cgroups for jobs: a job's memory and processes are limited per \
+                        process and per user (rlimits) only";
+            // Asked for: a warning. Left out on purpose (`auto`): a fact.
+            if mode == JobCgroups::On {
+                tracing::warn!(why, "{said}");
+            } else {
+                tracing::info!(why, "{said}");
+            }
             return HashMap::new();
         }
     };
