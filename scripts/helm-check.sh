@@ -211,9 +211,11 @@ import json, re, sys
 import yaml
 
 SECRET_NAMES = {"DATABASE_URL", "SUPERADMIN_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMTP_PASSWORD",
-                "NATS_PASSWORD", "NATS_NKEY"}
+                "NATS_PASSWORD", "NATS_NKEY", "ENCRYPTION_KEY"}
 # What only the api may read: workers run scripts, migrate needs the database and JetStream only.
-API_ONLY_SECRETS = {"SUPERADMIN_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMTP_PASSWORD"}
+API_ONLY_SECRETS = {"SUPERADMIN_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMTP_PASSWORD", "ENCRYPTION_KEY"}
+# What every api process must read: the key of the secrets it stores encrypted.
+API_REQUIRED_SECRETS = {"ENCRYPTION_KEY"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 MILLRACE_COMPONENTS = {"api", "worker"}
 ROLES = ("api", "worker", "migrate")
@@ -819,7 +821,9 @@ def secret_files(rendered, *values_files):
                     read[n.removesuffix("_FILE")] = files.get(e.get("value"))
             unread = set(files.values()) - set(read.values())
             errs += [f"{where}: mounts Secret key {k}, which no variable points at" for k in sorted(unread)]
-            if role != "api":
+            if role == "api":
+                errs += [f"{where}: the api process gets no {n}" for n in sorted(API_REQUIRED_SECRETS - set(read))]
+            else:
                 leaked = {n for n in env if n.removesuffix("_FILE") in API_ONLY_SECRETS}
                 leaked |= set(files.values()) & API_ONLY_SECRETS
                 errs += [f"{where}: a {role} process gets {n}" for n in sorted(leaked)]
@@ -1176,6 +1180,10 @@ check "rejects external NATS without nats.url" rejects "nats.url is required" --
 check "rejects external PostgreSQL without database.url" rejects "database.url is required" --set postgresql.enabled=false
 check "rejects secret values next to existingSecret" rejects "must not be set together with secrets.existingSecret" \
   --set secrets.existingSecret=mine --set smtp.password=hunter2
+check "rejects an encryption key next to existingSecret" rejects "secrets.encryptionKey must not be set together with secrets.existingSecret" \
+  --set secrets.existingSecret=mine --set nats.auth.existingSecret=mine --set secrets.encryptionKey=$(printf '0%.0s' {1..64})
+check "rejects an encryption key that is not 64 hex digits" rejects "secrets.encryptionKey: Does not match pattern" \
+  --set secrets.encryptionKey=hunter2
 check "rejects two worker groups with one name" rejects "used twice" \
   --set 'workerGroups[0].name=a' --set 'workerGroups[0].tags[0]=x' --set 'workerGroups[1].name=a' --set 'workerGroups[1].tags[0]=y'
 check "rejects KEDA with an external NATS but no monitoring endpoint" rejects "nats.monitoringEndpoint" \

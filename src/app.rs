@@ -110,7 +110,24 @@ impl ApiServer {
             sync_error_status: api::sync_error_status(http.sync_error_status)?,
             auth_failures_per_minute: auth.failures_per_minute,
             trusted_proxy_hops: http.trusted_proxy_hops,
+            idempotency_window: http.idempotency_window,
+            secret_box: auth
+                .encryption_key
+                .as_ref()
+                .map(|key| crate::crypto::SecretBox::from_key(key.expose()))
+                .transpose()
+                .context("ENCRYPTION_KEY")?,
         };
+        if let Some(sealer) = &settings.secret_box {
+            // Not fatal: a schema older than the binary is `/readyz`'s to report.
+            match store::object_storage::seal_clear_keys(&pool, sealer).await {
+                Ok(0) => {}
+                Ok(sealed) => tracing::info!(sealed, "object storage secret keys encrypted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not encrypt object storage secret keys")
+                }
+            }
+        }
         let state = AppState::new(settings, pool, bus, authenticator);
         let listener = TcpListener::bind(http.bind_addr).await.with_context(|| {
             format!(

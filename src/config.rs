@@ -49,6 +49,7 @@ pub const FILE_SECRETS: &[&str] = &[
     "S3_SECRET_KEY",
     "NATS_PASSWORD",
     "NATS_NKEY",
+    "ENCRYPTION_KEY",
 ];
 
 /// Moves every `<NAME>_FILE` of [`FILE_SECRETS`] into `<NAME>` for the parser. Call before any
@@ -213,6 +214,11 @@ pub struct HttpConfig {
         default_value_t = 0
     )]
     pub trusted_proxy_hops: usize,
+
+    /// Seconds a run route's `Idempotency-Key` is remembered: a repeat within it answers the
+    /// first job.
+    #[arg(long = "idempotency-window", env = "IDEMPOTENCY_WINDOW", default_value = "120", value_parser = seconds)]
+    pub idempotency_window: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -233,6 +239,15 @@ pub struct AuthConfig {
         default_value_t = 20
     )]
     pub failures_per_minute: u32,
+
+    /// Key that encrypts secrets at rest (webhook trigger secrets), AES-256-GCM: 32 bytes as
+    /// 64 hex digits or base64 (`openssl rand -hex 32`). Without it, triggers cannot be made.
+    #[arg(
+        long = "encryption-key",
+        env = "ENCRYPTION_KEY",
+        hide_env_values = true
+    )]
+    pub encryption_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -196,6 +196,22 @@ async fn start_services(
     })
 }
 
+/// The key that encrypts stored secrets (ENCRYPTION_KEY), made once and kept (0600) in the
+/// data directory: a new key would leave what the old one sealed unreadable.
+fn encryption_key(data_dir: &Path) -> anyhow::Result<Secret> {
+    let file = data_dir.join("encryption.key");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if !text.trim().is_empty() {
+            return Ok(Secret::new(text.trim()));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let key = hex::encode(bytes);
+    local::write_private(&file, &format!("{key}\n"))?;
+    Ok(Secret::new(key))
+}
+
 const EXAMPLE_PATH: &str = "u/admin/hello";
 const EXAMPLE_SCRIPT: &str =
     "def main(name: str = \"world\"):\n    return {\"greeting\": f\"hello {name}\"}\n";
@@ -280,13 +296,16 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         mut nats,
         mut http,
         mut urls,
-        auth,
+        mut auth,
         smtp,
         s3,
         worker,
         jobs,
     } = config;
     let services = start_services(&opts, &mut db, &mut nats).await?;
+    if auth.encryption_key.is_none() {
+        auth.encryption_key = Some(encryption_key(&opts.data_dir)?);
+    }
     let tags = app::parse_tags(&worker.tags)?;
     app::migrate(&db, &services.nats_for(&nats, Role::Migrate), &tags).await?;
     let token = bootstrap(&db).await.context("bootstrap")?;

@@ -10,6 +10,8 @@
 //! - [`storage`]: object storage (S3/MinIO): webhook uploads and scripts' files.
 //! - [`domain`]: identifiers and states with no I/O.
 //! - [`flows`]: OpenFlow definitions, the pure flow state machine and its driver.
+//! - [`webhooks`]: signature schemes of token-less senders (GitHub, Stripe, Slack…); [`crypto`]:
+//!   secrets at rest.
 //! - [`sweeper`]: token expiry notices and `last_used_at` bookkeeping, in API processes.
 //! - [`app`] wires these for each subcommand; [`dev`] and [`local`] run everything on a laptop.
 //!
@@ -20,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod dev;
 pub mod domain;
 pub mod flows;
@@ -30,4 +33,5 @@ pub mod storage;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;

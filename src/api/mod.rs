@@ -10,6 +10,8 @@ mod flows;
 mod folders;
 mod groups;
 mod health;
+mod hooks;
+mod idempotency;
 mod job_helpers;
 mod job_wait;
 mod jobs;
@@ -31,7 +33,9 @@ mod state;
 mod streamed_body;
 mod submit;
 mod sync_response;
+mod trigger_cache;
 mod users;
+mod webhook_triggers;
 
 use std::time::Duration;
 
@@ -152,6 +156,13 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(job_helpers::download_s3_file))
         .routes(routes!(job_helpers::upload_s3_file))
         .routes(routes!(job_helpers::delete_s3_file))
+        .routes(routes!(webhook_triggers::create))
+        .routes(routes!(webhook_triggers::list))
+        .routes(routes!(webhook_triggers::get))
+        .routes(routes!(webhook_triggers::update))
+        .routes(routes!(webhook_triggers::set_enabled))
+        .routes(routes!(webhook_triggers::delete))
+        .routes(routes!(hooks::receive))
 }
 
 /// The OpenAPI document of every route.

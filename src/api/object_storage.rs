@@ -76,7 +76,8 @@ impl ObjectStorage {
         state: &AppState,
         ws: &WorkspaceId,
     ) -> ApiResult<Option<ObjectStore>> {
-        let Some(row) = settings_store::get(state.pool(), ws).await? else {
+        let sealer = state.config().secret_box.as_ref();
+        let Some(row) = settings_store::get(state.pool(), ws, sealer).await? else {
             return Ok(self
                 .0
                 .instance
@@ -241,7 +242,8 @@ pub async fn get_settings(
     authed: Authed,
 ) -> ApiResult<Json<ObjectStorageView>> {
     let (ws, _) = admin(&state, &authed, &params.workspace).await?;
-    let row = settings_store::get(state.pool(), &ws).await?;
+    let sealer = state.config().secret_box.as_ref();
+    let row = settings_store::get(state.pool(), &ws, sealer).await?;
     let instance = storage.0.instance.as_ref().map(|(settings, _)| settings);
     Ok(Json(ObjectStorageView::of(row.as_ref(), instance)))
 }
@@ -263,9 +265,10 @@ pub async fn set_settings(
     // Read after the caller is known to be an admin: others learn nothing about the fields.
     let body: SetObjectStorage = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid settings: {e}")))?;
+    let sealer = state.config().secret_box.as_ref();
     let secret_key = match body.secret_key.filter(|s| !s.is_empty()) {
         Some(secret) => Secret::new(secret),
-        None => settings_store::get(state.pool(), &ws)
+        None => settings_store::get(state.pool(), &ws, sealer)
             .await?
             .map(|row| row.secret_key)
             .ok_or_else(|| ApiError::bad_request("secret_key is required"))?,
@@ -289,7 +292,7 @@ pub async fn set_settings(
         .check(&row.endpoint)
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    settings_store::put(state.pool(), &ws, &row, access.username.as_str()).await?;
+    settings_store::put(state.pool(), &ws, &row, access.username.as_str(), sealer).await?;
     tracing::info!(workspace = %ws, by = %access.username, "object storage settings changed");
     let instance = storage.0.instance.as_ref().map(|(settings, _)| settings);
     Ok(Json(ObjectStorageView::of(Some(&row), instance)))

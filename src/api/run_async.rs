@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Authed;
+use super::idempotency::{run_once, Once, OnceKey};
 use super::multipart::RunBody;
 use super::object_storage::ObjectStorage;
 use super::run_target::{self, RunTarget};
@@ -125,8 +126,17 @@ async fn run_async(
     body: RunBody,
 ) -> ApiResult<impl IntoResponse> {
     let mut opts = body.options()?;
+    let key = OnceKey::from_header(state, body.headers(), &access, &target)?;
     let (args, mut uploads) = body.into_args(state, storage, &ws, &mut opts).await?;
-    let id = uploads.kept_if_ok(submit::submit(state, &ws, &access, &target, args, &opts).await)?;
+    let id = opts.job_id();
+    let submitted = submit::submit(state, &ws, &access, &target, args, &opts);
+    let id = match uploads.kept_if_ok(run_once(state, &ws, key.as_ref(), id, submitted).await)? {
+        Once::Started(id) => id,
+        Once::Repeat(first) => {
+            uploads.discard();
+            first
+        }
+    };
     Ok((StatusCode::CREATED, id.to_string()))
 }
 

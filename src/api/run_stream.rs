@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Authed;
+use super::idempotency::{run_once, Once, OnceKey};
 use super::job_wait::{completed_in_store, JobWatch, Seen};
 use super::jobs::{load, JobPath};
 use super::multipart::RunBody;
@@ -125,6 +126,24 @@ async fn pump<S: Stream<Item = JobUpdate>>(
     }
 }
 
+/// The stream of a job an earlier request started (a repeated `Idempotency-Key`).
+async fn follow_existing(state: AppState, ws: WorkspaceId, id: JobId) -> ApiResult<Response> {
+    let replies = state.bus().watch_job(id).await?;
+    let (tx, rx) = mpsc::channel(64);
+    // Subscribed first: a job that ends now is seen live or in the store.
+    if let Some((done, _)) = completed_in_store(&state, &ws, id).await? {
+        let _ = tx.send(final_frame(done.success, done.result, None)).await;
+        return Ok(sse_response(id, rx));
+    }
+    let watch = JobWatch::new(&ws, id, replies);
+    let flavour = Flavour {
+        logs: false,
+        job: false,
+    };
+    tokio::spawn(pump(state, ws, id, watch, tx, flavour));
+    Ok(sse_response(id, rx))
+}
+
 macro_rules! stream_route {
     ($name:ident, $method:ident, $path:literal, $target:literal, $params:ty, $resolve:ident) => {
         #[doc = "Run and stream the job as Server-Sent Events (SPEC §1)."]
@@ -140,12 +159,18 @@ macro_rules! stream_route {
             body: RunBody,
         ) -> ApiResult<Response> {
             let (ws, access, target) = $resolve(&state, &authed, &params).await?;
+            let key = OnceKey::from_header(&state, body.headers(), &access, &target)?;
             let (args, mut opts, mut uploads) =
                 run_request(&state, &storage, &authed, &ws, body).await?;
             let id = opts.job_id();
             let replies = uploads.kept_if_ok(state.bus().watch_job(id).await)?;
             let watch = JobWatch::new(&ws, id, replies);
-            uploads.kept_if_ok(submit::submit(&state, &ws, &access, &target, args, &opts).await)?;
+            let submitted = submit::submit(&state, &ws, &access, &target, args, &opts);
+            let once = run_once(&state, &ws, key.as_ref(), id, submitted).await;
+            if let Once::Repeat(first) = uploads.kept_if_ok(once)? {
+                uploads.discard();
+                return follow_existing(state, ws, first).await;
+            }
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(pump(state, ws, id, watch, tx, Flavour { logs: false, job: false }));
             Ok(sse_response(id, rx))

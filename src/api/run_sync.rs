@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::cancel::cancel_job;
 use super::error::{ApiError, ApiResult};
 use super::extract::Authed;
+use super::idempotency::{run_once, Once, OnceKey};
 use super::job_wait::{Completed, JobWatch, Seen};
 use super::multipart::{RunBody, Uploads};
 use super::object_storage::ObjectStorage;
@@ -71,7 +72,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_and_wait(
+pub(super) async fn run_and_wait(
     state: &AppState,
     (ws, access, target): (WorkspaceId, Access, RunTarget),
     (args, mut opts, mut uploads): (Map<String, Value>, RunOptions, Uploads),
@@ -93,15 +94,73 @@ async fn run_and_wait(
         by: access.username.to_string(),
         armed: true,
     };
-    let mut response = match wait_for_result(state, &ws, &access, id, &mut watch, guard).await {
+    let response = match wait_for_result(state, &ws, &access, id, &mut watch, guard).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
+    Ok(with_job_id(response, id))
+}
+
+/// `run_and_wait`, unless an earlier request with the same `Idempotency-Key` started the job:
+/// then that job's result.
+async fn run_and_wait_once(
+    state: &AppState,
+    resolved: (WorkspaceId, Access, RunTarget),
+    (args, mut opts, mut uploads): (Map<String, Value>, RunOptions, Uploads),
+    key: Option<OnceKey>,
+) -> ApiResult<Response> {
+    let Some(key) = key else {
+        return run_and_wait(state, resolved, (args, opts, uploads)).await;
+    };
+    let id = opts.job_id();
+    let (ws, access) = (resolved.0.clone(), resolved.1.clone());
+    // The uploads are handled here: a repeat never runs the future that would own them.
+    let run = run_and_wait(state, resolved, (args, opts, Uploads::default()));
+    match uploads.kept_if_ok(run_once(state, &ws, Some(&key), id, run).await)? {
+        Once::Started(response) => Ok(response),
+        Once::Repeat(first) => {
+            uploads.discard();
+            wait_for_existing(state, &ws, &access, first).await
+        }
+    }
+}
+
+/// The result of a job that an earlier request started (a repeated delivery): this caller does
+/// not own it, so hanging up cancels nothing.
+pub(super) async fn wait_for_existing(
+    state: &AppState,
+    ws: &WorkspaceId,
+    access: &Access,
+    id: JobId,
+) -> ApiResult<Response> {
+    let replies = state.bus().watch_job(id).await?;
+    let mut watch = JobWatch::new(ws, id, replies);
+    // Subscribed first: a job that ends now is seen live or in the store.
+    let answered = match super::job_wait::completed_in_store(state, ws, id).await? {
+        Some((done, _)) => {
+            sync_response::respond(&done.result, done.success, state.config().sync_error_status)
+        }
+        None => {
+            let guard = CancelOnDrop {
+                state: state.clone(),
+                ws: ws.clone(),
+                id,
+                by: access.username.to_string(),
+                armed: false,
+            };
+            wait_for_result(state, ws, access, id, &mut watch, guard).await
+        }
+    };
+    let response = answered.unwrap_or_else(IntoResponse::into_response);
+    Ok(with_job_id(response, id))
+}
+
+fn with_job_id(mut response: Response, id: JobId) -> Response {
     response.headers_mut().insert(
         JOB_ID_HEADER,
         HeaderValue::from_str(&id.to_string()).expect("a UUID is a valid header value"),
     );
-    Ok(response)
+    response
 }
 
 async fn wait_for_result<S: futures::Stream<Item = crate::queue::bus::JobUpdate>>(
@@ -159,8 +218,9 @@ macro_rules! sync_route {
             body: RunBody,
         ) -> ApiResult<Response> {
             let resolved = $resolve(&state, &authed, &params).await?;
+            let key = OnceKey::from_header(&state, body.headers(), &resolved.1, &resolved.2)?;
             let run = run_request(&state, &storage, &authed, &resolved.0, body).await?;
-            run_and_wait(&state, resolved, run).await
+            run_and_wait_once(&state, resolved, run, key).await
         }
     };
 }

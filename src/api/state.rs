@@ -24,6 +24,10 @@ pub struct ApiSettings {
     pub auth_failures_per_minute: u32,
     /// `TRUSTED_PROXY_HOPS`.
     pub trusted_proxy_hops: usize,
+    /// `IDEMPOTENCY_WINDOW`.
+    pub idempotency_window: std::time::Duration,
+    /// `ENCRYPTION_KEY`, for secrets at rest.
+    pub secret_box: Option<crate::crypto::SecretBox>,
 }
 
 #[derive(Clone)]
@@ -36,6 +40,7 @@ struct Inner {
     inserter: JobInserter,
     auth: Arc<Authenticator>,
     scripts: ScriptCache,
+    triggers: super::trigger_cache::TriggerCache,
     openapi: utoipa::openapi::OpenApi,
     /// Invalid tokens, per client address.
     token_failures: super::rate_limit::FailureLimiter<std::net::IpAddr>,
@@ -68,6 +73,7 @@ impl AppState {
             settings,
             inserter: JobInserter::spawn(pool.clone()),
             scripts: ScriptCache::new(),
+            triggers: Default::default(),
             openapi: super::openapi_document(),
             token_failures,
             login_failures,
@@ -105,6 +111,10 @@ impl AppState {
 
     pub fn scripts(&self) -> &ScriptCache {
         &self.0.scripts
+    }
+
+    pub fn triggers(&self) -> &super::trigger_cache::TriggerCache {
+        &self.0.triggers
     }
 
     pub fn openapi(&self) -> &utoipa::openapi::OpenApi {

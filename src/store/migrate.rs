@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0005_job_status_updates.sql"),
     ),
     (6, "flows", include_str!("../../migrations/0006_flows.sql")),
+    (
+        7,
+        "webhook_triggers",
+        include_str!("../../migrations/0007_webhook_triggers.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

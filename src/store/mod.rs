@@ -3,6 +3,7 @@
 
 pub mod acl;
 mod connections;
+pub mod deliveries;
 pub mod flow_runs;
 pub mod flows;
 mod job_inserter;
@@ -12,6 +13,7 @@ pub mod object_storage;
 pub mod scripts;
 pub mod settings;
 pub mod tokens;
+pub mod triggers;
 pub mod users;
 pub mod workspaces;
 

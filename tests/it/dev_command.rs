@@ -177,6 +177,15 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
     let (mut first, token) = start(&data_dir, port);
     let job = run_hello(&http, &base, &token).await;
     let pg_dir = postgres_dir(&data_dir);
+    // The key of stored secrets, made once, private.
+    let key_file = data_dir.join("encryption.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(key.trim().len(), 64, "{key}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     first.kill().unwrap(); // SIGKILL: no destructor runs
     first.wait().unwrap();
     // Its servers die with it.
@@ -189,6 +198,11 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
         started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        key,
+        "the key changed"
     );
     // The earlier token and job are still there.
     run_hello(&http, &base, &token).await;

@@ -23,5 +23,6 @@ mod runtimes;
 mod scripts;
 mod storage_endpoints;
 mod uploads;
+mod webhook_triggers;
 mod wmill_client;
 mod worker_crash;

@@ -81,7 +81,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-worker-%s" (include "millrace.fullname" .ctx) .group.name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* The Secret holding DATABASE_URL, SUPERADMIN_SECRET, S3 keys and SMTP_PASSWORD. */}}
+{{/* The Secret holding DATABASE_URL, SUPERADMIN_SECRET, ENCRYPTION_KEY, S3 keys and SMTP_PASSWORD. */}}
 {{- define "millrace.secretName" -}}
 {{- if .Values.secrets.existingSecret }}
 {{- .Values.secrets.existingSecret }}
@@ -205,7 +205,7 @@ Takes a context whose .Values are the nats values: the NATS chart's own context,
 What one Millrace process reads from Secrets, and nothing more, as JSON {"files": [{"name",
 "secret", "key"}]}: "name" is the variable (the file's name), "key" the Secret's key. Workers
 and migrate get DATABASE_URL and their role's NATS credential; only the api gets the
-superadmin secret, the S3 keys and the SMTP password. Takes (dict "ctx" $ "role" "api"),
+superadmin secret, the encryption key, the S3 keys and the SMTP password. Takes (dict "ctx" $ "role" "api"),
 role one of api, worker, migrate.
 */}}
 {{- define "millrace.secretFiles" -}}
@@ -213,7 +213,7 @@ role one of api, worker, migrate.
 {{- $main := include "millrace.secretName" .ctx }}
 {{- $names := list "DATABASE_URL" }}
 {{- if eq .role "api" }}
-{{- $names = append $names "SUPERADMIN_SECRET" }}
+{{- $names = concat $names (list "SUPERADMIN_SECRET" "ENCRYPTION_KEY") }}
 {{- if include "millrace.s3Enabled" .ctx }}
 {{- $names = concat $names (list "S3_ACCESS_KEY" "S3_SECRET_KEY") }}
 {{- end }}

@@ -1,0 +1,714 @@
+//! Webhook triggers: requests signed exactly as each sender documents it, refused ones, repeated
+//! deliveries, Slack's challenge, disabled triggers, secret rotation, flows, sync answers, the
+//! owner's rights, and secrets that PostgreSQL never holds in clear.
+
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::common::{Options, Response, TestEnv, WS};
+
+const KEY: &str = "5f1c6d0e9a8b7c6d5e4f30211203f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b";
+const ECHO: &str = "def main(**kwargs):\n    return kwargs\n";
+
+/// An instance with an encryption key, allowing `failures` bad signatures a minute.
+async fn env(failures: u32) -> TestEnv {
+    TestEnv::with(Options {
+        workers: 1,
+        api_env: vec![
+            ("ENCRYPTION_KEY".into(), KEY.into()),
+            ("AUTH_FAILURES_PER_MINUTE".into(), failures.to_string()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The headers each sender sends with `body`, signed with `secret` at time `ts`.
+fn signed(
+    scheme: &str,
+    secret: &str,
+    body: &str,
+    ts: i64,
+    delivery: &str,
+) -> Vec<(String, String)> {
+    let ts_s = ts.to_string();
+    let pairs: Vec<(&str, String)> = match scheme {
+        // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries:
+        // `X-Hub-Signature-256: sha256=` + hex HMAC-SHA256 of the body.
+        "github" => vec![
+            (
+                "X-Hub-Signature-256",
+                format!(
+                    "sha256={}",
+                    hex::encode(hmac(secret.as_bytes(), &[body.as_bytes()]))
+                ),
+            ),
+            ("X-GitHub-Delivery", delivery.to_owned()),
+            ("X-GitHub-Event", "push".to_owned()),
+        ],
+        // https://docs.stripe.com/webhooks#verify-manually: `t=<ts>,v1=<hex HMAC of "ts.body">`.
+        "stripe" => vec![(
+            "Stripe-Signature",
+            format!(
+                "t={ts},v1={}",
+                hex::encode(hmac(
+                    secret.as_bytes(),
+                    &[ts_s.as_bytes(), b".", body.as_bytes()]
+                ))
+            ),
+        )],
+        // https://api.slack.com/authentication/verifying-requests-from-slack:
+        // `v0=` + hex HMAC of "v0:<X-Slack-Request-Timestamp>:<body>".
+        "slack" => vec![
+            ("X-Slack-Request-Timestamp", ts_s.clone()),
+            (
+                "X-Slack-Signature",
+                format!(
+                    "v0={}",
+                    hex::encode(hmac(
+                        secret.as_bytes(),
+                        &[b"v0:", ts_s.as_bytes(), b":", body.as_bytes()]
+                    ))
+                ),
+            ),
+        ],
+        // https://shopify.dev/docs/apps/build/webhooks/subscribe/https#step-2-validate-the-origin-of-your-webhook-to-ensure-its-coming-from-shopify:
+        // base64 HMAC-SHA256 of the body.
+        "shopify" => vec![
+            (
+                "X-Shopify-Hmac-Sha256",
+                b64(&hmac(secret.as_bytes(), &[body.as_bytes()])),
+            ),
+            ("X-Shopify-Webhook-Id", delivery.to_owned()),
+            ("X-Shopify-Topic", "orders/create".to_owned()),
+        ],
+        // https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md:
+        // `v1,` + base64 HMAC, keyed by the base64 after `whsec_`, of "id.timestamp.body".
+        "standard" => {
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(secret.strip_prefix("whsec_").unwrap())
+                .unwrap();
+            let sig = hmac(
+                &key,
+                &[
+                    delivery.as_bytes(),
+                    b".",
+                    ts_s.as_bytes(),
+                    b".",
+                    body.as_bytes(),
+                ],
+            );
+            vec![
+                ("webhook-id", delivery.to_owned()),
+                ("webhook-timestamp", ts_s.clone()),
+                ("webhook-signature", format!("v1,{}", b64(&sig))),
+            ]
+        }
+        // The generic scheme as the test's trigger configures it.
+        "hmac_sha256" => vec![
+            (
+                "X-Signature",
+                format!(
+                    "sha256={}",
+                    hex::encode(hmac(secret.as_bytes(), &[body.as_bytes()]))
+                ),
+            ),
+            ("X-Request-Id", delivery.to_owned()),
+        ],
+        other => panic!("no scheme {other}"),
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+async fn hook(env: &TestEnv, path: &str, headers: &[(String, String)], body: &str) -> Response {
+    let mut req = env
+        .http
+        .post(env.url(&format!("/api/w/{WS}/hooks/{path}")))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let res = req.send().await.unwrap();
+    Response {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        text: res.text().await.unwrap(),
+    }
+}
+
+async fn jobs_of(env: &TestEnv, script: &str) -> i64 {
+    env.sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE script_path = $1",
+            &[&script],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn create(env: &TestEnv, token: &str, body: Value) -> Response {
+    env.post(&format!("/api/w/{WS}/webhook_triggers/create"), token, body)
+        .await
+}
+
+#[tokio::test]
+async fn every_scheme_runs_each_signed_delivery_once_as_the_owner() {
+    let env = env(100).await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let cases = [
+        ("github", "gh-secret", json!({})),
+        ("stripe", "whsec_stripe_is_raw_bytes", json!({})),
+        ("slack", "8f742231b10e8888abcd99yyyzzz85a5", json!({})),
+        ("shopify", "shpss_secret", json!({})),
+        (
+            "standard",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            json!({}),
+        ),
+        (
+            "hmac_sha256",
+            "generic",
+            json!({"signature_header": "X-Signature", "signature_prefix": "sha256=",
+                   "delivery_id_header": "X-Request-Id", "event_header": "X-Event"}),
+        ),
+    ];
+    for (n, (scheme, secret, extra)) in cases.into_iter().enumerate() {
+        let path = format!("u/alice/{scheme}_hook");
+        let mut body = json!({"path": path, "script_path": "u/alice/echo", "scheme": scheme,
+                              "secret": secret});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        create(&env, &env.token, body).await.expect(201);
+        let delivery = format!("delivery-{n}");
+        // Stripe and Slack name the delivery in the body.
+        let payload = json!({"id": delivery, "event_id": delivery, "type": "evt.kind",
+                             "amount": 42})
+        .to_string();
+        let headers = signed(scheme, secret, &payload, now(), &delivery);
+        let before = jobs_of(&env, "u/alice/echo").await;
+
+        // Refused: tampered body, wrong secret, stale timestamp, missing header.
+        let tampered = payload.replace("42", "43");
+        hook(&env, &path, &headers, &tampered).await.expect(401);
+        let wrong_secret = if scheme == "standard" {
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAA".to_owned()
+        } else {
+            format!("{secret}x")
+        };
+        let wrong = signed(scheme, &wrong_secret, &payload, now(), &delivery);
+        hook(&env, &path, &wrong, &payload).await.expect(401);
+        if matches!(scheme, "stripe" | "slack" | "standard") {
+            let stale = signed(scheme, secret, &payload, now() - 3600, &delivery);
+            let res = hook(&env, &path, &stale, &payload).await.expect(401);
+            assert!(res.text.contains("timestamp"), "{}", res.text);
+        }
+        let res = hook(&env, &path, &[], &payload).await.expect(401);
+        assert!(
+            !res.text.contains("42"),
+            "the body is not echoed: {}",
+            res.text
+        );
+        assert_eq!(
+            jobs_of(&env, "u/alice/echo").await,
+            before,
+            "{scheme}: no job"
+        );
+
+        // Valid, three times: one job, the same id each time.
+        let first = hook(&env, &path, &headers, &payload).await.expect(202).text;
+        for _ in 0..2 {
+            let again = signed(scheme, secret, &payload, now(), &delivery);
+            assert_eq!(
+                hook(&env, &path, &again, &payload).await.expect(202).text,
+                first
+            );
+        }
+        assert_eq!(jobs_of(&env, "u/alice/echo").await, before + 1, "{scheme}");
+        let done = env.wait(&first, Duration::from_secs(30)).await;
+        let args = &done["result"];
+        assert_eq!(args["amount"], json!(42), "{scheme}: {done}");
+        assert_eq!(
+            args["webhook_delivery_id"],
+            json!(delivery),
+            "{scheme}: {done}"
+        );
+        let event = match scheme {
+            "github" => json!("push"),
+            "shopify" => json!("orders/create"),
+            "hmac_sha256" => Value::Null,
+            _ => json!("evt.kind"),
+        };
+        assert_eq!(args["webhook_event"], event, "{scheme}: {done}");
+        let job = env.job(&first).await;
+        assert_eq!(job["created_by"], json!("alice"), "runs as the owner");
+    }
+}
+
+#[tokio::test]
+async fn slack_challenge_disabled_triggers_rotation_and_sealed_secrets() {
+    let env = env(5).await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let secret = "slack-signing-secret";
+    create(
+        &env,
+        &env.token,
+        json!({"path": "u/alice/slack", "script_path": "u/alice/echo", "scheme": "slack",
+               "secret": secret}),
+    )
+    .await
+    .expect(201);
+
+    // Slack's url_verification: answered with the challenge, no job.
+    let challenge = json!({"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification"}).to_string();
+    let res = hook(
+        &env,
+        "u/alice/slack",
+        &signed("slack", secret, &challenge, now(), ""),
+        &challenge,
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        res.json(),
+        json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+    );
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 0);
+
+    // Never returned; PostgreSQL holds no plaintext.
+    let got = env
+        .get(
+            &format!("/api/w/{WS}/webhook_triggers/get/u/alice/slack"),
+            &env.token,
+        )
+        .await
+        .expect(200);
+    assert!(!got.text.contains(secret), "{}", got.text);
+    assert_eq!(got.json()["scheme"], json!("slack"));
+    assert!(got.json()["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/hooks/u/alice/slack"));
+    let listed = env
+        .get(&format!("/api/w/{WS}/webhook_triggers/list"), &env.token)
+        .await
+        .expect(200);
+    assert!(!listed.text.contains(secret));
+    assert_eq!(listed.json().as_array().unwrap().len(), 1);
+    let row = env
+        .sql()
+        .await
+        .query_one(
+            "SELECT secret, row_to_json(t)::text FROM webhook_triggers t WHERE path = 'u/alice/slack'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let sealed: Vec<u8> = row.get(0);
+    let whole: String = row.get(1);
+    assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    assert!(!whole.contains(secret) && !whole.contains(&hex::encode(secret)));
+
+    // Rotation: the old secret stays valid for the overlap, the new one works at once.
+    let body = |n: u32| {
+        json!({"type": "event_callback", "event_id": format!("Ev{n}"), "event": {"type": "app_mention"}}).to_string()
+    };
+    env.post(
+        &format!("/api/w/{WS}/webhook_triggers/update/u/alice/slack"),
+        &env.token,
+        json!({"secret": "new-secret", "secret_overlap_secs": 3600}),
+    )
+    .await
+    .expect(200);
+    for (n, key) in [(1, secret), (2, "new-secret")] {
+        let b = body(n);
+        hook(
+            &env,
+            "u/alice/slack",
+            &signed("slack", key, &b, now(), ""),
+            &b,
+        )
+        .await
+        .expect(202);
+    }
+    env.post(
+        &format!("/api/w/{WS}/webhook_triggers/update/u/alice/slack"),
+        &env.token,
+        json!({"secret": "newer-secret", "secret_overlap_secs": 0}),
+    )
+    .await
+    .expect(200);
+    let b = body(3);
+    hook(
+        &env,
+        "u/alice/slack",
+        &signed("slack", "new-secret", &b, now(), ""),
+        &b,
+    )
+    .await
+    .expect(401);
+    hook(
+        &env,
+        "u/alice/slack",
+        &signed("slack", "newer-secret", &b, now(), ""),
+        &b,
+    )
+    .await
+    .expect(202);
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 3);
+
+    // Disabled: 404, no job; enabled again: runs.
+    env.post(
+        &format!("/api/w/{WS}/webhook_triggers/setenabled/u/alice/slack"),
+        &env.token,
+        json!({"enabled": false}),
+    )
+    .await
+    .expect(200);
+    let b = body(4);
+    let headers = signed("slack", "newer-secret", &b, now(), "");
+    hook(&env, "u/alice/slack", &headers, &b).await.expect(404);
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 3);
+    env.post(
+        &format!("/api/w/{WS}/webhook_triggers/setenabled/u/alice/slack"),
+        &env.token,
+        json!({"enabled": true}),
+    )
+    .await
+    .expect(200);
+    hook(&env, "u/alice/slack", &headers, &b).await.expect(202);
+
+    // Bad signatures count like bad tokens: 429 once the address failed 5 times this minute
+    // (one failure above already), while a valid delivery is still served.
+    let statuses: Vec<u16> =
+        futures::future::join_all((0..5).map(|_| hook(&env, "u/alice/slack", &[], "{}")))
+            .await
+            .iter()
+            .map(|r| r.status)
+            .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        4,
+        "{statuses:?}"
+    );
+    let blocked = hook(&env, "u/alice/slack", &[], "{}").await.expect(429);
+    assert!(blocked.headers.contains_key("retry-after"));
+    let b = body(5);
+    hook(
+        &env,
+        "u/alice/slack",
+        &signed("slack", "newer-secret", &b, now(), ""),
+        &b,
+    )
+    .await
+    .expect(202);
+    env.request(
+        reqwest::Method::DELETE,
+        &format!("/api/w/{WS}/webhook_triggers/delete/u/alice/slack"),
+        Some(&env.token),
+        None,
+    )
+    .await
+    .expect(200);
+    hook(&env, "u/alice/slack", &headers, &b).await.expect(404);
+}
+
+#[tokio::test]
+async fn flows_sync_answers_and_the_owners_rights() {
+    let env = env(20).await;
+    env.flow(
+        "u/alice/flow",
+        json!({"modules": [{"id": "a", "value": {"type": "rawscript", "language": "python3",
+            "content": "def main(x):\n    return x * 2\n",
+            "input_transforms": {"x": {"type": "javascript", "expr": "flow_input.x"}}}}]}),
+    )
+    .await;
+    create(
+        &env,
+        &env.token,
+        json!({"path": "u/alice/flow_hook", "flow_path": "u/alice/flow", "scheme": "github",
+               "secret": "s", "sync": true}),
+    )
+    .await
+    .expect(201);
+    let payload = json!({"x": 21}).to_string();
+    let res = hook(
+        &env,
+        "u/alice/flow_hook",
+        &signed("github", "s", &payload, 0, "d1"),
+        &payload,
+    )
+    .await
+    .expect(200);
+    assert_eq!(res.json(), json!(42));
+    let first = res.headers["x-millrace-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // A repeat answers the same job's result.
+    let again = hook(
+        &env,
+        "u/alice/flow_hook",
+        &signed("github", "s", &payload, 0, "d1"),
+        &payload,
+    )
+    .await
+    .expect(200);
+    assert_eq!(again.json(), json!(42));
+    assert_eq!(again.headers["x-millrace-job-id"].to_str().unwrap(), first);
+
+    // Bob, a plain member, cannot put a trigger on Alice's script; Alice's trigger runs as her
+    // and fails clearly once she has no access any more.
+    env.script("f/shared/echo", "python3", ECHO).await;
+    let bob = env.user_token("bob@example.com", "bob", false, false).await;
+    create(
+        &env,
+        &bob,
+        json!({"path": "u/bob/h", "flow_path": "u/alice/flow", "scheme": "github", "secret": "s"}),
+    )
+    .await
+    .expect(403);
+    create(
+        &env,
+        &env.token,
+        json!({"path": "u/alice/bad", "script_path": "f/shared/echo", "scheme": "standard",
+               "secret": "not-whsec"}),
+    )
+    .await
+    .expect(400);
+    create(
+        &env,
+        &env.token,
+        json!({"path": "u/alice/bad", "script_path": "u/alice/none", "scheme": "github",
+               "secret": "s"}),
+    )
+    .await
+    .expect(404);
+    // Carol, an admin, makes a trigger then loses her membership's admin rights… simplest:
+    // her user is removed from the workspace.
+    let carol = env
+        .user_token("carol@example.com", "carol", true, false)
+        .await;
+    create(
+        &env,
+        &carol,
+        json!({"path": "f/shared/hook", "script_path": "f/shared/echo", "scheme": "github",
+               "secret": "s"}),
+    )
+    .await
+    .expect(201);
+    let payload = json!({"a": 1}).to_string();
+    hook(
+        &env,
+        "f/shared/hook",
+        &signed("github", "s", &payload, 0, "c1"),
+        &payload,
+    )
+    .await
+    .expect(202);
+    env.sql()
+        .await
+        .execute(
+            "DELETE FROM workspace_members WHERE email = 'carol@example.com'",
+            &[],
+        )
+        .await
+        .unwrap();
+    // Memberships are cached for up to 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let res = hook(
+        &env,
+        "f/shared/hook",
+        &signed("github", "s", &payload, 0, "c2"),
+        &payload,
+    )
+    .await
+    .expect(403);
+    assert!(res.text.contains("can no longer run"), "{}", res.text);
+}
+
+#[tokio::test]
+async fn idempotency_keys_on_run_routes_and_their_scope() {
+    let env = env(20).await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    env.script("u/alice/other", "python3", ECHO).await;
+    let post = |path: &str, token: &str, key: &str| {
+        env.http
+            .post(env.url(&format!("/api/w/{WS}/jobs/{path}")))
+            .bearer_auth(token.to_owned())
+            .header("Idempotency-Key", key.to_owned())
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    let first = post("run/p/u/alice/echo", &env.token, "k1").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first = first.text().await.unwrap();
+    let again = post("run/p/u/alice/echo", &env.token, "k1").await.unwrap();
+    assert_eq!(again.text().await.unwrap(), first);
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 1);
+    // Scoped to the target and to the token's owner.
+    let other = post("run/p/u/alice/other", &env.token, "k1").await.unwrap();
+    assert_ne!(other.text().await.unwrap(), first);
+    let carol = env
+        .user_token("carol@example.com", "carol", true, false)
+        .await;
+    let by_carol = post("run/p/u/alice/echo", &carol, "k1").await.unwrap();
+    assert_ne!(by_carol.text().await.unwrap(), first);
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 2);
+    let long = post("run/p/u/alice/echo", &env.token, &"k".repeat(256))
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 400);
+
+    // Sync: a repeat answers the same job's result.
+    let sync = post("run_wait_result/p/u/alice/echo", &env.token, "s1")
+        .await
+        .unwrap();
+    assert_eq!(sync.status(), 200);
+    let id = sync.headers()["x-millrace-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sync.json::<Value>().await.unwrap(), json!({"n": 1}));
+    let repeat = post("run_wait_result/p/u/alice/echo", &env.token, "s1")
+        .await
+        .unwrap();
+    assert_eq!(repeat.headers()["x-millrace-job-id"].to_str().unwrap(), id);
+    assert_eq!(repeat.json::<Value>().await.unwrap(), json!({"n": 1}));
+    // Stream: a repeat follows the same job.
+    let stream = post("run_and_stream/p/u/alice/echo", &env.token, "s1-stream")
+        .await
+        .unwrap();
+    let streamed = stream.headers()["x-millrace-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = stream.text().await.unwrap();
+    assert!(body.contains("\"completed\":true"), "{body}");
+    let repeat = post("run_and_stream/p/u/alice/echo", &env.token, "s1-stream")
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat.headers()["x-millrace-job-id"].to_str().unwrap(),
+        streamed
+    );
+    let body = repeat.text().await.unwrap();
+    assert!(body.contains("\"completed\":true"), "{body}");
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 4);
+}
+
+#[tokio::test]
+async fn object_storage_secret_keys_are_sealed_and_still_work() {
+    use crate::common::{LocalS3, S3_ACCESS_KEY, S3_SECRET_KEY};
+    let root = tempfile::tempdir().unwrap();
+    let s3 = LocalS3::start(root.path().to_owned()).await;
+    std::fs::create_dir_all(root.path().join("own")).unwrap();
+    let port = s3.endpoint.rsplit(':').next().unwrap().to_owned();
+    let mut env = TestEnv::with(Options {
+        api_env: vec![
+            ("ENCRYPTION_KEY".into(), KEY.into()),
+            (
+                "OBJECT_STORAGE_ALLOWED_HOSTS".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // A row written in clear, as before the migration or without ENCRYPTION_KEY…
+    env.sql()
+        .await
+        .execute(
+            "INSERT INTO workspace_object_storage
+                 (workspace_id, endpoint, bucket, access_key, secret_key, updated_by)
+             VALUES ($1, $2, 'own', $3, $4, 'alice')",
+            &[&WS, &s3.endpoint, &S3_ACCESS_KEY, &S3_SECRET_KEY],
+        )
+        .await
+        .unwrap();
+    // …is sealed by an API that starts with the key.
+    env.add_api().await;
+    let stored = || async {
+        let row = env
+            .sql()
+            .await
+            .query_one(
+                "SELECT secret_key, secret_key_sealed, row_to_json(o)::text
+                 FROM workspace_object_storage o WHERE workspace_id = $1",
+                &[&WS],
+            )
+            .await
+            .unwrap();
+        let clear: Option<String> = row.get(0);
+        let sealed: Option<Vec<u8>> = row.get(1);
+        let whole: String = row.get(2);
+        assert_eq!(clear, None);
+        let sealed = sealed.expect("sealed");
+        assert!(!sealed
+            .windows(S3_SECRET_KEY.len())
+            .any(|w| w == S3_SECRET_KEY.as_bytes()));
+        assert!(!whole.contains(S3_SECRET_KEY));
+    };
+    stored().await;
+    // Saved through the API (keeping the stored key, which must decrypt), and used.
+    let path = format!("/api/w/{WS}/workspaces/object_storage");
+    let got = env
+        .post(
+            &path,
+            &env.token,
+            json!({"endpoint": s3.endpoint, "bucket": "own", "access_key": S3_ACCESS_KEY}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(got.json()["secret_key_set"], json!(true));
+    assert!(!got.text.contains(S3_SECRET_KEY));
+    stored().await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let boundary = "sealed-key-test";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.txt\"\r\n\
+         Content-Type: text/plain\r\n\r\nsealed\r\n--{boundary}--\r\n"
+    );
+    let res = env
+        .http
+        .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo")))
+        .bearer_auth(&env.token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let job = res.text().await.unwrap();
+    let key = format!("webhook_uploads/{job}/f/x.txt");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("own").join(&key)).unwrap(),
+        "sealed"
+    );
+}
