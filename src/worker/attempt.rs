@@ -235,7 +235,7 @@ async fn execute(
     logs: &process::SharedLogs,
 ) -> Result<Result<Value, ScriptError>, ScriptError> {
     let code = code_of(ctx, envelope).await?;
-    let dir = ctx.sandbox.job_dir().map_err(|e| {
+    let dir = ctx.sandbox.job_dir().await.map_err(|e| {
         ScriptError::new(
             "WorkerError",
             format!("cannot create the job directory: {e}"),
@@ -276,7 +276,9 @@ async fn execute(
             .runtimes
             .outcome(code.language, &other, dir.path(), &text),
     });
-    dir.remove().await;
+    // After the result has gone out: emptying the directory and the user's leftovers takes
+    // file-system walks the caller need not wait for. The user is free again only then.
+    tokio::spawn(dir.remove());
     outcome
 }
 

@@ -28,7 +28,7 @@ pub struct Sandbox {
     /// `<temp dir>/millrace-<worker uid>`: only its owner may list or change it.
     root: PathBuf,
     /// Free users; `None` when jobs run as the worker's own user.
-    users: Option<Arc<Mutex<Vec<u32>>>>,
+    users: Option<Arc<FreeUsers>>,
     /// Locks on this worker's users, held while it lives (see [`users::claim`]).
     _claims: Vec<std::fs::File>,
     /// Each user's cgroup, where the worker may make them.
@@ -36,10 +36,17 @@ pub struct Sandbox {
     limits: Limits,
 }
 
+/// The users no job holds, and a signal for whoever waits for one.
+#[derive(Default)]
+struct FreeUsers {
+    uids: Mutex<Vec<u32>>,
+    returned: tokio::sync::Notify,
+}
+
 /// A job's user, given back when dropped (after its processes and files are gone).
 struct JobUser {
     uid: u32,
-    free: Arc<Mutex<Vec<u32>>>,
+    free: Arc<FreeUsers>,
 }
 
 impl Drop for JobUser {
@@ -47,7 +54,8 @@ impl Drop for JobUser {
         // Normally nothing is left by now; after a panic or an abandoned job there may be,
         // and the slot's next job must not meet it.
         users::kill_all_now(self.uid);
-        self.free.lock().expect("users lock").push(self.uid);
+        self.free.uids.lock().expect("users lock").push(self.uid);
+        self.free.returned.notify_one();
     }
 }
 
@@ -152,7 +160,10 @@ impl Sandbox {
                 tracing::info!(users = ?uids, "jobs run as users of their own");
                 cgroups = job_cgroups(config.job_cgroups, &uids, &limits);
                 uids.reverse();
-                Some(Arc::new(Mutex::new(uids)))
+                Some(Arc::new(FreeUsers {
+                    uids: Mutex::new(uids),
+                    returned: tokio::sync::Notify::new(),
+                }))
             }
         };
         Ok(Self {
@@ -167,21 +178,14 @@ impl Sandbox {
     /// A new job directory, given to a free user (there is one per slot): only that user's
     /// group and the worker may enter it (`0770`, the worker's own group `0700` when jobs run
     /// as the worker).
-    pub fn job_dir(&self) -> std::io::Result<JobDir> {
+    pub async fn job_dir(&self) -> std::io::Result<JobDir> {
         use std::os::unix::fs::PermissionsExt;
         let user = match &self.users {
             None => None,
-            Some(free) => {
-                // One user per slot: none free is a bug, and running the job as the worker
-                // instead would hand it the worker's rights.
-                let uid = free.lock().expect("users lock").pop().ok_or_else(|| {
-                    std::io::Error::other("no job user is free (more jobs than slots)")
-                })?;
-                Some(JobUser {
-                    uid,
-                    free: free.clone(),
-                })
-            }
+            Some(free) => Some(JobUser {
+                uid: take_user(free).await?,
+                free: free.clone(),
+            }),
         };
         let dir = tempfile::Builder::new()
             .prefix(JOB_DIR_PREFIX)
@@ -316,6 +320,23 @@ fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
     );
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+/// A free user: one per slot, so one is free or about to be — the previous job of the slot
+/// may still be clearing its directory, which it does after its result has gone out. None
+/// within seconds is a bug, and running the job as the worker instead would hand it the
+/// worker's rights.
+async fn take_user(free: &FreeUsers) -> std::io::Result<u32> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let returned = free.returned.notified();
+        if let Some(uid) = free.uids.lock().expect("users lock").pop() {
+            return Ok(uid);
+        }
+        if tokio::time::timeout_at(deadline, returned).await.is_err() {
+            return Err(std::io::Error::other("no job user is free (more jobs than slots)"));
+        }
+    }
 }
 
 /// A cgroup per job user with the jobs' memory and process limits, where this worker may make
