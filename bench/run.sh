@@ -5,6 +5,8 @@
 #   bash bench/run.sh                   (or: make bench) everything, about 4 minutes
 #   BENCH_ONLY=sync bash bench/run.sh   only measurement 4 (sync webhooks), about 1.5 minutes
 #   BENCH_ONLY=flows bash bench/run.sh  only measurement 5 (flows), about 1 minute
+#   BENCH_ONLY=isolation bash bench/run.sh  only measurement 6 (isolation cost; as root), about
+#                                           1.5 minutes; not part of the full run
 #
 # Builds the release binary, then for each measurement starts a fresh `millrace dev` (its own
 # nats-server and PostgreSQL in a temporary data directory, the API on a free port, an
@@ -23,6 +25,10 @@
 #      completed_at) over BENCH_FLOWS sequential 10-step bash flows run one at a time; sync calls
 #      of a 3-step bash flow from one caller for BENCH_SYNC_SECONDS s (overhead = latency minus
 #      the steps' duration_ms); one parallel loop of BENCH_LOOP_ITERATIONS trivial bash steps.
+#   6. isolation cost (bench/isolation.py): TWO instances side by side, one running jobs as
+#      users of their own (JOB_UID_RANGE, the default as root), one with JOB_UID_RANGE=none;
+#      one caller alternates sync calls of the trivial bash, then python3 script between them,
+#      BENCH_ISOLATION_CALLS each after 30 warm-up pairs, so that both sides see the same noise.
 # Prints a markdown table at the end and keeps it, with the raw results, in target/bench/.
 #
 # Settings (environment): WORKER_SLOTS (8), BENCH_DURATION (15), BENCH_CONNECTIONS (64),
@@ -34,6 +40,8 @@
 # skips the sniffed pass), BENCH_SKIP_SYNC=1 skips measurement 4, BENCH_ONLY=sync runs only it.
 # Flows: BENCH_FLOWS (30), BENCH_LOOP_ITERATIONS (1000), BENCH_SKIP_FLOWS=1 skips measurement 5,
 # BENCH_ONLY=flows runs only it.
+# Isolation: BENCH_ISOLATION_CALLS (500 per instance and language), JOB_UID_RANGE (the isolated
+# side's users, 61000-61999); only with BENCH_ONLY=isolation.
 # The load generator oha is installed once with cargo into
 # ${MILLRACE_TOOLS_DIR:-$HOME/.cache/millrace; /var/cache/millrace as root}/oha (the first build takes several minutes).
 set -euo pipefail
@@ -53,10 +61,11 @@ SYNC_CALLERS=${BENCH_SYNC_CALLERS:-16}
 SYNC_BREAKDOWN=${BENCH_SYNC_BREAKDOWN:-1}
 FLOWS=${BENCH_FLOWS:-30}
 LOOP_ITERATIONS=${BENCH_LOOP_ITERATIONS:-1000}
+ISOLATION_CALLS=${BENCH_ISOLATION_CALLS:-500}
 ONLY=${BENCH_ONLY:-all}
 case "$ONLY" in
-all | sync | flows) ;;
-*) echo "bench: BENCH_ONLY must be all, sync or flows" >&2; exit 2 ;;
+all | sync | flows | isolation) ;;
+*) echo "bench: BENCH_ONLY must be all, sync, flows or isolation" >&2; exit 2 ;;
 esac
 OHA_VERSION=1.16.0
 [ "$DURATION" -ge 6 ] || { echo "bench: BENCH_DURATION must be at least 6 (seconds)" >&2; exit 2; }
@@ -79,6 +88,9 @@ DATA=
 SAMPLER_PID=
 CHILD_PID=
 STOP_WAIT=30
+# Measurement 6 runs two instances: the first one is parked here (pid, nats pid, data
+# directory) while the second one is the current one; stop_dev stops both.
+PARKED=()
 
 # Runs a long step as a child and waits for it, so that Ctrl-C reaches the trap below at once
 # (a foreground oha would catch SIGINT itself, print its results, and the run would go on).
@@ -139,6 +151,11 @@ stop_dev() {
         /var/tmp/millrace-dev-*) rm -rf "$pg_real" ;;
         esac
         DATA=
+    fi
+    if [ ${#PARKED[@]} -gt 0 ]; then
+        DEV_PID=${PARKED[0]} NATS_PID=${PARKED[1]} DATA=${PARKED[2]}
+        PARKED=()
+        stop_dev
     fi
 }
 
@@ -217,8 +234,14 @@ start_dev() {
     fi
     PG_DATA=$DATA/postgres/data
     PG_PORT=$(sed -n 4p "$PG_DATA/postmaster.pid")
-    log "millrace dev up at $MILLRACE_URL (pid $DEV_PID, WORKER_SLOTS=$WORKER_SLOTS)"
+    log "millrace dev up at $MILLRACE_URL (pid $DEV_PID, WORKER_SLOTS=$WORKER_SLOTS${JOB_UID_RANGE:+, JOB_UID_RANGE=$JOB_UID_RANGE})"
     "$PY" bench/bench.py setup
+}
+
+# Keeps the current instance running aside (see PARKED) so that a second one can start.
+park_dev() {
+    PARKED=("$DEV_PID" "$NATS_PID" "$DATA")
+    DEV_PID='' NATS_PID='' DATA=''
 }
 
 completed_jobs() {
@@ -330,6 +353,33 @@ if [ "$ONLY" = flows ] || { [ "$ONLY" = all ] && [ "${BENCH_SKIP_FLOWS:-0}" != 1
     stop_dev
 fi
 
+# --- 6: isolation cost -----------------------------------------------------------------------
+iso_results=()
+if [ "$ONLY" = isolation ]; then
+    # Jobs run as users of their own only when the worker may change users; this mode wants
+    # root rather than guessing from capabilities.
+    if [ "$(id -u)" != 0 ]; then
+        log "isolation: skipped, not root (jobs run as users of their own only when the worker may change users)"
+    else
+        ISO_RANGE=${JOB_UID_RANGE:-61000-61999}
+        [ "$ISO_RANGE" != none ] || die "isolation: JOB_UID_RANGE=none leaves nothing to compare"
+        "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+        JOB_UID_RANGE=none start_dev
+        NONE_URL=$MILLRACE_URL NONE_TOKEN=$MILLRACE_TOKEN
+        park_dev
+        JOB_UID_RANGE=$ISO_RANGE start_dev
+        both=(--none-url "$NONE_URL" --none-token "$NONE_TOKEN"
+            --isolated-url "$MILLRACE_URL" --isolated-token "$MILLRACE_TOKEN")
+        "$PY" bench/isolation.py check "${both[@]}" --first-uid "${ISO_RANGE%%-*}"
+        for lang in bash python3; do
+            run_child "$PY" bench/isolation.py ab "${both[@]}" --language "$lang" \
+                --calls "$ISOLATION_CALLS" --out "$OUT/isolation_$lang.json"
+            iso_results+=("$OUT/isolation_$lang.json")
+        done
+        stop_dev
+    fi
+fi
+
 # --- summary ---------------------------------------------------------------------------------
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "${BENCH_BIN:-}" ]; then
@@ -352,6 +402,9 @@ COMMAND="bash bench/run.sh"
     fi
     if [ ${#flow_results[@]} -gt 0 ]; then
         "$PY" bench/flows.py report "${flow_results[@]}"
+    fi
+    if [ ${#iso_results[@]} -gt 0 ]; then
+        "$PY" bench/isolation.py report "${iso_results[@]}"
     fi
 } | tee "$OUT/summary.md"
 log "done in $(($(date +%s) - START)) s (build excluded); raw results in ${OUT#"$ROOT"/}/"
