@@ -334,7 +334,9 @@ async fn take_user(free: &FreeUsers) -> std::io::Result<u32> {
             return Ok(uid);
         }
         if tokio::time::timeout_at(deadline, returned).await.is_err() {
-            return Err(std::io::Error::other("no job user is free (more jobs than slots)"));
+            return Err(std::io::Error::other(
+                "no job user is free (more jobs than slots)",
+            ));
         }
     }
 }
