@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{Pool, StoreError};
@@ -29,6 +30,32 @@ pub struct TriggerRow {
     pub owner_email: String,
     pub edited_by: String,
     pub edited_at: DateTime<Utc>,
+}
+
+impl TriggerRow {
+    /// `$1`…`$17` of the statements that write a whole trigger: workspace, path, then every
+    /// setting in column order.
+    fn params<'a>(&'a self, ws: &'a &'a str) -> [&'a (dyn ToSql + Sync); 17] {
+        [
+            ws,
+            &self.path,
+            &self.runnable_kind,
+            &self.runnable_path,
+            &self.scheme,
+            &self.scheme_options,
+            &self.secret,
+            &self.previous_secret,
+            &self.previous_secret_until,
+            &self.tolerance_secs,
+            &self.dedup_window_secs,
+            &self.delivery_id_header,
+            &self.event_header,
+            &self.sync,
+            &self.enabled,
+            &self.owner_email,
+            &self.edited_by,
+        ]
+    }
 }
 
 const COLUMNS: &str = "path, runnable_kind, runnable_path, scheme, scheme_options, secret,
@@ -105,25 +132,7 @@ pub async fn create(pool: &Pool, ws: &WorkspaceId, t: &TriggerRow) -> Result<boo
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                  $17, now())
              ON CONFLICT (workspace_id, path) DO NOTHING",
-            &[
-                &ws.as_str(),
-                &t.path,
-                &t.runnable_kind,
-                &t.runnable_path,
-                &t.scheme,
-                &t.scheme_options,
-                &t.secret,
-                &t.previous_secret,
-                &t.previous_secret_until,
-                &t.tolerance_secs,
-                &t.dedup_window_secs,
-                &t.delivery_id_header,
-                &t.event_header,
-                &t.sync,
-                &t.enabled,
-                &t.owner_email,
-                &t.edited_by,
-            ],
+            &t.params(&ws.as_str()),
         )
         .await?;
     Ok(inserted == 1)
@@ -146,26 +155,7 @@ pub async fn replace(
                  delivery_id_header = $12, event_header = $13, sync = $14, enabled = $15,
                  owner_email = $16, edited_by = $17, edited_at = now()
              WHERE workspace_id = $1 AND path = $2 AND edited_at = $18",
-            &[
-                &ws.as_str(),
-                &t.path,
-                &t.runnable_kind,
-                &t.runnable_path,
-                &t.scheme,
-                &t.scheme_options,
-                &t.secret,
-                &t.previous_secret,
-                &t.previous_secret_until,
-                &t.tolerance_secs,
-                &t.dedup_window_secs,
-                &t.delivery_id_header,
-                &t.event_header,
-                &t.sync,
-                &t.enabled,
-                &t.owner_email,
-                &t.edited_by,
-                &read_at,
-            ],
+            &[t.params(&ws.as_str()).as_slice(), &[&read_at]].concat(),
         )
         .await?;
     Ok(updated == 1)
