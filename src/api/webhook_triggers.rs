@@ -171,10 +171,10 @@ pub(super) fn secret_box(state: &AppState) -> ApiResult<&SecretBox> {
         .config()
         .secret_box
         .as_ref()
-        .ok_or_else(|| ApiError::Internal {
-            context: "webhook triggers need ENCRYPTION_KEY, which this instance does not set",
-            detail: "ENCRYPTION_KEY is not set".into(),
-        })
+        // The operator's to fix, not the caller's, and no fault of the server's code: 503.
+        .ok_or(ApiError::Unavailable(
+            "webhook triggers need ENCRYPTION_KEY, which this instance does not set",
+        ))
 }
 
 fn header_name(what: &str, raw: Option<String>) -> ApiResult<Option<String>> {

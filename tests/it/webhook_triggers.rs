@@ -712,3 +712,19 @@ async fn object_storage_secret_keys_are_sealed_and_still_work() {
         "sealed"
     );
 }
+
+#[tokio::test]
+async fn without_an_instance_key_triggers_are_unavailable_not_broken() {
+    let env = TestEnv::start().await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let res = create(
+        &env,
+        &env.token,
+        json!({"path": "u/alice/gh", "script_path": "u/alice/echo", "scheme": "github",
+               "secret": "gh-secret"}),
+    )
+    .await;
+    assert_eq!(res.status, 503, "{}", res.text);
+    assert!(res.text.contains("ENCRYPTION_KEY"), "{}", res.text);
+    assert!(!res.text.contains("gh-secret"), "{}", res.text);
+}
