@@ -49,10 +49,20 @@ fn dev_log(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
 }
 
+/// A running `dev`, killed if the test ends (or fails) before it stops it.
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `dev` and returns it with the token its banner prints.
-fn start(data_dir: &Path, port: u16) -> (Child, String) {
-    let mut child = dev(data_dir, port).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
+fn start(data_dir: &Path, port: u16) -> (Dev, String) {
+    let mut child = Dev(dev(data_dir, port).spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
@@ -186,8 +196,8 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
         std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    first.kill().unwrap(); // SIGKILL: no destructor runs
-    first.wait().unwrap();
+    first.0.kill().unwrap(); // SIGKILL: no destructor runs
+    first.0.wait().unwrap();
     // Its servers die with it.
     none_left(&pg_dir.display().to_string());
     none_left(&data_dir.join("nats").display().to_string());
@@ -216,8 +226,8 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
         .count();
     assert_eq!(postmasters, 1, "one server for the cluster");
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGTERM) };
-    second.wait().unwrap();
+    unsafe { libc::kill(second.0.id() as libc::pid_t, libc::SIGTERM) };
+    second.0.wait().unwrap();
     none_left(&pg_dir.display().to_string());
     none_left(&data_dir.join("nats").display().to_string());
     clean_up(&data_dir);
