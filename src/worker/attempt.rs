@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::context::{ScriptCode, WorkerContext};
 use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
+use super::sandbox::JobDir;
 use crate::auth::job_token::{self, JobClaims};
 use crate::domain::{canceled_result, JobKind, JobStatus};
 use crate::queue::consume::{Delivery, Unusable};
@@ -207,7 +208,8 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
 
     let logs = Arc::new(Mutex::new(LogBuffer::new(ctx.settings.max_log_size)));
     let began = Instant::now();
-    let ended = execute(ctx, envelope, &started.args, &cancel, &logs).await;
+    let mut dir = None;
+    let ended = execute(ctx, envelope, &started.args, &cancel, &logs, &mut dir).await;
     let duration_ms = (began.elapsed().as_secs_f64() * 1000.0).round() as i64;
     let logs = logs.lock().expect("log lock").text().to_owned();
     let outcome = match ended {
@@ -223,24 +225,33 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
         Ok(Err(error)) => Outcome::failed(error),
         Ok(Ok(result)) => Outcome::from_result(result),
     };
-    finish(ctx, envelope, outcome, logs, Some(duration_ms)).await
+    let settled = finish(ctx, envelope, outcome, logs, Some(duration_ms)).await;
+    // Only now, with the result out: emptying the directory and the user's leftovers walks
+    // file systems, which the caller need not wait for nor compete with. The user is free for
+    // the slot's next job once it is done.
+    if let Some(dir) = dir {
+        tokio::spawn(dir.remove());
+    }
+    settled
 }
 
-/// Runs the script; the outer error is a failure before the process could start.
+/// Runs the script in a job directory it leaves in `dir_out`, for the caller to remove once the
+/// result is out; the outer error is a failure before the process could start.
 async fn execute(
     ctx: &WorkerContext,
     envelope: &JobEnvelope,
     args: &Value,
     cancel: &tokio_util::sync::CancellationToken,
     logs: &process::SharedLogs,
+    dir_out: &mut Option<JobDir>,
 ) -> Result<Result<Value, ScriptError>, ScriptError> {
     let code = code_of(ctx, envelope).await?;
-    let dir = ctx.sandbox.job_dir().await.map_err(|e| {
+    let dir = dir_out.insert(ctx.sandbox.job_dir().await.map_err(|e| {
         ScriptError::new(
             "WorkerError",
             format!("cannot create the job directory: {e}"),
         )
-    })?;
+    })?);
     let empty = Map::new();
     let args = args.as_object().unwrap_or(&empty);
     let mut spec = ctx
@@ -276,9 +287,6 @@ async fn execute(
             .runtimes
             .outcome(code.language, &other, dir.path(), &text),
     });
-    // After the result has gone out: emptying the directory and the user's leftovers takes
-    // file-system walks the caller need not wait for. The user is free again only then.
-    tokio::spawn(dir.remove());
     outcome
 }
 
