@@ -29,11 +29,7 @@ fn job_dirs() -> Vec<std::path::PathBuf> {
 async fn run_output(env: &TestEnv, path: &str, args: Value) -> (Value, String) {
     let id = env.run(path, args).await;
     let done = env.wait(&id, Duration::from_secs(60)).await;
-    let logs = env
-        .get(&format!("/api/w/{WS}/jobs_u/get_logs/{id}"), &env.token)
-        .await
-        .expect(200)
-        .text;
+    let logs = env.job_logs(&id).await;
     (done, logs)
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use crate::common::{jobs_have_own_users, TestEnv, WS};
+use crate::common::{jobs_have_own_users, TestEnv};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
@@ -104,11 +104,7 @@ async fn postgres_lets_in_only_with_the_password() {
         )
         .await;
     let done = env.wait(&id, Duration::from_secs(60)).await;
-    let logs = env
-        .get(&format!("/api/w/{WS}/jobs_u/get_logs/{id}"), &env.token)
-        .await
-        .expect(200)
-        .text;
+    let logs = env.job_logs(&id).await;
     assert_eq!(done["result"], json!("tried"), "{done}\n{logs}");
     assert!(!logs.contains("IN-AS-"), "the job logged in: {logs}");
     assert!(

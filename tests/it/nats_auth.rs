@@ -288,11 +288,7 @@ async fn a_job_gets_no_nats_credentials() {
     .await;
     let id = env.run("u/alice/creds", json!({"path": file})).await;
     env.wait(&id, Duration::from_secs(60)).await;
-    let logs = env
-        .get(&format!("/api/w/{WS}/jobs_u/get_logs/{id}"), &env.token)
-        .await
-        .expect(200)
-        .text;
+    let logs = env.job_logs(&id).await;
     assert!(logs.contains("Permission denied"), "{logs}");
     assert!(logs.contains("no NATS variable"), "{logs}");
     assert!(!logs.contains(env.nats.password("worker")), "{logs}");

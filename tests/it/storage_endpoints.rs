@@ -228,25 +228,7 @@ async fn listed_hosts_let_a_workspace_use_an_internal_store() {
         "def main(**kw):\n    return kw\n",
     )
     .await;
-    let boundary = "millrace-endpoint-test";
-    let body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.txt\"\r\n\
-         Content-Type: text/plain\r\n\r\nthrough the guard\r\n--{boundary}--\r\n"
-    );
-    let res = env
-        .http
-        .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo")))
-        .bearer_auth(&env.token)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let job = res.text().await.unwrap();
+    let job = env.upload_text("u/alice/echo", "through the guard").await;
     let key = format!("webhook_uploads/{job}/f/x.txt");
     assert_eq!(
         std::fs::read_to_string(root.path().join("own").join(&key)).unwrap(),

@@ -687,25 +687,7 @@ async fn object_storage_secret_keys_are_sealed_and_still_work() {
     assert!(!got.text.contains(S3_SECRET_KEY));
     stored().await;
     env.script("u/alice/echo", "python3", ECHO).await;
-    let boundary = "sealed-key-test";
-    let body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.txt\"\r\n\
-         Content-Type: text/plain\r\n\r\nsealed\r\n--{boundary}--\r\n"
-    );
-    let res = env
-        .http
-        .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo")))
-        .bearer_auth(&env.token)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let job = res.text().await.unwrap();
+    let job = env.upload_text("u/alice/echo", "sealed").await;
     let key = format!("webhook_uploads/{job}/f/x.txt");
     assert_eq!(
         std::fs::read_to_string(root.path().join("own").join(&key)).unwrap(),

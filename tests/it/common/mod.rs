@@ -494,6 +494,38 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// A job's logs as the API serves them.
+    pub async fn job_logs(&self, id: &str) -> String {
+        self.get(&format!("/api/w/{WS}/jobs_u/get_logs/{id}"), &self.token)
+            .await
+            .expect(200)
+            .text
+    }
+
+    /// Sends one text file (form field `f`, `x.txt`) to `path`'s async multipart webhook; returns
+    /// the job id.
+    pub async fn upload_text(&self, path: &str, text: &str) -> String {
+        let boundary = "millrace-upload-test";
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.txt\"\r\n\
+             Content-Type: text/plain\r\n\r\n{text}\r\n--{boundary}--\r\n"
+        );
+        let res = self
+            .http
+            .post(self.url(&format!("/api/w/{WS}/jobs/run/p/{path}")))
+            .bearer_auth(&self.token)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.text().await.unwrap()
+    }
+
     /// The process id of the `millrace api` process (to watch its memory).
     pub fn api_pid(&self) -> u32 {
         self.apis[0].id()
