@@ -259,11 +259,13 @@ async fn jobs_get_their_environment_a_timeout_and_a_clean_directory() {
         assert_eq!(result[secret], json!(null), "{secret} leaked into the job");
     }
     assert!(result["token"].as_u64().unwrap() >= 32);
-    let cwd = result["cwd"].as_str().unwrap();
-    assert!(
-        !std::path::Path::new(cwd).exists(),
-        "the job directory {cwd} was left behind"
-    );
+    // The directory is cleared just after the result is announced.
+    let cwd = std::path::Path::new(result["cwd"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cwd.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cwd.exists(), "the job directory {cwd:?} was left behind");
 
     env.script_with("u/alice/slow", "bash", "sleep 30", json!({"timeout": 1}))
         .await;
