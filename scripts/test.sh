@@ -26,7 +26,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "tools"
 . scripts/tools.sh
 export MILLRACE_TOOLS_DIR NATS_SERVER_BIN PG_BIN_DIR S3S_FS_BIN WORKER_PYTHON WORKER_BUN \
-    WORKER_DENO WMILL_PYTHON
+    WORKER_DENO WMILL_PYTHON SCHEMATHESIS_BIN
 
 if [ "${CI:-}" = true ]; then
     export CARGO_INCREMENTAL=0

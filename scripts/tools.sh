@@ -13,6 +13,7 @@
 #   js        bun and deno (npm packages)                    -> WORKER_BUN, WORKER_DENO
 #   s3s       s3s-fs, an S3-compatible server (crates.io)    -> S3S_FS_BIN
 #   client    test-client venv: wmill, nats-py, aiosmtpd...  -> WMILL_PYTHON
+#   fuzz      schemathesis (PyPI), the API fuzzer            -> SCHEMATHESIS_BIN
 # When sourced, choose components with MILLRACE_TOOLS_COMPONENTS="nats postgres ...".
 # MILLRACE_TOOLS_DIR is always exported.
 #
@@ -56,6 +57,7 @@ HTTPX_SSE_VERSION=0.4.3    # PyPI httpx-sse (test client)
 BUN_VERSION=1.4.5          # npm bun
 DENO_VERSION=2.9.6         # npm deno
 S3S_FS_VERSION=0.14.1      # crates.io s3s-fs (later versions need a newer rustc)
+SCHEMATHESIS_VERSION=4.32.5 # PyPI schemathesis (API fuzzing in the tests)
 
 BASE_PYTHON=/usr/bin/python3 # Debian's Python; venvs are made from it
 
@@ -306,14 +308,25 @@ ensure_client() {
     EXPORTS+=("WMILL_PYTHON=$py")
 }
 
+ensure_fuzz() {
+    local py=$T/fuzz/bin/python3
+    if ! venv_ok "$py" "schemathesis==$SCHEMATHESIS_VERSION"; then
+        log "creating the fuzzer venv $T/fuzz (schemathesis $SCHEMATHESIS_VERSION)"
+        make_venv "$T/fuzz" "schemathesis==$SCHEMATHESIS_VERSION"
+        "$T/fuzz/bin/st" --version >/dev/null || die "schemathesis does not run from $T/fuzz/bin/st"
+        INSTALLED+=("fuzz ($(since "$C_START"))")
+    fi
+    EXPORTS+=("SCHEMATHESIS_BIN=$T/fuzz/bin/st")
+}
+
 # ---------------------------------------------------------------- main
 
-ALL=(nats postgres python js s3s client)
+ALL=(nats postgres python js s3s client fuzz)
 COMPONENTS=()
 for arg in "${@:-all}"; do
     case "$arg" in
         all) COMPONENTS+=("${ALL[@]}") ;;
-        nats | postgres | python | js | s3s | client) COMPONENTS+=("$arg") ;;
+        nats | postgres | python | js | s3s | client | fuzz) COMPONENTS+=("$arg") ;;
         bun | deno) COMPONENTS+=(js) ;;
         -h | --help)
             sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"

@@ -106,6 +106,9 @@ impl From<InvalidId> for ApiError {
     }
 }
 
+/// What a caller is told when the database cannot store the text it sent.
+const NUL_REFUSED: &str = "text must not contain the NUL character (U+0000)";
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -113,6 +116,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %detail, "database unavailable");
                 Self::Unavailable("database")
             }
+            other if other.is_unstorable_text() => Self::BadRequest(NUL_REFUSED.into()),
             other => Self::Internal {
                 context: "database error",
                 detail: other.to_string(),
@@ -125,6 +129,7 @@ impl From<std::sync::Arc<StoreError>> for ApiError {
     fn from(e: std::sync::Arc<StoreError>) -> Self {
         match &*e {
             StoreError::Unavailable(_) => Self::Unavailable("database"),
+            other if other.is_unstorable_text() => Self::BadRequest(NUL_REFUSED.into()),
             other => Self::Internal {
                 context: "database error",
                 detail: other.to_string(),

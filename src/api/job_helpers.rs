@@ -37,7 +37,15 @@ fn parse_query(uri: &Uri) -> ApiResult<FileQuery> {
         match name.as_str() {
             "file_key" => query.file_key = Some(value),
             "file_extension" => query.file_extension = Some(value),
-            "content_type" => query.content_type = Some(value).filter(|v| !v.is_empty()),
+            "content_type" if !value.is_empty() => {
+                // It is sent to the store as a header: only a well-formed media type.
+                if axum::http::HeaderValue::from_str(&value).is_err() || !value.contains('/') {
+                    return Err(ApiError::bad_request(format!(
+                        "content_type {value:?} is not a media type such as text/plain"
+                    )));
+                }
+                query.content_type = Some(value);
+            }
             // Windmill's named storages and S3 resources: Millrace has one storage per
             // workspace and no resources.
             "storage" if !value.is_empty() && value != "_default_" => {

@@ -199,7 +199,7 @@ pub async fn list(
          ORDER BY created_at DESC, id DESC
          LIMIT $11 OFFSET $12"
     );
-    let offset = (filter.page - 1) * filter.per_page;
+    let offset = (filter.page - 1).saturating_mul(filter.per_page);
     let viewer = filter.visible_to.as_ref().map(|v| v.username.as_str());
     let grantees: Vec<String> = filter
         .visible_to

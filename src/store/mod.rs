@@ -40,6 +40,14 @@ impl StoreError {
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, Self::Query(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
     }
+
+    /// True when PostgreSQL refused a value's text: U+0000, which no `text` or `jsonb` can
+    /// hold. Sending the same value again fails the same way.
+    pub fn is_unstorable_text(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        matches!(self, Self::Query(e) if e.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)
+            || e.code() == Some(&SqlState::UNTRANSLATABLE_CHARACTER))
+    }
 }
 
 pub async fn connect(config: &DatabaseConfig) -> Result<Pool, StoreError> {

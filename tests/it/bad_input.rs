@@ -143,6 +143,28 @@ async fn malformed_unknown_and_invalid_requests() {
             .expect(400);
         assert!(refused.text.contains("U+0000"), "{}", refused.text);
     }
+    // Nor in a filter or a name, wherever a request carries text (found by the fuzzer).
+    let refused = env
+        .get(&format!("/api/w/{WS}/jobs/list?script_path_exact=x%00y"), t)
+        .await
+        .expect(400);
+    assert!(refused.text.contains("U+0000"), "{}", refused.text);
+    env.post(
+        &format!("/api/w/{WS}/groups/create"),
+        t,
+        json!({"name": "g", "summary": "a\u{0}b"}),
+    )
+    .await
+    .expect(400);
+    // A page far beyond the end is empty, not an overflow.
+    let far = env
+        .get(
+            &format!("/api/w/{WS}/jobs/list?page=9223372036854775807&per_page=1000"),
+            t,
+        )
+        .await
+        .expect(200);
+    assert_eq!(far.json(), json!([]));
 
     // The good request still works, and nothing above answered 500.
     let id = env

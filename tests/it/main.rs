@@ -2,6 +2,7 @@
 
 mod common;
 
+mod api_fuzz;
 mod bad_input;
 mod dev_command;
 mod events;

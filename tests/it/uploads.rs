@@ -381,6 +381,19 @@ async fn scripts_write_files_that_clients_download_in_their_workspace_only() {
         res.json::<Value>().await.unwrap(),
         json!({"file_key": "shared.txt"})
     );
+    // A content type the store could not take as a header is the caller's mistake.
+    let res = env
+        .http
+        .post(env.url(&format!(
+            "/api/w/{WS}/job_helpers/upload_s3_file?file_key=ct.txt&content_type=%C3%97%06"
+        )))
+        .bearer_auth(&env.token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("media type"));
 
     // A second workspace with a file of the same name: each workspace sees its own.
     env.post(
