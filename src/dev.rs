@@ -15,7 +15,7 @@ use crate::config::{
     SmtpConfig, WorkerConfig,
 };
 use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Username, WorkspaceId};
-use crate::local::{self, LocalNats, LocalPostgres};
+use crate::local::{self, Durability, LocalNats, LocalPostgres};
 use crate::queue::Role;
 use crate::store::{
     self, scripts::NewScript, tokens::NewToken, users::User, workspaces::Membership,
@@ -184,6 +184,7 @@ async fn start_services(
                 &opts.pg_bin_dir,
                 &postgres_dir(&data_dir)?,
                 port_or_free(5432)?,
+                Durability::Fast,
             )?;
             server.create_database("millrace").await?;
             db.url = Secret::new(server.url("millrace"));

@@ -5,7 +5,7 @@ mod nats;
 mod postgres;
 
 pub use nats::LocalNats;
-pub use postgres::LocalPostgres;
+pub use postgres::{Durability, LocalPostgres};
 
 use std::net::TcpListener;
 

@@ -24,9 +24,20 @@ pub struct LocalPostgres {
     data_dir: PathBuf,
     port: u16,
     password: String,
+    durability: Durability,
     /// The postmaster, a child of this process (not daemonised by pg_ctl) so that it dies with
     /// it: a killed `dev` leaves no server behind.
     server: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+/// Whether a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync`, synchronous commits and full-page writes off: a crash of the machine may lose
+    /// the last commits or the cluster. For a laptop and the tests.
+    Fast,
+    /// PostgreSQL's defaults: what a committed row survives is what a production server's does.
+    Durable,
 }
 
 /// The whole of the cluster's pg_hba.conf: the password on every connection.
@@ -195,7 +206,12 @@ fn percent_encode(text: &str) -> String {
 impl LocalPostgres {
     /// Initialises `data_dir` if it is empty, then starts the server on `port`. A cluster made
     /// by an older Millrace with `trust` authentication gets a password and pg_hba.conf first.
-    pub fn start(bin_dir: &Path, data_dir: &Path, port: u16) -> anyhow::Result<Self> {
+    pub fn start(
+        bin_dir: &Path,
+        data_dir: &Path,
+        port: u16,
+        durability: Durability,
+    ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let cluster = data_dir.join("data");
         let fresh = !cluster.join("PG_VERSION").exists();
@@ -254,6 +270,7 @@ impl LocalPostgres {
             data_dir: data_dir.to_path_buf(),
             port,
             password,
+            durability,
             server: std::sync::Mutex::new(None),
         };
         server.launch()?;
@@ -292,14 +309,19 @@ impl LocalPostgres {
                 "-c",
                 "unix_socket_permissions=0700",
                 "-c",
+                "max_connections=200",
+            ]);
+        if self.durability == Durability::Fast {
+            postgres.args([
+                "-c",
                 "fsync=off",
                 "-c",
                 "synchronous_commit=off",
                 "-c",
                 "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ])
+            ]);
+        }
+        postgres
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

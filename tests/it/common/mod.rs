@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use millrace::local::{free_port, wait_for_port, LocalNats, LocalPostgres};
+use millrace::local::{free_port, wait_for_port, Durability, LocalNats, LocalPostgres};
 use serde_json::{json, Value};
 
 pub const SUPERADMIN: &str = "test-superadmin-secret-0123456789abcdef";
@@ -20,11 +20,11 @@ pub const WS: &str = "test";
 /// A PostgreSQL server on a free port. The port is free when picked but can be taken before
 /// the server binds it (by another test's outgoing connection), so a failed start is retried
 /// on another port.
-fn start_postgres(dir: &std::path::Path) -> LocalPostgres {
+fn start_postgres(dir: &std::path::Path, durability: Durability) -> LocalPostgres {
     let bin = tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin");
     let mut attempt = 1;
     loop {
-        match LocalPostgres::start(&bin, dir, free_port().unwrap()) {
+        match LocalPostgres::start(&bin, dir, free_port().unwrap(), durability) {
             Ok(pg) => return pg,
             Err(e) if attempt < 3 => {
                 eprintln!("PostgreSQL did not start (attempt {attempt}), retrying: {e:#}");
@@ -91,6 +91,8 @@ pub struct Options {
     pub workers: usize,
     /// Start an S3 server (s3s-fs) and give the processes `S3_*` settings for it.
     pub s3: bool,
+    /// PostgreSQL with `fsync` and synchronous commits, as in production (slower).
+    pub durable_postgres: bool,
 }
 
 /// The S3 credentials of the harness's s3s-fs.
@@ -258,7 +260,12 @@ impl TestEnv {
         let nats = LocalNats::start(&nats_bin, &dir.path().join("nats"), free_port().unwrap())
             .await
             .expect("nats-server starts (set NATS_SERVER_BIN)");
-        let pg = start_postgres(&dir.path().join("pg"));
+        let durability = if options.durable_postgres {
+            Durability::Durable
+        } else {
+            Durability::Fast
+        };
+        let pg = start_postgres(&dir.path().join("pg"), durability);
         pg.create_database("millrace").await.unwrap();
         let s3 = if options.s3 {
             Some(LocalS3::start(dir.path().join("s3")).await)
