@@ -5,6 +5,7 @@ mod common;
 mod bad_input;
 mod dev_command;
 mod events;
+mod fencing;
 mod flow_durability;
 mod flows;
 mod identity;
