@@ -1,7 +1,8 @@
 //! One job, one live run: each attempt owns its job through a lease in its row. A delivery of a
-//! job whose attempt is alive is handed back, not run; an attempt that lost its job stops it and
-//! records nothing; values PostgreSQL cannot store fail a job once instead of running it again;
-//! a cancel whose broadcast was lost is still seen by the running worker.
+//! job whose attempt is alive is handed back, not run; an attempt that lost its job, or that
+//! cannot renew its lease, stops it and records nothing; values PostgreSQL cannot store fail a
+//! job once instead of running it again; a cancel whose broadcast was lost is still seen by the
+//! running worker.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,16 @@ use serde_json::{json, Value};
 use crate::common::{Options, TestEnv};
 use crate::queue::{envelope, jetstream, publish, queued_messages, wait_for_log};
 use crate::worker_crash::wait_running;
+
+/// An empty ledger file in the scratch directory that every job user may append to (each run
+/// may be another slot's user).
+fn new_ledger(env: &TestEnv, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = env.scratch().join(name);
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    path
+}
 
 /// The lines a job appended to its ledger, one per run.
 fn ledger(path: &std::path::Path) -> Vec<String> {
@@ -50,18 +61,26 @@ async fn a_second_delivery_of_a_running_job_is_handed_back_not_run() {
         ..Default::default()
     })
     .await;
-    let runs = env.scratch().join("runs");
+    let runs = new_ledger(&env, "runs");
     let hash = env
         .script(
             "u/admin/slow",
             "bash",
-            "ledger=\"$1\"\necho run >> \"$ledger\"\nsleep 8\necho done\n",
+            "ledger=\"$1\"\necho run >> \"$ledger\"\nsleep 10\necho done\n",
         )
         .await;
     let args = json!({"ledger": runs.display().to_string()});
     let id = env.run("u/admin/slow", args.clone()).await;
     wait_running(&env, &id).await;
     env.add_worker(&[]);
+    let second_log = env.dir.path().join("worker-1.log");
+    let read_second = || std::fs::read_to_string(&second_log).unwrap_or_default();
+    eventually(
+        Duration::from_secs(20),
+        "the second worker never started",
+        async || read_second().contains("worker started"),
+    )
+    .await;
     let js = jetstream(&env).await;
 
     // The job's envelope again, as a NATS outage longer than JOB_ACK_WAIT would redeliver it
@@ -72,9 +91,8 @@ async fn a_second_delivery_of_a_running_job_is_handed_back_not_run() {
     publish(&js, &copy).await;
 
     wait_for_log(&env, "another attempt holds the job; handing it back").await;
-    let second = std::fs::read_to_string(env.dir.path().join("worker-1.log")).unwrap();
     assert!(
-        second.contains("another attempt holds the job"),
+        read_second().contains("another attempt holds the job"),
         "the copy did not reach the idle worker:\n{}",
         env.logs()
     );
@@ -96,7 +114,7 @@ async fn a_second_delivery_of_a_running_job_is_handed_back_not_run() {
 #[tokio::test]
 async fn an_attempt_that_lost_its_job_is_stopped_and_records_nothing() {
     let env = TestEnv::start().await;
-    let runs = env.scratch().join("runs");
+    let runs = new_ledger(&env, "runs");
     env.script(
         "u/admin/steps",
         "bash",
@@ -163,7 +181,8 @@ async fn an_attempt_that_lost_its_job_is_stopped_and_records_nothing() {
 #[tokio::test]
 async fn nul_characters_in_logs_are_replaced_and_in_results_fail_once() {
     let env = TestEnv::start().await;
-    let runs = env.scratch().join("runs");
+    let bash_runs = new_ledger(&env, "bash-runs");
+    let python_runs = new_ledger(&env, "python-runs");
     env.script(
         "u/admin/nul_logs",
         "bash",
@@ -176,9 +195,13 @@ async fn nul_characters_in_logs_are_replaced_and_in_results_fail_once() {
         "def main(ledger: str):\n    with open(ledger, 'a') as f:\n        f.write('python\\n')\n    print('before')\n    return 'a\\x00b'\n",
     )
     .await;
-    let args = json!({"ledger": runs.display().to_string()});
 
-    let logs_job = env.run("u/admin/nul_logs", args.clone()).await;
+    let logs_job = env
+        .run(
+            "u/admin/nul_logs",
+            json!({"ledger": bash_runs.display().to_string()}),
+        )
+        .await;
     let done = env.wait(&logs_job, Duration::from_secs(30)).await;
     assert_eq!(done["success"], json!(true), "{done}");
     assert_eq!(done["result"], json!("a\u{FFFD}b"));
@@ -189,7 +212,12 @@ async fn nul_characters_in_logs_are_replaced_and_in_results_fail_once() {
     );
     assert_eq!(env.job(&logs_job).await["attempts"], json!(1));
 
-    let result_job = env.run("u/admin/nul_result", args).await;
+    let result_job = env
+        .run(
+            "u/admin/nul_result",
+            json!({"ledger": python_runs.display().to_string()}),
+        )
+        .await;
     let done = env.wait(&result_job, Duration::from_secs(30)).await;
     assert_eq!(done["success"], json!(false), "{done}");
     let error = &done["result"]["error"];
@@ -201,7 +229,8 @@ async fn nul_characters_in_logs_are_replaced_and_in_results_fail_once() {
     assert!(env.job_logs(&result_job).await.contains("before"));
     // Longer than a hand-back and a lease: a job sent back for another run would have run.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(ledger(&runs), ["bash", "python"], "a job ran again");
+    assert_eq!(ledger(&bash_runs), ["bash"], "a job ran again");
+    assert_eq!(ledger(&python_runs), ["python"], "a job ran again");
     assert_eq!(env.job(&result_job).await["attempts"], json!(1));
 }
 
@@ -238,4 +267,52 @@ async fn a_cancel_whose_broadcast_was_lost_still_stops_the_running_job() {
     assert_eq!(job["canceled_by"], json!("alice"));
     assert_eq!(job["canceled_reason"], json!("no broadcast"));
     assert_eq!(job["attempts"], json!(1));
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_passes() {
+    let env = TestEnv::start().await;
+    let runs = new_ledger(&env, "runs");
+    env.script(
+        "u/admin/long_steps",
+        "bash",
+        "ledger=\"$1\"\necho start >> \"$ledger\"\nsleep 15\necho end >> \"$ledger\"\necho whole\n",
+    )
+    .await;
+    // The test cluster runs without synchronous commits and stops like a crash: write out what
+    // is committed so far (the token, the script), or it may be lost.
+    env.sql().await.batch_execute("CHECKPOINT").await.unwrap();
+    let id = env
+        .run(
+            "u/admin/long_steps",
+            json!({"ledger": runs.display().to_string()}),
+        )
+        .await;
+    wait_running(&env, &id).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(&runs) == ["start"],
+    )
+    .await;
+    env.sql().await.batch_execute("CHECKPOINT").await.unwrap();
+    env.pg.stop();
+    let cut = Instant::now();
+    // The tests' lease is 6 s (twice JOB_ACK_WAIT): the worker gives up a renewal interval
+    // (1 s) before it could pass — well before the job would have ended by itself.
+    wait_for_log(&env, "its lease could not be renewed in time").await;
+    assert!(
+        cut.elapsed() < Duration::from_secs(14),
+        "{:?}",
+        cut.elapsed()
+    );
+    // Past the end the run would have reached, had it not been stopped.
+    tokio::time::sleep(Duration::from_secs(16).saturating_sub(cut.elapsed())).await;
+    assert_eq!(ledger(&runs), ["start"], "the cut-off run went on");
+
+    env.pg.restart().unwrap();
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], json!("whole"), "{done}");
+    assert_eq!(ledger(&runs), ["start", "start", "end"]);
+    assert_eq!(env.job(&id).await["attempts"], json!(2));
 }
