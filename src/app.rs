@@ -195,6 +195,11 @@ pub async fn build_worker(
     urls: &PublicUrls,
     jobs: &JobDefaults,
 ) -> anyhow::Result<(Worker, Pool, Bus)> {
+    let lease_timeout = jobs.lease_timeout.unwrap_or(nats.ack_wait * 2);
+    anyhow::ensure!(
+        !lease_timeout.is_zero(),
+        "JOB_LEASE_TIMEOUT (by default twice JOB_ACK_WAIT) must be at least 1 second"
+    );
     let pool = connect_store(db).await?;
     let bus = Bus::connect(nats, Role::Worker).await?;
     let job_key = store::settings::job_token_key(&pool).await?;
@@ -208,6 +213,7 @@ pub async fn build_worker(
         max_log_size: config.max_log_size,
         max_output_size: config.max_output_size,
         ack_wait: nats.ack_wait,
+        lease_timeout,
     };
     let worker = Worker::new(
         settings,

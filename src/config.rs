@@ -284,6 +284,13 @@ pub struct JobDefaults {
         default_value_t = 3
     )]
     pub max_attempts: i32,
+
+    /// Seconds a running job stays its attempt's after the attempt's last lease renewal (every
+    /// third of the smaller of this and JOB_ACK_WAIT) before another delivery may take it
+    /// over; a worker that cannot renew stops the job itself first. Defaults to twice
+    /// JOB_ACK_WAIT.
+    #[arg(long = "job-lease-timeout", env = "JOB_LEASE_TIMEOUT", value_parser = seconds)]
+    pub lease_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Args)]

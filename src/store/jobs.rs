@@ -2,6 +2,8 @@
 //! and by workers (running — recording the job first if its envelope got there before the
 //! API's INSERT — and completed).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -234,49 +236,88 @@ pub async fn list(
 #[derive(Debug, Clone)]
 pub struct StartedJob {
     pub args: Value,
+    /// This attempt's number: it fences every later write of the attempt.
     pub attempts: i32,
-    pub cancel_requested: bool,
+    /// Set when a cancel was requested while an earlier attempt ran it.
+    pub cancel: Option<CancelRequest>,
 }
 
-/// Marks the job running on `worker`, counting the attempt. With `row` (the job as its
-/// envelope describes it), the row is written here if the API's INSERT has not landed yet: the
-/// API publishes small jobs while it inserts them. `None` when the job is already completed
-/// (cancelled while queued, or finished by an earlier delivery): skip it.
+/// Who asked to cancel a running job, and why.
+#[derive(Debug, Clone, Default)]
+pub struct CancelRequest {
+    pub by: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What marking a job running found.
+#[derive(Debug)]
+pub enum Start {
+    Started(StartedJob),
+    /// Completed already (cancelled while queued, or finished by an earlier delivery), or no
+    /// such row (the API took it back): skip it.
+    Ended,
+    /// Another attempt runs it and its lease has not passed: offer it again after this long.
+    Held(Duration),
+}
+
+/// The rows a delivery may take: queued, or running under a lease that has passed (its worker
+/// died, or lost the database and stopped the job). A running row without a lease was started
+/// by a worker from before leases.
+macro_rules! takeable {
+    () => {
+        "(jobs.status = 'queued' OR (jobs.status = 'running'
+              AND (jobs.lease_until IS NULL OR jobs.lease_until < now())))"
+    };
+}
+
+/// Marks the job running on `worker` as a new attempt holding it for `lease`, counting the
+/// attempt. With `row` (the job as its envelope describes it), the row is written here if the
+/// API's INSERT has not landed yet: the API publishes small jobs while it inserts them.
 pub async fn start(
     pool: &Pool,
     id: JobId,
     worker: &str,
     row: Option<&NewJobRow>,
-) -> Result<Option<StartedJob>, StoreError> {
+    lease: Duration,
+) -> Result<Start, StoreError> {
     let mut conn = pool.get().await?;
+    let lease = lease.as_secs_f64();
     let found = match row {
         None => {
             let statement = conn
                 .prepared(
-                    "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
-                                     attempts = attempts + 1
-                     WHERE id = $1 AND status IN ('queued', 'running')
-                     RETURNING args, attempts, cancel_requested",
-                    &[Type::UUID, Type::TEXT],
+                    concat!(
+                        "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
+                                         attempts = attempts + 1,
+                                         lease_until = now() + make_interval(secs => $3)
+                         WHERE id = $1 AND ",
+                        takeable!(),
+                        " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason"
+                    ),
+                    &[Type::UUID, Type::TEXT, Type::FLOAT8],
                 )
                 .await?;
-            conn.query_opt(&statement, &[&id, &worker]).await?
+            conn.query_opt(&statement, &[&id, &worker, &lease]).await?
         }
         Some(row) => {
             // An INSERT that is still uncommitted makes this one wait for it, then update.
             let statement = conn
                 .prepared(
-                    "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args,
-                                       created_by, permissioned_as, created_at, scheduled_for,
-                                       language, tag, timeout_s, parent_job, started_by_token,
-                                       status, started_at, worker, attempts)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                             'running', now(), $16, 1)
-                     ON CONFLICT (id) DO UPDATE
-                         SET status = 'running', started_at = now(), worker = EXCLUDED.worker,
-                             attempts = jobs.attempts + 1
-                         WHERE jobs.status IN ('queued', 'running')
-                     RETURNING args, attempts, cancel_requested",
+                    concat!(
+                        "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash,
+                                           args, created_by, permissioned_as, created_at,
+                                           scheduled_for, language, tag, timeout_s, parent_job,
+                                           started_by_token, status, started_at, worker, attempts,
+                                           lease_until)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                                 'running', now(), $16, 1, now() + make_interval(secs => $17))
+                         ON CONFLICT (id) DO UPDATE
+                             SET status = 'running', started_at = now(), worker = EXCLUDED.worker,
+                                 attempts = jobs.attempts + 1, lease_until = EXCLUDED.lease_until
+                             WHERE ",
+                        takeable!(),
+                        " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason"
+                    ),
                     &[
                         Type::UUID,
                         Type::TEXT,
@@ -294,6 +335,7 @@ pub async fn start(
                         Type::UUID,
                         Type::TEXT,
                         Type::TEXT,
+                        Type::FLOAT8,
                     ],
                 )
                 .await?;
@@ -316,21 +358,83 @@ pub async fn start(
                     &row.parent_job,
                     &row.started_by_token,
                     &worker,
+                    &lease,
                 ],
             )
             .await?
         }
     };
-    Ok(found.map(|row| StartedJob {
-        args: row.get(0),
-        attempts: row.get(1),
-        cancel_requested: row.get(2),
-    }))
+    if let Some(row) = found {
+        return Ok(Start::Started(StartedJob {
+            args: row.get(0),
+            attempts: row.get(1),
+            cancel: cancel_of(&row, 2),
+        }));
+    }
+    // Not taken: ended, or held by a live attempt (whose lease may pass in the meantime; the
+    // next delivery then takes it).
+    let held = conn
+        .query_opt(
+            "SELECT GREATEST(EXTRACT(EPOCH FROM lease_until - now()), 0)::float8 FROM jobs
+             WHERE id = $1 AND status = 'running'",
+            &[&id],
+        )
+        .await?;
+    Ok(match held {
+        None => Start::Ended,
+        Some(row) => Start::Held(Duration::from_secs_f64(
+            row.get::<_, Option<f64>>(0).unwrap_or(0.0),
+        )),
+    })
+}
+
+/// The cancel request in columns `at` (`cancel_requested`), `at + 1` and `at + 2` (who, why).
+fn cancel_of(row: &Row, at: usize) -> Option<CancelRequest> {
+    row.get::<_, bool>(at).then(|| CancelRequest {
+        by: row.get(at + 1),
+        reason: row.get(at + 2),
+    })
+}
+
+/// What renewing an attempt's lease found.
+#[derive(Debug)]
+pub enum Lease {
+    /// Still this attempt's, now until `lease` from now; with the cancel request, if any.
+    Held(Option<CancelRequest>),
+    /// Another attempt took the job over, or it ended: this attempt must write nothing more.
+    Lost,
+}
+
+/// Extends the lease of `attempt` on its running job by `lease`, from the database's now.
+pub async fn renew_lease(
+    pool: &Pool,
+    id: JobId,
+    attempt: i32,
+    lease: Duration,
+) -> Result<Lease, StoreError> {
+    let mut conn = pool.get().await?;
+    let statement = conn
+        .prepared(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
+             WHERE id = $1 AND attempts = $2 AND status = 'running'
+             RETURNING cancel_requested, canceled_by, canceled_reason",
+            &[Type::UUID, Type::INT4, Type::FLOAT8],
+        )
+        .await?;
+    let row = conn
+        .query_opt(&statement, &[&id, &attempt, &lease.as_secs_f64()])
+        .await?;
+    Ok(match row {
+        Some(row) => Lease::Held(cancel_of(&row, 0)),
+        None => Lease::Lost,
+    })
 }
 
 /// How a job ended, as the worker (or a cancel) records it.
 #[derive(Debug, Clone)]
 pub struct Completion {
+    /// The attempt that ran the job: only it may record the end.
+    pub attempt: i32,
     pub status: JobStatus,
     pub result: Value,
     pub logs: String,
@@ -339,15 +443,16 @@ pub struct Completion {
     pub canceled_reason: Option<String>,
 }
 
-/// Records the end of a running job. False if the job was already completed (a duplicate
-/// delivery finishing second).
+/// Records the end of a running job by the attempt that holds it. False if the job was
+/// completed already, or another attempt took it over.
 pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result<bool, StoreError> {
     let mut conn = pool.get().await?;
     let statement = conn.prepared(COMPLETE, COMPLETE_TYPES).await?;
     run_complete(&**conn, &statement, id, completion).await
 }
 
-/// Runs [`COMPLETE`] on a connection or inside a transaction; false if the job had ended.
+/// Runs [`COMPLETE`] on a connection or inside a transaction; false if the job had ended or
+/// is another attempt's.
 pub(super) async fn run_complete(
     client: &impl tokio_postgres::GenericClient,
     statement: &tokio_postgres::Statement,
@@ -365,6 +470,7 @@ pub(super) async fn run_complete(
                 &completion.duration_ms,
                 &completion.canceled_by,
                 &completion.canceled_reason,
+                &completion.attempt,
             ],
         )
         .await?;
@@ -379,13 +485,14 @@ pub(super) const COMPLETE_TYPES: &[Type] = &[
     Type::INT8,
     Type::TEXT,
     Type::TEXT,
+    Type::INT4,
 ];
 
 pub(super) const COMPLETE: &str =
     "UPDATE jobs SET status = $2, result = $3, logs = $4, duration_ms = $5, completed_at = now(),
                      canceled_by = COALESCE($6, canceled_by),
                      canceled_reason = COALESCE($7, canceled_reason)
-     WHERE id = $1 AND status IN ('queued', 'running')";
+     WHERE id = $1 AND status = 'running' AND attempts = $8";
 
 /// What a cancel request found.
 #[derive(Debug)]
@@ -442,27 +549,13 @@ pub async fn cancel(
     })
 }
 
-/// Who cancelled a running job and why, read by the worker that kills it.
-pub async fn cancel_request(
-    pool: &Pool,
-    id: JobId,
-) -> Result<Option<(Option<String>, Option<String>)>, StoreError> {
-    let conn = pool.get().await?;
-    let row = conn
-        .query_opt(
-            "SELECT canceled_by, canceled_reason FROM jobs WHERE id = $1 AND cancel_requested",
-            &[&id],
-        )
-        .await?;
-    Ok(row.map(|row| (row.get(0), row.get(1))))
-}
-
-/// Saves the output so far of a running job, so `get_logs` shows progress.
-pub async fn save_logs(pool: &Pool, id: JobId, logs: &str) -> Result<(), StoreError> {
+/// Saves the output so far of a running job, so `get_logs` shows progress; only while
+/// `attempt` holds it.
+pub async fn save_logs(pool: &Pool, id: JobId, attempt: i32, logs: &str) -> Result<(), StoreError> {
     let conn = pool.get().await?;
     conn.execute(
-        "UPDATE jobs SET logs = $2 WHERE id = $1 AND status = 'running'",
-        &[&id, &logs],
+        "UPDATE jobs SET logs = $2 WHERE id = $1 AND status = 'running' AND attempts = $3",
+        &[&id, &logs, &attempt],
     )
     .await?;
     Ok(())

@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook_triggers",
         include_str!("../../migrations/0007_webhook_triggers.sql"),
     ),
+    (
+        8,
+        "job_leases",
+        include_str!("../../migrations/0008_job_leases.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

@@ -48,6 +48,34 @@ impl StoreError {
         matches!(self, Self::Query(e) if e.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)
             || e.code() == Some(&SqlState::UNTRANSLATABLE_CHARACTER))
     }
+
+    /// Whether the same call may succeed later: the database was unreachable, restarting,
+    /// overloaded, or picked this transaction as a deadlock or serialization victim. Anything
+    /// else the server answered — a value it cannot store (class 22, such as `22P05` for a NUL
+    /// character), a program limit (`54000`, too large), a constraint — is refused again every
+    /// time, so retrying it only delays the failure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Config(_) => false,
+            Self::Query(e) => match e.code() {
+                // No answer from the server: the connection failed or closed.
+                None => true,
+                Some(state) => {
+                    matches!(&state.code()[..2], "08" | "40" | "53" | "57" | "58")
+                        || state == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+                }
+            },
+        }
+    }
+
+    /// The server's SQLSTATE, when it answered with an error.
+    pub fn sql_state(&self) -> Option<&str> {
+        match self {
+            Self::Query(e) => e.code().map(|state| state.code()),
+            _ => None,
+        }
+    }
 }
 
 pub async fn connect(config: &DatabaseConfig) -> Result<Pool, StoreError> {

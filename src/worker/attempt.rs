@@ -10,16 +10,18 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::context::{ScriptCode, WorkerContext};
+use super::lease::Held;
+use super::outcome::{self, Outcome};
 use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use super::sandbox::JobDir;
 use crate::auth::job_token::{self, JobClaims};
-use crate::domain::{canceled_result, JobKind, JobStatus};
+use crate::domain::{JobKind, JobStatus};
 use crate::queue::consume::{Delivery, Unusable};
 use crate::queue::envelope::{FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
-use crate::store::jobs::{self, Completion};
+use crate::store::jobs::{self, Completion, Start, StartedJob};
 use crate::store::{NewJobRow, StoreError};
 
 /// How the attempt ends for the queue.
@@ -27,10 +29,11 @@ enum Settle {
     Ack,
     /// Leave it for redelivery (the store could not record the end).
     Abandon,
-    /// Not started: hand it back at once, to be delivered again after [`START_RETRY`]. Not
-    /// retried in place, so that a job the API withdrew meanwhile (its INSERT failed) is not
-    /// run once the database is back.
-    RetryLater,
+    /// Hand it back at once, to be delivered again after this long: not started (the database
+    /// was unavailable — not retried in place, so that a job the API withdrew meanwhile is not
+    /// run once the database is back — or another attempt holds the job), or this attempt
+    /// lost the job. The next delivery reads the row again.
+    RetryAfter(Duration),
     /// A flow's step ended: its end (`ended`, or already recorded) must be in its flow's state
     /// before the ack (with `republish`, the queued steps its earlier transition enqueued are
     /// published again: the message came back, so its worker may have died before publishing
@@ -73,20 +76,21 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
     // From the first store call to the last: a delivery that is slow to start (the database
     // is down) or to be recorded must not be handed to another worker meanwhile.
     let keepalive = spawn_progress(&delivery, ctx.settings.ack_wait);
-    let settle = match envelope.kind {
-        JobKind::Flow => advance_flow(&ctx, &envelope).await,
+    let (settle, lease) = match envelope.kind {
+        JobKind::Flow => (advance_flow(&ctx, &envelope).await, None),
         JobKind::Script => run_delivery(&ctx, &delivery, &envelope).await,
     };
-    ctx.unregister(id);
     drop(slot);
     let settle = match settle {
         Settle::AdvanceFlow {
             step,
             republish,
             ended,
-        } => advance_after_step(&ctx, &envelope, &step, republish, ended.as_deref()).await,
+        } => advance_after_step(&ctx, &envelope, &step, republish, ended.map(|e| *e)).await,
         other => other,
     };
+    // Held until the end is recorded, a flow step's included.
+    drop(lease);
     drop(keepalive);
     match settle {
         Settle::Ack => {
@@ -95,8 +99,8 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
             }
         }
         Settle::Abandon => tracing::warn!(job = %id, "left for redelivery"),
-        Settle::RetryLater => {
-            let _ = delivery.retry_after(START_RETRY).await;
+        Settle::RetryAfter(delay) => {
+            let _ = delivery.retry_after(delay).await;
         }
         Settle::AdvanceFlow { .. } => unreachable!("advanced above"),
     }
@@ -109,32 +113,51 @@ async fn advance_after_step(
     envelope: &JobEnvelope,
     step: &FlowStep,
     republish: bool,
-    ended: Option<&Completion>,
+    mut ended: Option<Completion>,
 ) -> Settle {
     let id = envelope.id;
     // Whether this delivery recorded the end, across retries of the store call.
     let recorded = std::sync::atomic::AtomicBool::new(false);
-    let advanced = retry_store(|| async {
-        let ended = ended.filter(|_| !recorded.load(std::sync::atomic::Ordering::Relaxed));
-        let advanced = ctx
-            .flows
-            .on_step_end(step, id, republish, ended, &recorded)
-            .await?;
-        Ok(match advanced.unpublished {
+    let advanced = loop {
+        let advanced = retry_store(|| async {
+            let ended = ended
+                .as_ref()
+                .filter(|_| !recorded.load(std::sync::atomic::Ordering::Relaxed));
+            ctx.flows
+                .on_step_end(step, id, republish, ended, &recorded)
+                .await
+        })
+        .await;
+        // The database refused the end itself: record the failure that says so instead.
+        let instead = match (&advanced, &ended) {
+            (Err(e), Some(completion)) if !recorded.load(std::sync::atomic::Ordering::Relaxed) => {
+                outcome::instead_of_refused(completion, e)
+            }
+            _ => None,
+        };
+        match instead {
+            Some(instead) => ended = Some(instead),
+            None => break advanced,
+        }
+    };
+    let recorded = recorded.into_inner();
+    if let (true, Some(completion)) = (recorded, &ended) {
+        announce_end(ctx, envelope, completion).await;
+    }
+    match advanced {
+        // Another attempt took the step over: the next delivery sees how it ended.
+        Ok(_) if ended.is_some() && !recorded => Settle::RetryAfter(START_RETRY),
+        Ok(advanced) => match advanced.unpublished {
             None => Settle::Ack,
             // Committed, but what the flow enqueued was not published: a quick redelivery of
             // this message publishes it again.
             Some(e) => {
                 tracing::warn!(job = %id, error = %e, "flow step publish failed");
-                Settle::RetryLater
+                Settle::RetryAfter(START_RETRY)
             }
-        })
-    })
-    .await;
-    if let (true, Some(completion)) = (recorded.into_inner(), ended) {
-        announce_end(ctx, envelope, completion).await;
+        },
+        Err(_) => Settle::Abandon,
     }
-    advanced.unwrap_or(Settle::Abandon)
 }
 
 /// A flow job's message: its first transition, or a wake-up. Nothing runs here; the flow's
@@ -144,30 +167,41 @@ async fn advance_flow(ctx: &WorkerContext, envelope: &JobEnvelope) -> Settle {
         Ok(()) => Settle::Ack,
         Err(e) => {
             tracing::warn!(flow = %envelope.id, error = %e, "flow transition failed; retrying");
-            Settle::RetryLater
+            Settle::RetryAfter(START_RETRY)
         }
     }
 }
 
-async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEnvelope) -> Settle {
-    let cancel = ctx.register(envelope.id);
+/// Runs a script job's delivery; returns how to settle it and the attempt's lease, to hold
+/// until its end is recorded.
+async fn run_delivery(
+    ctx: &Arc<WorkerContext>,
+    delivery: &Delivery,
+    envelope: &JobEnvelope,
+) -> (Settle, Option<Held>) {
+    let Some(registered) = ctx.register(envelope.id) else {
+        tracing::info!(job = %envelope.id, "the job runs on this worker already; handing it back");
+        return (Settle::RetryAfter(ctx.settings.lease_timeout), None);
+    };
     let row = envelope
         .record
         .as_ref()
         .map(|record| NewJobRow::queued(envelope, record));
+    let taken = tokio::time::Instant::now();
     let started = match jobs::start(
         &ctx.pool,
         envelope.id,
         &ctx.settings.worker_name,
         row.as_ref(),
+        ctx.settings.lease_timeout,
     )
     .await
     {
-        Ok(Some(started)) => started,
+        Ok(Start::Started(started)) => started,
         // Completed already: cancelled while queued, or finished by an earlier delivery (whose
         // worker may have died before publishing what its flow enqueued next).
-        Ok(None) => {
-            return match &envelope.flow_step {
+        Ok(Start::Ended) => {
+            let settle = match &envelope.flow_step {
                 None => Settle::Ack,
                 Some(step) => Settle::AdvanceFlow {
                     step: step.clone(),
@@ -175,57 +209,97 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
                     ended: None,
                 },
             };
+            return (settle, None);
+        }
+        // A live attempt elsewhere: not started, not counted; back when its lease could pass
+        // (at the latest after a lease of ours, should the holder's be longer).
+        Ok(Start::Held(left)) => {
+            tracing::info!(job = %envelope.id, "another attempt holds the job; handing it back");
+            let delay = left.min(ctx.settings.lease_timeout) + START_RETRY / 2;
+            return (Settle::RetryAfter(delay), None);
         }
         Err(e) => {
             tracing::warn!(job = %envelope.id, error = %e,
                 "could not mark the job running; handing it back");
-            return Settle::RetryLater;
+            return (Settle::RetryAfter(START_RETRY), None);
         }
     };
-    if started.attempts > ctx.settings.max_attempts {
+    let attempt = started.attempts;
+    let cancel = registered.token.clone();
+    let lease = Held::keep(ctx.clone(), envelope.id, attempt, taken, cancel.clone());
+    let settle = attempt_job(ctx, delivery, envelope, started, &cancel, &lease).await;
+    drop(registered);
+    (settle, Some(lease))
+}
+
+/// Runs the attempt that holds the job (`lease`), and records its end unless it lost the job.
+async fn attempt_job(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    envelope: &JobEnvelope,
+    started: StartedJob,
+    cancel: &tokio_util::sync::CancellationToken,
+    lease: &Held,
+) -> Settle {
+    let attempt = started.attempts;
+    if attempt > ctx.settings.max_attempts {
         let error = ScriptError::new(
             "MaxAttemptsExceeded",
             format!(
                 "the job was started {} times and its worker stopped each time; giving up",
-                started.attempts - 1
+                attempt - 1
             ),
         );
-        return finish(ctx, envelope, Outcome::failed(error), String::new(), None).await;
+        return finish(
+            ctx,
+            envelope,
+            attempt,
+            Outcome::failed(error),
+            String::new(),
+            None,
+        )
+        .await;
     }
-    if started.cancel_requested {
-        let (by, reason) = jobs::cancel_request(&ctx.pool, envelope.id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let outcome = Outcome::canceled(by.unwrap_or_default(), reason);
-        return finish(ctx, envelope, outcome, String::new(), None).await;
+    if let Some(request) = started.cancel {
+        let outcome = Outcome::canceled(request.by.unwrap_or_default(), request.reason);
+        return finish(ctx, envelope, attempt, outcome, String::new(), None).await;
     }
     if delivery.delivered > 1 {
-        tracing::info!(job = %envelope.id, attempt = started.attempts, "running a redelivered job");
+        tracing::info!(job = %envelope.id, attempt, "running a redelivered job");
     }
     announce_start(ctx, envelope).await;
 
     let logs = Arc::new(Mutex::new(LogBuffer::new(ctx.settings.max_log_size)));
     let began = Instant::now();
     let mut dir = None;
-    let ended = execute(ctx, envelope, &started.args, &cancel, &logs, &mut dir).await;
+    let run = Run {
+        attempt,
+        args: &started.args,
+        cancel,
+        logs: &logs,
+    };
+    let ended = execute(ctx, envelope, run, &mut dir).await;
     let duration_ms = (began.elapsed().as_secs_f64() * 1000.0).round() as i64;
     let logs = logs.lock().expect("log lock").text().to_owned();
-    let outcome = match ended {
-        Err(error) => Outcome::failed(error),
-        Ok(Err(error)) if error.name == "Canceled" => {
-            let request = ctx.cancel_request(envelope.id);
-            let by = request
-                .as_ref()
-                .map(|r| r.canceled_by.clone())
-                .unwrap_or_default();
-            Outcome::canceled(by, request.and_then(|r| r.reason))
-        }
-        Ok(Err(error)) => Outcome::failed(error),
-        Ok(Ok(result)) => Outcome::from_result(result),
+    let settled = if lease.is_lost() {
+        // Killed because another attempt may run it now: that one records the end.
+        Settle::RetryAfter(START_RETRY)
+    } else {
+        let outcome = match ended {
+            Err(error) => Outcome::failed(error),
+            Ok(Err(error)) if error.name == "Canceled" => {
+                let request = ctx.cancel_request(envelope.id);
+                let by = request
+                    .as_ref()
+                    .map(|r| r.canceled_by.clone())
+                    .unwrap_or_default();
+                Outcome::canceled(by, request.and_then(|r| r.reason))
+            }
+            Ok(Err(error)) => Outcome::failed(error),
+            Ok(Ok(result)) => Outcome::from_result(result),
+        };
+        finish(ctx, envelope, attempt, outcome, logs, Some(duration_ms)).await
     };
-    let settled = finish(ctx, envelope, outcome, logs, Some(duration_ms)).await;
     // Only now, with the result out: emptying the directory and the user's leftovers walks
     // file systems, which the caller need not wait for nor compete with. The user is free for
     // the slot's next job once it is done.
@@ -235,16 +309,28 @@ async fn run_delivery(ctx: &WorkerContext, delivery: &Delivery, envelope: &JobEn
     settled
 }
 
+/// What one attempt runs with.
+struct Run<'a> {
+    attempt: i32,
+    args: &'a Value,
+    cancel: &'a tokio_util::sync::CancellationToken,
+    logs: &'a process::SharedLogs,
+}
+
 /// Runs the script in a job directory it leaves in `dir_out`, for the caller to remove once the
 /// result is out; the outer error is a failure before the process could start.
 async fn execute(
     ctx: &WorkerContext,
     envelope: &JobEnvelope,
-    args: &Value,
-    cancel: &tokio_util::sync::CancellationToken,
-    logs: &process::SharedLogs,
+    run: Run<'_>,
     dir_out: &mut Option<JobDir>,
 ) -> Result<Result<Value, ScriptError>, ScriptError> {
+    let Run {
+        attempt,
+        args,
+        cancel,
+        logs,
+    } = run;
     let code = code_of(ctx, envelope).await?;
     let dir = dir_out.insert(ctx.sandbox.job_dir().await.map_err(|e| {
         ScriptError::new(
@@ -264,7 +350,7 @@ async fn execute(
         .map(|t| Duration::from_secs(t as u64))
         .unwrap_or(ctx.settings.default_timeout);
     let (lines_tx, lines_rx) = mpsc::channel(process::LIVE_OUTPUT_QUEUE);
-    let forwarder = spawn_log_forwarder(ctx, envelope.id, lines_rx);
+    let forwarder = spawn_log_forwarder(ctx, envelope.id, attempt, lines_rx);
     let how = process::Run {
         timeout,
         cancel,
@@ -416,6 +502,7 @@ fn spawn_progress(delivery: &Delivery, ack_wait: Duration) -> impl Drop {
 fn spawn_log_forwarder(
     ctx: &WorkerContext,
     id: crate::domain::JobId,
+    attempt: i32,
     mut lines: mpsc::Receiver<Output>,
 ) -> tokio::task::JoinHandle<()> {
     let bus = ctx.bus.clone();
@@ -452,7 +539,7 @@ fn spawn_log_forwarder(
                 _ = tick.tick() => {
                     if unsaved {
                         unsaved = false;
-                        let _ = jobs::save_logs(&pool, id, &so_far).await;
+                        let _ = jobs::save_logs(&pool, id, attempt, &so_far).await;
                     }
                 }
             }
@@ -472,78 +559,15 @@ async fn announce_start(ctx: &WorkerContext, envelope: &JobEnvelope) {
         .await;
 }
 
-/// How a job ended, before it is recorded.
-struct Outcome {
-    status: JobStatus,
-    result: Value,
-    canceled_by: Option<String>,
-    canceled_reason: Option<String>,
-}
-
-impl Outcome {
-    fn succeeded(result: Value) -> Self {
-        Self {
-            status: JobStatus::Success,
-            result,
-            canceled_by: None,
-            canceled_reason: None,
-        }
-    }
-
-    /// A returned value; `wm_failure` in it marks the job failed but keeps the value, so a
-    /// sync caller still gets the response the script shaped (SPEC §3).
-    fn from_result(mut result: Value) -> Self {
-        let failure = result
-            .get("wm_failure")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        match (failure, result.as_object_mut()) {
-            (Some(message), Some(map)) => {
-                let error = ScriptError::new("Failure", message).to_result();
-                map.insert("error".into(), error["error"].clone());
-                Self {
-                    status: JobStatus::Failure,
-                    ..Self::succeeded(result)
-                }
-            }
-            _ => Self::succeeded(result),
-        }
-    }
-
-    fn failed(error: ScriptError) -> Self {
-        Self {
-            status: JobStatus::Failure,
-            result: error.to_result(),
-            canceled_by: None,
-            canceled_reason: None,
-        }
-    }
-
-    fn canceled(by: String, reason: Option<String>) -> Self {
-        Self {
-            status: JobStatus::Canceled,
-            result: canceled_result(reason.as_deref(), &by),
-            canceled_by: Some(by),
-            canceled_reason: reason,
-        }
-    }
-}
-
 async fn finish(
     ctx: &WorkerContext,
     envelope: &JobEnvelope,
+    attempt: i32,
     outcome: Outcome,
     logs: String,
     duration_ms: Option<i64>,
 ) -> Settle {
-    let completion = Completion {
-        status: outcome.status,
-        result: outcome.result,
-        logs,
-        duration_ms,
-        canceled_by: outcome.canceled_by,
-        canceled_reason: outcome.canceled_reason,
-    };
+    let mut completion = outcome.into_completion(attempt, logs, duration_ms);
     // A flow's step: its end is recorded with its flow's transition, and the message acked
     // after it.
     if let Some(step) = &envelope.flow_step {
@@ -553,11 +577,18 @@ async fn finish(
             ended: Some(Box::new(completion)),
         };
     }
-    match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
-        Ok(true) => {}
-        // Another delivery recorded it first: nothing more to announce.
-        Ok(false) => return Settle::Ack,
-        Err(_) => return Settle::Abandon,
+    let recorded = loop {
+        match retry_store(|| jobs::complete(&ctx.pool, envelope.id, &completion)).await {
+            Ok(recorded) => break recorded,
+            Err(e) => match outcome::instead_of_refused(&completion, &e) {
+                Some(instead) => completion = instead,
+                None => return Settle::Abandon,
+            },
+        }
+    };
+    if !recorded {
+        // Another attempt took the job over (and may have ended it): the next delivery sees.
+        return Settle::RetryAfter(START_RETRY);
     }
     announce_end(ctx, envelope, &completion).await;
     Settle::Ack
@@ -595,7 +626,8 @@ async fn announce_end(ctx: &WorkerContext, envelope: &JobEnvelope, completion: &
 }
 
 /// Retries a store call while the database is unavailable (up to ~30 s), so a short outage
-/// does not turn into a lost or re-run job.
+/// does not turn into a lost or re-run job. An error that would come back every time (a value
+/// PostgreSQL cannot store) is returned at once.
 async fn retry_store<T, F, Fut>(mut call: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -606,13 +638,17 @@ where
     loop {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(e) if Instant::now() < deadline => {
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
                 tracing::warn!(error = %e, "store call failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 tracing::error!(error = %e, "store call failed; giving up");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the database refused the call");
                 return Err(e);
             }
         }

@@ -26,12 +26,39 @@ pub struct ExecSettings {
     /// `MAX_OUTPUT_SIZE`: past it a job is killed.
     pub max_output_size: u64,
     pub ack_wait: Duration,
+    /// `JOB_LEASE_TIMEOUT`: how long a running attempt owns its job without renewing.
+    pub lease_timeout: Duration,
+}
+
+impl ExecSettings {
+    /// How often a running attempt renews its lease: three times per lease (and per ack wait,
+    /// like the progress acks), so that one slow or lost renewal never costs it the job.
+    pub fn lease_renewal(&self) -> Duration {
+        (self.lease_timeout.min(self.ack_wait) / 3).max(Duration::from_millis(200))
+    }
 }
 
 /// A running job's cancel switch, and who pulled it.
 struct Running {
     token: CancellationToken,
     request: Option<CancelJob>,
+}
+
+/// A job registered as running in this process; its token is cancelled to kill it.
+pub struct Registered<'a> {
+    ctx: &'a WorkerContext,
+    id: JobId,
+    pub token: CancellationToken,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&self.id);
+    }
 }
 
 /// The code of a script version: immutable, so cached without expiry.
@@ -78,10 +105,15 @@ impl WorkerContext {
         }
     }
 
-    /// Registers a job before it is marked running, so no cancel can slip in between.
-    pub fn register(&self, id: JobId) -> CancellationToken {
-        let token = CancellationToken::new();
+    /// Registers a job before it is marked running, so no cancel can slip in between; the job
+    /// is unregistered when the guard drops. `None` when this process runs the job already (a
+    /// duplicate delivery).
+    pub fn register(&self, id: JobId) -> Option<Registered<'_>> {
         let mut running = self.running.lock().expect("running lock");
+        if running.contains_key(&id) {
+            return None;
+        }
+        let token = CancellationToken::new();
         running.insert(
             id,
             Running {
@@ -89,11 +121,11 @@ impl WorkerContext {
                 request: None,
             },
         );
-        token
-    }
-
-    pub fn unregister(&self, id: JobId) {
-        self.running.lock().expect("running lock").remove(&id);
+        Some(Registered {
+            ctx: self,
+            id,
+            token,
+        })
     }
 
     /// A cancel broadcast: kills the job if this worker holds it.

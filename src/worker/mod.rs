@@ -4,6 +4,8 @@
 
 mod attempt;
 mod context;
+mod lease;
+mod outcome;
 mod process;
 mod runtimes;
 mod sandbox;

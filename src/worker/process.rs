@@ -233,19 +233,25 @@ fn read_into(
                 None => continue,
             };
             let rest = pending.split_off(cut);
-            let chunk = String::from_utf8_lossy(&pending).into_owned();
+            let chunk = text_of(&pending);
             pending = rest;
             deliver(&logs, &lines, chunk).await;
         }
         if !pending.is_empty() {
-            deliver(
-                &logs,
-                &lines,
-                String::from_utf8_lossy(&pending).into_owned(),
-            )
-            .await;
+            deliver(&logs, &lines, text_of(&pending)).await;
         }
     })
+}
+
+/// Output as text: bytes that are not UTF-8, and NUL characters (which PostgreSQL cannot store
+/// in text), become U+FFFD; the rest is kept as printed.
+fn text_of(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
+    }
 }
 
 /// Where to cut `bytes` without splitting a UTF-8 character (bytes that are not UTF-8 at all
@@ -411,6 +417,32 @@ mod tests {
             .contains("[logs truncated at 1024 bytes]"));
         assert_eq!(char_boundary("ab\u{e9}".as_bytes()), 4);
         assert_eq!(char_boundary(&"ab\u{e9}".as_bytes()[..3]), 2);
+    }
+
+    #[tokio::test]
+    async fn nul_characters_are_replaced_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
+        let (tx, mut rx) = mpsc::channel(LIVE_OUTPUT_QUEUE);
+        run(
+            &bash("printf 'a\\0b\\n\\377c\\n'"),
+            dir.path(),
+            how(
+                Duration::from_secs(5),
+                &CancellationToken::new(),
+                &logs,
+                Some(tx),
+                u64::MAX,
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(logs.lock().unwrap().text(), "a\u{FFFD}b\n\u{FFFD}c\n");
+        let mut live = String::new();
+        while let Ok(Output::Log(chunk)) = rx.try_recv() {
+            live.push_str(&chunk);
+        }
+        assert_eq!(live, "a\u{FFFD}b\n\u{FFFD}c\n");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ mod api_fuzz;
 mod bad_input;
 mod dev_command;
 mod events;
+mod fencing;
 mod flow_durability;
 mod flows;
 mod identity;

@@ -12,12 +12,12 @@ use crate::common::{TestEnv, WS};
 const JOBS_STREAM: &str = "MILLRACE_JOBS";
 
 /// The jobs stream as the API publishes to it, and as its administrator sees it.
-struct Jobs {
+pub(crate) struct Jobs {
     api: jetstream::Context,
     admin: jetstream::Context,
 }
 
-async fn jetstream(env: &TestEnv) -> Jobs {
+pub(crate) async fn jetstream(env: &TestEnv) -> Jobs {
     Jobs {
         api: jetstream::new(env.nats_as("api").await),
         admin: jetstream::new(env.nats_as("migrate").await),
@@ -30,13 +30,13 @@ async fn stream_state(js: &Jobs) -> jetstream::stream::State {
 }
 
 /// Messages in the jobs stream: published and not yet acked (or taken back).
-async fn queued_messages(js: &Jobs) -> u64 {
+pub(crate) async fn queued_messages(js: &Jobs) -> u64 {
     stream_state(js).await.messages
 }
 
 /// A version-2 envelope for a bash script, as the API would publish it while its INSERT is
 /// still under way.
-fn envelope(id: uuid::Uuid, hash: &str, args: Value) -> Value {
+pub(crate) fn envelope(id: uuid::Uuid, hash: &str, args: Value) -> Value {
     json!({
         "v": 2,
         "id": id,
@@ -60,7 +60,7 @@ fn envelope(id: uuid::Uuid, hash: &str, args: Value) -> Value {
     })
 }
 
-async fn wait_for_log(env: &TestEnv, line: &str) {
+pub(crate) async fn wait_for_log(env: &TestEnv, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !env.logs().contains(line) {
         assert!(
@@ -72,7 +72,7 @@ async fn wait_for_log(env: &TestEnv, line: &str) {
     }
 }
 
-async fn publish(js: &Jobs, message: &Value) {
+pub(crate) async fn publish(js: &Jobs, message: &Value) {
     js.api
         .publish(
             "millrace.jobs.default",

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::common::{Options, TestEnv, WS};
 
-async fn wait_running(env: &TestEnv, id: &str) -> serde_json::Value {
+pub(crate) async fn wait_running(env: &TestEnv, id: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let job = env.job(id).await;

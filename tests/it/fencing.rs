@@ -1,0 +1,318 @@
+//! One job, one live run: each attempt owns its job through a lease in its row. A delivery of a
+//! job whose attempt is alive is handed back, not run; an attempt that lost its job, or that
+//! cannot renew its lease, stops it and records nothing; values PostgreSQL cannot store fail a
+//! job once instead of running it again; a cancel whose broadcast was lost is still seen by the
+//! running worker.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{Options, TestEnv};
+use crate::queue::{envelope, jetstream, publish, queued_messages, wait_for_log};
+use crate::worker_crash::wait_running;
+
+/// An empty ledger file in the scratch directory that every job user may append to (each run
+/// may be another slot's user).
+fn new_ledger(env: &TestEnv, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = env.scratch().join(name);
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    path
+}
+
+/// The lines a job appended to its ledger, one per run.
+fn ledger(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `check` holds, or panics with `what` after `within`.
+async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn row(env: &TestEnv, id: &str) -> tokio_postgres::Row {
+    let id: uuid::Uuid = id.parse().unwrap();
+    env.sql()
+        .await
+        .query_one(
+            "SELECT status, attempts, result, completed_at IS NOT NULL FROM jobs WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_second_delivery_of_a_running_job_is_handed_back_not_run() {
+    // One slot each: the running job fills the first worker, so the copy goes to the second.
+    let mut env = TestEnv::with(Options {
+        worker_env: vec![("WORKER_SLOTS".into(), "1".into())],
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    let runs = new_ledger(&env, "runs");
+    let hash = env
+        .script(
+            "u/admin/slow",
+            "bash",
+            "ledger=\"$1\"\necho run >> \"$ledger\"\nsleep 10\necho done\n",
+        )
+        .await;
+    let args = json!({"ledger": runs.display().to_string()});
+    let id = env.run("u/admin/slow", args.clone()).await;
+    wait_running(&env, &id).await;
+    env.add_worker(&[]);
+    let second_log = env.dir.path().join("worker-1.log");
+    let read_second = || std::fs::read_to_string(&second_log).unwrap_or_default();
+    eventually(
+        Duration::from_secs(20),
+        "the second worker never started",
+        async || read_second().contains("worker started"),
+    )
+    .await;
+    let js = jetstream(&env).await;
+
+    // The job's envelope again, as a NATS outage longer than JOB_ACK_WAIT would redeliver it
+    // (without the record, so the worker takes the job by its row alone).
+    let mut copy = envelope(id.parse().unwrap(), &hash, args);
+    copy["path"] = json!("u/admin/slow");
+    copy.as_object_mut().unwrap().remove("record");
+    publish(&js, &copy).await;
+
+    wait_for_log(&env, "another attempt holds the job; handing it back").await;
+    assert!(
+        read_second().contains("another attempt holds the job"),
+        "the copy did not reach the idle worker:\n{}",
+        env.logs()
+    );
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["result"], json!("done"), "{done}");
+    // The copy comes back once the run has ended, finds it ended, and is acked.
+    eventually(
+        Duration::from_secs(30),
+        "the copy was never acked",
+        async || queued_messages(&js).await == 0,
+    )
+    .await;
+    assert_eq!(ledger(&runs), ["run"], "the job ran twice");
+    let job = env.job(&id).await;
+    assert_eq!(job["attempts"], json!(1), "{job}");
+    assert_eq!(job["worker"], json!("worker-0"), "{job}");
+}
+
+#[tokio::test]
+async fn an_attempt_that_lost_its_job_is_stopped_and_records_nothing() {
+    let env = TestEnv::start().await;
+    let runs = new_ledger(&env, "runs");
+    env.script(
+        "u/admin/steps",
+        "bash",
+        "ledger=\"$1\"\necho start >> \"$ledger\"\nsleep 5\necho end >> \"$ledger\"\necho late\n",
+    )
+    .await;
+    let id = env
+        .run(
+            "u/admin/steps",
+            json!({"ledger": runs.display().to_string()}),
+        )
+        .await;
+    wait_running(&env, &id).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(&runs) == ["start"],
+    )
+    .await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    // Another attempt takes the job over (as after a lease that passed), and keeps it.
+    let bumped = env
+        .sql()
+        .await
+        .execute(
+            "UPDATE jobs SET attempts = attempts + 1, lease_until = now() + interval '1 hour'
+             WHERE id = $1 AND status = 'running'",
+            &[&uuid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bumped, 1);
+    let taken = Instant::now();
+
+    wait_for_log(&env, "another attempt took it over, or it ended").await;
+    // Well past the end the first run would have reached.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(taken.elapsed())).await;
+    assert_eq!(ledger(&runs), ["start"], "the first run was not stopped");
+    let found = row(&env, &id).await;
+    assert_eq!(found.get::<_, String>(0), "running");
+    assert_eq!(found.get::<_, i32>(1), 2);
+    assert_eq!(
+        found.get::<_, Option<Value>>(2),
+        None,
+        "a late result was recorded"
+    );
+    assert!(!found.get::<_, bool>(3));
+
+    // The other attempt dies: its lease passes, and the job runs again, to its end.
+    env.sql()
+        .await
+        .execute(
+            "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1",
+            &[&uuid],
+        )
+        .await
+        .unwrap();
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["result"], json!("late"), "{done}");
+    assert_eq!(ledger(&runs), ["start", "start", "end"]);
+    assert_eq!(env.job(&id).await["attempts"], json!(3));
+}
+
+#[tokio::test]
+async fn nul_characters_in_logs_are_replaced_and_in_results_fail_once() {
+    let env = TestEnv::start().await;
+    let bash_runs = new_ledger(&env, "bash-runs");
+    let python_runs = new_ledger(&env, "python-runs");
+    env.script(
+        "u/admin/nul_logs",
+        "bash",
+        "ledger=\"$1\"\necho bash >> \"$ledger\"\nprintf 'a\\0b\\n'\n",
+    )
+    .await;
+    env.script(
+        "u/admin/nul_result",
+        "python3",
+        "def main(ledger: str):\n    with open(ledger, 'a') as f:\n        f.write('python\\n')\n    print('before')\n    return 'a\\x00b'\n",
+    )
+    .await;
+
+    let logs_job = env
+        .run(
+            "u/admin/nul_logs",
+            json!({"ledger": bash_runs.display().to_string()}),
+        )
+        .await;
+    let done = env.wait(&logs_job, Duration::from_secs(30)).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    assert_eq!(done["result"], json!("a\u{FFFD}b"));
+    assert!(
+        env.job_logs(&logs_job).await.contains("a\u{FFFD}b\n"),
+        "{}",
+        env.job_logs(&logs_job).await
+    );
+    assert_eq!(env.job(&logs_job).await["attempts"], json!(1));
+
+    let result_job = env
+        .run(
+            "u/admin/nul_result",
+            json!({"ledger": python_runs.display().to_string()}),
+        )
+        .await;
+    let done = env.wait(&result_job, Duration::from_secs(30)).await;
+    assert_eq!(done["success"], json!(false), "{done}");
+    let error = &done["result"]["error"];
+    assert_eq!(error["name"], json!("ResultNotStorable"), "{done}");
+    assert!(
+        error["message"].as_str().unwrap().contains("U+0000"),
+        "{done}"
+    );
+    assert!(env.job_logs(&result_job).await.contains("before"));
+    // Longer than a hand-back and a lease: a job sent back for another run would have run.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(ledger(&bash_runs), ["bash"], "a job ran again");
+    assert_eq!(ledger(&python_runs), ["python"], "a job ran again");
+    assert_eq!(env.job(&result_job).await["attempts"], json!(1));
+}
+
+#[tokio::test]
+async fn a_cancel_whose_broadcast_was_lost_still_stops_the_running_job() {
+    let env = TestEnv::start().await;
+    env.script("u/admin/long", "bash", "sleep 60\necho finished\n")
+        .await;
+    let id = env.run("u/admin/long", json!({})).await;
+    wait_running(&env, &id).await;
+    let asked = Instant::now();
+    // What the API records for a running job, without the NATS message.
+    env.sql()
+        .await
+        .execute(
+            "UPDATE jobs SET cancel_requested = true, canceled_by = 'alice',
+                             canceled_reason = 'no broadcast'
+             WHERE id = $1 AND status = 'running'",
+            &[&id.parse::<uuid::Uuid>().unwrap()],
+        )
+        .await
+        .unwrap();
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    // A few lease renewals (each a second with the tests' JOB_ACK_WAIT of 3), not the job's
+    // minute.
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(done["success"], json!(false), "{done}");
+    let job = env.job(&id).await;
+    assert_eq!(job["canceled"], json!(true), "{job}");
+    assert_eq!(job["canceled_by"], json!("alice"));
+    assert_eq!(job["canceled_reason"], json!("no broadcast"));
+    assert_eq!(job["attempts"], json!(1));
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_passes() {
+    let env = TestEnv::start().await;
+    let runs = new_ledger(&env, "runs");
+    env.script(
+        "u/admin/long_steps",
+        "bash",
+        "ledger=\"$1\"\necho start >> \"$ledger\"\nsleep 15\necho end >> \"$ledger\"\necho whole\n",
+    )
+    .await;
+    // The test cluster runs without synchronous commits and stops like a crash: write out what
+    // is committed so far (the token, the script), or it may be lost.
+    env.sql().await.batch_execute("CHECKPOINT").await.unwrap();
+    let id = env
+        .run(
+            "u/admin/long_steps",
+            json!({"ledger": runs.display().to_string()}),
+        )
+        .await;
+    wait_running(&env, &id).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(&runs) == ["start"],
+    )
+    .await;
+    env.sql().await.batch_execute("CHECKPOINT").await.unwrap();
+    env.pg.stop();
+    let cut = Instant::now();
+    // The tests' lease is 6 s (twice JOB_ACK_WAIT): the worker gives up a renewal interval
+    // (1 s) before it could pass — well before the job would have ended by itself.
+    wait_for_log(&env, "its lease could not be renewed in time").await;
+    assert!(
+        cut.elapsed() < Duration::from_secs(14),
+        "{:?}",
+        cut.elapsed()
+    );
+    // Past the end the run would have reached, had it not been stopped.
+    tokio::time::sleep(Duration::from_secs(16).saturating_sub(cut.elapsed())).await;
+    assert_eq!(ledger(&runs), ["start"], "the cut-off run went on");
+
+    env.pg.restart().unwrap();
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], json!("whole"), "{done}");
+    assert_eq!(ledger(&runs), ["start", "start", "end"]);
+    assert_eq!(env.job(&id).await["attempts"], json!(2));
+}
