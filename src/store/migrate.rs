@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook_triggers",
         include_str!("../../migrations/0007_webhook_triggers.sql"),
     ),
+    (
+        9,
+        "scheduled_jobs",
+        include_str!("../../migrations/0009_scheduled_jobs.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.
