@@ -18,6 +18,7 @@ use crate::config::{
 use crate::domain::Tag;
 use crate::queue::setup::{self, QueueLayout};
 use crate::queue::{Bus, Role};
+use crate::scheduler::Scheduler;
 use crate::store::{self, Pool};
 use crate::sweeper::{Mailer, Sweeper};
 use crate::worker::{ExecSettings, Runtimes, Sandbox, Worker};
@@ -75,6 +76,7 @@ pub struct ApiServer {
     state: AppState,
     mailer: Option<Mailer>,
     sweep_interval: Duration,
+    scheduler_interval: Duration,
     storage: api::ObjectStorage,
 }
 
@@ -111,6 +113,7 @@ impl ApiServer {
             auth_failures_per_minute: auth.failures_per_minute,
             trusted_proxy_hops: http.trusted_proxy_hops,
             idempotency_window: http.idempotency_window,
+            max_schedule_ahead: http.max_schedule_ahead,
             secret_box: auth
                 .encryption_key
                 .as_ref()
@@ -141,6 +144,7 @@ impl ApiServer {
             state,
             mailer,
             sweep_interval: smtp.sweep_interval,
+            scheduler_interval: http.scheduler_interval,
             storage: api::ObjectStorage::unconfigured(),
         })
     }
@@ -166,6 +170,12 @@ impl ApiServer {
             interval: self.sweep_interval,
         };
         let sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
+        let scheduler = Scheduler {
+            pool: state.pool().clone(),
+            bus: state.bus().clone(),
+            interval: self.scheduler_interval,
+        };
+        let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
         let invalidations = state.bus().invalidations().await?;
         let listener_state = state.clone();
         let watcher = tokio::spawn(async move {
@@ -184,6 +194,7 @@ impl ApiServer {
             .await;
         watcher.abort();
         let _ = sweeping.await;
+        let _ = scheduling.await;
         served.context("HTTP server")
     }
 }

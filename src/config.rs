@@ -219,6 +219,17 @@ pub struct HttpConfig {
     /// first job.
     #[arg(long = "idempotency-window", env = "IDEMPOTENCY_WINDOW", default_value = "120", value_parser = seconds)]
     pub idempotency_window: Duration,
+
+    /// Seconds ahead a job may be scheduled (`scheduled_for`, `scheduled_in_secs`); further → 400.
+    /// The default is 366 days.
+    #[arg(long = "max-schedule-ahead", env = "MAX_SCHEDULE_AHEAD", default_value = "31622400", value_parser = seconds)]
+    pub max_schedule_ahead: Duration,
+
+    /// Longest pause, in seconds, between two looks of the scheduler for jobs scheduled for
+    /// later that have come due (it also wakes at the earliest one it knows). Jobs due within a
+    /// second are published at once; above 1, jobs can start up to this much minus 1 s late.
+    #[arg(long = "scheduler-interval", env = "SCHEDULER_INTERVAL", default_value = "1", value_parser = seconds)]
+    pub scheduler_interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

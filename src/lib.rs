@@ -13,6 +13,8 @@
 //! - [`webhooks`]: signature schemes of token-less senders (GitHub, Stripe, Slack…); [`crypto`]:
 //!   secrets at rest.
 //! - [`sweeper`]: token expiry notices and `last_used_at` bookkeeping, in API processes.
+//! - [`scheduler`]: publishes jobs scheduled for later (and flows' wake-ups) when due, in API
+//!   processes.
 //! - [`app`] wires these for each subcommand; [`dev`] and [`local`] run everything on a laptop.
 //!
 //! Dependencies point one way: `api` and `worker` use `auth`, `queue`, `store` and `domain`;
@@ -29,6 +31,7 @@ pub mod flows;
 pub mod health;
 pub mod local;
 pub mod queue;
+pub mod scheduler;
 pub mod storage;
 pub mod store;
 pub mod sweeper;

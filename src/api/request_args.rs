@@ -71,12 +71,13 @@ impl RunOptions {
                             "query arg scheduled_in_secs is not a whole number: {e}"
                         ))
                     })?;
-                    let delay = chrono::Duration::try_seconds(secs)
+                    let at = chrono::Duration::try_seconds(secs)
                         .filter(|d| *d >= chrono::Duration::zero())
+                        .and_then(|delay| now.checked_add_signed(delay))
                         .ok_or_else(|| {
                             ApiError::bad_request("query arg scheduled_in_secs is out of range")
                         })?;
-                    opts.scheduled_for = Some(now + delay);
+                    opts.scheduled_for = Some(at);
                 }
                 "tag" => opts.tag = Some(Tag::parse(value)?),
                 "raw" => opts.raw = parse_bool(name, value)?,
@@ -435,6 +436,11 @@ mod tests {
             ("job_id", "nope"),
             ("scheduled_for", "tomorrow"),
             ("scheduled_in_secs", "x"),
+            ("scheduled_in_secs", "-1"),
+            ("scheduled_in_secs", "NaN"),
+            ("scheduled_in_secs", "1.5"),
+            ("scheduled_in_secs", "9000000000000"),
+            ("scheduled_in_secs", "99999999999999999999"),
             ("tag", "a b"),
             ("raw", "maybe"),
         ] {

@@ -126,6 +126,7 @@ async fn run_async(
     body: RunBody,
 ) -> ApiResult<impl IntoResponse> {
     let mut opts = body.options()?;
+    submit::check_schedule(state, &opts)?;
     let key = OnceKey::from_header(state, body.headers(), &access, &target)?;
     let (args, mut uploads) = body.into_args(state, storage, &ws, &mut opts).await?;
     let id = opts.job_id();

@@ -26,6 +26,8 @@ pub struct ApiSettings {
     pub trusted_proxy_hops: usize,
     /// `IDEMPOTENCY_WINDOW`.
     pub idempotency_window: std::time::Duration,
+    /// `MAX_SCHEDULE_AHEAD`.
+    pub max_schedule_ahead: std::time::Duration,
     /// `ENCRYPTION_KEY`, for secrets at rest.
     pub secret_box: Option<crate::crypto::SecretBox>,
 }

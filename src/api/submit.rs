@@ -78,11 +78,15 @@ pub async fn submit(
         flow_step: None,
         record: None,
     };
-    let row = NewJobRow::queued(&envelope, &record);
-    // A preset id may be taken already, which only the INSERT can tell before anything is
-    // published: record, then publish, and without the record, so that only the API creates
-    // the row. A fresh id with small arguments: publish while inserting.
-    if !opts.job_id_preset() && envelope::fits_inline(&record.args) {
+    let mut row = NewJobRow::queued(&envelope, &record);
+    // Due later: the envelope waits in the row, for the scheduler to publish when due.
+    let held = envelope::held_back(scheduled_for, now);
+    if held {
+        row.held = Some(serde_json::to_value(&envelope).expect("envelopes serialise"));
+    } else if !opts.job_id_preset() && envelope::fits_inline(&record.args) {
+        // A preset id may be taken already, which only the INSERT can tell before anything is
+        // published: record, then publish, and without the record, so that only the API
+        // creates the row. A fresh id with small arguments: publish while inserting.
         envelope.record = Some(record);
     }
     let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
@@ -93,6 +97,7 @@ pub async fn submit(
         let state = state.clone();
         async move {
             match &envelope.record {
+                _ if held => record_only(&state, id, row).await,
                 Some(record) => record_while_publishing(&state, &tag, &envelope, record, row).await,
                 None => record_then_publish(&state, &tag, &envelope, row).await,
             }
@@ -106,6 +111,16 @@ pub async fn submit(
     Ok(id)
 }
 
+/// Inserts the row only: 409 when the id is taken.
+async fn record_only(state: &AppState, id: JobId, row: NewJobRow) -> ApiResult<()> {
+    match state.inserter().insert(row).await? {
+        InsertOutcome::Inserted => Ok(()),
+        InsertOutcome::DuplicateId => Err(ApiError::Conflict(format!(
+            "a job with id {id} already exists"
+        ))),
+    }
+}
+
 async fn record_then_publish(
     state: &AppState,
     tag: &Tag,
@@ -113,14 +128,7 @@ async fn record_then_publish(
     row: NewJobRow,
 ) -> ApiResult<()> {
     let id = envelope.id;
-    match state.inserter().insert(row).await? {
-        InsertOutcome::Inserted => {}
-        InsertOutcome::DuplicateId => {
-            return Err(ApiError::Conflict(format!(
-                "a job with id {id} already exists"
-            )))
-        }
-    }
+    record_only(state, id, row).await?;
     if let Err(e) = state.bus().publish_job(tag, envelope).await {
         forget_unpublished(state, id).await;
         return Err(e.into());
@@ -174,6 +182,27 @@ async fn record_while_publishing(
         }
         (Err(e), Err(_)) => Err(e.into()),
     }
+}
+
+/// A job may be scheduled at most `MAX_SCHEDULE_AHEAD` ahead: checked before the body is read
+/// (and its files uploaded).
+pub fn check_schedule(state: &AppState, opts: &RunOptions) -> ApiResult<()> {
+    let Some(at) = opts.scheduled_for else {
+        return Ok(());
+    };
+    let limit = state.config().max_schedule_ahead;
+    let latest = chrono::Duration::from_std(limit)
+        .ok()
+        .and_then(|ahead| Utc::now().checked_add_signed(ahead));
+    if latest.is_some_and(|latest| at > latest) {
+        return Err(ApiError::bad_request(format!(
+            "scheduled_for {} is too far ahead: a job may be scheduled at most {} s from now \
+             (MAX_SCHEDULE_AHEAD)",
+            at.to_rfc3339(),
+            limit.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 /// PostgreSQL cannot store U+0000 in JSON: refused here, not by an INSERT other requests' jobs

@@ -120,7 +120,9 @@ impl Trigger<'_> {
 #[derive(Default)]
 struct Effects {
     started: bool,
+    /// New steps to publish now, and those held for the scheduler (due later).
     steps: Vec<QueuedStep>,
+    held_steps: Vec<QueuedStep>,
     /// Queued steps that ended as cancelled, and running ones to kill.
     canceled_now: Vec<CanceledStep>,
     to_kill: Vec<JobId>,
@@ -345,7 +347,19 @@ impl FlowDriver {
                 ..Effects::default()
             }
         } else {
-            let (effects, state) = self.apply(&mut run, events, scopes, &trigger_id).await?;
+            let (mut effects, state) = self.apply(&mut run, events, scopes, &trigger_id).await?;
+            // A wake-up due later waits on the flow's row, committed with the transition.
+            let now = Utc::now();
+            if let Some(at) = effects
+                .wake_at
+                .filter(|at| effects.end.is_none() && envelope::held_back(Some(*at), now))
+            {
+                let wake = serde_json::to_value(flow_envelope(&flow_job, Some(at)))
+                    .expect("envelopes serialise");
+                run.hold_wake(at, &wake, &wake_msg_id(flow_job.id, at))
+                    .await?;
+                effects.wake_at = None;
+            }
             let applied_at = began.elapsed();
             // An empty status: the flow ended before its state could change (keep the last).
             let status = (!effects.status.is_null()).then_some(&effects.status);
@@ -444,6 +458,14 @@ impl FlowDriver {
                 }
             }
         }
+        // A step due later (a retry's delay) waits in its row for the scheduler.
+        let now = Utc::now();
+        for row in &mut rows {
+            if envelope::held_back(row.scheduled_for, now) {
+                let held = self.step_envelope(&flow, &effects.scopes, &queued_step(row));
+                row.held = Some(serde_json::to_value(held).expect("envelopes serialise"));
+            }
+        }
         let inserted = run.insert_steps(&rows).await?;
         if inserted != rows.len() {
             // Keys are unique per flow and a state never enqueues one twice: this is a bug.
@@ -456,7 +478,9 @@ impl FlowDriver {
         }
         self.cancel(run, &cancels, &flow.created_by, NOT_NEEDED, &mut effects)
             .await?;
-        effects.steps = rows.iter().map(queued_step).collect();
+        let (held, now): (Vec<_>, Vec<_>) = rows.iter().partition(|row| row.held.is_some());
+        effects.steps = now.into_iter().map(queued_step).collect();
+        effects.held_steps = held.into_iter().map(queued_step).collect();
         effects.status = flow_status(&version.def, &saved.machine);
         let state = serde_json::to_value(&saved).expect("the flow state serialises");
         Ok((effects, Some(state)))
@@ -583,7 +607,12 @@ impl FlowDriver {
             })
             .collect();
         self.bus.publish_jobs(&jobs).await?;
-        for (_, envelope) in &jobs {
+        let held: Vec<JobEnvelope> = effects
+            .held_steps
+            .iter()
+            .map(|step| self.step_envelope(flow, &effects.scopes, step))
+            .collect();
+        for envelope in jobs.iter().map(|(_, e)| e).chain(&held) {
             let mut event = JobEvent::new(JobEventKind::Queued, envelope);
             event.at = Utc::now();
             self.bus.publish_event_unconfirmed(&event).await;
@@ -605,9 +634,8 @@ impl FlowDriver {
         }
         if let Some(at) = effects.wake_at {
             let wake = flow_envelope(flow, Some(at));
-            let msg_id = format!("{}:wake:{}", flow.id, at.timestamp_millis());
             self.bus
-                .publish_job_as(&tag_of(&flow.tag), &wake, &msg_id)
+                .publish_job_as(&tag_of(&flow.tag), &wake, &wake_msg_id(flow.id, at))
                 .await?;
         }
         if let Some(end) = &effects.end {
@@ -632,6 +660,11 @@ impl FlowDriver {
             .collect();
         Ok(self.bus.publish_jobs(&jobs).await?)
     }
+}
+
+/// A wake-up's message id: not a duplicate of the flow's first message, nor of another wake-up.
+fn wake_msg_id(flow: JobId, at: chrono::DateTime<Utc>) -> String {
+    format!("{flow}:wake:{}", at.timestamp_millis())
 }
 
 /// The flow job's own envelope (a wake-up when `scheduled_for` is set).
@@ -837,6 +870,7 @@ async fn step_row(
         flow_step_id: Some(module.id.clone()),
         flow_step_key: Some(step.key.clone()),
         flow_enqueued_by: Some(trigger_id.to_owned()),
+        held: None,
     }))
 }
 

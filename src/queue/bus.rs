@@ -47,6 +47,14 @@ fn encode(value: &impl Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("wire types serialise"))
 }
 
+/// Waits for the PubAcks of messages sent one after the other.
+async fn confirmed(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), QueueError> {
+    for ack in acks {
+        ack.await.map_err(QueueError::publish)?;
+    }
+    Ok(())
+}
+
 fn msg_id_header(id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id);
@@ -155,11 +163,7 @@ impl Bus {
         envelope: &JobEnvelope,
         msg_id: &str,
     ) -> Result<u64, QueueError> {
-        let ack = self
-            .js
-            .publish_with_headers(subjects::jobs(tag), msg_id_header(msg_id), encode(envelope))
-            .await
-            .map_err(QueueError::publish)?;
+        let ack = self.send_job(tag, envelope, msg_id).await?;
         Ok(ack.await.map_err(QueueError::publish)?.sequence)
     }
 
@@ -167,21 +171,37 @@ impl Bus {
     pub async fn publish_jobs(&self, jobs: &[(Tag, JobEnvelope)]) -> Result<(), QueueError> {
         let mut acks = Vec::with_capacity(jobs.len());
         for (tag, envelope) in jobs {
-            let ack = self
-                .js
-                .publish_with_headers(
-                    subjects::jobs(tag),
-                    msg_id_header(&envelope.id.to_string()),
-                    encode(envelope),
-                )
-                .await
-                .map_err(QueueError::publish)?;
-            acks.push(ack);
+            acks.push(
+                self.send_job(tag, envelope, &envelope.id.to_string())
+                    .await?,
+            );
         }
-        for ack in acks {
-            ack.await.map_err(QueueError::publish)?;
+        confirmed(acks).await
+    }
+
+    /// Publishes several job messages, each under its own deduplication id, sending them all
+    /// before waiting for their PubAcks.
+    pub async fn publish_jobs_as(
+        &self,
+        jobs: &[(Tag, JobEnvelope, String)],
+    ) -> Result<(), QueueError> {
+        let mut acks = Vec::with_capacity(jobs.len());
+        for (tag, envelope, msg_id) in jobs {
+            acks.push(self.send_job(tag, envelope, msg_id).await?);
         }
-        Ok(())
+        confirmed(acks).await
+    }
+
+    async fn send_job(
+        &self,
+        tag: &Tag,
+        envelope: &JobEnvelope,
+        msg_id: &str,
+    ) -> Result<jetstream::context::PublishAckFuture, QueueError> {
+        self.js
+            .publish_with_headers(subjects::jobs(tag), msg_id_header(msg_id), encode(envelope))
+            .await
+            .map_err(QueueError::publish)
     }
 
     /// Takes a published job back out of the queue (its row could not be written).

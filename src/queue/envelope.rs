@@ -17,6 +17,16 @@ pub const VERSION: u32 = 3;
 /// Serialized arguments up to this size travel in the envelope.
 pub const INLINE_ARGS_MAX: usize = 64 * 1024;
 
+/// A job due further ahead than this is not published yet: its envelope waits in its row for
+/// the scheduler, instead of waiting ack-pending in the work queue. Closer ones are published
+/// at once and a worker hands them back until due (as it does with a clock a little ahead).
+pub const HOLD_BEYOND: chrono::Duration = chrono::Duration::seconds(1);
+
+/// Whether a message due at `at` is held back for the scheduler rather than published now.
+pub fn held_back(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    at.is_some_and(|at| at > now + HOLD_BEYOND)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobEnvelope {
     pub v: u32,

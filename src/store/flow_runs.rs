@@ -285,6 +285,24 @@ impl FlowRun<'_> {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// Holds the flow's wake-up at `at` on its row, for the scheduler to publish then, unless
+    /// an earlier one is held already (whose transition will ask for this one again).
+    pub async fn hold_wake(
+        &self,
+        at: DateTime<Utc>,
+        envelope: &Value,
+        msg_id: &str,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "UPDATE jobs SET publish_at = $2, publish_envelope = $3, publish_msg_id = $4
+                 WHERE id = $1 AND (publish_at IS NULL OR publish_at > $2)",
+                &[&self.flow.id, &at, envelope, &msg_id],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Commits what was recorded of the steps, leaving the flow as it was.
     pub async fn commit_steps(self) -> Result<(), StoreError> {
         Ok(self.tx.commit().await?)
@@ -345,6 +363,7 @@ const SAVE_TYPES: &[Type] = &[
 
 /// The steps of a flow that `trigger` enqueued and that are still waiting in the queue: when
 /// the trigger comes back they are published again (JetStream drops the copies it remembers).
+/// Steps held for the scheduler (a retry due later) are its to publish.
 pub async fn queued_steps(
     conn: &Conn<'_>,
     flow: JobId,
@@ -355,7 +374,7 @@ pub async fn queued_steps(
             "SELECT id, script_path, script_hash, language, tag, timeout_s, scheduled_for,
                     flow_step_id
              FROM jobs WHERE parent_job = $1 AND flow_step_key IS NOT NULL AND status = 'queued'
-                         AND flow_enqueued_by = $2",
+                         AND flow_enqueued_by = $2 AND publish_at IS NULL",
             &[&flow, &trigger],
         )
         .await?;

@@ -37,6 +37,9 @@ pub struct NewJobRow {
     pub flow_step_key: Option<String>,
     /// What triggered the flow transition that enqueued this step.
     pub flow_enqueued_by: Option<String>,
+    /// The job's envelope, when it is held for the scheduler until `scheduled_for` rather than
+    /// published now.
+    pub held: Option<Value>,
 }
 
 impl NewJobRow {
@@ -63,6 +66,7 @@ impl NewJobRow {
             flow_step_id: None,
             flow_step_key: None,
             flow_enqueued_by: None,
+            held: None,
         }
     }
 }
@@ -163,12 +167,13 @@ pub(super) const INSERT: &str =
     "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args, created_by,
                        permissioned_as, created_at, scheduled_for, language, tag, timeout_s,
                        parent_job, started_by_token, flow_version, root_job, flow_step_id,
-                       flow_step_key, flow_enqueued_by, status)
+                       flow_step_key, flow_enqueued_by, publish_envelope, publish_at, status)
      SELECT *, 'queued' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                     $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[],
                                     $10::timestamptz[], $11::text[], $12::text[], $13::int4[],
                                     $14::uuid[], $15::text[], $16::int8[], $17::uuid[],
-                                    $18::text[], $19::text[], $20::text[])
+                                    $18::text[], $19::text[], $20::text[], $21::jsonb[],
+                                    $22::timestamptz[])
      ON CONFLICT DO NOTHING
      RETURNING id";
 
@@ -205,6 +210,8 @@ pub(super) async fn run_insert(
                 &col(rows, |r| &r.flow_step_id),
                 &col(rows, |r| &r.flow_step_key),
                 &col(rows, |r| &r.flow_enqueued_by),
+                &col(rows, |r| &r.held),
+                &col(rows, |r| r.held.as_ref().and(r.scheduled_for)),
             ],
         )
         .await?;

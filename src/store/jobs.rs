@@ -516,7 +516,8 @@ pub async fn cancel(
     let conn = pool.get().await?;
     let sql = format!(
         "UPDATE jobs SET status = 'canceled', canceled_by = $3, canceled_reason = $4,
-                         result = $5, completed_at = now(), logs = ''
+                         result = $5, completed_at = now(), logs = '',
+                         publish_at = NULL, publish_envelope = NULL, publish_msg_id = NULL
          WHERE id = $1 AND workspace_id = $2 AND status = 'queued'
          RETURNING {COLUMNS}"
     );

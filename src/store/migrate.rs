@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "job_leases",
         include_str!("../../migrations/0008_job_leases.sql"),
     ),
+    (
+        9,
+        "scheduled_jobs",
+        include_str!("../../migrations/0009_scheduled_jobs.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

@@ -10,6 +10,7 @@ mod job_inserter;
 pub mod jobs;
 pub mod migrate;
 pub mod object_storage;
+pub mod scheduled;
 pub mod scripts;
 pub mod settings;
 pub mod tokens;

@@ -65,6 +65,8 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
             return;
         }
     };
+    // Jobs due later are held back by the scheduler; what comes early is due within a second
+    // (published at once), a clock ahead of this worker's, or a message from an older API.
     if let Some(at) = envelope.scheduled_for {
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {

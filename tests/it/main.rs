@@ -22,6 +22,7 @@ mod run_async;
 mod run_stream;
 mod run_sync;
 mod runtimes;
+mod scheduled;
 mod scripts;
 mod storage_endpoints;
 mod uploads;
