@@ -4,6 +4,7 @@ mod common;
 
 mod api_fuzz;
 mod bad_input;
+mod chaos;
 mod dev_command;
 mod events;
 mod fencing;

@@ -93,6 +93,8 @@ pub struct Options {
     pub s3: bool,
     /// PostgreSQL with `fsync` and synchronous commits, as in production (slower).
     pub durable_postgres: bool,
+    /// Environment for every process: `migrate`, the APIs and the workers.
+    pub shared_env: Vec<(String, String)>,
 }
 
 /// The S3 credentials of the harness's s3s-fs.
@@ -411,6 +413,7 @@ impl TestEnv {
         if let Some(s3) = &self.s3 {
             command.envs(s3.env());
         }
+        command.envs(self.options.shared_env.iter().cloned());
         for (k, v) in extra {
             command.env(k, v);
         }
@@ -550,6 +553,16 @@ impl TestEnv {
         let child = &mut self.workers[index];
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Workers started so far, dead or alive (indexes run from 0).
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether worker `index` still runs.
+    pub fn worker_alive(&mut self, index: usize) -> bool {
+        matches!(self.workers[index].try_wait(), Ok(None))
     }
 
     /// SIGTERM, as Kubernetes stops a pod; returns once the process exited.

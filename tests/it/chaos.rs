@@ -1,0 +1,446 @@
+//! The chaos run: real processes — two API replicas, two workers, nats-server with its file
+//! store, PostgreSQL with `fsync` on — under a steady load of async webhooks while, in turn, a
+//! worker is SIGKILLed mid-job, an API replica is SIGKILLed, nats-server and PostgreSQL are
+//! restarted, PostgreSQL is frozen (SIGSTOP) and the jobs stream is filled to its limit. Every
+//! job appends `start <id> <pid>` and `end <id> <pid>` to one ledger file, so that a job run
+//! twice, or twice at once, is seen whatever the database says.
+//!
+//! CI runs a short version; `scripts/chaos.sh` the long one (≥ 5,000 jobs, a 45 s freeze), with
+//! the sizes below taken from the environment. The table it prints is in docs/reliability.md.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::{Options, TestEnv, WS};
+
+/// The run's sizes: `CHAOS_JOBS` accepted jobs at least, offered at `CHAOS_RATE` per second,
+/// PostgreSQL frozen for `CHAOS_FREEZE_SECS`, `CHAOS_GAP_SECS` of calm after each fault, and a
+/// jobs stream of `CHAOS_STREAM_MSGS` messages at most.
+struct Sizes {
+    jobs: usize,
+    rate: u64,
+    freeze: Duration,
+    gap: Duration,
+    stream_msgs: u64,
+}
+
+impl Sizes {
+    fn from_env() -> Self {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            jobs: var("CHAOS_JOBS", 300) as usize,
+            rate: var("CHAOS_RATE", 40),
+            freeze: Duration::from_secs(var("CHAOS_FREEZE_SECS", 5)),
+            gap: Duration::from_secs(var("CHAOS_GAP_SECS", 2)),
+            stream_msgs: var("CHAOS_STREAM_MSGS", 150),
+        }
+    }
+}
+
+/// What the callers saw.
+#[derive(Default)]
+struct Answers {
+    accepted: Vec<String>,
+    /// 429/503 with `Retry-After`: the API said when to come back.
+    refused: usize,
+    /// Any other 4xx (none expected: every request is valid).
+    client_errors: Vec<String>,
+    /// 5xx without `Retry-After`.
+    unexplained: Vec<String>,
+    /// No answer: the replica was down (connection refused or cut).
+    unanswered: usize,
+}
+
+/// The ledger's view of one job: its attempts, by process id, with whether each one ended.
+#[derive(Default)]
+struct Runs {
+    /// (pid, line index of start, line index of end if it wrote one)
+    attempts: Vec<(u32, usize, Option<usize>)>,
+}
+
+impl Runs {
+    fn completed(&self) -> usize {
+        self.attempts.iter().filter(|a| a.2.is_some()).count()
+    }
+
+    /// Two attempts whose [start, end] overlap in the ledger's order. An attempt without an end
+    /// was killed (its worker died): it counts as the instant of its start.
+    fn concurrent(&self) -> bool {
+        let spans: Vec<(usize, usize)> = self
+            .attempts
+            .iter()
+            .map(|&(_, s, e)| (s, e.unwrap_or(s)))
+            .collect();
+        spans.iter().enumerate().any(|(i, a)| {
+            spans[i + 1..]
+                .iter()
+                .any(|b| a.0 <= b.1 && b.0 <= a.1 && !(a.0 == a.1 || b.0 == b.1))
+        })
+    }
+}
+
+fn read_ledger(path: &std::path::Path) -> HashMap<String, Runs> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut runs: HashMap<String, Runs> = HashMap::new();
+    for (line_no, line) in text.lines().enumerate() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [what, id, pid] = parts[..] else { continue };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let entry = runs.entry(id.to_string()).or_default();
+        match what {
+            "start" => entry.attempts.push((pid, line_no, None)),
+            "end" => {
+                if let Some(a) = entry.attempts.iter_mut().find(|a| a.0 == pid) {
+                    a.2 = Some(line_no);
+                }
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// Sends `pid` and its children (PostgreSQL's backends) `signal`.
+fn signal_tree(pid: i32, signal: libc::c_int) {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command name (in parentheses): state, then the parent's pid.
+        let ppid = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            pids.push(child);
+        }
+    }
+    for p in pids {
+        // SAFETY: kill(2) with a pid read from /proc; at worst it names a process gone since.
+        unsafe { libc::kill(p, signal) };
+    }
+}
+
+fn postmaster_pid(env: &TestEnv) -> i32 {
+    let file = env.pg.data_dir().join("data").join("postmaster.pid");
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The load: `callers` tasks sharing `rate` requests per second over the live replicas, until
+/// `stop` is set.
+fn spawn_load(
+    env: &TestEnv,
+    urls: Arc<RwLock<Vec<String>>>,
+    answers: Arc<Mutex<Answers>>,
+    stop: Arc<AtomicBool>,
+    rate: u64,
+    ledger: String,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    const CALLERS: u64 = 8;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    (0..CALLERS)
+        .map(|caller| {
+            let (http, urls, answers, stop) =
+                (http.clone(), urls.clone(), answers.clone(), stop.clone());
+            let token = env.token.clone();
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let period = Duration::from_micros(1_000_000 * CALLERS / rate.max(1));
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut n = caller as usize;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    n += 1;
+                    let url = {
+                        let urls = urls.read().unwrap();
+                        urls[n % urls.len()].clone()
+                    };
+                    let res = http
+                        .post(format!("{url}/api/w/{WS}/jobs/run/p/u/alice/ledger"))
+                        .bearer_auth(&token)
+                        .json(&json!({"ledger": ledger}))
+                        .send()
+                        .await;
+                    let answer = match res {
+                        Err(_) => None,
+                        Ok(res) => {
+                            let status = res.status().as_u16();
+                            let retry_after = res.headers().contains_key("retry-after");
+                            Some((status, retry_after, res.text().await.unwrap_or_default()))
+                        }
+                    };
+                    let mut a = answers.lock().unwrap();
+                    match answer {
+                        None => a.unanswered += 1,
+                        Some((201, _, id)) => a.accepted.push(id),
+                        Some((429 | 503, true, _)) => a.refused += 1,
+                        Some((status @ 500.., _, body)) => {
+                            a.unexplained.push(format!("{status} {body}"))
+                        }
+                        Some((status, _, body)) => a.client_errors.push(format!("{status} {body}")),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
+    let sizes = Sizes::from_env();
+    let stream_limit = sizes.stream_msgs.to_string();
+    let mut env = TestEnv::with(Options {
+        workers: 2,
+        durable_postgres: true,
+        shared_env: vec![("JOBS_STREAM_MAX_MSGS".into(), stream_limit)],
+        ..Default::default()
+    })
+    .await;
+    let second = env.add_api().await;
+    env.script(
+        "u/alice/ledger",
+        "bash",
+        "ledger=\"$1\"\necho \"start $WM_JOB_ID $$\" >> \"$ledger\"\nsleep 0.2\necho \"end $WM_JOB_ID $$\" >> \"$ledger\"\n",
+    )
+    .await;
+    let ledger = env.scratch().join("ledger");
+    std::fs::write(&ledger, "").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+
+    let urls = Arc::new(RwLock::new(vec![env.api_url.clone(), second]));
+    let answers = Arc::new(Mutex::new(Answers::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let load = spawn_load(
+        &env,
+        urls.clone(),
+        answers.clone(),
+        stop.clone(),
+        sizes.rate,
+        ledger.display().to_string(),
+    );
+    let mut faults: Vec<(String, Duration)> = Vec::new();
+    let mut note = |what: &str, since: Instant| {
+        faults.push((what.to_string(), since.elapsed()));
+    };
+    let calm = || tokio::time::sleep(sizes.gap);
+    calm().await;
+
+    // A worker SIGKILLed mid-job, and a new one in its place.
+    let t = Instant::now();
+    env.kill_worker(0);
+    env.add_worker(&[]);
+    note("SIGKILL a worker mid-job", t);
+    calm().await;
+
+    // An API replica SIGKILLed; its callers see refused connections until a new one is up.
+    let t = Instant::now();
+    env.kill_api(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let third = env.add_api().await;
+    urls.write().unwrap()[1] = third;
+    note("SIGKILL an API replica (back after 1 s)", t);
+    calm().await;
+
+    let t = Instant::now();
+    env.nats.restart().await.unwrap();
+    note("restart nats-server (SIGKILL)", t);
+    calm().await;
+
+    let t = Instant::now();
+    env.pg.stop();
+    env.pg.restart().unwrap();
+    note("restart PostgreSQL (immediate stop)", t);
+    calm().await;
+
+    let t = Instant::now();
+    let postmaster = postmaster_pid(&env);
+    signal_tree(postmaster, libc::SIGSTOP);
+    tokio::time::sleep(sizes.freeze).await;
+    signal_tree(postmaster, libc::SIGCONT);
+    note(
+        &format!("freeze PostgreSQL {} s (SIGSTOP)", sizes.freeze.as_secs()),
+        t,
+    );
+    calm().await;
+
+    // Fill the jobs stream: the workers drain and stop (SIGTERM), the load goes on until the
+    // API refuses for a full queue, then new workers start.
+    let t = Instant::now();
+    let refused_before = answers.lock().unwrap().refused;
+    let workers = env.worker_count();
+    for index in 0..workers {
+        if env.worker_alive(index) {
+            env.terminate_worker(index);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while answers.lock().unwrap().refused == refused_before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let filled = answers.lock().unwrap().refused > refused_before;
+    env.add_worker(&[]);
+    env.add_worker(&[]);
+    note(
+        if filled {
+            "fill the jobs stream to its limit (workers stopped)"
+        } else {
+            "fill the jobs stream: NOT REFUSED within 120 s"
+        },
+        t,
+    );
+    calm().await;
+
+    // The load goes on until enough jobs were accepted.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while answers.lock().unwrap().accepted.len() < sizes.jobs && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let load_time = started.elapsed();
+
+    // Every accepted job must end; wait for them.
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    let ids: Vec<uuid::Uuid> = answers
+        .accepted
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    let sql = env.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (succeeded, failed) = loop {
+        let rows = sql
+            .query(
+                "SELECT id, status, result::text FROM jobs WHERE id = ANY($1) \
+                 AND status IN ('success', 'failure', 'canceled')",
+                &[&ids],
+            )
+            .await
+            .unwrap();
+        if rows.len() == ids.len() || Instant::now() > deadline {
+            let succeeded = rows
+                .iter()
+                .filter(|r| r.get::<_, &str>(1) == "success")
+                .count();
+            let failed: Vec<String> = rows
+                .iter()
+                .filter(|r| r.get::<_, &str>(1) != "success")
+                .map(|r| {
+                    format!(
+                        "{}: {:?}",
+                        r.get::<_, uuid::Uuid>(0),
+                        r.get::<_, Option<&str>>(2)
+                    )
+                })
+                .collect();
+            break (succeeded, failed);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let drain_time = started.elapsed() - load_time;
+    let runs = read_ledger(&ledger);
+    let lost = ids.len() - succeeded - failed.len();
+    let never_ran = answers
+        .accepted
+        .iter()
+        .filter(|id| runs.get(*id).is_none_or(|r| r.completed() == 0))
+        .count();
+    let concurrent: Vec<&String> = runs
+        .iter()
+        .filter(|(_, r)| r.concurrent())
+        .map(|(id, _)| id)
+        .collect();
+    let twice: Vec<&String> = runs
+        .iter()
+        .filter(|(_, r)| r.completed() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    let restarted: usize = runs.values().filter(|r| r.attempts.len() > 1).count();
+
+    let mut table = String::new();
+    table.push_str("| fault | took |\n|---|---|\n");
+    for (what, took) in &faults {
+        table.push_str(&format!("| {what} | {:.1} s |\n", took.as_secs_f64()));
+    }
+    table.push_str(&format!(
+        "\n| outcome | count |\n|---|---|\n\
+         | accepted (201) | {} |\n\
+         | refused with Retry-After (429/503) | {} |\n\
+         | unanswered (replica down) | {} |\n\
+         | other 4xx | {} |\n\
+         | completed (success) | {succeeded} |\n\
+         | failed or canceled | {} |\n\
+         | **lost** (accepted, never completed) | **{lost}** |\n\
+         | accepted, no finished run in the ledger | {never_ran} |\n\
+         | started again after a fault (worker died) | {restarted} |\n\
+         | **run twice concurrently** | **{}** |\n\
+         | **completed twice** | **{}** |\n\
+         | **5xx without Retry-After** | **{}** |\n\
+         \nload {:.0} s at {} requests/s offered, drain {:.0} s\n",
+        answers.accepted.len(),
+        answers.refused,
+        answers.unanswered,
+        answers.client_errors.len(),
+        failed.len(),
+        concurrent.len(),
+        twice.len(),
+        answers.unexplained.len(),
+        load_time.as_secs_f64(),
+        sizes.rate,
+        drain_time.as_secs_f64(),
+    ));
+    println!("\nchaos run\n\n{table}");
+
+    assert!(filled, "the full jobs stream was never refused\n{table}");
+    assert!(answers.accepted.len() >= sizes.jobs, "{table}");
+    assert_eq!(lost, 0, "jobs lost\n{table}");
+    assert!(failed.is_empty(), "jobs failed: {failed:?}\n{table}");
+    assert_eq!(never_ran, 0, "accepted jobs that never ran\n{table}");
+    assert!(
+        concurrent.is_empty(),
+        "run concurrently: {concurrent:?}\n{table}"
+    );
+    assert!(twice.is_empty(), "completed twice: {twice:?}\n{table}");
+    assert!(
+        answers.unexplained.is_empty(),
+        "5xx without Retry-After: {:?}\n{table}",
+        answers.unexplained
+    );
+    assert!(
+        answers.client_errors.is_empty(),
+        "4xx: {:?}\n{table}",
+        answers.client_errors
+    );
+}
