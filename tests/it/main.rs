@@ -2,6 +2,7 @@
 
 mod common;
 
+mod backpressure;
 mod bad_input;
 mod dev_command;
 mod events;
