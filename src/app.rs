@@ -13,7 +13,7 @@ use crate::api::{self, ApiSettings, AppState};
 use crate::auth::Authenticator;
 use crate::config::{
     AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, S3Config,
-    SmtpConfig, WorkerConfig,
+    SmtpConfig, StreamLimits, WorkerConfig,
 };
 use crate::domain::Tag;
 use crate::queue::setup::{self, QueueLayout};
@@ -59,12 +59,17 @@ pub async fn connect_store(config: &DatabaseConfig) -> anyhow::Result<Pool> {
 }
 
 /// `millrace migrate`: the schema, then the streams and consumers.
-pub async fn migrate(db: &DatabaseConfig, nats: &NatsConfig, tags: &[Tag]) -> anyhow::Result<()> {
+pub async fn migrate(
+    db: &DatabaseConfig,
+    nats: &NatsConfig,
+    tags: &[Tag],
+    limits: &StreamLimits,
+) -> anyhow::Result<()> {
     let pool = connect_store(db).await?;
     let applied = store::migrate::run(&pool).await.context("migrations")?;
     tracing::info!(?applied, "database schema is current");
     let bus = Bus::connect(nats, Role::Migrate).await?;
-    setup::declare_all(&bus, tags, &layout(nats)).await?;
+    setup::declare_all(&bus, tags, &layout(nats), limits).await?;
     bus.flush().await?;
     tracing::info!("NATS streams and consumers declared");
     Ok(())
@@ -114,6 +119,9 @@ impl ApiServer {
             trusted_proxy_hops: http.trusted_proxy_hops,
             idempotency_window: http.idempotency_window,
             max_schedule_ahead: http.max_schedule_ahead,
+            submit_timeout: http.submit_timeout,
+            max_inflight_requests: http.max_inflight_requests,
+            max_inflight_body_bytes: http.max_inflight_body_bytes,
             secret_box: auth
                 .encryption_key
                 .as_ref()

@@ -175,6 +175,42 @@ pub struct NatsAuth {
     pub nkey: Option<Secret>,
 }
 
+/// A JetStream limit: a positive number, or -1 for none.
+fn stream_limit(s: &str) -> Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(n) if n == -1 || n > 0 => Ok(n),
+        _ => Err("expected a positive whole number, or -1 for no limit".into()),
+    }
+}
+
+/// Limits of the JetStream streams, set when `millrace migrate` declares them: a full job queue
+/// refuses new jobs (the API answers 503) instead of filling the server's disk.
+#[derive(Debug, Clone, Args)]
+pub struct StreamLimits {
+    /// Bytes of queued jobs MILLRACE_JOBS holds; past it new jobs are refused until workers
+    /// take some (-1: no limit).
+    #[arg(long = "jobs-stream-max-bytes", env = "JOBS_STREAM_MAX_BYTES",
+          default_value_t = 1024 * 1024 * 1024, value_parser = stream_limit, allow_negative_numbers = true)]
+    pub jobs_max_bytes: i64,
+
+    /// Queued jobs MILLRACE_JOBS holds in all; past it new jobs are refused (-1: no limit).
+    #[arg(long = "jobs-stream-max-msgs", env = "JOBS_STREAM_MAX_MSGS",
+          default_value_t = 1_000_000, value_parser = stream_limit, allow_negative_numbers = true)]
+    pub jobs_max_msgs: i64,
+
+    /// Queued jobs of one worker tag; past it new jobs for that tag are refused, so a tag whose
+    /// workers are gone cannot fill the queue for the others (-1: no limit).
+    #[arg(long = "jobs-stream-max-msgs-per-subject", env = "JOBS_STREAM_MAX_MSGS_PER_SUBJECT",
+          default_value_t = 250_000, value_parser = stream_limit, allow_negative_numbers = true)]
+    pub jobs_max_msgs_per_subject: i64,
+
+    /// Bytes of events MILLRACE_EVENTS keeps; past it the oldest are dropped (-1: no limit
+    /// besides their 7 days).
+    #[arg(long = "events-stream-max-bytes", env = "EVENTS_STREAM_MAX_BYTES",
+          default_value_t = 4 * 1024 * 1024 * 1024, value_parser = stream_limit, allow_negative_numbers = true)]
+    pub events_max_bytes: i64,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct HttpConfig {
     /// Address the API listens on.
@@ -230,6 +266,30 @@ pub struct HttpConfig {
     /// second are published at once; above 1, jobs can start up to this much minus 1 s late.
     #[arg(long = "scheduler-interval", env = "SCHEDULER_INTERVAL", default_value = "1", value_parser = seconds)]
     pub scheduler_interval: Duration,
+
+    /// Run requests (webhooks of every kind) one API process works on at once, from reading
+    /// the body until the job is queued; more at once → 503 with `Retry-After` at once, rather
+    /// than queueing them in memory. A sync or SSE call stops counting once its job is queued.
+    #[arg(
+        long = "max-inflight-requests",
+        env = "MAX_INFLIGHT_REQUESTS",
+        default_value_t = 512
+    )]
+    pub max_inflight_requests: usize,
+
+    /// Bytes of request bodies one API process holds at once (each run request reserves its
+    /// `Content-Length`, or MAX_BODY_SIZE without one); past it → 503 with `Retry-After`.
+    #[arg(
+        long = "max-inflight-body-bytes",
+        env = "MAX_INFLIGHT_BODY_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_inflight_body_bytes: usize,
+
+    /// Seconds a submission waits for PostgreSQL (the INSERT) and for NATS (the PubAck) each
+    /// before the job is given up and the caller gets 503 with `Retry-After`.
+    #[arg(long = "submit-timeout", env = "SUBMIT_TIMEOUT", default_value = "5", value_parser = seconds)]
+    pub submit_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,7 +12,7 @@ use crate::app::{self, ApiServer};
 use crate::auth::token;
 use crate::config::{
     AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, S3Config, Secret,
-    SmtpConfig, WorkerConfig,
+    SmtpConfig, StreamLimits, WorkerConfig,
 };
 use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Username, WorkspaceId};
 use crate::local::{self, Durability, LocalNats, LocalPostgres};
@@ -288,6 +288,7 @@ pub struct DevConfig {
     pub s3: S3Config,
     pub worker: WorkerConfig,
     pub jobs: JobDefaults,
+    pub streams: StreamLimits,
 }
 
 pub async fn run(config: DevConfig) -> anyhow::Result<()> {
@@ -302,13 +303,20 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         s3,
         worker,
         jobs,
+        streams,
     } = config;
     let services = start_services(&opts, &mut db, &mut nats).await?;
     if auth.encryption_key.is_none() {
         auth.encryption_key = Some(encryption_key(&opts.data_dir)?);
     }
     let tags = app::parse_tags(&worker.tags)?;
-    app::migrate(&db, &services.nats_for(&nats, Role::Migrate), &tags).await?;
+    app::migrate(
+        &db,
+        &services.nats_for(&nats, Role::Migrate),
+        &tags,
+        &streams,
+    )
+    .await?;
     let token = bootstrap(&db).await.context("bootstrap")?;
     if http.bind_addr.ip().is_unspecified() {
         http.bind_addr.set_ip([127, 0, 0, 1].into());

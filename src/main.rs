@@ -5,7 +5,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use millrace::app::{self, ApiServer};
 use millrace::config::{
     AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, S3Config,
-    SmtpConfig, TelemetryConfig, WorkerConfig,
+    SmtpConfig, StreamLimits, TelemetryConfig, WorkerConfig,
 };
 use millrace::{dev, telemetry};
 
@@ -72,6 +72,8 @@ enum Command {
         )]
         tags: Vec<String>,
         #[command(flatten)]
+        streams: StreamLimits,
+        #[command(flatten)]
         telemetry: TelemetryConfig,
     },
     /// Everything in one process for a laptop, starting NATS and PostgreSQL when no URLs are given.
@@ -97,6 +99,8 @@ enum Command {
         worker: WorkerConfig,
         #[command(flatten)]
         jobs: JobDefaults,
+        #[command(flatten)]
+        streams: StreamLimits,
         #[command(flatten)]
         telemetry: TelemetryConfig,
     },
@@ -210,10 +214,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db,
             nats,
             tags,
+            streams,
             telemetry: t,
         } => {
             telemetry::init(t.log_format);
-            app::migrate(&db, &nats, &app::parse_tags(&tags)?).await
+            app::migrate(&db, &nats, &app::parse_tags(&tags)?, &streams).await
         }
         Command::Dev {
             opts,
@@ -226,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             s3,
             worker,
             jobs,
+            streams,
             telemetry: t,
         } => {
             telemetry::init(t.log_format);
@@ -250,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 s3: *s3,
                 worker,
                 jobs,
+                streams,
             })
             .await
         }

@@ -32,6 +32,10 @@ pub enum ApiError {
     TooManyRequests(u64),
     #[error("Service unavailable: {0}")]
     Unavailable(&'static str),
+    /// At a limit (the job queue is full, too many requests at once): nothing was done, the
+    /// caller should try again after the given seconds (`Retry-After`).
+    #[error("Service unavailable: {0}; retry later")]
+    Overloaded(&'static str, u64),
     /// A sync script shaped an invalid HTTP response; the message says what is wrong.
     #[error("Internal: {0}")]
     BadScriptResponse(String),
@@ -66,7 +70,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(..) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } | Self::BadScriptResponse(_) | Self::SyncTimeout(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -81,6 +85,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(context, detail = %detail, "internal error");
             }
             Self::Unavailable(what) => tracing::warn!(what, "dependency unavailable"),
+            Self::Overloaded(what, _) => tracing::warn!(what, "request refused: overloaded"),
             _ => {}
         }
         let status = self.status();
@@ -90,10 +95,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if let Self::TooManyRequests(wait) = self {
+        let retry_after = match self {
+            Self::TooManyRequests(wait) | Self::Overloaded(_, wait) => Some(wait),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
+        if let Some(wait) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         response
@@ -111,24 +118,24 @@ const NUL_REFUSED: &str = "text must not contain the NUL character (U+0000)";
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "database unavailable");
-                Self::Unavailable("database")
-            }
-            other if other.is_unstorable_text() => Self::BadRequest(NUL_REFUSED.into()),
-            other => Self::Internal {
-                context: "database error",
-                detail: other.to_string(),
-            },
-        }
+        Self::from(&e)
     }
 }
 
 impl From<std::sync::Arc<StoreError>> for ApiError {
     fn from(e: std::sync::Arc<StoreError>) -> Self {
-        match &*e {
-            StoreError::Unavailable(_) => Self::Unavailable("database"),
+        Self::from(&*e)
+    }
+}
+
+impl From<&StoreError> for ApiError {
+    fn from(e: &StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) | StoreError::Timeout(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable("database")
+            }
+            StoreError::Busy => Self::Overloaded("too many jobs are being recorded", 1),
             other if other.is_unstorable_text() => Self::BadRequest(NUL_REFUSED.into()),
             other => Self::Internal {
                 context: "database error",
@@ -138,8 +145,15 @@ impl From<std::sync::Arc<StoreError>> for ApiError {
     }
 }
 
+/// Seconds a caller refused for a full job queue waits: workers need time to take jobs.
+const QUEUE_FULL_RETRY_AFTER: u64 = 5;
+
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
+        if let QueueError::Full(_) = e {
+            tracing::warn!(error = %e, "job queue full");
+            return Self::Overloaded("the job queue is full", QUEUE_FULL_RETRY_AFTER);
+        }
         tracing::warn!(error = %e, "NATS unavailable");
         Self::Unavailable("message broker")
     }

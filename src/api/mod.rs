@@ -2,6 +2,7 @@
 //! `router` assembles them. Errors map to statuses in `error` and nowhere else.
 
 mod acls;
+mod admission;
 mod authorize;
 mod cancel;
 mod error;
@@ -203,6 +204,10 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::limit,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(
             TraceLayer::new_for_http()

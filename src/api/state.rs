@@ -28,6 +28,11 @@ pub struct ApiSettings {
     pub idempotency_window: std::time::Duration,
     /// `MAX_SCHEDULE_AHEAD`.
     pub max_schedule_ahead: std::time::Duration,
+    /// `SUBMIT_TIMEOUT`: the longest a submission waits for the INSERT, and for the PubAck.
+    pub submit_timeout: std::time::Duration,
+    /// `MAX_INFLIGHT_REQUESTS` and `MAX_INFLIGHT_BODY_BYTES`.
+    pub max_inflight_requests: usize,
+    pub max_inflight_body_bytes: usize,
     /// `ENCRYPTION_KEY`, for secrets at rest.
     pub secret_box: Option<crate::crypto::SecretBox>,
 }
@@ -40,6 +45,10 @@ struct Inner {
     pool: Pool,
     bus: Bus,
     inserter: JobInserter,
+    /// Run requests and body bytes in flight.
+    admission: super::admission::Admission,
+    /// Which worker tags have a consumer, looked up briefly.
+    served_tags: super::submit::ServedTags,
     auth: Arc<Authenticator>,
     scripts: ScriptCache,
     triggers: super::trigger_cache::TriggerCache,
@@ -71,9 +80,15 @@ impl AppState {
         let login_failures = super::rate_limit::FailureLimiter::new(limit);
         let address_login_failures =
             super::rate_limit::FailureLimiter::new(limit.saturating_mul(ADDRESS_LOGIN_FACTOR));
+        let admission = super::admission::Admission::new(
+            settings.max_inflight_requests,
+            settings.max_inflight_body_bytes,
+        );
         Self(Arc::new(Inner {
+            inserter: JobInserter::spawn(pool.clone(), settings.submit_timeout),
             settings,
-            inserter: JobInserter::spawn(pool.clone()),
+            admission,
+            served_tags: Default::default(),
             scripts: ScriptCache::new(),
             triggers: Default::default(),
             openapi: super::openapi_document(),
@@ -101,6 +116,14 @@ impl AppState {
 
     pub fn inserter(&self) -> &JobInserter {
         &self.0.inserter
+    }
+
+    pub fn admission(&self) -> &super::admission::Admission {
+        &self.0.admission
+    }
+
+    pub fn served_tags(&self) -> &super::submit::ServedTags {
+        &self.0.served_tags
     }
 
     pub fn auth(&self) -> &Authenticator {

@@ -2,6 +2,10 @@
 //! to JetStream (waiting for the PubAck), then announce the `queued` event. Shared by every run
 //! route.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 use serde_json::{Map, Value};
 
@@ -11,9 +15,11 @@ use super::run_target::{RunTarget, Runnable};
 use super::AppState;
 use crate::auth::Access;
 use crate::domain::{contains_nul, JobId, Tag, WorkspaceId};
+use crate::queue::bus::Published;
 use crate::queue::envelope::{self, JobEnvelope, QueuedRecord};
 use crate::queue::events::{JobEvent, JobEventKind};
-use crate::store::{self, InsertOutcome, NewJobRow};
+use crate::queue::QueueError;
+use crate::store::{self, InsertOutcome, NewJobRow, StoreError};
 
 pub async fn submit(
     state: &AppState,
@@ -78,17 +84,22 @@ pub async fn submit(
         flow_step: None,
         record: None,
     };
-    let mut row = NewJobRow::queued(&envelope, &record);
     // Due later: the envelope waits in the row, for the scheduler to publish when due.
     let held = envelope::held_back(scheduled_for, now);
+    // A preset id may be taken already, which only the INSERT can tell before anything is
+    // published: record, then publish, and without the record, so that only the API creates
+    // the row. A fresh id with small arguments: publish while inserting.
+    let mut row = if !held && !opts.job_id_preset() && envelope::fits_inline(&record.args) {
+        let row = NewJobRow::queued(&envelope, &record);
+        envelope.record = Some(record);
+        row
+    } else {
+        NewJobRow::queued_from(&envelope, record)
+    };
     if held {
         row.held = Some(serde_json::to_value(&envelope).expect("envelopes serialise"));
-    } else if !opts.job_id_preset() && envelope::fits_inline(&record.args) {
-        // A preset id may be taken already, which only the INSERT can tell before anything is
-        // published: record, then publish, and without the record, so that only the API
-        // creates the row. A fresh id with small arguments: publish while inserting.
-        envelope.record = Some(record);
     }
+    state.served_tags().check(state, &tag).await?;
     let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
     event.at = now;
     // Apart from the request, so that a caller hanging up cannot stop it between the INSERT,
@@ -103,7 +114,10 @@ pub async fn submit(
             }
         }
     });
-    recorded.await.map_err(|e| ApiError::Internal {
+    let recorded = recorded.await;
+    // The body and its arguments are gone: a sync or SSE caller waits on without its share.
+    super::admission::release();
+    recorded.map_err(|e| ApiError::Internal {
         context: "job submission",
         detail: e.to_string(),
     })??;
@@ -113,7 +127,7 @@ pub async fn submit(
 
 /// Inserts the row only: 409 when the id is taken.
 async fn record_only(state: &AppState, id: JobId, row: NewJobRow) -> ApiResult<()> {
-    match state.inserter().insert(row).await? {
+    match state.inserter().enqueue(row)?.outcome().await? {
         InsertOutcome::Inserted => Ok(()),
         InsertOutcome::DuplicateId => Err(ApiError::Conflict(format!(
             "a job with id {id} already exists"
@@ -121,6 +135,11 @@ async fn record_only(state: &AppState, id: JobId, row: NewJobRow) -> ApiResult<(
     }
 }
 
+/// A preset id (or a flow, or large arguments): the row first (409 if the id is taken), then
+/// the message. Once a publish was
+/// attempted the row is never deleted while its message may be in the stream: the id stays
+/// taken, so no second message under it can ever be live beside a first one (two live messages
+/// for one job would run it twice at once).
 async fn record_then_publish(
     state: &AppState,
     tag: &Tag,
@@ -129,11 +148,56 @@ async fn record_then_publish(
 ) -> ApiResult<()> {
     let id = envelope.id;
     record_only(state, id, row).await?;
-    if let Err(e) = state.bus().publish_job(tag, envelope).await {
-        forget_unpublished(state, id).await;
-        return Err(e.into());
+    match publish(state, tag, envelope).await {
+        Ok(Published {
+            duplicate: false, ..
+        }) => Ok(()),
+        // The row is new, yet JetStream holds a message with this id from the last two
+        // minutes, which this request did not publish (ours was dropped as its copy): a job
+        // answered 201 could then never run, or run from another envelope. The id is taken.
+        Ok(Published {
+            duplicate: true, ..
+        }) => {
+            let why = "another message with this job id was queued moments ago";
+            give_up(
+                state,
+                id,
+                why,
+                ApiError::Conflict(format!("job id {id}: {why}")),
+            )
+            .await
+        }
+        // Refused for a limit: nothing was stored, nothing can start it.
+        Err(e @ QueueError::Full(_)) => {
+            forget_unpublished(state, id).await;
+            Err(e.into())
+        }
+        // The PubAck may be what was lost: the message may be stored.
+        Err(e) => give_up(state, id, &e.to_string(), e.into()).await,
     }
-    Ok(())
+}
+
+async fn publish(
+    state: &AppState,
+    tag: &Tag,
+    envelope: &JobEnvelope,
+) -> Result<Published, QueueError> {
+    let deadline = state.config().submit_timeout;
+    state.bus().publish_job(tag, envelope, deadline).await
+}
+
+/// Ends a recorded job as failed (`NotQueued`) because it must not run, unless a worker started
+/// it already: then it was queued after all, and the call is answered with its id.
+async fn give_up(state: &AppState, id: JobId, why: &str, error: ApiError) -> ApiResult<()> {
+    match store::jobs::abandon_unpublished(state.pool(), id, why).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(error),
+        Err(cleanup) => {
+            tracing::error!(job = %id, error = %cleanup,
+                "could not end a job whose publish failed; a worker may still run it");
+            Err(error)
+        }
+    }
 }
 
 /// The INSERT and the publish at once: the job is answered when both are done, but a worker
@@ -147,40 +211,88 @@ async fn record_while_publishing(
     row: NewJobRow,
 ) -> ApiResult<()> {
     let id = envelope.id;
-    let (inserted, published) = tokio::join!(
-        state.inserter().insert(row),
-        state.bus().publish_job(tag, envelope)
-    );
+    // Refused before anything is published when too many rows wait already.
+    let enqueued = state.inserter().enqueue(row)?;
+    let (inserted, published) = tokio::join!(enqueued.outcome(), publish(state, tag, envelope));
     let inserted = match inserted {
         Ok(outcome) => Ok(outcome),
+        // Cancelled at its deadline, or refused: nothing was written, and a second try would
+        // only wait as long again.
+        Err(e) if matches!(*e, StoreError::Timeout(_) | StoreError::Busy) => Err(e.into()),
         // The shared INSERT may have failed for another row or a lost connection.
-        Err(_) => store::insert_one(state.pool(), &NewJobRow::queued(envelope, record)).await,
+        Err(_) => state
+            .inserter()
+            .insert_one(state.pool(), &NewJobRow::queued(envelope, record))
+            .await
+            .map_err(ApiError::from),
     };
     match (inserted, published) {
         (Ok(_), Ok(_)) | (Ok(InsertOutcome::DuplicateId), Err(_)) => Ok(()),
-        (Ok(InsertOutcome::Inserted), Err(e)) => {
-            // JetStream may have stored it even so: end the row, so that a late delivery
-            // finds nothing to start. A worker that started it already has it queued after all.
-            match store::jobs::abandon_unpublished(state.pool(), id, &e.to_string()).await {
-                Ok(false) => Ok(()),
-                Ok(true) => Err(e.into()),
-                Err(cleanup) => {
-                    tracing::error!(job = %id, error = %cleanup,
-                        "could not end a job whose publish failed; a worker may still run it");
-                    Err(e.into())
-                }
-            }
+        // Refused for a limit: no worker can have it, the row goes.
+        (Ok(InsertOutcome::Inserted), Err(e @ QueueError::Full(_))) => {
+            forget_unpublished(state, id).await;
+            Err(e.into())
         }
-        (Err(e), Ok(sequence)) => {
+        // JetStream may have stored it even so: end the row, so that a late delivery finds
+        // nothing to start.
+        (Ok(InsertOutcome::Inserted), Err(e)) => give_up(state, id, &e.to_string(), e.into()).await,
+        (Err(e), Ok(published)) => {
             // Answered as failed, so it must not run: a worker that already took it cannot
             // record it either (the database failed) and hands it back, to find it gone.
-            if let Err(withdraw) = state.bus().withdraw_job(sequence).await {
+            if let Err(withdraw) = state.bus().withdraw_job(published.sequence).await {
                 tracing::error!(job = %id, error = %withdraw,
                     "could not take back a job whose row was not written; a worker may run it");
             }
-            Err(e.into())
+            Err(e)
         }
-        (Err(e), Err(_)) => Err(e.into()),
+        (Err(e), Err(_)) => Err(e),
+    }
+}
+
+/// Which worker tags have a consumer (`workers-<tag>`, declared by `millrace migrate` and by
+/// the tag's workers at start). A job for a tag no worker serves would wait in the stream
+/// forever, so it is refused. A consumer seen is trusted for a while; a missing one is asked
+/// for again soon, so a new tag's first worker is found within seconds.
+#[derive(Default)]
+pub struct ServedTags(Mutex<HashMap<Tag, (bool, Instant)>>);
+
+const SERVED_TTL: Duration = Duration::from_secs(30);
+const UNSERVED_TTL: Duration = Duration::from_secs(2);
+/// Tags remembered at most (callers name tags): past it the memory starts over.
+const MAX_REMEMBERED_TAGS: usize = 1024;
+
+impl ServedTags {
+    async fn check(&self, state: &AppState, tag: &Tag) -> ApiResult<()> {
+        let now = Instant::now();
+        let cached = self.0.lock().expect("tag cache").get(tag).copied();
+        let served = match cached {
+            Some((served, at))
+                if now.duration_since(at) < if served { SERVED_TTL } else { UNSERVED_TTL } =>
+            {
+                served
+            }
+            _ => {
+                let deadline = state.config().submit_timeout;
+                let served = tokio::time::timeout(deadline, state.bus().tag_is_served(tag))
+                    .await
+                    .map_err(|_| ApiError::Unavailable("message broker"))??;
+                let mut tags = self.0.lock().expect("tag cache");
+                if tags.len() >= MAX_REMEMBERED_TAGS {
+                    tags.clear();
+                }
+                tags.insert(tag.clone(), (served, now));
+                served
+            }
+        };
+        if served {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!(
+                "no worker serves tag {:?}: start workers with it in WORKER_TAGS (or declare its \
+                 consumer with `millrace migrate`) before sending jobs to it",
+                tag.as_str()
+            )))
+        }
     }
 }
 

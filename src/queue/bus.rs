@@ -31,6 +31,16 @@ pub struct JobReplies<S> {
     pub reconnected: tokio::sync::watch::Receiver<u64>,
 }
 
+/// JetStream's answer to a job's publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Where the message is in the stream; for a duplicate, where the first copy was stored.
+    pub sequence: u64,
+    /// A message with the same id was stored within the deduplication window: this one was
+    /// dropped.
+    pub duplicate: bool,
+}
+
 /// What a worker says about one job on its live subjects.
 #[derive(Debug, Clone)]
 pub enum JobUpdate {
@@ -50,7 +60,7 @@ fn encode(value: &impl Serialize) -> Bytes {
 /// Waits for the PubAcks of messages sent one after the other.
 async fn confirmed(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), QueueError> {
     for ack in acks {
-        ack.await.map_err(QueueError::publish)?;
+        ack.await.map_err(QueueError::refused)?;
     }
     Ok(())
 }
@@ -148,11 +158,21 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Publishes a job and returns its sequence number in the stream once JetStream has
-    /// stored it.
-    pub async fn publish_job(&self, tag: &Tag, envelope: &JobEnvelope) -> Result<u64, QueueError> {
-        self.publish_job_as(tag, envelope, &envelope.id.to_string())
+    /// Publishes a job (its id is the deduplication id) and waits, at most `deadline`, for
+    /// JetStream to store it. A `Publish` error leaves it unknown whether the message was
+    /// stored (the PubAck may be what was lost); `Full` means it was not.
+    pub async fn publish_job(
+        &self,
+        tag: &Tag,
+        envelope: &JobEnvelope,
+        deadline: Duration,
+    ) -> Result<Published, QueueError> {
+        let msg_id = envelope.id.to_string();
+        tokio::time::timeout(deadline, self.publish_job_as(tag, envelope, &msg_id))
             .await
+            .map_err(|_| {
+                QueueError::Publish(format!("no PubAck within {}s", deadline.as_secs_f32()))
+            })?
     }
 
     /// Publishes a job message under its own deduplication id: a flow's wake-up (the flow job
@@ -162,9 +182,39 @@ impl Bus {
         tag: &Tag,
         envelope: &JobEnvelope,
         msg_id: &str,
-    ) -> Result<u64, QueueError> {
-        let ack = self.send_job(tag, envelope, msg_id).await?;
-        Ok(ack.await.map_err(QueueError::publish)?.sequence)
+    ) -> Result<Published, QueueError> {
+        let ack = self
+            .send_job(tag, envelope, msg_id)
+            .await?
+            .await
+            .map_err(QueueError::refused)?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Whether a worker consumer exists for `tag`, i.e. some worker serves it (or did, and
+    /// its jobs wait for it to come back).
+    pub async fn tag_is_served(&self, tag: &Tag) -> Result<bool, QueueError> {
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::JOBS_STREAM)
+            .await
+            .map_err(QueueError::request)?;
+        use jetstream::context::ConsumerInfoErrorKind as Kind;
+        match stream.consumer_info(subjects::worker_consumer(tag)).await {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                Kind::NotFound => Ok(false),
+                Kind::JetStream(api)
+                    if api.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(QueueError::request(e)),
+            },
+        }
     }
 
     /// Publishes several jobs, sending them all before waiting for their PubAcks.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{consumer, stream};
 
 use super::{subjects, Bus, QueueError};
+use crate::config::StreamLimits;
 use crate::domain::Tag;
 
 const JOBS_STREAM: &str = include_str!("../../nats/streams/MILLRACE_JOBS.json");
@@ -24,13 +25,34 @@ fn parse<T: serde::de::DeserializeOwned>(name: &str, json: &str) -> Result<T, Qu
     serde_json::from_str(json).map_err(|e| QueueError::Declaration(format!("{name}: {e}")))
 }
 
-pub async fn declare_streams(bus: &Bus, layout: &QueueLayout) -> Result<(), QueueError> {
-    for (name, json) in [
-        (subjects::JOBS_STREAM, JOBS_STREAM),
-        (subjects::EVENTS_STREAM, EVENTS_STREAM),
-    ] {
-        let mut config: stream::Config = parse(name, json)?;
+/// The streams as `nats/` declares them, with the installation's replicas and limits.
+fn stream_configs(
+    layout: &QueueLayout,
+    limits: &StreamLimits,
+) -> Result<[stream::Config; 2], QueueError> {
+    let mut jobs: stream::Config = parse(subjects::JOBS_STREAM, JOBS_STREAM)?;
+    // `discard: new` in the file: a full queue refuses a job (its caller gets 503) rather than
+    // dropping one that was answered 201; per subject too, so one tag cannot fill it for all.
+    jobs.max_bytes = limits.jobs_max_bytes;
+    jobs.max_messages = limits.jobs_max_msgs;
+    jobs.max_messages_per_subject = limits.jobs_max_msgs_per_subject;
+    jobs.discard_new_per_subject = limits.jobs_max_msgs_per_subject > 0;
+    let mut events: stream::Config = parse(subjects::EVENTS_STREAM, EVENTS_STREAM)?;
+    // `discard: old` in the file: events are history, the oldest make room.
+    events.max_bytes = limits.events_max_bytes;
+    for config in [&mut jobs, &mut events] {
         config.num_replicas = layout.stream_replicas;
+    }
+    Ok([jobs, events])
+}
+
+pub async fn declare_streams(
+    bus: &Bus,
+    layout: &QueueLayout,
+    limits: &StreamLimits,
+) -> Result<(), QueueError> {
+    for config in stream_configs(layout, limits)? {
+        let name = config.name.clone();
         bus.jetstream()
             .create_or_update_stream(config)
             .await
@@ -61,8 +83,13 @@ pub async fn declare_worker_consumer(
 }
 
 /// Everything `millrace migrate` declares: both streams and a consumer per configured tag.
-pub async fn declare_all(bus: &Bus, tags: &[Tag], layout: &QueueLayout) -> Result<(), QueueError> {
-    declare_streams(bus, layout).await?;
+pub async fn declare_all(
+    bus: &Bus,
+    tags: &[Tag],
+    layout: &QueueLayout,
+    limits: &StreamLimits,
+) -> Result<(), QueueError> {
+    declare_streams(bus, layout, limits).await?;
     for tag in tags {
         declare_worker_consumer(bus, tag, layout).await?;
     }
@@ -84,5 +111,38 @@ mod tests {
         assert_eq!(events.max_age, Duration::from_secs(7 * 24 * 3600));
         let workers: consumer::pull::Config = parse("workers", WORKERS_CONSUMER).unwrap();
         assert_eq!(workers.ack_policy, consumer::AckPolicy::Explicit);
+    }
+
+    #[test]
+    fn limits_are_applied() {
+        let layout = QueueLayout {
+            stream_replicas: 3,
+            ack_wait: Duration::from_secs(30),
+        };
+        let limits = StreamLimits {
+            jobs_max_bytes: 1000,
+            jobs_max_msgs: 10,
+            jobs_max_msgs_per_subject: 5,
+            events_max_bytes: 2000,
+        };
+        let [jobs, events] = stream_configs(&layout, &limits).unwrap();
+        assert_eq!(
+            (
+                jobs.max_bytes,
+                jobs.max_messages,
+                jobs.max_messages_per_subject
+            ),
+            (1000, 10, 5)
+        );
+        assert_eq!(jobs.discard, stream::DiscardPolicy::New);
+        assert!(jobs.discard_new_per_subject);
+        assert_eq!((events.max_bytes, events.num_replicas), (2000, 3));
+        assert_eq!(events.discard, stream::DiscardPolicy::Old);
+        let unlimited = StreamLimits {
+            jobs_max_msgs_per_subject: -1,
+            ..limits
+        };
+        let [jobs, _] = stream_configs(&layout, &unlimited).unwrap();
+        assert!(!jobs.discard_new_per_subject);
     }
 }

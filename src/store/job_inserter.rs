@@ -3,6 +3,7 @@
 //! waits for its own row to be committed, so a job id is never answered before it is readable.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -45,13 +46,19 @@ pub struct NewJobRow {
 impl NewJobRow {
     /// The row of a job about to be published, from its envelope and the rest of its record.
     pub fn queued(envelope: &JobEnvelope, record: &QueuedRecord) -> Self {
+        Self::queued_from(envelope, record.clone())
+    }
+
+    /// [`NewJobRow::queued`], taking the record's arguments instead of copying them (they may
+    /// be as large as a request body).
+    pub fn queued_from(envelope: &JobEnvelope, record: QueuedRecord) -> Self {
         Self {
             id: envelope.id,
             workspace_id: envelope.workspace.clone(),
             job_kind: envelope.kind.as_str().to_owned(),
             script_path: envelope.path.clone(),
             script_hash: envelope.hash.clone(),
-            args: Value::Object(record.args.clone()),
+            args: Value::Object(record.args),
             created_by: envelope.created_by.clone(),
             permissioned_as: envelope.permissioned_as.clone(),
             created_at: record.created_at,
@@ -60,7 +67,7 @@ impl NewJobRow {
             tag: envelope.tag.clone(),
             timeout_s: envelope.timeout_s,
             parent_job: record.parent_job,
-            started_by_token: record.started_by_token.clone(),
+            started_by_token: record.started_by_token,
             flow_version: envelope.flow_version,
             root_job: None,
             flow_step_id: None,
@@ -80,50 +87,118 @@ pub enum InsertOutcome {
 
 type Reply = oneshot::Sender<Result<InsertOutcome, Arc<StoreError>>>;
 
+/// A row waiting for its batch, with the size of its arguments.
+struct Pending {
+    row: NewJobRow,
+    bytes: usize,
+    reply: Reply,
+}
+
 /// Handle to the batching task; cheap to clone.
 #[derive(Clone)]
 pub struct JobInserter {
-    tx: mpsc::Sender<(NewJobRow, Reply)>,
+    tx: mpsc::Sender<Pending>,
+    deadline: Duration,
 }
 
 /// Rows per INSERT: large enough to amortise a commit, small enough to keep latency low.
 const MAX_BATCH: usize = 256;
+/// Bytes of arguments per INSERT: a statement's parameters travel in one PostgreSQL message,
+/// which may not exceed 1 GiB, and a batch is held in memory twice while it is sent. A row
+/// larger than this goes alone.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// INSERTs in flight at once; while they run, the next batch fills up.
 const MAX_IN_FLIGHT: usize = 4;
+/// Rows that may wait for a batch; one more is refused at once (`Busy`) rather than queued.
+const MAX_WAITING: usize = MAX_BATCH * MAX_IN_FLIGHT * 4;
 
 impl JobInserter {
-    pub fn spawn(pool: Pool) -> Self {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT * 4);
-        tokio::spawn(run(pool, rx));
-        Self { tx }
+    /// `deadline`: the longest one INSERT may take before it is cancelled.
+    pub fn spawn(pool: Pool, deadline: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_WAITING);
+        tokio::spawn(run(pool, rx, deadline));
+        Self { tx, deadline }
     }
 
-    pub async fn insert(&self, row: NewJobRow) -> Result<InsertOutcome, Arc<StoreError>> {
+    /// Queues `row` for the next batch, or refuses it at once (`Busy`) when too many rows
+    /// wait already: nothing is written then.
+    pub fn enqueue(&self, row: NewJobRow) -> Result<Enqueued, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let closed = || Arc::new(StoreError::Config("job inserter stopped".into()));
-        self.tx.send((row, reply)).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        let bytes = json_size(&row.args);
+        self.tx
+            .try_send(Pending { row, bytes, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                mpsc::error::TrySendError::Closed(_) => stopped(),
+            })?;
+        Ok(Enqueued(answer))
+    }
+
+    /// One job, alone: a retry after its batch failed.
+    pub async fn insert_one(
+        &self,
+        pool: &Pool,
+        row: &NewJobRow,
+    ) -> Result<InsertOutcome, StoreError> {
+        let inserted = insert_batch(pool, std::slice::from_ref(row), self.deadline).await?;
+        Ok(outcome(&inserted, row))
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::Receiver<(NewJobRow, Reply)>) {
+fn stopped() -> StoreError {
+    StoreError::Config("job inserter stopped".into())
+}
+
+/// A row waiting for its batch.
+pub struct Enqueued(oneshot::Receiver<Result<InsertOutcome, Arc<StoreError>>>);
+
+impl Enqueued {
+    /// Once its batch is committed (or failed).
+    pub async fn outcome(self) -> Result<InsertOutcome, Arc<StoreError>> {
+        self.0.await.map_err(|_| Arc::new(stopped()))?
+    }
+}
+
+/// Bytes of `value` as JSON, without keeping them.
+fn json_size(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>, deadline: Duration) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A row that did not fit in the previous batch's byte budget starts the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match rx.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         // Take whatever else is waiting (arrived while the previous batch was in flight).
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+        let batch;
+        (batch, carried) = take_batch(first, &mut rx, |p| p.bytes);
         let pool = pool.clone();
         tokio::spawn(async move {
-            let (rows, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            match insert_batch(&pool, &rows).await {
+            let (rows, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.row, p.reply)).unzip();
+            match insert_batch(&pool, &rows, deadline).await {
                 Ok(inserted) => {
                     for (row, reply) in rows.iter().zip(replies) {
                         let _ = reply.send(Ok(outcome(&inserted, row)));
@@ -141,10 +216,26 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<(NewJobRow, Reply)>) {
     }
 }
 
-/// One job, alone: a retry after its batch failed.
-pub async fn insert_one(pool: &Pool, row: &NewJobRow) -> Result<InsertOutcome, StoreError> {
-    let inserted = insert_batch(pool, std::slice::from_ref(row)).await?;
-    Ok(outcome(&inserted, row))
+/// `first` and what waits after it, up to [`MAX_BATCH`] rows and [`MAX_BATCH_BYTES`] (`first`
+/// alone may be larger); the row that did not fit is handed back for the next batch.
+fn take_batch<T>(
+    first: T,
+    rx: &mut mpsc::Receiver<T>,
+    size: impl Fn(&T) -> usize,
+) -> (Vec<T>, Option<T>) {
+    let mut bytes = size(&first);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(next) if bytes + size(&next) > MAX_BATCH_BYTES => return (batch, Some(next)),
+            Ok(next) => {
+                bytes += size(&next);
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, None)
 }
 
 fn outcome(inserted: &[Uuid], row: &NewJobRow) -> InsertOutcome {
@@ -156,11 +247,35 @@ fn outcome(inserted: &[Uuid], row: &NewJobRow) -> InsertOutcome {
 }
 
 /// One INSERT for the whole batch (a statement each connection prepares once); returns the ids
-/// actually inserted.
-async fn insert_batch(pool: &Pool, rows: &[NewJobRow]) -> Result<Vec<Uuid>, StoreError> {
-    let mut conn = pool.get().await?;
+/// actually inserted. Past `deadline` the statement is cancelled on the server and its end
+/// awaited, so that the outcome is known: committed in time, or not at all.
+async fn insert_batch(
+    pool: &Pool,
+    rows: &[NewJobRow],
+    deadline: Duration,
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut conn = tokio::time::timeout(deadline, pool.get())
+        .await
+        .map_err(|_| StoreError::Timeout(deadline))??;
     let statement = conn.prepared(INSERT, &[]).await?;
-    Ok(run_insert(&**conn, &statement, rows).await?)
+    let cancel = conn.cancel_token();
+    let query = run_insert(&**conn, &statement, rows);
+    tokio::pin!(query);
+    tokio::select! {
+        done = &mut query => Ok(done?),
+        () = tokio::time::sleep(deadline) => {
+            if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                tracing::warn!(error = %e, "could not cancel a slow job INSERT");
+            }
+            match query.await {
+                Ok(inserted) => Ok(inserted),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                    Err(StoreError::Timeout(deadline))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
 }
 
 pub(super) const INSERT: &str =
@@ -216,4 +331,40 @@ pub(super) async fn run_insert(
         )
         .await?;
     Ok(inserted.iter().map(|row| row.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_keep_to_their_byte_budget() {
+        const MIB: usize = 1024 * 1024;
+        let (tx, mut rx) = mpsc::channel(1024);
+        // 64 bodies of 16 MiB: one statement would be a 1 GiB message, past PostgreSQL's limit.
+        for _ in 0..63 {
+            tx.try_send(16 * MIB).unwrap();
+        }
+        let mut first = 16 * MIB;
+        let mut statements = Vec::new();
+        loop {
+            let (batch, carried) = take_batch(first, &mut rx, |b| *b);
+            assert!(batch.iter().sum::<usize>() <= MAX_BATCH_BYTES);
+            statements.push(batch.len());
+            match carried.or_else(|| rx.try_recv().ok()) {
+                Some(next) => first = next,
+                None => break,
+            }
+        }
+        assert_eq!(statements, vec![2; 32]);
+        // A row over the budget goes alone; small rows still share statements by the hundred.
+        tx.try_send(1).unwrap();
+        let (batch, carried) = take_batch(40 * MIB, &mut rx, |b| *b);
+        assert_eq!((batch, carried), (vec![40 * MIB], Some(1)));
+        for _ in 0..300 {
+            tx.try_send(1000).unwrap();
+        }
+        let (batch, _) = take_batch(1, &mut rx, |b| *b);
+        assert_eq!(batch.len(), MAX_BATCH);
+    }
 }

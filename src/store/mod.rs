@@ -20,7 +20,7 @@ pub mod workspaces;
 
 use crate::config::DatabaseConfig;
 
-pub use job_inserter::{insert_one, InsertOutcome, JobInserter, NewJobRow};
+pub use job_inserter::{Enqueued, InsertOutcome, JobInserter, NewJobRow};
 
 pub type Pool = bb8::Pool<connections::Manager>;
 pub type Conn<'a> = bb8::PooledConnection<'a, connections::Manager>;
@@ -34,6 +34,13 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database URL: {0}")]
     Config(String),
+    /// Too many rows wait to be inserted already: refused before anything was written.
+    #[error("the job inserter is busy")]
+    Busy,
+    /// The database did not answer within the deadline; the statement was cancelled, so
+    /// nothing it would have written was.
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl StoreError {
@@ -57,7 +64,7 @@ impl StoreError {
     /// time, so retrying it only delays the failure.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unavailable(_) => true,
+            Self::Unavailable(_) | Self::Busy | Self::Timeout(_) => true,
             Self::Config(_) => false,
             Self::Query(e) => match e.code() {
                 // No answer from the server: the connection failed or closed.

@@ -3,6 +3,7 @@
 mod common;
 
 mod api_fuzz;
+mod backpressure;
 mod bad_input;
 mod chaos;
 mod dev_command;

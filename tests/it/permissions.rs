@@ -383,6 +383,15 @@ def main():
             .await
         }
     };
+    // A tag is only accepted once it has a worker consumer.
+    let declared = env
+        .command(
+            "migrate",
+            &[("WORKER_TAGS".to_owned(), "default,privileged".to_owned())],
+        )
+        .status()
+        .unwrap();
+    assert!(declared.success());
     let res = routed(hook.clone(), "privileged").await.expect(403);
     assert!(res.text.contains("worker tag"), "{}", res.text);
     routed(hook.clone(), "default").await.expect(201);

@@ -22,6 +22,7 @@ users:
           - "millrace.control.invalidate"
           - "millrace.job.*.done"
           - "$JS.API.STREAM.MSG.DELETE.MILLRACE_JOBS"
+          - "$JS.API.CONSUMER.INFO.MILLRACE_JOBS.*"
       subscribe:
         allow: ["millrace.job.*.*", "millrace.control.invalidate", "_INBOX_api.>"]
   - user: {{ $users.worker | quote }}
