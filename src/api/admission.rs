@@ -5,6 +5,8 @@
 //!
 //! A request holds its share from before its body is read until its job is queued (or refused):
 //! `submit` gives it back, so a sync or SSE call waiting for its job's result costs no budget.
+//! A body's share grows, before it is parsed, by what its JSON values may take in memory (a
+//! 16 MiB array of small numbers becomes ~300 MiB of values).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct Admission {
 struct Ticket {
     _request: OwnedSemaphorePermit,
     _body: OwnedSemaphorePermit,
+    /// What parsing the body may take beyond its bytes.
+    parsing: Option<OwnedSemaphorePermit>,
 }
 
 tokio::task_local! {
@@ -70,8 +74,66 @@ impl Admission {
         Some(Ticket {
             _request: request,
             _body: body,
+            parsing: None,
         })
     }
+}
+
+/// Bytes that `body` may take once parsed into `serde_json::Value`s, beyond the body itself: a
+/// value is 32 bytes and arrays and maps grow by doubling, so each value or key — at most one
+/// per comma, colon or opening bracket outside strings, plus the first — may cost up to 64.
+fn parsing_cost(body: &[u8]) -> usize {
+    let (mut tokens, mut in_string, mut escaped) = (1usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b',' | b':' | b'[' | b'{' => tokens += 1,
+                _ => {}
+            }
+        }
+    }
+    tokens.saturating_mul(64)
+}
+
+/// Takes, for the current run request, the memory its body may need once parsed: 413 if that
+/// alone is more than `MAX_INFLIGHT_BODY_BYTES`, 503 with `Retry-After` if other requests hold
+/// it now. A request outside the admission middleware (none today) is not counted.
+pub fn reserve_parsing(state: &AppState, body: &[u8]) -> Result<(), ApiError> {
+    let admission = state.admission();
+    let cost = parsing_cost(body);
+    if cost > admission.body_budget {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body holds too many JSON values: parsed, it would take about {} MiB, more than \
+             MAX_INFLIGHT_BODY_BYTES allows",
+            cost >> 20
+        )));
+    }
+    let permits = u32::try_from(cost).unwrap_or(u32::MAX);
+    TICKET
+        .try_with(|ticket| {
+            let mut ticket = ticket.borrow_mut();
+            let Some(ticket) = ticket.as_mut() else {
+                return Ok(());
+            };
+            let permit = admission
+                .body_bytes
+                .clone()
+                .try_acquire_many_owned(permits)
+                .map_err(|_| {
+                    ApiError::Overloaded("too many request bodies in memory", RETRY_AFTER)
+                })?;
+            ticket.parsing = Some(permit);
+            Ok(())
+        })
+        .unwrap_or(Ok(()))
 }
 
 /// The routes that take a job's body and submit it.
@@ -134,6 +196,15 @@ mod tests {
         ] {
             assert!(!is_run_route(path), "{path}");
         }
+    }
+
+    #[test]
+    fn parsing_costs_count_values_outside_strings() {
+        assert_eq!(parsing_cost(b""), 64);
+        assert_eq!(parsing_cost(b"[1,2,3]"), 4 * 64);
+        assert_eq!(parsing_cost(br#"{"a,b:[{": "x\",y"}"#), 3 * 64);
+        let big = format!("[{}1]", "1,".repeat(1000));
+        assert_eq!(parsing_cost(big.as_bytes()), 1002 * 64);
     }
 
     #[test]

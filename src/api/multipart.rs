@@ -147,6 +147,7 @@ impl RunBody {
         }
         let Some(boundary) = self.boundary else {
             let bytes = read_limited(self.body, state.config().max_body_size).await?;
+            super::admission::reserve_parsing(state, &bytes)?;
             let args = build_args(&self.headers, &bytes, opts, include)?;
             return Ok((args, Uploads::default()));
         };

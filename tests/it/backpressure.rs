@@ -383,3 +383,38 @@ async fn many_large_bodies_at_once_are_all_recorded() {
         assert_eq!(result, json!([pad, n]), "job {n}");
     }
 }
+
+#[tokio::test]
+async fn a_body_of_many_small_values_is_refused_before_it_is_parsed() {
+    let env = TestEnv::with(Options {
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    env.script("u/alice/sum", "bash", "echo ok\n").await;
+    let run = format!("/api/w/{WS}/jobs/run/p/u/alice/sum");
+    let before = crate::common::rss_kib(env.api_pid());
+    // 14 MiB of `1,`: 7 million values, ~450 MiB once parsed — more than the whole default
+    // budget of bodies in memory (256 MiB), so it could never be admitted: 413, not 503.
+    let body = format!("[{}1]", "1,".repeat(7 * 1024 * 1024));
+    let res = env
+        .http
+        .post(env.url(&run))
+        .bearer_auth(&env.token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert!(res.text().await.unwrap().contains("JSON values"));
+    let grown = crate::common::rss_kib(env.api_pid()).saturating_sub(before);
+    assert!(
+        grown < 100 * 1024,
+        "the API grew by {grown} KiB for a refused body"
+    );
+    // A body as large made of a few long strings is taken.
+    let body = json!({"text": "x".repeat(14 * 1024 * 1024)});
+    let res = env.post(&run, &env.token, body).await;
+    assert_eq!(res.status, 201, "{}", res.text);
+}

@@ -495,13 +495,7 @@ impl TestEnv {
 
     /// Worker `index`'s resident memory in KiB.
     pub fn worker_rss_kib(&self, index: usize) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.workers[index].id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        rss_kib(self.workers[index].id())
     }
 
     /// A job's logs as the API serves them.
@@ -798,6 +792,16 @@ impl Drop for TestEnv {
             let _ = child.wait();
         }
     }
+}
+
+/// A process's resident memory in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// Sends raw bytes over TCP (for requests an HTTP client would normalise) and returns the status.
