@@ -1,9 +1,9 @@
 # Shortcuts for the project scripts; each target is a thin wrapper.
-#   make dev ARGS="--help"   make test   make bench   make fmt   make lint   make tools
+#   make dev ARGS="--help"   make test   make bench   make chaos   make fmt   make lint   make tools
 
 ARGS ?=
 
-.PHONY: dev test bench fmt lint tools
+.PHONY: dev test bench chaos fmt lint tools
 
 dev:
 	bash scripts/dev.sh $(ARGS)
@@ -13,6 +13,9 @@ test:
 
 bench:
 	bash bench/run.sh $(ARGS)
+
+chaos:
+	bash scripts/chaos.sh
 
 fmt:
 	cargo fmt

@@ -4,7 +4,8 @@
 //! slower and the process bigger until it is killed.
 //!
 //! A request holds its share from before its body is read until its job is queued (or refused):
-//! `submit` gives it back, so a sync or SSE call waiting for its job's result costs no budget.
+//! `submit` takes it into the task that records and publishes the job, which gives it back when
+//! done even if the caller hung up; a sync or SSE call waiting for its job's result holds none.
 //! A body's share grows, before it is parsed, by what its JSON values may take in memory (a
 //! 16 MiB array of small numbers becomes ~300 MiB of values).
 
@@ -170,9 +171,25 @@ pub async fn limit(
         .await
 }
 
-/// The current request's job is queued or refused: its body is gone, its share goes back.
+/// The current request's share, taken out of the request: what holds it next (the task that
+/// records and publishes the job, which outlives a caller hanging up) gives it back when done.
+pub struct Share {
+    _ticket: Option<Ticket>,
+}
+
+pub fn take() -> Share {
+    Share {
+        _ticket: TICKET
+            .try_with(|ticket| ticket.borrow_mut().take())
+            .ok()
+            .flatten(),
+    }
+}
+
+/// The current request no longer holds a body (it waits for a job's result): its share goes
+/// back.
 pub fn release() {
-    let _ = TICKET.try_with(|ticket| ticket.borrow_mut().take());
+    drop(take());
 }
 
 #[cfg(test)]

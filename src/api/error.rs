@@ -137,6 +137,11 @@ impl From<&StoreError> for ApiError {
             }
             StoreError::Busy => Self::Overloaded("too many jobs are being recorded", 1),
             other if other.is_unstorable_text() => Self::BadRequest(NUL_REFUSED.into()),
+            // A connection lost mid-query, a server restarting or overloaded: worth a retry.
+            other if other.is_transient() => {
+                tracing::warn!(error = %other, "database unavailable");
+                Self::Unavailable("database")
+            }
             other => Self::Internal {
                 context: "database error",
                 detail: other.to_string(),

@@ -133,6 +133,8 @@ pub(super) async fn wait_for_existing(
     access: &Access,
     id: JobId,
 ) -> ApiResult<Response> {
+    // It submits nothing: waiting, it holds no share of the in-flight budget.
+    super::admission::release();
     let replies = state.bus().watch_job(id).await?;
     let mut watch = JobWatch::new(ws, id, replies);
     // Subscribed first: a job that ends now is seen live or in the store.

@@ -104,9 +104,12 @@ pub async fn submit(
     event.at = now;
     // Apart from the request, so that a caller hanging up cannot stop it between the INSERT,
     // the publish and their clean-up.
+    // The body's share of the in-flight budget goes with the arguments, into the task.
+    let share = super::admission::take();
     let recorded = tokio::spawn({
         let state = state.clone();
         async move {
+            let _share = share;
             match &envelope.record {
                 _ if held => record_only(&state, id, row).await,
                 Some(record) => record_while_publishing(&state, &tag, &envelope, record, row).await,
@@ -114,13 +117,18 @@ pub async fn submit(
             }
         }
     });
-    let recorded = recorded.await;
-    // The body and its arguments are gone: a sync or SSE caller waits on without its share.
-    super::admission::release();
-    recorded.map_err(|e| ApiError::Internal {
-        context: "job submission",
-        detail: e.to_string(),
-    })??;
+    // The INSERT and the publish have deadlines of their own (the INSERT's, waiting for its
+    // batch included, end within about six of them); past that only a clean-up after a failure
+    // can still wait, on a database that stopped answering: the caller is answered 503 then,
+    // and the clean-up goes on.
+    let bound = state.config().submit_timeout * 8;
+    tokio::time::timeout(bound, recorded)
+        .await
+        .map_err(|_| ApiError::Unavailable("database"))?
+        .map_err(|e| ApiError::Internal {
+            context: "job submission",
+            detail: e.to_string(),
+        })??;
     state.bus().publish_event_unconfirmed(&event).await;
     Ok(id)
 }
@@ -227,15 +235,16 @@ async fn record_while_publishing(
             .map_err(ApiError::from),
     };
     match (inserted, published) {
-        (Ok(_), Ok(_)) | (Ok(InsertOutcome::DuplicateId), Err(_)) => Ok(()),
-        // Refused for a limit: no worker can have it, the row goes.
-        (Ok(InsertOutcome::Inserted), Err(e @ QueueError::Full(_))) => {
+        (Ok(_), Ok(_)) => Ok(()),
+        // Refused for a limit: no worker can have it, the row goes. (A row already there was
+        // ours too: the shared INSERT committed before its answer was lost.)
+        (Ok(_), Err(e @ QueueError::Full(_))) => {
             forget_unpublished(state, id).await;
             Err(e.into())
         }
         // JetStream may have stored it even so: end the row, so that a late delivery finds
-        // nothing to start.
-        (Ok(InsertOutcome::Inserted), Err(e)) => give_up(state, id, &e.to_string(), e.into()).await,
+        // nothing to start — unless a worker started it already (then it was queued after all).
+        (Ok(_), Err(e)) => give_up(state, id, &e.to_string(), e.into()).await,
         (Err(e), Ok(published)) => {
             // Answered as failed, so it must not run: a worker that already took it cannot
             // record it either (the database failed) and hands it back, to find it gone.

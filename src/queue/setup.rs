@@ -46,12 +46,64 @@ fn stream_configs(
     Ok([jobs, events])
 }
 
+/// Refuses limits that the jobs stream already exceeds: NATS would make room by deleting the
+/// oldest messages — jobs answered 201 — whatever the discard policy.
+async fn check_jobs_fit(bus: &Bus, jobs: &stream::Config) -> Result<(), QueueError> {
+    use futures::TryStreamExt;
+    let Ok(mut stream) = bus.jetstream().get_stream(&jobs.name).await else {
+        return Ok(()); // not there yet
+    };
+    let refuse = |what: &str, held: i64, limit: i64| {
+        QueueError::Declaration(format!(
+            "the jobs stream holds {held} {what}, more than the new limit {limit}: raise the \
+             limit or let the workers drain it first (NATS would delete the oldest jobs)"
+        ))
+    };
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| QueueError::Declaration(format!("stream {}: {e}", jobs.name)))?
+        .state
+        .clone();
+    let messages = i64::try_from(state.messages).unwrap_or(i64::MAX);
+    let bytes = i64::try_from(state.bytes).unwrap_or(i64::MAX);
+    if jobs.max_messages > 0 && messages > jobs.max_messages {
+        return Err(refuse("messages", messages, jobs.max_messages));
+    }
+    if jobs.max_bytes > 0 && bytes > jobs.max_bytes {
+        return Err(refuse("bytes", bytes, jobs.max_bytes));
+    }
+    if jobs.max_messages_per_subject > 0 && messages > jobs.max_messages_per_subject {
+        let per_subject: Vec<(String, usize)> = stream
+            .info_with_subjects(subjects::JOBS_ALL)
+            .await
+            .map_err(|e| QueueError::Declaration(format!("stream {}: {e}", jobs.name)))?
+            .try_collect()
+            .await
+            .map_err(|e| QueueError::Declaration(format!("stream {}: {e}", jobs.name)))?;
+        if let Some((subject, held)) = per_subject
+            .into_iter()
+            .find(|(_, n)| i64::try_from(*n).unwrap_or(i64::MAX) > jobs.max_messages_per_subject)
+        {
+            let held = i64::try_from(held).unwrap_or(i64::MAX);
+            return Err(refuse(
+                &format!("messages on {subject}"),
+                held,
+                jobs.max_messages_per_subject,
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub async fn declare_streams(
     bus: &Bus,
     layout: &QueueLayout,
     limits: &StreamLimits,
 ) -> Result<(), QueueError> {
-    for config in stream_configs(layout, limits)? {
+    let configs = stream_configs(layout, limits)?;
+    check_jobs_fit(bus, &configs[0]).await?;
+    for config in configs {
         let name = config.name.clone();
         bus.jetstream()
             .create_or_update_stream(config)

@@ -5,6 +5,9 @@ use crate::domain::{JobId, Tag};
 pub const JOBS_STREAM: &str = "MILLRACE_JOBS";
 pub const EVENTS_STREAM: &str = "MILLRACE_EVENTS";
 
+/// Every tag's jobs.
+pub const JOBS_ALL: &str = "millrace.jobs.>";
+
 /// Where jobs for workers of `tag` are published.
 pub fn jobs(tag: &Tag) -> String {
     format!("millrace.jobs.{tag}")

@@ -92,6 +92,9 @@ struct Pending {
     row: NewJobRow,
     bytes: usize,
     reply: Reply,
+    /// When it was queued: a row that waited past the deadline for its batch is refused
+    /// (`Timeout`) unwritten, its caller answered 503 already or about to be.
+    since: tokio::time::Instant,
 }
 
 /// Handle to the batching task; cheap to clone.
@@ -126,7 +129,12 @@ impl JobInserter {
         let (reply, answer) = oneshot::channel();
         let bytes = json_size(&row.args);
         self.tx
-            .try_send(Pending { row, bytes, reply })
+            .try_send(Pending {
+                row,
+                bytes,
+                reply,
+                since: tokio::time::Instant::now(),
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => StoreError::Busy,
                 mpsc::error::TrySendError::Closed(_) => stopped(),
@@ -194,6 +202,17 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>, deadline: Duration) {
         // Take whatever else is waiting (arrived while the previous batch was in flight).
         let batch;
         (batch, carried) = take_batch(first, &mut rx, |p| p.bytes);
+        let (batch, stale): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|p| p.since.elapsed() < deadline);
+        for pending in stale {
+            let _ = pending
+                .reply
+                .send(Err(Arc::new(StoreError::Timeout(deadline))));
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let pool = pool.clone();
         tokio::spawn(async move {
             let (rows, replies): (Vec<_>, Vec<_>) =
@@ -248,7 +267,10 @@ fn outcome(inserted: &[Uuid], row: &NewJobRow) -> InsertOutcome {
 
 /// One INSERT for the whole batch (a statement each connection prepares once); returns the ids
 /// actually inserted. Past `deadline` the statement is cancelled on the server and its end
-/// awaited, so that the outcome is known: committed in time, or not at all.
+/// awaited, so that the outcome is known: committed in time, or not at all — for one more
+/// `deadline` at most: a server that does not answer even that (frozen, or cut off) leaves the
+/// outcome unknown, and the rows are answered `Timeout` too. (Such a row may then commit later,
+/// `queued` with no message; the caller was answered 503.)
 async fn insert_batch(
     pool: &Pool,
     rows: &[NewJobRow],
@@ -257,22 +279,33 @@ async fn insert_batch(
     let mut conn = tokio::time::timeout(deadline, pool.get())
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
-    let statement = conn.prepared(INSERT, &[]).await?;
+    let statement = tokio::time::timeout(deadline, conn.prepared(INSERT, &[]))
+        .await
+        .map_err(|_| StoreError::Timeout(deadline))??;
     let cancel = conn.cancel_token();
     let query = run_insert(&**conn, &statement, rows);
     tokio::pin!(query);
     tokio::select! {
         done = &mut query => Ok(done?),
         () = tokio::time::sleep(deadline) => {
-            if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
-                tracing::warn!(error = %e, "could not cancel a slow job INSERT");
-            }
-            match query.await {
-                Ok(inserted) => Ok(inserted),
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            let cancelled = async {
+                if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::warn!(error = %e, "could not cancel a slow job INSERT");
+                }
+                query.await
+            };
+            match tokio::time::timeout(deadline, cancelled).await {
+                Err(_) => {
+                    tracing::warn!("a cancelled job INSERT did not end; its outcome is unknown");
                     Err(StoreError::Timeout(deadline))
                 }
-                Err(e) => Err(e.into()),
+                Ok(Ok(inserted)) => Ok(inserted),
+                Ok(Err(e))
+                    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+                {
+                    Err(StoreError::Timeout(deadline))
+                }
+                Ok(Err(e)) => Err(e.into()),
             }
         }
     }

@@ -78,6 +78,23 @@ async fn a_full_queue_refuses_jobs_until_workers_take_some() {
         count(&env, "SELECT count(*) FROM jobs WHERE status = 'queued'").await,
         4
     );
+    // Lower limits than what the stream holds are refused: NATS would delete queued jobs.
+    for (name, value) in [
+        ("JOBS_STREAM_MAX_MSGS", "2"),
+        ("JOBS_STREAM_MAX_MSGS_PER_SUBJECT", "2"),
+    ] {
+        let out = env
+            .command("migrate", &[(name.to_string(), value.to_string())])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value} was applied");
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("drain"), "{said}");
+    }
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM jobs WHERE status = 'queued'").await,
+        4
+    );
 
     // Workers take the jobs: there is room again.
     let mut env = env;
