@@ -56,42 +56,33 @@ struct Answers {
     client_errors: Vec<String>,
     /// 5xx without `Retry-After`.
     unexplained: Vec<String>,
+    /// Of `refused`, those for a full job queue.
+    queue_full: usize,
     /// No answer: the replica was down (connection refused or cut).
     unanswered: usize,
+    /// No answer within the client's 30 s: a hang.
+    timed_out: usize,
 }
 
-/// The ledger's view of one job: its attempts, by process id, with whether each one ended.
+/// The ledger's view of one job: its attempts, by process id, with whether each one ended, and
+/// whether one started while another held the job's lock (a run twice at the same time).
 #[derive(Default)]
 struct Runs {
-    /// (pid, line index of start, line index of end if it wrote one)
-    attempts: Vec<(u32, usize, Option<usize>)>,
+    /// (pid, ended)
+    attempts: Vec<(u32, bool)>,
+    overlapped: bool,
 }
 
 impl Runs {
     fn completed(&self) -> usize {
-        self.attempts.iter().filter(|a| a.2.is_some()).count()
-    }
-
-    /// Two attempts whose [start, end] overlap in the ledger's order. An attempt without an end
-    /// was killed (its worker died): it counts as the instant of its start.
-    fn concurrent(&self) -> bool {
-        let spans: Vec<(usize, usize)> = self
-            .attempts
-            .iter()
-            .map(|&(_, s, e)| (s, e.unwrap_or(s)))
-            .collect();
-        spans.iter().enumerate().any(|(i, a)| {
-            spans[i + 1..]
-                .iter()
-                .any(|b| a.0 <= b.1 && b.0 <= a.1 && !(a.0 == a.1 || b.0 == b.1))
-        })
+        self.attempts.iter().filter(|a| a.1).count()
     }
 }
 
 fn read_ledger(path: &std::path::Path) -> HashMap<String, Runs> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut runs: HashMap<String, Runs> = HashMap::new();
-    for (line_no, line) in text.lines().enumerate() {
+    for line in text.lines() {
         let parts: Vec<&str> = line.split(' ').collect();
         let [what, id, pid] = parts[..] else { continue };
         let Ok(pid) = pid.parse::<u32>() else {
@@ -99,12 +90,13 @@ fn read_ledger(path: &std::path::Path) -> HashMap<String, Runs> {
         };
         let entry = runs.entry(id.to_string()).or_default();
         match what {
-            "start" => entry.attempts.push((pid, line_no, None)),
+            "start" => entry.attempts.push((pid, false)),
             "end" => {
                 if let Some(a) = entry.attempts.iter_mut().find(|a| a.0 == pid) {
-                    a.2 = Some(line_no);
+                    a.1 = true;
                 }
             }
+            "overlap" => entry.overlapped = true,
             _ => {}
         }
     }
@@ -188,6 +180,10 @@ fn spawn_load(
                         .send()
                         .await;
                     let answer = match res {
+                        Err(e) if e.is_timeout() => {
+                            answers.lock().unwrap().timed_out += 1;
+                            continue;
+                        }
                         Err(_) => None,
                         Ok(res) => {
                             let status = res.status().as_u16();
@@ -199,7 +195,10 @@ fn spawn_load(
                     match answer {
                         None => a.unanswered += 1,
                         Some((201, _, id)) => a.accepted.push(id),
-                        Some((429 | 503, true, _)) => a.refused += 1,
+                        Some((429 | 503, true, body)) => {
+                            a.refused += 1;
+                            a.queue_full += usize::from(body.contains("queue is full"));
+                        }
                         Some((status @ 500.., _, body)) => {
                             a.unexplained.push(format!("{status} {body}"))
                         }
@@ -211,7 +210,9 @@ fn spawn_load(
         .collect()
 }
 
-#[tokio::test]
+// Several threads: the faults block (waiting for PostgreSQL to restart, a worker to drain)
+// while the load goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
     let sizes = Sizes::from_env();
     let stream_limit = sizes.stream_msgs.to_string();
@@ -226,14 +227,23 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
     env.script(
         "u/alice/ledger",
         "bash",
-        "ledger=\"$1\"\necho \"start $WM_JOB_ID $$\" >> \"$ledger\"\nsleep 0.2\necho \"end $WM_JOB_ID $$\" >> \"$ledger\"\n",
+        // The lock is held for as long as any process of the run lives: a second run of the
+        // job that starts meanwhile cannot take it. (The first run's user created the file;
+        // another user may only read it, which is enough for a lock.)
+        "ledger=\"$1\"\nlock=\"$ledger.locks/$WM_JOB_ID\"\n: >> \"$lock\" 2>/dev/null\n\
+         exec 9<\"$lock\"\nflock -n 9 || echo \"overlap $WM_JOB_ID $$\" >> \"$ledger\"\n\
+         echo \"start $WM_JOB_ID $$\" >> \"$ledger\"\nsleep 0.2\n\
+         echo \"end $WM_JOB_ID $$\" >> \"$ledger\"\n",
     )
     .await;
     let ledger = env.scratch().join("ledger");
     std::fs::write(&ledger, "").unwrap();
+    let locks = env.scratch().join("ledger.locks");
+    std::fs::create_dir(&locks).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
 
     let urls = Arc::new(RwLock::new(vec![env.api_url.clone(), second]));
@@ -296,7 +306,7 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
     // Fill the jobs stream: the workers drain and stop (SIGTERM), the load goes on until the
     // API refuses for a full queue, then new workers start.
     let t = Instant::now();
-    let refused_before = answers.lock().unwrap().refused;
+    let full_before = answers.lock().unwrap().queue_full;
     let workers = env.worker_count();
     for index in 0..workers {
         if env.worker_alive(index) {
@@ -304,10 +314,10 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while answers.lock().unwrap().refused == refused_before && Instant::now() < deadline {
+    while answers.lock().unwrap().queue_full == full_before && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let filled = answers.lock().unwrap().refused > refused_before;
+    let filled = answers.lock().unwrap().queue_full > full_before;
     env.add_worker(&[]);
     env.add_worker(&[]);
     note(
@@ -379,7 +389,7 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
         .count();
     let concurrent: Vec<&String> = runs
         .iter()
-        .filter(|(_, r)| r.concurrent())
+        .filter(|(_, r)| r.overlapped)
         .map(|(id, _)| id)
         .collect();
     let twice: Vec<&String> = runs
@@ -398,7 +408,9 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
         "\n| outcome | count |\n|---|---|\n\
          | accepted (201) | {} |\n\
          | refused with Retry-After (429/503) | {} |\n\
+         | of which for a full jobs queue | {} |\n\
          | unanswered (replica down) | {} |\n\
+         | **no answer within 30 s** | **{}** |\n\
          | other 4xx | {} |\n\
          | completed (success) | {succeeded} |\n\
          | failed or canceled | {} |\n\
@@ -411,7 +423,9 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
          \nload {:.0} s at {} requests/s offered, drain {:.0} s\n",
         answers.accepted.len(),
         answers.refused,
+        answers.queue_full,
         answers.unanswered,
+        answers.timed_out,
         answers.client_errors.len(),
         failed.len(),
         concurrent.len(),
@@ -438,6 +452,7 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
         "5xx without Retry-After: {:?}\n{table}",
         answers.unexplained
     );
+    assert_eq!(answers.timed_out, 0, "requests hung\n{table}");
     assert!(
         answers.client_errors.is_empty(),
         "4xx: {:?}\n{table}",
