@@ -182,6 +182,7 @@ impl ApiServer {
             pool: state.pool().clone(),
             bus: state.bus().clone(),
             interval: self.scheduler_interval,
+            deadline: state.config().submit_timeout,
         };
         let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
         let invalidations = state.bus().invalidations().await?;

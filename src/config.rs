@@ -287,7 +287,8 @@ pub struct HttpConfig {
     pub max_inflight_body_bytes: usize,
 
     /// Seconds a submission waits for PostgreSQL (the INSERT) and for NATS (the PubAck) each
-    /// before the job is given up and the caller gets 503 with `Retry-After`.
+    /// before the job is given up and the caller gets 503 with `Retry-After`; also the longest
+    /// the scheduler holds the rows of one look at due jobs (publishing and committing).
     #[arg(long = "submit-timeout", env = "SUBMIT_TIMEOUT", default_value = "5", value_parser = seconds)]
     pub submit_timeout: Duration,
 }

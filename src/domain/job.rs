@@ -72,6 +72,11 @@ pub fn canceled_result(reason: Option<&str>, by: &str) -> serde_json::Value {
     serde_json::json!({"error": {"name": "Canceled", "message": format!("Job canceled: {reason} by {by}")}})
 }
 
+/// The result of a job ended because its message could not be queued (`NotQueued`).
+pub fn not_queued_result(why: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"name": "NotQueued", "message": format!("the job could not be queued: {why}")}})
+}
+
 /// Whether a JSON value holds the character U+0000 anywhere (keys included), which PostgreSQL
 /// cannot store in `jsonb`.
 pub fn contains_nul(value: &serde_json::Value) -> bool {

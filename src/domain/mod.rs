@@ -7,5 +7,5 @@ mod job;
 mod script;
 
 pub use ids::{InvalidId, JobId, RunnablePath, ScriptHash, Tag, Username, WorkspaceId};
-pub use job::{canceled_result, contains_nul, JobKind, JobStatus};
+pub use job::{canceled_result, contains_nul, not_queued_result, JobKind, JobStatus};
 pub use script::ScriptLang;

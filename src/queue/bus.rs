@@ -229,17 +229,31 @@ impl Bus {
         confirmed(acks).await
     }
 
-    /// Publishes several job messages, each under its own deduplication id, sending them all
-    /// before waiting for their PubAcks.
-    pub async fn publish_jobs_as(
+    /// Publishes job messages exactly as they were stored (`payload`: an envelope of a newer
+    /// version keeps every field), each to its tag's subject under its own deduplication id.
+    /// All are sent before any PubAck is awaited, and each gets its own answer, in order: one
+    /// refused message does not hold back the others.
+    pub async fn publish_stored_jobs(
         &self,
-        jobs: &[(Tag, JobEnvelope, String)],
-    ) -> Result<(), QueueError> {
-        let mut acks = Vec::with_capacity(jobs.len());
-        for (tag, envelope, msg_id) in jobs {
-            acks.push(self.send_job(tag, envelope, msg_id).await?);
+        jobs: Vec<(Tag, String, Bytes)>,
+    ) -> Vec<Result<Published, QueueError>> {
+        let mut sent = Vec::with_capacity(jobs.len());
+        for (tag, msg_id, payload) in jobs {
+            sent.push(
+                self.js
+                    .publish_with_headers(subjects::jobs(&tag), msg_id_header(&msg_id), payload)
+                    .await
+                    .map_err(QueueError::publish),
+            );
         }
-        confirmed(acks).await
+        futures::future::join_all(sent.into_iter().map(|sent| async move {
+            let ack = sent?.await.map_err(QueueError::refused)?;
+            Ok(Published {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        }))
+        .await
     }
 
     async fn send_job(

@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scheduled_jobs",
         include_str!("../../migrations/0009_scheduled_jobs.sql"),
     ),
+    (
+        10,
+        "scheduler_retries",
+        include_str!("../../migrations/0010_scheduler_retries.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

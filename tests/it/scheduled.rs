@@ -353,3 +353,269 @@ async fn a_flow_s_retry_delay_and_sleep_wait_outside_the_queue() {
         "retry held: {saw_retry}, wake-up held: {saw_sleep}"
     );
 }
+
+/// Declares the worker consumers of `tags` as `millrace migrate` does for `WORKER_TAGS`: jobs
+/// of such a tag are accepted even while no worker runs for it, and wait in the queue.
+fn declare_tags(env: &TestEnv, tags: &str) {
+    let status = env
+        .command("migrate", &[("WORKER_TAGS".into(), tags.into())])
+        .status()
+        .unwrap();
+    assert!(status.success(), "millrace migrate failed");
+}
+
+fn uuid(id: &str) -> uuid::Uuid {
+    uuid::Uuid::parse_str(id).unwrap()
+}
+
+#[tokio::test]
+async fn a_held_message_jetstream_refuses_holds_back_no_other() {
+    // Three messages per tag; `stuck` has a consumer and, for now, no worker.
+    let mut env = TestEnv::with(Options {
+        workers: 1,
+        shared_env: vec![("JOBS_STREAM_MAX_MSGS_PER_SUBJECT".into(), "3".into())],
+        ..Default::default()
+    })
+    .await;
+    declare_tags(&env, "default,stuck");
+    env.script("u/alice/mark", "bash", MARK).await;
+    let marks = marks_file(&env);
+    let args = json!({"path": marks.display().to_string()});
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(schedule(&env, "u/alice/mark", "tag=stuck", args.clone()).await);
+    }
+    let full = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run/p/u/alice/mark?tag=stuck"),
+            &env.token,
+            args.clone(),
+        )
+        .await;
+    assert_eq!(
+        full.status, 503,
+        "the stuck tag's queue is full: {}",
+        full.text
+    );
+
+    // Held; the one JetStream will refuse comes due first, so it is at the head of every claim.
+    let stuck = schedule(
+        &env,
+        "u/alice/mark",
+        "tag=stuck&scheduled_in_secs=2",
+        args.clone(),
+    )
+    .await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(schedule(&env, "u/alice/mark", "scheduled_in_secs=3", args.clone()).await);
+    }
+    for id in &others {
+        let done = env.wait(id, Duration::from_secs(30)).await;
+        assert_eq!(done["success"], json!(true), "{done}");
+        let job = env.job(id).await;
+        let late = time(&job, "started_at") - time(&job, "scheduled_for");
+        assert!(
+            late >= chrono::Duration::zero() && late < chrono::Duration::seconds(10),
+            "started {late} after it was due: {job}"
+        );
+    }
+    // Cleared when their PubAcks came, in the commit a worker waits for before starting them.
+    let db = env.sql().await;
+    let ids: Vec<uuid::Uuid> = others.iter().map(|id| uuid(id)).collect();
+    let held: i64 = db
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE id = ANY($1) AND publish_at IS NOT NULL",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "published jobs are still held, to be sent again");
+
+    // The refused one stays held, tried again later each time, and the API says why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = db
+            .query_one(
+                "SELECT status, publish_failures,
+                        publish_at >= scheduled_for + interval '3 seconds'
+                 FROM jobs WHERE id = $1",
+                &[&uuid(&stuck)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "queued");
+        if row.get::<_, i32>(1) >= 2 {
+            assert_eq!(
+                row.get::<_, Option<bool>>(2),
+                Some(true),
+                "held again 1 s, then 2 s later"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused message was not retried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let js = jetstream::new(env.nats_as("migrate").await);
+    let pending = js
+        .get_stream("MILLRACE_JOBS")
+        .await
+        .unwrap()
+        .consumer_info("workers-stuck")
+        .await
+        .unwrap()
+        .num_pending;
+    assert_eq!(
+        pending, 3,
+        "only the jobs queued at once wait for the stuck tag"
+    );
+    let logs = env.logs();
+    assert!(
+        logs.lines()
+            .any(|line| line.contains(&stuck) && line.contains("held again")),
+        "no warning names the refused job"
+    );
+
+    // A worker for the tag makes room: the held job goes out and runs, once.
+    env.add_worker(&[("WORKER_TAGS", "stuck")]);
+    for id in waiting.iter().chain([&stuck]) {
+        let done = env.wait(id, Duration::from_secs(120)).await;
+        assert_eq!(done["success"], json!(true), "{done}");
+    }
+    assert_eq!(env.job(&stuck).await["attempts"], json!(1));
+    let mut ran = lines(&marks);
+    ran.sort();
+    let mut expected: Vec<String> = waiting.iter().chain(&others).cloned().collect();
+    expected.push(stuck.clone());
+    expected.sort();
+    assert_eq!(ran, expected, "each job ran exactly once");
+    let row = db
+        .query_one(
+            "SELECT publish_at IS NULL, publish_failures FROM jobs WHERE id = $1",
+            &[&uuid(&stuck)],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "still held after it ran");
+    assert_eq!(
+        row.get::<_, i32>(1),
+        0,
+        "failures counted after it went out"
+    );
+}
+
+#[tokio::test]
+async fn a_held_message_goes_out_as_stored_and_one_with_no_queue_fails_its_job() {
+    let mut env = TestEnv::start().await;
+    declare_tags(&env, "default,later");
+    env.script("u/alice/mark", "bash", MARK).await;
+    let marks = marks_file(&env);
+    let args = json!({"path": marks.display().to_string()});
+    let kept = schedule(
+        &env,
+        "u/alice/mark",
+        "tag=later&scheduled_in_secs=4",
+        args.clone(),
+    )
+    .await;
+    let lost = schedule(&env, "u/alice/mark", "tag=later&scheduled_in_secs=4", args).await;
+    let db = env.sql().await;
+    // As a newer API may write them: a field this binary does not know; a tag it cannot use.
+    let changed = db
+        .execute(
+            "UPDATE jobs SET publish_envelope = publish_envelope
+                             || '{\"from_a_newer_api\": {\"keep\": [1, 2.5, \"x\"]}}'
+             WHERE id = $1 AND publish_at > now() + interval '1 second'",
+            &[&uuid(&kept)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1, "the job was no longer held");
+    let changed = db
+        .execute(
+            "UPDATE jobs SET tag = 'no such/tag'
+             WHERE id = $1 AND publish_at > now() + interval '1 second'",
+            &[&uuid(&lost)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1, "the job was no longer held");
+    let stored: Value = db
+        .query_one(
+            "SELECT publish_envelope FROM jobs WHERE id = $1",
+            &[&uuid(&kept)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let js = jetstream::new(env.nats_as("migrate").await);
+    let jobs = js.get_stream("MILLRACE_JOBS").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let message = loop {
+        if let Ok(message) = jobs
+            .get_last_raw_message_by_subject("millrace.jobs.later")
+            .await
+        {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held job was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let published: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(published, stored, "published otherwise than stored");
+    assert_eq!(
+        published["from_a_newer_api"],
+        json!({"keep": [1, 2.5, "x"]})
+    );
+    assert_eq!(
+        message.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(kept.as_str())
+    );
+
+    // The one whose tag names no queue ends as failed, saying so, and is announced.
+    let done = env.wait(&lost, Duration::from_secs(30)).await;
+    assert_eq!(done["success"], json!(false), "{done}");
+    let error = &done["result"]["error"];
+    assert_eq!(error["name"], json!("NotQueued"), "{done}");
+    let why = error["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("no such/tag") && why.contains("names no queue"),
+        "{why}"
+    );
+    let events = js.get_stream("MILLRACE_EVENTS").await.unwrap();
+    let failed = events
+        .get_last_raw_message_by_subject(&format!("millrace.events.{WS}.job.failed"))
+        .await
+        .expect("a failed event");
+    let failed: Value = serde_json::from_slice(&failed.payload).unwrap();
+    assert_eq!(failed["id"], json!(lost), "{failed}");
+    assert_eq!(failed["error"]["name"], json!("NotQueued"), "{failed}");
+    assert_eq!(
+        jobs_stream(&env).await.last_sequence,
+        1,
+        "only the job with a queue was published"
+    );
+    let held: i64 = db
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE publish_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+
+    // A worker of this version runs it, leaving the field it does not know alone.
+    env.add_worker(&[("WORKER_TAGS", "later")]);
+    let done = env.wait(&kept, Duration::from_secs(30)).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    assert_eq!(lines(&marks), vec![kept], "the failed job never ran");
+}
