@@ -433,7 +433,8 @@ impl TestEnv {
             .command("api", &self.options.api_env)
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .stdout(self.log_file(&format!("api-{index}")))
-            .stderr(Stdio::null())
+            // A panic's message goes to stderr: kept, so that tests can look for it.
+            .stderr(self.log_file(&format!("api-{index}.stderr")))
             .spawn()
             .unwrap();
         self.apis.push(child);
@@ -457,7 +458,7 @@ impl TestEnv {
         let child = self
             .command("worker", &env)
             .stdout(self.log_file(&format!("worker-{index}")))
-            .stderr(Stdio::null())
+            .stderr(self.log_file(&format!("worker-{index}.stderr")))
             .spawn()
             .unwrap();
         self.workers.push(child);
