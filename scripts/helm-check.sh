@@ -1166,6 +1166,21 @@ rejects() { # expected message, then helm --set arguments
   cat "$WORK/bad.err"
   grep -q -- "$want" "$WORK/bad.err"
 }
+# Every migrate init container (the api's and each worker group's) declares every group's
+# tags: the API refuses jobs for a tag without a consumer, and a group scaled to zero by KEDA
+# scales up only on its consumers' pending jobs.
+migrate_declares_every_tag() {
+  "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" \
+    --set 'workerGroups[0].name=default' --set 'workerGroups[0].tags={default}' \
+    --set 'workerGroups[1].name=heavy' --set 'workerGroups[1].tags={heavy,gpu,default}' \
+    >"$WORK/tags.yaml" || return 1
+  local migrates declared
+  migrates=$(grep -c 'args: \["migrate"\]' "$WORK/tags.yaml")
+  declared=$(grep -A1 -- '- name: WORKER_TAGS' "$WORK/tags.yaml" | grep -c 'value: "default,heavy,gpu"')
+  echo "migrate containers: $migrates; declaring default,heavy,gpu: $declared"
+  [ "$migrates" -eq 3 ] && [ "$declared" -eq "$migrates" ]
+}
+check "migrate declares every worker group's tags" migrate_declares_every_tag
 check "rejects a worker group name that is no DNS label" rejects "workerGroups.0.name: Does not match pattern" \
   --set 'workerGroups[0].name=Heavy_Group' --set 'workerGroups[0].tags[0]=heavy'
 check "rejects a worker group without tags" rejects "workerGroups.0: tags is required" --set 'workerGroups[0].name=heavy'

@@ -306,6 +306,15 @@ container's when migrations run. Takes (dict "ctx" $ "role" "api").
     {{- include "millrace.envFrom" . | nindent 4 }}
   env:
     {{- include "millrace.secretEnv" (dict "ctx" . "role" "migrate") | nindent 4 }}
+    {{- /* Every group's tags get their consumer before any worker of the group runs: the API
+    refuses jobs for a tag without one, and a group scaled to zero (KEDA) scales up only on
+    its consumers' pending jobs. */}}
+    {{- $tags := list }}
+    {{- range $g := (include "millrace.workerGroups" . | fromJson).groups }}
+    {{- $tags = concat $tags $g.tags }}
+    {{- end }}
+    - name: WORKER_TAGS
+      value: {{ $tags | uniq | join "," | quote }}
   securityContext:
     {{- toYaml .Values.securityContext | nindent 4 }}
   resources:
