@@ -66,13 +66,20 @@ async fn fuzzed_requests_get_no_server_error_and_match_the_document() {
         tail[tail.len().saturating_sub(120)..].join("\n"),
         String::from_utf8_lossy(&run.stderr)
     );
+    // Its summary, for the record (seen with --nocapture).
+    if let Some(summary) = out.find("SUMMARY") {
+        println!("{}", &out[summary..]);
+    }
     // "Tested: 87" in its summary: nearly every operation was reached.
     let tested: usize = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("Tested: "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    assert!(tested >= 80, "schemathesis tested {tested} operations:\n{out}");
+    assert!(
+        tested >= 80,
+        "schemathesis tested {tested} operations:\n{out}"
+    );
     let logs = env.logs();
     assert!(!logs.contains("panicked"), "a process panicked:\n{logs}");
 }
