@@ -106,7 +106,8 @@ pub struct Run<'a> {
 }
 
 /// Runs the process in `dir` until it exits, its timeout passes, its cancel fires or it prints
-/// more than its output allows. Output lines are appended to the logs and sent on.
+/// more than its output allows. Output lines are appended to the logs and sent on. Nothing is
+/// started when the cancel fired already (the attempt lost its job while preparing it).
 pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Result<Ended> {
     let Run {
         timeout,
@@ -116,6 +117,9 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
         max_output,
         confinement,
     } = how;
+    if cancel.is_cancelled() {
+        return Ok(Ended::Canceled);
+    }
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
