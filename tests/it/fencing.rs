@@ -1,7 +1,8 @@
 //! One job, one live run: each attempt owns its job through a lease in its row. A delivery of a
 //! job whose attempt is alive is handed back, not run; an attempt that lost its job, or that
 //! cannot renew its lease, stops it and records nothing; an end reached while the database is
-//! away is recorded once it is back, not run again; a job started by a worker from before leases is not taken over at once; values PostgreSQL cannot
+//! away is recorded once it is back, not run again; a killed worker's jobs die with it; a job
+//! started by a worker from before leases is not taken over at once; values PostgreSQL cannot
 //! store fail a job once instead of running it again; a cancel whose broadcast was lost is still
 //! seen by the running worker.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{postmaster_pid, signal_tree, Options, TestEnv};
+use crate::common::{jobs_have_own_users, postmaster_pid, signal_tree, Options, TestEnv};
 use crate::queue::{envelope, jetstream, publish, queued_messages, wait_for_log};
 use crate::worker_crash::wait_running;
 
@@ -370,6 +371,72 @@ async fn an_end_reached_while_the_database_is_frozen_is_recorded_once_it_is_back
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(ledger(&runs), ["start", "end"], "the job ran again");
     assert_eq!(env.job(&id).await["attempts"], json!(1));
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its new parent does not).
+fn process_runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // After the command name (in parentheses): the state.
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
+        !matches!(state, Some('Z' | 'X'))
+    })
+}
+
+#[tokio::test]
+async fn a_killed_workers_job_dies_with_it_and_runs_once_more_elsewhere() {
+    let mut env = TestEnv::start().await;
+    let runs = new_ledger(&env, "runs");
+    let pids = new_ledger(&env, "pids");
+    // The script's own process and one it started.
+    env.script(
+        "u/admin/sleeper",
+        "bash",
+        "ledger=\"$1\"\npids=\"$2\"\necho start >> \"$ledger\"\n\
+         sleep 8 &\necho \"$$ $!\" >> \"$pids\"\nwait\necho end >> \"$ledger\"\necho whole\n",
+    )
+    .await;
+    let args = json!({"ledger": runs.display().to_string(), "pids": pids.display().to_string()});
+    let id = env.run("u/admin/sleeper", args).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(&pids).len() == 1,
+    )
+    .await;
+    let started: Vec<i32> = ledger(&pids)[0]
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(started.iter().all(|pid| process_runs(*pid)));
+
+    env.kill_worker(0);
+    let killed = Instant::now();
+    // With users of their own, the worker's reaper kills every process of the job's user;
+    // without, the kernel kills the script's own process (PR_SET_PDEATHSIG), not what it
+    // started.
+    let watched = if jobs_have_own_users() {
+        &started[..]
+    } else {
+        &started[..1]
+    };
+    eventually(
+        Duration::from_secs(3),
+        "the job's processes outlived their worker",
+        async || !watched.iter().any(|pid| process_runs(*pid)),
+    )
+    .await;
+    eprintln!(
+        "the job's processes were gone {:?} after the kill",
+        killed.elapsed()
+    );
+
+    env.add_worker(&[]);
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], json!("whole"), "{done}");
+    // The first run never reached its end: only the second one did.
+    assert_eq!(ledger(&runs), ["start", "start", "end"]);
+    assert_eq!(env.job(&id).await["attempts"], json!(2));
+    assert_eq!(env.job(&id).await["worker"], json!("worker-1"));
 }
 
 #[tokio::test]
