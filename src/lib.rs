@@ -15,7 +15,8 @@
 //! - [`sweeper`]: token expiry notices and `last_used_at` bookkeeping, in API processes.
 //! - [`scheduler`]: publishes jobs scheduled for later (and flows' wake-ups) when due, in API
 //!   processes.
-//! - [`app`] wires these for each subcommand; [`dev`] and [`local`] run everything on a laptop.
+//! - [`app`] wires these for each subcommand; [`dev`] and [`local`] run everything on a laptop;
+//!   [`parent_death`] makes their child processes, and jobs, die with their parent.
 //!
 //! Dependencies point one way: `api` and `worker` use `auth`, `queue`, `store` and `domain`;
 //! they never use each other.
@@ -30,6 +31,7 @@ pub mod domain;
 pub mod flows;
 pub mod health;
 pub mod local;
+pub mod parent_death;
 pub mod queue;
 pub mod scheduler;
 pub mod storage;

@@ -107,6 +107,13 @@ enum Command {
     /// Print every environment variable the binary reads, one per line.
     #[command(hide = true)]
     ConfigNames,
+    /// A worker's reaper: once standard input ends (the worker is gone), kill every process of
+    /// these job users as soon as the worker's claims on them (in LOCKS) are released.
+    #[command(hide = true, name = millrace::worker::reaper::SUBCOMMAND)]
+    ReapJobUsers {
+        locks: std::path::PathBuf,
+        uids: Vec<u32>,
+    },
 }
 
 /// `dev` takes the database and NATS URLs as optional (`DevOptions`); these are the rest.
@@ -165,14 +172,18 @@ fn main() -> anyhow::Result<()> {
     millrace::config::read_secret_files().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
     millrace::config::forget_secrets();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli))
+    match cli.command {
+        // No runtime: it waits on one pipe, then kills.
+        Command::ReapJobUsers { locks, uids } => Ok(millrace::worker::reaper::run(&locks, &uids)?),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(command)),
+    }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Api {
             db,
             nats,
@@ -260,6 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::ReapJobUsers { .. } => anyhow::bail!("the reaper runs without a runtime"),
         Command::ConfigNames => {
             for name in config_names() {
                 println!("{name}");

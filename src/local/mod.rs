@@ -9,30 +9,6 @@ pub use postgres::{Durability, LocalPostgres};
 
 use std::net::TcpListener;
 
-/// Makes a server `dev` starts die with the process that started it, however that ends
-/// (SIGKILL and abort included): the kernel sends it `signal` then. A start whose parent is
-/// already gone fails rather than leave an orphan. The kernel watches the spawning *thread*:
-/// spawn from one that lives as long as the server (the main thread or a runtime's worker, not
-/// a blocking-pool thread, which ends when idle).
-pub(crate) fn dies_with_parent(command: &mut std::process::Command, signal: libc::c_int) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing. It runs
-    // after the child took its user, which would have cleared the setting.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("the parent is gone"));
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Writes a secret to `file`, readable and writable by this process's user alone (mode 0600
 /// from its creation: never readable by others, not even for a moment).
 pub(crate) fn write_private(file: &std::path::Path, contents: &str) -> anyhow::Result<()> {

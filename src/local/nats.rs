@@ -119,7 +119,7 @@ fn spawn(
         .arg(store_dir.join(PID_FILE))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    super::dies_with_parent(&mut command, libc::SIGTERM);
+    crate::parent_death::dies_with_parent(&mut command, libc::SIGTERM);
     for (user, password) in passwords {
         command.env(password_variable(user), password);
     }

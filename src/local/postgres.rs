@@ -326,7 +326,7 @@ impl LocalPostgres {
             .stdout(log.try_clone()?)
             .stderr(log);
         // SIGINT: PostgreSQL's fast shutdown, clients cut off and the data written out.
-        super::dies_with_parent(&mut postgres, libc::SIGINT);
+        crate::parent_death::dies_with_parent(&mut postgres, libc::SIGINT);
         let mut child = postgres
             .spawn()
             .with_context(|| format!("cannot run {} (set PG_BIN_DIR)", self.bin_dir.display()))?;

@@ -260,13 +260,29 @@ pub enum Start {
     Held(Duration),
 }
 
+/// Until when the attempt running a job holds it, given `$lease` (the parameter holding
+/// `JOB_LEASE_TIMEOUT` in seconds). A running row without a lease was started by a worker from
+/// before leases, which never renews one: it counts as leased for one lease from its start, so
+/// that a redelivery during a rolling upgrade does not run a live job a second time at once.
+macro_rules! lease_end {
+    ($lease:literal) => {
+        concat!(
+            "COALESCE(jobs.lease_until, jobs.started_at + make_interval(secs => ",
+            $lease,
+            "))"
+        )
+    };
+}
+
 /// The rows a delivery may take: queued, or running under a lease that has passed (its worker
-/// died, or lost the database and stopped the job). A running row without a lease was started
-/// by a worker from before leases.
+/// died, or lost the database and stopped the job).
 macro_rules! takeable {
-    () => {
-        "(jobs.status = 'queued' OR (jobs.status = 'running'
-              AND (jobs.lease_until IS NULL OR jobs.lease_until < now())))"
+    ($lease:literal) => {
+        concat!(
+            "(jobs.status = 'queued' OR (jobs.status = 'running' AND ",
+            lease_end!($lease),
+            " < now()))"
+        )
     };
 }
 
@@ -291,7 +307,7 @@ pub async fn start(
                                          attempts = attempts + 1,
                                          lease_until = now() + make_interval(secs => $3)
                          WHERE id = $1 AND ",
-                        takeable!(),
+                        takeable!("$3"),
                         " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason"
                     ),
                     &[Type::UUID, Type::TEXT, Type::FLOAT8],
@@ -315,7 +331,7 @@ pub async fn start(
                              SET status = 'running', started_at = now(), worker = EXCLUDED.worker,
                                  attempts = jobs.attempts + 1, lease_until = EXCLUDED.lease_until
                              WHERE ",
-                        takeable!(),
+                        takeable!("$17"),
                         " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason"
                     ),
                     &[
@@ -375,9 +391,12 @@ pub async fn start(
     // next delivery then takes it).
     let held = conn
         .query_opt(
-            "SELECT GREATEST(EXTRACT(EPOCH FROM lease_until - now()), 0)::float8 FROM jobs
-             WHERE id = $1 AND status = 'running'",
-            &[&id],
+            concat!(
+                "SELECT GREATEST(EXTRACT(EPOCH FROM ",
+                lease_end!("$2"),
+                " - now()), 0)::float8 FROM jobs WHERE id = $1 AND status = 'running'"
+            ),
+            &[&id, &lease],
         )
         .await?;
     Ok(match held {

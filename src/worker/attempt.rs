@@ -2,6 +2,7 @@
 //! tell the waiting callers, announce the event — and only then ack, so a completed job is
 //! never lost and an acked job is never unfinished.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,8 @@ use crate::store::{NewJobRow, StoreError};
 /// How the attempt ends for the queue.
 enum Settle {
     Ack,
-    /// Leave it for redelivery (the store could not record the end).
+    /// Leave it for redelivery (the database refused, outright, to record the end or to run
+    /// the flow's transition).
     Abandon,
     /// Hand it back at once, to be delivered again after this long: not started (the database
     /// was unavailable — not retried in place, so that a job the API withdrew meanwhile is not
@@ -88,10 +90,13 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
             step,
             republish,
             ended,
-        } => advance_after_step(&ctx, &envelope, &step, republish, ended.map(|e| *e)).await,
+        } => {
+            let ended = ended.map(|e| *e);
+            advance_after_step(&ctx, &envelope, &step, republish, ended, lease.as_ref()).await
+        }
         other => other,
     };
-    // Held until the end is recorded, a flow step's included.
+    // Renewed until the end is recorded (a flow step's included), and no longer.
     drop(lease);
     drop(keepalive);
     match settle {
@@ -108,31 +113,33 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
     }
 }
 
-/// Advances the flow of a step that ended. Steps ending together share one transition; the
-/// slot is free meanwhile, so more steps run while transitions queue.
+/// Advances the flow of a step that ended (`ended`, recorded by the attempt holding `lease`).
+/// Steps ending together share one transition; the slot is free meanwhile, so more steps run
+/// while transitions queue.
 async fn advance_after_step(
     ctx: &WorkerContext,
     envelope: &JobEnvelope,
     step: &FlowStep,
     republish: bool,
     mut ended: Option<Completion>,
+    lease: Option<&Held>,
 ) -> Settle {
     let id = envelope.id;
-    // Whether this delivery recorded the end, across retries of the store call.
-    let recorded = std::sync::atomic::AtomicBool::new(false);
+    // Whether this delivery recorded the end, across retries of the store call; the lease's
+    // renewals stop as soon as it is set.
+    let unleased = AtomicBool::new(false);
+    let recorded = lease.map_or(&unleased, Held::recorded);
     let advanced = loop {
         let advanced = retry_store(|| async {
-            let ended = ended
-                .as_ref()
-                .filter(|_| !recorded.load(std::sync::atomic::Ordering::Relaxed));
+            let ended = ended.as_ref().filter(|_| !recorded.load(Ordering::Relaxed));
             ctx.flows
-                .on_step_end(step, id, republish, ended, &recorded)
+                .on_step_end(step, id, republish, ended, recorded)
                 .await
         })
         .await;
         // The database refused the end itself: record the failure that says so instead.
         let instead = match (&advanced, &ended) {
-            (Err(e), Some(completion)) if !recorded.load(std::sync::atomic::Ordering::Relaxed) => {
+            (Err(e), Some(completion)) if !recorded.load(Ordering::Relaxed) => {
                 outcome::instead_of_refused(completion, e)
             }
             _ => None,
@@ -142,7 +149,7 @@ async fn advance_after_step(
             None => break advanced,
         }
     };
-    let recorded = recorded.into_inner();
+    let recorded = recorded.load(Ordering::Relaxed);
     if let (true, Some(completion)) = (recorded, &ended) {
         announce_end(ctx, envelope, completion).await;
     }
@@ -248,23 +255,18 @@ async fn attempt_job(
         let error = ScriptError::new(
             "MaxAttemptsExceeded",
             format!(
-                "the job was started {} times and its worker stopped each time; giving up",
+                "the job was started {} times and no run recorded its end (its worker died, \
+                 or lost the database long enough to lose the job, while the job ran); \
+                 giving up",
                 attempt - 1
             ),
         );
-        return finish(
-            ctx,
-            envelope,
-            attempt,
-            Outcome::failed(error),
-            String::new(),
-            None,
-        )
-        .await;
+        let outcome = Outcome::failed(error);
+        return finish(ctx, envelope, lease, attempt, outcome, String::new(), None).await;
     }
     if let Some(request) = started.cancel {
         let outcome = Outcome::canceled(request.by.unwrap_or_default(), request.reason);
-        return finish(ctx, envelope, attempt, outcome, String::new(), None).await;
+        return finish(ctx, envelope, lease, attempt, outcome, String::new(), None).await;
     }
     if delivery.delivered > 1 {
         tracing::info!(job = %envelope.id, attempt, "running a redelivered job");
@@ -278,13 +280,24 @@ async fn attempt_job(
         attempt,
         args: &started.args,
         cancel,
+        lease,
         logs: &logs,
     };
     let ended = execute(ctx, envelope, run, &mut dir).await;
     let duration_ms = (began.elapsed().as_secs_f64() * 1000.0).round() as i64;
     let logs = logs.lock().expect("log lock").text().to_owned();
-    let settled = if lease.is_lost() {
-        // Killed because another attempt may run it now: that one records the end.
+    // A process that ended by itself (or by its timeout or output cap) is recorded even when
+    // the lease was lost meanwhile: the write is fenced by the attempt, so it lands only if no
+    // other attempt took the job over.
+    let let_go = lease.is_lost()
+        && match &ended {
+            Err(_) => true,
+            Ok(Err(error)) => error.name == "Canceled",
+            Ok(Ok(_)) => false,
+        };
+    let settled = if let_go {
+        // Killed, or never started, because another attempt may run it now: that one records
+        // the end.
         Settle::RetryAfter(START_RETRY)
     } else {
         let outcome = match ended {
@@ -300,7 +313,16 @@ async fn attempt_job(
             Ok(Err(error)) => Outcome::failed(error),
             Ok(Ok(result)) => Outcome::from_result(result),
         };
-        finish(ctx, envelope, attempt, outcome, logs, Some(duration_ms)).await
+        finish(
+            ctx,
+            envelope,
+            lease,
+            attempt,
+            outcome,
+            logs,
+            Some(duration_ms),
+        )
+        .await
     };
     // Only now, with the result out: emptying the directory and the user's leftovers walks
     // file systems, which the caller need not wait for nor compete with. The user is free for
@@ -316,6 +338,7 @@ struct Run<'a> {
     attempt: i32,
     args: &'a Value,
     cancel: &'a tokio_util::sync::CancellationToken,
+    lease: &'a Held,
     logs: &'a process::SharedLogs,
 }
 
@@ -331,6 +354,7 @@ async fn execute(
         attempt,
         args,
         cancel,
+        lease,
         logs,
     } = run;
     let code = code_of(ctx, envelope).await?;
@@ -367,6 +391,9 @@ async fn execute(
             format!("cannot start {}: {e}", spec.program.display()),
         )
     });
+    // From here on there is nothing to stop, even while the last output is still being saved
+    // (that waits for the database).
+    lease.process_ended();
     let _ = forwarder.await;
     let text = logs.lock().expect("log lock").text().to_owned();
     let outcome = ended.map(|ended| match ended {
@@ -561,14 +588,18 @@ async fn announce_start(ctx: &WorkerContext, envelope: &JobEnvelope) {
         .await;
 }
 
+/// Records how the attempt holding the job (`lease`) ended it, once the process (if any) is
+/// over.
 async fn finish(
     ctx: &WorkerContext,
     envelope: &JobEnvelope,
+    lease: &Held,
     attempt: i32,
     outcome: Outcome,
     logs: String,
     duration_ms: Option<i64>,
 ) -> Settle {
+    lease.process_ended();
     let mut completion = outcome.into_completion(attempt, logs, duration_ms);
     // A flow's step: its end is recorded with its flow's transition, and the message acked
     // after it.
@@ -592,6 +623,7 @@ async fn finish(
         // Another attempt took the job over (and may have ended it): the next delivery sees.
         return Settle::RetryAfter(START_RETRY);
     }
+    lease.recorded().store(true, Ordering::Relaxed);
     announce_end(ctx, envelope, &completion).await;
     Settle::Ack
 }
@@ -627,27 +659,33 @@ async fn announce_end(ctx: &WorkerContext, envelope: &JobEnvelope, completion: &
     }
 }
 
-/// Retries a store call while the database is unavailable (up to ~30 s), so a short outage
-/// does not turn into a lost or re-run job. An error that would come back every time (a value
-/// PostgreSQL cannot store) is returned at once.
+/// Retries a store call for as long as the database is unavailable: it records a job's end,
+/// which must not be lost, and whose write is fenced by its attempt (it fails once another
+/// attempt took the job over). An error that would come back every time (a value PostgreSQL
+/// cannot store) is returned at once.
 async fn retry_store<T, F, Fut>(mut call: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let mut delay = Duration::from_millis(100);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut failures = 0u32;
     loop {
         match call().await {
-            Ok(value) => return Ok(value),
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                tracing::warn!(error = %e, "store call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!(failures, "store call succeeded after retries");
+                }
+                return Ok(value);
             }
             Err(e) if e.is_transient() => {
-                tracing::error!(error = %e, "store call failed; giving up");
-                return Err(e);
+                failures += 1;
+                // Once, then about once a minute: an outage may last.
+                if failures % 30 == 1 {
+                    tracing::warn!(error = %e, failures, "store call failed; retrying");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(e) => {
                 tracing::error!(error = %e, "the database refused the call");

@@ -1,5 +1,5 @@
 //! One job's child process: its own process group, a cleared environment, a wall-clock limit,
-//! capped output, and a kill of the whole group on timeout or cancel.
+//! capped output, a kill of the whole group on timeout or cancel, and death with the worker.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -106,7 +106,12 @@ pub struct Run<'a> {
 }
 
 /// Runs the process in `dir` until it exits, its timeout passes, its cancel fires or it prints
-/// more than its output allows. Output lines are appended to the logs and sent on.
+/// more than its output allows. Output lines are appended to the logs and sent on. Nothing is
+/// started when the cancel fired already (the attempt lost its job while preparing it).
+///
+/// Spawn from a task of the worker's runtime, never from a blocking-pool thread: the job dies
+/// with the thread that spawned it (see below), and only the runtime's worker threads live as
+/// long as the worker.
 pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Result<Ended> {
     let Run {
         timeout,
@@ -116,6 +121,9 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
         max_output,
         confinement,
     } = how;
+    if cancel.is_cancelled() {
+        return Ok(Ended::Canceled);
+    }
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
@@ -135,6 +143,15 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
     unsafe {
         command.pre_exec(move || entering.enter(cpu_seconds));
     }
+    // A worker that is killed (SIGKILL, OOM) takes its jobs' processes with it, so that the
+    // delivery that takes a job over never overlaps the run it replaces. After `enter`: taking
+    // the job's user clears the setting. The kernel signals with the dying worker's rights,
+    // which reach a job of another user only with `CAP_KILL` (the chart does not grant it),
+    // and only the process it started: the sandbox's reaper kills the rest, every process of
+    // the job's user. This runs in a task of the worker's runtime, whose worker threads live
+    // as long as the process (nothing in the worker uses `block_in_place`, which would hand
+    // one over to the blocking pool): the kernel watches the spawning thread, not the process.
+    crate::parent_death::dies_with_parent(command.as_std_mut(), libc::SIGKILL);
     let mut child = command.spawn()?;
     let pid = child.id();
     let budget = OutputBudget {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{Options, TestEnv, WS};
+use crate::common::{postmaster_pid, signal_tree, Options, TestEnv, WS};
 
 /// The run's sizes: `CHAOS_JOBS` accepted jobs at least, offered at `CHAOS_RATE` per second,
 /// PostgreSQL frozen for `CHAOS_FREEZE_SECS`, `CHAOS_GAP_SECS` of calm after each fault, and a
@@ -101,43 +101,6 @@ fn read_ledger(path: &std::path::Path) -> HashMap<String, Runs> {
         }
     }
     runs
-}
-
-/// Sends `pid` and its children (PostgreSQL's backends) `signal`.
-fn signal_tree(pid: i32, signal: libc::c_int) {
-    let mut pids = vec![pid];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // After the command name (in parentheses): state, then the parent's pid.
-        let ppid = stat[stat.rfind(')').unwrap() + 2..]
-            .split(' ')
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            pids.push(child);
-        }
-    }
-    for p in pids {
-        // SAFETY: kill(2) with a pid read from /proc; at worst it names a process gone since.
-        unsafe { libc::kill(p, signal) };
-    }
-}
-
-fn postmaster_pid(env: &TestEnv) -> i32 {
-    let file = env.pg.data_dir().join("data").join("postmaster.pid");
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// The load: `callers` tasks sharing `rate` requests per second over the live replicas, until

@@ -1,14 +1,16 @@
 //! One job, one live run: each attempt owns its job through a lease in its row. A delivery of a
 //! job whose attempt is alive is handed back, not run; an attempt that lost its job, or that
-//! cannot renew its lease, stops it and records nothing; values PostgreSQL cannot store fail a
-//! job once instead of running it again; a cancel whose broadcast was lost is still seen by the
-//! running worker.
+//! cannot renew its lease, stops it and records nothing; an end reached while the database is
+//! away is recorded once it is back, not run again; a killed worker's jobs die with it; a job
+//! started by a worker from before leases is not taken over at once; values PostgreSQL cannot
+//! store fail a job once instead of running it again; a cancel whose broadcast was lost is still
+//! seen by the running worker.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{Options, TestEnv};
+use crate::common::{jobs_have_own_users, postmaster_pid, signal_tree, Options, TestEnv};
 use crate::queue::{envelope, jetstream, publish, queued_messages, wait_for_log};
 use crate::worker_crash::wait_running;
 
@@ -314,5 +316,187 @@ async fn a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_passe
     let done = env.wait(&id, Duration::from_secs(60)).await;
     assert_eq!(done["result"], json!("whole"), "{done}");
     assert_eq!(ledger(&runs), ["start", "start", "end"]);
+    assert_eq!(env.job(&id).await["attempts"], json!(2));
+}
+
+#[tokio::test]
+async fn an_end_reached_while_the_database_is_frozen_is_recorded_once_it_is_back() {
+    // The tests' lease is 6 s (twice JOB_ACK_WAIT), renewed every second.
+    let env = TestEnv::start().await;
+    let runs = new_ledger(&env, "runs");
+    let go = env.scratch().join("go");
+    env.script(
+        "u/admin/ends_in_outage",
+        "bash",
+        "ledger=\"$1\"\ngo=\"$2\"\necho start >> \"$ledger\"\n\
+         while [ ! -e \"$go\" ]; do sleep 0.1; done\n\
+         echo ending\nsleep 1.5\necho end >> \"$ledger\"\necho whole\n",
+    )
+    .await;
+    let args = json!({"ledger": runs.display().to_string(), "go": go.display().to_string()});
+    let id = env.run("u/admin/ends_in_outage", args).await;
+    wait_running(&env, &id).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(&runs) == ["start"],
+    )
+    .await;
+
+    // PostgreSQL freezes (connections stay open, nothing answers), then the script ends: its
+    // last output waits to be saved, and its end to be recorded, for the whole freeze — twice
+    // the lease. Before the fix this test guards, the attempt let its job go when its lease
+    // could not be renewed in time although its process had ended (the renewals stopped five
+    // seconds into the freeze, while that output was still being saved), threw its result
+    // away, and the job ran a second time once the database was back: the ledger then reads
+    // start, end, start, end and attempts is 2. (Recording the end also gave up after 30 s
+    // without the database; it no longer has a deadline, but this freeze is shorter.)
+    let postmaster = postmaster_pid(&env);
+    signal_tree(postmaster, libc::SIGSTOP);
+    let frozen = Instant::now();
+    std::fs::write(&go, "").unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the script did not end during the freeze",
+        async || ledger(&runs) == ["start", "end"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(frozen.elapsed())).await;
+    signal_tree(postmaster, libc::SIGCONT);
+
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], json!("whole"), "{done}");
+    assert_eq!(env.job(&id).await["attempts"], json!(1));
+    // Longer than a hand-back and a lease: a job sent back for another run would have run.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(ledger(&runs), ["start", "end"], "the job ran again");
+    assert_eq!(env.job(&id).await["attempts"], json!(1));
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its new parent does not).
+fn process_runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // After the command name (in parentheses): the state.
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
+        !matches!(state, Some('Z' | 'X'))
+    })
+}
+
+#[tokio::test]
+async fn a_killed_workers_job_dies_with_it_and_runs_once_more_elsewhere() {
+    let mut env = TestEnv::start().await;
+    let runs = new_ledger(&env, "runs");
+    let pids = new_ledger(&env, "pids");
+    // The script's own process and one it started.
+    env.script(
+        "u/admin/sleeper",
+        "bash",
+        "ledger=\"$1\"\npids=\"$2\"\necho start >> \"$ledger\"\n\
+         sleep 8 &\necho \"$$ $!\" >> \"$pids\"\nwait\necho end >> \"$ledger\"\necho whole\n",
+    )
+    .await;
+    let args = json!({"ledger": runs.display().to_string(), "pids": pids.display().to_string()});
+    let id = env.run("u/admin/sleeper", args).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(&pids).len() == 1,
+    )
+    .await;
+    let started: Vec<i32> = ledger(&pids)[0]
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(started.iter().all(|pid| process_runs(*pid)));
+
+    env.kill_worker(0);
+    let killed = Instant::now();
+    // With users of their own, the worker's reaper kills every process of the job's user;
+    // without, the kernel kills the script's own process (PR_SET_PDEATHSIG), not what it
+    // started.
+    let watched = if jobs_have_own_users() {
+        &started[..]
+    } else {
+        &started[..1]
+    };
+    eventually(
+        Duration::from_secs(3),
+        "the job's processes outlived their worker",
+        async || !watched.iter().any(|pid| process_runs(*pid)),
+    )
+    .await;
+    eprintln!(
+        "the job's processes were gone {:?} after the kill",
+        killed.elapsed()
+    );
+
+    env.add_worker(&[]);
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], json!("whole"), "{done}");
+    // The first run never reached its end: only the second one did.
+    assert_eq!(ledger(&runs), ["start", "start", "end"]);
+    assert_eq!(env.job(&id).await["attempts"], json!(2));
+    assert_eq!(env.job(&id).await["worker"], json!("worker-1"));
+}
+
+#[tokio::test]
+async fn a_job_running_without_a_lease_is_taken_over_only_a_lease_after_its_start() {
+    let mut env = TestEnv::start().await;
+    let runs = new_ledger(&env, "runs");
+    // The first run sleeps; a run that finds it in the ledger ends at once.
+    env.script(
+        "u/admin/old_worker",
+        "bash",
+        "ledger=\"$1\"\nif [ -s \"$ledger\" ]; then echo again >> \"$ledger\"; echo taken; exit 0; fi\n\
+         echo start >> \"$ledger\"\nsleep 30\necho end >> \"$ledger\"\n",
+    )
+    .await;
+    let args = json!({"ledger": runs.display().to_string()});
+    let id = env.run("u/admin/old_worker", args).await;
+    wait_running(&env, &id).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(&runs) == ["start"],
+    )
+    .await;
+    // Its worker goes, and the row is made to look like a job a worker from before leases has
+    // just started: running, no lease. The message comes back after JOB_ACK_WAIT (3 s).
+    env.kill_worker(0);
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let stamped: chrono::DateTime<chrono::Utc> = env
+        .sql()
+        .await
+        .query_one(
+            "UPDATE jobs SET lease_until = NULL, started_at = now() WHERE id = $1
+             RETURNING started_at",
+            &[&uuid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    env.add_worker(&[]);
+
+    wait_for_log(&env, "another attempt holds the job; handing it back").await;
+    let found = row(&env, &id).await;
+    assert_eq!(found.get::<_, String>(0), "running");
+    assert_eq!(found.get::<_, i32>(1), 1, "taken over at once");
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    let retaken: chrono::DateTime<chrono::Utc> = env
+        .sql()
+        .await
+        .query_one("SELECT started_at FROM jobs WHERE id = $1", &[&uuid])
+        .await
+        .unwrap()
+        .get(0);
+    // One lease (6 s here) after the start the row shows, by the database's clock.
+    assert!(
+        retaken - stamped >= chrono::Duration::seconds(6),
+        "taken over {} after its start",
+        retaken - stamped
+    );
+    assert_eq!(done["result"], json!("taken"), "{done}");
+    assert_eq!(ledger(&runs), ["start", "again"]);
     assert_eq!(env.job(&id).await["attempts"], json!(2));
 }

@@ -8,6 +8,7 @@
 
 mod cgroups;
 mod limits;
+pub mod reaper;
 mod users;
 
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ pub struct Sandbox {
     users: Option<Arc<FreeUsers>>,
     /// Locks on this worker's users, held while it lives (see [`users::claim`]).
     _claims: Vec<std::fs::File>,
+    /// Held while the worker lives: its end tells the reaper to kill what the jobs left.
+    _reaper: Option<std::io::PipeWriter>,
     /// Each user's cgroup, where the worker may make them.
     cgroups: HashMap<u32, Arc<JobCgroup>>,
     limits: Limits,
@@ -126,6 +129,7 @@ impl Sandbox {
         let root = temp.join(format!("millrace-{me}"));
         private_dir(&root, 0o711)?;
         let mut claims = Vec::new();
+        let mut reaper = None;
         let mut cgroups = HashMap::new();
         let users = match parse_range(&config.job_uid_range)? {
             None => {
@@ -156,6 +160,14 @@ impl Sandbox {
                     users::kill_all_now(*uid);
                     remove_leftovers(&root, *uid);
                 }
+                reaper = match reaper::start(&locks, &uids) {
+                    Ok(pipe) => Some(pipe),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the reaper: should this worker \
+                            die, its jobs' processes live on until their users are claimed again");
+                        None
+                    }
+                };
                 forbid_inspection();
                 tracing::info!(users = ?uids, "jobs run as users of their own");
                 cgroups = job_cgroups(config.job_cgroups, &uids, &limits);
@@ -170,6 +182,7 @@ impl Sandbox {
             root,
             users,
             _claims: claims,
+            _reaper: reaper,
             cgroups,
             limits,
         })

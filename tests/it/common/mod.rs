@@ -805,6 +805,44 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Sends `pid` and its children (PostgreSQL's backends) `signal`.
+pub fn signal_tree(pid: i32, signal: libc::c_int) {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command name (in parentheses): state, then the parent's pid.
+        let ppid = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            pids.push(child);
+        }
+    }
+    for p in pids {
+        // SAFETY: kill(2) with a pid read from /proc; at worst it names a process gone since.
+        unsafe { libc::kill(p, signal) };
+    }
+}
+
+/// The PostgreSQL server's own process (from its pid file).
+pub fn postmaster_pid(env: &TestEnv) -> i32 {
+    let file = env.pg.data_dir().join("data").join("postmaster.pid");
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Sends raw bytes over TCP (for requests an HTTP client would normalise) and returns the status.
 pub async fn raw_status(api_url: &str, request: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

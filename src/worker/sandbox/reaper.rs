@@ -1,0 +1,85 @@
+//! The reaper: a small process each worker with job users starts once, which kills every
+//! process of those users when the worker is gone, however it goes (SIGKILL, the OOM killer).
+//! `PR_SET_PDEATHSIG` cannot do this alone: the kernel sends the signal with the dying worker's
+//! rights, and a worker without `CAP_KILL` (as the Helm chart runs it) may not signal another
+//! user's process, so a job would outlive its worker and overlap the run that takes it over.
+//!
+//! The reaper is this binary again (a hidden subcommand, started before the worker takes any
+//! job), in a process group of its own so that a terminal's Ctrl-C does not end it first. It
+//! reads a pipe whose writing end only the worker holds (close-on-exec: no job inherits it), so
+//! the read ends exactly when the worker is gone. It then kills the processes of each user no
+//! other worker has claimed since (one that did killed them when it claimed the user), and
+//! exits. It needs what the worker has: `CAP_SETUID` to take each user in turn.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::users;
+
+/// How long the reaper waits for the claims of a worker that is gone to be released.
+const CLAIMS_RELEASED: Duration = Duration::from_secs(5);
+
+/// The hidden subcommand that runs the reaper.
+pub const SUBCOMMAND: &str = "reap-job-users";
+
+/// Starts the reaper of `uids`, whose claims are under `locks`. The worker holds the returned
+/// pipe for as long as it lives.
+pub fn start(locks: &Path, uids: &[u32]) -> std::io::Result<std::io::PipeWriter> {
+    let (alive, watched) = std::io::pipe()?;
+    // `/proc/self/exe`, not the path: it still runs if the file was replaced since (upgrades).
+    std::process::Command::new("/proc/self/exe")
+        .arg(SUBCOMMAND)
+        .arg(locks)
+        .args(uids.iter().map(u32::to_string))
+        .env_clear()
+        .stdin(alive)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()?;
+    Ok(watched)
+}
+
+/// The reaper itself: waits until its standard input ends (the worker is gone), then kills
+/// every process of each user in `uids` as soon as the worker's claim on it is released.
+pub fn run(locks: &Path, uids: &[u32]) -> std::io::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    let mut sink = [0u8; 64];
+    loop {
+        match stdin.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The worker's claims go with it, but not necessarily before the pipe's end: wait for
+    // them a little. A claim still held then is another worker's, which killed what it found
+    // when it claimed the user.
+    let mut left = uids.to_vec();
+    let deadline = Instant::now() + CLAIMS_RELEASED;
+    while !left.is_empty() && Instant::now() < deadline {
+        let mut still_held = Vec::new();
+        for uid in left {
+            let claim = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(locks.join(uid.to_string()))?;
+            // Held while killing, so that no worker claims the user meanwhile.
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(claim.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                users::kill_all_now(uid);
+            } else {
+                still_held.push(uid);
+            }
+        }
+        left = still_held;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
