@@ -585,10 +585,7 @@ pub async fn save_logs(pool: &Pool, id: JobId, attempt: i32, logs: &str) -> Resu
 /// delivery then finds nothing to start. False when a worker has started it already.
 pub async fn abandon_unpublished(pool: &Pool, id: JobId, why: &str) -> Result<bool, StoreError> {
     let conn = pool.get().await?;
-    let result = serde_json::json!({"error": {
-        "name": "NotQueued",
-        "message": format!("the job could not be queued: {why}"),
-    }});
+    let result = crate::domain::not_queued_result(why);
     let ended = conn
         .execute(
             "UPDATE jobs SET status = 'failure', completed_at = now(), result = $2
