@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::common::{Options, Response, TestEnv, WS};
+use crate::common::{eventually, Options, Response, TestEnv, WS};
 
 fn declare(env: &TestEnv, extra: &[(&str, &str)]) {
     let extra: Vec<(String, String)> = extra
@@ -157,19 +157,6 @@ async fn slow_request(env: &TestEnv, content_length: usize) -> tokio::net::TcpSt
     }
 }
 
-/// Polls until `check` holds: the server sees a new connection's request a little later.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn requests_beyond_the_in_flight_limits_are_shed_at_once() {
     let env = TestEnv::with(Options {
@@ -188,8 +175,9 @@ async fn requests_beyond_the_in_flight_limits_are_shed_at_once() {
     // 800 of the 1000 body bytes are held by a body still arriving.
     let slow_big = slow_request(&env, 800).await;
     eventually(
+        Duration::from_secs(30),
         "a 300-byte body is refused for want of body budget",
-        || async {
+        async || {
             let res = env.post(&url, &env.token, body_of(300)).await;
             res.status == 503
         },
@@ -204,9 +192,11 @@ async fn requests_beyond_the_in_flight_limits_are_shed_at_once() {
 
     // Both request slots taken: anything more is refused, whatever its size.
     let slow_small = slow_request(&env, 10).await;
-    eventually("a third request is refused", || async {
-        env.post(&url, &env.token, json!({})).await.status == 503
-    })
+    eventually(
+        Duration::from_secs(30),
+        "a third request is refused",
+        async || env.post(&url, &env.token, json!({})).await.status == 503,
+    )
     .await;
     assert_shed(
         &env.post(&url, &env.token, json!({})).await,
@@ -217,9 +207,11 @@ async fn requests_beyond_the_in_flight_limits_are_shed_at_once() {
 
     // The slow callers go away: their shares come back.
     drop((slow_big, slow_small));
-    eventually("requests are served again", || async {
-        env.post(&url, &env.token, json!({})).await.status == 201
-    })
+    eventually(
+        Duration::from_secs(30),
+        "requests are served again",
+        async || env.post(&url, &env.token, json!({})).await.status == 201,
+    )
     .await;
     // A sync call waiting for its result holds no share once its job is queued.
     env.script("u/alice/sleepy", "bash", "sleep 5\necho done\n")
@@ -336,9 +328,11 @@ async fn a_tag_no_worker_serves_is_refused() {
     // Once a consumer exists (its workers started, or `migrate` declared it), it is accepted
     // within seconds.
     declare(&env, &[("WORKER_TAGS", "default,nobody")]);
-    eventually("the new tag is accepted", || async {
-        run_tagged(&env, "nobody").await.status == 201
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the new tag is accepted",
+        async || run_tagged(&env, "nobody").await.status == 201,
+    )
     .await;
 }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{jobs_have_own_users, postmaster_pid, signal_tree, Options, TestEnv};
+use crate::common::{
+    eventually, jobs_have_own_users, postmaster_pid, signal_tree, Options, TestEnv,
+};
 use crate::queue::{envelope, jetstream, publish, queued_messages, wait_for_log};
 use crate::worker_crash::wait_running;
 
@@ -33,13 +35,17 @@ fn ledger(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `check` holds, or panics with `what` after `within`.
-async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Runs `path` and returns the job's id once it runs and its ledger `runs` says `start`.
+async fn start(env: &TestEnv, path: &str, args: Value, runs: &std::path::Path) -> String {
+    let id = env.run(path, args).await;
+    wait_running(env, &id).await;
+    eventually(
+        Duration::from_secs(15),
+        "the job never started",
+        async || ledger(runs) == ["start"],
+    )
+    .await;
+    id
 }
 
 async fn row(env: &TestEnv, id: &str) -> tokio_postgres::Row {
@@ -123,17 +129,11 @@ async fn an_attempt_that_lost_its_job_is_stopped_and_records_nothing() {
         "ledger=\"$1\"\necho start >> \"$ledger\"\nsleep 5\necho end >> \"$ledger\"\necho late\n",
     )
     .await;
-    let id = env
-        .run(
-            "u/admin/steps",
-            json!({"ledger": runs.display().to_string()}),
-        )
-        .await;
-    wait_running(&env, &id).await;
-    eventually(
-        Duration::from_secs(15),
-        "the job never started",
-        async || ledger(&runs) == ["start"],
+    let id = start(
+        &env,
+        "u/admin/steps",
+        json!({"ledger": runs.display().to_string()}),
+        &runs,
     )
     .await;
     let uuid: uuid::Uuid = id.parse().unwrap();
@@ -284,17 +284,11 @@ async fn a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_passe
     // The test cluster runs without synchronous commits and stops like a crash: write out what
     // is committed so far (the token, the script), or it may be lost.
     env.sql().await.batch_execute("CHECKPOINT").await.unwrap();
-    let id = env
-        .run(
-            "u/admin/long_steps",
-            json!({"ledger": runs.display().to_string()}),
-        )
-        .await;
-    wait_running(&env, &id).await;
-    eventually(
-        Duration::from_secs(15),
-        "the job never started",
-        async || ledger(&runs) == ["start"],
+    let id = start(
+        &env,
+        "u/admin/long_steps",
+        json!({"ledger": runs.display().to_string()}),
+        &runs,
     )
     .await;
     env.sql().await.batch_execute("CHECKPOINT").await.unwrap();
@@ -334,14 +328,7 @@ async fn an_end_reached_while_the_database_is_frozen_is_recorded_once_it_is_back
     )
     .await;
     let args = json!({"ledger": runs.display().to_string(), "go": go.display().to_string()});
-    let id = env.run("u/admin/ends_in_outage", args).await;
-    wait_running(&env, &id).await;
-    eventually(
-        Duration::from_secs(15),
-        "the job never started",
-        async || ledger(&runs) == ["start"],
-    )
-    .await;
+    let id = start(&env, "u/admin/ends_in_outage", args, &runs).await;
 
     // PostgreSQL freezes (connections stay open, nothing answers), then the script ends: its
     // last output waits to be saved, and its end to be recorded, for the whole freeze — twice
