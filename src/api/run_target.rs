@@ -110,7 +110,7 @@ pub async fn flow_by_path(
     ws: &WorkspaceId,
     path: &RunnablePath,
 ) -> ApiResult<RunTarget> {
-    let flow = store::flows::latest(state.pool(), ws, path)
+    let flow = store::bounded(store::flows::latest(state.pool(), ws, path))
         .await?
         .filter(|f| !f.archived)
         .ok_or_else(|| ApiError::not_found(format!("flow not found at path {path}")))?;
@@ -123,7 +123,7 @@ pub async fn flow_by_version(
     ws: &WorkspaceId,
     version: i64,
 ) -> ApiResult<RunTarget> {
-    let flow = store::flows::version(state.pool(), ws, version)
+    let flow = store::bounded(store::flows::version(state.pool(), ws, version))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("flow version {version} not found")))?;
     flow_target(flow)
@@ -138,7 +138,7 @@ pub async fn by_path(
     if let Some(target) = state.scripts().get(ws, path) {
         return Ok(target);
     }
-    let script = store::scripts::latest_by_path(state.pool(), ws, path)
+    let script = store::bounded(store::scripts::latest_by_path(state.pool(), ws, path))
         .await?
         .filter(|s| !s.archived)
         .ok_or_else(|| ApiError::not_found(format!("script not found at path {path}")))?;
@@ -153,7 +153,7 @@ pub async fn by_hash(
     ws: &WorkspaceId,
     hash: &ScriptHash,
 ) -> ApiResult<RunTarget> {
-    let script = store::scripts::by_hash(state.pool(), ws, hash)
+    let script = store::bounded(store::scripts::by_hash(state.pool(), ws, hash))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("script not found with hash {hash}")))?;
     Ok(target_of(script))

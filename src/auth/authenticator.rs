@@ -136,7 +136,7 @@ impl Authenticator {
         let (principal, expiration) = match self.tokens.get(&hash) {
             Some(cached) => cached,
             None => {
-                let owner = store::tokens::find(&self.pool, &hash)
+                let owner = store::bounded(store::tokens::find(&self.pool, &hash))
                     .await?
                     .ok_or(AuthError::InvalidToken)?;
                 let principal = Principal {
@@ -180,7 +180,7 @@ impl Authenticator {
         if let Some(acl) = self.acls.get(&key) {
             return Ok(acl);
         }
-        let acl = store::acl::path_acl(&self.pool, ws, kind, path).await?;
+        let acl = store::bounded(store::acl::path_acl(&self.pool, ws, kind, path)).await?;
         self.acls.put(key, acl.clone());
         Ok(acl)
     }
@@ -212,15 +212,24 @@ impl Authenticator {
         let membership = match self.members.get(&key) {
             Some(m) => m,
             None => {
-                let m =
-                    match store::workspaces::membership(&self.pool, ws, &principal.email).await? {
-                        Some(m) => {
-                            let groups =
-                                store::acl::groups_of(&self.pool, ws, m.username.as_str()).await?;
-                            Some((m, groups))
-                        }
-                        None => None,
-                    };
+                let m = match store::bounded(store::workspaces::membership(
+                    &self.pool,
+                    ws,
+                    &principal.email,
+                ))
+                .await?
+                {
+                    Some(m) => {
+                        let groups = store::bounded(store::acl::groups_of(
+                            &self.pool,
+                            ws,
+                            m.username.as_str(),
+                        ))
+                        .await?;
+                        Some((m, groups))
+                    }
+                    None => None,
+                };
                 self.members.put(key, m.clone());
                 m
             }
@@ -252,7 +261,7 @@ impl Authenticator {
         if self.workspaces.get(&ws.to_string()).is_some() {
             return Ok(());
         }
-        if store::workspaces::exists(&self.pool, ws).await? {
+        if store::bounded(store::workspaces::exists(&self.pool, ws)).await? {
             self.workspaces.put(ws.to_string(), ());
             Ok(())
         } else {

@@ -86,6 +86,21 @@ impl StoreError {
     }
 }
 
+/// The longest a lookup on a request's way to its job (its token, membership, rights, script)
+/// waits for the database: past it the request is answered 503 rather than held for as long
+/// as the database does not answer (frozen, cut off, overloaded).
+pub const LOOKUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `lookup`, or [`StoreError::Timeout`] once [`LOOKUP_DEADLINE`] has passed. Only for reads:
+/// a write given up on may still commit.
+pub async fn bounded<T>(
+    lookup: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(LOOKUP_DEADLINE, lookup)
+        .await
+        .map_err(|_| StoreError::Timeout(LOOKUP_DEADLINE))?
+}
+
 pub async fn connect(config: &DatabaseConfig) -> Result<Pool, StoreError> {
     let pg_config: tokio_postgres::Config = config
         .url

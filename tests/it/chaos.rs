@@ -64,18 +64,30 @@ struct Answers {
     timed_out: usize,
 }
 
-/// The ledger's view of one job: its attempts, by process id, with whether each one ended, and
-/// whether one started while another held the job's lock (a run twice at the same time).
+/// The ledger's view of one job: its attempts, by process id, with the worker that ran each one
+/// to its end, and whether one started while another held the job's lock (a run twice at the
+/// same time).
 #[derive(Default)]
 struct Runs {
-    /// (pid, ended)
-    attempts: Vec<(u32, bool)>,
+    /// (pid, the pid of its worker once it wrote its end)
+    attempts: Vec<(u32, Option<u32>)>,
     overlapped: bool,
 }
 
 impl Runs {
     fn completed(&self) -> usize {
-        self.attempts.iter().filter(|a| a.1).count()
+        self.attempts.iter().filter(|a| a.1.is_some()).count()
+    }
+
+    /// Completed more than once, though every completion but the last ran on a worker that
+    /// was not killed: the case requirement 1 rules out. (A worker SIGKILLed after its script
+    /// ended but before recording the end leaves the job to run again: at-least-once.)
+    fn completed_twice_alive(&self, killed_workers: &[u32]) -> bool {
+        let ends: Vec<u32> = self.attempts.iter().filter_map(|a| a.1).collect();
+        ends.len() > 1
+            && ends[..ends.len() - 1]
+                .iter()
+                .any(|worker| !killed_workers.contains(worker))
     }
 }
 
@@ -84,16 +96,20 @@ fn read_ledger(path: &std::path::Path) -> HashMap<String, Runs> {
     let mut runs: HashMap<String, Runs> = HashMap::new();
     for line in text.lines() {
         let parts: Vec<&str> = line.split(' ').collect();
-        let [what, id, pid] = parts[..] else { continue };
+        let (what, id, pid) = match parts[..] {
+            [what, id, pid, ..] => (what, id, pid),
+            _ => continue,
+        };
         let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
         let entry = runs.entry(id.to_string()).or_default();
         match what {
-            "start" => entry.attempts.push((pid, false)),
+            "start" => entry.attempts.push((pid, None)),
             "end" => {
+                let worker = parts.get(3).and_then(|w| w.parse().ok()).unwrap_or(0);
                 if let Some(a) = entry.attempts.iter_mut().find(|a| a.0 == pid) {
-                    a.1 = true;
+                    a.1 = Some(worker);
                 }
             }
             "overlap" => entry.overlapped = true,
@@ -196,7 +212,7 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
         "ledger=\"$1\"\nlock=\"$ledger.locks/$WM_JOB_ID\"\n: >> \"$lock\" 2>/dev/null\n\
          exec 9<\"$lock\"\nflock -n 9 || echo \"overlap $WM_JOB_ID $$\" >> \"$ledger\"\n\
          echo \"start $WM_JOB_ID $$\" >> \"$ledger\"\nsleep 0.2\n\
-         echo \"end $WM_JOB_ID $$\" >> \"$ledger\"\n",
+         echo \"end $WM_JOB_ID $$ $PPID\" >> \"$ledger\"\n",
     )
     .await;
     let ledger = env.scratch().join("ledger");
@@ -230,6 +246,7 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
 
     // A worker SIGKILLed mid-job, and a new one in its place.
     let t = Instant::now();
+    let killed_workers = vec![env.worker_pid(0)];
     env.kill_worker(0);
     env.add_worker(&[]);
     note("SIGKILL a worker mid-job", t);
@@ -357,9 +374,13 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
         .collect();
     let twice: Vec<&String> = runs
         .iter()
-        .filter(|(_, r)| r.completed() > 1)
+        .filter(|(_, r)| r.completed_twice_alive(&killed_workers))
         .map(|(id, _)| id)
         .collect();
+    let twice_after_death = runs
+        .values()
+        .filter(|r| r.completed() > 1 && !r.completed_twice_alive(&killed_workers))
+        .count();
     let restarted: usize = runs.values().filter(|r| r.attempts.len() > 1).count();
 
     let mut table = String::new();
@@ -381,7 +402,8 @@ async fn chaos_loses_no_job_and_runs_none_twice_at_once() {
          | accepted, no finished run in the ledger | {never_ran} |\n\
          | started again after a fault (worker died) | {restarted} |\n\
          | **run twice concurrently** | **{}** |\n\
-         | **completed twice** | **{}** |\n\
+         | **completed twice** (its first worker alive) | **{}** |\n\
+         | completed twice, its first worker SIGKILLed after the script's end | {twice_after_death} |\n\
          | **5xx without Retry-After** | **{}** |\n\
          \nload {:.0} s at {} requests/s offered, drain {:.0} s\n",
         answers.accepted.len(),

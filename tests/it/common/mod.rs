@@ -494,9 +494,14 @@ impl TestEnv {
         );
     }
 
+    /// Worker `index`'s process id.
+    pub fn worker_pid(&self, index: usize) -> u32 {
+        self.workers[index].id()
+    }
+
     /// Worker `index`'s resident memory in KiB.
     pub fn worker_rss_kib(&self, index: usize) -> u64 {
-        rss_kib(self.workers[index].id())
+        rss_kib(self.worker_pid(index))
     }
 
     /// A job's logs as the API serves them.
