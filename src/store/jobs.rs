@@ -263,13 +263,14 @@ pub enum Start {
 /// Until when the attempt running a job holds it, given `$lease` (the parameter holding
 /// `JOB_LEASE_TIMEOUT` in seconds). A running row without a lease was started by a worker from
 /// before leases, which never renews one: it counts as leased for one lease from its start, so
-/// that a redelivery during a rolling upgrade does not run a live job a second time at once.
+/// that a redelivery during a rolling upgrade does not run a live job a second time at once;
+/// one without even a start time (none is written so) may be taken.
 macro_rules! lease_end {
     ($lease:literal) => {
         concat!(
             "COALESCE(jobs.lease_until, jobs.started_at + make_interval(secs => ",
             $lease,
-            "))"
+            "), '-infinity'::timestamptz)"
         )
     };
 }

@@ -67,8 +67,12 @@ impl StoreError {
             Self::Unavailable(_) | Self::Busy | Self::Timeout(_) => true,
             Self::Config(_) => false,
             Self::Query(e) => match e.code() {
-                // No answer from the server: the connection failed or closed.
-                None => true,
+                // No answer from the server: the connection failed or closed — unlike an error
+                // of the client itself (a value it could not encode or decode), which repeats.
+                None => {
+                    use std::error::Error as _;
+                    e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>())
+                }
                 Some(state) => {
                     matches!(&state.code()[..2], "08" | "40" | "53" | "57" | "58")
                         || state == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE

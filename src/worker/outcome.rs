@@ -106,7 +106,14 @@ impl Outcome {
 /// `ResultNotStorable`, with its logs, then without them. `None` when the error may pass
 /// (the database was unavailable), or when nothing smaller is left to try.
 pub fn instead_of_refused(completion: &Completion, error: &StoreError) -> Option<Completion> {
-    if error.is_transient() {
+    // Only a value the server cannot take (class 22: data exceptions such as NUL; 54: too
+    // large) is the result's fault. Anything else (a read-only server during a failover, a
+    // permission) is no reason to throw a good result away.
+    if error.is_transient()
+        || !error
+            .sql_state()
+            .is_some_and(|s| s.starts_with("22") || s.starts_with("54"))
+    {
         return None;
     }
     if completion.result["error"]["name"] == NOT_STORABLE {
