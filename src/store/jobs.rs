@@ -468,7 +468,19 @@ pub struct Completion {
 pub async fn complete(pool: &Pool, id: JobId, completion: &Completion) -> Result<bool, StoreError> {
     let mut conn = pool.get().await?;
     let statement = conn.prepared(COMPLETE, COMPLETE_TYPES).await?;
-    run_complete(&**conn, &statement, id, completion).await
+    if run_complete(&**conn, &statement, id, completion).await? {
+        return Ok(true);
+    }
+    // A retry whose first try committed but lost its answer finds the row ended already — by
+    // this attempt, which alone ends a running row under its number.
+    let row = conn
+        .query_opt(
+            "SELECT 1 FROM jobs WHERE id = $1 AND attempts = $2
+                                AND status NOT IN ('queued', 'running')",
+            &[&id, &completion.attempt],
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Runs [`COMPLETE`] on a connection or inside a transaction; false if the job had ended or
