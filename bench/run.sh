@@ -13,7 +13,8 @@
 # in-process worker) and stops it afterwards:
 #   1. ingestion: oha, BENCH_CONNECTIONS connections for BENCH_DURATION s, against
 #      POST /api/w/demo/jobs/run/p/u/admin/bench_bash; the worker runs the jobs meanwhile.
-#   2. the same with `?tag=bench_idle`, a tag no worker serves: the API path alone.
+#   2. the same with `?tag=bench_idle`, a tag no worker serves (declared by `millrace migrate`,
+#      since the API refuses tags without a consumer): the API path alone.
 #   3. end to end: BENCH_BASH_JOBS trivial bash jobs, then BENCH_PYTHON_JOBS trivial python3
 #      jobs, submitted async, timed from the first created_at to the last completed_at.
 #   4. sync webhooks: POST /api/w/demo/jobs/run_wait_result/p/… of the trivial bash and python3
@@ -36,8 +37,10 @@
 # BENCH_QUIET_WAIT (0): how long to wait, before each measurement, for other load on the
 # machine to end (the run warns when the machine is busy; other load lowers every figure).
 # BENCH_SKIP_IDLE=1 skips measurement 2; BENCH_BIN=FILE measures that binary instead of building.
-# Sync webhooks: BENCH_SYNC_SECONDS (8), BENCH_SYNC_CALLERS (16), BENCH_SYNC_BREAKDOWN (1; 0
-# skips the sniffed pass), BENCH_SKIP_SYNC=1 skips measurement 4, BENCH_ONLY=sync runs only it.
+# Sync webhooks: BENCH_SYNC_SECONDS (8), BENCH_SYNC_CALLERS (16), BENCH_SYNC_BREAKDOWN (0; 1
+# adds the sniffed pass, which needs a NATS that lets one client read every subject: dev's
+# NATS, with its users of nats/auth.conf, has none, so it is off), BENCH_SKIP_SYNC=1 skips
+# measurement 4, BENCH_ONLY=sync runs only it.
 # Flows: BENCH_FLOWS (30), BENCH_LOOP_ITERATIONS (1000), BENCH_SKIP_FLOWS=1 skips measurement 5,
 # BENCH_ONLY=flows runs only it.
 # Isolation: BENCH_ISOLATION_CALLS (500 per instance and language), JOB_UID_RANGE (the isolated
@@ -58,7 +61,7 @@ SUBMITTERS=${BENCH_SUBMITTERS:-16}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-0}
 SYNC_SECONDS=${BENCH_SYNC_SECONDS:-8}
 SYNC_CALLERS=${BENCH_SYNC_CALLERS:-16}
-SYNC_BREAKDOWN=${BENCH_SYNC_BREAKDOWN:-1}
+SYNC_BREAKDOWN=${BENCH_SYNC_BREAKDOWN:-0}
 FLOWS=${BENCH_FLOWS:-30}
 LOOP_ITERATIONS=${BENCH_LOOP_ITERATIONS:-1000}
 ISOLATION_CALLS=${BENCH_ISOLATION_CALLS:-500}
@@ -234,6 +237,8 @@ start_dev() {
     fi
     PG_DATA=$DATA/postgres/data
     PG_PORT=$(sed -n 4p "$PG_DATA/postmaster.pid")
+    # dev's PostgreSQL takes only its password (kept 0600 beside the cluster).
+    PG_PASSWORD_FILE=$DATA/postgres/postgres.password
     log "millrace dev up at $MILLRACE_URL (pid $DEV_PID, WORKER_SLOTS=$WORKER_SLOTS${JOB_UID_RANGE:+, JOB_UID_RANGE=$JOB_UID_RANGE})"
     "$PY" bench/bench.py setup
 }
@@ -245,7 +250,7 @@ park_dev() {
 }
 
 completed_jobs() {
-    "$PSQL" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d millrace -Atc \
+    PGPASSWORD=$(cat "$PG_PASSWORD_FILE") "$PSQL" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d millrace -Atc \
         "SELECT count(*) FROM jobs WHERE status IN ('success', 'failure', 'canceled')"
 }
 
@@ -259,6 +264,19 @@ oha_post() {
         -d '{}' "$@" "$url"
 }
 
+# declare_tag TAG: its consumer, as `millrace migrate` with WORKER_TAGS=TAG declares it on a
+# cluster, here against the running dev's NATS and PostgreSQL (as dev's `migrate` user).
+declare_tag() {
+    local nats_password pg_url
+    nats_password=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["migrate"])' \
+        "$DATA/nats/users.json")
+    pg_url=$("$PY" -c 'import sys, urllib.parse as u; print("postgres://postgres:%s@127.0.0.1:%s/millrace" % (u.quote(open(sys.argv[1]).read().strip(), safe=""), sys.argv[2]))' \
+        "$PG_PASSWORD_FILE" "$PG_PORT")
+    env -i PATH="$PATH" NATS_URL="$BENCH_NATS_URL" NATS_USER=migrate NATS_PASSWORD="$nats_password" \
+        DATABASE_URL="$pg_url" WORKER_TAGS="$1" "$BIN" migrate >/dev/null 2>&1 ||
+        die "could not declare the tag $1"
+}
+
 # --- 1 and 2: ingestion ----------------------------------------------------------------------
 ingest() {
     # ingest NAME QUERY
@@ -266,6 +284,9 @@ ingest() {
     "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
     start_dev
     local url="$MILLRACE_URL/api/w/demo/jobs/run/p/u/admin/bench_bash$query"
+    if [ "$name" = ingest_idle ]; then
+        declare_tag bench_idle
+    fi
     log "$name: warm-up, 2 s"
     run_child oha_post 2 "$url" >/dev/null
     local before after
