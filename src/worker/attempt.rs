@@ -284,6 +284,9 @@ async fn attempt_job(
         logs: &logs,
     };
     let ended = execute(ctx, envelope, run, &mut dir).await;
+    // Stopped by the worker (cancel, lost lease): a script's own error named `Canceled` is
+    // just a failure.
+    let stopped = |error: &ScriptError| error.name == "Canceled" && cancel.is_cancelled();
     let duration_ms = (began.elapsed().as_secs_f64() * 1000.0).round() as i64;
     let logs = logs.lock().expect("log lock").text().to_owned();
     // A process that ended by itself (or by its timeout or output cap) is recorded even when
@@ -292,7 +295,7 @@ async fn attempt_job(
     let let_go = lease.is_lost()
         && match &ended {
             Err(_) => true,
-            Ok(Err(error)) => error.name == "Canceled",
+            Ok(Err(error)) => stopped(error),
             Ok(Ok(_)) => false,
         };
     let settled = if let_go {
@@ -302,7 +305,7 @@ async fn attempt_job(
     } else {
         let outcome = match ended {
             Err(error) => Outcome::failed(error),
-            Ok(Err(error)) if error.name == "Canceled" => {
+            Ok(Err(error)) if stopped(&error) => {
                 let request = ctx.cancel_request(envelope.id);
                 let by = request
                     .as_ref()

@@ -237,3 +237,20 @@ async fn the_runs_list_filters_and_pages() {
     assert_eq!(list(&format!("?created_after={encoded}")).await.len(), 2);
     assert_eq!(list(&format!("?created_before={encoded}")).await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_script_cannot_record_itself_as_canceled() {
+    let env = TestEnv::start().await;
+    env.script(
+        "u/alice/fake_cancel",
+        "python3",
+        "class Canceled(Exception):\n    pass\n\ndef main():\n    raise Canceled(\"not really\")\n",
+    )
+    .await;
+    let id = env.run("u/alice/fake_cancel", json!({})).await;
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["success"], json!(false), "{done}");
+    let job = env.job(&id).await;
+    assert_eq!(job["canceled"], json!(false), "{job}");
+    assert_eq!(job["type"], json!("CompletedJob"), "{job}");
+}
