@@ -369,12 +369,11 @@ mod tests {
         assert!(text.contains("[logs truncated at 16 bytes]"), "{text}");
     }
 
-    #[tokio::test]
-    async fn streamed_chunks_are_kept_out_of_the_logs() {
+    /// Runs a short bash `script` to its end; returns its logs and what went out live.
+    async fn logs_and_live_output(script: &str) -> (String, Vec<Output>) {
         let dir = tempfile::tempdir().unwrap();
         let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
         let (tx, mut rx) = mpsc::channel(LIVE_OUTPUT_QUEUE);
-        let script = "echo before; printf '\\036MILLRACE_STREAM\"chunk \\\\u00e9\"\\n'; echo after";
         run(
             &bash(script),
             dir.path(),
@@ -388,11 +387,19 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(logs.lock().unwrap().text(), "before\nafter\n");
         let mut outputs = Vec::new();
         while let Ok(output) = rx.try_recv() {
             outputs.push(output);
         }
+        let text = logs.lock().unwrap().text().to_owned();
+        (text, outputs)
+    }
+
+    #[tokio::test]
+    async fn streamed_chunks_are_kept_out_of_the_logs() {
+        let script = "echo before; printf '\\036MILLRACE_STREAM\"chunk \\\\u00e9\"\\n'; echo after";
+        let (logs, outputs) = logs_and_live_output(script).await;
+        assert_eq!(logs, "before\nafter\n");
         assert!(
             outputs.contains(&Output::Stream("chunk \u{e9}".into())),
             "{outputs:?}"
@@ -438,27 +445,15 @@ mod tests {
 
     #[tokio::test]
     async fn nul_characters_are_replaced_and_the_rest_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
-        let (tx, mut rx) = mpsc::channel(LIVE_OUTPUT_QUEUE);
-        run(
-            &bash("printf 'a\\0b\\n\\377c\\n'"),
-            dir.path(),
-            how(
-                Duration::from_secs(5),
-                &CancellationToken::new(),
-                &logs,
-                Some(tx),
-                u64::MAX,
-            ),
-        )
-        .await
-        .unwrap();
-        assert_eq!(logs.lock().unwrap().text(), "a\u{FFFD}b\n\u{FFFD}c\n");
-        let mut live = String::new();
-        while let Ok(Output::Log(chunk)) = rx.try_recv() {
-            live.push_str(&chunk);
-        }
+        let (logs, outputs) = logs_and_live_output("printf 'a\\0b\\n\\377c\\n'").await;
+        assert_eq!(logs, "a\u{FFFD}b\n\u{FFFD}c\n");
+        let live: String = outputs
+            .into_iter()
+            .map_while(|output| match output {
+                Output::Log(chunk) => Some(chunk),
+                _ => None,
+            })
+            .collect();
         assert_eq!(live, "a\u{FFFD}b\n\u{FFFD}c\n");
     }
 

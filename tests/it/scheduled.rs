@@ -72,6 +72,11 @@ fn lines(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// `SELECT count(*) …` on `db`.
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 #[tokio::test]
 async fn a_scheduled_job_waits_outside_the_queue_and_runs_once_when_due() {
     let mut env = TestEnv::start().await;
@@ -121,14 +126,11 @@ async fn a_scheduled_job_waits_outside_the_queue_and_runs_once_when_due() {
         20,
         "one message per job"
     );
-    let still_held: i64 = db
-        .query_one(
-            "SELECT count(*) FROM jobs WHERE publish_at IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let still_held = count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE publish_at IS NOT NULL",
+    )
+    .await;
     assert_eq!(still_held, 0);
 }
 
@@ -182,14 +184,11 @@ async fn scheduled_jobs_survive_a_restart_of_every_api_and_a_cancel_holds() {
     assert_eq!(status(&canceled).await, "canceled");
     let job = env.job(&canceled).await;
     assert_eq!(job["started_at"], Value::Null, "{job}");
-    let held: i64 = db
-        .query_one(
-            "SELECT count(*) FROM jobs WHERE publish_at IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let held = count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE publish_at IS NOT NULL",
+    )
+    .await;
     assert_eq!(held, 0, "nothing is left held");
 }
 
@@ -603,14 +602,11 @@ async fn a_held_message_goes_out_as_stored_and_one_with_no_queue_fails_its_job()
         1,
         "only the job with a queue was published"
     );
-    let held: i64 = db
-        .query_one(
-            "SELECT count(*) FROM jobs WHERE publish_at IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let held = count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE publish_at IS NOT NULL",
+    )
+    .await;
     assert_eq!(held, 0);
 
     // A worker of this version runs it, leaving the field it does not know alone.
