@@ -112,7 +112,8 @@ enum Command {
     #[command(hide = true, name = millrace::worker::reaper::SUBCOMMAND)]
     ReapJobUsers {
         locks: std::path::PathBuf,
-        uids: Vec<u32>,
+        /// `UID:PARTNER` each.
+        users: Vec<millrace::worker::JobUid>,
     },
 }
 
@@ -174,7 +175,9 @@ fn main() -> anyhow::Result<()> {
     millrace::config::forget_secrets();
     match cli.command {
         // No runtime: it waits on one pipe, then kills.
-        Command::ReapJobUsers { locks, uids } => Ok(millrace::worker::reaper::run(&locks, &uids)?),
+        Command::ReapJobUsers { locks, users } => {
+            Ok(millrace::worker::reaper::run(&locks, &users)?)
+        }
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 pub use context::ExecSettings;
 use context::WorkerContext;
 pub use runtimes::Runtimes;
-pub use sandbox::{reaper, Sandbox};
+pub use sandbox::{reaper, JobUid, Sandbox};
 
 use crate::domain::Tag;
 use crate::queue::consume::JobFeed;

@@ -176,8 +176,8 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
     // The whole job goes, also children the script left behind when it exited: with a user of
     // its own, every process of that user (those that left the group with `setsid` too; the
     // worker may lack `CAP_KILL`, so it signals as that user); else its process group.
-    match confinement.uid {
-        Some(uid) => sandbox::kill_user(uid).await,
+    match confinement.user {
+        Some(user) => sandbox::kill_user(user).await,
         None => kill_group(pid),
     }
     if !matches!(ended, Ended::Exited(_)) {
@@ -326,7 +326,7 @@ mod tests {
             lines,
             max_output,
             confinement: Confinement {
-                uid: None,
+                user: None,
                 cgroup: None,
                 limits: Limits {
                     memory: 1 << 32,

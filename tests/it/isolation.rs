@@ -145,7 +145,7 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
         workers: 1,
         worker_env: vec![
             ("WORKER_SLOTS".into(), "1".into()),
-            ("JOB_UID_RANGE".into(), "62100-62100".into()),
+            ("JOB_UID_RANGE".into(), "62100-62101".into()),
         ],
         ..Default::default()
     })
@@ -233,7 +233,7 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     let mut env = TestEnv::with(Options {
         workers: 1,
         worker_env: vec![
-            ("JOB_UID_RANGE".into(), "62000-62000".into()),
+            ("JOB_UID_RANGE".into(), "62000-62001".into()),
             ("WORKER_SLOTS".into(), "1".into()),
         ],
         ..Default::default()
@@ -274,7 +274,7 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     // dies first here, as when a whole node's processes are killed in no order, so that what
     // is left is the next worker's to clear.
     let reaper = std::process::Command::new("pgrep")
-        .args(["-f", "reap-job-users .* 62000$"])
+        .args(["-f", "reap-job-users .* 62000:62001$"])
         .output()
         .unwrap();
     let reaper = String::from_utf8_lossy(&reaper.stdout).trim().to_owned();
@@ -436,4 +436,39 @@ async fn the_worker_reads_no_result_but_a_plain_file_of_the_job() {
     env.script("u/alice/ok", "bash", "echo '1' > result.json\n")
         .await;
     assert_eq!(env.run_ok("u/alice/ok", json!({})).await, json!(1));
+}
+
+#[tokio::test]
+async fn a_job_cannot_stop_the_kill_of_its_own_processes() {
+    if !jobs_have_own_users() {
+        return;
+    }
+    // The worker kills a job's processes through a short-lived helper that takes the job's
+    // user. A job that stops everything its user may signal, without end, must not be able to
+    // stop that helper (the worker would wait for it forever, its slot lost).
+    let env = TestEnv::with(Options {
+        workers: 1,
+        worker_env: vec![
+            ("WORKER_SLOTS".into(), "1".into()),
+            ("JOB_UID_RANGE".into(), "62200-62201".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    env.script_with(
+        "u/alice/stopper",
+        "bash",
+        "while :; do kill -STOP -1; done 2>/dev/null\n",
+        json!({"timeout": 1}),
+    )
+    .await;
+    env.script("u/alice/after", "bash", "echo fine\n").await;
+    // Each round is one chance for the attacker to catch the helper between taking the user
+    // and killing; a stopped helper hangs the slot, so the next job would never finish.
+    for round in 0..12 {
+        let id = env.run("u/alice/stopper", json!({})).await;
+        let done = env.wait(&id, Duration::from_secs(30)).await;
+        assert_eq!(done["success"], json!(false), "round {round}: {done}");
+    }
+    assert_eq!(env.run_ok("u/alice/after", json!({})).await, json!("fine"));
 }

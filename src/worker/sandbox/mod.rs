@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 pub use cgroups::JobCgroup;
 pub use limits::Limits;
-pub use users::kill_all as kill_user;
+pub use users::{kill_all as kill_user, JobUid};
 
 use crate::config::{JobCgroups, WorkerConfig};
 
@@ -42,13 +42,13 @@ pub struct Sandbox {
 /// The users no job holds, and a signal for whoever waits for one.
 #[derive(Default)]
 struct FreeUsers {
-    uids: Mutex<Vec<u32>>,
+    uids: Mutex<Vec<JobUid>>,
     returned: tokio::sync::Notify,
 }
 
 /// A job's user, given back when dropped (after its processes and files are gone).
 struct JobUser {
-    uid: u32,
+    user: JobUid,
     free: Arc<FreeUsers>,
 }
 
@@ -56,8 +56,8 @@ impl Drop for JobUser {
     fn drop(&mut self) {
         // Normally nothing is left by now; after a panic or an abandoned job there may be,
         // and the slot's next job must not meet it.
-        users::kill_all_now(self.uid);
-        self.free.uids.lock().expect("users lock").push(self.uid);
+        users::kill_all_now(self.user);
+        self.free.uids.lock().expect("users lock").push(self.user);
         self.free.returned.notify_one();
     }
 }
@@ -66,7 +66,7 @@ impl Drop for JobUser {
 #[derive(Debug, Clone)]
 pub struct Confinement {
     /// The job's own user, if it has one.
-    pub uid: Option<u32>,
+    pub user: Option<JobUid>,
     /// Its user's cgroup, if the worker may make cgroups.
     pub cgroup: Option<Arc<JobCgroup>>,
     pub limits: Limits,
@@ -81,8 +81,8 @@ impl Confinement {
         if let Some(cgroup) = &self.cgroup {
             cgroup.join()?;
         }
-        if let Some(uid) = self.uid {
-            users::become_user(uid)?;
+        if let Some(user) = self.user {
+            users::become_user(user.uid)?;
         }
         // A worker given CAP_SETUID/CAP_SETGID as ambient capabilities would pass them on
         // through exec, and set-user-ID programs would raise the job again: neither.
@@ -100,7 +100,7 @@ impl Confinement {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        limits::apply(&self.limits, self.uid.is_some(), cpu_seconds)
+        limits::apply(&self.limits, self.user.is_some(), cpu_seconds)
     }
 }
 
@@ -131,7 +131,7 @@ impl Sandbox {
         let mut claims = Vec::new();
         let mut reaper = None;
         let mut cgroups = HashMap::new();
-        let users = match parse_range(&config.job_uid_range)? {
+        let users = match users::UidRange::parse(&config.job_uid_range)? {
             None => {
                 tracing::warn!(
                     "JOB_UID_RANGE=none: jobs run as the worker's own user and can read its \
@@ -147,20 +147,21 @@ impl Sandbox {
                 );
                 None
             }
-            Some((first, last)) => {
+            Some(range) => {
                 let locks = root.join("users");
                 private_dir(&locks, 0o700)?;
-                let (mut uids, held) = users::claim(&locks, first, last, slots)?;
+                let (mut job_users, held) = users::claim(&locks, range, slots)?;
                 claims = held;
+                let uids: Vec<u32> = job_users.iter().map(|u| u.uid).collect();
                 users::join_groups(&uids)
                     .map_err(|e| anyhow::anyhow!("cannot join the job users' groups: {e}"))?;
                 // A worker that died before may have left processes and job directories of
                 // these users behind; the next job of the user must not find them.
-                for uid in &uids {
-                    users::kill_all_now(*uid);
-                    remove_leftovers(&root, *uid);
+                for user in &job_users {
+                    users::kill_all_now(*user);
+                    remove_leftovers(&root, user.uid);
                 }
-                reaper = match reaper::start(&locks, &uids) {
+                reaper = match reaper::start(&locks, &job_users) {
                     Ok(pipe) => Some(pipe),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot start the reaper: should this worker \
@@ -171,9 +172,9 @@ impl Sandbox {
                 forbid_inspection();
                 tracing::info!(users = ?uids, "jobs run as users of their own");
                 cgroups = job_cgroups(config.job_cgroups, &uids, &limits);
-                uids.reverse();
+                job_users.reverse();
                 Some(Arc::new(FreeUsers {
-                    uids: Mutex::new(uids),
+                    uids: Mutex::new(job_users),
                     returned: tokio::sync::Notify::new(),
                 }))
             }
@@ -196,7 +197,7 @@ impl Sandbox {
         let user = match &self.users {
             None => None,
             Some(free) => Some(JobUser {
-                uid: take_user(free).await?,
+                user: take_user(free).await?,
                 free: free.clone(),
             }),
         };
@@ -205,12 +206,12 @@ impl Sandbox {
             .tempdir_in(&self.root)?;
         if let Some(user) = &user {
             // The worker is in the group (see `join_groups`): no `CAP_CHOWN` needed.
-            std::os::unix::fs::chown(dir.path(), None, Some(user.uid))?;
+            std::os::unix::fs::chown(dir.path(), None, Some(user.user.uid))?;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770))?;
         }
         let cgroup = user
             .as_ref()
-            .and_then(|u| self.cgroups.get(&u.uid).cloned());
+            .and_then(|u| self.cgroups.get(&u.user.uid).cloned());
         Ok(JobDir {
             dir,
             user,
@@ -227,7 +228,7 @@ impl JobDir {
 
     pub fn confinement(&self) -> Confinement {
         Confinement {
-            uid: self.user.as_ref().map(|u| u.uid),
+            user: self.user.as_ref().map(|u| u.user),
             cgroup: self.cgroup.clone(),
             limits: self.limits,
         }
@@ -238,7 +239,7 @@ impl JobDir {
     pub async fn remove(self) {
         let removed = tokio::task::spawn_blocking(move || {
             if let Some(user) = &self.user {
-                clear_as(user.uid, self.dir.path());
+                clear_as(user.user.uid, self.dir.path());
             }
             self.dir.close()
         })
@@ -339,7 +340,7 @@ fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
 /// may still be clearing its directory, which it does after its result has gone out. None
 /// within seconds is a bug, and running the job as the worker instead would hand it the
 /// worker's rights.
-async fn take_user(free: &FreeUsers) -> std::io::Result<u32> {
+async fn take_user(free: &FreeUsers) -> std::io::Result<JobUid> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let returned = free.returned.notified();
@@ -415,26 +416,6 @@ fn remove_leftovers(root: &Path, uid: u32) {
     }
 }
 
-/// `first-last`, or `none`.
-fn parse_range(raw: &str) -> anyhow::Result<Option<(u32, u32)>> {
-    let raw = raw.trim();
-    if raw.eq_ignore_ascii_case("none") || raw.is_empty() {
-        return Ok(None);
-    }
-    let bad =
-        || anyhow::anyhow!("JOB_UID_RANGE {raw:?}: expected FIRST-LAST (e.g. 61000-61999) or none");
-    let (first, last) = raw.split_once('-').ok_or_else(bad)?;
-    let (first, last): (u32, u32) = (
-        first.trim().parse().map_err(|_| bad())?,
-        last.trim().parse().map_err(|_| bad())?,
-    );
-    anyhow::ensure!(
-        first >= 1000 && first <= last && last < u32::MAX,
-        "JOB_UID_RANGE {raw:?}: users from 1000 up, FIRST ≤ LAST"
-    );
-    Ok(Some((first, last)))
-}
-
 /// Makes this process non-dumpable: its `/proc/<pid>` files (environ, mem) belong to root and
 /// no other user may trace it.
 fn forbid_inspection() {
@@ -442,19 +423,5 @@ fn forbid_inspection() {
     let done = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if done != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "could not make the worker non-dumpable");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uid_ranges() {
-        assert_eq!(parse_range("61000-61999").unwrap(), Some((61000, 61999)));
-        assert_eq!(parse_range("none").unwrap(), None);
-        assert!(parse_range("0-10").is_err(), "no system users");
-        assert!(parse_range("62000-61000").is_err());
-        assert!(parse_range("61000").is_err());
     }
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::users;
+use super::users::{self, JobUid};
 
 /// How long the reaper waits for the claims of a worker that is gone to be released.
 const CLAIMS_RELEASED: Duration = Duration::from_secs(5);
@@ -27,15 +27,15 @@ const CLAIMS_RELEASED: Duration = Duration::from_secs(5);
 /// The hidden subcommand that runs the reaper.
 pub const SUBCOMMAND: &str = "reap-job-users";
 
-/// Starts the reaper of `uids`, whose claims are under `locks`. The worker holds the returned
+/// Starts the reaper of `users`, whose claims are under `locks`. The worker holds the returned
 /// pipe for as long as it lives.
-pub fn start(locks: &Path, uids: &[u32]) -> std::io::Result<std::io::PipeWriter> {
+pub fn start(locks: &Path, users: &[JobUid]) -> std::io::Result<std::io::PipeWriter> {
     let (alive, watched) = std::io::pipe()?;
     // `/proc/self/exe`, not the path: it still runs if the file was replaced since (upgrades).
     std::process::Command::new("/proc/self/exe")
         .arg(SUBCOMMAND)
         .arg(locks)
-        .args(uids.iter().map(u32::to_string))
+        .args(users.iter().map(JobUid::to_string))
         .env_clear()
         .stdin(alive)
         .stdout(Stdio::null())
@@ -46,8 +46,8 @@ pub fn start(locks: &Path, uids: &[u32]) -> std::io::Result<std::io::PipeWriter>
 }
 
 /// The reaper itself: waits until its standard input ends (the worker is gone), then kills
-/// every process of each user in `uids` as soon as the worker's claim on it is released.
-pub fn run(locks: &Path, uids: &[u32]) -> std::io::Result<()> {
+/// every process of each of `users` as soon as the worker's claim on it is released.
+pub fn run(locks: &Path, users: &[JobUid]) -> std::io::Result<()> {
     let mut stdin = std::io::stdin().lock();
     let mut sink = [0u8; 64];
     loop {
@@ -61,21 +61,21 @@ pub fn run(locks: &Path, uids: &[u32]) -> std::io::Result<()> {
     // The worker's claims go with it, but not necessarily before the pipe's end: wait for
     // them a little. A claim still held then is another worker's, which killed what it found
     // when it claimed the user.
-    let mut left = uids.to_vec();
+    let mut left = users.to_vec();
     let deadline = Instant::now() + CLAIMS_RELEASED;
     while !left.is_empty() && Instant::now() < deadline {
         let mut still_held = Vec::new();
-        for uid in left {
+        for user in left {
             let claim = std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(locks.join(uid.to_string()))?;
+                .open(locks.join(user.uid.to_string()))?;
             // Held while killing, so that no worker claims the user meanwhile.
             // SAFETY: flock on a descriptor this function owns.
             if unsafe { libc::flock(claim.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                users::kill_all_now(uid);
+                users::kill_all_now(user);
             } else {
-                still_held.push(uid);
+                still_held.push(user);
             }
         }
         left = still_held;

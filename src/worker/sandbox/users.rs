@@ -20,22 +20,93 @@ pub fn can_switch() -> bool {
     effective & (1 << CAP_SETUID) != 0 && effective & (1 << CAP_SETGID) != 0
 }
 
-/// Claims `count` users of `first..=last` for this worker alone. Workers sharing a host (a
+/// A user a job runs as, with its partner: a user that never runs a process, which the worker
+/// takes as its real and saved user when it acts on the job user's processes (see
+/// [`kill_all_now`]), so that those processes may not signal it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobUid {
+    pub uid: u32,
+    partner: u32,
+}
+
+/// As the reaper's command line carries it: `uid:partner`.
+impl std::fmt::Display for JobUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.partner)
+    }
+}
+
+impl std::str::FromStr for JobUid {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected UID:PARTNER");
+        let (uid, partner) = s.split_once(':').ok_or_else(bad)?;
+        Ok(Self {
+            uid: uid.parse().map_err(|_| bad())?,
+            partner: partner.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// `JOB_UID_RANGE`: its lower half are the users jobs run as, each paired with the user as
+/// far into the upper half, which never runs a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    first: u32,
+    half: u32,
+}
+
+impl UidRange {
+    /// `first-last`, or `none`.
+    pub fn parse(raw: &str) -> anyhow::Result<Option<Self>> {
+        let raw = raw.trim();
+        if raw.eq_ignore_ascii_case("none") || raw.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            anyhow::anyhow!("JOB_UID_RANGE {raw:?}: expected FIRST-LAST (e.g. 61000-61999) or none")
+        };
+        let (first, last) = raw.split_once('-').ok_or_else(bad)?;
+        let (first, last): (u32, u32) = (
+            first.trim().parse().map_err(|_| bad())?,
+            last.trim().parse().map_err(|_| bad())?,
+        );
+        anyhow::ensure!(
+            first >= 1000 && first < last && last < u32::MAX,
+            "JOB_UID_RANGE {raw:?}: users from 1000 up, at least two (FIRST < LAST): half of \
+             them run jobs, each paired with one of the other half"
+        );
+        let count = last - first + 1;
+        Ok(Some(Self {
+            first,
+            half: count / 2,
+        }))
+    }
+
+    fn job_users(&self) -> impl Iterator<Item = JobUid> + '_ {
+        (self.first..self.first + self.half).map(|uid| JobUid {
+            uid,
+            partner: uid + self.half,
+        })
+    }
+}
+
+/// Claims `count` job users of `range` for this worker alone. Workers sharing a host (a
 /// laptop, the test suite, pods on one node without user namespaces) must never hand the same
 /// user to two jobs: each user is claimed with an exclusive `flock` on `<locks>/<uid>`, and the
 /// kernel drops the lock when the worker dies, however it dies.
 pub fn claim(
     locks: &Path,
-    first: u32,
-    last: u32,
+    range: UidRange,
     count: usize,
-) -> anyhow::Result<(Vec<u32>, Vec<File>)> {
+) -> anyhow::Result<(Vec<JobUid>, Vec<File>)> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
-    let mut uids = Vec::with_capacity(count);
+    let mut users = Vec::with_capacity(count);
     let mut held = Vec::with_capacity(count);
-    for uid in first..=last {
-        if uids.len() == count {
+    for user in range.job_users() {
+        if users.len() == count {
             break;
         }
         let file = std::fs::OpenOptions::new()
@@ -44,20 +115,22 @@ pub fn claim(
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(locks.join(uid.to_string()))?;
+            .open(locks.join(user.uid.to_string()))?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            uids.push(uid);
+            users.push(user);
             held.push(file);
         }
     }
     anyhow::ensure!(
-        uids.len() == count,
-        "JOB_UID_RANGE {first}-{last}: only {} users are free on this host for {count} \
-         WORKER_SLOTS (other workers hold the rest); widen the range",
-        uids.len()
+        users.len() == count,
+        "JOB_UID_RANGE: only {} of its {} job users are free on this host for {count} \
+         WORKER_SLOTS (other workers hold the rest; half of the range are partners that run \
+         nothing); widen the range",
+        users.len(),
+        range.half
     );
-    Ok((uids, held))
+    Ok((users, held))
 }
 
 /// Adds the groups of `gids` to this process's supplementary groups, so that it may give a job
@@ -180,24 +253,32 @@ pub fn become_user(uid: u32) -> std::io::Result<()> {
 
 /// Kills every process of a job's user (those that escaped its process group with `setsid`
 /// too).
-pub async fn kill_all(uid: u32) {
-    match tokio::task::spawn_blocking(move || kill_all_now(uid)).await {
+pub async fn kill_all(user: JobUid) {
+    match tokio::task::spawn_blocking(move || kill_all_now(user)).await {
         Ok(()) => {}
-        Err(e) => tracing::warn!(uid, error = %e, "killing a job user's processes panicked"),
+        Err(e) => {
+            tracing::warn!(uid = user.uid, error = %e, "killing a job user's processes panicked")
+        }
     }
 }
 
-/// The same, blocking. A child takes the user and signals everything that user may signal
-/// (`kill(-1)` spares only the caller): the worker itself may lack `CAP_KILL`. The child shares
-/// the worker's memory and the worker's thread waits for it (`CLONE_VM | CLONE_VFORK`, as
-/// `posix_spawn` does) and it makes only raw system calls: no copy of the worker's page tables,
-/// no program to start — this runs after every job.
-pub fn kill_all_now(uid: u32) {
+/// The same, blocking. A child takes the user as its effective user and signals everything
+/// that user may signal (`kill(-1)` spares only the caller): the worker itself may lack
+/// `CAP_KILL`. Its real and saved user are the job user's partner, which never runs a process:
+/// a process may signal another only when one of its own real or effective user is the other's
+/// real or saved user, so the job's processes cannot stop the child (with `SIGSTOP`, looping,
+/// the worker would wait for it forever) nor may anything but this child signal the partner.
+/// The child shares the worker's memory and the worker's thread waits for it
+/// (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does) and it makes only raw system calls: no copy
+/// of the worker's page tables, no program to start — this runs after every job.
+pub fn kill_all_now(user: JobUid) {
     extern "C" fn take_user_and_kill(arg: *mut libc::c_void) -> libc::c_int {
-        let id = arg as usize as libc::c_long;
+        // SAFETY: `arg` is the `JobUid` of the caller, which waits until this child exits.
+        let user = unsafe { *(arg as *const JobUid) };
+        let (uid, partner) = (user.uid as libc::c_long, user.partner as libc::c_long);
         // SAFETY: raw system calls only; setresuid changes this task's credentials alone.
         unsafe {
-            if libc::syscall(libc::SYS_setresuid, id, id, id) != 0 {
+            if libc::syscall(libc::SYS_setresuid, partner, uid, partner) != 0 {
                 return 1;
             }
             libc::kill(-1, libc::SIGKILL);
@@ -205,9 +286,10 @@ pub fn kill_all_now(uid: u32) {
         0
     }
     let mut stack = vec![0u8; 64 * 1024];
-    // SAFETY: the stack outlives the child (CLONE_VFORK: this thread waits until it exits);
-    // every signal is blocked around the clone so that no handler of the worker runs on the
-    // child's stack; the child's function makes only system calls.
+    let arg = &user as *const JobUid as *mut libc::c_void;
+    // SAFETY: the stack and `user` outlive the child (CLONE_VFORK: this thread waits until it
+    // exits); every signal is blocked around the clone so that no handler of the worker runs on
+    // the child's stack; the child's function makes only system calls.
     let pid = unsafe {
         let top = stack.as_mut_ptr().add(stack.len() - 64);
         let top = top.sub(top as usize % 16) as *mut libc::c_void;
@@ -219,11 +301,12 @@ pub fn kill_all_now(uid: u32) {
             take_user_and_kill,
             top,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            uid as usize as *mut libc::c_void,
+            arg,
         );
         libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
         pid
     };
+    let uid = user.uid;
     if pid < 0 {
         let e = std::io::Error::last_os_error();
         tracing::warn!(uid, error = %e, "could not kill a job user's processes");
@@ -238,5 +321,30 @@ pub fn kill_all_now(uid: u32) {
     }
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         tracing::warn!(uid, "could not take a job user to kill its processes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_ranges_pair_each_job_user_with_one_of_the_upper_half() {
+        let range = UidRange::parse("61000-61999").unwrap().unwrap();
+        let users: Vec<JobUid> = range.job_users().collect();
+        assert_eq!(users.len(), 500);
+        assert_eq!(users[0].to_string(), "61000:61500");
+        assert_eq!(users[499].to_string(), "61499:61999");
+        assert_eq!("61000:61500".parse::<JobUid>(), Ok(users[0]));
+        let odd = UidRange::parse("62000-62002").unwrap().unwrap();
+        assert_eq!(
+            odd.job_users().map(|u| u.to_string()).collect::<Vec<_>>(),
+            ["62000:62001"]
+        );
+        assert_eq!(UidRange::parse("none").unwrap(), None);
+        assert!(UidRange::parse("0-10").is_err(), "no system users");
+        assert!(UidRange::parse("62000-62000").is_err(), "no partner");
+        assert!(UidRange::parse("62000-61000").is_err());
+        assert!(UidRange::parse("61000").is_err());
     }
 }
