@@ -157,6 +157,33 @@ async fn hook(env: &TestEnv, path: &str, headers: &[(String, String)], body: &st
     }
 }
 
+/// `body` delivered to the trigger at `path` as `scheme` signs it with `secret` now.
+async fn signed_hook(
+    env: &TestEnv,
+    path: &str,
+    (scheme, secret): (&str, &str),
+    body: &str,
+    delivery: &str,
+) -> Response {
+    hook(
+        env,
+        path,
+        &signed(scheme, secret, body, now(), delivery),
+        body,
+    )
+    .await
+}
+
+async fn set_enabled(env: &TestEnv, path: &str, enabled: bool) {
+    env.post(
+        &format!("/api/w/{WS}/webhook_triggers/setenabled/{path}"),
+        &env.token,
+        json!({"enabled": enabled}),
+    )
+    .await
+    .expect(200);
+}
+
 async fn jobs_of(env: &TestEnv, script: &str) -> i64 {
     env.sql()
         .await
@@ -284,14 +311,9 @@ async fn slack_challenge_disabled_triggers_rotation_and_sealed_secrets() {
 
     // Slack's url_verification: answered with the challenge, no job.
     let challenge = json!({"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification"}).to_string();
-    let res = hook(
-        &env,
-        "u/alice/slack",
-        &signed("slack", secret, &challenge, now(), ""),
-        &challenge,
-    )
-    .await
-    .expect(200);
+    let res = signed_hook(&env, "u/alice/slack", ("slack", secret), &challenge, "")
+        .await
+        .expect(200);
     assert_eq!(
         res.json(),
         json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
@@ -345,14 +367,9 @@ async fn slack_challenge_disabled_triggers_rotation_and_sealed_secrets() {
     .expect(200);
     for (n, key) in [(1, secret), (2, "new-secret")] {
         let b = body(n);
-        hook(
-            &env,
-            "u/alice/slack",
-            &signed("slack", key, &b, now(), ""),
-            &b,
-        )
-        .await
-        .expect(202);
+        signed_hook(&env, "u/alice/slack", ("slack", key), &b, "")
+            .await
+            .expect(202);
     }
     env.post(
         &format!("/api/w/{WS}/webhook_triggers/update/u/alice/slack"),
@@ -362,43 +379,21 @@ async fn slack_challenge_disabled_triggers_rotation_and_sealed_secrets() {
     .await
     .expect(200);
     let b = body(3);
-    hook(
-        &env,
-        "u/alice/slack",
-        &signed("slack", "new-secret", &b, now(), ""),
-        &b,
-    )
-    .await
-    .expect(401);
-    hook(
-        &env,
-        "u/alice/slack",
-        &signed("slack", "newer-secret", &b, now(), ""),
-        &b,
-    )
-    .await
-    .expect(202);
+    signed_hook(&env, "u/alice/slack", ("slack", "new-secret"), &b, "")
+        .await
+        .expect(401);
+    signed_hook(&env, "u/alice/slack", ("slack", "newer-secret"), &b, "")
+        .await
+        .expect(202);
     assert_eq!(jobs_of(&env, "u/alice/echo").await, 3);
 
     // Disabled: 404, no job; enabled again: runs.
-    env.post(
-        &format!("/api/w/{WS}/webhook_triggers/setenabled/u/alice/slack"),
-        &env.token,
-        json!({"enabled": false}),
-    )
-    .await
-    .expect(200);
+    set_enabled(&env, "u/alice/slack", false).await;
     let b = body(4);
     let headers = signed("slack", "newer-secret", &b, now(), "");
     hook(&env, "u/alice/slack", &headers, &b).await.expect(404);
     assert_eq!(jobs_of(&env, "u/alice/echo").await, 3);
-    env.post(
-        &format!("/api/w/{WS}/webhook_triggers/setenabled/u/alice/slack"),
-        &env.token,
-        json!({"enabled": true}),
-    )
-    .await
-    .expect(200);
+    set_enabled(&env, "u/alice/slack", true).await;
     hook(&env, "u/alice/slack", &headers, &b).await.expect(202);
 
     // Bad signatures count like bad tokens: 429 once the address failed 5 times this minute
@@ -417,14 +412,9 @@ async fn slack_challenge_disabled_triggers_rotation_and_sealed_secrets() {
     let blocked = hook(&env, "u/alice/slack", &[], "{}").await.expect(429);
     assert!(blocked.headers.contains_key("retry-after"));
     let b = body(5);
-    hook(
-        &env,
-        "u/alice/slack",
-        &signed("slack", "newer-secret", &b, now(), ""),
-        &b,
-    )
-    .await
-    .expect(202);
+    signed_hook(&env, "u/alice/slack", ("slack", "newer-secret"), &b, "")
+        .await
+        .expect(202);
     env.request(
         reqwest::Method::DELETE,
         &format!("/api/w/{WS}/webhook_triggers/delete/u/alice/slack"),
@@ -455,28 +445,18 @@ async fn flows_sync_answers_and_the_owners_rights() {
     .await
     .expect(201);
     let payload = json!({"x": 21}).to_string();
-    let res = hook(
-        &env,
-        "u/alice/flow_hook",
-        &signed("github", "s", &payload, 0, "d1"),
-        &payload,
-    )
-    .await
-    .expect(200);
+    let res = signed_hook(&env, "u/alice/flow_hook", ("github", "s"), &payload, "d1")
+        .await
+        .expect(200);
     assert_eq!(res.json(), json!(42));
     let first = res.headers["x-millrace-job-id"]
         .to_str()
         .unwrap()
         .to_owned();
     // A repeat answers the same job's result.
-    let again = hook(
-        &env,
-        "u/alice/flow_hook",
-        &signed("github", "s", &payload, 0, "d1"),
-        &payload,
-    )
-    .await
-    .expect(200);
+    let again = signed_hook(&env, "u/alice/flow_hook", ("github", "s"), &payload, "d1")
+        .await
+        .expect(200);
     assert_eq!(again.json(), json!(42));
     assert_eq!(again.headers["x-millrace-job-id"].to_str().unwrap(), first);
 
@@ -521,14 +501,9 @@ async fn flows_sync_answers_and_the_owners_rights() {
     .await
     .expect(201);
     let payload = json!({"a": 1}).to_string();
-    hook(
-        &env,
-        "f/shared/hook",
-        &signed("github", "s", &payload, 0, "c1"),
-        &payload,
-    )
-    .await
-    .expect(202);
+    signed_hook(&env, "f/shared/hook", ("github", "s"), &payload, "c1")
+        .await
+        .expect(202);
     env.sql()
         .await
         .execute(
@@ -539,14 +514,9 @@ async fn flows_sync_answers_and_the_owners_rights() {
         .unwrap();
     // Memberships are cached for up to 5 s.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let res = hook(
-        &env,
-        "f/shared/hook",
-        &signed("github", "s", &payload, 0, "c2"),
-        &payload,
-    )
-    .await
-    .expect(403);
+    let res = signed_hook(&env, "f/shared/hook", ("github", "s"), &payload, "c2")
+        .await
+        .expect(403);
     assert!(res.text.contains("can no longer run"), "{}", res.text);
 }
 
