@@ -84,6 +84,10 @@ impl UidRange {
         }))
     }
 
+    fn contains(&self, id: u32) -> bool {
+        (self.first..self.first + 2 * self.half).contains(&id)
+    }
+
     fn job_users(&self) -> impl Iterator<Item = JobUid> + '_ {
         (self.first..self.first + self.half).map(|uid| JobUid {
             uid,
@@ -92,35 +96,37 @@ impl UidRange {
     }
 }
 
-/// Claims `count` job users of `range` for this worker alone. Workers sharing a host (a
-/// laptop, the test suite, pods on one node without user namespaces) must never hand the same
-/// user to two jobs: each user is claimed with an exclusive `flock` on `<locks>/<uid>`, and the
-/// kernel drops the lock when the worker dies, however it dies.
+/// Claims `count` job users of `range`, each with its partner, for this worker alone. Workers
+/// sharing a host (a laptop, the test suite, pods on one node without user namespaces) must
+/// never hand the same user to two jobs, nor run jobs as another worker's partner (even with
+/// ranges that differ): each uid is claimed with an exclusive `flock` on `<locks>/<uid>`, and
+/// the kernel drops the lock when the worker dies, however it dies.
 pub fn claim(
     locks: &Path,
     range: UidRange,
     count: usize,
 ) -> anyhow::Result<(Vec<JobUid>, Vec<File>)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
+    // SAFETY: geteuid and getegid have no preconditions.
+    let me = unsafe { [libc::geteuid(), libc::getegid()] };
+    anyhow::ensure!(
+        !me.iter().any(|id| range.contains(*id)),
+        "JOB_UID_RANGE includes this worker's own user or group ({}/{}): jobs would act as the \
+         worker",
+        me[0],
+        me[1]
+    );
     let mut users = Vec::with_capacity(count);
-    let mut held = Vec::with_capacity(count);
+    let mut held = Vec::with_capacity(2 * count);
     for user in range.job_users() {
         if users.len() == count {
             break;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(locks.join(user.uid.to_string()))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            users.push(user);
-            held.push(file);
-        }
+        let (Some(mine), Some(partner)) = (lock(locks, user.uid)?, lock(locks, user.partner)?)
+        else {
+            continue;
+        };
+        users.push(user);
+        held.extend([mine, partner]);
     }
     anyhow::ensure!(
         users.len() == count,
@@ -131,6 +137,22 @@ pub fn claim(
         range.half
     );
     Ok((users, held))
+}
+
+/// An exclusive hold on `<locks>/<uid>`, if no other worker has it.
+fn lock(locks: &Path, uid: u32) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(locks.join(uid.to_string()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(locked.then_some(file))
 }
 
 /// Adds the groups of `gids` to this process's supplementary groups, so that it may give a job
@@ -336,6 +358,7 @@ mod tests {
         assert_eq!(users[0].to_string(), "61000:61500");
         assert_eq!(users[499].to_string(), "61499:61999");
         assert_eq!("61000:61500".parse::<JobUid>(), Ok(users[0]));
+        assert!(range.contains(61999) && !range.contains(62000) && !range.contains(60999));
         let odd = UidRange::parse("62000-62002").unwrap().unwrap();
         assert_eq!(
             odd.job_users().map(|u| u.to_string()).collect::<Vec<_>>(),
