@@ -281,6 +281,19 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     let reaper: i32 = reaper
         .parse()
         .unwrap_or_else(|_| panic!("one reaper: {reaper:?}"));
+    // It keeps only the right to take a user, and not the job users' groups.
+    let status = std::fs::read_to_string(format!("/proc/{reaper}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("CapEff:"), format!("{:016x}", 1u64 << 7), "{status}");
+    assert_eq!(field("CapPrm:"), format!("{:016x}", 1u64 << 7), "{status}");
+    assert!(!field("Groups:").contains("62000"), "{status}");
     // SAFETY: kill(2) on the pid pgrep just found.
     unsafe { libc::kill(reaper, libc::SIGKILL) };
     env.kill_worker(0);

@@ -152,9 +152,6 @@ impl Sandbox {
                 private_dir(&locks, 0o700)?;
                 let (mut job_users, held) = users::claim(&locks, range, slots)?;
                 claims = held;
-                let uids: Vec<u32> = job_users.iter().map(|u| u.uid).collect();
-                users::join_groups(&uids)
-                    .map_err(|e| anyhow::anyhow!("cannot join the job users' groups: {e}"))?;
                 // A worker that died before may have left processes and job directories of
                 // these users behind; the next job of the user must not find them.
                 for user in &job_users {
@@ -169,6 +166,10 @@ impl Sandbox {
                         None
                     }
                 };
+                // After the reaper's start: it is not to share the job users' groups.
+                let uids: Vec<u32> = job_users.iter().map(|u| u.uid).collect();
+                users::join_groups(&uids)
+                    .map_err(|e| anyhow::anyhow!("cannot join the job users' groups: {e}"))?;
                 forbid_inspection();
                 tracing::info!(users = ?uids, "jobs run as users of their own");
                 cgroups = job_cgroups(config.job_cgroups, &uids, &limits);

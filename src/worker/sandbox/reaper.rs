@@ -9,7 +9,8 @@
 //! reads a pipe whose writing end only the worker holds (close-on-exec: no job inherits it), so
 //! the read ends exactly when the worker is gone. It then kills the processes of each user no
 //! other worker has claimed since (one that did killed them when it claimed the user), and
-//! exits. It needs what the worker has: `CAP_SETUID` to take each user in turn.
+//! exits. It keeps only `CAP_SETUID` (to take each user in turn) of the worker's rights, and is started
+//! before the worker joins the job users' groups.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -48,6 +49,7 @@ pub fn start(locks: &Path, users: &[JobUid]) -> std::io::Result<std::io::PipeWri
 /// The reaper itself: waits until its standard input ends (the worker is gone), then kills
 /// every process of each of `users` as soon as the worker's claim on it is released.
 pub fn run(locks: &Path, users: &[JobUid]) -> std::io::Result<()> {
+    keep_only_setuid()?;
     let mut stdin = std::io::stdin().lock();
     let mut sink = [0u8; 64];
     loop {
@@ -82,4 +84,21 @@ pub fn run(locks: &Path, users: &[JobUid]) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Drops every capability but `CAP_SETUID`, which taking each job user needs: the reaper
+/// outlives the worker and acts on what jobs left, so it holds no more than that.
+fn keep_only_setuid() -> std::io::Result<()> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let only: CapsHashSet = caps::read(None, CapSet::Permitted)
+        .map_err(std::io::Error::other)?
+        .into_iter()
+        .filter(|c| *c == Capability::CAP_SETUID)
+        .collect();
+    // The bounding set needs CAP_SETPCAP to shrink; the permitted set alone is what counts
+    // for this process, which starts nothing.
+    let _ = caps::clear(None, CapSet::Ambient);
+    caps::set(None, CapSet::Effective, &only).map_err(std::io::Error::other)?;
+    caps::set(None, CapSet::Permitted, &only).map_err(std::io::Error::other)?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(std::io::Error::other)
 }
