@@ -177,7 +177,10 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
     // its own, every process of that user (those that left the group with `setsid` too; the
     // worker may lack `CAP_KILL`, so it signals as that user); else its process group.
     match confinement.user {
-        Some(user) => sandbox::kill_user(user).await,
+        Some(user) => {
+            // One that fails is tried again, and the user retired, when the job's user is freed.
+            sandbox::kill_user(user).await;
+        }
         None => kill_group(pid),
     }
     if !matches!(ended, Ended::Exited(_)) {

@@ -478,10 +478,27 @@ async fn a_job_cannot_stop_the_kill_of_its_own_processes() {
     env.script("u/alice/after", "bash", "echo fine\n").await;
     // Each round is one chance for the attacker to catch the helper between taking the user
     // and killing; a stopped helper hangs the slot, so the next job would never finish.
+    let left = || {
+        let out = std::process::Command::new("ps")
+            .args(["-u", "62200", "-o", "pid="])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
     for round in 0..12 {
         let id = env.run("u/alice/stopper", json!({})).await;
         let done = env.wait(&id, Duration::from_secs(30)).await;
-        assert_eq!(done["success"], json!(false), "round {round}: {done}");
+        assert_eq!(
+            done["result"]["error"]["name"],
+            json!("Timeout"),
+            "round {round}: {done}"
+        );
+        // Killed, though stopped: nothing of the job's user is left.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !left().is_empty() {
+            assert!(Instant::now() < deadline, "round {round}: left {}", left());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     assert_eq!(env.run_ok("u/alice/after", json!({})).await, json!("fine"));
 }

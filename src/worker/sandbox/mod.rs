@@ -56,7 +56,15 @@ impl Drop for JobUser {
     fn drop(&mut self) {
         // Normally nothing is left by now; after a panic or an abandoned job there may be,
         // and the slot's next job must not meet it.
-        users::kill_all_now(self.user);
+        if !users::kill_all_now(self.user) {
+            // Its processes may live on: the next job, maybe another tenant's, must not meet
+            // them. The slot waits for a user that is never given back, and its jobs fail.
+            tracing::error!(
+                uid = self.user.uid,
+                "a job user whose processes could not be killed is retired"
+            );
+            return;
+        }
         self.free.uids.lock().expect("users lock").push(self.user);
         self.free.returned.notify_one();
     }
@@ -155,7 +163,11 @@ impl Sandbox {
                 // A worker that died before may have left processes and job directories of
                 // these users behind; the next job of the user must not find them.
                 for user in &job_users {
-                    users::kill_all_now(*user);
+                    anyhow::ensure!(
+                        users::kill_all_now(*user),
+                        "cannot kill what job user {} left running",
+                        user.uid
+                    );
                     remove_leftovers(&root, user.uid);
                 }
                 reaper = match reaper::start(&locks, &job_users) {

@@ -12,9 +12,7 @@
 //! exits. It keeps only `CAP_SETUID` (to take each user in turn) of the worker's rights, and is started
 //! before the worker joins the job users' groups.
 
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -28,21 +26,29 @@ const CLAIMS_RELEASED: Duration = Duration::from_secs(5);
 /// The hidden subcommand that runs the reaper.
 pub const SUBCOMMAND: &str = "reap-job-users";
 
-/// Starts the reaper of `users`, whose claims are under `locks`. The worker holds the returned
-/// pipe for as long as it lives.
+/// Starts the reaper of `users`, whose claims are under `locks`, and waits until it is ready
+/// (its rights dropped). The worker holds the returned pipe for as long as it lives.
 pub fn start(locks: &Path, users: &[JobUid]) -> std::io::Result<std::io::PipeWriter> {
     let (alive, watched) = std::io::pipe()?;
     // `/proc/self/exe`, not the path: it still runs if the file was replaced since (upgrades).
-    std::process::Command::new("/proc/self/exe")
+    let mut reaper = std::process::Command::new("/proc/self/exe")
         .arg(SUBCOMMAND)
         .arg(locks)
         .args(users.iter().map(JobUid::to_string))
         .env_clear()
         .stdin(alive)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .process_group(0)
         .spawn()?;
+    let mut ready = [0u8; 1];
+    let said = reaper.stdout.take().map(|mut out| out.read(&mut ready));
+    if !matches!(said, Some(Ok(1))) {
+        let status = reaper.wait()?;
+        return Err(std::io::Error::other(format!(
+            "the reaper ended as it started ({status})"
+        )));
+    }
     Ok(watched)
 }
 
@@ -50,6 +56,9 @@ pub fn start(locks: &Path, users: &[JobUid]) -> std::io::Result<std::io::PipeWri
 /// every process of each of `users` as soon as the worker's claim on it is released.
 pub fn run(locks: &Path, users: &[JobUid]) -> std::io::Result<()> {
     keep_only_setuid()?;
+    // Ready: the worker waits for this before it takes any job.
+    std::io::stdout().write_all(b"+")?;
+    std::io::stdout().flush()?;
     let mut stdin = std::io::stdin().lock();
     let mut sink = [0u8; 64];
     loop {
@@ -68,13 +77,8 @@ pub fn run(locks: &Path, users: &[JobUid]) -> std::io::Result<()> {
     while !left.is_empty() && Instant::now() < deadline {
         let mut still_held = Vec::new();
         for user in left {
-            let claim = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(locks.join(user.uid.to_string()))?;
-            // Held while killing, so that no worker claims the user meanwhile.
-            // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(claim.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            // Held while killing, so that no worker claims the user or its partner meanwhile.
+            if users::lock_pair(locks, user)?.is_some() {
                 users::kill_all_now(user);
             } else {
                 still_held.push(user);

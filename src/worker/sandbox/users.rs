@@ -42,10 +42,16 @@ impl std::str::FromStr for JobUid {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?}: expected UID:PARTNER");
         let (uid, partner) = s.split_once(':').ok_or_else(bad)?;
-        Ok(Self {
-            uid: uid.parse().map_err(|_| bad())?,
-            partner: partner.parse().map_err(|_| bad())?,
-        })
+        let (uid, partner): (u32, u32) = (
+            uid.parse().map_err(|_| bad())?,
+            partner.parse().map_err(|_| bad())?,
+        );
+        // Never root or a system user, never "unchanged" (-1) for setresuid, never the same.
+        let valid = |id: u32| (1000..u32::MAX).contains(&id);
+        if !(valid(uid) && valid(partner) && uid != partner) {
+            return Err(format!("{s:?}: two different users from 1000 up"));
+        }
+        Ok(Self { uid, partner })
     }
 }
 
@@ -106,14 +112,11 @@ pub fn claim(
     range: UidRange,
     count: usize,
 ) -> anyhow::Result<(Vec<JobUid>, Vec<File>)> {
-    // SAFETY: geteuid and getegid have no preconditions.
-    let me = unsafe { [libc::geteuid(), libc::getegid()] };
+    let mine = own_ids()?;
     anyhow::ensure!(
-        !me.iter().any(|id| range.contains(*id)),
-        "JOB_UID_RANGE includes this worker's own user or group ({}/{}): jobs would act as the \
-         worker",
-        me[0],
-        me[1]
+        !mine.iter().any(|id| range.contains(*id)),
+        "JOB_UID_RANGE includes one of this worker's own users or groups ({mine:?}): jobs \
+         would act as the worker"
     );
     let mut users = Vec::with_capacity(count);
     let mut held = Vec::with_capacity(2 * count);
@@ -121,12 +124,11 @@ pub fn claim(
         if users.len() == count {
             break;
         }
-        let (Some(mine), Some(partner)) = (lock(locks, user.uid)?, lock(locks, user.partner)?)
-        else {
+        let Some(both) = lock_pair(locks, user)? else {
             continue;
         };
         users.push(user);
-        held.extend([mine, partner]);
+        held.extend(both);
     }
     anyhow::ensure!(
         users.len() == count,
@@ -137,6 +139,29 @@ pub fn claim(
         range.half
     );
     Ok((users, held))
+}
+
+/// The real, effective and saved user and group of this process.
+fn own_ids() -> std::io::Result<[u32; 6]> {
+    let (mut ruid, mut euid, mut suid) = (0, 0, 0);
+    let (mut rgid, mut egid, mut sgid) = (0, 0, 0);
+    // SAFETY: each call fills the three integers it is given.
+    let done = unsafe {
+        libc::getresuid(&mut ruid, &mut euid, &mut suid) == 0
+            && libc::getresgid(&mut rgid, &mut egid, &mut sgid) == 0
+    };
+    if !done {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok([ruid, euid, suid, rgid, egid, sgid])
+}
+
+/// Exclusive holds on a job user and its partner, if no other worker (or reaper) has either.
+pub fn lock_pair(locks: &Path, user: JobUid) -> std::io::Result<Option<[File; 2]>> {
+    let Some(mine) = lock(locks, user.uid)? else {
+        return Ok(None);
+    };
+    Ok(lock(locks, user.partner)?.map(|partner| [mine, partner]))
 }
 
 /// An exclusive hold on `<locks>/<uid>`, if no other worker has it.
@@ -274,33 +299,44 @@ pub fn become_user(uid: u32) -> std::io::Result<()> {
 }
 
 /// Kills every process of a job's user (those that escaped its process group with `setsid`
-/// too).
-pub async fn kill_all(user: JobUid) {
+/// too); false if that could not be done.
+pub async fn kill_all(user: JobUid) -> bool {
     match tokio::task::spawn_blocking(move || kill_all_now(user)).await {
-        Ok(()) => {}
+        Ok(killed) => killed,
         Err(e) => {
-            tracing::warn!(uid = user.uid, error = %e, "killing a job user's processes panicked")
+            tracing::warn!(uid = user.uid, error = %e, "killing a job user's processes panicked");
+            false
         }
     }
 }
 
 /// The same, blocking. A child takes the user as its effective user and signals everything
-/// that user may signal (`kill(-1)` spares only the caller): the worker itself may lack
-/// `CAP_KILL`. Its real and saved user are the job user's partner, which never runs a process:
-/// a process may signal another only when one of its own real or effective user is the other's
-/// real or saved user, so the job's processes cannot stop the child (with `SIGSTOP`, looping,
-/// the worker would wait for it forever) nor may anything but this child signal the partner.
+/// that user may signal (`kill(-1)` spares only the caller and init): the worker itself may
+/// lack `CAP_KILL`. Its real and saved user are the job user's partner, which never runs a
+/// process: a process may signal another only when its real or effective user is the other's
+/// real or saved user (or, for `SIGCONT` alone, within one session), so the job's processes
+/// cannot stop the child (with `SIGSTOP`, looping, the worker would wait for it forever) nor
+/// may anything but this child signal the partner. It drops every capability first: a worker
+/// that is not root keeps them through `setresuid`, and `CAP_KILL` would reach every process.
 /// The child shares the worker's memory and the worker's thread waits for it
 /// (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does) and it makes only raw system calls: no copy
 /// of the worker's page tables, no program to start — this runs after every job.
-pub fn kill_all_now(user: JobUid) {
+pub fn kill_all_now(user: JobUid) -> bool {
     extern "C" fn take_user_and_kill(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `JobUid` of the caller, which waits until this child exits.
         let user = unsafe { *(arg as *const JobUid) };
         let (uid, partner) = (user.uid as libc::c_long, user.partner as libc::c_long);
-        // SAFETY: raw system calls only; setresuid changes this task's credentials alone.
+        // Version 3 of the capability sets, with empty sets (`struct __user_cap_header_struct`
+        // and two `struct __user_cap_data_struct`).
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let header: [u32; 2] = [LINUX_CAPABILITY_VERSION_3, 0];
+        let none = [0u32; 6];
+        // SAFETY: raw system calls only; setresuid and capset change this task's credentials
+        // alone, and capset reads the two buffers above.
         unsafe {
-            if libc::syscall(libc::SYS_setresuid, partner, uid, partner) != 0 {
+            if libc::syscall(libc::SYS_setresuid, partner, uid, partner) != 0
+                || libc::syscall(libc::SYS_capset, header.as_ptr(), none.as_ptr()) != 0
+            {
                 return 1;
             }
             libc::kill(-1, libc::SIGKILL);
@@ -332,18 +368,20 @@ pub fn kill_all_now(user: JobUid) {
     if pid < 0 {
         let e = std::io::Error::last_os_error();
         tracing::warn!(uid, error = %e, "could not kill a job user's processes");
-        return;
+        return false;
     }
     let mut status = 0;
     // SAFETY: waits for the child cloned above.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
         if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return;
+            return false;
         }
     }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+    let killed = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !killed {
         tracing::warn!(uid, "could not take a job user to kill its processes");
     }
+    killed
 }
 
 #[cfg(test)]
@@ -358,6 +396,15 @@ mod tests {
         assert_eq!(users[0].to_string(), "61000:61500");
         assert_eq!(users[499].to_string(), "61499:61999");
         assert_eq!("61000:61500".parse::<JobUid>(), Ok(users[0]));
+        for bad in [
+            "0:61500",
+            "61000:0",
+            "61000:4294967295",
+            "61000:61000",
+            "61000",
+        ] {
+            assert!(bad.parse::<JobUid>().is_err(), "{bad}");
+        }
         assert!(range.contains(61999) && !range.contains(62000) && !range.contains(60999));
         let odd = UidRange::parse("62000-62002").unwrap().unwrap();
         assert_eq!(
