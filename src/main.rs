@@ -215,6 +215,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 worker.health_addr,
                 pool,
                 bus,
+                app::parse_tags(&worker.tags)?,
                 shutdown.clone(),
             ));
             runner.run(&app::layout(&nats), shutdown.clone()).await?;

@@ -19,6 +19,7 @@ mod jobs;
 mod login;
 mod multipart;
 mod object_storage;
+mod observe;
 mod openapi;
 mod passwords;
 mod paths;
@@ -49,6 +50,7 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use object_storage::ObjectStorage;
+pub use observe::router as metrics_router;
 pub use run_sync::sync_error_status;
 pub use state::{apply_invalidation, ApiSettings, AppState};
 
@@ -58,6 +60,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(observe::serve))
         .routes(routes!(users::create_workspace))
         .routes(routes!(users::create_user))
         .routes(routes!(users::add_user))
@@ -209,6 +212,7 @@ pub fn router(state: AppState) -> Router {
             admission::limit,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(observe::track))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

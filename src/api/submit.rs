@@ -62,6 +62,7 @@ pub async fn submit(
         } => (Some(hash.to_string()), Some(*language), *timeout_s, None),
         Runnable::Flow { version, .. } => (None, None, None, Some(*version)),
     };
+    let labels = crate::metrics::JobLabels::new(tag.as_str(), language, target.kind(), false);
     let mut envelope = JobEnvelope {
         v: envelope::VERSION,
         id,
@@ -129,6 +130,7 @@ pub async fn submit(
             context: "job submission",
             detail: e.to_string(),
         })??;
+    crate::metrics::job_queued(&labels);
     state.bus().publish_event_unconfirmed(&event).await;
     Ok(id)
 }

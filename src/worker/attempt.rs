@@ -77,6 +77,7 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
         }
     }
     let id = envelope.id;
+    let busy = crate::metrics::slot_busy();
     // From the first store call to the last: a delivery that is slow to start (the database
     // is down) or to be recorded must not be handed to another worker meanwhile.
     let keepalive = spawn_progress(&delivery, ctx.settings.ack_wait);
@@ -85,6 +86,7 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
         JobKind::Script => run_delivery(&ctx, &delivery, &envelope).await,
     };
     drop(slot);
+    drop(busy);
     let settle = match settle {
         Settle::AdvanceFlow {
             step,
@@ -272,6 +274,7 @@ async fn attempt_job(
         tracing::info!(job = %envelope.id, attempt, "running a redelivered job");
     }
     announce_start(ctx, envelope).await;
+    crate::metrics::job_started(&job_labels(envelope), queue_wait(envelope));
 
     let logs = Arc::new(Mutex::new(LogBuffer::new(ctx.settings.max_log_size)));
     let began = Instant::now();
@@ -631,8 +634,41 @@ async fn finish(
     Settle::Ack
 }
 
-/// Tells the job's waiters it ended, and publishes its terminal event.
+fn job_labels(envelope: &JobEnvelope) -> crate::metrics::JobLabels {
+    crate::metrics::JobLabels::new(
+        &envelope.tag,
+        envelope.language,
+        envelope.kind,
+        envelope.flow_step.is_some(),
+    )
+}
+
+/// How long the job waited for a worker: from its creation, or from when it was due.
+fn queue_wait(envelope: &JobEnvelope) -> Option<Duration> {
+    let created = match &envelope.record {
+        Some(record) => record.created_at,
+        // A fresh id is a UUIDv7, which holds its creation time.
+        None => {
+            let (secs, nanos) = envelope.id.get_timestamp()?.to_unix();
+            chrono::DateTime::from_timestamp(secs as i64, nanos)?
+        }
+    };
+    let due = envelope.scheduled_for.map_or(created, |at| at.max(created));
+    (Utc::now() - due).to_std().ok()
+}
+
+/// Tells the job's waiters it ended (recorded by this attempt), and publishes its terminal
+/// event.
 async fn announce_end(ctx: &WorkerContext, envelope: &JobEnvelope, completion: &Completion) {
+    let end = match completion.status {
+        JobStatus::Success => crate::metrics::JobEnd::Success,
+        JobStatus::Canceled => crate::metrics::JobEnd::Canceled,
+        _ => crate::metrics::JobEnd::Failure,
+    };
+    let ran = completion
+        .duration_ms
+        .map(|ms| Duration::from_millis(ms.max(0) as u64));
+    crate::metrics::job_ended(&job_labels(envelope), end, ran);
     let done = JobDone::new(
         envelope.id,
         completion.status == JobStatus::Success,
