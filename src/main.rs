@@ -175,10 +175,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         // No runtime: it waits on one pipe, then kills.
         Command::ReapJobUsers { locks, uids } => Ok(millrace::worker::reaper::run(&locks, &uids)?),
-        command => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(run(command)),
+        command => {
+            let ran = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(command));
+            telemetry::shutdown();
+            ran
+        }
     }
 }
 
@@ -194,7 +198,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             s3,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "api");
             let server = ApiServer::build(&db, &nats, &http, &urls, &auth, &smtp)
                 .await?
                 .with_object_storage(&s3)?;
@@ -208,7 +212,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             jobs,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "worker");
             let shutdown = app::shutdown_on_signal();
             let (runner, pool, bus) = app::build_worker(&db, &nats, &worker, &urls, &jobs).await?;
             let health = tokio::spawn(app::serve_worker_health(
@@ -229,7 +233,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             streams,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "migrate");
             app::migrate(&db, &nats, &app::parse_tags(&tags)?, &streams).await
         }
         Command::Dev {
@@ -246,7 +250,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             streams,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "dev");
             let db = DatabaseConfig {
                 url: millrace::config::Secret::new(""),
                 pool_size: pool.pool_size,

@@ -216,7 +216,12 @@ pub fn router(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
-                    tracing::info_span!("http", method = %req.method(), uri = %redact_uri(req.uri()))
+                    let span = tracing::info_span!("http", method = %req.method(), uri = %redact_uri(req.uri()));
+                    if crate::telemetry::exporting() {
+                        let parent = request_args::traceparent(req.headers());
+                        crate::telemetry::continue_trace(&span, parent.as_ref());
+                    }
+                    span
                 })
                 .on_response(
                     |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {

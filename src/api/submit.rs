@@ -83,6 +83,7 @@ pub async fn submit(
         scheduled_for,
         flow_version,
         flow_step: None,
+        traceparent: Some(queued_trace(id, opts).to_string()),
         record: None,
     };
     // Due later: the envelope waits in the row, for the scheduler to publish when due.
@@ -133,6 +134,12 @@ pub async fn submit(
     crate::metrics::job_queued(&labels);
     state.bus().publish_event_unconfirmed(&event).await;
     Ok(id)
+}
+
+/// The job's place in its caller's trace (a new trace when the caller sent none).
+fn queued_trace(id: JobId, opts: &RunOptions) -> crate::domain::TraceParent {
+    let span = || tracing::info_span!("queue job", job = %id);
+    crate::telemetry::trace_of(span, opts.trace.as_ref())
 }
 
 /// Inserts the row only: 409 when the id is taken.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 use super::context::{ScriptCode, WorkerContext};
 use super::lease::Held;
@@ -17,7 +18,7 @@ use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use super::sandbox::JobDir;
 use crate::auth::job_token::{self, JobClaims};
-use crate::domain::{JobKind, JobStatus};
+use crate::domain::{JobKind, JobStatus, TraceParent};
 use crate::queue::consume::{Delivery, Unusable};
 use crate::queue::envelope::{FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
@@ -81,9 +82,16 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
     // From the first store call to the last: a delivery that is slow to start (the database
     // is down) or to be recorded must not be handed to another worker meanwhile.
     let keepalive = spawn_progress(&delivery, ctx.settings.ack_wait);
+    let span = tracing::info_span!("job", job = %id, tag = %envelope.tag);
+    let parent = envelope.traceparent.as_deref().and_then(TraceParent::parse);
+    let trace = crate::telemetry::trace_of(|| span.clone(), parent.as_ref());
     let (settle, lease) = match envelope.kind {
-        JobKind::Flow => (advance_flow(&ctx, &envelope).await, None),
-        JobKind::Script => run_delivery(&ctx, &delivery, &envelope).await,
+        JobKind::Flow => (advance_flow(&ctx, &envelope).instrument(span).await, None),
+        JobKind::Script => {
+            run_delivery(&ctx, &delivery, &envelope, trace)
+                .instrument(span)
+                .await
+        }
     };
     drop(slot);
     drop(busy);
@@ -189,6 +197,7 @@ async fn run_delivery(
     ctx: &Arc<WorkerContext>,
     delivery: &Delivery,
     envelope: &JobEnvelope,
+    trace: TraceParent,
 ) -> (Settle, Option<Held>) {
     let Some(registered) = ctx.register(envelope.id) else {
         tracing::info!(job = %envelope.id, "the job runs on this worker already; handing it back");
@@ -238,7 +247,7 @@ async fn run_delivery(
     let attempt = started.attempts;
     let cancel = registered.token.clone();
     let lease = Held::keep(ctx.clone(), envelope.id, attempt, taken, cancel.clone());
-    let settle = attempt_job(ctx, delivery, envelope, started, &cancel, &lease).await;
+    let settle = attempt_job(ctx, delivery, envelope, started, (&cancel, trace), &lease).await;
     drop(registered);
     (settle, Some(lease))
 }
@@ -249,7 +258,7 @@ async fn attempt_job(
     delivery: &Delivery,
     envelope: &JobEnvelope,
     started: StartedJob,
-    cancel: &tokio_util::sync::CancellationToken,
+    (cancel, trace): (&tokio_util::sync::CancellationToken, TraceParent),
     lease: &Held,
 ) -> Settle {
     let attempt = started.attempts;
@@ -285,6 +294,7 @@ async fn attempt_job(
         cancel,
         lease,
         logs: &logs,
+        trace,
     };
     let ended = execute(ctx, envelope, run, &mut dir).await;
     // Stopped by the worker (cancel, lost lease): a script's own error named `Canceled` is
@@ -346,6 +356,8 @@ struct Run<'a> {
     cancel: &'a tokio_util::sync::CancellationToken,
     lease: &'a Held,
     logs: &'a process::SharedLogs,
+    /// The job's span, for `TRACEPARENT`.
+    trace: TraceParent,
 }
 
 /// Runs the script in a job directory it leaves in `dir_out`, for the caller to remove once the
@@ -362,6 +374,7 @@ async fn execute(
         cancel,
         lease,
         logs,
+        trace,
     } = run;
     let code = code_of(ctx, envelope).await?;
     let dir = dir_out.insert(ctx.sandbox.job_dir().await.map_err(|e| {
@@ -376,6 +389,7 @@ async fn execute(
         .runtimes
         .prepare(code.language, &code.content, args, dir.path())?;
     spec.env.extend(job_env(ctx, envelope, dir.path()));
+    spec.env.push(("TRACEPARENT".into(), trace.to_string()));
     let timeout = envelope
         .timeout_s
         .filter(|t| *t > 0)
