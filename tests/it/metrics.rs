@@ -276,6 +276,41 @@ async fn counters_are_exact_after_a_known_sequence_of_jobs() {
     assert_eq!(worker[pending].samples.len(), 1, "{:?}", worker[pending]);
     assert_eq!(value(&worker, pending, pending, &default), 0.0);
     assert_eq!(worker["millrace_db_pool_connections"].kind, "gauge");
+    dashboard_uses_only_exported_names(&[&api, &worker]);
+}
+
+/// Every metric the chart's Grafana dashboard queries is a series the binary exports.
+fn dashboard_uses_only_exported_names(scraped: &[&HashMap<String, Family>]) {
+    let exported: std::collections::HashSet<&str> = scraped
+        .iter()
+        .flat_map(|families| families.values())
+        .flat_map(|family| family.samples.iter().map(|(name, ..)| name.as_str()))
+        .collect();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/millrace/dashboards/millrace.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("millrace_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    exported.contains(name.as_str()),
+                    "the dashboard queries {name}, which is not exported: {expr}"
+                );
+                queried += 1;
+                rest = &rest[at + name.len()..];
+            }
+        }
+    }
+    assert!(queried >= 20, "the dashboard queries {queried} series");
 }
 
 #[tokio::test]
