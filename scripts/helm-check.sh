@@ -3,7 +3,8 @@
 #   - helm lint --strict, with the default values and with each helm/millrace/ci/*.yaml;
 #   - helm template of each of those value sets, with the real NATS chart as the dependency,
 #     every rendered object validated against the Kubernetes schemas (kubernetes-validate
-#     --strict) and KEDA objects against KEDA's rules;
+#     --strict), KEDA objects against KEDA's rules and ServiceMonitor/PodMonitor against the
+#     Services and pods they select;
 #   - NOTES.txt renders for each value set;
 #   - no drift between the environment variables the chart sets and the names the binary
 #     reads (`millrace config-names`), and nothing secret outside Secrets;
@@ -293,14 +294,41 @@ def split(rendered, core_out):
         if group == "keda.sh":
             crds += 1
             errors += check_keda(d, deployments)
+        elif group == "monitoring.coreos.com":
+            crds += 1
+            errors += check_monitor(d, docs)
         else:
             core.append(d)
     with open(core_out, "w") as f:
         yaml.safe_dump_all(core, f, sort_keys=False)
     for e in errors:
         print("error:", e)
-    print(f"{len(core)} core objects for kubernetes-validate, {crds} KEDA objects checked here")
+    print(f"{len(core)} core objects for kubernetes-validate, {crds} KEDA and prometheus-operator objects checked here")
     return 1 if errors else 0
+
+
+def check_monitor(d, docs):
+    """prometheus-operator's CRDs are not in the core schemas: a ServiceMonitor must select a
+    rendered Service with the named port, a PodMonitor rendered pods with the named port."""
+    kind, name, spec = d.get("kind"), d["metadata"]["name"], d.get("spec", {})
+    want = spec.get("selector", {}).get("matchLabels", {})
+    matches = lambda labels: bool(want) and all(labels.get(k) == v for k, v in want.items())
+    if kind == "ServiceMonitor":
+        targets = [s for s in docs if s.get("kind") == "Service" and matches(s["metadata"].get("labels", {}))]
+        ports = {p.get("name") for s in targets for p in s["spec"].get("ports", [])}
+        endpoints = spec.get("endpoints", [])
+    elif kind == "PodMonitor":
+        pods = [t["spec"]["template"] for t in docs if t.get("kind") == "Deployment"]
+        targets = [p for p in pods if matches(p["metadata"].get("labels", {}))]
+        ports = {p.get("name") for t in targets for c in t["spec"]["containers"] for p in c.get("ports", [])}
+        endpoints = spec.get("podMetricsEndpoints", [])
+    else:
+        return [f"{kind} {name}: not a kind this chart renders"]
+    errs = [] if targets else [f"{kind} {name}: its selector matches nothing rendered"]
+    for e in endpoints:
+        if e.get("port") not in ports or e.get("path") != "/metrics":
+            errs.append(f"{kind} {name}: endpoint {e} is not a /metrics port of its targets")
+    return errs
 
 
 def check_keda(d, deployments):

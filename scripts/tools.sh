@@ -12,7 +12,7 @@
 #   python    worker Python: a venv with only wmill          -> WORKER_PYTHON
 #   js        bun and deno (npm packages)                    -> WORKER_BUN, WORKER_DENO
 #   s3s       s3s-fs, an S3-compatible server (crates.io)    -> S3S_FS_BIN
-#   client    test-client venv: wmill, nats-py, aiosmtpd...  -> WMILL_PYTHON
+#   client    test-client venv: wmill, nats-py, aiosmtpd, prometheus-client...  -> WMILL_PYTHON
 #   fuzz      schemathesis (PyPI), the API fuzzer            -> SCHEMATHESIS_BIN
 # When sourced, choose components with MILLRACE_TOOLS_COMPONENTS="nats postgres ...".
 # MILLRACE_TOOLS_DIR is always exported.
@@ -54,6 +54,7 @@ WMILL_VERSION=1.850.0      # PyPI wmill (worker and test client)
 NATS_PY_VERSION=2.16.0     # PyPI nats-py (test client)
 AIOSMTPD_VERSION=1.4.6     # PyPI aiosmtpd (test client)
 HTTPX_SSE_VERSION=0.4.3    # PyPI httpx-sse (test client)
+PROMETHEUS_CLIENT_VERSION=0.26.0 # PyPI prometheus-client (test client: parses /metrics)
 BUN_VERSION=1.4.5          # npm bun
 DENO_VERSION=2.9.6         # npm deno
 S3S_FS_VERSION=0.14.1      # crates.io s3s-fs (later versions need a newer rustc)
@@ -296,11 +297,12 @@ ensure_s3s() {
 ensure_client() {
     local py=$T/client/bin/python3
     local pkgs=("wmill==$WMILL_VERSION" "nats-py==$NATS_PY_VERSION"
-        "aiosmtpd==$AIOSMTPD_VERSION" "httpx-sse==$HTTPX_SSE_VERSION")
+        "aiosmtpd==$AIOSMTPD_VERSION" "httpx-sse==$HTTPX_SSE_VERSION"
+        "prometheus-client==$PROMETHEUS_CLIENT_VERSION")
     if ! venv_ok "$py" "${pkgs[@]}"; then
         log "creating the test-client Python venv $T/client (${pkgs[*]})"
         make_venv "$T/client" "${pkgs[@]}"
-        if ! venv_ok "$py" "${pkgs[@]}" || ! "$py" -c 'import wmill, nats, aiosmtpd, httpx_sse'; then
+        if ! venv_ok "$py" "${pkgs[@]}" || ! "$py" -c 'import wmill, nats, aiosmtpd, httpx_sse, prometheus_client'; then
             die "the test-client Python at $py is incomplete"
         fi
         INSTALLED+=("client ($(since "$C_START"))")

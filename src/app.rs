@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiSettings, AppState};
 use crate::auth::Authenticator;
 use crate::config::{
-    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, NatsConfig, PublicUrls, S3Config,
-    SmtpConfig, StreamLimits, WorkerConfig,
+    AuthConfig, DatabaseConfig, HttpConfig, JobDefaults, MetricsAddr, NatsConfig, PublicUrls,
+    S3Config, SmtpConfig, StreamLimits, WorkerConfig,
 };
 use crate::domain::Tag;
 use crate::queue::setup::{self, QueueLayout};
@@ -78,6 +78,8 @@ pub async fn migrate(
 /// A bound, not yet serving API.
 pub struct ApiServer {
     listener: TcpListener,
+    /// `/metrics` on an address of its own (`METRICS_BIND_ADDR`).
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     mailer: Option<Mailer>,
     sweep_interval: Duration,
@@ -122,6 +124,7 @@ impl ApiServer {
             submit_timeout: http.submit_timeout,
             max_inflight_requests: http.max_inflight_requests,
             max_inflight_body_bytes: http.max_inflight_body_bytes,
+            metrics_on_api: http.metrics_bind_addr == MetricsAddr::Api,
             secret_box: auth
                 .encryption_key
                 .as_ref()
@@ -147,8 +150,17 @@ impl ApiServer {
                 http.bind_addr
             )
         })?;
+        let metrics_listener = match http.metrics_bind_addr {
+            MetricsAddr::Own(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on METRICS_BIND_ADDR {addr}"))?,
+            ),
+            MetricsAddr::Api | MetricsAddr::Off => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             mailer,
             sweep_interval: smtp.sweep_interval,
@@ -194,6 +206,15 @@ impl ApiServer {
                 api::apply_invalidation(&listener_state, &message);
             }
         });
+        let metrics = self.metrics_listener.map(|listener| {
+            let app = api::metrics_router(state.clone());
+            let stop = shutdown.clone().cancelled_owned();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
+        });
         tracing::info!(%addr, "API listening");
         let app = api::router(state)
             .layer(axum::Extension(self.storage))
@@ -202,6 +223,9 @@ impl ApiServer {
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         watcher.abort();
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         let _ = sweeping.await;
         let _ = scheduling.await;
         served.context("HTTP server")
@@ -257,17 +281,31 @@ fn default_worker_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The worker's `/healthz` and `/readyz`.
+/// The worker's `/healthz`, `/readyz` and `/metrics` (for its `tags`).
 pub async fn serve_worker_health(
     addr: SocketAddr,
     pool: Pool,
     bus: Bus,
+    tags: Vec<Tag>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use axum::http::StatusCode;
+    use axum::http::{header, StatusCode};
     use axum::routing::get;
+    let backlogs = Arc::new(crate::metrics::Backlogs::new(bus.clone(), &tags));
+    let scrape_pool = pool.clone();
     let ready = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let (pool, backlogs) = (scrape_pool.clone(), backlogs.clone());
+                async move {
+                    backlogs.refresh().await;
+                    let text = crate::metrics::render(crate::metrics::Role::Worker, &pool);
+                    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

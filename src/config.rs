@@ -217,6 +217,12 @@ pub struct HttpConfig {
     #[arg(long = "bind-addr", env = "BIND_ADDR", default_value = "0.0.0.0:8000")]
     pub bind_addr: SocketAddr,
 
+    /// Where the API serves `/metrics` (Prometheus, unauthenticated): empty for BIND_ADDR
+    /// itself, an address (`0.0.0.0:9100`) for a listener of its own (then not on BIND_ADDR),
+    /// or `off`.
+    #[arg(long = "metrics-bind-addr", env = "METRICS_BIND_ADDR", default_value = "", value_parser = metrics_addr)]
+    pub metrics_bind_addr: MetricsAddr,
+
     /// Largest request body in bytes (file parts of multipart bodies excepted) → 413 above it.
     #[arg(long = "max-body-size", env = "MAX_BODY_SIZE", default_value_t = 16 * 1024 * 1024)]
     pub max_body_size: usize,
@@ -503,6 +509,19 @@ pub struct TelemetryConfig {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// Where to send traces by OTLP over HTTP/protobuf (`http://collector:4318`; spans go to
+    /// `/v1/traces` under it). Unset: no exporter at all. The exporter also reads the other
+    /// `OTEL_EXPORTER_OTLP_*` variables (headers, timeout, a traces-only endpoint).
+    #[arg(
+        long = "otel-exporter-otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
+    pub otlp_endpoint: Option<String>,
+
+    /// The `service.name` of exported spans (default `millrace-api`, `millrace-worker`, …).
+    #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -601,4 +620,25 @@ pub struct S3Config {
         default_value = ""
     )]
     pub allowed_hosts: String,
+}
+
+/// Where the API's `/metrics` is served (`METRICS_BIND_ADDR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// On `BIND_ADDR`, beside the API.
+    Api,
+    /// On a listener of its own only.
+    Own(SocketAddr),
+    Off,
+}
+
+pub fn metrics_addr(raw: &str) -> Result<MetricsAddr, String> {
+    match raw.trim() {
+        "" => Ok(MetricsAddr::Api),
+        "off" => Ok(MetricsAddr::Off),
+        addr => addr
+            .parse()
+            .map(MetricsAddr::Own)
+            .map_err(|_| format!("{addr:?} is not an address (host:port), nor empty, nor \"off\"")),
+    }
 }

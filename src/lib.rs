@@ -31,6 +31,7 @@ pub mod domain;
 pub mod flows;
 pub mod health;
 pub mod local;
+pub mod metrics;
 pub mod parent_death;
 pub mod queue;
 pub mod scheduler;

@@ -178,10 +178,14 @@ fn main() -> anyhow::Result<()> {
         Command::ReapJobUsers { locks, users } => {
             Ok(millrace::worker::reaper::run(&locks, &users)?)
         }
-        command => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(run(command)),
+        command => {
+            let ran = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(command));
+            telemetry::shutdown();
+            ran
+        }
     }
 }
 
@@ -197,7 +201,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             s3,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "api");
             let server = ApiServer::build(&db, &nats, &http, &urls, &auth, &smtp)
                 .await?
                 .with_object_storage(&s3)?;
@@ -211,13 +215,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             jobs,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "worker");
             let shutdown = app::shutdown_on_signal();
             let (runner, pool, bus) = app::build_worker(&db, &nats, &worker, &urls, &jobs).await?;
             let health = tokio::spawn(app::serve_worker_health(
                 worker.health_addr,
                 pool,
                 bus,
+                app::parse_tags(&worker.tags)?,
                 shutdown.clone(),
             ));
             runner.run(&app::layout(&nats), shutdown.clone()).await?;
@@ -231,7 +236,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             streams,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "migrate");
             app::migrate(&db, &nats, &app::parse_tags(&tags)?, &streams).await
         }
         Command::Dev {
@@ -248,7 +253,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             streams,
             telemetry: t,
         } => {
-            telemetry::init(t.log_format);
+            telemetry::init(&t, "dev");
             let db = DatabaseConfig {
                 url: millrace::config::Secret::new(""),
                 pool_size: pool.pool_size,

@@ -78,6 +78,31 @@ impl ApiError {
     }
 }
 
+/// Why a request was refused, in a word fit for a metric's label; set on every error response.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorReason(pub &'static str);
+
+impl ApiError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::TooManyRequests(_) => "rate_limited",
+            Self::Unavailable(_) => "unavailable",
+            Self::Overloaded(..) => "overloaded",
+            Self::BadScriptResponse(_) => "bad_script_response",
+            Self::SyncTimeout(_) => "timeout",
+            Self::Internal { .. } => "internal",
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
@@ -89,7 +114,9 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let status = self.status();
+        let reason = ErrorReason(self.reason());
         let mut response = (status, self.to_string()).into_response();
+        response.extensions_mut().insert(reason);
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

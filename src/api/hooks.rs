@@ -107,6 +107,7 @@ pub async fn receive(
         spec.event_header.as_deref(),
     );
     let mut opts = RunOptions::parse(Vec::new(), Utc::now())?;
+    opts.trace = super::request_args::traceparent(&headers);
     super::admission::reserve_parsing(&state, &body)?;
     let mut args = build_args(&headers, &body, &opts, &state.config().include_headers)?;
     add_delivery_args(&mut args, &delivery);

@@ -19,6 +19,7 @@ mod jobs;
 mod login;
 mod multipart;
 mod object_storage;
+mod observe;
 mod openapi;
 mod passwords;
 mod paths;
@@ -49,6 +50,7 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use object_storage::ObjectStorage;
+pub use observe::router as metrics_router;
 pub use run_sync::sync_error_status;
 pub use state::{apply_invalidation, ApiSettings, AppState};
 
@@ -58,6 +60,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(observe::serve))
         .routes(routes!(users::create_workspace))
         .routes(routes!(users::create_user))
         .routes(routes!(users::add_user))
@@ -209,10 +212,16 @@ pub fn router(state: AppState) -> Router {
             admission::limit,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(observe::track))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
-                    tracing::info_span!("http", method = %req.method(), uri = %redact_uri(req.uri()))
+                    let span = tracing::info_span!("http", method = %req.method(), uri = %redact_uri(req.uri()));
+                    if crate::telemetry::exporting() {
+                        let parent = request_args::traceparent(req.headers());
+                        crate::telemetry::continue_trace(&span, parent.as_ref());
+                    }
+                    span
                 })
                 .on_response(
                     |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {

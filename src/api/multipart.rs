@@ -127,7 +127,9 @@ impl RunBody {
             .query()
             .map(|q| form_urlencoded_pairs(q).collect())
             .unwrap_or_default();
-        RunOptions::parse(query, Utc::now())
+        let mut opts = RunOptions::parse(query, Utc::now())?;
+        opts.trace = super::request_args::traceparent(&self.headers);
+        Ok(opts)
     }
 
     /// The job's arguments, and the files uploaded to make them. The job id is chosen here

@@ -16,6 +16,8 @@ pub struct RunOptions {
     pub scheduled_for: Option<DateTime<Utc>>,
     pub tag: Option<Tag>,
     pub parent_job: Option<Uuid>,
+    /// The caller's W3C `traceparent` header, when valid.
+    pub trace: Option<crate::domain::TraceParent>,
     /// The caller named the id (`job_id=`), rather than the route making one.
     id_preset: bool,
     raw: bool,
@@ -26,6 +28,12 @@ pub struct RunOptions {
     payload: Option<String>,
     /// Every query pair, for `include_query`.
     query: Vec<(String, String)>,
+}
+
+/// The caller's `traceparent`; an invalid one is ignored, as W3C Trace Context asks.
+pub fn traceparent(headers: &axum::http::HeaderMap) -> Option<crate::domain::TraceParent> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    crate::domain::TraceParent::parse(value)
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {

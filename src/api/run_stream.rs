@@ -78,6 +78,7 @@ async fn pump<S: Stream<Item = JobUpdate>>(
     tx: mpsc::Sender<Value>,
     flavour: Flavour,
 ) {
+    let _open = crate::metrics::sse_stream();
     let deadline = tokio::time::Instant::now() + state.config().timeout_sse_stream;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

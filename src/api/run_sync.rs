@@ -173,6 +173,7 @@ async fn wait_for_result<S: futures::Stream<Item = crate::queue::bus::JobUpdate>
     watch: &mut JobWatch<S>,
     mut guard: CancelOnDrop,
 ) -> ApiResult<Response> {
+    let _waiting = crate::metrics::sync_waiter();
     let limit = state.config().timeout_wait_result;
     let deadline = tokio::time::Instant::now() + limit;
     let completed = loop {

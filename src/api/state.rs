@@ -33,6 +33,8 @@ pub struct ApiSettings {
     /// `MAX_INFLIGHT_REQUESTS` and `MAX_INFLIGHT_BODY_BYTES`.
     pub max_inflight_requests: usize,
     pub max_inflight_body_bytes: usize,
+    /// `/metrics` is served beside the API (`METRICS_BIND_ADDR` empty).
+    pub metrics_on_api: bool,
     /// `ENCRYPTION_KEY`, for secrets at rest.
     pub secret_box: Option<crate::crypto::SecretBox>,
 }

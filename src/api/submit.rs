@@ -62,6 +62,7 @@ pub async fn submit(
         } => (Some(hash.to_string()), Some(*language), *timeout_s, None),
         Runnable::Flow { version, .. } => (None, None, None, Some(*version)),
     };
+    let labels = crate::metrics::JobLabels::new(tag.as_str(), language, target.kind(), false);
     let mut envelope = JobEnvelope {
         v: envelope::VERSION,
         id,
@@ -82,6 +83,7 @@ pub async fn submit(
         scheduled_for,
         flow_version,
         flow_step: None,
+        traceparent: Some(queued_trace(id, opts).to_string()),
         record: None,
     };
     // Due later: the envelope waits in the row, for the scheduler to publish when due.
@@ -129,8 +131,15 @@ pub async fn submit(
             context: "job submission",
             detail: e.to_string(),
         })??;
+    crate::metrics::job_queued(&labels);
     state.bus().publish_event_unconfirmed(&event).await;
     Ok(id)
+}
+
+/// The job's place in its caller's trace (a new trace when the caller sent none).
+fn queued_trace(id: JobId, opts: &RunOptions) -> crate::domain::TraceParent {
+    let span = || tracing::info_span!("queue job", job = %id);
+    crate::telemetry::trace_of(span, opts.trace.as_ref())
 }
 
 /// Inserts the row only: 409 when the id is taken.

@@ -5,7 +5,9 @@
 mod ids;
 mod job;
 mod script;
+mod trace;
 
 pub use ids::{InvalidId, JobId, RunnablePath, ScriptHash, Tag, Username, WorkspaceId};
 pub use job::{canceled_result, contains_nul, not_queued_result, JobKind, JobStatus};
 pub use script::ScriptLang;
+pub use trace::TraceParent;

@@ -685,6 +685,7 @@ fn flow_envelope(flow: &FlowJob, scheduled_for: Option<chrono::DateTime<Utc>>) -
         scheduled_for,
         flow_version: flow.flow_version,
         flow_step: None,
+        traceparent: None,
         record: None,
     }
 }
@@ -718,6 +719,7 @@ impl FlowDriver {
                 flow_version: flow.flow_version.unwrap_or_default(),
                 step_id: step.flow_step_id.clone().unwrap_or_default(),
             }),
+            traceparent: None,
             record: None,
         }
     }

@@ -455,6 +455,21 @@ impl Bus {
             .map_err(QueueError::request)
     }
 
+    /// A tag's backlog from its consumer's info: jobs not yet delivered, and jobs delivered
+    /// and not yet acknowledged.
+    pub async fn backlog(&self, tag: &Tag) -> Result<(u64, u64), QueueError> {
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::JOBS_STREAM)
+            .await
+            .map_err(QueueError::request)?;
+        let info = stream
+            .consumer_info(subjects::worker_consumer(tag))
+            .await
+            .map_err(QueueError::request)?;
+        Ok((info.num_pending, info.num_ack_pending as u64))
+    }
+
     /// Waits until every message published so far has left this process.
     pub async fn flush(&self) -> Result<(), QueueError> {
         self.client.flush().await.map_err(QueueError::request)

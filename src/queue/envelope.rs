@@ -50,6 +50,10 @@ pub struct JobEnvelope {
     /// Set on a flow's step job: which flow and module it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_step: Option<FlowStep>,
+    /// The W3C `traceparent` of the span that queued the job (its caller's trace continued,
+    /// or a new one): the worker's span for the job is its child. Older envelopes have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The rest of the job's row, when its arguments are small enough to travel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<QueuedRecord>,

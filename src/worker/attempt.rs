@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 use super::context::{ScriptCode, WorkerContext};
 use super::lease::Held;
@@ -17,7 +18,7 @@ use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::ScriptError;
 use super::sandbox::JobDir;
 use crate::auth::job_token::{self, JobClaims};
-use crate::domain::{JobKind, JobStatus};
+use crate::domain::{JobKind, JobStatus, TraceParent};
 use crate::queue::consume::{Delivery, Unusable};
 use crate::queue::envelope::{FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
@@ -77,14 +78,23 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
         }
     }
     let id = envelope.id;
+    let busy = crate::metrics::slot_busy();
     // From the first store call to the last: a delivery that is slow to start (the database
     // is down) or to be recorded must not be handed to another worker meanwhile.
     let keepalive = spawn_progress(&delivery, ctx.settings.ack_wait);
+    let span = tracing::info_span!("job", job = %id, tag = %envelope.tag);
+    let parent = envelope.traceparent.as_deref().and_then(TraceParent::parse);
+    let trace = crate::telemetry::trace_of(|| span.clone(), parent.as_ref());
     let (settle, lease) = match envelope.kind {
-        JobKind::Flow => (advance_flow(&ctx, &envelope).await, None),
-        JobKind::Script => run_delivery(&ctx, &delivery, &envelope).await,
+        JobKind::Flow => (advance_flow(&ctx, &envelope).instrument(span).await, None),
+        JobKind::Script => {
+            run_delivery(&ctx, &delivery, &envelope, trace)
+                .instrument(span)
+                .await
+        }
     };
     drop(slot);
+    drop(busy);
     let settle = match settle {
         Settle::AdvanceFlow {
             step,
@@ -187,6 +197,7 @@ async fn run_delivery(
     ctx: &Arc<WorkerContext>,
     delivery: &Delivery,
     envelope: &JobEnvelope,
+    trace: TraceParent,
 ) -> (Settle, Option<Held>) {
     let Some(registered) = ctx.register(envelope.id) else {
         tracing::info!(job = %envelope.id, "the job runs on this worker already; handing it back");
@@ -236,7 +247,7 @@ async fn run_delivery(
     let attempt = started.attempts;
     let cancel = registered.token.clone();
     let lease = Held::keep(ctx.clone(), envelope.id, attempt, taken, cancel.clone());
-    let settle = attempt_job(ctx, delivery, envelope, started, &cancel, &lease).await;
+    let settle = attempt_job(ctx, delivery, envelope, started, (&cancel, trace), &lease).await;
     drop(registered);
     (settle, Some(lease))
 }
@@ -247,7 +258,7 @@ async fn attempt_job(
     delivery: &Delivery,
     envelope: &JobEnvelope,
     started: StartedJob,
-    cancel: &tokio_util::sync::CancellationToken,
+    (cancel, trace): (&tokio_util::sync::CancellationToken, TraceParent),
     lease: &Held,
 ) -> Settle {
     let attempt = started.attempts;
@@ -272,6 +283,7 @@ async fn attempt_job(
         tracing::info!(job = %envelope.id, attempt, "running a redelivered job");
     }
     announce_start(ctx, envelope).await;
+    crate::metrics::job_started(&job_labels(envelope), queue_wait(envelope));
 
     let logs = Arc::new(Mutex::new(LogBuffer::new(ctx.settings.max_log_size)));
     let began = Instant::now();
@@ -282,6 +294,7 @@ async fn attempt_job(
         cancel,
         lease,
         logs: &logs,
+        trace,
     };
     let ended = execute(ctx, envelope, run, &mut dir).await;
     // Stopped by the worker (cancel, lost lease): a script's own error named `Canceled` is
@@ -343,6 +356,8 @@ struct Run<'a> {
     cancel: &'a tokio_util::sync::CancellationToken,
     lease: &'a Held,
     logs: &'a process::SharedLogs,
+    /// The job's span, for `TRACEPARENT`.
+    trace: TraceParent,
 }
 
 /// Runs the script in a job directory it leaves in `dir_out`, for the caller to remove once the
@@ -359,6 +374,7 @@ async fn execute(
         cancel,
         lease,
         logs,
+        trace,
     } = run;
     let code = code_of(ctx, envelope).await?;
     let dir = dir_out.insert(ctx.sandbox.job_dir().await.map_err(|e| {
@@ -373,6 +389,7 @@ async fn execute(
         .runtimes
         .prepare(code.language, &code.content, args, dir.path())?;
     spec.env.extend(job_env(ctx, envelope, dir.path()));
+    spec.env.push(("TRACEPARENT".into(), trace.to_string()));
     let timeout = envelope
         .timeout_s
         .filter(|t| *t > 0)
@@ -631,8 +648,41 @@ async fn finish(
     Settle::Ack
 }
 
-/// Tells the job's waiters it ended, and publishes its terminal event.
+fn job_labels(envelope: &JobEnvelope) -> crate::metrics::JobLabels {
+    crate::metrics::JobLabels::new(
+        &envelope.tag,
+        envelope.language,
+        envelope.kind,
+        envelope.flow_step.is_some(),
+    )
+}
+
+/// How long the job waited for a worker: from its creation, or from when it was due.
+fn queue_wait(envelope: &JobEnvelope) -> Option<Duration> {
+    let created = match &envelope.record {
+        Some(record) => record.created_at,
+        // A fresh id is a UUIDv7, which holds its creation time.
+        None => {
+            let (secs, nanos) = envelope.id.get_timestamp()?.to_unix();
+            chrono::DateTime::from_timestamp(secs as i64, nanos)?
+        }
+    };
+    let due = envelope.scheduled_for.map_or(created, |at| at.max(created));
+    (Utc::now() - due).to_std().ok()
+}
+
+/// Tells the job's waiters it ended (recorded by this attempt), and publishes its terminal
+/// event.
 async fn announce_end(ctx: &WorkerContext, envelope: &JobEnvelope, completion: &Completion) {
+    let end = match completion.status {
+        JobStatus::Success => crate::metrics::JobEnd::Success,
+        JobStatus::Canceled => crate::metrics::JobEnd::Canceled,
+        _ => crate::metrics::JobEnd::Failure,
+    };
+    let ran = completion
+        .duration_ms
+        .map(|ms| Duration::from_millis(ms.max(0) as u64));
+    crate::metrics::job_ended(&job_labels(envelope), end, ran);
     let done = JobDone::new(
         envelope.id,
         completion.status == JobStatus::Success,

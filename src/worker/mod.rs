@@ -76,6 +76,7 @@ impl Worker {
                 ctx.cancel(request);
             }
         });
+        crate::metrics::set_worker_slots(self.slots);
         let slots = Arc::new(Semaphore::new(self.slots));
         let jobs = TaskTracker::new();
         let mut pullers = Vec::new();

@@ -15,6 +15,7 @@ mod identity;
 mod isolation;
 mod jobs_api;
 mod local_services;
+mod metrics;
 mod nats_auth;
 mod openapi;
 mod payloads;

@@ -234,6 +234,8 @@ pub struct TestEnv {
     apis: Vec<Child>,
     workers: Vec<Child>,
     worker_count: usize,
+    /// Each worker's `WORKER_HEALTH_ADDR`, by index.
+    worker_health: Vec<String>,
     options: Options,
     pub http: reqwest::Client,
     /// A workspace admin's token in workspace `test` (user `alice`).
@@ -283,6 +285,7 @@ impl TestEnv {
             apis: Vec::new(),
             workers: Vec::new(),
             worker_count: 0,
+            worker_health: Vec::new(),
             options: options.clone(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -451,10 +454,9 @@ impl TestEnv {
         let mut env = self.options.worker_env.clone();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env.push(("WORKER_NAME".into(), format!("worker-{index}")));
-        env.push((
-            "WORKER_HEALTH_ADDR".into(),
-            format!("127.0.0.1:{}", free_port().unwrap()),
-        ));
+        let health = format!("127.0.0.1:{}", free_port().unwrap());
+        self.worker_health.push(health.clone());
+        env.push(("WORKER_HEALTH_ADDR".into(), health));
         let child = self
             .command("worker", &env)
             .stdout(self.log_file(&format!("worker-{index}")))
@@ -556,6 +558,11 @@ impl TestEnv {
     }
 
     /// Workers started so far, dead or alive (indexes run from 0).
+    /// `http://<WORKER_HEALTH_ADDR of worker index><path>`.
+    pub fn worker_health_url(&self, index: usize, path: &str) -> String {
+        format!("http://{}{path}", self.worker_health[index])
+    }
+
     pub fn worker_count(&self) -> usize {
         self.workers.len()
     }
