@@ -427,6 +427,11 @@ function runsPage(params) {
   state.cleanups.push(() => { stopped = true; clearTimeout(timer); controller.abort(); });
 
   const load = async () => {
+    // A tab in the background does not ask; it catches up when shown again.
+    if (document.hidden && lastText !== null) {
+      timer = setTimeout(load, 1000);
+      return;
+    }
     try {
       const res = await api(`${wsPath('jobs/list')}?${query}`, { signal: controller.signal });
       const text = await res.text();
