@@ -14,6 +14,8 @@
 #   s3s       s3s-fs, an S3-compatible server (crates.io)    -> S3S_FS_BIN
 #   client    test-client venv: wmill, nats-py, aiosmtpd, prometheus-client...  -> WMILL_PYTHON
 #   fuzz      schemathesis (PyPI), the API fuzzer            -> SCHEMATHESIS_BIN
+#   browser   Chromium (Debian) and a venv with Playwright   -> CHROMIUM_BIN, PLAYWRIGHT_PYTHON
+#             (PyPI) driving it; Playwright never downloads a browser of its own
 # When sourced, choose components with MILLRACE_TOOLS_COMPONENTS="nats postgres ...".
 # MILLRACE_TOOLS_DIR is always exported.
 #
@@ -59,6 +61,8 @@ BUN_VERSION=1.4.5          # npm bun
 DENO_VERSION=2.9.6         # npm deno
 S3S_FS_VERSION=0.14.1      # crates.io s3s-fs (later versions need a newer rustc)
 SCHEMATHESIS_VERSION=4.32.5 # PyPI schemathesis (API fuzzing in the tests)
+PLAYWRIGHT_VERSION=1.65.2   # PyPI playwright (the Runs page's browser tests)
+CHROMIUM_BIN=/usr/bin/chromium # Debian's chromium, which Playwright launches
 
 BASE_PYTHON=/usr/bin/python3 # Debian's Python; venvs are made from it
 
@@ -321,14 +325,34 @@ ensure_fuzz() {
     EXPORTS+=("SCHEMATHESIS_BIN=$T/fuzz/bin/st")
 }
 
+chromium_ok() { [ -x "$CHROMIUM_BIN" ] && "$CHROMIUM_BIN" --headless --version >/dev/null 2>&1; }
+ensure_browser() {
+    local py=$T/browser/bin/python3
+    if ! chromium_ok; then
+        log "installing Chromium (Debian's chromium package)"
+        apt_install chromium
+        chromium_ok || die "Chromium does not run from $CHROMIUM_BIN"
+        INSTALLED+=("chromium ($(since "$C_START"))")
+    fi
+    if ! venv_ok "$py" "playwright==$PLAYWRIGHT_VERSION"; then
+        log "creating the browser-test venv $T/browser (playwright $PLAYWRIGHT_VERSION)"
+        # Only the Python package and its driver: the tests launch Debian's Chromium, so no
+        # `playwright install` (which would download a browser build).
+        PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 make_venv "$T/browser" "playwright==$PLAYWRIGHT_VERSION"
+        "$py" -c 'import playwright.sync_api' || die "playwright does not import in $py"
+        INSTALLED+=("browser ($(since "$C_START"))")
+    fi
+    EXPORTS+=("CHROMIUM_BIN=$CHROMIUM_BIN" "PLAYWRIGHT_PYTHON=$py")
+}
+
 # ---------------------------------------------------------------- main
 
-ALL=(nats postgres python js s3s client fuzz)
+ALL=(nats postgres python js s3s client fuzz browser)
 COMPONENTS=()
 for arg in "${@:-all}"; do
     case "$arg" in
         all) COMPONENTS+=("${ALL[@]}") ;;
-        nats | postgres | python | js | s3s | client | fuzz) COMPONENTS+=("$arg") ;;
+        nats | postgres | python | js | s3s | client | fuzz | browser) COMPONENTS+=("$arg") ;;
         bun | deno) COMPONENTS+=(js) ;;
         -h | --help)
             sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"

@@ -217,8 +217,18 @@ const EXAMPLE_PATH: &str = "u/admin/hello";
 const EXAMPLE_SCRIPT: &str =
     "def main(name: str = \"world\"):\n    return {\"greeting\": f\"hello {name}\"}\n";
 
-/// A workspace `demo`, a user `admin@millrace.local` in it, a fresh token and an example script.
-async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<String> {
+/// How long the one-time login link `dev` prints stays valid.
+const LOGIN_LINK_MINUTES: i64 = 15;
+
+/// What `bootstrap` made for the admin: an API token and a one-time login code for the page.
+struct Credentials {
+    token: String,
+    login_code: String,
+}
+
+/// A workspace `demo`, a user `admin@millrace.local` in it, a fresh token, a one-time login code
+/// and an example script.
+async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<Credentials> {
     let pool = app::connect_store(db).await?;
     let ws = WorkspaceId::parse("demo")?;
     let email = "admin@millrace.local";
@@ -252,6 +262,9 @@ async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<String> {
         },
     )
     .await?;
+    let login_code = token::generate();
+    let expires_at = chrono::Utc::now() + chrono::Duration::minutes(LOGIN_LINK_MINUTES);
+    store::login_codes::insert(&pool, &token::hash(&login_code), email, expires_at).await?;
     let path = RunnablePath::parse(EXAMPLE_PATH)?;
     if store::scripts::latest_by_path(&pool, &ws, &path)
         .await?
@@ -273,7 +286,10 @@ async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<String> {
         };
         store::scripts::create(&pool, &ws, &script).await?;
     }
-    Ok(secret)
+    Ok(Credentials {
+        token: secret,
+        login_code,
+    })
 }
 
 /// Everything `dev` is configured with.
@@ -317,7 +333,7 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         &streams,
     )
     .await?;
-    let token = bootstrap(&db).await.context("bootstrap")?;
+    let credentials = bootstrap(&db).await.context("bootstrap")?;
     if http.bind_addr.ip().is_unspecified() {
         http.bind_addr.set_ip([127, 0, 0, 1].into());
     }
@@ -334,7 +350,7 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
     let layout = app::layout(&nats);
     let worker_shutdown = shutdown.clone();
     let worker_task = tokio::spawn(async move { worker.run(&layout, worker_shutdown).await });
-    print_banner(&urls.base_url, &token);
+    print_banner(&urls.base_url, &credentials);
     if let Some(local) = &services.nats {
         println!(
             "Job events on NATS: {} as the read-only user `events`, password in {}\n",
@@ -348,11 +364,15 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(base: &str, token: &str) {
+fn print_banner(base: &str, credentials: &Credentials) {
+    let Credentials { token, login_code } = credentials;
     println!(
         "\nMillrace is up at {base}\n\
          workspace: demo\n\
          token:     {token}\n\
+         Runs page: {base}/?login={login_code}\n           \
+         (a one-time login link for admin, valid for {LOGIN_LINK_MINUTES} minutes; \
+         afterwards log in there with the token)\n\
          script:    {EXAMPLE_PATH} (python3)\n\n\
          Call its webhook (async, answers a job id):\n  \
          curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' \\\n    \

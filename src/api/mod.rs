@@ -36,6 +36,7 @@ mod streamed_body;
 mod submit;
 mod sync_response;
 mod trigger_cache;
+mod ui;
 mod users;
 mod webhook_triggers;
 
@@ -58,6 +59,8 @@ pub use state::{apply_invalidation, ApiSettings, AppState};
 fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health::healthz))
+        .routes(routes!(ui::index))
+        .routes(routes!(ui::asset))
         .routes(routes!(health::readyz))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(observe::serve))
@@ -70,6 +73,9 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::list_tokens))
         .routes(routes!(users::delete_token))
         .routes(routes!(login::login))
+        .routes(routes!(login::login_code))
+        .routes(routes!(login::logout))
+        .routes(routes!(users::list_workspaces))
         .routes(routes!(groups::create))
         .routes(routes!(groups::add_user))
         .routes(routes!(groups::list))
@@ -186,7 +192,8 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not served on {}", uri.path()))
 }
 
-/// Redacts `token=` query values so access logs never hold a credential.
+/// Redacts `token=` and `login=` (a one-time login code) query values so access logs never
+/// hold a credential.
 pub fn redact_uri(uri: &Uri) -> String {
     let Some(query) = uri.query() else {
         return uri.path().to_owned();
@@ -194,7 +201,7 @@ pub fn redact_uri(uri: &Uri) -> String {
     let redacted: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some(("token", _)) => "token=REDACTED".to_owned(),
+            Some((key @ ("token" | "login"), _)) => format!("{key}=REDACTED"),
             _ => pair.to_owned(),
         })
         .collect();

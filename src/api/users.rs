@@ -16,7 +16,7 @@ use crate::domain::{Username, WorkspaceId};
 use crate::queue::control::Invalidate;
 use crate::store::tokens::NewToken;
 use crate::store::tokens::TokenListing;
-use crate::store::workspaces::{AddMember, Membership};
+use crate::store::workspaces::{AddMember, Membership, WorkspaceListing};
 use crate::store::{self, users::User};
 
 fn require_superadmin(principal: &Principal) -> ApiResult<()> {
@@ -296,6 +296,36 @@ pub async fn whoami(Authed(principal, _): Authed) -> Json<Value> {
     }))
 }
 
+/// The workspaces the caller may use: those it is a member of (a token made for one workspace:
+/// that one only); for a superadmin, every workspace.
+#[utoipa::path(get, path = "/api/workspaces/list", tag = "workspaces",
+    responses((status = 200, body = Vec<WorkspaceListing>)))]
+pub async fn list_workspaces(
+    State(state): State<AppState>,
+    Authed(principal, _): Authed,
+) -> ApiResult<Json<Vec<WorkspaceListing>>> {
+    let mut listing = store::workspaces::list_for(state.pool(), &principal.email).await?;
+    if principal.super_admin {
+        let username = Username::from_email(&principal.email).to_string();
+        for (id, name) in store::workspaces::list_all(state.pool()).await? {
+            if !listing.iter().any(|w| w.id == id) {
+                listing.push(WorkspaceListing {
+                    id,
+                    name,
+                    username: username.clone(),
+                    is_admin: true,
+                    operator: false,
+                });
+            }
+        }
+        listing.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    if let Some(bound) = &principal.workspace {
+        listing.retain(|w| &w.id == bound);
+    }
+    Ok(Json(listing))
+}
+
 /// The caller in a workspace.
 #[utoipa::path(get, path = "/api/w/{workspace}/users/whoami", tag = "users",
     params(("workspace" = String, Path)),
@@ -351,7 +381,13 @@ pub async fn delete_token(
             params.token_prefix
         )));
     }
-    for hash in &hashes {
+    revoked(&state, &hashes).await?;
+    Ok(format!("deleted token {}", params.token_prefix))
+}
+
+/// Tokens just deleted stop working here at once and on every replica within a second.
+pub async fn revoked(state: &AppState, hashes: &[Vec<u8>]) -> ApiResult<()> {
+    for hash in hashes {
         state.auth().forget_token(hash);
         let message = Invalidate::Token {
             hash: hex::encode(hash),
@@ -359,5 +395,5 @@ pub async fn delete_token(
         state.bus().publish_invalidate(&message).await?;
     }
     state.bus().flush().await?;
-    Ok(format!("deleted token {}", params.token_prefix))
+    Ok(())
 }

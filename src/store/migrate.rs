@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scheduler_retries",
         include_str!("../../migrations/0010_scheduler_retries.sql"),
     ),
+    (
+        12,
+        "login_codes",
+        include_str!("../../migrations/0012_login_codes.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

@@ -8,6 +8,7 @@ pub mod flow_runs;
 pub mod flows;
 mod job_inserter;
 pub mod jobs;
+pub mod login_codes;
 pub mod migrate;
 pub mod object_storage;
 pub mod scheduled;

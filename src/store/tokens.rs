@@ -183,3 +183,12 @@ pub async fn purge_expired(pool: &Pool) -> Result<Vec<ExpiringToken>, StoreError
         .await?;
     Ok(rows.iter().map(expiring).collect())
 }
+
+/// Deletes a login session by its hash (never an API token); whether there was one.
+pub async fn delete_session(pool: &Pool, hash: &[u8]) -> Result<bool, StoreError> {
+    let conn = pool.get().await?;
+    let deleted = conn
+        .execute("DELETE FROM tokens WHERE hash = $1 AND session", &[&hash])
+        .await?;
+    Ok(deleted > 0)
+}

@@ -113,3 +113,45 @@ pub async fn membership(
         })
     }))
 }
+
+/// A workspace as the caller sees it in the list of theirs.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct WorkspaceListing {
+    pub id: String,
+    pub name: String,
+    pub username: String,
+    pub is_admin: bool,
+    pub operator: bool,
+}
+
+/// The workspaces `email` is a member of, by id.
+pub async fn list_for(pool: &Pool, email: &str) -> Result<Vec<WorkspaceListing>, StoreError> {
+    let conn = pool.get().await?;
+    let rows = conn
+        .query(
+            "SELECT w.id, w.name, m.username, m.is_admin, m.operator
+             FROM workspace_members m JOIN workspaces w ON w.id = m.workspace_id
+             WHERE m.email = $1 ORDER BY w.id",
+            &[&email],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| WorkspaceListing {
+            id: r.get(0),
+            name: r.get(1),
+            username: r.get(2),
+            is_admin: r.get(3),
+            operator: r.get(4),
+        })
+        .collect())
+}
+
+/// Every workspace (id, name), by id.
+pub async fn list_all(pool: &Pool) -> Result<Vec<(String, String)>, StoreError> {
+    let conn = pool.get().await?;
+    let rows = conn
+        .query("SELECT id, name FROM workspaces ORDER BY id", &[])
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -59,30 +59,59 @@ impl Drop for Dev {
     }
 }
 
-/// Starts `dev` and returns it with the token its banner prints.
-fn start(data_dir: &Path, port: u16) -> (Dev, String) {
+/// What `dev`'s banner gives its user: a token, and the Runs page's one-time login link.
+struct Banner {
+    token: String,
+    login_link: String,
+}
+
+/// Starts `dev` and returns it with what its banner prints.
+fn start(data_dir: &Path, port: u16) -> (Dev, Banner) {
     let mut child = Dev(dev(data_dir, port).spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut token = None;
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(token) = line.strip_prefix("token:") {
-                let _ = tx.send(token.trim().to_owned());
+            if let Some(t) = line.strip_prefix("token:") {
+                token = Some(t.trim().to_owned());
+            }
+            if let (Some(link), Some(token)) = (line.strip_prefix("Runs page:"), &token) {
+                let _ = tx.send(Banner {
+                    token: token.clone(),
+                    login_link: link.trim().to_owned(),
+                });
             }
         }
     });
-    let token = rx
+    let banner = rx
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|e| {
             panic!(
-                "dev printed no token within 60 s ({e}):\n{}",
+                "dev printed no token and Runs page link within 60 s ({e}):\n{}",
                 dev_log(data_dir)
             )
         });
-    (child, token)
+    (child, banner)
+}
+
+/// Opens the Runs page's login link as the page does: the page, then its code exchanged for a
+/// session. Returns the status of the exchange and its answer.
+async fn follow_login_link(http: &reqwest::Client, link: &str) -> (u16, String) {
+    let page = http.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Runs · Millrace"));
+    let (base, code) = link.split_once("/?login=").expect("a ?login= link");
+    let res = http
+        .post(format!("{base}/api/auth/login_code"))
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
 }
 
 /// The processes whose command line names `needle`.
@@ -184,8 +213,29 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
         .build()
         .unwrap();
 
-    let (mut first, token) = start(&data_dir, port);
+    let (mut first, banner) = start(&data_dir, port);
+    let token = banner.token;
     let job = run_hello(&http, &base, &token).await;
+    // The Runs page's link logs the admin in, once.
+    assert!(
+        banner.login_link.starts_with(&format!("{base}/?login=")),
+        "{}",
+        banner.login_link
+    );
+    let (status, session) = follow_login_link(&http, &banner.login_link).await;
+    assert_eq!(status, 200, "{session}");
+    let me: Value = http
+        .get(format!("{base}/api/users/whoami"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], json!("admin@millrace.local"));
+    let (status, _) = follow_login_link(&http, &banner.login_link).await;
+    assert_eq!(status, 401, "a login link works once");
     let pg_dir = postgres_dir(&data_dir);
     // The key of stored secrets, made once, private.
     let key_file = data_dir.join("encryption.key");
@@ -203,12 +253,15 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
     none_left(&data_dir.join("nats").display().to_string());
 
     let started = Instant::now();
-    let (mut second, _) = start(&data_dir, port);
+    let (mut second, banner) = start(&data_dir, port);
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
+    // Each start prints a new link.
+    let (status, _) = follow_login_link(&http, &banner.login_link).await;
+    assert_eq!(status, 200);
     assert_eq!(
         std::fs::read_to_string(&key_file).unwrap(),
         key,

@@ -24,6 +24,7 @@ mod queue;
 mod run_async;
 mod run_stream;
 mod run_sync;
+mod runs_page;
 mod runtimes;
 mod scheduled;
 mod scripts;

@@ -107,6 +107,7 @@ fn concrete(path: &str, id: &str) -> String {
             "token_prefix" => "abcdefghij",
             "name" => "x",
             "kind" => "script",
+            "file" => "favicon.svg",
             other => panic!("no value for path parameter {{{other}}} in {path}"),
         });
         rest = &rest[close + 1..];
