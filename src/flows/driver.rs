@@ -25,7 +25,9 @@ use super::machine::{self, json_depth, Action, Event, NewStep, StepDone};
 use super::model::{FlowDef, ModuleKind};
 use super::state::FlowState;
 use super::status::flow_status;
-use crate::domain::{canceled_result, JobId, JobKind, JobStatus, ScriptLang, Tag, WorkspaceId};
+use crate::domain::{
+    canceled_result, JobId, JobKind, JobStatus, ScriptLang, Tag, TraceParent, WorkspaceId,
+};
 use crate::queue::envelope::{self, FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
@@ -66,9 +68,20 @@ pub struct Transitioned {
 struct Saved {
     #[serde(flatten)]
     machine: FlowState,
+    #[serde(flatten)]
+    inherited: Inherited,
+}
+
+/// What every step's envelope takes from its flow's start.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Inherited {
     /// The triggering token's scopes: every step's own token may do no more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scopes: Option<Vec<String>>,
+    /// The `traceparent` of the span that started the flow job: every step's span is its
+    /// child, so that a flow run is one trace. Flows started before it was kept have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 /// An immutable flow version, as transitions need it.
@@ -91,7 +104,7 @@ enum Trigger<'a> {
     /// The flow job's own message: a start, or a wake-up (`due`: its `scheduled_for`). The
     /// row travels in a start's message, for the worker to write if it got there first.
     Message {
-        scopes: Option<Vec<String>>,
+        inherited: Inherited,
         due: Option<chrono::DateTime<Utc>>,
         record: Option<Box<NewJobRow>>,
     },
@@ -133,8 +146,8 @@ struct Effects {
     early_return: Option<Value>,
     end: Option<FlowEnd>,
     status: Value,
-    /// The flow's scopes, which its steps' envelopes carry.
-    scopes: Option<Vec<String>>,
+    /// What its steps' envelopes carry from the flow.
+    inherited: Inherited,
 }
 
 impl FlowDriver {
@@ -149,9 +162,17 @@ impl FlowDriver {
     }
 
     /// A flow job's message: starts the flow the first time, wakes it later. Ack when `Ok`.
-    pub async fn on_flow_message(&self, envelope: &JobEnvelope) -> Result<(), DriverError> {
+    /// `trace` is the span handling the message: a start's becomes the parent of every step.
+    pub async fn on_flow_message(
+        &self,
+        envelope: &JobEnvelope,
+        trace: TraceParent,
+    ) -> Result<(), DriverError> {
         let trigger = Trigger::Message {
-            scopes: envelope.scopes.clone(),
+            inherited: Inherited {
+                scopes: envelope.scopes.clone(),
+                traceparent: Some(trace.to_string()),
+            },
             due: envelope.scheduled_for,
             record: envelope
                 .record
@@ -311,12 +332,15 @@ impl FlowDriver {
             recorded = run.complete_step(*step, completion).await?;
         }
         let mut events = Vec::new();
-        let mut scopes = None;
-        if let Trigger::Message { scopes: given, .. } = &trigger {
+        let mut inherited = None;
+        if let Trigger::Message {
+            inherited: given, ..
+        } = &trigger
+        {
             if run.flow.status == JobStatus::Queued {
                 run.mark_started(&self.worker).await?;
                 events.push(Event::Start);
-                scopes = given.clone();
+                inherited = Some(given.clone());
             } else {
                 events.push(Event::Wake);
             }
@@ -341,21 +365,21 @@ impl FlowDriver {
             // Nothing new, or the flow ended already (cancelled, say).
             run.commit_steps().await?;
             Effects {
-                scopes: read_state(flow_job.state.as_deref())
-                    .ok()
-                    .and_then(|s| s.scopes),
+                inherited: read_state(flow_job.state.as_deref())
+                    .map(|s| s.inherited)
+                    .unwrap_or_default(),
                 ..Effects::default()
             }
         } else {
-            let (mut effects, state) = self.apply(&mut run, events, scopes, &trigger_id).await?;
+            let (mut effects, state) = self.apply(&mut run, events, inherited, &trigger_id).await?;
             // A wake-up due later waits on the flow's row, committed with the transition.
             let now = Utc::now();
             if let Some(at) = effects
                 .wake_at
                 .filter(|at| effects.end.is_none() && envelope::held_back(Some(*at), now))
             {
-                let wake = serde_json::to_value(flow_envelope(&flow_job, Some(at)))
-                    .expect("envelopes serialise");
+                let wake = flow_envelope(&flow_job, Some(at), &effects.inherited);
+                let wake = serde_json::to_value(wake).expect("envelopes serialise");
                 run.hold_wake(at, &wake, &wake_msg_id(flow_job.id, at))
                     .await?;
                 effects.wake_at = None;
@@ -371,10 +395,12 @@ impl FlowDriver {
             effects
         };
         drop(conn);
-        let scopes = effects.scopes.clone();
+        let inherited = effects.inherited.clone();
         let mut published = self.publish(&flow_job, effects).await;
         if republish && published.is_ok() {
-            published = self.republish_queued(&flow_job, &scopes, &trigger_id).await;
+            published = self
+                .republish_queued(&flow_job, &inherited, &trigger_id)
+                .await;
         }
         Ok(Some(Transitioned {
             recorded,
@@ -388,7 +414,7 @@ impl FlowDriver {
         &self,
         run: &mut FlowRun<'_>,
         events: Vec<Event>,
-        scopes: Option<Vec<String>>,
+        started_with: Option<Inherited>,
         trigger_id: &str,
     ) -> Result<(Effects, Option<Value>), StoreError> {
         // One budget of expression time for the whole transition, however many events.
@@ -405,10 +431,14 @@ impl FlowDriver {
                 return self.end_now(run, effects, "InternalError", why).await;
             }
         };
-        if effects.started {
-            saved.scopes = scopes;
+        if let Some(inherited) = started_with.filter(|_| effects.started) {
+            saved.inherited = inherited;
         }
-        effects.scopes = saved.scopes.clone();
+        // A flow started before traces were kept: its remaining steps still share one trace.
+        if saved.inherited.traceparent.is_none() {
+            saved.inherited.traceparent = Some(TraceParent::root().to_string());
+        }
+        effects.inherited = saved.inherited.clone();
         let ws = WorkspaceId::parse(&flow.workspace_id)
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let Some(version) = self.version(&ws, flow.flow_version, Some(run)).await? else {
@@ -462,7 +492,7 @@ impl FlowDriver {
         let now = Utc::now();
         for row in &mut rows {
             if envelope::held_back(row.scheduled_for, now) {
-                let held = self.step_envelope(&flow, &effects.scopes, &queued_step(row));
+                let held = self.step_envelope(&flow, &effects.inherited, &queued_step(row));
                 row.held = Some(serde_json::to_value(held).expect("envelopes serialise"));
             }
         }
@@ -586,7 +616,7 @@ impl FlowDriver {
 
     /// Publishes what a committed transition decided.
     async fn publish(&self, flow: &FlowJob, effects: Effects) -> Result<(), DriverError> {
-        let template = flow_envelope(flow, None);
+        let template = flow_envelope(flow, None, &effects.inherited);
         if effects.started {
             let _ = self
                 .bus
@@ -602,7 +632,7 @@ impl FlowDriver {
             .map(|step| {
                 (
                     tag_of(&step.tag),
-                    self.step_envelope(flow, &effects.scopes, step),
+                    self.step_envelope(flow, &effects.inherited, step),
                 )
             })
             .collect();
@@ -610,7 +640,7 @@ impl FlowDriver {
         let held: Vec<JobEnvelope> = effects
             .held_steps
             .iter()
-            .map(|step| self.step_envelope(flow, &effects.scopes, step))
+            .map(|step| self.step_envelope(flow, &effects.inherited, step))
             .collect();
         for envelope in jobs.iter().map(|(_, e)| e).chain(&held) {
             let mut event = JobEvent::new(JobEventKind::Queued, envelope);
@@ -633,7 +663,7 @@ impl FlowDriver {
                 .await;
         }
         if let Some(at) = effects.wake_at {
-            let wake = flow_envelope(flow, Some(at));
+            let wake = flow_envelope(flow, Some(at), &effects.inherited);
             self.bus
                 .publish_job_as(&tag_of(&flow.tag), &wake, &wake_msg_id(flow.id, at))
                 .await?;
@@ -648,7 +678,7 @@ impl FlowDriver {
     async fn republish_queued(
         &self,
         flow: &FlowJob,
-        scopes: &Option<Vec<String>>,
+        inherited: &Inherited,
         trigger_id: &str,
     ) -> Result<(), DriverError> {
         let conn = self.pool.get().await.map_err(StoreError::from)?;
@@ -656,7 +686,7 @@ impl FlowDriver {
         drop(conn);
         let jobs: Vec<(Tag, JobEnvelope)> = queued
             .iter()
-            .map(|step| (tag_of(&step.tag), self.step_envelope(flow, scopes, step)))
+            .map(|step| (tag_of(&step.tag), self.step_envelope(flow, inherited, step)))
             .collect();
         Ok(self.bus.publish_jobs(&jobs).await?)
     }
@@ -667,8 +697,13 @@ fn wake_msg_id(flow: JobId, at: chrono::DateTime<Utc>) -> String {
     format!("{flow}:wake:{}", at.timestamp_millis())
 }
 
-/// The flow job's own envelope (a wake-up when `scheduled_for` is set).
-fn flow_envelope(flow: &FlowJob, scheduled_for: Option<chrono::DateTime<Utc>>) -> JobEnvelope {
+/// The flow job's own envelope (a wake-up when `scheduled_for` is set, whose span joins the
+/// flow's trace).
+fn flow_envelope(
+    flow: &FlowJob,
+    scheduled_for: Option<chrono::DateTime<Utc>>,
+    inherited: &Inherited,
+) -> JobEnvelope {
     JobEnvelope {
         v: envelope::VERSION,
         id: flow.id,
@@ -685,7 +720,7 @@ fn flow_envelope(flow: &FlowJob, scheduled_for: Option<chrono::DateTime<Utc>>) -
         scheduled_for,
         flow_version: flow.flow_version,
         flow_step: None,
-        traceparent: None,
+        traceparent: inherited.traceparent.clone(),
         record: None,
     }
 }
@@ -694,7 +729,7 @@ impl FlowDriver {
     fn step_envelope(
         &self,
         flow: &FlowJob,
-        scopes: &Option<Vec<String>>,
+        inherited: &Inherited,
         step: &QueuedStep,
     ) -> JobEnvelope {
         JobEnvelope {
@@ -707,7 +742,7 @@ impl FlowDriver {
             language: step.language.as_deref().and_then(|l| l.parse().ok()),
             created_by: flow.created_by.clone(),
             permissioned_as: flow.permissioned_as.clone(),
-            scopes: scopes.clone(),
+            scopes: inherited.scopes.clone(),
             tag: step.tag.clone(),
             timeout_s: step.timeout_s,
             scheduled_for: step.scheduled_for,
@@ -719,7 +754,7 @@ impl FlowDriver {
                 flow_version: flow.flow_version.unwrap_or_default(),
                 step_id: step.flow_step_id.clone().unwrap_or_default(),
             }),
-            traceparent: None,
+            traceparent: inherited.traceparent.clone(),
             record: None,
         }
     }
@@ -774,7 +809,12 @@ pub async fn cancel_flow(
         ..Effects::default()
     };
     announce_canceled(bus, &flow, &effects).await;
-    announce_end(bus, &flow_envelope(&flow, None), &end).await;
+    announce_end(
+        bus,
+        &flow_envelope(&flow, None, &Inherited::default()),
+        &end,
+    )
+    .await;
     Ok(FlowCancel::Canceled)
 }
 
@@ -783,7 +823,10 @@ async fn announce_canceled(bus: &Bus, flow: &FlowJob, effects: &Effects) {
     for step in &effects.canceled_now {
         let done = JobDone::new(step.id, false, true, &effects.cancel_result);
         let _ = bus.publish_done(&done).await;
-        let mut event = JobEvent::new(JobEventKind::Canceled, &flow_envelope(flow, None));
+        let mut event = JobEvent::new(
+            JobEventKind::Canceled,
+            &flow_envelope(flow, None, &Inherited::default()),
+        );
         event.id = step.id;
         event.job_kind = JobKind::Script.as_str().to_owned();
         event.path = step.script_path.clone();
@@ -1002,4 +1045,26 @@ async fn apply_blocking(
     .map_err(|e| format!("the flow's state machine failed: {e}"))?;
     *state = owned;
     Ok(actions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_saved_before_traces_were_kept_still_reads() {
+        let mut saved = Saved::default();
+        saved.inherited.scopes = Some(vec!["jobs:run".into()]);
+        let old = serde_json::to_string(&saved).unwrap();
+        assert!(!old.contains("traceparent"), "{old}");
+        let read = read_state(Some(&old)).unwrap();
+        assert_eq!(read.inherited.scopes, saved.inherited.scopes);
+        assert_eq!(read.inherited.traceparent, None);
+
+        let trace = TraceParent::root().to_string();
+        saved.inherited.traceparent = Some(trace.clone());
+        let new = serde_json::to_string(&saved).unwrap();
+        let read = read_state(Some(&new)).unwrap();
+        assert_eq!(read.inherited.traceparent, Some(trace));
+    }
 }

@@ -86,7 +86,10 @@ pub async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, slot: OwnedSema
     let parent = envelope.traceparent.as_deref().and_then(TraceParent::parse);
     let trace = crate::telemetry::trace_of(|| span.clone(), parent.as_ref());
     let (settle, lease) = match envelope.kind {
-        JobKind::Flow => (advance_flow(&ctx, &envelope).instrument(span).await, None),
+        JobKind::Flow => {
+            let settle = advance_flow(&ctx, &envelope, trace).instrument(span).await;
+            (settle, None)
+        }
         JobKind::Script => {
             run_delivery(&ctx, &delivery, &envelope, trace)
                 .instrument(span)
@@ -181,8 +184,8 @@ async fn advance_after_step(
 
 /// A flow job's message: its first transition, or a wake-up. Nothing runs here; the flow's
 /// steps are jobs of their own.
-async fn advance_flow(ctx: &WorkerContext, envelope: &JobEnvelope) -> Settle {
-    match ctx.flows.on_flow_message(envelope).await {
+async fn advance_flow(ctx: &WorkerContext, envelope: &JobEnvelope, trace: TraceParent) -> Settle {
+    match ctx.flows.on_flow_message(envelope, trace).await {
         Ok(()) => Settle::Ack,
         Err(e) => {
             tracing::warn!(flow = %envelope.id, error = %e, "flow transition failed; retrying");

@@ -30,7 +30,7 @@ fn echo(id: &str, x: Value) -> Value {
     python(id, "def main(x=None):\n    return x\n", json!({"x": x}))
 }
 
-async fn steps_of(env: &TestEnv, flow: &str) -> Vec<Value> {
+pub async fn steps_of(env: &TestEnv, flow: &str) -> Vec<Value> {
     let list = env
         .get(
             &format!("/api/w/{WS}/jobs/list?include_flow_steps=true&per_page=1000"),

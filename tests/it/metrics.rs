@@ -1,6 +1,6 @@
 //! `/metrics` of the API and of a worker after a known sequence of jobs, read with Prometheus'
-//! own Python text parser; traces: a caller's `traceparent` reaches the script and the OTLP
-//! exporter.
+//! own Python text parser; traces: a caller's `traceparent` reaches the script (a flow's steps
+//! included) and the OTLP exporter.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -401,6 +401,93 @@ async fn a_callers_trace_reaches_the_script() {
     }
     assert_ne!(traces[0], traces[1]);
     assert!(!traces.contains(&CALLER_TRACE.to_owned()));
+}
+
+/// Runs `u/alice/traced_flow` (with the caller's `traceparent` when given) to its end;
+/// returns the `traceparent` it keeps for its steps and each step's `TRACEPARENT`, by module.
+async fn traced_flow(
+    env: &TestEnv,
+    header: Option<&str>,
+) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let mut req = env
+        .http
+        .post(env.url(&format!("/api/w/{WS}/jobs/run/f/u/alice/traced_flow")))
+        .bearer_auth(&env.token)
+        .json(&json!({}));
+    if let Some(header) = header {
+        req = req.header("traceparent", header);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let id = res.text().await.unwrap();
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["success"], json!(true), "{done}");
+    let kept: String = env
+        .sql()
+        .await
+        .query_one(
+            "SELECT flow_state->>'traceparent' FROM jobs WHERE id = $1",
+            &[&id.parse::<uuid::Uuid>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut steps = Vec::new();
+    for step in crate::flows::steps_of(env, &id).await {
+        let job = env.job(step["id"].as_str().unwrap()).await;
+        let seen = job["result"].as_str().unwrap_or_default();
+        let module = step["flow_step_id"].as_str().unwrap().to_owned();
+        steps.push((module, fields(seen)));
+    }
+    steps.sort();
+    (fields(&kept), steps)
+}
+
+#[tokio::test]
+async fn a_flow_run_is_one_trace_across_its_steps() {
+    use crate::flows::{bash, js};
+    let env = TestEnv::start().await;
+    let echo = "echo \"$TRACEPARENT\"";
+    env.flow(
+        "u/alice/traced_flow",
+        json!({"modules": [
+            bash("a", echo, json!({})),
+            bash("b", echo, json!({})),
+            {"id": "loop", "value": {"type": "forloopflow", "iterator": js("[1, 2]"),
+              "modules": [bash("each", echo, json!({}))]}},
+        ]}),
+    )
+    .await;
+    let modules = |steps: &[(String, Vec<String>)]| -> Vec<String> {
+        steps.iter().map(|(m, _)| m.clone()).collect()
+    };
+    let (kept, steps) = traced_flow(&env, Some(CALLER)).await;
+    assert_eq!(modules(&steps), ["a", "b", "each", "each"]);
+    // The flow job's span is the parent of every step: the caller's trace, a span of its own.
+    assert_eq!(kept[1], CALLER_TRACE);
+    assert_ne!(kept[2], "00f067aa0ba902b7");
+    for (module, seen) in &steps {
+        assert_eq!(seen[1], CALLER_TRACE, "{module}: {seen:?}");
+        assert_ne!(seen[2], kept[2], "{module}: each step is a span of its own");
+    }
+    let mut spans: Vec<&String> = steps.iter().map(|(_, seen)| &seen[2]).collect();
+    spans.sort();
+    spans.dedup();
+    assert_eq!(spans.len(), steps.len(), "{steps:?}");
+
+    // Without a header, the flow starts one trace, which all its steps share; another run
+    // starts another.
+    let mut traces = Vec::new();
+    for _ in 0..2 {
+        let (kept, steps) = traced_flow(&env, None).await;
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert_ne!(kept[1], CALLER_TRACE);
+        for (module, seen) in &steps {
+            assert_eq!(seen[1], kept[1], "{module}: {seen:?}");
+        }
+        traces.push(kept[1].clone());
+    }
+    assert_ne!(traces[0], traces[1]);
 }
 
 /// A tiny OTLP/HTTP receiver: keeps the bodies POSTed to it.
