@@ -290,6 +290,7 @@ def scenario_permissions(b):
         "DELETE", f"/api/users/tokens/delete/{CFG['member_token'][:10]}", CFG["member_token"]
     )
     assert status == 200, (status, text)
+    b.expect_refused(f"/api/w/{WS}/jobs/list")
     page.goto(runs_url())
     expect(page.locator('[data-role="message"]')).to_contain_text("log in again")
     return {}
