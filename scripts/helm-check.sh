@@ -299,6 +299,7 @@ def split(rendered, core_out):
             errors += check_monitor(d, docs)
         else:
             core.append(d)
+    errors += check_metrics_private(docs)
     with open(core_out, "w") as f:
         yaml.safe_dump_all(core, f, sort_keys=False)
     for e in errors:
@@ -328,6 +329,43 @@ def check_monitor(d, docs):
     for e in endpoints:
         if e.get("port") not in ports or e.get("path") != "/metrics":
             errs.append(f"{kind} {name}: endpoint {e} is not a /metrics port of its targets")
+    return errs
+
+
+def check_metrics_private(docs):
+    """The api serves /metrics on a port of its own (METRICS_BIND_ADDR), named `metrics`, which
+    the scrape annotation names; no Service an Ingress routes to exposes it."""
+    errs = []
+    for d in docs:
+        if d.get("kind") != "Deployment":
+            continue
+        template = d["spec"]["template"]
+        if template["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "api":
+            continue
+        name = d["metadata"]["name"]
+        api = next(c for c in template["spec"]["containers"] if c["name"] == "api")
+        ports = {p.get("name"): p["containerPort"] for p in api.get("ports", [])}
+        env = {e["name"]: e.get("value") for e in api.get("env", [])}
+        if "metrics" not in ports:
+            errs.append(f"Deployment {name}: the api container has no `metrics` port")
+            continue
+        if env.get("METRICS_BIND_ADDR") != f"0.0.0.0:{ports['metrics']}":
+            errs.append(f"Deployment {name}: METRICS_BIND_ADDR {env.get('METRICS_BIND_ADDR')!r} "
+                        f"is not the `metrics` port {ports['metrics']}")
+        annotations = template["metadata"].get("annotations", {})
+        if "prometheus.io/port" in annotations and annotations["prometheus.io/port"] != str(ports["metrics"]):
+            errs.append(f"Deployment {name}: prometheus.io/port is not the `metrics` port")
+    routed = {(p["backend"]["service"]["name"])
+              for i in docs if i.get("kind") == "Ingress"
+              for r in i["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])}
+    for s in docs:
+        if s.get("kind") != "Service":
+            continue
+        name = s["metadata"]["name"]
+        if any(p.get("targetPort") == "metrics" for p in s["spec"].get("ports", [])):
+            if name in routed or s["spec"].get("clusterIP") != "None":
+                errs.append(f"Service {name}: exposes the metrics port; only a headless Service "
+                            "that no Ingress routes to may")
     return errs
 
 

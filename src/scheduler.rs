@@ -141,6 +141,13 @@ impl Scheduler {
             "scheduled messages settled"
         );
         for job in ended {
+            let labels = crate::metrics::JobLabels::of_row(
+                &job.tag,
+                job.language.as_deref(),
+                &job.job_kind,
+                job.parent_job.is_some(),
+            );
+            crate::metrics::job_ended(&labels, crate::metrics::JobEnd::Failure, None);
             self.announce(job).await;
         }
         Ok(claimed)

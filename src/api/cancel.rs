@@ -46,6 +46,13 @@ pub async fn cancel_job(
     let result = canceled_result(reason.as_deref(), by);
     match jobs::cancel(state.pool(), ws, id, by, reason.as_deref(), &result).await? {
         CancelOutcome::CanceledQueued(job) => {
+            let labels = crate::metrics::JobLabels::of_row(
+                &job.tag,
+                job.language.as_deref(),
+                &job.job_kind,
+                job.parent_job.is_some(),
+            );
+            crate::metrics::job_ended(&labels, crate::metrics::JobEnd::Canceled, None);
             announce(state, &job, &result).await;
             Ok(Canceled::Now)
         }

@@ -33,17 +33,22 @@ pub fn presented_token(parts: &Parts) -> Option<(String, Credential)> {
             .unwrap_or_default();
         return Some((token.trim().to_owned(), Credential::Bearer));
     }
-    for cookies in parts.headers.get_all(header::COOKIE) {
-        for pair in cookies.to_str().unwrap_or_default().split(';') {
-            if let Some(token) = pair.trim().strip_prefix("token=") {
-                return Some((token.to_owned(), Credential::Cookie));
-            }
-        }
+    if let Some(token) = cookie_token(&parts.headers) {
+        return Some((token, Credential::Cookie));
     }
     let query = parts.uri.query()?;
     form_urlencoded_pairs(query)
         .find(|(k, _)| k == "token")
         .map(|(_, v)| (v, Credential::Query))
+}
+
+/// The `token` cookie's value, if one was sent.
+pub fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|cookies| cookies.to_str().unwrap_or_default().split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("token=").map(str::to_owned))
 }
 
 /// The client's address (rate limits are per client address): the connection's peer, or with

@@ -1,14 +1,15 @@
 //! Login sessions: a password, or a one-time login link (`millrace dev` prints one), answers a
-//! session token as text and sets it as an HttpOnly cookie; logout ends the session.
+//! session token as text and sets it as an HttpOnly cookie (`Secure` when the caller came over
+//! https); logout ends the session.
 
 use axum::extract::State;
-use axum::http::{header, request::Parts};
+use axum::http::{header, request::Parts, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{presented_token, ClientIp, JsonBody};
+use super::extract::{cookie_token, presented_token, ClientIp, JsonBody};
 use super::{passwords, users, AppState};
 use crate::auth::token;
 use crate::store::{self, tokens::NewToken};
@@ -29,6 +30,7 @@ pub struct Login {
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<Login>,
 ) -> ApiResult<Response> {
     // Trimmed as at user creation, so a pasted address with a stray space still matches.
@@ -39,7 +41,7 @@ pub async fn login(
         state.record_login_failure(email, ip);
         return Err(ApiError::Unauthorized("invalid email or password".into()));
     }
-    start_session(&state, email).await
+    start_session(&state, email, over_https(&state, &headers)).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -54,11 +56,12 @@ pub struct LoginCode {
 pub async fn login_code(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<LoginCode>,
 ) -> ApiResult<Response> {
     let hash = token::hash(body.code.trim());
     match store::login_codes::redeem(state.pool(), &hash).await? {
-        Some(email) => start_session(&state, &email).await,
+        Some(email) => start_session(&state, &email, over_https(&state, &headers)).await,
         // Counted like an invalid token: codes are as unguessable as tokens, and guessing
         // them gets the same limit.
         None => Err(state.token_failed(
@@ -72,23 +75,58 @@ pub async fn login_code(
     }
 }
 
-/// Log out: ends the login session presented (an API token is left alone) and clears the
-/// cookie. Answers 200 whatever was presented.
+/// Log out: ends the login session of the `token` cookie (what a browser logs out of), or
+/// without a cookie the session presented otherwise (an API token is left alone), and clears
+/// the cookie. Answers 200 whatever was presented.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "users",
     responses((status = 200, description = "the session ended; the `token` cookie cleared", body = String)))]
 pub async fn logout(State(state): State<AppState>, parts: Parts) -> ApiResult<Response> {
-    if let Some((secret, _)) = presented_token(&parts) {
+    let session = cookie_token(&parts.headers).or_else(|| presented_token(&parts).map(|(t, _)| t));
+    if let Some(secret) = session {
         let hash = token::hash(&secret);
         if store::tokens::delete_session(state.pool(), &hash).await? {
             users::revoked(&state, &[hash.to_vec()]).await?;
         }
     }
-    let cookie = "token=; HttpOnly; Path=/; SameSite=Lax; Max-Age=0";
+    let cookie = session_cookie("", 0, over_https(&state, &parts.headers));
     Ok(([(header::SET_COOKIE, cookie)], "logged out").into_response())
 }
 
+/// The `token` cookie: HttpOnly, and `Secure` when the caller came over https, so that a
+/// browser never sends it in clear.
+fn session_cookie(secret: &str, max_age: i64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("token={secret}; HttpOnly; Path=/; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// Whether the caller reached the API over https: `BASE_URL` is https, or (with
+/// `TRUSTED_PROXY_HOPS`) the trusted proxy says so in `X-Forwarded-Proto`; the entry it wrote
+/// is found as `ClientIp` finds its address, and a client's own claim counts for nothing.
+fn over_https(state: &AppState, headers: &HeaderMap) -> bool {
+    let config = state.config();
+    if config.base_url.starts_with("https://") {
+        return true;
+    }
+    let hops = config.trusted_proxy_hops;
+    if hops == 0 {
+        return false;
+    }
+    let protos: Vec<&str> = headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    // A proxy that set the header rather than appending to it left a single entry.
+    let at = protos.len().saturating_sub(hops);
+    protos
+        .get(at)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+}
+
 /// A new login session for `email`: its token as text, and as the `token` cookie.
-async fn start_session(state: &AppState, email: &str) -> ApiResult<Response> {
+async fn start_session(state: &AppState, email: &str, secure: bool) -> ApiResult<Response> {
     let secret = token::generate();
     let hash = token::hash(&secret);
     let expiration = Utc::now() + chrono::Duration::days(SESSION_DAYS);
@@ -106,9 +144,6 @@ async fn start_session(state: &AppState, email: &str) -> ApiResult<Response> {
         },
     )
     .await?;
-    let cookie = format!(
-        "token={secret}; HttpOnly; Path=/; SameSite=Lax; Max-Age={}",
-        SESSION_DAYS * 24 * 3600
-    );
+    let cookie = session_cookie(&secret, SESSION_DAYS * 24 * 3600, secure);
     Ok(([(header::SET_COOKIE, cookie)], secret).into_response())
 }

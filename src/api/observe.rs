@@ -14,7 +14,7 @@ use super::AppState;
 use crate::metrics::{self, HttpLabels};
 
 /// The `route` of a request no route matched: its path is the caller's, not a label.
-const UNMATCHED: &str = "unmatched";
+pub(super) const UNMATCHED: &str = "unmatched";
 
 /// Counts and times each request, and each webhook's fate.
 pub async fn track(request: Request, next: Next) -> Response {

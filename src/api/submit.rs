@@ -62,7 +62,6 @@ pub async fn submit(
         } => (Some(hash.to_string()), Some(*language), *timeout_s, None),
         Runnable::Flow { version, .. } => (None, None, None, Some(*version)),
     };
-    let labels = crate::metrics::JobLabels::new(tag.as_str(), language, target.kind(), false);
     let mut envelope = JobEnvelope {
         v: envelope::VERSION,
         id,
@@ -102,6 +101,7 @@ pub async fn submit(
         row.held = Some(serde_json::to_value(&envelope).expect("envelopes serialise"));
     }
     state.served_tags().check(state, &tag).await?;
+    let labels = crate::metrics::JobLabels::new(tag.as_str(), language, target.kind(), false);
     let mut event = JobEvent::new(JobEventKind::Queued, &envelope);
     event.at = now;
     // Apart from the request, so that a caller hanging up cannot stop it between the INSERT,

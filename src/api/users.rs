@@ -297,13 +297,27 @@ pub async fn whoami(Authed(principal, _): Authed) -> Json<Value> {
 }
 
 /// The workspaces the caller may use: those it is a member of (a token made for one workspace:
-/// that one only); for a superadmin, every workspace.
+/// that one only); for a superadmin, every workspace. A scoped token reads this only with a
+/// scope that reads something in a workspace: one that may only run (a webhook's) is refused,
+/// as for any other read. A job's token is bound to its workspace and lists that one.
 #[utoipa::path(get, path = "/api/workspaces/list", tag = "workspaces",
     responses((status = 200, body = Vec<WorkspaceListing>)))]
 pub async fn list_workspaces(
     State(state): State<AppState>,
     Authed(principal, _): Authed,
 ) -> ApiResult<Json<Vec<WorkspaceListing>>> {
+    let reads = [
+        scope::Action::ReadJobs,
+        scope::Action::ReadScripts,
+        scope::Action::ReadFlows,
+    ];
+    if !principal.is_job_token() && !reads.into_iter().any(|a| principal.allows(a)) {
+        return Err(ApiError::Forbidden(
+            "this token's scopes do not allow it: listing workspaces needs a read scope \
+             (jobs:read, scripts:read or flows:read)"
+                .into(),
+        ));
+    }
     let mut listing = store::workspaces::list_for(state.pool(), &principal.email).await?;
     if principal.super_admin {
         let username = Username::from_email(&principal.email).to_string();

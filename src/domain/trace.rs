@@ -24,7 +24,7 @@ impl TraceParent {
         {
             return None;
         }
-        let mut fields = header[..55].split('-');
+        let mut fields = header.get(..55)?.split('-');
         let version = hex::<1>(fields.next()?)?;
         let trace_id = hex::<16>(fields.next()?)?;
         let span_id = hex::<8>(fields.next()?)?;
@@ -105,6 +105,18 @@ mod tests {
         assert_eq!(child.flags, 1);
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes";
         assert_eq!(TraceParent::parse(later).unwrap().trace_id, parent.trace_id);
+    }
+
+    #[test]
+    fn a_header_with_non_ascii_text_is_ignored_without_panicking() {
+        // 54 ASCII bytes then a two-byte character: byte 55 is inside it.
+        let header = format!("{}é-and-more", &GIVEN[..54]);
+        assert_eq!(TraceParent::parse(&header), None);
+        assert_eq!(
+            TraceParent::parse("00-ééééééééééééééééé-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(TraceParent::parse(&"é".repeat(40)), None);
     }
 
     #[test]

@@ -616,6 +616,7 @@ impl FlowDriver {
 
     /// Publishes what a committed transition decided.
     async fn publish(&self, flow: &FlowJob, effects: Effects) -> Result<(), DriverError> {
+        count(flow, &effects, effects.end.as_ref());
         let template = flow_envelope(flow, None, &effects.inherited);
         if effects.started {
             let _ = self
@@ -808,6 +809,7 @@ pub async fn cancel_flow(
         cancel_result: result,
         ..Effects::default()
     };
+    count(&flow, &effects, Some(&end));
     announce_canceled(bus, &flow, &effects).await;
     announce_end(
         bus,
@@ -816,6 +818,30 @@ pub async fn cancel_flow(
     )
     .await;
     Ok(FlowCancel::Canceled)
+}
+
+/// Counts in this process's metrics what a committed transition (or a cancel) did: the flow's
+/// start and end, its steps queued and those cancelled while queued (a worker counts the rest).
+fn count(flow: &FlowJob, effects: &Effects, end: Option<&FlowEnd>) {
+    use crate::metrics::{self, JobEnd, JobLabels};
+    let step = |tag: &str, language: Option<&str>| JobLabels::of_row(tag, language, "script", true);
+    if effects.started {
+        metrics::flow_started(&flow.tag);
+    }
+    for queued in effects.steps.iter().chain(&effects.held_steps) {
+        metrics::job_queued(&step(&queued.tag, queued.language.as_deref()));
+    }
+    for canceled in &effects.canceled_now {
+        let labels = step(&canceled.tag, canceled.language.as_deref());
+        metrics::job_ended(&labels, JobEnd::Canceled, None);
+    }
+    if let Some(end) = end {
+        let labels = JobLabels::new(&flow.tag, None, JobKind::Flow, false);
+        let ran = flow
+            .started_at
+            .and_then(|at| (Utc::now() - at).to_std().ok());
+        metrics::job_ended(&labels, JobEnd::of(end.status), ran);
+    }
 }
 
 /// Tells the waiters of steps cancelled while queued, and the workers of running ones.

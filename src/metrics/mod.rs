@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 pub use intern::{route_label, tag_label};
 pub use pending::Backlogs;
 
-use crate::domain::{JobKind, ScriptLang};
+use crate::domain::{JobKind, JobStatus, ScriptLang};
 use crate::store::Pool;
 
 /// The content type of what [`render`] writes.
@@ -83,6 +83,16 @@ pub struct JobLabels {
 }
 
 impl JobLabels {
+    /// The labels of a job as its row stores them (`step`: a flow's step).
+    pub fn of_row(tag: &str, language: Option<&str>, kind: &str, step: bool) -> Self {
+        let kind = if kind == JobKind::Flow.as_str() {
+            JobKind::Flow
+        } else {
+            JobKind::Script
+        };
+        Self::new(tag, language.and_then(|l| l.parse().ok()), kind, step)
+    }
+
     pub fn new(tag: &str, language: Option<ScriptLang>, kind: JobKind, step: bool) -> Self {
         Self {
             tag: tag_label(tag),
@@ -120,6 +130,17 @@ pub enum JobEnd {
     Success,
     Failure,
     Canceled,
+}
+
+impl JobEnd {
+    /// How a job whose status is `status` (a completed one) ended.
+    pub fn of(status: JobStatus) -> Self {
+        match status {
+            JobStatus::Success => Self::Success,
+            JobStatus::Canceled => Self::Canceled,
+            _ => Self::Failure,
+        }
+    }
 }
 
 struct Metrics {
@@ -206,11 +227,6 @@ impl Metrics {
             self.webhooks_refused.clone(),
         );
         api.register(
-            "jobs_queued",
-            "Jobs recorded and queued by this API process",
-            self.jobs_queued.clone(),
-        );
-        api.register(
             "sync_waiters",
             "Sync run requests waiting for their job's result",
             self.sync_waiters.clone(),
@@ -221,26 +237,6 @@ impl Metrics {
             self.sse_streams.clone(),
         );
         let worker = &mut self.worker;
-        worker.register(
-            "jobs_started",
-            "Jobs whose script this worker started",
-            self.jobs_started.clone(),
-        );
-        worker.register(
-            "jobs_completed",
-            "Jobs this worker ended successfully",
-            self.jobs_completed.clone(),
-        );
-        worker.register(
-            "jobs_failed",
-            "Jobs this worker ended as failed",
-            self.jobs_failed.clone(),
-        );
-        worker.register(
-            "jobs_canceled",
-            "Jobs this worker ended as canceled",
-            self.jobs_canceled.clone(),
-        );
         worker.register(
             "job_duration_seconds",
             "How long jobs' scripts ran, by how they ended",
@@ -271,7 +267,35 @@ impl Metrics {
             "Jobs of a tag delivered to workers and not yet acknowledged (consumer info, cached)",
             self.backlog_ack_pending.clone(),
         );
+        // A job's life is counted by the process that moved it on (the API queues and cancels
+        // queued jobs, a worker starts and ends them, and queues a flow's steps): summed over
+        // the processes, queued - (completed + failed + canceled) is what is in flight.
         for registry in [&mut self.api, &mut self.worker] {
+            registry.register(
+                "jobs_queued",
+                "Jobs (flows, flow steps) recorded and queued by this process",
+                self.jobs_queued.clone(),
+            );
+            registry.register(
+                "jobs_started",
+                "Jobs whose first attempt (or flows whose run) this process started",
+                self.jobs_started.clone(),
+            );
+            registry.register(
+                "jobs_completed",
+                "Jobs this process ended successfully",
+                self.jobs_completed.clone(),
+            );
+            registry.register(
+                "jobs_failed",
+                "Jobs this process ended as failed",
+                self.jobs_failed.clone(),
+            );
+            registry.register(
+                "jobs_canceled",
+                "Jobs this process ended as canceled",
+                self.jobs_canceled.clone(),
+            );
             registry.register(
                 "db_pool_connections",
                 "PostgreSQL pool connections, in use or idle",
@@ -333,12 +357,12 @@ pub fn render(role: Role, pool: &Pool) -> String {
     text
 }
 
-/// A counter that mirrors a total kept elsewhere.
+/// A counter that mirrors a total kept elsewhere: one atomic maximum, so that scrapes at once
+/// cannot both add the same difference.
 fn raise_to(counter: &Counter, total: u64) {
-    let now = counter.get();
-    if total > now {
-        counter.inc_by(total - now);
-    }
+    counter
+        .inner()
+        .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
 }
 
 pub fn http_request(labels: &HttpLabels, latency: Duration) {
@@ -382,26 +406,37 @@ pub fn job_started(labels: &JobLabels, waited: Option<Duration>) {
     }
 }
 
-/// A job's end, recorded by this worker; `ran` is how long its script ran, if it ran.
+/// A job's end, recorded by this process; `ran` is how long its script ran, if it ran.
 pub fn job_ended(labels: &JobLabels, end: JobEnd, ran: Option<Duration>) {
-    let m = &*METRICS;
-    let (family, status) = match end {
-        JobEnd::Success => (&m.jobs_completed, "success"),
-        JobEnd::Failure => (&m.jobs_failed, "failure"),
-        JobEnd::Canceled => (&m.jobs_canceled, "canceled"),
-    };
-    family.get_or_create(labels).inc();
-    if let Some(ran) = ran {
-        let ended = EndedLabels {
-            tag: labels.tag,
-            language: labels.language,
-            kind: labels.kind,
-            status,
+    METRICS.job_ended(labels, end, ran);
+}
+
+impl Metrics {
+    fn job_ended(&self, labels: &JobLabels, end: JobEnd, ran: Option<Duration>) {
+        let (family, status) = match end {
+            JobEnd::Success => (&self.jobs_completed, "success"),
+            JobEnd::Failure => (&self.jobs_failed, "failure"),
+            JobEnd::Canceled => (&self.jobs_canceled, "canceled"),
         };
-        m.job_duration
-            .get_or_create(&ended)
-            .observe(ran.as_secs_f64());
+        family.get_or_create(labels).inc();
+        if let Some(ran) = ran {
+            let ended = EndedLabels {
+                tag: labels.tag,
+                language: labels.language,
+                kind: labels.kind,
+                status,
+            };
+            self.job_duration
+                .get_or_create(&ended)
+                .observe(ran.as_secs_f64());
+        }
     }
+}
+
+/// A flow's run starts (its first transition committed).
+pub fn flow_started(tag: &str) {
+    let labels = JobLabels::new(tag, None, JobKind::Flow, false);
+    METRICS.jobs_started.get_or_create(&labels).inc();
 }
 
 pub fn set_worker_slots(slots: usize) {
@@ -452,9 +487,10 @@ mod tests {
 
     #[test]
     fn series_are_named_by_prometheus_conventions() {
+        // An instance of its own: other tests record into the process's.
+        let m = Metrics::new();
         let labels = JobLabels::new("default", Some(ScriptLang::Bash), JobKind::Script, false);
-        job_ended(&labels, JobEnd::Success, Some(Duration::from_millis(3)));
-        let m = &*METRICS;
+        m.job_ended(&labels, JobEnd::Success, Some(Duration::from_millis(3)));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &m.worker).unwrap();
         assert!(text.contains("# TYPE millrace_jobs_completed_total counter"));
@@ -462,5 +498,16 @@ mod tests {
         assert!(text.contains(
             "millrace_jobs_completed_total{tag=\"default\",language=\"bash\",kind=\"script\"} 1"
         ));
+    }
+
+    #[test]
+    fn a_mirrored_total_only_rises() {
+        let counter = Counter::default();
+        raise_to(&counter, 5);
+        raise_to(&counter, 3);
+        raise_to(&counter, 5);
+        assert_eq!(counter.get(), 5);
+        raise_to(&counter, 7);
+        assert_eq!(counter.get(), 7);
     }
 }

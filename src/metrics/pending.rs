@@ -1,5 +1,6 @@
 //! JetStream's backlog per tag, for a worker's scrapes: read from the consumers' info at most
-//! every [`REFRESH_EVERY`] whatever the number of scrapers, each read bounded in time.
+//! every [`REFRESH_EVERY`] whatever the number of scrapers, every tag at once within one
+//! deadline.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,8 @@ use crate::domain::Tag;
 use crate::queue::Bus;
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
-/// A scrape waits no longer for NATS: it then shows the last values.
+/// A scrape waits no longer for NATS, however many tags: a tag not read by then shows its last
+/// values.
 const READ_WITHIN: Duration = Duration::from_secs(2);
 
 pub struct Backlogs {
@@ -36,12 +38,17 @@ impl Backlogs {
             return;
         }
         *last = Some(Instant::now());
-        for (tag, label) in &self.tags {
-            match tokio::time::timeout(READ_WITHIN, self.bus.backlog(tag)).await {
-                Ok(Ok((pending, ack_pending))) => super::set_backlog(label, pending, ack_pending),
-                Ok(Err(e)) => tracing::debug!(tag = %tag, error = %e, "consumer info unavailable"),
-                Err(_) => tracing::debug!(tag = %tag, "consumer info timed out"),
+        let reads = self.tags.iter().map(|(tag, label)| async move {
+            match self.bus.backlog(tag).await {
+                Ok((pending, ack_pending)) => super::set_backlog(label, pending, ack_pending),
+                Err(e) => tracing::debug!(tag = %tag, error = %e, "consumer info unavailable"),
             }
+        });
+        if tokio::time::timeout(READ_WITHIN, futures::future::join_all(reads))
+            .await
+            .is_err()
+        {
+            tracing::debug!("consumer info timed out");
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct CanceledStep {
     pub id: JobId,
     pub script_path: Option<String>,
     pub script_hash: Option<String>,
+    /// For its metrics' labels.
+    pub tag: String,
+    pub language: Option<String>,
 }
 
 /// How a flow ended, to record on its row.
@@ -249,7 +252,7 @@ impl FlowRun<'_> {
                 "UPDATE jobs SET status = 'canceled', canceled_by = $2, canceled_reason = $3,
                                  result = $4, completed_at = now(), logs = ''
                  WHERE id = ANY($1) AND status = 'queued'
-                 RETURNING id, script_path, script_hash",
+                 RETURNING id, script_path, script_hash, tag, language",
                 &[&ids, &by, &reason, result],
             )
             .await?;
@@ -259,6 +262,8 @@ impl FlowRun<'_> {
                 id: r.get(0),
                 script_path: r.get(1),
                 script_hash: r.get(2),
+                tag: r.get(3),
+                language: r.get(4),
             })
             .collect();
         let running = self

@@ -240,6 +240,8 @@ pub struct StartedJob {
     pub attempts: i32,
     /// Set when a cancel was requested while an earlier attempt ran it.
     pub cancel: Option<CancelRequest>,
+    /// When the job could start: its creation as the API recorded it, or its due time.
+    pub due_at: DateTime<Utc>,
 }
 
 /// Who asked to cancel a running job, and why.
@@ -309,7 +311,8 @@ pub async fn start(
                                          lease_until = now() + make_interval(secs => $3)
                          WHERE id = $1 AND ",
                         takeable!("$3"),
-                        " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason"
+                        " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason,
+                                   GREATEST(created_at, scheduled_for)"
                     ),
                     &[Type::UUID, Type::TEXT, Type::FLOAT8],
                 )
@@ -333,7 +336,8 @@ pub async fn start(
                                  attempts = jobs.attempts + 1, lease_until = EXCLUDED.lease_until
                              WHERE ",
                         takeable!("$17"),
-                        " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason"
+                        " RETURNING args, attempts, cancel_requested, canceled_by, canceled_reason,
+                                   GREATEST(created_at, scheduled_for)"
                     ),
                     &[
                         Type::UUID,
@@ -386,6 +390,7 @@ pub async fn start(
             args: row.get(0),
             attempts: row.get(1),
             cancel: cancel_of(&row, 2),
+            due_at: row.get(5),
         }));
     }
     // Not taken: ended, or held by a live attempt (whose lease may pass in the meantime; the

@@ -58,6 +58,9 @@ pub struct Unpublished {
     pub root_job: Option<JobId>,
     pub created_by: String,
     pub completed_at: DateTime<Utc>,
+    /// For its metrics' labels.
+    pub tag: String,
+    pub language: Option<String>,
     pub result: Value,
 }
 
@@ -137,7 +140,7 @@ impl DueBatch<'_> {
                                      publish_msg_id = NULL, publish_failures = 0
                      WHERE id = $1 AND status IN ('queued', 'running')
                      RETURNING workspace_id, job_kind, script_path, script_hash, flow_version,
-                               parent_job, root_job, created_by, completed_at",
+                               parent_job, root_job, created_by, completed_at, tag, language",
                     &[id, &result],
                 )
                 .await?;
@@ -153,6 +156,8 @@ impl DueBatch<'_> {
                     root_job: row.get(6),
                     created_by: row.get(7),
                     completed_at: row.get(8),
+                    tag: row.get(9),
+                    language: row.get(10),
                     result,
                 });
             }

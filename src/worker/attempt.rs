@@ -286,7 +286,11 @@ async fn attempt_job(
         tracing::info!(job = %envelope.id, attempt, "running a redelivered job");
     }
     announce_start(ctx, envelope).await;
-    crate::metrics::job_started(&job_labels(envelope), queue_wait(envelope));
+    // Counted once per job, by its first attempt: a redelivery is not a second start.
+    if attempt == 1 {
+        let waited = (Utc::now() - started.due_at).to_std().ok();
+        crate::metrics::job_started(&job_labels(envelope), waited);
+    }
 
     let logs = Arc::new(Mutex::new(LogBuffer::new(ctx.settings.max_log_size)));
     let began = Instant::now();
@@ -660,28 +664,10 @@ fn job_labels(envelope: &JobEnvelope) -> crate::metrics::JobLabels {
     )
 }
 
-/// How long the job waited for a worker: from its creation, or from when it was due.
-fn queue_wait(envelope: &JobEnvelope) -> Option<Duration> {
-    let created = match &envelope.record {
-        Some(record) => record.created_at,
-        // A fresh id is a UUIDv7, which holds its creation time.
-        None => {
-            let (secs, nanos) = envelope.id.get_timestamp()?.to_unix();
-            chrono::DateTime::from_timestamp(secs as i64, nanos)?
-        }
-    };
-    let due = envelope.scheduled_for.map_or(created, |at| at.max(created));
-    (Utc::now() - due).to_std().ok()
-}
-
 /// Tells the job's waiters it ended (recorded by this attempt), and publishes its terminal
 /// event.
 async fn announce_end(ctx: &WorkerContext, envelope: &JobEnvelope, completion: &Completion) {
-    let end = match completion.status {
-        JobStatus::Success => crate::metrics::JobEnd::Success,
-        JobStatus::Canceled => crate::metrics::JobEnd::Canceled,
-        _ => crate::metrics::JobEnd::Failure,
-    };
+    let end = crate::metrics::JobEnd::of(completion.status);
     let ran = completion
         .duration_ms
         .map(|ms| Duration::from_millis(ms.max(0) as u64));

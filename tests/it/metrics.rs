@@ -109,6 +109,9 @@ async fn scrape(env: &TestEnv, url: &str) -> (String, HashMap<String, Family>) {
     (text, parsed)
 }
 
+type Scraped = HashMap<String, Family>;
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 const JOB: [(&str, &str); 3] = [("tag", "default"), ("language", "bash"), ("kind", "script")];
 
 #[tokio::test]
@@ -579,4 +582,150 @@ async fn spans_of_a_traced_job_are_exported_by_otlp() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_job_canceled_while_queued_and_a_flow_are_counted_once_each() {
+    let env = TestEnv::with(Options {
+        workers: 1,
+        worker_env: vec![("WORKER_SLOTS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    env.script("u/alice/sleepy", "bash", "sleep 60").await;
+    // The one slot is busy: a second job stays queued until it is canceled.
+    let busy = env.run("u/alice/sleepy", json!({})).await;
+    eventually(Duration::from_secs(30), "the slot is busy", async || {
+        env.job(&busy).await["running"] == json!(true)
+    })
+    .await;
+    let queued = env.run("u/alice/sleepy", json!({})).await;
+    let cancel = |id: String| {
+        let env = &env;
+        async move {
+            env.post(
+                &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
+                &env.token,
+                json!({"reason": "test"}),
+            )
+            .await
+            .expect(200);
+            env.wait(&id, Duration::from_secs(30)).await;
+            env.job(&id).await
+        }
+    };
+    let never_ran = cancel(queued.clone()).await;
+    assert_eq!(never_ran["canceled"], json!(true));
+    assert_eq!(never_ran["started_at"], Value::Null, "{never_ran}");
+    assert_eq!(cancel(busy).await["canceled"], json!(true));
+    // A flow of two bash steps.
+    let step = |id: &str| json!({"id": id, "value": {"type": "rawscript", "language": "bash", "content": "echo 1", "input_transforms": {}}});
+    env.flow("u/alice/two", json!({"modules": [step("a"), step("b")]}))
+        .await;
+    let res = env
+        .post(
+            &format!("/api/w/{WS}/jobs/run/f/u/alice/two"),
+            &env.token,
+            json!({}),
+        )
+        .await
+        .expect(201);
+    let flow = env.wait(res.text.trim(), Duration::from_secs(60)).await;
+    assert_eq!(flow["success"], json!(true), "{flow}");
+
+    let bash = |kind: &'static str| [("tag", "default"), ("language", "bash"), ("kind", kind)];
+    let flow_labels = [("tag", "default"), ("language", "none"), ("kind", "flow")];
+    // A family with no series yet is not in the text at all.
+    let total = |families: &Scraped, family: &str, labels: Labels| {
+        if families.contains_key(family) {
+            value(families, family, &format!("{family}_total"), labels)
+        } else {
+            0.0
+        }
+    };
+    let (_, api) = scrape(&env, &env.url("/metrics")).await;
+    let (_, worker) = scrape(&env, &env.worker_health_url(0, "/metrics")).await;
+    // What each process did: the API queued both scripts and the flow, and canceled the
+    // queued script; the worker started the running one, the flow and its steps, queued the
+    // steps, and ended them.
+    let expected: [(&Scraped, &str, Labels, f64); 14] = [
+        (&api, "millrace_jobs_queued", &bash("script"), 2.0),
+        (&api, "millrace_jobs_queued", &flow_labels, 1.0),
+        (&api, "millrace_jobs_canceled", &bash("script"), 1.0),
+        (&api, "millrace_jobs_started", &bash("script"), 0.0),
+        (&worker, "millrace_jobs_started", &bash("script"), 1.0),
+        (&worker, "millrace_jobs_canceled", &bash("script"), 1.0),
+        (&worker, "millrace_jobs_queued", &bash("script"), 0.0),
+        (&worker, "millrace_jobs_started", &flow_labels, 1.0),
+        (&worker, "millrace_jobs_completed", &flow_labels, 1.0),
+        (&worker, "millrace_jobs_queued", &bash("flow_step"), 2.0),
+        (&worker, "millrace_jobs_started", &bash("flow_step"), 2.0),
+        (&worker, "millrace_jobs_completed", &bash("flow_step"), 2.0),
+        (&worker, "millrace_jobs_failed", &bash("flow_step"), 0.0),
+        (&api, "millrace_jobs_failed", &flow_labels, 0.0),
+    ];
+    for (families, family, labels, count) in expected {
+        assert_eq!(
+            total(families, family, labels),
+            count,
+            "{family} {labels:?}"
+        );
+    }
+    // Summed over the processes, nothing is left in flight.
+    let sum = |family: &str| total(&api, family, &[]) + total(&worker, family, &[]);
+    let ended = sum("millrace_jobs_completed")
+        + sum("millrace_jobs_failed")
+        + sum("millrace_jobs_canceled");
+    assert_eq!(sum("millrace_jobs_queued"), ended);
+    assert_eq!(sum("millrace_jobs_queued"), 5.0);
+}
+
+#[tokio::test]
+async fn a_signed_hooks_trace_reaches_the_script() {
+    use hmac::{Hmac, Mac};
+    let env = TestEnv::with(Options {
+        workers: 1,
+        api_env: vec![(
+            "ENCRYPTION_KEY".into(),
+            "5f1c6d0e9a8b7c6d5e4f30211203f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    env.script(
+        "u/alice/traced",
+        "python3",
+        "import os\ndef main(**kwargs):\n    return os.environ['TRACEPARENT']\n",
+    )
+    .await;
+    env.post(
+        &format!("/api/w/{WS}/webhook_triggers/create"),
+        &env.token,
+        json!({"path": "u/alice/gh", "script_path": "u/alice/traced", "scheme": "github",
+               "secret": "gh-secret"}),
+    )
+    .await
+    .expect(201);
+    let body = json!({"action": "opened"}).to_string();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"gh-secret").unwrap();
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let res = env
+        .http
+        .post(env.url(&format!("/api/w/{WS}/hooks/u/alice/gh")))
+        .header("content-type", "application/json")
+        .header("X-Hub-Signature-256", signature)
+        .header("X-GitHub-Delivery", "traced-delivery")
+        .header("X-GitHub-Event", "push")
+        .header("traceparent", CALLER)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let id = res.text().await.unwrap();
+    let done = env.wait(id.trim(), Duration::from_secs(60)).await;
+    let seen = fields(done["result"].as_str().unwrap_or_else(|| panic!("{done}")));
+    assert_eq!(seen[1], CALLER_TRACE);
+    assert_ne!(seen[2], "00f067aa0ba902b7", "the job is a span of its own");
 }

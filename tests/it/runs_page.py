@@ -44,13 +44,24 @@ def run(path, token, args):
 
 class Browser:
     """One Chromium; pages record every console error and uncaught exception (a CSP violation
-    shows as a console error), which the scenario fails on at the end."""
+    shows as a console error), which the scenario fails on at the end. A failed request is
+    logged by Chromium as a console error too: only those the scenario provokes on purpose
+    (`expect_refused`, by URL) are not problems. Every response's status is kept by URL."""
+
+    # Each page first asks who is logged in: before a login that is a 401 the page handles.
+    REFUSED_ON_PURPOSE = ["/api/users/whoami"]
 
     def __init__(self, pw):
         self.browser = pw.chromium.launch(
             executable_path=CFG["chromium"], args=["--no-sandbox"]
         )
         self.problems = []
+        self.refused_on_purpose = list(self.REFUSED_ON_PURPOSE)
+        self.responses = []
+
+    def expect_refused(self, url_part):
+        """The scenario is about to provoke a 4xx from a URL containing `url_part`."""
+        self.refused_on_purpose.append(url_part)
 
     def page(self, width=1280, height=900, dark=False):
         context = self.browser.new_context(
@@ -61,12 +72,17 @@ class Browser:
         page.set_default_timeout(TIMEOUT_MS)
 
         def on_console(msg):
-            # A 4xx the page asked for and handled is logged by Chromium as a console error;
-            # anything else is a defect of the page.
-            if msg.type == "error" and "Failed to load resource" not in msg.text:
-                self.problems.append(f"console: {msg.text}")
+            if msg.type != "error":
+                return
+            url = (msg.location or {}).get("url", "")
+            if "Failed to load resource" in msg.text and any(
+                part in url for part in self.refused_on_purpose
+            ):
+                return
+            self.problems.append(f"console: {msg.text} ({url})")
 
         page.on("console", on_console)
+        page.on("response", lambda res: self.responses.append((res.url, res.status)))
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         return page
 
@@ -113,8 +129,13 @@ def scenario_live(b):
     token = CFG["token"]
     page = b.page()
 
-    # A one-time login link logs in, and leaves the address bar; the same link again does not.
+    # A one-time login link leaves the address bar at once, and logs in only when the user
+    # confirms (a link someone else sent must not log this browser in unasked); the same link
+    # again does not.
     page.goto(f"{BASE}/?login={CFG['login_code']}")
+    expect(page.locator("h1")).to_have_text("Sign in with this login link?")
+    assert "login=" not in page.url, page.url
+    page.locator('[data-role="sign-in"]').click()
     expect(page.locator("h1")).to_have_text("Runs")
     assert "login=" not in page.url, page.url
     expect(page.locator("#who")).to_have_text(CFG["email"])
@@ -123,6 +144,8 @@ def scenario_live(b):
     page.locator("#logout").click()
     expect(page.locator('[data-role="message"]')).to_have_text("You are logged out.")
     page.goto(f"{BASE}/?login={CFG['login_code']}")
+    b.expect_refused("/api/auth/login_code")
+    page.locator('[data-role="sign-in"]').click()
     expect(page.locator('[data-role="message"]')).to_contain_text("used already or has expired")
 
     # A token that is not valid: back at the login form, told what to do.
@@ -136,10 +159,12 @@ def scenario_live(b):
     page.locator('form[data-role="password-form"] button').click()
     expect(page.locator("h1")).to_have_text("Runs")
 
-    # A run started elsewhere appears on the open list and finishes there.
+    # A run started elsewhere appears on the open list, is seen running (it takes about 4 s),
+    # and finishes there.
     slow = run("u/alice/slow", token, {"n": 3})
     out["slow"] = slow
     expect(row(page, slow)).to_be_visible()
+    expect(row(page, slow).locator(".badge")).to_have_text("running")
     expect(row(page, slow).locator(".badge")).to_have_text("success")
     expect(row(page, slow).locator(".who")).to_have_text("alice")
     assert row(page, slow).locator(".duration").inner_text() != "–"
@@ -160,6 +185,12 @@ def scenario_live(b):
     page.goto(f"{runs_url()}/{long}")
     expect(page.locator('[data-role="status"]')).to_have_text("running")
     expect(page.locator('[data-role="logs"]')).to_contain_text("waiting for a cancel")
+    # The page follows it over the SSE route (not by falling back to polling).
+    deadline = time.time() + TIMEOUT_MS / 1000
+    while not (sse := [s for u, s in b.responses if f"/jobs_u/getupdate_sse/{long}" in u]):
+        assert time.time() < deadline, "the run page never opened its SSE stream"
+        page.wait_for_timeout(100)
+    assert all(s == 200 for s in sse), sse
     page.locator('[data-role="cancel"]').click()
     expect(page.locator('[data-role="status"]')).to_have_text("canceled")
     expect(page.locator('[data-role="result"]')).to_contain_text("Canceled")
@@ -178,6 +209,7 @@ def scenario_live(b):
     expect(form.locator('[data-role="error"]')).to_contain_text("must be a JSON object")
     form.locator('input[name="path"]').fill("u/alice/nothing_here")
     form.locator('textarea[name="args"]').fill("{}")
+    b.expect_refused("/jobs/run/p/u/alice/nothing_here")
     form.locator('button[type="submit"]').click()
     expect(form.locator('[data-role="error"]')).to_contain_text("script not found")
     form.locator('input[name="path"]').fill("u/alice/hello")
@@ -243,6 +275,7 @@ def scenario_permissions(b):
     expect(page.locator("tbody tr")).to_have_count(1)
     assert row(page, CFG["other_job"]).count() == 0
     # Opened by its address, another's run is as unknown as a run that does not exist.
+    b.expect_refused(f"/jobs_u/get/{CFG['other_job']}")
     page.goto(f"{runs_url()}/{CFG['other_job']}")
     expect(page.locator('[data-role="error"]')).to_contain_text("you may not see it")
     expect(page.locator('[data-role="args"]')).to_have_text("")
@@ -257,6 +290,7 @@ def scenario_permissions(b):
         "DELETE", f"/api/users/tokens/delete/{CFG['member_token'][:10]}", CFG["member_token"]
     )
     assert status == 200, (status, text)
+    b.expect_refused(f"/api/w/{WS}/jobs/list")
     page.goto(runs_url())
     expect(page.locator('[data-role="message"]')).to_contain_text("log in again")
     return {}

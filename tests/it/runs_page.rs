@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{TestEnv, WS};
+use crate::common::{Options, TestEnv, WS};
 
 /// The Python with Playwright, and the Chromium it drives. Never skipped: without them the
 /// test fails saying which tools step installs them.
@@ -176,7 +176,12 @@ async fn the_page_and_its_assets_are_served_with_strict_headers_and_caching() {
 
 #[tokio::test]
 async fn workspaces_list_login_links_and_logout() {
-    let env = TestEnv::with(Default::default()).await;
+    // Behind one trusted proxy, which says in X-Forwarded-Proto how the browser came.
+    let env = TestEnv::with(Options {
+        api_env: vec![("TRUSTED_PROXY_HOPS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
     // Alice (admin of `test`) sees her workspace with her role; Bob, a member, his.
     let list = env
         .get("/api/workspaces/list", &env.token)
@@ -236,6 +241,38 @@ async fn workspaces_list_login_links_and_logout() {
     env.request(reqwest::Method::GET, "/api/workspaces/list", None, None)
         .await
         .expect(401);
+    // Listing is a read: a token that may only run (a webhook's) is refused, one with a read
+    // scope lists.
+    let scoped = |scopes: Value| {
+        let env = &env;
+        async move {
+            env.post(
+                "/api/users/tokens/create",
+                &env.token,
+                json!({ "scopes": scopes }),
+            )
+            .await
+            .expect(201)
+            .text
+        }
+    };
+    let runs_only = scoped(json!(["jobs:run:scripts:u/alice/hook"])).await;
+    let refused = env
+        .get("/api/workspaces/list", &runs_only)
+        .await
+        .expect(403);
+    assert!(
+        refused.text.contains("needs a read scope"),
+        "{}",
+        refused.text
+    );
+    let reader = scoped(json!(["jobs:read"])).await;
+    let list = env
+        .get("/api/workspaces/list", &reader)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ids(&list), ["other", WS]);
 
     // A login code works once: a session token and its cookie, then 401.
     let code = login_code(&env, "alice@example.com", 10).await;
@@ -304,6 +341,60 @@ async fn workspaces_list_login_links_and_logout() {
         .unwrap();
     assert!(row.is_none());
 
+    // Over https the cookie is Secure, and so is the one logout sends; a client's own
+    // X-Forwarded-Proto, to the left of the proxy's, counts for nothing.
+    let over = |proto: &'static str, code: String| {
+        let env = &env;
+        async move {
+            let res = env
+                .http
+                .post(env.url("/api/auth/login_code"))
+                .header("x-forwarded-proto", proto)
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+            let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+            (cookie, res.text().await.unwrap())
+        }
+    };
+    let (cookie, _) = over("https", login_code(&env, "alice@example.com", 10).await).await;
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let (cookie, _) = over(
+        "https, http",
+        login_code(&env, "alice@example.com", 10).await,
+    )
+    .await;
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let (cookie, in_browser) = over("http", login_code(&env, "alice@example.com", 10).await).await;
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let res = env
+        .http
+        .post(env.url("/api/auth/logout"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let cleared = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.ends_with("; Secure"),
+        "{cleared}"
+    );
+    // With a bearer token and a cookie both, logout ends the cookie's session: that is what
+    // the browser logs out of. The bearer token (a session too) is left alone.
+    let res = env
+        .http
+        .post(env.url("/api/auth/logout"))
+        .bearer_auth(&session)
+        .header("cookie", format!("token={in_browser}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    env.get("/api/users/whoami", &in_browser).await.expect(401);
+    env.get("/api/users/whoami", &session).await.expect(200);
+
     // Logout ends the session presented and clears the cookie; an API token is left alone.
     let res = env
         .request(
@@ -334,7 +425,7 @@ async fn workspaces_list_login_links_and_logout() {
 }
 
 const SLOW: &str = "import time\n\
-def main(n: int):\n    for i in range(n):\n        print(f'step {i + 1} of {n}', flush=True)\n        time.sleep(0.3)\n    return {'counted': n}\n";
+def main(n: int):\n    for i in range(n):\n        print(f'step {i + 1} of {n}', flush=True)\n        time.sleep(1.4)\n    return {'counted': n}\n";
 const LONG: &str = "import time\n\
 def main():\n    print('waiting for a cancel', flush=True)\n    time.sleep(300)\n";
 const HELLO: &str = "def main(name: str = 'world'):\n    print('saying hello', flush=True)\n    return f'hello {name}'\n";

@@ -73,6 +73,7 @@ function describe(error) {
   }
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const wsPath = (rest) => `/api/w/${encodeURIComponent(state.ws)}/${rest}`;
 const pathSegments = (path) => path.split('/').map(encodeURIComponent).join('/');
 
@@ -161,7 +162,15 @@ const pretty = (value) => (value === undefined ? '' : JSON.stringify(value, null
 function route() {
   const hash = location.hash.replace(/^#/, '') || '/';
   const [path, query = ''] = hash.split('?');
-  const parts = path.split('/').filter(Boolean);
+  // Segments come from the address, which anyone may have written: decoded here, and every
+  // one that goes into an API path is checked or encoded again there.
+  const parts = path.split('/').filter(Boolean).map((part) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      return part;
+    }
+  });
   return { parts, params: new URLSearchParams(query) };
 }
 
@@ -187,7 +196,10 @@ async function render() {
       return showNoWorkspace(`You are not a member of workspace ${parts[1]}.`);
     }
     setWorkspace(parts[1]);
-    if (parts[2] === 'runs' && parts[3]) return runPage(parts[3]);
+    if (parts[2] === 'runs' && parts[3]) {
+      if (!UUID.test(parts[3])) return showNoWorkspace(`${parts[3]} is not a run id: open a run from the list.`);
+      return runPage(parts[3]);
+    }
     if (parts[2] === 'run') return newRunPage(params);
     return runsPage(params);
   }
@@ -203,8 +215,8 @@ function setWorkspace(id) {
   state.ws = id;
   localStorage.setItem(WORKSPACE_KEY, id);
   document.getElementById('ws-select').value = id;
-  document.getElementById('nav-runs').href = `#/w/${id}/runs`;
-  document.getElementById('nav-new').href = `#/w/${id}/run`;
+  document.getElementById('nav-runs').href = `#/w/${encodeURIComponent(id)}/runs`;
+  document.getElementById('nav-new').href = `#/w/${encodeURIComponent(id)}/run`;
 }
 
 function showNoWorkspace(message) {
@@ -269,27 +281,50 @@ function showLogin(message) {
   });
 }
 
-/** `?login=<code>`: a one-time login link. The code leaves the address bar at once. */
-async function redeemLoginLink() {
+/**
+ * `?login=<code>`: a one-time login link. The code leaves the address bar at once, and is
+ * exchanged only when the user says so: a link someone else sent would otherwise log this
+ * browser into their account, whose runs and forms the user would then trust (login CSRF).
+ */
+function takeLoginLink() {
   const params = new URLSearchParams(location.search);
   const code = params.get('login');
-  if (!code) return;
+  if (!code) return null;
   params.delete('login');
   const rest = params.toString();
   history.replaceState(null, '', `${location.pathname}${rest ? `?${rest}` : ''}${location.hash}`);
+  return code;
+}
+
+function confirmLoginLink(code) {
+  leaveView();
+  const root = view('tpl-login-link');
+  const signIn = part(root, 'sign-in');
+  signIn.addEventListener('click', async () => {
+    signIn.disabled = true;
+    const failed = await redeemLoginLink(code);
+    if (!(await restoreSession())) {
+      showLogin(failed || 'The login link did not log you in. Log in with a token or password.');
+      return;
+    }
+    await render();
+    if (failed) notice(failed);
+  });
+  part(root, 'dismiss').addEventListener('click', () => render());
+}
+
+/** Exchanges a login link's code for a login session (the cookie); what went wrong, if it did. */
+async function redeemLoginLink(code) {
   const res = await fetch('/api/auth/login_code', {
     method: 'POST', credentials: 'same-origin',
     headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ code }),
   }).catch(() => null);
-  if (!res || !res.ok) {
-    const text = res ? await res.text() : 'The API cannot be reached';
-    state.pendingLoginMessage = text;
-    return;
-  }
+  if (!res || !res.ok) return res ? res.text() : 'The API cannot be reached';
   // A link logs in whoever opens it: any token typed in this tab before gives way.
   state.token = null;
   sessionStorage.removeItem(TOKEN_KEY);
+  return null;
 }
 
 async function logout() {
@@ -614,7 +649,7 @@ function follow(root, id) {
   state.cleanups.push(() => { stopped = true; controller.abort(); clearTimeout(timer); });
 
   const refresh = async () => {
-    const job = await apiJson(wsPath(`jobs_u/get/${id}`), { signal: controller.signal });
+    const job = await apiJson(wsPath(`jobs_u/get/${encodeURIComponent(id)}`), { signal: controller.signal });
     if (!stopped) renderJob(root, job);
     return job;
   };
@@ -630,7 +665,7 @@ function follow(root, id) {
   };
   const stream = async () => {
     for (;;) {
-      const res = await api(wsPath(`jobs_u/getupdate_sse/${id}`), { signal: controller.signal });
+      const res = await api(wsPath(`jobs_u/getupdate_sse/${encodeURIComponent(id)}`), { signal: controller.signal });
       // Each stream starts with the logs so far.
       let firstLogs = true;
       for await (const frame of sseFrames(res)) {
@@ -684,7 +719,7 @@ async function runPage(id) {
   cancel.addEventListener('click', async () => {
     cancel.disabled = true;
     try {
-      const res = await api(wsPath(`jobs_u/queue/cancel/${id}`), {
+      const res = await api(wsPath(`jobs_u/queue/cancel/${encodeURIComponent(id)}`), {
         method: 'POST', body: { reason: 'canceled from the Runs page' },
       });
       notice(`Cancel requested: ${await res.text()}`);
@@ -695,7 +730,7 @@ async function runPage(id) {
   });
   let job;
   try {
-    job = await apiJson(wsPath(`jobs_u/get/${id}`));
+    job = await apiJson(wsPath(`jobs_u/get/${encodeURIComponent(id)}`));
   } catch (e) {
     if (e.status !== 401) showError(part(root, 'error'), describe(e));
     return;
@@ -789,17 +824,9 @@ async function start() {
     go(`#/w/${event.target.value}/runs`);
   });
   window.addEventListener('hashchange', render);
-  await redeemLoginLink();
-  if (state.pendingLoginMessage) {
-    const message = state.pendingLoginMessage;
-    delete state.pendingLoginMessage;
-    if (!(await restoreSession())) {
-      showLogin(message);
-      return;
-    }
-    notice(message);
-  }
-  render();
+  const code = takeLoginLink();
+  if (code) confirmLoginLink(code);
+  else render();
 }
 
 start();
