@@ -114,8 +114,9 @@ pub struct JobDir {
 }
 
 impl Sandbox {
-    /// Decides how jobs run; fails only on settings that cannot work.
-    pub fn new(config: &WorkerConfig, slots: usize) -> anyhow::Result<Self> {
+    /// Decides how jobs run; fails only on settings that cannot work. Besides one user per slot
+    /// it claims `warm_users` more for the processes that wait for jobs (see `worker::warm`).
+    pub fn new(config: &WorkerConfig, slots: usize, warm_users: usize) -> anyhow::Result<Self> {
         let limits = Limits {
             memory: config.job_memory_limit,
             processes: config.job_max_processes,
@@ -150,7 +151,7 @@ impl Sandbox {
             Some((first, last)) => {
                 let locks = root.join("users");
                 private_dir(&locks, 0o700)?;
-                let (mut uids, held) = users::claim(&locks, first, last, slots)?;
+                let (mut uids, held) = users::claim(&locks, first, last, slots, warm_users)?;
                 claims = held;
                 users::join_groups(&uids)
                     .map_err(|e| anyhow::anyhow!("cannot join the job users' groups: {e}"))?;
@@ -192,7 +193,6 @@ impl Sandbox {
     /// group and the worker may enter it (`0770`, the worker's own group `0700` when jobs run
     /// as the worker).
     pub async fn job_dir(&self) -> std::io::Result<JobDir> {
-        use std::os::unix::fs::PermissionsExt;
         let user = match &self.users {
             None => None,
             Some(free) => Some(JobUser {
@@ -200,6 +200,29 @@ impl Sandbox {
                 free: free.clone(),
             }),
         };
+        self.dir_for(user)
+    }
+
+    /// A new job directory if a user is free now (for a process that waits for a job: it must
+    /// never keep a job from a user).
+    pub fn job_dir_now(&self) -> Option<std::io::Result<JobDir>> {
+        let user = match &self.users {
+            None => None,
+            Some(free) => Some(JobUser {
+                uid: free.uids.lock().expect("users lock").pop()?,
+                free: free.clone(),
+            }),
+        };
+        Some(self.dir_for(user))
+    }
+
+    /// Where the worker keeps what only it may read.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir_for(&self, user: Option<JobUser>) -> std::io::Result<JobDir> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix(JOB_DIR_PREFIX)
             .tempdir_in(&self.root)?;

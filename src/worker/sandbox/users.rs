@@ -28,8 +28,10 @@ pub fn claim(
     locks: &Path,
     first: u32,
     last: u32,
-    count: usize,
+    slots: usize,
+    warm: usize,
 ) -> anyhow::Result<(Vec<u32>, Vec<File>)> {
+    let count = slots + warm;
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     let mut uids = Vec::with_capacity(count);
@@ -51,10 +53,14 @@ pub fn claim(
             held.push(file);
         }
     }
+    let warm = match warm {
+        0 => String::new(),
+        n => format!(" and {n} processes waiting for jobs (WORKER_WARM)"),
+    };
     anyhow::ensure!(
         uids.len() == count,
-        "JOB_UID_RANGE {first}-{last}: only {} users are free on this host for {count} \
-         WORKER_SLOTS (other workers hold the rest); widen the range",
+        "JOB_UID_RANGE {first}-{last}: only {} users are free on this host for {slots} \
+         WORKER_SLOTS{warm} (other workers hold the rest); widen the range",
         uids.len()
     );
     Ok((uids, held))

@@ -1,0 +1,186 @@
+# Millrace's Python fork server: one interpreter per worker that has imported the wrapper's
+# modules (and those of WORKER_PYTHON_PREIMPORT) once, and forks a child per job. It runs only
+# this trusted code, never a script: each child confines itself exactly as the worker confines a
+# cold job between fork and exec (src/worker/sandbox), then runs the wrapper.
+#
+# Its standard input is a SOCK_SEQPACKET socket to the worker. Each request is one JSON message
+# with the job's stdout and stderr as SCM_RIGHTS descriptors; the answers are {"id", "pid"} (or
+# {"id", "error"}) once the child exists, and {"id", "status"} (a raw wait status) once it
+# exited. Nothing secret ever reaches this process (a job's environment is in its directory,
+# read by the child as the job's user): what a child inherits of its memory is the same for
+# every job.
+import ctypes
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import types
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+ENV_FILE = ".millrace_env.json"
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option, value, extra=0):
+    if libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(extra), 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def write_file(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text)
+    finally:
+        os.close(fd)
+
+
+def set_limit(resource_id, value):
+    # Lowered to what this process may have, as the worker's own `limits::apply` does.
+    _, hard = resource.getrlimit(resource_id)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(resource_id, (value, value))
+
+
+def confine(job, server_pid):
+    """The child's steps, in the order of `Confinement::enter` and `dies_with_parent`."""
+    write_file("/proc/self/oom_score_adj", b"1000")
+    for procs in job["cgroups"]:
+        write_file(procs, b"0")
+    os.setpgid(0, 0)
+    uid = job["uid"]
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    limits = job["limits"]
+    set_limit(resource.RLIMIT_CORE, 0)
+    set_limit(resource.RLIMIT_DATA, limits["memory"])
+    set_limit(resource.RLIMIT_NOFILE, limits["open_files"])
+    set_limit(resource.RLIMIT_FSIZE, limits["file_size"])
+    set_limit(resource.RLIMIT_CPU, limits["cpu_seconds"])
+    if uid is not None:
+        set_limit(resource.RLIMIT_NPROC, limits["processes"])
+    # Taking the user cleared both: the job dies with this server (which dies with the worker),
+    # and is dumpable as a freshly started program is.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:
+        raise OSError("the fork server is gone")
+    if uid is not None:
+        prctl(PR_SET_DUMPABLE, 1)
+
+
+def become_job(conn, job, fds, server_pid, wrapper):
+    """Runs in the forked child: returns only to let the interpreter exit as a cold one would."""
+    conn.detach()
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    # The socket to the worker above all: a job holding it could ask for any user.
+    os.closerange(3, 1 << 20)
+    try:
+        confine(job, server_pid)
+        os.chdir(job["dir"])
+        with open(ENV_FILE, encoding="utf-8") as f:
+            env = json.load(f)
+        os.unlink(ENV_FILE)
+    except BaseException as e:
+        print(f"millrace: cannot start the job: {e}", file=sys.stderr, flush=True)
+        os._exit(126)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["wrapper.py"]
+    sys.path.insert(0, job["dir"])
+    main = types.ModuleType("__main__")
+    main.__file__ = os.path.join(job["dir"], "wrapper.py")
+    sys.modules["__main__"] = main
+    exec(wrapper, main.__dict__)
+
+
+def serve(conn, wrapper):
+    """Returns in a job's child only; the server itself runs until the worker is gone."""
+    server_pid = os.getpid()
+    jobs = {}
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    conn.send(b'{"ready":true}')
+    import select
+
+    while True:
+        readable, _, _ = select.select([conn, wake_r], [], [])
+        if wake_r in readable:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                job_id = jobs.pop(pid, None)
+                if job_id is not None:
+                    conn.send(json.dumps({"id": job_id, "status": status}).encode())
+        if conn not in readable:
+            continue
+        message, fds, _, _ = socket.recv_fds(conn, 65536, 2)
+        if not message:
+            os._exit(0)
+        job = json.loads(message)
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            conn.send(json.dumps({"id": job["id"], "error": "no output pipes"}).encode())
+            continue
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            conn.send(json.dumps({"id": job["id"], "error": str(e)}).encode())
+            continue
+        if pid == 0:
+            become_job(conn, job, fds, server_pid, wrapper)
+            return
+        for fd in fds:
+            os.close(fd)
+        jobs[pid] = job["id"]
+        conn.send(json.dumps({"id": job["id"], "pid": pid}).encode())
+
+
+def start():
+    # Not dumpable: no job may trace it or read its memory (it has nothing secret, but it holds
+    # the worker's rights).
+    prctl(PR_SET_DUMPABLE, 0)
+    conn = socket.socket(fileno=0)
+    with open(sys.argv[1], encoding="utf-8") as f:
+        wrapper = compile(f.read(), "wrapper.py", "exec")
+    # What the wrapper imports, so that no job pays for it.
+    import inspect  # noqa: F401
+    import traceback  # noqa: F401
+
+    for name in filter(None, (n.strip() for n in sys.argv[2].split(","))):
+        try:
+            __import__(name)
+        except Exception as e:
+            print(f"millrace fork server: cannot preimport {name}: {e}", file=sys.stderr)
+    serve(conn, wrapper)
+
+
+start()

@@ -1,0 +1,204 @@
+//! Warm runtimes (`WORKER_WARM`): no interpreter starts on a job's way. `python3` jobs are
+//! forked from a fork server that has imported the wrapper's modules once (`forkserver.rs`);
+//! `bun` and `deno` jobs take a process started ahead of them, with the wrapper loaded
+//! (`prespawned.rs`). Every job still runs in a process of its own, confined as a cold one.
+//! Whatever is not ready — no server, no ready process, one that broke — means a cold start:
+//! a job never waits for a warm runtime.
+
+mod forkserver;
+mod prespawned;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use prespawned::WarmProcess;
+use prespawned::{Pool, Waiting};
+
+use super::process::{self, ProcessSpec, Started};
+use super::runtimes::Runtimes;
+use super::sandbox::{JobDir, Sandbox};
+use crate::domain::ScriptLang;
+
+/// Languages whose jobs take a process started ahead.
+const PRESPAWNED: [ScriptLang; 2] = [ScriptLang::Bun, ScriptLang::Deno];
+
+/// How long a fork server may take to start, and to answer for one job.
+const SERVER_READY_WITHIN: Duration = Duration::from_secs(20);
+const SERVER_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
+/// Between two starts of a fork server.
+const SERVER_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// The users to claim, besides one per slot, for processes waiting for jobs: one per slot for
+/// each prespawned language installed.
+pub fn reserved_users(runtimes: &Runtimes, slots: usize) -> usize {
+    if !runtimes.warm {
+        return 0;
+    }
+    let installed = PRESPAWNED
+        .iter()
+        .filter(|lang| runtimes.program(**lang).is_ok())
+        .count();
+    installed * slots
+}
+
+/// The warm runtimes of one worker.
+pub struct Warm {
+    python: Option<Arc<Python>>,
+    pools: Vec<(ScriptLang, Arc<Pool>)>,
+}
+
+/// The current fork server, if one is running.
+struct Python {
+    program: PathBuf,
+    preimport: String,
+    files_in: PathBuf,
+    server: Mutex<Option<Arc<forkserver::ForkServer>>>,
+}
+
+impl Warm {
+    /// `max_cpu_seconds`: the CPU limit of prespawned processes (that of a job with the
+    /// default timeout); a job allowed more starts cold.
+    pub fn new(
+        runtimes: &Runtimes,
+        sandbox: &Arc<Sandbox>,
+        max_cpu_seconds: u64,
+        slots: usize,
+    ) -> Self {
+        if !runtimes.warm {
+            return Self {
+                python: None,
+                pools: Vec::new(),
+            };
+        }
+        let python = runtimes.program(ScriptLang::Python3).ok().map(|program| {
+            Arc::new(Python {
+                program,
+                preimport: runtimes.python_preimport.clone(),
+                files_in: sandbox.root().to_path_buf(),
+                server: Mutex::new(None),
+            })
+        });
+        let pools = PRESPAWNED
+            .into_iter()
+            .filter(|lang| runtimes.program(*lang).is_ok())
+            .map(|lang| {
+                let pool = Pool::new(
+                    lang,
+                    runtimes.clone(),
+                    sandbox.clone(),
+                    max_cpu_seconds,
+                    slots,
+                );
+                (lang, pool)
+            })
+            .collect();
+        Self { python, pools }
+    }
+
+    /// Starts the fork server, and keeps one running (a server that is gone is replaced).
+    /// Call it from a task of the worker's runtime: the server dies with the spawning thread.
+    pub fn boot(&self) {
+        let Some(python) = self.python.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                let started = forkserver::ForkServer::start(
+                    &python.program,
+                    &python.preimport,
+                    &python.files_in,
+                    SERVER_READY_WITHIN,
+                )
+                .await;
+                match started {
+                    Ok(server) => {
+                        tracing::info!("python3 jobs fork from a warm interpreter");
+                        *python.server.lock().expect("server lock") = Some(server.clone());
+                        server.gone().await;
+                        python.server.lock().expect("server lock").take();
+                        tracing::warn!("the python3 fork server is gone: starting another");
+                    }
+                    Err(e) => tracing::warn!(error = %e,
+                        "cannot start the python3 fork server: python3 jobs start cold"),
+                }
+                tokio::time::sleep(SERVER_RESTART_PAUSE).await;
+            }
+        });
+    }
+
+    /// A process ready for a job of `lang` that may use `cpu_seconds` of CPU, with the job's
+    /// directory, if there is one.
+    pub fn take(&self, lang: ScriptLang, cpu_seconds: u64) -> Option<WarmProcess> {
+        let (_, pool) = self.pools.iter().find(|(l, _)| *l == lang)?;
+        pool.take(cpu_seconds)
+    }
+
+    /// Starts the job's process: the warm process it took, a fork of the fork server, or cold.
+    /// The job's files are in `dir`.
+    pub async fn launch(
+        &self,
+        lang: ScriptLang,
+        spec: &ProcessSpec,
+        dir: &JobDir,
+        waiting: Option<Waiting>,
+        cpu_seconds: u64,
+    ) -> std::io::Result<Started> {
+        let confinement = dir.confinement();
+        if let Some(waiting) = waiting {
+            match waiting.start(&spec.env).await {
+                Ok(started) => return Ok(started),
+                Err(e) => {
+                    tracing::info!(%lang, error = %e, "a warm process was gone: starting cold");
+                    if let Some(uid) = confinement.uid {
+                        super::sandbox::kill_user(uid).await;
+                    }
+                }
+            }
+        }
+        if lang == ScriptLang::Python3 {
+            if let Some(started) = self.fork(spec, dir, cpu_seconds).await {
+                return Ok(started);
+            }
+        }
+        process::spawn(spec, dir.path(), &confinement, cpu_seconds)
+    }
+
+    /// The job's process forked from the fork server, if it is there and answers.
+    async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
+        let server = self
+            .python
+            .as_ref()?
+            .server
+            .lock()
+            .expect("server lock")
+            .clone()?;
+        let env_file = dir.path().join(forkserver::ENV_FILE);
+        let env: serde_json::Map<String, serde_json::Value> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        if let Err(e) = std::fs::write(&env_file, serde_json::Value::Object(env).to_string()) {
+            tracing::warn!(error = %e, "cannot write a job's environment: starting cold");
+            return None;
+        }
+        let forked = tokio::time::timeout(
+            SERVER_ANSWERS_WITHIN,
+            server.spawn(dir.path(), &dir.confinement(), cpu_seconds),
+        )
+        .await;
+        let why = match forked {
+            Ok(Ok(started)) => return Some(started),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                // Alive but silent: it is replaced; its children die with it.
+                server.kill();
+                format!("no answer within {}s", SERVER_ANSWERS_WITHIN.as_secs())
+            }
+        };
+        tracing::warn!(error = %why, "the python3 fork server failed a job: starting it cold");
+        let _ = std::fs::remove_file(&env_file);
+        None
+    }
+}
