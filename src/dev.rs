@@ -268,6 +268,7 @@ async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<String> {
             schema: None,
             tag: None,
             timeout: None,
+            dedicated_worker: false,
             kind: "script".into(),
             created_by: "admin".into(),
         };

@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scheduler_retries",
         include_str!("../../migrations/0010_scheduler_retries.sql"),
     ),
+    (
+        11,
+        "dedicated_workers",
+        include_str!("../../migrations/0011_dedicated_workers.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

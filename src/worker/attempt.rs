@@ -16,6 +16,7 @@ use super::outcome::{self, Outcome};
 use super::process::{self, Ended, LogBuffer, Output};
 use super::runtimes::{self, ScriptError};
 use super::sandbox::JobDir;
+use super::warm::DedicatedScript;
 use crate::auth::job_token::{self, JobClaims};
 use crate::domain::{JobKind, JobStatus};
 use crate::queue::consume::{Delivery, Unusable};
@@ -367,17 +368,23 @@ async fn execute(
         .map(|t| Duration::from_secs(t as u64))
         .unwrap_or(ctx.settings.default_timeout);
     let cpu_seconds = process::cpu_seconds(timeout);
-    let (dir, waiting) = match ctx.warm.take(code.language, cpu_seconds) {
-        Some(warm) => (warm.dir, Some(warm.waiting)),
-        None => {
-            let dir = ctx.sandbox.job_dir().await.map_err(|e| {
-                ScriptError::new(
-                    "WorkerError",
-                    format!("cannot create the job directory: {e}"),
-                )
-            })?;
-            (dir, None)
-        }
+    let dedicated = match (code.dedicated, envelope.hash.as_deref()) {
+        (true, Some(hash)) => Some(DedicatedScript {
+            workspace: &envelope.workspace,
+            hash,
+            content: &code.content,
+        }),
+        _ => None,
+    };
+    let (dir, launch) = ctx.warm.take(code.language, dedicated, cpu_seconds).await;
+    let dir = match dir {
+        Some(dir) => dir,
+        None => ctx.sandbox.job_dir().await.map_err(|e| {
+            ScriptError::new(
+                "WorkerError",
+                format!("cannot create the job directory: {e}"),
+            )
+        })?,
     };
     let dir = dir_out.insert(dir);
     let empty = Map::new();
@@ -401,9 +408,9 @@ async fn execute(
         max_output: ctx.settings.max_output_size,
         confinement: dir.confinement(),
     };
-    let started = ctx
+    let (started, lent) = ctx
         .warm
-        .launch(code.language, &spec, dir, waiting, cpu_seconds)
+        .launch(code.language, &spec, dir, launch, cpu_seconds)
         .await;
     let ended = match started {
         Ok(started) => Ok(process::supervise(started, how).await),
@@ -420,12 +427,20 @@ async fn execute(
     lease.process_ended();
     let _ = forwarder.await;
     let text = logs.lock().expect("log lock").text().to_owned();
-    let outcome = ended.map(|ended| match ended {
-        Ended::Canceled => Err(ScriptError::new("Canceled", "job canceled")),
-        other => ctx
-            .runtimes
-            .outcome(code.language, &other, dir.path(), &text),
-    });
+    let outcome = ended
+        .as_ref()
+        .map_err(Clone::clone)
+        .map(|ended| match ended {
+            Ended::Canceled => Err(ScriptError::new("Canceled", "job canceled")),
+            other => ctx
+                .runtimes
+                .outcome(code.language, other, dir.path(), &text),
+        });
+    // A dedicated process goes back with its directory, unless the worker stopped its job.
+    if let (Some(lent), Some(dir)) = (lent, dir_out.take()) {
+        let reusable = matches!(ended, Ok(Ended::Exited(_)));
+        ctx.warm.give_back(lent, dir, reusable);
+    }
     outcome
 }
 
@@ -469,7 +484,12 @@ async fn code_of(
                 ),
             )
         })?;
-    Ok(Arc::new(ScriptCode { language, content }))
+    // A flow's inline step has no version to keep a dedicated process for.
+    Ok(Arc::new(ScriptCode {
+        language,
+        content,
+        dedicated: false,
+    }))
 }
 
 /// The documented environment of a job (SPEC §5); nothing of the worker's own leaks in.

@@ -67,6 +67,8 @@ impl Drop for Registered<'_> {
 pub struct ScriptCode {
     pub language: ScriptLang,
     pub content: String,
+    /// Its jobs run in a dedicated process (see `worker::warm`).
+    pub dedicated: bool,
 }
 
 pub struct WorkerContext {
@@ -178,6 +180,7 @@ impl WorkerContext {
         let code = Arc::new(ScriptCode {
             language: script.language,
             content: script.content,
+            dedicated: script.dedicated_worker,
         });
         self.scripts
             .lock()

@@ -116,6 +116,9 @@ pub struct Started {
     /// Resolves when the process has exited (and been reaped); dropping it before kills a
     /// process the worker started itself.
     pub exit: BoxFuture<'static, std::io::Result<ExitStatus>>,
+    /// The process lives on after the job (a dedicated process): only a job stopped by the
+    /// worker (timeout, cancel, output cap) has its user's processes killed.
+    pub outlives_job: bool,
 }
 
 /// Runs the process in `dir` until it exits, its timeout passes, its cancel fires or it prints
@@ -206,6 +209,7 @@ pub fn started_child(mut child: Child) -> Started {
         stdout,
         stderr,
         exit: Box::pin(async move { child.wait().await }),
+        outlives_job: false,
     }
 }
 
@@ -225,6 +229,7 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         stdout,
         stderr,
         mut exit,
+        outlives_job,
     } = started;
     let budget = OutputBudget {
         left: Arc::new(AtomicU64::new(max_output)),
@@ -246,7 +251,9 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
     // The whole job goes, also children the script left behind when it exited: with a user of
     // its own, every process of that user (those that left the group with `setsid` too; the
     // worker may lack `CAP_KILL`, so it signals as that user); else its process group.
+    let job_ended_alone = outlives_job && matches!(ended, Ended::Exited(_));
     match confinement.uid {
+        _ if job_ended_alone => {}
         Some(uid) => sandbox::kill_user(uid).await,
         None => kill_group(pid),
     }

@@ -141,12 +141,12 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
         return;
     }
     // The default process limit; a user of its own, so that what is left of it can be counted
-    // (the slot's first, 62100; the other two are kept for warm bun and deno processes).
+    // (the slot's first, 62100; the other three are kept for warm processes).
     let env = TestEnv::with(Options {
         workers: 1,
         worker_env: vec![
             ("WORKER_SLOTS".into(), "1".into()),
-            ("JOB_UID_RANGE".into(), "62100-62102".into()),
+            ("JOB_UID_RANGE".into(), "62100-62103".into()),
         ],
         ..Default::default()
     })
@@ -231,11 +231,11 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
         return;
     }
     // Users no other test's workers take, so the next worker here gets the same ones: the
-    // slot's first, 62000, and two kept for warm bun and deno processes.
+    // slot's first, 62000, and three kept for warm processes.
     let mut env = TestEnv::with(Options {
         workers: 1,
         worker_env: vec![
-            ("JOB_UID_RANGE".into(), "62000-62002".into()),
+            ("JOB_UID_RANGE".into(), "62000-62003".into()),
             ("WORKER_SLOTS".into(), "1".into()),
         ],
         ..Default::default()
@@ -276,7 +276,7 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     // dies first here, as when a whole node's processes are killed in no order, so that what
     // is left is the next worker's to clear.
     let reaper = std::process::Command::new("pgrep")
-        .args(["-f", "reap-job-users .* 62000 62001 62002$"])
+        .args(["-f", "reap-job-users .* 62000 62001 62002 62003$"])
         .output()
         .unwrap();
     let reaper = String::from_utf8_lossy(&reaper.stdout).trim().to_owned();

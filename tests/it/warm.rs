@@ -98,7 +98,7 @@ const PY_SECOND: &str = "import json, os\n\
 def main(first_dir: str):\n    return {'mark': getattr(json, 'millrace_mark', None), 'env': os.environ.get('LEFT_BY_FIRST'), 'cwd': os.getcwd(), 'sees_first': os.path.exists(os.path.join(first_dir, 'mine.txt')), 'env_file': os.path.exists('.millrace_env.json'), 'token': len(os.environ.get('WM_TOKEN', ''))}\n";
 
 const TS_FIRST: &str = "import { writeFileSync } from 'node:fs';\n\
-export function main() {\n  (globalThis as any).millraceMark = 'first';\n  process.env.LEFT_BY_FIRST = '1';\n  writeFileSync('mine.txt', 'first');\n  return { cwd: process.cwd() };\n}\n";
+export function main() {\n  (globalThis as any).millraceMark = 'first';\n  process.env.LEFT_BY_FIRST = '1';\n  writeFileSync('mine.txt', 'first');\n  return { cwd: process.cwd(), pid: process.pid };\n}\n";
 
 const TS_SECOND: &str = "import { existsSync } from 'node:fs';\n\
 export function main(first_dir: string) {\n  return { mark: (globalThis as any).millraceMark ?? null, env: process.env.LEFT_BY_FIRST ?? null, warm: process.env.MILLRACE_WARM ?? null, cwd: process.cwd(), sees_first: existsSync(first_dir + '/mine.txt'), token: (process.env.WM_TOKEN ?? '').length };\n}\n";
@@ -195,12 +195,9 @@ async fn a_killed_waiting_process_is_replaced_and_jobs_go_on() {
     let (pid, dir) = waiting_process(&env, "bun").await;
     // SAFETY: kill(2) on the pid just found among the worker's children.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // It runs: cold in that process's directory if the kill came just before it took it.
     let result = env.run_ok("u/alice/first_bun", json!({})).await;
-    assert_ne!(
-        result["cwd"],
-        json!(dir),
-        "ran in the dead process's place: {result}"
-    );
+    assert_ne!(result["pid"], json!(pid), "{result}");
     let (_, next) = waiting_process(&env, "bun").await;
     assert_ne!(next, dir);
     env.run_ok("u/alice/first_bun", json!({})).await;
@@ -243,4 +240,84 @@ async fn warm_jobs_are_confined_exactly_as_cold_ones() {
     let (warm, cold) = (&seen[0], &seen[1]);
     assert_eq!(warm.0, cold.0, "python3: warm and cold differ");
     assert_eq!(warm.1, cold.1, "bun: warm and cold differ");
+}
+
+/// Counts its jobs in a module global; fails or sleeps when asked.
+const COUNTER: &str = "import os, time\n\
+count = 0\n\
+def main(fail: bool = False, sleep: int = 0):\n    global count\n    count += 1\n    print('job', count)\n    time.sleep(sleep)\n    if fail:\n        raise ValueError('asked to fail')\n    return {'count': count, 'pid': os.getpid(), 'job': os.environ['WM_JOB_ID'], 'token': os.environ['WM_TOKEN']}\n";
+
+#[tokio::test]
+async fn a_dedicated_script_keeps_its_module_state_between_its_jobs() {
+    let env = env_in(true).await;
+    fork_server(&env, 1).await;
+    env.script_with(
+        "u/alice/counter",
+        "python3",
+        COUNTER,
+        json!({"dedicated_worker": true, "timeout": 3}),
+    )
+    .await;
+    env.script("u/alice/plain", "python3", COUNTER).await;
+    let script = env
+        .get(
+            &format!("/api/w/{}/scripts/get/p/u/alice/counter", crate::common::WS),
+            &env.token,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(script["dedicated_worker"], json!(true), "{script}");
+
+    let mut seen = Vec::new();
+    for expected in 1..=3 {
+        let id = env.run("u/alice/counter", json!({})).await;
+        let done = env.wait(&id, Duration::from_secs(30)).await;
+        assert_eq!(done["result"]["count"], json!(expected), "{done}");
+        // Each job its own environment and logs.
+        assert_eq!(done["result"]["job"], json!(id));
+        assert_eq!(env.job_logs(&id).await, format!("job {expected}\n"));
+        seen.push(done["result"].clone());
+    }
+    assert!(seen.iter().all(|r| r["pid"] == seen[0]["pid"]), "{seen:?}");
+    assert_ne!(seen[0]["token"], seen[1]["token"]);
+    // A failing job leaves the process, and its state, to the next.
+    let id = env.run("u/alice/counter", json!({"fail": true})).await;
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        done["result"]["error"]["name"],
+        json!("ValueError"),
+        "{done}"
+    );
+    let after = env.run_ok("u/alice/counter", json!({})).await;
+    assert_eq!(after["count"], json!(5), "{after}");
+    assert_eq!(after["pid"], seen[0]["pid"]);
+    // A job stopped at its timeout takes its process with it: the next starts afresh.
+    let id = env.run("u/alice/counter", json!({"sleep": 30})).await;
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["result"]["error"]["name"], json!("Timeout"), "{done}");
+    let fresh = env.run_ok("u/alice/counter", json!({})).await;
+    assert_eq!(fresh["count"], json!(1), "{fresh}");
+    assert_ne!(fresh["pid"], seen[0]["pid"]);
+    // A script without the setting starts from scratch every time.
+    for _ in 0..2 {
+        let plain = env.run_ok("u/alice/plain", json!({})).await;
+        assert_eq!(plain["count"], json!(1), "{plain}");
+    }
+}
+
+#[tokio::test]
+async fn without_warm_runtimes_a_dedicated_script_runs_like_any_other() {
+    let env = env_in(false).await;
+    env.script_with(
+        "u/alice/counter",
+        "python3",
+        COUNTER,
+        json!({"dedicated_worker": true}),
+    )
+    .await;
+    for _ in 0..2 {
+        let result = env.run_ok("u/alice/counter", json!({})).await;
+        assert_eq!(result["count"], json!(1), "{result}");
+    }
 }

@@ -14,8 +14,8 @@ use crate::domain::ScriptLang;
 const PYTHON_WRAPPER: &str = include_str!("wrapper.py");
 const TS_WRAPPER: &str = include_str!("wrapper.ts");
 /// Written by the wrappers; distinct from `result.json`, which bash scripts own.
-const RESULT_FILE: &str = ".millrace_result.json";
-const ERROR_FILE: &str = ".millrace_error.json";
+pub const RESULT_FILE: &str = ".millrace_result.json";
+pub const ERROR_FILE: &str = ".millrace_error.json";
 
 /// A script failure, as SPEC §5 shapes it: `{"error": {name, message, stack?}}`.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,10 +7,11 @@ const ERROR_FILE = ".millrace_error.json";
 
 // Started ahead of its job (MILLRACE_WARM): say so, then wait for the job's environment on
 // standard input, which the worker closes once it is sent (the job then reads no input, as a
-// cold one reads /dev/null).
+// cold one reads /dev/null), and say it arrived.
 if (process.env.MILLRACE_WARM === "1") {
   writeSync(1, "\x1eMILLRACE_READY\n");
   const job = JSON.parse(readFileSync(0, "utf8"));
+  writeSync(1, "\x1eMILLRACE_STARTED\n");
   for (const name of Object.keys(process.env)) delete process.env[name];
   Object.assign(process.env, job.env);
 }

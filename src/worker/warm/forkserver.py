@@ -6,7 +6,9 @@
 # Its standard input is a SOCK_SEQPACKET socket to the worker. Each request is one JSON message
 # with the job's stdout and stderr as SCM_RIGHTS descriptors; the answers are {"id", "pid"} (or
 # {"id", "error"}) once the child exists, and {"id", "status"} (a raw wait status) once it
-# exited. Nothing secret ever reaches this process (a job's environment is in its directory,
+# exited. A request with "dedicated" brings a third descriptor, the socket of a dedicated
+# process: its child imports the script once and then runs job after job sent there (see
+# `dedicated`). Nothing secret ever reaches this process (a job's environment is in its directory,
 # read by the child as the job's user): what a child inherits of its memory is the same for
 # every job.
 import ctypes
@@ -68,7 +70,13 @@ def confine(job, server_pid):
     set_limit(resource.RLIMIT_DATA, limits["memory"])
     set_limit(resource.RLIMIT_NOFILE, limits["open_files"])
     set_limit(resource.RLIMIT_FSIZE, limits["file_size"])
-    set_limit(resource.RLIMIT_CPU, limits["cpu_seconds"])
+    if job.get("dedicated"):
+        # Counted over the process's life: only the soft limit, raised by each job (see
+        # `dedicated`); the wall-clock timeout still ends every job.
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], hard))
+    else:
+        set_limit(resource.RLIMIT_CPU, limits["cpu_seconds"])
     if uid is not None:
         set_limit(resource.RLIMIT_NPROC, limits["processes"])
     # Taking the user cleared both: the job dies with this server (which dies with the worker),
@@ -85,28 +93,41 @@ def become_job(conn, job, fds, server_pid, wrapper):
     conn.detach()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    null = os.open("/dev/null", os.O_RDONLY)
+    null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
-    os.dup2(fds[0], 1)
-    os.dup2(fds[1], 2)
+    if job.get("dedicated"):
+        # Its output goes to each job's own pipes; between jobs, nowhere.
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.dup2(fds[0], 3)
+        keep = 4
+    else:
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        keep = 3
     # The socket to the worker above all: a job holding it could ask for any user.
-    os.closerange(3, 1 << 20)
+    os.closerange(keep, 1 << 20)
     try:
         confine(job, server_pid)
         os.chdir(job["dir"])
-        with open(ENV_FILE, encoding="utf-8") as f:
-            env = json.load(f)
-        os.unlink(ENV_FILE)
+        if not job.get("dedicated"):
+            with open(ENV_FILE, encoding="utf-8") as f:
+                env = json.load(f)
+            os.unlink(ENV_FILE)
     except BaseException as e:
         print(f"millrace: cannot start the job: {e}", file=sys.stderr, flush=True)
         os._exit(126)
-    os.environ.clear()
-    os.environ.update(env)
     sys.argv = ["wrapper.py"]
     sys.path.insert(0, job["dir"])
     main = types.ModuleType("__main__")
     main.__file__ = os.path.join(job["dir"], "wrapper.py")
     sys.modules["__main__"] = main
+    if job.get("dedicated"):
+        main.__name__ = "millrace_wrapper"
+        exec(wrapper, main.__dict__)
+        dedicated(socket.socket(fileno=3), main.__dict__)
+    os.environ.clear()
+    os.environ.update(env)
     code = 0
     try:
         exec(wrapper, main.__dict__)
@@ -118,6 +139,64 @@ def become_job(conn, job, fds, server_pid, wrapper):
         traceback.print_exc()
         code = 1
     finish(code)
+
+
+def dedicated(control, wrapper):
+    """A dedicated process: the script is imported by its first job and stays, with whatever
+    state its module keeps, for every later job of this process. Each job comes on `control`
+    with its environment and output pipes; its end goes back as a wait status. Never returns."""
+    import traceback
+
+    main = None
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 1 << 20, 2)
+        if not message:
+            os._exit(0)
+        job = json.loads(message)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        for fd in fds:
+            os.close(fd)
+        os.environ.clear()
+        os.environ.update(job["env"])
+        # wmill keeps a client, and with it the previous job's token: each job gets its own.
+        if "wmill.client" in sys.modules:
+            sys.modules["wmill.client"]._client = None
+        # The CPU limit counts the process's whole life: each job gets its own allowance.
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = int(used.ru_utime + used.ru_stime) + job["cpu_seconds"]
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        code = 0
+        try:
+            if main is None:
+                main = wrapper["load"]()
+            wrapper["call"](main)
+        except SystemExit as e:
+            code = e.code
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr, flush=True)
+            code = 1
+        null = os.open("/dev/null", os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        control.send(json.dumps({"status": (code & 0xFF) << 8}).encode())
+        if main is None:
+            # The script does not load: nothing to keep.
+            os._exit(code & 0xFF)
 
 
 def finish(code):
@@ -171,14 +250,14 @@ def serve(conn, wrapper):
                     conn.send(json.dumps({"id": job_id, "status": status}).encode())
         if conn not in readable:
             continue
-        message, fds, _, _ = socket.recv_fds(conn, 65536, 2)
+        message, fds, _, _ = socket.recv_fds(conn, 65536, 3)
         if not message:
             os._exit(0)
         job = json.loads(message)
-        if len(fds) != 2:
+        if len(fds) != (1 if job.get("dedicated") else 2):
             for fd in fds:
                 os.close(fd)
-            conn.send(json.dumps({"id": job["id"], "error": "no output pipes"}).encode())
+            conn.send(json.dumps({"id": job["id"], "error": "wrong descriptors"}).encode())
             continue
         try:
             pid = os.fork()

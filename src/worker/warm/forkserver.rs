@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
@@ -32,7 +33,7 @@ struct Pending {
 
 /// A running fork server.
 pub struct ForkServer {
-    socket: AsyncFd<OwnedFd>,
+    socket: Seqpacket,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: std::sync::atomic::AtomicU64,
     /// Set once its socket closed: it is gone, with every child it had.
@@ -74,9 +75,7 @@ impl ForkServer {
         // It holds the worker's rights: it dies with the worker, and its children with it.
         crate::parent_death::dies_with_parent(command.as_std_mut(), libc::SIGKILL);
         let mut child = command.spawn()?;
-        // SAFETY: an OwnedFd is a valid descriptor that stays open as long as it is owned,
-        // here by the AsyncFd.
-        let socket = unsafe { AsyncFd::register(ours) }.map_err(io::Error::from)?;
+        let socket = Seqpacket::new(ours)?;
         let server = Arc::new(Self {
             pid: child.id(),
             socket,
@@ -85,7 +84,7 @@ impl ForkServer {
             gone: tokio_util::sync::CancellationToken::new(),
             _files: files,
         });
-        let ready = tokio::time::timeout(ready_within, server.receive()).await;
+        let ready = tokio::time::timeout(ready_within, server.socket.receive()).await;
         match ready {
             Ok(Ok(Some(message))) if message["ready"] == json!(true) => {}
             Ok(Err(e)) => return Err(e),
@@ -130,6 +129,64 @@ impl ForkServer {
         confinement: &Confinement,
         cpu_seconds: u64,
     ) -> io::Result<Started> {
+        let (out_read, out_write) = std::io::pipe()?;
+        let (err_read, err_write) = std::io::pipe()?;
+        let forked = self
+            .fork(
+                dir,
+                confinement,
+                cpu_seconds,
+                false,
+                &[out_write.as_fd(), err_write.as_fd()],
+            )
+            .await;
+        // The server holds its own copies now: the job's output ends when the job does.
+        drop((out_write, err_write));
+        let (pid, exit_rx) = forked?;
+        let exit = async move {
+            exit_rx
+                .await
+                .map(ExitStatus::from_raw)
+                .map_err(|_| io::Error::other("the fork server is gone"))
+        };
+        Ok(Started {
+            pid: Some(pid),
+            stdout: Some(reader(out_read)?),
+            stderr: Some(reader(err_read)?),
+            exit: Box::pin(exit),
+            outlives_job: false,
+        })
+    }
+
+    /// Forks a dedicated process for the script in `dir` (see `forkserver.py`).
+    pub async fn spawn_dedicated(
+        &self,
+        dir: &Path,
+        confinement: &Confinement,
+        cpu_seconds: u64,
+    ) -> io::Result<DedicatedProcess> {
+        let (ours, theirs) = seqpacket_pair()?;
+        let forked = self
+            .fork(dir, confinement, cpu_seconds, true, &[theirs.as_fd()])
+            .await;
+        drop(theirs);
+        let (pid, exited) = forked?;
+        Ok(DedicatedProcess {
+            control: Arc::new(Seqpacket::new(ours)?),
+            pid,
+            exited,
+        })
+    }
+
+    /// Asks for a child; its pid, and its wait status once it exited.
+    async fn fork(
+        &self,
+        dir: &Path,
+        confinement: &Confinement,
+        cpu_seconds: u64,
+        dedicated: bool,
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<(u32, oneshot::Receiver<i32>)> {
         if self.is_gone() {
             return Err(io::Error::other("the fork server is gone"));
         }
@@ -140,6 +197,7 @@ impl ForkServer {
         let request = json!({
             "id": id,
             "dir": dir,
+            "dedicated": dedicated,
             "uid": confinement.uid,
             "cgroups": confinement.cgroup.as_ref().map(|c| {
                 c.procs_files().map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>()
@@ -152,8 +210,6 @@ impl ForkServer {
                 "cpu_seconds": cpu_seconds,
             },
         });
-        let (out_read, out_write) = std::io::pipe()?;
-        let (err_read, err_write) = std::io::pipe()?;
         let (pid_tx, pid_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(
@@ -163,42 +219,21 @@ impl ForkServer {
                 exit: Some(exit_tx),
             },
         );
-        let fds = [out_write.as_raw_fd(), err_write.as_raw_fd()];
-        let sent = self.send(request.to_string().as_bytes(), &fds).await;
-        // The server holds its own copies now: the job's output ends when the job does.
-        drop((out_write, err_write));
-        if let Err(e) = sent {
+        if let Err(e) = self.socket.send(request.to_string().as_bytes(), fds).await {
             self.pending.lock().expect("pending lock").remove(&id);
             return Err(e);
         }
-        let pid = match pid_rx.await {
-            Ok(Ok(pid)) => pid,
-            Ok(Err(e)) => return Err(io::Error::other(e)),
-            Err(_) => return Err(io::Error::other("the fork server is gone")),
-        };
-        let reader = |r: std::io::PipeReader| -> io::Result<Pin<Box<dyn AsyncRead + Send>>> {
-            let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(r))?;
-            Ok(Box::pin(receiver))
-        };
-        let exit = async move {
-            use std::os::unix::process::ExitStatusExt;
-            exit_rx
-                .await
-                .map(ExitStatus::from_raw)
-                .map_err(|_| io::Error::other("the fork server is gone"))
-        };
-        Ok(Started {
-            pid: Some(pid),
-            stdout: Some(reader(out_read)?),
-            stderr: Some(reader(err_read)?),
-            exit: Box::pin(exit),
-        })
+        match pid_rx.await {
+            Ok(Ok(pid)) => Ok((pid, exit_rx)),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::Error::other("the fork server is gone")),
+        }
     }
 
     /// Routes the server's answers to the jobs waiting for them, until it is gone.
     async fn dispatch(&self) {
         loop {
-            let message = match self.receive().await {
+            let message = match self.socket.receive().await {
                 Ok(Some(message)) => message,
                 Ok(None) | Err(_) => return,
             };
@@ -226,13 +261,26 @@ impl ForkServer {
             }
         }
     }
+}
 
-    /// One message from the server; `None` once it is gone.
-    async fn receive(&self) -> io::Result<Option<Value>> {
+/// One end of a `SOCK_SEQPACKET` socket: JSON messages, with descriptors attached.
+pub struct Seqpacket(AsyncFd<OwnedFd>);
+
+impl Seqpacket {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: an OwnedFd is a valid descriptor that stays open as long as it is owned,
+        // here by the AsyncFd.
+        Ok(Self(
+            unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?,
+        ))
+    }
+
+    /// One message; `None` once the other end is gone.
+    pub async fn receive(&self) -> io::Result<Option<Value>> {
         let mut buf = vec![0u8; 4096];
         loop {
-            let mut guard = self.socket.readable().await?;
-            let fd = self.socket.get_ref().as_raw_fd();
+            let mut guard = self.0.readable().await?;
+            let fd = self.0.get_ref().as_raw_fd();
             // SAFETY: recv into a buffer of its length on a descriptor this server owns.
             let read = guard.try_io(|_| {
                 let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -257,10 +305,10 @@ impl ForkServer {
     }
 
     /// Sends one message with `fds` attached.
-    async fn send(&self, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    pub async fn send(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         loop {
-            let mut guard = self.socket.writable().await?;
-            let fd = self.socket.get_ref().as_raw_fd();
+            let mut guard = self.0.writable().await?;
+            let fd = self.0.get_ref().as_raw_fd();
             match guard.try_io(|_| send_with_fds(fd, payload, fds)) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
@@ -269,9 +317,32 @@ impl ForkServer {
     }
 }
 
+/// A dedicated process forked by the server: its control socket, and its end.
+pub struct DedicatedProcess {
+    pub control: Arc<Seqpacket>,
+    pub pid: u32,
+    /// Its wait status from the server, once it exited (or dropped, the server gone).
+    exited: oneshot::Receiver<i32>,
+}
+
+impl DedicatedProcess {
+    pub fn is_alive(&mut self) -> bool {
+        matches!(
+            self.exited.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+}
+
+/// The reading end of a job's output pipe, for the worker's runtime.
+pub fn reader(pipe: std::io::PipeReader) -> io::Result<Pin<Box<dyn AsyncRead + Send>>> {
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))?;
+    Ok(Box::pin(receiver))
+}
+
 /// A connected pair of non-blocking, close-on-exec `SOCK_SEQPACKET` sockets: messages keep
 /// their bounds, and descriptors travel with them.
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: socketpair fills the two descriptors on success; each is owned once.
     unsafe {
@@ -293,7 +364,9 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
-fn send_with_fds(socket: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+fn send_with_fds(socket: RawFd, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let fds = fds.as_slice();
     let fd_bytes = std::mem::size_of_val(fds) as u32;
     // SAFETY: CMSG_SPACE is a pure computation.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;

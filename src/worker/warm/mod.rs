@@ -1,10 +1,13 @@
 //! Warm runtimes (`WORKER_WARM`): no interpreter starts on a job's way. `python3` jobs are
 //! forked from a fork server that has imported the wrapper's modules once (`forkserver.rs`);
 //! `bun` and `deno` jobs take a process started ahead of them, with the wrapper loaded
-//! (`prespawned.rs`). Every job still runs in a process of its own, confined as a cold one.
-//! Whatever is not ready — no server, no ready process, one that broke — means a cold start:
-//! a job never waits for a warm runtime.
+//! (`prespawned.rs`). Every job still runs in a process of its own, confined as a cold one —
+//! except a script version's opting into dedicated processes (`dedicated.rs`), whose jobs run
+//! one after another in a process that keeps the imported script. Whatever is not ready — no
+//! server, no ready process, one that broke — means a cold start: a job never waits for a warm
+//! runtime.
 
+mod dedicated;
 mod forkserver;
 mod prespawned;
 
@@ -12,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use prespawned::WarmProcess;
+use dedicated::{Idle, Lent};
 use prespawned::{Pool, Waiting};
 
 use super::process::{self, ProcessSpec, Started};
@@ -30,13 +33,14 @@ const SERVER_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
 const SERVER_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// The users to claim, besides one per slot, for processes waiting for jobs: one per slot for
-/// each prespawned language installed.
+/// each prespawned language installed, and for python3's dedicated processes.
 pub fn reserved_users(runtimes: &Runtimes, slots: usize) -> usize {
     if !runtimes.warm {
         return 0;
     }
     let installed = PRESPAWNED
         .iter()
+        .chain([&ScriptLang::Python3])
         .filter(|lang| runtimes.program(**lang).is_ok())
         .count();
     installed * slots
@@ -46,6 +50,26 @@ pub fn reserved_users(runtimes: &Runtimes, slots: usize) -> usize {
 pub struct Warm {
     python: Option<Arc<Python>>,
     pools: Vec<(ScriptLang, Arc<Pool>)>,
+    idle_dedicated: Idle,
+    runtimes: Runtimes,
+    sandbox: Arc<Sandbox>,
+}
+
+/// How a job's process is to start.
+pub enum Launch {
+    /// Cold, or forked from the fork server.
+    Fresh,
+    /// A process started ahead, waiting in the job's directory.
+    Waiting(Waiting),
+    /// A dedicated process of the script version, in its own directory.
+    Dedicated(Lent),
+}
+
+/// The script version a job of a `dedicated_worker` script runs.
+pub struct DedicatedScript<'a> {
+    pub workspace: &'a str,
+    pub hash: &'a str,
+    pub content: &'a str,
 }
 
 /// The current fork server, if one is running.
@@ -69,6 +93,9 @@ impl Warm {
             return Self {
                 python: None,
                 pools: Vec::new(),
+                idle_dedicated: Idle::new(slots),
+                runtimes: runtimes.clone(),
+                sandbox: sandbox.clone(),
             };
         }
         let python = runtimes.program(ScriptLang::Python3).ok().map(|program| {
@@ -93,7 +120,13 @@ impl Warm {
                 (lang, pool)
             })
             .collect();
-        Self { python, pools }
+        Self {
+            python,
+            pools,
+            idle_dedicated: Idle::new(slots),
+            runtimes: runtimes.clone(),
+            sandbox: sandbox.clone(),
+        }
     }
 
     /// Starts the fork server, and keeps one running (a server that is gone is replaced).
@@ -127,41 +160,133 @@ impl Warm {
         });
     }
 
-    /// A process ready for a job of `lang` that may use `cpu_seconds` of CPU, with the job's
-    /// directory, if there is one.
-    pub fn take(&self, lang: ScriptLang, cpu_seconds: u64) -> Option<WarmProcess> {
-        let (_, pool) = self.pools.iter().find(|(l, _)| *l == lang)?;
-        pool.take(cpu_seconds)
+    /// What is ready for a job of `lang` that may use `cpu_seconds` of CPU: with the directory
+    /// it must run in, if it comes with one (else the job gets a fresh one).
+    pub async fn take(
+        &self,
+        lang: ScriptLang,
+        dedicated: Option<DedicatedScript<'_>>,
+        cpu_seconds: u64,
+    ) -> (Option<JobDir>, Launch) {
+        if let Some(script) = dedicated.filter(|_| lang == ScriptLang::Python3) {
+            if let Some((lent, dir)) = self.dedicated(script, cpu_seconds).await {
+                return (Some(dir), Launch::Dedicated(lent));
+            }
+        }
+        let Some((_, pool)) = self.pools.iter().find(|(l, _)| *l == lang) else {
+            return (None, Launch::Fresh);
+        };
+        match pool.take(cpu_seconds) {
+            Some(warm) => (Some(warm.dir), Launch::Waiting(warm.waiting)),
+            None => (None, Launch::Fresh),
+        }
     }
 
-    /// Starts the job's process: the warm process it took, a fork of the fork server, or cold.
-    /// The job's files are in `dir`.
+    /// Starts the job's process in `dir`, where its files are: as `launch` says, else a fork of
+    /// the fork server, else cold. A dedicated process comes back with it, to be given back
+    /// once the job's result is read.
     pub async fn launch(
         &self,
         lang: ScriptLang,
         spec: &ProcessSpec,
         dir: &JobDir,
-        waiting: Option<Waiting>,
+        launch: Launch,
         cpu_seconds: u64,
-    ) -> std::io::Result<Started> {
+    ) -> (std::io::Result<Started>, Option<Lent>) {
         let confinement = dir.confinement();
-        if let Some(waiting) = waiting {
-            match waiting.start(&spec.env).await {
-                Ok(started) => return Ok(started),
+        match launch {
+            Launch::Dedicated(lent) => match lent.start(dir, &spec.env, cpu_seconds).await {
+                Ok(started) => return (Ok(started), Some(lent)),
+                Err(e) => {
+                    tracing::info!(error = %e, "a dedicated process was gone: starting cold");
+                    drop(lent);
+                    if let Some(uid) = confinement.uid {
+                        super::sandbox::kill_user(uid).await;
+                    }
+                }
+            },
+            Launch::Waiting(waiting) => match waiting.start(&spec.env).await {
+                Ok(started) => return (Ok(started), None),
                 Err(e) => {
                     tracing::info!(%lang, error = %e, "a warm process was gone: starting cold");
                     if let Some(uid) = confinement.uid {
                         super::sandbox::kill_user(uid).await;
                     }
                 }
-            }
+            },
+            Launch::Fresh => {}
         }
         if lang == ScriptLang::Python3 {
             if let Some(started) = self.fork(spec, dir, cpu_seconds).await {
-                return Ok(started);
+                return (Ok(started), None);
             }
         }
-        process::spawn(spec, dir.path(), &confinement, cpu_seconds)
+        let started = process::spawn(spec, dir.path(), &confinement, cpu_seconds);
+        (started, None)
+    }
+
+    /// Takes back a dedicated process and its directory after its job: kept for the next job
+    /// of its script version if the job ended by itself, else ended.
+    pub fn give_back(&self, lent: Lent, dir: JobDir, reusable: bool) {
+        if reusable {
+            self.idle_dedicated.put(lent, dir);
+        } else {
+            drop(lent);
+            tokio::spawn(dedicated::discard(dir));
+        }
+    }
+
+    /// An idle dedicated process of the script version, or a new one; none when there is no
+    /// fork server or no user free now (the job then runs as any other).
+    async fn dedicated(
+        &self,
+        script: DedicatedScript<'_>,
+        cpu_seconds: u64,
+    ) -> Option<(Lent, JobDir)> {
+        let key = (script.workspace.to_owned(), script.hash.to_owned());
+        if let Some(idle) = self.idle_dedicated.take(&key) {
+            return Some(idle);
+        }
+        let server = self
+            .python
+            .as_ref()?
+            .server
+            .lock()
+            .expect("server lock")
+            .clone()?;
+        let Some(dir) = self.sandbox.job_dir_now() else {
+            self.idle_dedicated.evict_other_than(&key);
+            return None;
+        };
+        let dir = match dir {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a dedicated process's directory");
+                return None;
+            }
+        };
+        let none = serde_json::Map::new();
+        if let Err(e) =
+            self.runtimes
+                .prepare(ScriptLang::Python3, script.content, &none, dir.path())
+        {
+            tracing::warn!(error = %e.message, "cannot prepare a dedicated process");
+            dir.remove().await;
+            return None;
+        }
+        let forked = tokio::time::timeout(
+            SERVER_ANSWERS_WITHIN,
+            server.spawn_dedicated(dir.path(), &dir.confinement(), cpu_seconds),
+        )
+        .await;
+        match forked {
+            Ok(Ok(process)) => Some((Lent::new(process, key), dir)),
+            failed => {
+                tracing::warn!(failed = ?failed.err(), "cannot start a dedicated process");
+                dedicated::discard(dir).await;
+                None
+            }
+        }
     }
 
     /// The job's process forked from the fork server, if it is there and answers.

@@ -16,8 +16,11 @@ use crate::worker::process::{self, ProcessSpec, Started};
 use crate::worker::runtimes::{self, Runtimes};
 use crate::worker::sandbox::{self, JobDir, Sandbox};
 
-/// What a warm process prints when its wrapper is loaded.
+/// What a warm process prints when its wrapper is loaded, and when its job arrived.
 const READY: &[u8] = b"\x1eMILLRACE_READY\n";
+const STARTED: &[u8] = b"\x1eMILLRACE_STARTED\n";
+/// How long a process that got its job may take to say so.
+const STARTED_WITHIN: Duration = Duration::from_secs(5);
 
 /// A process waiting for its job, in the job's directory.
 pub struct WarmProcess {
@@ -34,12 +37,12 @@ pub struct Waiting {
 
 impl Waiting {
     /// Hands the job (its environment; its files are in the directory by now) to the process.
-    /// An error means the process is gone: the job is to start cold.
+    /// An error means the process is gone (or did not take the job): the job is to start cold.
     pub async fn start(self, env: &[(String, String)]) -> io::Result<Started> {
         let Waiting {
             child,
             mut stdin,
-            stdout,
+            mut stdout,
         } = self;
         let env: serde_json::Map<String, serde_json::Value> = env
             .iter()
@@ -49,6 +52,8 @@ impl Waiting {
         stdin.write_all(job.as_bytes()).await?;
         stdin.shutdown().await?;
         drop(stdin);
+        // Killed just before, it may have looked alive: only its word says it has the job.
+        expect(&mut stdout, STARTED, STARTED_WITHIN).await?;
         let mut started = process::started_child(child);
         started.stdout = Some(Box::pin(stdout));
         Ok(started)
@@ -212,24 +217,27 @@ async fn start(
     let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(io::Error::other("no pipes to the process"));
     };
+    expect(&mut stdout, READY, READY_WITHIN).await?;
+    Ok((child, stdin, stdout))
+}
+
+/// Reads `marker` from the process's output within `within`.
+async fn expect(stdout: &mut ChildStdout, marker: &[u8], within: Duration) -> io::Result<()> {
     // Byte by byte: nothing past the marker may be taken from the job's output.
-    let mut said = Vec::with_capacity(READY.len());
-    let ready = tokio::time::timeout(READY_WITHIN, async {
-        while said.len() < READY.len() {
-            if stdout.read_u8().await? != READY[said.len()] {
+    let read = tokio::time::timeout(within, async {
+        for expected in marker {
+            if stdout.read_u8().await? != *expected {
                 return Err(io::Error::other("it printed something else first"));
             }
-            said.push(0);
         }
         Ok(())
     })
     .await;
-    match ready {
-        Ok(Ok(())) => Ok((child, stdin, stdout)),
-        Ok(Err(e)) => Err(e),
+    match read {
+        Ok(result) => result,
         Err(_) => Err(io::Error::other(format!(
-            "not ready within {}s",
-            READY_WITHIN.as_secs()
+            "no word within {}s",
+            within.as_secs()
         ))),
     }
 }
