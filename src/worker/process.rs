@@ -239,14 +239,17 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
     let stderr = stderr.map(|s| read_into(s, logs.clone(), lines, budget.clone()));
 
     let ended = tokio::select! {
+        // In this order when several are ready: a job that printed too much often dies of
+        // the closed pipe (SIGPIPE) at once, and is still one that printed too much.
+        biased;
+        _ = budget.exceeded.cancelled() => Ended::OutputTooLarge(max_output),
         status = &mut exit => match status {
             Ok(status) => Ended::Exited(status),
             // Its exit could not be learned (a warm runtime gone with it): as if killed.
             Err(_) => Ended::Exited(std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)),
         },
-        _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
         _ = cancel.cancelled() => Ended::Canceled,
-        _ = budget.exceeded.cancelled() => Ended::OutputTooLarge(max_output),
+        _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
     };
     // The whole job goes, also children the script left behind when it exited: with a user of
     // its own, every process of that user (those that left the group with `setsid` too; the

@@ -281,7 +281,7 @@ impl Seqpacket {
         loop {
             let mut guard = self.0.readable().await?;
             let fd = self.0.get_ref().as_raw_fd();
-            // SAFETY: recv into a buffer of its length on a descriptor this server owns.
+            // SAFETY: recv into a buffer of its length, on the descriptor this socket owns.
             let read = guard.try_io(|_| {
                 let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
                 if n < 0 {

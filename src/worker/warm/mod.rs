@@ -89,37 +89,33 @@ impl Warm {
         max_cpu_seconds: u64,
         slots: usize,
     ) -> Self {
-        if !runtimes.warm {
-            return Self {
-                python: None,
-                pools: Vec::new(),
-                idle_dedicated: Idle::new(slots),
-                runtimes: runtimes.clone(),
-                sandbox: sandbox.clone(),
-            };
-        }
-        let python = runtimes.program(ScriptLang::Python3).ok().map(|program| {
-            Arc::new(Python {
-                program,
-                preimport: runtimes.python_preimport.clone(),
-                files_in: sandbox.root().to_path_buf(),
-                server: Mutex::new(None),
-            })
-        });
-        let pools = PRESPAWNED
-            .into_iter()
-            .filter(|lang| runtimes.program(*lang).is_ok())
-            .map(|lang| {
-                let pool = Pool::new(
-                    lang,
-                    runtimes.clone(),
-                    sandbox.clone(),
-                    max_cpu_seconds,
-                    slots,
-                );
-                (lang, pool)
-            })
-            .collect();
+        let (python, pools) = if runtimes.warm {
+            let python = runtimes.program(ScriptLang::Python3).ok().map(|program| {
+                Arc::new(Python {
+                    program,
+                    preimport: runtimes.python_preimport.clone(),
+                    files_in: sandbox.root().to_path_buf(),
+                    server: Mutex::new(None),
+                })
+            });
+            let pools = PRESPAWNED
+                .into_iter()
+                .filter(|lang| runtimes.program(*lang).is_ok())
+                .map(|lang| {
+                    let pool = Pool::new(
+                        lang,
+                        runtimes.clone(),
+                        sandbox.clone(),
+                        max_cpu_seconds,
+                        slots,
+                    );
+                    (lang, pool)
+                })
+                .collect();
+            (python, pools)
+        } else {
+            (None, Vec::new())
+        };
         Self {
             python,
             pools,
