@@ -358,8 +358,9 @@ fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A free user: one per slot, so one is free or about to be — the previous job of the slot
-/// may still be clearing its directory, which it does after its result has gone out. None
+/// A free user: one per slot besides those processes waiting for jobs may hold, so one is
+/// free or about to be — the previous job of the slot may still be clearing its directory,
+/// which it does after its result has gone out. None
 /// within seconds is a bug, and running the job as the worker instead would hand it the
 /// worker's rights.
 async fn take_user(free: &FreeUsers) -> std::io::Result<u32> {

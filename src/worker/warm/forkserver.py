@@ -5,8 +5,8 @@
 #
 # Its standard input is a SOCK_SEQPACKET socket to the worker. Each request is one JSON message
 # with the job's stdout and stderr as SCM_RIGHTS descriptors; the answers are {"id", "pid"} (or
-# {"id", "error"}) once the child exists, and {"id", "status"} (a raw wait status) once it
-# exited. A request with "dedicated" brings a third descriptor, the socket of a dedicated
+# {"id", "error"}) once the child has taken the job's user, and {"id", "status"} (a raw wait
+# status) once it exited. A request with "dedicated" brings a third descriptor, the socket of a dedicated
 # process: its child imports the script once and then runs job after job sent there (see
 # `dedicated`). Nothing secret ever reaches this process (a job's environment is in its directory,
 # read by the child as the job's user): what a child inherits of its memory is the same for
@@ -105,10 +105,12 @@ def become_job(conn, job, fds, server_pid, wrapper):
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
         keep = 3
-    # The socket to the worker above all: a job holding it could ask for any user.
-    os.closerange(keep, 1 << 20)
     try:
         confine(job, server_pid)
+        # Every other descriptor goes, the socket to the worker above all (a job holding it
+        # could ask for any user) and the pipe whose end tells the server the child is
+        # confined.
+        os.closerange(keep, 1 << 20)
         os.chdir(job["dir"])
         if not job.get("dedicated"):
             with open(ENV_FILE, encoding="utf-8") as f:
@@ -225,14 +227,26 @@ def serve(conn, wrapper):
     """Runs until the worker is gone."""
     server_pid = os.getpid()
     jobs = {}
+    # A child's pid goes to the worker only once the child has taken the job's user (its end
+    # of a pipe closes then): a kill of the user's processes before would miss it.
+    confining = {}
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     conn.send(b'{"ready":true}')
+    import fcntl
     import select
 
+    def announce(pid):
+        os.close(confining.pop(pid))
+        conn.send(json.dumps({"id": jobs[pid], "pid": pid}).encode())
+
     while True:
-        readable, _, _ = select.select([conn, wake_r], [], [])
+        watched = {fd: pid for pid, fd in confining.items()}
+        readable, _, _ = select.select([conn, wake_r, *watched], [], [])
+        for fd in readable:
+            if fd in watched:
+                announce(watched[fd])
         if wake_r in readable:
             try:
                 os.read(wake_r, 4096)
@@ -245,6 +259,8 @@ def serve(conn, wrapper):
                     break
                 if pid == 0:
                     break
+                if pid in confining:
+                    announce(pid)
                 job_id = jobs.pop(pid, None)
                 if job_id is not None:
                     conn.send(json.dumps({"id": job_id, "status": status}).encode())
@@ -259,19 +275,24 @@ def serve(conn, wrapper):
                 os.close(fd)
             conn.send(json.dumps({"id": job["id"], "error": "wrong descriptors"}).encode())
             continue
+        confined_r, confined_w = os.pipe2(os.O_CLOEXEC)
+        # Above the descriptors a child sets up (0-3), so that none replaces it early.
+        high = fcntl.fcntl(confined_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(confined_w)
+        confined_w = high
         try:
             pid = os.fork()
         except OSError as e:
-            for fd in fds:
+            for fd in [*fds, confined_r, confined_w]:
                 os.close(fd)
             conn.send(json.dumps({"id": job["id"], "error": str(e)}).encode())
             continue
         if pid == 0:
             become_job(conn, job, fds, server_pid, wrapper)
-        for fd in fds:
+        for fd in [*fds, confined_w]:
             os.close(fd)
         jobs[pid] = job["id"]
-        conn.send(json.dumps({"id": job["id"], "pid": pid}).encode())
+        confining[pid] = confined_r
 
 
 def start():

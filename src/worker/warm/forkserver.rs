@@ -39,8 +39,6 @@ pub struct ForkServer {
     /// Set once its socket closed: it is gone, with every child it had.
     gone: tokio_util::sync::CancellationToken,
     pid: Option<u32>,
-    /// Its program files, kept until it is gone.
-    _files: tempfile::TempDir,
 }
 
 impl ForkServer {
@@ -82,9 +80,10 @@ impl ForkServer {
             pending: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
             gone: tokio_util::sync::CancellationToken::new(),
-            _files: files,
         });
         let ready = tokio::time::timeout(ready_within, server.socket.receive()).await;
+        // Read once it is ready (or given up): nothing is left behind.
+        drop(files);
         match ready {
             Ok(Ok(Some(message))) if message["ready"] == json!(true) => {}
             Ok(Err(e)) => return Err(e),
