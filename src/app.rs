@@ -259,14 +259,18 @@ pub async fn build_worker(
         ack_wait: nats.ack_wait,
         lease_timeout,
     };
+    let runtimes = Runtimes::new(config);
+    let slots = config.slots.max(1);
+    let sandbox = Sandbox::new(
+        config,
+        slots,
+        crate::worker::reserved_users(&runtimes, slots),
+    )?;
     let worker = Worker::new(
         settings,
         pool.clone(),
         bus.clone(),
-        (
-            Runtimes::new(config),
-            Sandbox::new(config, config.slots.max(1))?,
-        ),
+        (runtimes, sandbox),
         job_key,
         parse_tags(&config.tags)?,
         config.slots,

@@ -480,6 +480,27 @@ pub struct WorkerConfig {
     )]
     pub python: PathBuf,
 
+    /// Keep runtimes ready before jobs arrive: a Python fork server, bun and deno processes
+    /// started ahead (each job still gets a process, user and directory of its own); `0` or
+    /// `false` starts every job's interpreter cold.
+    #[arg(
+        long = "worker-warm",
+        env = "WORKER_WARM",
+        default_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
+    pub warm: bool,
+
+    /// Modules the Python fork server imports once at start (comma-separated), so that no job
+    /// pays for importing them; only installed packages, never a script's own.
+    #[arg(
+        long = "worker-python-preimport",
+        env = "WORKER_PYTHON_PREIMPORT",
+        default_value = "wmill"
+    )]
+    pub python_preimport: String,
+
     /// Bash for `bash` scripts.
     #[arg(long = "worker-bash", env = "WORKER_BASH", default_value = "/bin/bash")]
     pub bash: PathBuf,

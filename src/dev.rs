@@ -281,6 +281,7 @@ async fn bootstrap(db: &DatabaseConfig) -> anyhow::Result<Credentials> {
             schema: None,
             tag: None,
             timeout: None,
+            dedicated_worker: false,
             kind: "script".into(),
             created_by: "admin".into(),
         };

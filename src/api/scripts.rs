@@ -49,6 +49,10 @@ pub struct CreateScript {
     tag: Option<String>,
     /// Seconds; the job is killed past it.
     timeout: Option<i32>,
+    /// Run its jobs in a dedicated process per worker slot that imports the script once and
+    /// calls `main` for job after job: module state persists between jobs (python3 only).
+    #[serde(default)]
+    dedicated_worker: bool,
     kind: Option<String>,
 }
 
@@ -109,6 +113,7 @@ pub async fn create(
         schema: body.schema,
         tag: tag.map(|t| t.to_string()),
         timeout: body.timeout,
+        dedicated_worker: body.dedicated_worker,
         kind: body.kind.unwrap_or_else(|| "script".into()),
         created_by: access.username.to_string(),
     };

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0010_scheduler_retries.sql"),
     ),
     (
+        11,
+        "dedicated_workers",
+        include_str!("../../migrations/0011_dedicated_workers.sql"),
+    ),
+    (
         12,
         "login_codes",
         include_str!("../../migrations/0012_login_codes.sql"),

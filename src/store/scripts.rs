@@ -23,6 +23,8 @@ pub struct Script {
     pub schema: Option<serde_json::Value>,
     pub tag: Option<String>,
     pub timeout: Option<i32>,
+    /// Its jobs run in a dedicated process that keeps the imported script between jobs.
+    pub dedicated_worker: bool,
     pub kind: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
@@ -43,6 +45,7 @@ pub struct NewScript {
     pub schema: Option<serde_json::Value>,
     pub tag: Option<String>,
     pub timeout: Option<i32>,
+    pub dedicated_worker: bool,
     pub kind: String,
     pub created_by: String,
 }
@@ -59,7 +62,8 @@ pub enum CreateOutcome {
 }
 
 const COLUMNS: &str = "hash, path, parent_hashes, content, language, summary, description, \
-                       schema, tag, timeout_s, kind, created_by, created_at, archived, workspace_id";
+                       schema, tag, timeout_s, kind, created_by, created_at, archived, workspace_id, \
+                       dedicated_worker";
 
 fn from_row(row: &Row) -> Option<Script> {
     Some(Script {
@@ -78,6 +82,7 @@ fn from_row(row: &Row) -> Option<Script> {
         created_at: row.get(12),
         archived: row.get(13),
         workspace_id: row.get(14),
+        dedicated_worker: row.get(15),
     })
 }
 
@@ -121,8 +126,9 @@ pub async fn create(
     let parents: Vec<String> = live.iter().map(|h| h.to_string()).collect();
     tx.execute(
         "INSERT INTO scripts (workspace_id, hash, path, parent_hashes, content, language, summary,
-                              description, schema, tag, timeout_s, kind, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                              description, schema, tag, timeout_s, kind, created_by,
+                              dedicated_worker)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         &[
             &ws.as_str(),
             &script.hash.as_str(),
@@ -137,6 +143,7 @@ pub async fn create(
             &script.timeout,
             &script.kind,
             &script.created_by,
+            &script.dedicated_worker,
         ],
     )
     .await?;

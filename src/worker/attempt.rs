@@ -15,8 +15,9 @@ use super::context::{ScriptCode, WorkerContext};
 use super::lease::Held;
 use super::outcome::{self, Outcome};
 use super::process::{self, Ended, LogBuffer, Output};
-use super::runtimes::ScriptError;
+use super::runtimes::{self, ScriptError};
 use super::sandbox::JobDir;
+use super::warm::DedicatedScript;
 use crate::auth::job_token::{self, JobClaims};
 use crate::domain::{JobKind, JobStatus, TraceParent};
 use crate::queue::consume::{Delivery, Unusable};
@@ -384,12 +385,31 @@ async fn execute(
         trace,
     } = run;
     let code = code_of(ctx, envelope).await?;
-    let dir = dir_out.insert(ctx.sandbox.job_dir().await.map_err(|e| {
-        ScriptError::new(
-            "WorkerError",
-            format!("cannot create the job directory: {e}"),
-        )
-    })?);
+    let timeout = envelope
+        .timeout_s
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_secs(t as u64))
+        .unwrap_or(ctx.settings.default_timeout);
+    let cpu_seconds = process::cpu_seconds(timeout);
+    let dedicated = match (code.dedicated, envelope.hash.as_deref()) {
+        (true, Some(hash)) => Some(DedicatedScript {
+            workspace: &envelope.workspace,
+            hash,
+            content: &code.content,
+        }),
+        _ => None,
+    };
+    let (dir, launch) = ctx.warm.take(code.language, dedicated, cpu_seconds).await;
+    let dir = match dir {
+        Some(dir) => dir,
+        None => ctx.sandbox.job_dir().await.map_err(|e| {
+            ScriptError::new(
+                "WorkerError",
+                format!("cannot create the job directory: {e}"),
+            )
+        })?,
+    };
+    let dir = dir_out.insert(dir);
     let empty = Map::new();
     let args = args.as_object().unwrap_or(&empty);
     let mut spec = ctx
@@ -397,11 +417,11 @@ async fn execute(
         .prepare(code.language, &code.content, args, dir.path())?;
     spec.env.extend(job_env(ctx, envelope, dir.path()));
     spec.env.push(("TRACEPARENT".into(), trace.to_string()));
-    let timeout = envelope
-        .timeout_s
-        .filter(|t| *t > 0)
-        .map(|t| Duration::from_secs(t as u64))
-        .unwrap_or(ctx.settings.default_timeout);
+    if cancel.is_cancelled() {
+        // The attempt lost its job while preparing it: nothing is started.
+        lease.process_ended();
+        return Ok(Err(ScriptError::new("Canceled", "job canceled")));
+    }
     let (lines_tx, lines_rx) = mpsc::channel(process::LIVE_OUTPUT_QUEUE);
     let forwarder = spawn_log_forwarder(ctx, envelope.id, attempt, lines_rx);
     let how = process::Run {
@@ -412,23 +432,39 @@ async fn execute(
         max_output: ctx.settings.max_output_size,
         confinement: dir.confinement(),
     };
-    let ended = process::run(&spec, dir.path(), how).await.map_err(|e| {
-        ScriptError::new(
-            "WorkerError",
-            format!("cannot start {}: {e}", spec.program.display()),
-        )
-    });
+    let (started, lent) = ctx
+        .warm
+        .launch(code.language, &spec, dir, launch, cpu_seconds)
+        .await;
+    let ended = match started {
+        Ok(started) => Ok(process::supervise(started, how).await),
+        Err(e) => {
+            drop(how);
+            Err(ScriptError::new(
+                "WorkerError",
+                format!("cannot start {}: {e}", spec.program.display()),
+            ))
+        }
+    };
     // From here on there is nothing to stop, even while the last output is still being saved
     // (that waits for the database).
     lease.process_ended();
     let _ = forwarder.await;
     let text = logs.lock().expect("log lock").text().to_owned();
-    let outcome = ended.map(|ended| match ended {
-        Ended::Canceled => Err(ScriptError::new("Canceled", "job canceled")),
-        other => ctx
-            .runtimes
-            .outcome(code.language, &other, dir.path(), &text),
-    });
+    let outcome = ended
+        .as_ref()
+        .map_err(Clone::clone)
+        .map(|ended| match ended {
+            Ended::Canceled => Err(ScriptError::new("Canceled", "job canceled")),
+            other => ctx
+                .runtimes
+                .outcome(code.language, other, dir.path(), &text),
+        });
+    // A dedicated process goes back with its directory, unless the worker stopped its job.
+    if let (Some(lent), Some(dir)) = (lent, dir_out.take()) {
+        let reusable = matches!(ended, Ok(Ended::Exited(_)));
+        ctx.warm.give_back(lent, dir, reusable);
+    }
     outcome
 }
 
@@ -472,7 +508,12 @@ async fn code_of(
                 ),
             )
         })?;
-    Ok(Arc::new(ScriptCode { language, content }))
+    // A flow's inline step has no version to keep a dedicated process for.
+    Ok(Arc::new(ScriptCode {
+        language,
+        content,
+        dedicated: false,
+    }))
 }
 
 /// The documented environment of a job (SPEC §5); nothing of the worker's own leaks in.
@@ -496,15 +537,8 @@ fn job_env(
             exp,
         },
     );
-    let home = dir.display().to_string();
-    let mut env = vec![
-        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-        ("HOME".into(), home.clone()),
-        ("TMPDIR".into(), home),
-        // Without it bash looks its user up (0.5 ms: job users are in no passwd file, so glibc
-        // tries every source in nsswitch.conf).
-        ("SHELL".into(), "/bin/sh".into()),
-        ("LANG".into(), "C.UTF-8".into()),
+    let mut env = runtimes::base_env(dir);
+    env.extend([
         ("WM_WORKSPACE".into(), envelope.workspace.clone()),
         ("WM_JOB_ID".into(), envelope.id.to_string()),
         (
@@ -519,7 +553,7 @@ fn job_env(
             ctx.settings.base_internal_url.clone(),
         ),
         ("WM_BASE_URL".into(), ctx.settings.base_url.clone()),
-    ];
+    ]);
     if let Some(step) = &envelope.flow_step {
         env.extend([
             ("WM_FLOW_JOB_ID".into(), step.flow_job.to_string()),

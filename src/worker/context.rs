@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::runtimes::Runtimes;
 use super::sandbox::Sandbox;
+use super::warm::Warm;
 use crate::domain::{JobId, ScriptHash, ScriptLang, WorkspaceId};
 use crate::flows::driver::FlowDriver;
 use crate::queue::control::CancelJob;
@@ -66,6 +67,8 @@ impl Drop for Registered<'_> {
 pub struct ScriptCode {
     pub language: ScriptLang,
     pub content: String,
+    /// Its jobs run in a dedicated process (see `worker::warm`).
+    pub dedicated: bool,
 }
 
 pub struct WorkerContext {
@@ -74,7 +77,9 @@ pub struct WorkerContext {
     pub bus: Bus,
     pub runtimes: Runtimes,
     /// The users jobs run as, and their limits.
-    pub sandbox: Sandbox,
+    pub sandbox: Arc<Sandbox>,
+    /// Runtimes ready before their jobs arrive.
+    pub warm: Warm,
     pub job_key: Vec<u8>,
     /// Runs flow transitions: flow jobs, and the ends of flow steps.
     pub flows: FlowDriver,
@@ -90,7 +95,15 @@ impl WorkerContext {
         runtimes: Runtimes,
         sandbox: Sandbox,
         job_key: Vec<u8>,
+        slots: usize,
     ) -> Self {
+        let sandbox = Arc::new(sandbox);
+        let warm = Warm::new(
+            &runtimes,
+            &sandbox,
+            super::process::cpu_seconds(settings.default_timeout),
+            slots,
+        );
         let flows = FlowDriver::new(pool.clone(), bus.clone(), settings.worker_name.clone());
         Self {
             flows,
@@ -99,6 +112,7 @@ impl WorkerContext {
             bus,
             runtimes,
             sandbox,
+            warm,
             job_key,
             running: Mutex::new(HashMap::new()),
             scripts: Mutex::new(HashMap::new()),
@@ -166,6 +180,7 @@ impl WorkerContext {
         let code = Arc::new(ScriptCode {
             language: script.language,
             content: script.content,
+            dedicated: script.dedicated_worker,
         });
         self.scripts
             .lock()

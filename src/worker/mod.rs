@@ -9,6 +9,7 @@ mod outcome;
 mod process;
 mod runtimes;
 mod sandbox;
+mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use context::ExecSettings;
 use context::WorkerContext;
 pub use runtimes::Runtimes;
 pub use sandbox::{reaper, JobUid, Sandbox};
+pub use warm::reserved_users;
 
 use crate::domain::Tag;
 use crate::queue::consume::JobFeed;
@@ -50,7 +52,13 @@ impl Worker {
     ) -> Self {
         Self {
             ctx: Arc::new(WorkerContext::new(
-                settings, pool, bus, runtimes, sandbox, job_key,
+                settings,
+                pool,
+                bus,
+                runtimes,
+                sandbox,
+                job_key,
+                slots.max(1),
             )),
             tags,
             slots: slots.max(1),
@@ -68,6 +76,7 @@ impl Worker {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e} (has `millrace migrate` run?)"))?;
         }
+        self.ctx.warm.boot();
         let cancels = self.ctx.bus.cancels().await?;
         let ctx = self.ctx.clone();
         let cancel_listener = tokio::spawn(async move {

@@ -2,13 +2,15 @@
 //! capped output, a kill of the whole group on timeout or cancel, and death with the worker.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -105,39 +107,76 @@ pub struct Run<'a> {
     pub confinement: Confinement,
 }
 
+/// A job's process once started, cold or warm: what it prints, and its end.
+pub struct Started {
+    /// Its process group (the job's process leads one of its own).
+    pub pid: Option<u32>,
+    pub stdout: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    pub stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    /// Resolves when the process has exited (and been reaped); dropping it before kills a
+    /// process the worker started itself.
+    pub exit: BoxFuture<'static, std::io::Result<ExitStatus>>,
+    /// The process lives on after the job (a dedicated process): only a job stopped by the
+    /// worker (timeout, cancel, output cap) has its user's processes killed.
+    pub outlives_job: bool,
+}
+
 /// Runs the process in `dir` until it exits, its timeout passes, its cancel fires or it prints
 /// more than its output allows. Output lines are appended to the logs and sent on. Nothing is
 /// started when the cancel fired already (the attempt lost its job while preparing it).
+#[cfg(test)]
+pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Result<Ended> {
+    if how.cancel.is_cancelled() {
+        return Ok(Ended::Canceled);
+    }
+    let started = spawn(spec, dir, &how.confinement, cpu_seconds(how.timeout))?;
+    Ok(supervise(started, how).await)
+}
+
+/// The CPU-time limit of a job's process: a backstop only, the wall-clock timeout ends the job
+/// first.
+pub fn cpu_seconds(timeout: Duration) -> u64 {
+    timeout.as_secs().saturating_add(60)
+}
+
+/// Starts a job's process the cold way: a new interpreter, confined between fork and exec.
 ///
 /// Spawn from a task of the worker's runtime, never from a blocking-pool thread: the job dies
 /// with the thread that spawned it (see below), and only the runtime's worker threads live as
 /// long as the worker.
-pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Result<Ended> {
-    let Run {
-        timeout,
-        cancel,
-        logs,
-        lines,
-        max_output,
-        confinement,
-    } = how;
-    if cancel.is_cancelled() {
-        return Ok(Ended::Canceled);
-    }
+pub fn spawn(
+    spec: &ProcessSpec,
+    dir: &Path,
+    confinement: &Confinement,
+    cpu_seconds: u64,
+) -> std::io::Result<Started> {
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    Ok(started_child(spawn_child(
+        command,
+        confinement,
+        cpu_seconds,
+    )?))
+}
+
+/// Spawns `command` (its standard input set by the caller) as a job's process: its own
+/// group, piped output, confined by `confinement`, dying with the worker.
+pub fn spawn_child(
+    mut command: Command,
+    confinement: &Confinement,
+    cpu_seconds: u64,
+) -> std::io::Result<Child> {
+    command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group, so a kill reaches every process the script started.
         .process_group(0)
         .kill_on_drop(true);
-    // A backstop only: the wall-clock timeout ends the job first.
-    let cpu_seconds = timeout.as_secs().saturating_add(60);
     let entering = confinement.clone();
     // SAFETY: `enter` makes only async-signal-safe system calls.
     unsafe {
@@ -152,31 +191,72 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
     // as long as the process (nothing in the worker uses `block_in_place`, which would hand
     // one over to the blocking pool): the kernel watches the spawning thread, not the process.
     crate::parent_death::dies_with_parent(command.as_std_mut(), libc::SIGKILL);
-    let mut child = command.spawn()?;
-    let pid = child.id();
+    command.spawn()
+}
+
+/// A spawned child as a [`Started`] job process (its stdin, if piped, is left to the caller).
+pub fn started_child(mut child: Child) -> Started {
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>);
+    Started {
+        pid: child.id(),
+        stdout,
+        stderr,
+        exit: Box::pin(async move { child.wait().await }),
+        outlives_job: false,
+    }
+}
+
+/// Follows a started job's process to its end (see [`run`]), then kills whatever of the job is
+/// left.
+pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
+    let Run {
+        timeout,
+        cancel,
+        logs,
+        lines,
+        max_output,
+        confinement,
+    } = how;
+    let Started {
+        pid,
+        stdout,
+        stderr,
+        mut exit,
+        outlives_job,
+    } = started;
     let budget = OutputBudget {
         left: Arc::new(AtomicU64::new(max_output)),
         exceeded: CancellationToken::new(),
     };
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| read_into(s, logs.clone(), lines.clone(), budget.clone()));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| read_into(s, logs.clone(), lines, budget.clone()));
+    let stdout = stdout.map(|s| read_into(s, logs.clone(), lines.clone(), budget.clone()));
+    let stderr = stderr.map(|s| read_into(s, logs.clone(), lines, budget.clone()));
 
     let ended = tokio::select! {
-        status = child.wait() => Ended::Exited(status?),
-        _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
-        _ = cancel.cancelled() => Ended::Canceled,
+        // In this order when several are ready: a job that printed too much often dies of
+        // the closed pipe (SIGPIPE) at once, and is still one that printed too much.
+        biased;
         _ = budget.exceeded.cancelled() => Ended::OutputTooLarge(max_output),
+        status = &mut exit => match status {
+            Ok(status) => Ended::Exited(status),
+            // Its exit could not be learned (a warm runtime gone with it): as if killed.
+            Err(_) => Ended::Exited(std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)),
+        },
+        _ = cancel.cancelled() => Ended::Canceled,
+        _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
     };
     // The whole job goes, also children the script left behind when it exited: with a user of
     // its own, every process of that user (those that left the group with `setsid` too; the
     // worker may lack `CAP_KILL`, so it signals as that user); else its process group.
+    let job_ended_alone = outlives_job && matches!(ended, Ended::Exited(_));
     match confinement.user {
+        _ if job_ended_alone => {}
         Some(user) => {
             // One that fails is tried again, and the user retired, when the job's user is freed.
             sandbox::kill_user(user).await;
@@ -184,13 +264,13 @@ pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Resul
         None => kill_group(pid),
     }
     if !matches!(ended, Ended::Exited(_)) {
-        let _ = child.wait().await;
+        let _ = exit.await;
     }
     for reader in [stdout, stderr].into_iter().flatten() {
         // Readers end once every holder of the pipes is gone; bound the wait anyway.
         let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
     }
-    Ok(ended)
+    ended
 }
 
 fn kill_group(pid: Option<u32>) {
@@ -228,7 +308,7 @@ impl OutputBudget {
 }
 
 fn read_into(
-    mut stream: impl AsyncRead + Unpin + Send + 'static,
+    mut stream: Pin<Box<dyn AsyncRead + Send>>,
     logs: SharedLogs,
     lines: Option<mpsc::Sender<Output>>,
     budget: OutputBudget,

@@ -140,12 +140,13 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
     if !jobs_have_own_users() {
         return;
     }
-    // The default process limit; a user of its own, so that what is left of it can be counted.
+    // The default process limit; a user of its own, so that what is left of it can be counted
+    // (the slot's first, 62100; the other three are kept for warm processes).
     let env = TestEnv::with(Options {
         workers: 1,
         worker_env: vec![
             ("WORKER_SLOTS".into(), "1".into()),
-            ("JOB_UID_RANGE".into(), "62100-62101".into()),
+            ("JOB_UID_RANGE".into(), "62100-62107".into()),
         ],
         ..Default::default()
     })
@@ -229,11 +230,12 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     if !jobs_have_own_users() {
         return;
     }
-    // A user no other test's workers take, so the next worker here gets the same one.
+    // Users no other test's workers take, so the next worker here gets the same ones: the
+    // slot's first, 62000, and three kept for warm processes.
     let mut env = TestEnv::with(Options {
         workers: 1,
         worker_env: vec![
-            ("JOB_UID_RANGE".into(), "62000-62001".into()),
+            ("JOB_UID_RANGE".into(), "62000-62007".into()),
             ("WORKER_SLOTS".into(), "1".into()),
         ],
         ..Default::default()
@@ -274,7 +276,10 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     // dies first here, as when a whole node's processes are killed in no order, so that what
     // is left is the next worker's to clear.
     let reaper = std::process::Command::new("pgrep")
-        .args(["-f", "reap-job-users .* 62000:62001$"])
+        .args([
+            "-f",
+            "reap-job-users .* 62000:62004 62001:62005 62002:62006 62003:62007$",
+        ])
         .output()
         .unwrap();
     let reaper = String::from_utf8_lossy(&reaper.stdout).trim().to_owned();
@@ -463,6 +468,7 @@ async fn a_job_cannot_stop_the_kill_of_its_own_processes() {
         workers: 1,
         worker_env: vec![
             ("WORKER_SLOTS".into(), "1".into()),
+            ("WORKER_WARM".into(), "0".into()),
             ("JOB_UID_RANGE".into(), "62200-62201".into()),
         ],
         ..Default::default()

@@ -30,6 +30,7 @@ mod scheduled;
 mod scripts;
 mod storage_endpoints;
 mod uploads;
+mod warm;
 mod webhook_triggers;
 mod wmill_client;
 mod worker_crash;

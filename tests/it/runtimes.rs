@@ -1,4 +1,5 @@
-//! Every language's result/log/error contract (SPEC §5), the job environment and limits.
+//! Every language's result/log/error contract (SPEC §5), the job environment and limits —
+//! each test twice: with warm runtimes (the default) and with `WORKER_WARM=0`.
 
 use std::time::Duration;
 
@@ -6,9 +7,57 @@ use serde_json::json;
 
 use crate::common::{Options, TestEnv, WS};
 
-#[tokio::test]
-async fn python_results_errors_and_arguments() {
-    let env = TestEnv::start().await;
+/// Runs each named test (an `async fn(warm: bool)`) as `<name>::warm` and `<name>::cold`.
+macro_rules! warm_and_cold {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn warm() {
+                super::$name(true).await
+            }
+            #[tokio::test]
+            async fn cold() {
+                super::$name(false).await
+            }
+        }
+    )*};
+}
+
+warm_and_cold!(
+    python_results_errors_and_arguments,
+    bash_results_and_errors,
+    python_signatures_of_every_shape,
+    typescript_on_bun_and_deno,
+    a_missing_runtime_is_a_clear_job_error,
+    jobs_get_their_environment_a_timeout_and_a_clean_directory,
+    output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on,
+    live_logs_stop_at_max_log_size,
+    every_language_times_out_and_is_canceled,
+);
+
+/// `options` with warm runtimes on or off.
+pub fn mode(warm: bool, mut options: Options) -> Options {
+    let value = if warm { "1" } else { "0" };
+    options
+        .worker_env
+        .push(("WORKER_WARM".into(), value.into()));
+    options
+}
+
+/// One worker, warm or cold.
+pub async fn env_in(warm: bool) -> TestEnv {
+    TestEnv::with(mode(
+        warm,
+        Options {
+            workers: 1,
+            ..Default::default()
+        },
+    ))
+    .await
+}
+
+async fn python_results_errors_and_arguments(warm: bool) {
+    let env = env_in(warm).await;
     env.script(
         "u/alice/py",
         "python3",
@@ -60,9 +109,8 @@ async fn python_results_errors_and_arguments() {
     }
 }
 
-#[tokio::test]
-async fn bash_results_and_errors() {
-    let env = TestEnv::start().await;
+async fn bash_results_and_errors(warm: bool) {
+    let env = env_in(warm).await;
     env.script(
         "u/alice/sh",
         "bash",
@@ -98,9 +146,8 @@ async fn bash_results_and_errors() {
 
 /// Keyword-only parameters, positional-only ones, and a decorated `main` get their arguments as
 /// Python itself would name them.
-#[tokio::test]
-async fn python_signatures_of_every_shape() {
-    let env = TestEnv::start().await;
+async fn python_signatures_of_every_shape(warm: bool) {
+    let env = env_in(warm).await;
     env.script(
         "u/alice/shapes",
         "python3",
@@ -152,9 +199,8 @@ async fn python_signatures_of_every_shape() {
     );
 }
 
-#[tokio::test]
-async fn typescript_on_bun_and_deno() {
-    let env = TestEnv::start().await;
+async fn typescript_on_bun_and_deno(warm: bool) {
+    let env = env_in(warm).await;
     for lang in ["bun", "deno"] {
         let path = format!("u/alice/ts_{lang}");
         env.script(
@@ -216,13 +262,15 @@ async fn typescript_on_bun_and_deno() {
     }
 }
 
-#[tokio::test]
-async fn a_missing_runtime_is_a_clear_job_error() {
-    let env = TestEnv::with(Options {
-        worker_env: vec![("WORKER_DENO".into(), "/nonexistent/deno".into())],
-        workers: 1,
-        ..Default::default()
-    })
+async fn a_missing_runtime_is_a_clear_job_error(warm: bool) {
+    let env = TestEnv::with(mode(
+        warm,
+        Options {
+            worker_env: vec![("WORKER_DENO".into(), "/nonexistent/deno".into())],
+            workers: 1,
+            ..Default::default()
+        },
+    ))
     .await;
     env.script("u/alice/d", "deno", "export function main() { return 1 }")
         .await;
@@ -239,9 +287,8 @@ async fn a_missing_runtime_is_a_clear_job_error() {
         .contains("WORKER_DENO"));
 }
 
-#[tokio::test]
-async fn jobs_get_their_environment_a_timeout_and_a_clean_directory() {
-    let env = TestEnv::start().await;
+async fn jobs_get_their_environment_a_timeout_and_a_clean_directory(warm: bool) {
+    let env = env_in(warm).await;
     env.script(
         "u/alice/env",
         "python3",
@@ -276,16 +323,18 @@ async fn jobs_get_their_environment_a_timeout_and_a_clean_directory() {
     assert_eq!(done["result"]["error"]["name"], json!("Timeout"), "{done}");
 }
 
-#[tokio::test]
-async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on() {
-    let env = crate::common::TestEnv::with(crate::common::Options {
-        workers: 1,
-        worker_env: vec![
-            ("MAX_OUTPUT_SIZE".into(), "8388608".into()),
-            ("MAX_RESULT_SIZE".into(), "1048576".into()),
-        ],
-        ..Default::default()
-    })
+async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on(warm: bool) {
+    let env = crate::common::TestEnv::with(mode(
+        warm,
+        crate::common::Options {
+            workers: 1,
+            worker_env: vec![
+                ("MAX_OUTPUT_SIZE".into(), "8388608".into()),
+                ("MAX_RESULT_SIZE".into(), "1048576".into()),
+            ],
+            ..Default::default()
+        },
+    ))
     .await;
     // A job first, so that the worker's memory is what it holds once at work.
     env.script("u/alice/warm", "bash", "echo warm\n").await;
@@ -346,14 +395,16 @@ async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on(
     );
 }
 
-#[tokio::test]
-async fn live_logs_stop_at_max_log_size() {
+async fn live_logs_stop_at_max_log_size(warm: bool) {
     use futures::StreamExt;
-    let env = TestEnv::with(Options {
-        workers: 1,
-        worker_env: vec![("MAX_LOG_SIZE".into(), "4096".into())],
-        ..Default::default()
-    })
+    let env = TestEnv::with(mode(
+        warm,
+        Options {
+            workers: 1,
+            worker_env: vec![("MAX_LOG_SIZE".into(), "4096".into())],
+            ..Default::default()
+        },
+    ))
     .await;
     // About 1 MB of output, well under MAX_OUTPUT_SIZE.
     env.script(
@@ -388,4 +439,53 @@ async fn live_logs_stop_at_max_log_size() {
         "{received} bytes of live logs past the cap"
     );
     assert!(last.contains("live logs end at 4096 bytes"), "{last}");
+}
+
+/// A job of every language stops at its timeout and at a cancel, and leaves nothing running.
+async fn every_language_times_out_and_is_canceled(warm: bool) {
+    let env = env_in(warm).await;
+    let sleeping = [
+        ("python3", "import time\ndef main():\n    time.sleep(60)\n"),
+        (
+            "bun",
+            "export async function main() {\n  await new Promise((r) => setTimeout(r, 60000));\n}\n",
+        ),
+        (
+            "deno",
+            "export async function main() {\n  await new Promise((r) => setTimeout(r, 60000));\n}\n",
+        ),
+        ("bash", "sleep 60\n"),
+    ];
+    for (lang, code) in sleeping {
+        let path = format!("u/alice/sleep_{lang}");
+        env.script_with(&path, lang, code, json!({"timeout": 2}))
+            .await;
+        let id = env.run(&path, json!({})).await;
+        let done = env.wait(&id, Duration::from_secs(30)).await;
+        assert_eq!(
+            done["result"]["error"]["name"],
+            json!("Timeout"),
+            "{lang}: {done}"
+        );
+
+        let id = env.run(&path, json!({})).await;
+        crate::common::eventually(Duration::from_secs(30), "the job runs", async || {
+            env.job(&id).await["running"] == json!(true)
+        })
+        .await;
+        env.post(
+            &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
+            &env.token,
+            json!({}),
+        )
+        .await
+        .expect(200);
+        let done = env.wait(&id, Duration::from_secs(30)).await;
+        assert_eq!(done["success"], json!(false), "{lang}: {done}");
+        assert_eq!(
+            env.job(&id).await["canceled"],
+            json!(true),
+            "{lang}: {done}"
+        );
+    }
 }

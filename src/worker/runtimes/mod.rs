@@ -14,8 +14,8 @@ use crate::domain::ScriptLang;
 const PYTHON_WRAPPER: &str = include_str!("wrapper.py");
 const TS_WRAPPER: &str = include_str!("wrapper.ts");
 /// Written by the wrappers; distinct from `result.json`, which bash scripts own.
-const RESULT_FILE: &str = ".millrace_result.json";
-const ERROR_FILE: &str = ".millrace_error.json";
+pub const RESULT_FILE: &str = ".millrace_result.json";
+pub const ERROR_FILE: &str = ".millrace_error.json";
 
 /// A script failure, as SPEC §5 shapes it: `{"error": {name, message, stack?}}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +52,10 @@ pub struct Runtimes {
     deno: PathBuf,
     /// `MAX_RESULT_SIZE`.
     max_result: u64,
+    /// `WORKER_WARM`.
+    pub warm: bool,
+    /// `WORKER_PYTHON_PREIMPORT`.
+    pub python_preimport: String,
 }
 
 /// An executable by absolute path, or looked up on the worker's own PATH.
@@ -73,6 +77,8 @@ impl Runtimes {
             bun: config.bun.clone(),
             deno: config.deno.clone(),
             max_result: config.max_result_size,
+            warm: config.warm,
+            python_preimport: config.python_preimport.clone(),
         }
     }
 
@@ -85,6 +91,20 @@ impl Runtimes {
         }
     }
 
+    /// The interpreter of `lang`, or why there is none.
+    pub fn program(&self, lang: ScriptLang) -> Result<PathBuf, ScriptError> {
+        let (configured, variable) = self.configured(lang);
+        resolve(configured).ok_or_else(|| {
+            ScriptError::new(
+                "RuntimeNotInstalled",
+                format!(
+                    "the {lang} runtime is not installed on this worker ({variable}={})",
+                    configured.display()
+                ),
+            )
+        })
+    }
+
     /// Writes the job's files into `dir` and returns the command that runs it.
     pub fn prepare(
         &self,
@@ -93,70 +113,47 @@ impl Runtimes {
         args: &Map<String, Value>,
         dir: &Path,
     ) -> Result<ProcessSpec, ScriptError> {
-        let (configured, variable) = self.configured(lang);
-        let program = resolve(configured).ok_or_else(|| {
-            ScriptError::new(
-                "RuntimeNotInstalled",
-                format!(
-                    "the {lang} runtime is not installed on this worker ({variable}={})",
-                    configured.display()
-                ),
-            )
-        })?;
-        let write = |name: &str, text: &str| {
-            std::fs::write(dir.join(name), text)
-                .map_err(|e| ScriptError::new("WorkerError", format!("cannot write {name}: {e}")))
-        };
+        let program = self.program(lang)?;
+        let write = |name: &str, text: &str| write_file(dir, name, text);
         let args_json = Value::Object(args.clone()).to_string();
-        let (program_args, env) = match lang {
+        match lang {
             ScriptLang::Python3 => {
                 write("main.py", content)?;
                 write("wrapper.py", PYTHON_WRAPPER)?;
                 write("args.json", &args_json)?;
-                (
-                    vec!["-u".into(), "wrapper.py".into()],
-                    vec![("PYTHONDONTWRITEBYTECODE".into(), "1".into())],
-                )
             }
-            ScriptLang::Bash => {
-                write("main.sh", content)?;
-                let mut argv = vec!["main.sh".to_owned()];
-                argv.extend(bash::positional_args(content, args));
-                (argv, vec![])
-            }
-            ScriptLang::Bun => {
+            ScriptLang::Bash => write("main.sh", content)?,
+            ScriptLang::Bun | ScriptLang::Deno => {
                 write("main.ts", content)?;
                 write("wrapper.ts", TS_WRAPPER)?;
                 write("args.json", &args_json)?;
-                (
-                    vec!["run".into(), "wrapper.ts".into()],
-                    vec![("BUN_RUNTIME_TRANSPILER_CACHE_PATH".into(), "0".into())],
-                )
             }
-            ScriptLang::Deno => {
-                write("main.ts", content)?;
-                write("wrapper.ts", TS_WRAPPER)?;
-                write("args.json", &args_json)?;
-                (
-                    vec![
-                        "run".into(),
-                        "--allow-all".into(),
-                        "--no-prompt".into(),
-                        "--quiet".into(),
-                        "wrapper.ts".into(),
-                    ],
-                    vec![
-                        ("DENO_NO_UPDATE_CHECK".into(), "1".into()),
-                        ("DENO_DIR".into(), dir.join(".deno").display().to_string()),
-                    ],
-                )
-            }
-        };
+        }
+        let (mut program_args, env) = command_line(lang, dir);
+        if lang == ScriptLang::Bash {
+            program_args.extend(bash::positional_args(content, args));
+        }
         Ok(ProcessSpec {
             program,
             args: program_args,
             env,
         })
+    }
+
+    /// The command of a TypeScript process started ahead of its job in `dir`: the wrapper,
+    /// loaded, waits for the job (see `worker::warm`); `base_env` is its environment until then.
+    pub fn prepare_warm(
+        &self,
+        lang: ScriptLang,
+        dir: &Path,
+        base_env: Vec<(String, String)>,
+    ) -> Result<ProcessSpec, ScriptError> {
+        let program = self.program(lang)?;
+        write_file(dir, "wrapper.ts", TS_WRAPPER)?;
+        let (args, mut env) = command_line(lang, dir);
+        env.extend(base_env);
+        env.push(("MILLRACE_WARM".into(), "1".into()));
+        Ok(ProcessSpec { program, args, env })
     }
 
     /// The job's result once its process has ended.
@@ -210,6 +207,53 @@ impl Runtimes {
                 ),
             )),
         }
+    }
+}
+
+/// The environment every job starts from, in `dir` (its own variables come on top).
+pub fn base_env(dir: &Path) -> Vec<(String, String)> {
+    let home = dir.display().to_string();
+    vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), home.clone()),
+        ("TMPDIR".into(), home),
+        // Without it bash looks its user up (0.5 ms: job users are in no passwd file, so glibc
+        // tries every source in nsswitch.conf).
+        ("SHELL".into(), "/bin/sh".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ]
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), ScriptError> {
+    std::fs::write(dir.join(name), text)
+        .map_err(|e| ScriptError::new("WorkerError", format!("cannot write {name}: {e}")))
+}
+
+/// The interpreter's arguments and the language's own environment for a job in `dir`.
+fn command_line(lang: ScriptLang, dir: &Path) -> (Vec<String>, Vec<(String, String)>) {
+    match lang {
+        ScriptLang::Python3 => (
+            vec!["-u".into(), "wrapper.py".into()],
+            vec![("PYTHONDONTWRITEBYTECODE".into(), "1".into())],
+        ),
+        ScriptLang::Bash => (vec!["main.sh".into()], vec![]),
+        ScriptLang::Bun => (
+            vec!["run".into(), "wrapper.ts".into()],
+            vec![("BUN_RUNTIME_TRANSPILER_CACHE_PATH".into(), "0".into())],
+        ),
+        ScriptLang::Deno => (
+            vec![
+                "run".into(),
+                "--allow-all".into(),
+                "--no-prompt".into(),
+                "--quiet".into(),
+                "wrapper.ts".into(),
+            ],
+            vec![
+                ("DENO_NO_UPDATE_CHECK".into(), "1".into()),
+                ("DENO_DIR".into(), dir.join(".deno").display().to_string()),
+            ],
+        ),
     }
 }
 

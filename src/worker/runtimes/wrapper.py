@@ -31,7 +31,7 @@ def stack():
 def parameters(main):
     """The names `main` takes by keyword, those without a default, and whether it takes
     **kwargs."""
-    if type(main) is not type(run) or hasattr(main, "__wrapped__"):
+    if type(main) is not type(load) or hasattr(main, "__wrapped__"):
         # Methods, callable objects, decorated functions: let `inspect` work it out.
         import inspect
 
@@ -62,10 +62,9 @@ def call_args(main, args):
     return {k: v for k, v in args.items() if k in named}
 
 
-def run():
+def load():
+    """The user's `main`, imported once (a dedicated process calls it for many jobs)."""
     sys.path.insert(0, os.getcwd())
-    with open("args.json", encoding="utf-8") as f:
-        args = json.load(f)
     try:
         import main as user_module
     except BaseException as e:
@@ -73,6 +72,13 @@ def run():
     main = getattr(user_module, "main", None)
     if not callable(main):
         fail("MissingMain", "the script defines no main function")
+    return main
+
+
+def call(main):
+    """One job: its arguments from args.json, its result or error to their files."""
+    with open("args.json", encoding="utf-8") as f:
+        args = json.load(f)
     kwargs = call_args(main, args)
     try:
         result = main(**kwargs)
@@ -92,4 +98,5 @@ def run():
     write(RESULT_FILE, result)
 
 
-run()
+if __name__ == "__main__":
+    call(load())

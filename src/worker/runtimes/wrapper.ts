@@ -1,9 +1,20 @@
 // Runs the user's `main` for Millrace under bun or deno: arguments from args.json, result to
 // the result file, an exception to the error file.
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync, writeSync } from "node:fs";
 
 const RESULT_FILE = ".millrace_result.json";
 const ERROR_FILE = ".millrace_error.json";
+
+// Started ahead of its job (MILLRACE_WARM): say so, then wait for the job's environment on
+// standard input, which the worker closes once it is sent (the job then reads no input, as a
+// cold one reads /dev/null), and say it arrived.
+if (process.env.MILLRACE_WARM === "1") {
+  writeSync(1, "\x1eMILLRACE_READY\n");
+  const job = JSON.parse(readFileSync(0, "utf8"));
+  writeSync(1, "\x1eMILLRACE_STARTED\n");
+  for (const name of Object.keys(process.env)) delete process.env[name];
+  Object.assign(process.env, job.env);
+}
 
 function fail(name: string, message: string, stack?: string): never {
   writeFileSync(ERROR_FILE, JSON.stringify({ name, message, stack }));

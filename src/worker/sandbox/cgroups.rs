@@ -134,6 +134,11 @@ impl Cgroups {
 }
 
 impl JobCgroup {
+    /// The `cgroup.procs` files a process writes itself into to join.
+    pub fn procs_files(&self) -> impl Iterator<Item = &std::ffi::CStr> {
+        self.procs.iter().map(CString::as_c_str)
+    }
+
     /// Moves the calling process into the job's cgroup(s). Runs between fork and exec, before
     /// the child gives up the worker's user (whose right it is to move processes): only
     /// async-signal-safe calls.

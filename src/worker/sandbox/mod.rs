@@ -122,8 +122,9 @@ pub struct JobDir {
 }
 
 impl Sandbox {
-    /// Decides how jobs run; fails only on settings that cannot work.
-    pub fn new(config: &WorkerConfig, slots: usize) -> anyhow::Result<Self> {
+    /// Decides how jobs run; fails only on settings that cannot work. Besides one user per slot
+    /// it claims `warm_users` more for the processes that wait for jobs (see `worker::warm`).
+    pub fn new(config: &WorkerConfig, slots: usize, warm_users: usize) -> anyhow::Result<Self> {
         let limits = Limits {
             memory: config.job_memory_limit,
             processes: config.job_max_processes,
@@ -158,7 +159,7 @@ impl Sandbox {
             Some(range) => {
                 let locks = root.join("users");
                 private_dir(&locks, 0o700)?;
-                let (mut job_users, held) = users::claim(&locks, range, slots)?;
+                let (mut job_users, held) = users::claim(&locks, range, slots, warm_users)?;
                 claims = held;
                 // A worker that died before may have left processes and job directories of
                 // these users behind; the next job of the user must not find them.
@@ -206,7 +207,6 @@ impl Sandbox {
     /// group and the worker may enter it (`0770`, the worker's own group `0700` when jobs run
     /// as the worker).
     pub async fn job_dir(&self) -> std::io::Result<JobDir> {
-        use std::os::unix::fs::PermissionsExt;
         let user = match &self.users {
             None => None,
             Some(free) => Some(JobUser {
@@ -214,6 +214,29 @@ impl Sandbox {
                 free: free.clone(),
             }),
         };
+        self.dir_for(user)
+    }
+
+    /// A new job directory if a user is free now (for a process that waits for a job: it must
+    /// never keep a job from a user).
+    pub fn job_dir_now(&self) -> Option<std::io::Result<JobDir>> {
+        let user = match &self.users {
+            None => None,
+            Some(free) => Some(JobUser {
+                user: free.uids.lock().expect("users lock").pop()?,
+                free: free.clone(),
+            }),
+        };
+        Some(self.dir_for(user))
+    }
+
+    /// Where the worker keeps what only it may read.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir_for(&self, user: Option<JobUser>) -> std::io::Result<JobDir> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix(JOB_DIR_PREFIX)
             .tempdir_in(&self.root)?;
@@ -245,6 +268,15 @@ impl JobDir {
             cgroup: self.cgroup.clone(),
             limits: self.limits,
         }
+    }
+
+    /// Kills whatever runs as the directory's user, then removes it: for a process given up
+    /// before or after its job.
+    pub async fn discard(self) {
+        if let Some(user) = self.user.as_ref().map(|u| u.user) {
+            kill_user(user).await;
+        }
+        self.remove().await;
     }
 
     /// Removes the directory: its contents as the job's user (who may have made directories
@@ -349,8 +381,9 @@ fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A free user: one per slot, so one is free or about to be — the previous job of the slot
-/// may still be clearing its directory, which it does after its result has gone out. None
+/// A free user: one per slot besides those processes waiting for jobs may hold, so one is
+/// free or about to be — the previous job of the slot may still be clearing its directory,
+/// which it does after its result has gone out. None
 /// within seconds is a bug, and running the job as the worker instead would hand it the
 /// worker's rights.
 async fn take_user(free: &FreeUsers) -> std::io::Result<JobUid> {

@@ -110,8 +110,10 @@ impl UidRange {
 pub fn claim(
     locks: &Path,
     range: UidRange,
-    count: usize,
+    slots: usize,
+    warm: usize,
 ) -> anyhow::Result<(Vec<JobUid>, Vec<File>)> {
+    let count = slots + warm;
     let mine = own_ids()?;
     anyhow::ensure!(
         !mine.iter().any(|id| range.contains(*id)),
@@ -130,11 +132,15 @@ pub fn claim(
         users.push(user);
         held.extend(both);
     }
+    let warm = match warm {
+        0 => String::new(),
+        n => format!(" and {n} processes waiting for jobs (WORKER_WARM)"),
+    };
     anyhow::ensure!(
         users.len() == count,
-        "JOB_UID_RANGE: only {} of its {} job users are free on this host for {count} \
-         WORKER_SLOTS (other workers hold the rest; half of the range are partners that run \
-         nothing); widen the range",
+        "JOB_UID_RANGE: only {} of its {} job users are free on this host for {slots} \
+         WORKER_SLOTS{warm} (other workers hold the rest; half of the range are partners that \
+         run nothing); widen the range",
         users.len(),
         range.half
     );

@@ -1,0 +1,322 @@
+# Millrace's Python fork server: one interpreter per worker that has imported the wrapper's
+# modules (and those of WORKER_PYTHON_PREIMPORT) once, and forks a child per job. It runs only
+# this trusted code, never a script: each child confines itself exactly as the worker confines a
+# cold job between fork and exec (src/worker/sandbox), then runs the wrapper.
+#
+# Its standard input is a SOCK_SEQPACKET socket to the worker. Each request is one JSON message
+# with the job's stdout and stderr as SCM_RIGHTS descriptors; the answers are {"id", "pid"} (or
+# {"id", "error"}) once the child has taken the job's user, and {"id", "status"} (a raw wait
+# status) once it exited. A request with "dedicated" brings a third descriptor, the socket of a dedicated
+# process: its child imports the script once and then runs job after job sent there (see
+# `dedicated`). Nothing secret ever reaches this process (a job's environment is in its directory,
+# read by the child as the job's user): what a child inherits of its memory is the same for
+# every job.
+import ctypes
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import types
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+ENV_FILE = ".millrace_env.json"
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option, value, extra=0):
+    if libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(extra), 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def write_file(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text)
+    finally:
+        os.close(fd)
+
+
+def set_limit(resource_id, value):
+    # Lowered to what this process may have, as the worker's own `limits::apply` does.
+    _, hard = resource.getrlimit(resource_id)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(resource_id, (value, value))
+
+
+def confine(job, server_pid):
+    """The child's steps, in the order of `Confinement::enter` and `dies_with_parent`."""
+    write_file("/proc/self/oom_score_adj", b"1000")
+    for procs in job["cgroups"]:
+        write_file(procs, b"0")
+    os.setpgid(0, 0)
+    uid = job["uid"]
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    limits = job["limits"]
+    set_limit(resource.RLIMIT_CORE, 0)
+    set_limit(resource.RLIMIT_DATA, limits["memory"])
+    set_limit(resource.RLIMIT_NOFILE, limits["open_files"])
+    set_limit(resource.RLIMIT_FSIZE, limits["file_size"])
+    if job.get("dedicated"):
+        # Counted over the process's life: only the soft limit, raised by each job (see
+        # `dedicated`); the wall-clock timeout still ends every job.
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], hard))
+    else:
+        set_limit(resource.RLIMIT_CPU, limits["cpu_seconds"])
+    if uid is not None:
+        set_limit(resource.RLIMIT_NPROC, limits["processes"])
+    # Taking the user cleared both: the job dies with this server (which dies with the worker),
+    # and is dumpable as a freshly started program is.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:
+        raise OSError("the fork server is gone")
+    if uid is not None:
+        prctl(PR_SET_DUMPABLE, 1)
+
+
+def become_job(conn, job, fds, server_pid, wrapper):
+    """Runs in the forked child, and never returns."""
+    conn.detach()
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    if job.get("dedicated"):
+        # Its output goes to each job's own pipes; between jobs, nowhere.
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.dup2(fds[0], 3)
+        keep = 4
+    else:
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        keep = 3
+    try:
+        confine(job, server_pid)
+        # Every other descriptor goes, the socket to the worker above all (a job holding it
+        # could ask for any user) and the pipe whose end tells the server the child is
+        # confined.
+        os.closerange(keep, 1 << 20)
+        os.chdir(job["dir"])
+        if not job.get("dedicated"):
+            with open(ENV_FILE, encoding="utf-8") as f:
+                env = json.load(f)
+            os.unlink(ENV_FILE)
+    except BaseException as e:
+        print(f"millrace: cannot start the job: {e}", file=sys.stderr, flush=True)
+        os._exit(126)
+    sys.argv = ["wrapper.py"]
+    sys.path.insert(0, job["dir"])
+    main = types.ModuleType("__main__")
+    main.__file__ = os.path.join(job["dir"], "wrapper.py")
+    sys.modules["__main__"] = main
+    if job.get("dedicated"):
+        main.__name__ = "millrace_wrapper"
+        exec(wrapper, main.__dict__)
+        dedicated(socket.socket(fileno=3), main.__dict__)
+    os.environ.clear()
+    os.environ.update(env)
+    code = 0
+    try:
+        exec(wrapper, main.__dict__)
+    except SystemExit as e:
+        code = e.code
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finish(code)
+
+
+def dedicated(control, wrapper):
+    """A dedicated process: the script is imported by its first job and stays, with whatever
+    state its module keeps, for every later job of this process. Each job comes on `control`
+    with its environment and output pipes; its end goes back as a wait status. Never returns."""
+    import traceback
+
+    main = None
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 1 << 20, 2)
+        if not message:
+            os._exit(0)
+        job = json.loads(message)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        for fd in fds:
+            os.close(fd)
+        os.environ.clear()
+        os.environ.update(job["env"])
+        # wmill keeps a client, and with it the previous job's token: each job gets its own.
+        if "wmill.client" in sys.modules:
+            sys.modules["wmill.client"]._client = None
+        # The CPU limit counts the process's whole life: each job gets its own allowance.
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = int(used.ru_utime + used.ru_stime) + job["cpu_seconds"]
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        code = 0
+        try:
+            if main is None:
+                main = wrapper["load"]()
+            wrapper["call"](main)
+        except SystemExit as e:
+            code = e.code
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr, flush=True)
+            code = 1
+        null = os.open("/dev/null", os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        control.send(json.dumps({"status": (code & 0xFF) << 8}).encode())
+        if main is None:
+            # The script does not load: nothing to keep.
+            os._exit(code & 0xFF)
+
+
+def finish(code):
+    """Ends the job's process as the interpreter's exit would, less the teardown of every
+    module the server imported (tens of milliseconds with wmill's): non-daemon threads are
+    waited for, exit handlers run, output flushed."""
+    import atexit
+    import threading
+
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr, flush=True)
+        code = 1
+    os._exit(code & 0xFF)
+
+
+def serve(conn, wrapper):
+    """Runs until the worker is gone."""
+    server_pid = os.getpid()
+    jobs = {}
+    # A child's pid goes to the worker only once the child has taken the job's user (its end
+    # of a pipe closes then): a kill of the user's processes before would miss it.
+    confining = {}
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    conn.send(b'{"ready":true}')
+    import fcntl
+    import select
+
+    def announce(pid):
+        os.close(confining.pop(pid))
+        conn.send(json.dumps({"id": jobs[pid], "pid": pid}).encode())
+
+    while True:
+        watched = {fd: pid for pid, fd in confining.items()}
+        readable, _, _ = select.select([conn, wake_r, *watched], [], [])
+        for fd in readable:
+            if fd in watched:
+                announce(watched[fd])
+        if wake_r in readable:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid in confining:
+                    announce(pid)
+                job_id = jobs.pop(pid, None)
+                if job_id is not None:
+                    conn.send(json.dumps({"id": job_id, "status": status}).encode())
+        if conn not in readable:
+            continue
+        message, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+        if not message:
+            os._exit(0)
+        job = json.loads(message)
+        if len(fds) != (1 if job.get("dedicated") else 2):
+            for fd in fds:
+                os.close(fd)
+            conn.send(json.dumps({"id": job["id"], "error": "wrong descriptors"}).encode())
+            continue
+        confined_r, confined_w = os.pipe2(os.O_CLOEXEC)
+        # Above the descriptors a child sets up (0-3), so that none replaces it early.
+        high = fcntl.fcntl(confined_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(confined_w)
+        confined_w = high
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in [*fds, confined_r, confined_w]:
+                os.close(fd)
+            conn.send(json.dumps({"id": job["id"], "error": str(e)}).encode())
+            continue
+        if pid == 0:
+            become_job(conn, job, fds, server_pid, wrapper)
+        for fd in [*fds, confined_w]:
+            os.close(fd)
+        jobs[pid] = job["id"]
+        confining[pid] = confined_r
+
+
+def start():
+    # Not dumpable: no job may trace it or read its memory (it has nothing secret, but it holds
+    # the worker's rights).
+    prctl(PR_SET_DUMPABLE, 0)
+    conn = socket.socket(fileno=0)
+    with open(sys.argv[1], encoding="utf-8") as f:
+        wrapper = compile(f.read(), "wrapper.py", "exec")
+    # What the wrapper imports, so that no job pays for it.
+    import inspect  # noqa: F401
+    import traceback  # noqa: F401
+
+    for name in filter(None, (n.strip() for n in sys.argv[2].split(","))):
+        try:
+            __import__(name)
+        except Exception as e:
+            print(f"millrace fork server: cannot preimport {name}: {e}", file=sys.stderr)
+    # What was imported stays out of the collector's sight: a child's collections then do not
+    # touch (and copy) the server's pages.
+    import gc
+
+    gc.freeze()
+    serve(conn, wrapper)
+
+
+start()

@@ -1,0 +1,325 @@
+//! Warm runtimes (`WORKER_WARM`): no interpreter starts on a job's way. `python3` jobs are
+//! forked from a fork server that has imported the wrapper's modules once (`forkserver.rs`);
+//! `bun` and `deno` jobs take a process started ahead of them, with the wrapper loaded
+//! (`prespawned.rs`). Every job still runs in a process of its own, confined as a cold one —
+//! except a script version's opting into dedicated processes (`dedicated.rs`), whose jobs run
+//! one after another in a process that keeps the imported script. Whatever is not ready — no
+//! server, no ready process, one that broke — means a cold start: a job never waits for a warm
+//! runtime.
+
+mod dedicated;
+mod forkserver;
+mod prespawned;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dedicated::{Idle, Lent};
+use prespawned::{Pool, Waiting};
+
+use super::process::{self, ProcessSpec, Started};
+use super::runtimes::Runtimes;
+use super::sandbox::{JobDir, Sandbox};
+use crate::domain::ScriptLang;
+
+/// Languages whose jobs take a process started ahead.
+const PRESPAWNED: [ScriptLang; 2] = [ScriptLang::Bun, ScriptLang::Deno];
+
+/// How long a fork server may take to start, and to answer for one job.
+const SERVER_READY_WITHIN: Duration = Duration::from_secs(20);
+const SERVER_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
+/// Between two starts of a fork server.
+const SERVER_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// The users to claim, besides one per slot, for processes waiting for jobs: one per slot for
+/// each prespawned language installed, and for python3's dedicated processes.
+pub fn reserved_users(runtimes: &Runtimes, slots: usize) -> usize {
+    if !runtimes.warm {
+        return 0;
+    }
+    let installed = PRESPAWNED
+        .iter()
+        .chain([&ScriptLang::Python3])
+        .filter(|lang| runtimes.program(**lang).is_ok())
+        .count();
+    installed * slots
+}
+
+/// The warm runtimes of one worker.
+pub struct Warm {
+    python: Option<Arc<Python>>,
+    pools: Vec<(ScriptLang, Arc<Pool>)>,
+    idle_dedicated: Idle,
+    runtimes: Runtimes,
+    sandbox: Arc<Sandbox>,
+}
+
+/// How a job's process is to start.
+pub enum Launch {
+    /// Cold, or forked from the fork server.
+    Fresh,
+    /// A process started ahead, waiting in the job's directory.
+    Waiting(Waiting),
+    /// A dedicated process of the script version, in its own directory.
+    Dedicated(Lent),
+}
+
+/// The script version a job of a `dedicated_worker` script runs.
+pub struct DedicatedScript<'a> {
+    pub workspace: &'a str,
+    pub hash: &'a str,
+    pub content: &'a str,
+}
+
+/// The current fork server, if one is running.
+struct Python {
+    program: PathBuf,
+    preimport: String,
+    files_in: PathBuf,
+    server: Mutex<Option<Arc<forkserver::ForkServer>>>,
+}
+
+impl Warm {
+    /// `max_cpu_seconds`: the CPU limit of prespawned processes (that of a job with the
+    /// default timeout); a job allowed more starts cold.
+    pub fn new(
+        runtimes: &Runtimes,
+        sandbox: &Arc<Sandbox>,
+        max_cpu_seconds: u64,
+        slots: usize,
+    ) -> Self {
+        let (python, pools) = if runtimes.warm {
+            let python = runtimes.program(ScriptLang::Python3).ok().map(|program| {
+                Arc::new(Python {
+                    program,
+                    preimport: runtimes.python_preimport.clone(),
+                    files_in: sandbox.root().to_path_buf(),
+                    server: Mutex::new(None),
+                })
+            });
+            let pools = PRESPAWNED
+                .into_iter()
+                .filter(|lang| runtimes.program(*lang).is_ok())
+                .map(|lang| {
+                    let pool = Pool::new(
+                        lang,
+                        runtimes.clone(),
+                        sandbox.clone(),
+                        max_cpu_seconds,
+                        slots,
+                    );
+                    (lang, pool)
+                })
+                .collect();
+            (python, pools)
+        } else {
+            (None, Vec::new())
+        };
+        Self {
+            python,
+            pools,
+            idle_dedicated: Idle::new(slots),
+            runtimes: runtimes.clone(),
+            sandbox: sandbox.clone(),
+        }
+    }
+
+    /// Starts the fork server, and keeps one running (a server that is gone is replaced).
+    /// Call it from a task of the worker's runtime: the server dies with the spawning thread.
+    pub fn boot(&self) {
+        let Some(python) = self.python.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                let started = forkserver::ForkServer::start(
+                    &python.program,
+                    &python.preimport,
+                    &python.files_in,
+                    SERVER_READY_WITHIN,
+                )
+                .await;
+                match started {
+                    Ok(server) => {
+                        tracing::info!("python3 jobs fork from a warm interpreter");
+                        *python.server.lock().expect("server lock") = Some(server.clone());
+                        server.gone().await;
+                        python.server.lock().expect("server lock").take();
+                        tracing::warn!("the python3 fork server is gone: starting another");
+                    }
+                    Err(e) => tracing::warn!(error = %e,
+                        "cannot start the python3 fork server: python3 jobs start cold"),
+                }
+                tokio::time::sleep(SERVER_RESTART_PAUSE).await;
+            }
+        });
+    }
+
+    /// What is ready for a job of `lang` that may use `cpu_seconds` of CPU: with the directory
+    /// it must run in, if it comes with one (else the job gets a fresh one).
+    pub async fn take(
+        &self,
+        lang: ScriptLang,
+        dedicated: Option<DedicatedScript<'_>>,
+        cpu_seconds: u64,
+    ) -> (Option<JobDir>, Launch) {
+        if let Some(script) = dedicated.filter(|_| lang == ScriptLang::Python3) {
+            if let Some((lent, dir)) = self.dedicated(script, cpu_seconds).await {
+                return (Some(dir), Launch::Dedicated(lent));
+            }
+        }
+        let Some((_, pool)) = self.pools.iter().find(|(l, _)| *l == lang) else {
+            return (None, Launch::Fresh);
+        };
+        match pool.take(cpu_seconds) {
+            Some(warm) => (Some(warm.dir), Launch::Waiting(warm.waiting)),
+            None => (None, Launch::Fresh),
+        }
+    }
+
+    /// Starts the job's process in `dir`, where its files are: as `launch` says, else a fork of
+    /// the fork server, else cold. A dedicated process comes back with it, to be given back
+    /// once the job's result is read.
+    pub async fn launch(
+        &self,
+        lang: ScriptLang,
+        spec: &ProcessSpec,
+        dir: &JobDir,
+        launch: Launch,
+        cpu_seconds: u64,
+    ) -> (std::io::Result<Started>, Option<Lent>) {
+        let confinement = dir.confinement();
+        match launch {
+            Launch::Dedicated(lent) => match lent.start(dir, &spec.env, cpu_seconds).await {
+                Ok(started) => return (Ok(started), Some(lent)),
+                Err(e) => {
+                    tracing::info!(error = %e, "a dedicated process was gone: starting cold");
+                    drop(lent);
+                    if let Some(user) = confinement.user {
+                        super::sandbox::kill_user(user).await;
+                    }
+                }
+            },
+            Launch::Waiting(waiting) => match waiting.start(&spec.env).await {
+                Ok(started) => return (Ok(started), None),
+                Err(e) => {
+                    tracing::info!(%lang, error = %e, "a warm process was gone: starting cold");
+                    if let Some(user) = confinement.user {
+                        super::sandbox::kill_user(user).await;
+                    }
+                }
+            },
+            Launch::Fresh => {}
+        }
+        if lang == ScriptLang::Python3 {
+            if let Some(started) = self.fork(spec, dir, cpu_seconds).await {
+                return (Ok(started), None);
+            }
+        }
+        let started = process::spawn(spec, dir.path(), &confinement, cpu_seconds);
+        (started, None)
+    }
+
+    /// Takes back a dedicated process and its directory after its job: kept for the next job
+    /// of its script version if the job ended by itself, else ended.
+    pub fn give_back(&self, lent: Lent, dir: JobDir, reusable: bool) {
+        if reusable {
+            self.idle_dedicated.put(lent, dir);
+        } else {
+            drop(lent);
+            tokio::spawn(dir.discard());
+        }
+    }
+
+    /// An idle dedicated process of the script version, or a new one; none when there is no
+    /// fork server or no user free now (the job then runs as any other).
+    async fn dedicated(
+        &self,
+        script: DedicatedScript<'_>,
+        cpu_seconds: u64,
+    ) -> Option<(Lent, JobDir)> {
+        let key = (script.workspace.to_owned(), script.hash.to_owned());
+        if let Some(idle) = self.idle_dedicated.take(&key) {
+            return Some(idle);
+        }
+        let server = self
+            .python
+            .as_ref()?
+            .server
+            .lock()
+            .expect("server lock")
+            .clone()?;
+        let Some(dir) = self.sandbox.job_dir_now() else {
+            self.idle_dedicated.evict_other_than(&key);
+            return None;
+        };
+        let dir = match dir {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a dedicated process's directory");
+                return None;
+            }
+        };
+        let none = serde_json::Map::new();
+        if let Err(e) =
+            self.runtimes
+                .prepare(ScriptLang::Python3, script.content, &none, dir.path())
+        {
+            tracing::warn!(error = %e.message, "cannot prepare a dedicated process");
+            dir.remove().await;
+            return None;
+        }
+        let forked = tokio::time::timeout(
+            SERVER_ANSWERS_WITHIN,
+            server.spawn_dedicated(dir.path(), &dir.confinement(), cpu_seconds),
+        )
+        .await;
+        match forked {
+            Ok(Ok(process)) => Some((Lent::new(process, key), dir)),
+            failed => {
+                tracing::warn!(failed = ?failed.err(), "cannot start a dedicated process");
+                dir.discard().await;
+                None
+            }
+        }
+    }
+
+    /// The job's process forked from the fork server, if it is there and answers.
+    async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
+        let server = self
+            .python
+            .as_ref()?
+            .server
+            .lock()
+            .expect("server lock")
+            .clone()?;
+        let env_file = dir.path().join(forkserver::ENV_FILE);
+        let env: serde_json::Map<String, serde_json::Value> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        if let Err(e) = std::fs::write(&env_file, serde_json::Value::Object(env).to_string()) {
+            tracing::warn!(error = %e, "cannot write a job's environment: starting cold");
+            return None;
+        }
+        let forked = tokio::time::timeout(
+            SERVER_ANSWERS_WITHIN,
+            server.spawn(dir.path(), &dir.confinement(), cpu_seconds),
+        )
+        .await;
+        let why = match forked {
+            Ok(Ok(started)) => return Some(started),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                // Alive but silent: it is replaced; its children die with it.
+                server.kill();
+                format!("no answer within {}s", SERVER_ANSWERS_WITHIN.as_secs())
+            }
+        };
+        tracing::warn!(error = %why, "the python3 fork server failed a job: starting it cold");
+        let _ = std::fs::remove_file(&env_file);
+        None
+    }
+}

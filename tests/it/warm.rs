@@ -1,0 +1,323 @@
+//! Warm runtimes (`WORKER_WARM`): python3 jobs fork from a fork server, bun and deno jobs take
+//! a process started ahead; no job sees what another left, a warm runtime killed from outside
+//! is replaced, and a warm job is confined exactly as a cold one.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{eventually, jobs_have_own_users, TestEnv};
+use crate::runtimes::env_in;
+
+/// The children of `parent` whose command line contains `needle`.
+fn children_with(parent: u32, needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces, so count from its closing paren.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// How many fork servers the worker has said are ready.
+fn servers_ready(env: &TestEnv) -> usize {
+    env.logs()
+        .matches("python3 jobs fork from a warm interpreter")
+        .count()
+}
+
+/// The worker's fork server, once the `count`th is ready.
+async fn fork_server(env: &TestEnv, count: usize) -> u32 {
+    let worker = env.worker_pid(0);
+    let mut server = None;
+    eventually(
+        Duration::from_secs(30),
+        "a fork server is ready",
+        async || {
+            server = children_with(worker, "forkserver.py").first().copied();
+            server.is_some() && servers_ready(env) >= count
+        },
+    )
+    .await;
+    server.unwrap()
+}
+
+/// Whether process `pid` is blocked reading its standard input (`read(0, …)`): a warm process
+/// that loaded its wrapper and waits for its job.
+fn reads_stdin(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with("0 0x0 "))
+}
+
+/// A process of `lang` started ahead by the worker and waiting for a job, and its directory.
+async fn waiting_process(env: &TestEnv, lang: &str) -> (u32, String) {
+    let worker = env.worker_pid(0);
+    let program = if lang == "bun" { "bun" } else { "deno" };
+    let mut found = None;
+    eventually(
+        Duration::from_secs(60),
+        &format!("a warm {lang} process waits"),
+        async || {
+            found = children_with(worker, "wrapper.ts")
+                .into_iter()
+                .filter(|pid| {
+                    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                    exe.to_string_lossy().contains(program) && reads_stdin(*pid)
+                })
+                .find_map(|pid| {
+                    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+                    Some((pid, cwd.display().to_string()))
+                });
+            found.is_some()
+        },
+    )
+    .await;
+    found.unwrap()
+}
+
+const PY_FIRST: &str = "import json, os\n\
+def main():\n    json.millrace_mark = os.environ['WM_JOB_ID']\n    os.environ['LEFT_BY_FIRST'] = '1'\n    open('mine.txt', 'w').write('first')\n    parent = open(f'/proc/{os.getppid()}/cmdline').read().replace(chr(0), ' ')\n    return {'cwd': os.getcwd(), 'parent': parent, 'ppid': os.getppid()}\n";
+
+const PY_SECOND: &str = "import json, os\n\
+def main(first_dir: str):\n    return {'mark': getattr(json, 'millrace_mark', None), 'env': os.environ.get('LEFT_BY_FIRST'), 'cwd': os.getcwd(), 'sees_first': os.path.exists(os.path.join(first_dir, 'mine.txt')), 'env_file': os.path.exists('.millrace_env.json'), 'token': len(os.environ.get('WM_TOKEN', ''))}\n";
+
+const TS_FIRST: &str = "import { writeFileSync } from 'node:fs';\n\
+export function main() {\n  (globalThis as any).millraceMark = 'first';\n  process.env.LEFT_BY_FIRST = '1';\n  writeFileSync('mine.txt', 'first');\n  return { cwd: process.cwd(), pid: process.pid };\n}\n";
+
+const TS_SECOND: &str = "import { existsSync } from 'node:fs';\n\
+export function main(first_dir: string) {\n  return { mark: (globalThis as any).millraceMark ?? null, env: process.env.LEFT_BY_FIRST ?? null, warm: process.env.MILLRACE_WARM ?? null, cwd: process.cwd(), sees_first: existsSync(first_dir + '/mine.txt'), token: (process.env.WM_TOKEN ?? '').length };\n}\n";
+
+fn assert_nothing_shared(first: &Value, second: &Value) {
+    assert_eq!(second["mark"], json!(null), "module state leaked: {second}");
+    assert_eq!(second["env"], json!(null), "environment leaked: {second}");
+    assert_ne!(second["cwd"], first["cwd"], "{second}");
+    assert_eq!(second["sees_first"], json!(false), "{second}");
+    assert!(second["token"].as_u64().unwrap() >= 32, "{second}");
+}
+
+#[tokio::test]
+async fn python_jobs_fork_from_the_fork_server_and_share_nothing() {
+    let env = env_in(true).await;
+    let server = fork_server(&env, 1).await;
+    env.script("u/alice/first", "python3", PY_FIRST).await;
+    env.script("u/alice/second", "python3", PY_SECOND).await;
+    let first = env.run_ok("u/alice/first", json!({})).await;
+    assert_eq!(first["ppid"], json!(server), "not forked: {first}");
+    assert!(
+        first["parent"].as_str().unwrap().contains("forkserver.py"),
+        "{first}"
+    );
+    let second = env
+        .run_ok("u/alice/second", json!({"first_dir": first["cwd"]}))
+        .await;
+    assert_nothing_shared(&first, &second);
+    assert_eq!(second["env_file"], json!(false), "{second}");
+    // The next job of the same script, too: a fresh fork each time.
+    let again = env.run_ok("u/alice/first", json!({})).await;
+    assert_eq!(again["ppid"], json!(server));
+    assert_ne!(again["cwd"], first["cwd"]);
+}
+
+#[tokio::test]
+async fn without_warm_runtimes_python_jobs_start_cold() {
+    let env = env_in(false).await;
+    env.script("u/alice/first", "python3", PY_FIRST).await;
+    let first = env.run_ok("u/alice/first", json!({})).await;
+    assert_eq!(first["ppid"], json!(env.worker_pid(0)), "{first}");
+    assert!(children_with(env.worker_pid(0), "forkserver.py").is_empty());
+    assert!(children_with(env.worker_pid(0), "wrapper.ts").is_empty());
+}
+
+#[tokio::test]
+async fn typescript_jobs_take_a_process_started_ahead_and_share_nothing() {
+    let env = env_in(true).await;
+    for lang in ["bun", "deno"] {
+        let first_path = format!("u/alice/first_{lang}");
+        let second_path = format!("u/alice/second_{lang}");
+        env.script(&first_path, lang, TS_FIRST).await;
+        env.script(&second_path, lang, TS_SECOND).await;
+        // The first job of a language starts cold and has a process started for the next.
+        let first = env.run_ok(&first_path, json!({})).await;
+        let (_, waiting_in) = waiting_process(&env, lang).await;
+        let second = env
+            .run_ok(&second_path, json!({"first_dir": first["cwd"]}))
+            .await;
+        assert_eq!(
+            second["cwd"],
+            json!(waiting_in),
+            "{lang}: not the warm process"
+        );
+        assert_eq!(second["warm"], json!(null), "{lang}: {second}");
+        assert_nothing_shared(&first, &second);
+        // The process that ran it is gone; another waits in a directory of its own.
+        let (_, next_in) = waiting_process(&env, lang).await;
+        assert_ne!(next_in, waiting_in, "{lang}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_fork_server_is_replaced_and_jobs_go_on() {
+    let env = env_in(true).await;
+    env.script("u/alice/first", "python3", PY_FIRST).await;
+    let server = fork_server(&env, 1).await;
+    // SAFETY: kill(2) on the pid just found among the worker's children.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    // Right away: the job runs (cold while no server is back).
+    let result = env.run_ok("u/alice/first", json!({})).await;
+    assert_ne!(result["ppid"], json!(server), "{result}");
+    let replacement = fork_server(&env, 2).await;
+    assert_ne!(replacement, server);
+    let result = env.run_ok("u/alice/first", json!({})).await;
+    assert_eq!(result["ppid"], json!(replacement), "{result}");
+}
+
+#[tokio::test]
+async fn a_killed_waiting_process_is_replaced_and_jobs_go_on() {
+    let env = env_in(true).await;
+    env.script("u/alice/first_bun", "bun", TS_FIRST).await;
+    env.run_ok("u/alice/first_bun", json!({})).await;
+    let (pid, dir) = waiting_process(&env, "bun").await;
+    // SAFETY: kill(2) on the pid just found among the worker's children.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // It runs: cold in that process's directory if the kill came just before it took it.
+    let result = env.run_ok("u/alice/first_bun", json!({})).await;
+    assert_ne!(result["pid"], json!(pid), "{result}");
+    let (_, next) = waiting_process(&env, "bun").await;
+    assert_ne!(next, dir);
+    env.run_ok("u/alice/first_bun", json!({})).await;
+}
+
+/// What a job's process sees of its own confinement: identity, capabilities, limits, cgroup,
+/// process group, OOM score; user and group ids as whether they are the job's own.
+const PY_CONFINEMENT: &str = "import os\n\
+def main():\n    status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n    keep = ['Groups', 'NoNewPrivs', 'CapInh', 'CapPrm', 'CapEff', 'CapAmb', 'Seccomp']\n    uid = os.getuid()\n    return {'status': {k: status[k].strip() for k in keep}, 'own_user': uid != 0 and os.getgid() == uid and status['Uid'].split() == [str(uid)] * 4, 'limits': open('/proc/self/limits').read(), 'oom': open('/proc/self/oom_score_adj').read(), 'cgroup': open('/proc/self/cgroup').read().replace(str(uid), 'UID'), 'leader': os.getpgid(0) == os.getpid(), 'mode': oct(os.stat('.').st_mode & 0o777)}\n";
+
+const TS_CONFINEMENT: &str = "import { readFileSync, statSync } from 'node:fs';\n\
+export function main() {\n  const status = Object.fromEntries(readFileSync('/proc/self/status', 'utf8').trim().split('\\n').map((l) => { const i = l.indexOf(':'); return [l.slice(0, i), l.slice(i + 1).trim()]; }));\n  const uid = process.getuid!();\n  const keep = ['Groups', 'NoNewPrivs', 'CapInh', 'CapPrm', 'CapEff', 'CapAmb', 'Seccomp'];\n  return { status: Object.fromEntries(keep.map((k) => [k, status[k]])), own_user: uid !== 0 && process.getgid!() === uid, limits: readFileSync('/proc/self/limits', 'utf8'), oom: readFileSync('/proc/self/oom_score_adj', 'utf8'), cgroup: readFileSync('/proc/self/cgroup', 'utf8').replaceAll(String(uid), 'UID'), mode: (statSync('.').mode & 0o777).toString(8) };\n}\n";
+
+#[tokio::test]
+async fn warm_jobs_are_confined_exactly_as_cold_ones() {
+    if !jobs_have_own_users() {
+        return;
+    }
+    let mut seen = Vec::new();
+    for warm in [true, false] {
+        let env = env_in(warm).await;
+        env.script("u/alice/conf_py", "python3", PY_CONFINEMENT)
+            .await;
+        env.script("u/alice/conf_bun", "bun", TS_CONFINEMENT).await;
+        if warm {
+            fork_server(&env, 1).await;
+            // The first bun job starts cold and has one started ahead for the second.
+            env.run_ok("u/alice/conf_bun", json!({})).await;
+            waiting_process(&env, "bun").await;
+        }
+        let python = env.run_ok("u/alice/conf_py", json!({})).await;
+        assert_eq!(python["own_user"], json!(true), "{python}");
+        assert_eq!(python["leader"], json!(true), "{python}");
+        assert_eq!(python["status"]["NoNewPrivs"], json!("1"), "{python}");
+        assert_eq!(python["status"]["CapEff"], json!("0000000000000000"));
+        let bun = env.run_ok("u/alice/conf_bun", json!({})).await;
+        assert_eq!(bun["own_user"], json!(true), "{bun}");
+        seen.push((python, bun));
+    }
+    let (warm, cold) = (&seen[0], &seen[1]);
+    assert_eq!(warm.0, cold.0, "python3: warm and cold differ");
+    assert_eq!(warm.1, cold.1, "bun: warm and cold differ");
+}
+
+/// Counts its jobs in a module global; fails or sleeps when asked.
+const COUNTER: &str = "import os, time\n\
+count = 0\n\
+def main(fail: bool = False, sleep: int = 0):\n    global count\n    count += 1\n    print('job', count)\n    time.sleep(sleep)\n    if fail:\n        raise ValueError('asked to fail')\n    return {'count': count, 'pid': os.getpid(), 'job': os.environ['WM_JOB_ID'], 'token': os.environ['WM_TOKEN']}\n";
+
+#[tokio::test]
+async fn a_dedicated_script_keeps_its_module_state_between_its_jobs() {
+    let env = env_in(true).await;
+    fork_server(&env, 1).await;
+    env.script_with(
+        "u/alice/counter",
+        "python3",
+        COUNTER,
+        json!({"dedicated_worker": true, "timeout": 3}),
+    )
+    .await;
+    env.script("u/alice/plain", "python3", COUNTER).await;
+    let script = env
+        .get(
+            &format!("/api/w/{}/scripts/get/p/u/alice/counter", crate::common::WS),
+            &env.token,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(script["dedicated_worker"], json!(true), "{script}");
+
+    let mut seen = Vec::new();
+    for expected in 1..=3 {
+        let id = env.run("u/alice/counter", json!({})).await;
+        let done = env.wait(&id, Duration::from_secs(30)).await;
+        assert_eq!(done["result"]["count"], json!(expected), "{done}");
+        // Each job its own environment and logs.
+        assert_eq!(done["result"]["job"], json!(id));
+        assert_eq!(env.job_logs(&id).await, format!("job {expected}\n"));
+        seen.push(done["result"].clone());
+    }
+    assert!(seen.iter().all(|r| r["pid"] == seen[0]["pid"]), "{seen:?}");
+    assert_ne!(seen[0]["token"], seen[1]["token"]);
+    // A failing job leaves the process, and its state, to the next.
+    let id = env.run("u/alice/counter", json!({"fail": true})).await;
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        done["result"]["error"]["name"],
+        json!("ValueError"),
+        "{done}"
+    );
+    let after = env.run_ok("u/alice/counter", json!({})).await;
+    assert_eq!(after["count"], json!(5), "{after}");
+    assert_eq!(after["pid"], seen[0]["pid"]);
+    // A job stopped at its timeout takes its process with it: the next starts afresh.
+    let id = env.run("u/alice/counter", json!({"sleep": 30})).await;
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["result"]["error"]["name"], json!("Timeout"), "{done}");
+    let fresh = env.run_ok("u/alice/counter", json!({})).await;
+    assert_eq!(fresh["count"], json!(1), "{fresh}");
+    assert_ne!(fresh["pid"], seen[0]["pid"]);
+    // A script without the setting starts from scratch every time.
+    for _ in 0..2 {
+        let plain = env.run_ok("u/alice/plain", json!({})).await;
+        assert_eq!(plain["count"], json!(1), "{plain}");
+    }
+}
+
+#[tokio::test]
+async fn without_warm_runtimes_a_dedicated_script_runs_like_any_other() {
+    let env = env_in(false).await;
+    env.script_with(
+        "u/alice/counter",
+        "python3",
+        COUNTER,
+        json!({"dedicated_worker": true}),
+    )
+    .await;
+    for _ in 0..2 {
+        let result = env.run_ok("u/alice/counter", json!({})).await;
+        assert_eq!(result["count"], json!(1), "{result}");
+    }
+}
