@@ -3,6 +3,8 @@
 # overhead of sync webhooks, and flows.
 #
 #   bash bench/run.sh                   (or: make bench) everything, about 4 minutes
+#   BENCH_ONLY=ingest bash bench/run.sh only the ingestion measurements (1, 2, the yardstick
+#                                       and signed deliveries), about 2.5 minutes
 #   BENCH_ONLY=sync bash bench/run.sh   only measurement 4 (sync webhooks), about 1.5 minutes
 #   BENCH_ONLY=flows bash bench/run.sh  only measurement 5 (flows), about 1 minute
 #   BENCH_ONLY=isolation bash bench/run.sh  only measurement 6 (isolation cost; as root), about
@@ -15,6 +17,14 @@
 #      POST /api/w/demo/jobs/run/p/u/admin/bench_bash; the worker runs the jobs meanwhile.
 #   2. the same with `?tag=bench_idle`, a tag no worker serves (declared by `millrace migrate`,
 #      since the API refuses tags without a consumer): the API path alone.
+#   2b. the yardstick (bench/bare_handler.rs, an example target): a bare axum handler that
+#      publishes each request to JetStream and awaits the PubAck, against a fresh instance's
+#      nats-server, with the same oha settings; the report gives measurements 1 and 2 as a
+#      percentage of it, and every run's CPU per request by process.
+#   2c. signed deliveries (BENCH_SIGNED=0 skips): a webhook trigger with GitHub's scheme, a 4 KiB
+#      body and a delivery id per request (bench/signed_load.rs, since oha cannot vary a header),
+#      against the token route with the same body, both to a tag no worker serves: 1 connection
+#      for 4 s each (what the signature adds to p50), then BENCH_CONNECTIONS for BENCH_DURATION.
 #   3. end to end: BENCH_BASH_JOBS trivial bash jobs, then BENCH_PYTHON_JOBS trivial python3
 #      jobs, submitted async, timed from the first created_at to the last completed_at.
 #   4. sync webhooks: POST /api/w/demo/jobs/run_wait_result/p/… of the trivial bash and python3
@@ -66,9 +76,10 @@ FLOWS=${BENCH_FLOWS:-30}
 LOOP_ITERATIONS=${BENCH_LOOP_ITERATIONS:-1000}
 ISOLATION_CALLS=${BENCH_ISOLATION_CALLS:-500}
 ONLY=${BENCH_ONLY:-all}
+SIGNED=${BENCH_SIGNED:-1}
 case "$ONLY" in
-all | sync | flows | isolation) ;;
-*) echo "bench: BENCH_ONLY must be all, sync, flows or isolation" >&2; exit 2 ;;
+all | ingest | sync | flows | isolation) ;;
+*) echo "bench: BENCH_ONLY must be all, ingest, sync, flows or isolation" >&2; exit 2 ;;
 esac
 OHA_VERSION=1.16.0
 [ "$DURATION" -ge 6 ] || { echo "bench: BENCH_DURATION must be at least 6 (seconds)" >&2; exit 2; }
@@ -90,6 +101,7 @@ NATS_PID=
 DATA=
 SAMPLER_PID=
 CHILD_PID=
+BARE_PID=
 STOP_WAIT=30
 # Measurement 6 runs two instances: the first one is parked here (pid, nats pid, data
 # directory) while the second one is the current one; stop_dev stops both.
@@ -107,6 +119,11 @@ run_child() {
 }
 
 stop_dev() {
+    if [ -n "$BARE_PID" ]; then
+        kill "$BARE_PID" 2>/dev/null || true
+        wait "$BARE_PID" 2>/dev/null || true
+        BARE_PID=
+    fi
     if [ -n "$CHILD_PID" ]; then
         kill "$CHILD_PID" 2>/dev/null || true
         wait "$CHILD_PID" 2>/dev/null || true
@@ -182,25 +199,42 @@ trap 'exit 143' TERM
 
 # --- build and tools -------------------------------------------------------------------------
 BUILT=target/release/millrace
+INGESTING=0
+{ [ "$ONLY" = all ] || [ "$ONLY" = ingest ]; } && INGESTING=1
+# The yardstick and the signed-delivery client (examples, not part of the product).
+TOOLS_BUILT=(target/release/examples/bare_handler target/release/examples/signed_load)
 if [ -n "${BENCH_BIN:-}" ]; then
     BUILT=$BENCH_BIN
     log "BENCH_BIN: measuring $BUILT without building"
+    # The tools do not depend on Millrace's code: built once, kept for A/B runs of old binaries.
+    if [ "$INGESTING" = 1 ] && ! ls "${TOOLS_BUILT[@]}" >/dev/null 2>&1 &&
+        ! cargo build --release --example bare_handler \
+            --example signed_load >"$OUT/build.log" 2>&1; then
+        tail -n 40 "$OUT/build.log" >&2
+        die "cargo build --release --example bare_handler --example signed_load failed"
+    fi
 else
     log "building the release binary"
-    if ! cargo build --release >"$OUT/build.log" 2>&1; then
+    if ! cargo build --release --bin millrace --example bare_handler --example signed_load \
+        >"$OUT/build.log" 2>&1; then
         tail -n 40 "$OUT/build.log" >&2
         die "cargo build --release failed"
     fi
 fi
 [ -x "$BUILT" ] || die "no $BUILT"
-# A copy, so that a rebuild during the run cannot swap the binary between measurements.
+# Copies, so that a rebuild during the run cannot swap a binary between measurements.
 BIN=$OUT/millrace
 cp "$BUILT" "$BIN"
+if [ "$INGESTING" = 1 ]; then
+    cp "${TOOLS_BUILT[@]}" "$OUT/"
+fi
+BARE=$OUT/bare_handler
+SIGNED_LOAD=$OUT/signed_load
 
 eval "$(bash scripts/tools.sh nats postgres python)"
 TOOLS=$MILLRACE_TOOLS_DIR # exported by tools.sh
 OHA=$TOOLS/oha/bin/oha
-if [ "$ONLY" = all ] && ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION\$"; then
+if [ "$INGESTING" = 1 ] && ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION\$"; then
     log "installing oha $OHA_VERSION with cargo (once; takes several minutes)"
     cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS/oha" >&2
 fi
@@ -277,7 +311,22 @@ declare_tag() {
         die "could not declare the tag $1"
 }
 
-# --- 1 and 2: ingestion ----------------------------------------------------------------------
+# --- 1 and 2: ingestion, its yardstick, signed deliveries ------------------------------------
+# sampled NAME APP_PID COMMAND...: runs COMMAND (a load generator printing JSON) into
+# $OUT/NAME-load.json while the CPU split is sampled, clear of the run's first and last seconds.
+# APP_PID (0: none) is a process of the bench's own counted as the application (the yardstick).
+sampled() {
+    local name=$1 app_pid=$2
+    shift 2
+    local seconds=$DURATION
+    "$PY" bench/bench.py cpu --dev-pid "$DEV_PID" --app-pid "$app_pid" --pg-data "$PG_DATA" \
+        --delay 2 --seconds $((seconds - 4)) --out "$OUT/$name-cpu.json" &
+    SAMPLER_PID=$!
+    run_child "$@" >"$OUT/$name-load.json"
+    wait "$SAMPLER_PID" || log "$name: CPU sampling failed"
+    SAMPLER_PID=
+}
+
 ingest() {
     # ingest NAME QUERY
     local name=$1 query=$2
@@ -292,29 +341,99 @@ ingest() {
     local before after
     before=$(completed_jobs)
     log "$name: $CONNECTIONS connections for $DURATION s against $url"
-    # The CPU split is sampled inside the run, clear of its first and last seconds.
-    "$PY" bench/bench.py cpu --dev-pid "$DEV_PID" --pg-data "$PG_DATA" --delay 2 \
-        --seconds $((DURATION - 4)) --out "$OUT/$name-cpu.json" &
-    SAMPLER_PID=$!
-    run_child oha_post "$DURATION" "$url" >"$OUT/$name-oha.json"
-    wait "$SAMPLER_PID" || log "$name: CPU sampling failed"
-    SAMPLER_PID=
+    sampled "$name" 0 oha_post "$DURATION" "$url"
     after=$(completed_jobs)
-    "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-oha.json" \
+    "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-load.json" \
         --cpu "$OUT/$name-cpu.json" --connections "$CONNECTIONS" --duration "$DURATION" \
         --drained $((after - before)) --out "$OUT/$name.json"
     stop_dev
 }
 
+# The yardstick (bench/bare_handler.rs): publish to JetStream, await the PubAck, answer. Against
+# a fresh instance's nats-server and its MILLRACE_JOBS stream, as dev's `api` user, on a tag no
+# worker serves; the same oha settings as measurements 1 and 2.
+ingest_bare() {
+    "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+    start_dev
+    local password
+    password=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["api"])' \
+        "$DATA/nats/users.json")
+    NATS_URL=$BENCH_NATS_URL NATS_USER=api NATS_PASSWORD=$password \
+        "$BARE" --listen 127.0.0.1:0 >"$DATA/bare.log" 2>&1 &
+    BARE_PID=$!
+    for _ in $(seq 1 100); do
+        grep -q '^listening on ' "$DATA/bare.log" 2>/dev/null && break
+        kill -0 "$BARE_PID" 2>/dev/null || die "bare_handler exited: $(cat "$DATA/bare.log")"
+        sleep 0.1
+    done
+    local url
+    url="http://$(sed -n 's/^listening on //p' "$DATA/bare.log")/publish"
+    log "ingest_bare: warm-up, 2 s"
+    run_child oha_post 2 "$url" >/dev/null
+    log "ingest_bare: $CONNECTIONS connections for $DURATION s against $url"
+    sampled ingest_bare "$BARE_PID" oha_post "$DURATION" "$url"
+    "$PY" bench/bench.py oha --name ingest_bare --oha-json "$OUT/ingest_bare-load.json" \
+        --cpu "$OUT/ingest_bare-cpu.json" --connections "$CONNECTIONS" --duration "$DURATION" \
+        --out "$OUT/ingest_bare.json"
+    stop_dev
+}
+
+# Signed webhook-trigger deliveries (GitHub's scheme, a 4 KiB body, a delivery id each) against
+# the token route with the same body, both to a script of a tag no worker serves: first one
+# caller each (what verifying a signature adds to a call), then BENCH_CONNECTIONS each.
+signed() {
+    "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
+    start_dev
+    declare_tag bench_idle
+    local secret=bench-secret
+    "$PY" bench/bench.py setup-signed --secret "$secret"
+    local token_url="$MILLRACE_URL/api/w/demo/jobs/run/p/u/admin/bench_idle"
+    local hook_url="$MILLRACE_URL/api/w/demo/hooks/u/admin/bench_hook"
+    local token=(--url "$token_url" --token "$MILLRACE_TOKEN")
+    local hook=(--url "$hook_url" --github-secret "$secret")
+    log "signed: warm-up, 2 s each"
+    run_child "$SIGNED_LOAD" "${token[@]}" --seconds 2 >/dev/null
+    run_child "$SIGNED_LOAD" "${hook[@]}" --seconds 2 >/dev/null
+    local c1=4 name
+    for name in token_c1 signed_c1; do
+        local target=("${token[@]}")
+        [ "$name" = signed_c1 ] && target=("${hook[@]}")
+        log "$name: 1 connection for $c1 s"
+        run_child "$SIGNED_LOAD" "${target[@]}" --seconds "$c1" --connections 1 >"$OUT/$name-load.json"
+        "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-load.json" \
+            --connections 1 --duration "$c1" --ok-status "$([ "$name" = token_c1 ] && echo 201 || echo 202)" \
+            --out "$OUT/$name.json"
+    done
+    for name in token_4k signed_4k; do
+        local target=("${token[@]}")
+        [ "$name" = signed_4k ] && target=("${hook[@]}")
+        log "$name: $CONNECTIONS connections for $DURATION s"
+        sampled "$name" 0 "$SIGNED_LOAD" "${target[@]}" --seconds "$DURATION" \
+            --connections "$CONNECTIONS"
+        "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-load.json" \
+            --cpu "$OUT/$name-cpu.json" --connections "$CONNECTIONS" --duration "$DURATION" \
+            --ok-status "$([ "$name" = token_4k ] && echo 201 || echo 202)" --out "$OUT/$name.json"
+    done
+    stop_dev
+}
+
 START=$(date +%s)
 results=()
-if [ "$ONLY" = all ]; then
+if [ "$INGESTING" = 1 ]; then
     ingest ingest ""
     results+=("$OUT/ingest.json")
     if [ "${BENCH_SKIP_IDLE:-0}" != 1 ]; then
         ingest ingest_idle "?tag=bench_idle"
         results+=("$OUT/ingest_idle.json")
     fi
+    ingest_bare
+    results+=("$OUT/ingest_bare.json")
+    if [ "$SIGNED" = 1 ]; then
+        signed
+        results+=("$OUT/token_c1.json" "$OUT/signed_c1.json" "$OUT/token_4k.json" "$OUT/signed_4k.json")
+    fi
+fi
+if [ "$ONLY" = all ]; then
 
     # --- 3: end to end -----------------------------------------------------------------------
     "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"

@@ -139,14 +139,17 @@ pub fn reserve_parsing(state: &AppState, body: &[u8]) -> Result<(), ApiError> {
 
 /// The routes that take a job's body and submit it.
 fn is_run_route(path: &str) -> bool {
-    [
-        "/jobs/run/",
-        "/jobs/run_wait_result/",
-        "/jobs/run_and_stream/",
-    ]
-    .iter()
-    .any(|route| path.starts_with(&format!("/api/w/{{workspace}}{route}")))
-        || path.starts_with("/api/w/{workspace}/hooks/")
+    path.strip_prefix("/api/w/{workspace}/")
+        .is_some_and(|route| {
+            [
+                "jobs/run/",
+                "jobs/run_wait_result/",
+                "jobs/run_and_stream/",
+                "hooks/",
+            ]
+            .iter()
+            .any(|run| route.starts_with(run))
+        })
 }
 
 /// The middleware: admits a run request or answers 503 at once.

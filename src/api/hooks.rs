@@ -16,13 +16,13 @@ use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ClientIp, RawBody};
-use super::idempotency::{run_once, Once, OnceKey};
 use super::multipart::Uploads;
 use super::request_args::{build_args, RunOptions};
 use super::run_sync::{self, JOB_ID_HEADER};
 use super::run_target::{self, RunTarget};
+use super::submit::Submitted;
 use super::webhook_triggers::{seal_context, secret_box, Spec};
-use super::{authorize, submit, AppState};
+use super::{authorize, idempotency, submit, AppState};
 use crate::auth::{Access, AuthError, Principal, SUPERADMIN_EMAIL};
 use crate::domain::{JobId, JobKind, WorkspaceId};
 use crate::store::triggers::{self, TriggerRow};
@@ -111,19 +111,11 @@ pub async fn receive(
     super::admission::reserve_parsing(&state, &body)?;
     let mut args = build_args(&headers, &body, &opts, &state.config().include_headers)?;
     add_delivery_args(&mut args, &delivery);
-    let id = opts.job_id();
-    let key = delivery.id.as_deref().map(|delivery_id| {
+    opts.once = delivery.id.as_deref().map(|delivery_id| {
         let window = Duration::from_secs(u64::try_from(spec.dedup_window_secs).unwrap_or(0));
-        OnceKey::delivery(&row.path, delivery_id, window)
+        idempotency::delivery(&row.path, delivery_id, window)
     });
-    let run = start(&state, &ws, (access.clone(), target, spec.sync), args, opts);
-    match run_once(&state, &ws, key.as_ref(), id, run).await? {
-        Once::Started(response) => Ok(response),
-        Once::Repeat(first) if spec.sync => {
-            run_sync::wait_for_existing(&state, &ws, &access, first).await
-        }
-        Once::Repeat(first) => Ok(accepted(first)),
-    }
+    start(&state, &ws, (access, target, spec.sync), args, opts).await
 }
 
 /// The keys of the trigger's secret, and of the previous one during a rotation overlap.
@@ -198,7 +190,8 @@ fn add_delivery_args(args: &mut Map<String, Value>, delivery: &Delivery) {
     }
 }
 
-/// Starts the job: 202 + its id, or for a sync trigger its result.
+/// Starts the job: 202 + its id, or for a sync trigger its result (a repeated delivery: the
+/// first job's).
 async fn start(
     state: &AppState,
     ws: &WorkspaceId,
@@ -211,8 +204,10 @@ async fn start(
         return run_sync::run_and_wait(state, resolved, (args, opts, Uploads::default())).await;
     }
     let id = opts.job_id();
-    submit::submit(state, ws, &access, &target, args, &opts).await?;
-    Ok(accepted(id))
+    match submit::submit(state, ws, &access, &target, args, &opts).await? {
+        Submitted::Queued => Ok(accepted(id)),
+        Submitted::Repeat(first) => Ok(accepted(first)),
+    }
 }
 
 fn accepted(id: JobId) -> Response {

@@ -160,19 +160,31 @@ impl RunBody {
             job,
             opts,
         };
-        let body = SharedBody::new(self.body);
-        let mut reader = MultipartReader::new(body.stream(), boundary, &to);
-        let fields = reader.read_fields().await;
-        let mut uploads = reader.uploads;
-        // The parser lets go of the body, which a refused client may still be sending.
-        drop(reader.multipart);
-        if fields.is_err() {
-            body.drain().await;
-        }
-        let fields = uploads.kept_if_ok(fields)?;
+        // Boxed: the streaming uploads' state would otherwise be part of every run request's
+        // future, moved and copied with it, multipart or not.
+        let (fields, uploads) = Box::pin(multipart_fields(self.body, boundary, &to)).await?;
         let args = build_multipart_args(fields, &self.headers, opts, include);
         Ok((args, uploads))
     }
+}
+
+/// The fields of a multipart body, its files uploaded (and removed again on an error).
+async fn multipart_fields(
+    body: Body,
+    boundary: String,
+    to: &BodyTarget<'_>,
+) -> ApiResult<(Map<String, Value>, Uploads)> {
+    let body = SharedBody::new(body);
+    let mut reader = MultipartReader::new(body.stream(), boundary, to);
+    let fields = reader.read_fields().await;
+    let mut uploads = reader.uploads;
+    // The parser lets go of the body, which a refused client may still be sending.
+    drop(reader.multipart);
+    if fields.is_err() {
+        body.drain().await;
+    }
+    let fields = uploads.kept_if_ok(fields)?;
+    Ok((fields, uploads))
 }
 
 fn too_large(limit: impl std::fmt::Display) -> ApiError {

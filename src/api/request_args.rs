@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::domain::Tag;
+use crate::store::deliveries::DeliveryKey;
 
 /// Options of a run route, parsed from its query string.
 #[derive(Debug, Default, Clone)]
@@ -18,6 +19,9 @@ pub struct RunOptions {
     pub parent_job: Option<Uuid>,
     /// The caller's W3C `traceparent` header, when valid.
     pub trace: Option<crate::domain::TraceParent>,
+    /// The request's `Idempotency-Key` or delivery id: a repeat within its window answers the
+    /// job that claimed it (`idempotency.rs`).
+    pub once: Option<DeliveryKey>,
     /// The caller named the id (`job_id=`), rather than the route making one.
     id_preset: bool,
     raw: bool,

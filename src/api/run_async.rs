@@ -10,11 +10,11 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Authed;
-use super::idempotency::{run_once, Once, OnceKey};
 use super::multipart::RunBody;
 use super::object_storage::ObjectStorage;
 use super::run_target::{self, RunTarget};
-use super::{authorize, submit, AppState};
+use super::submit::Submitted;
+use super::{authorize, idempotency, submit, AppState};
 use crate::auth::Access;
 use crate::domain::{JobKind, RunnablePath, ScriptHash, WorkspaceId};
 
@@ -127,13 +127,13 @@ async fn run_async(
 ) -> ApiResult<impl IntoResponse> {
     let mut opts = body.options()?;
     submit::check_schedule(state, &opts)?;
-    let key = OnceKey::from_header(state, body.headers(), &access, &target)?;
+    opts.once = idempotency::from_header(state, body.headers(), &access, &target)?;
     let (args, mut uploads) = body.into_args(state, storage, &ws, &mut opts).await?;
     let id = opts.job_id();
-    let submitted = submit::submit(state, &ws, &access, &target, args, &opts);
-    let id = match uploads.kept_if_ok(run_once(state, &ws, key.as_ref(), id, submitted).await)? {
-        Once::Started(id) => id,
-        Once::Repeat(first) => {
+    let submitted = submit::submit(state, &ws, &access, &target, args, &opts).await;
+    let id = match uploads.kept_if_ok(submitted)? {
+        Submitted::Queued => id,
+        Submitted::Repeat(first) => {
             uploads.discard();
             first
         }

@@ -17,7 +17,6 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Authed;
-use super::idempotency::{run_once, Once, OnceKey};
 use super::job_wait::{completed_in_store, JobWatch, Seen};
 use super::jobs::{load, JobPath};
 use super::multipart::RunBody;
@@ -26,7 +25,8 @@ use super::run_async::{
     resolve_flow_path, resolve_flow_version, resolve_hash, resolve_path, ByHash, ByPath, ByVersion,
 };
 use super::run_sync::{run_request, JOB_ID_HEADER};
-use super::{submit, AppState};
+use super::submit::Submitted;
+use super::{idempotency, submit, AppState};
 use crate::domain::{JobId, WorkspaceId};
 use crate::queue::bus::JobUpdate;
 use crate::store::jobs::JobRecord;
@@ -160,15 +160,15 @@ macro_rules! stream_route {
             body: RunBody,
         ) -> ApiResult<Response> {
             let (ws, access, target) = $resolve(&state, &authed, &params).await?;
-            let key = OnceKey::from_header(&state, body.headers(), &access, &target)?;
+            let key = idempotency::from_header(&state, body.headers(), &access, &target)?;
             let (args, mut opts, mut uploads) =
                 run_request(&state, &storage, &authed, &ws, body).await?;
+            opts.once = key;
             let id = opts.job_id();
             let replies = uploads.kept_if_ok(state.bus().watch_job(id).await)?;
             let watch = JobWatch::new(&ws, id, replies);
-            let submitted = submit::submit(&state, &ws, &access, &target, args, &opts);
-            let once = run_once(&state, &ws, key.as_ref(), id, submitted).await;
-            if let Once::Repeat(first) = uploads.kept_if_ok(once)? {
+            let submitted = submit::submit(&state, &ws, &access, &target, args, &opts).await;
+            if let Submitted::Repeat(first) = uploads.kept_if_ok(submitted)? {
                 uploads.discard();
                 return follow_existing(state, ws, first).await;
             }

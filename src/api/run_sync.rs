@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 use super::cancel::cancel_job;
 use super::error::{ApiError, ApiResult};
 use super::extract::Authed;
-use super::idempotency::{run_once, Once, OnceKey};
 use super::job_wait::{Completed, JobWatch, Seen};
 use super::multipart::{RunBody, Uploads};
 use super::object_storage::ObjectStorage;
@@ -20,7 +19,8 @@ use super::run_async::{
     resolve_flow_path, resolve_flow_version, resolve_hash, resolve_path, ByHash, ByPath, ByVersion,
 };
 use super::run_target::{RunTarget, Runnable};
-use super::{submit, sync_response, AppState};
+use super::submit::Submitted;
+use super::{idempotency, submit, sync_response, AppState};
 use crate::auth::Access;
 use crate::domain::{JobId, WorkspaceId};
 
@@ -86,7 +86,12 @@ pub(super) async fn run_and_wait(
     {
         watch = watch.with_early_return();
     }
-    uploads.kept_if_ok(submit::submit(state, &ws, &access, &target, args, &opts).await)?;
+    let submitted = submit::submit(state, &ws, &access, &target, args, &opts).await;
+    if let Submitted::Repeat(first) = uploads.kept_if_ok(submitted)? {
+        // An earlier request with the same key started the job: its result, whoever waits.
+        uploads.discard();
+        return wait_for_existing(state, &ws, &access, first).await;
+    }
     let guard = CancelOnDrop {
         state: state.clone(),
         ws: ws.clone(),
@@ -101,33 +106,9 @@ pub(super) async fn run_and_wait(
     Ok(with_job_id(response, id))
 }
 
-/// `run_and_wait`, unless an earlier request with the same `Idempotency-Key` started the job:
-/// then that job's result.
-async fn run_and_wait_once(
-    state: &AppState,
-    resolved: (WorkspaceId, Access, RunTarget),
-    (args, mut opts, mut uploads): (Map<String, Value>, RunOptions, Uploads),
-    key: Option<OnceKey>,
-) -> ApiResult<Response> {
-    let Some(key) = key else {
-        return run_and_wait(state, resolved, (args, opts, uploads)).await;
-    };
-    let id = opts.job_id();
-    let (ws, access) = (resolved.0.clone(), resolved.1.clone());
-    // The uploads are handled here: a repeat never runs the future that would own them.
-    let run = run_and_wait(state, resolved, (args, opts, Uploads::default()));
-    match uploads.kept_if_ok(run_once(state, &ws, Some(&key), id, run).await)? {
-        Once::Started(response) => Ok(response),
-        Once::Repeat(first) => {
-            uploads.discard();
-            wait_for_existing(state, &ws, &access, first).await
-        }
-    }
-}
-
 /// The result of a job that an earlier request started (a repeated delivery): this caller does
 /// not own it, so hanging up cancels nothing.
-pub(super) async fn wait_for_existing(
+async fn wait_for_existing(
     state: &AppState,
     ws: &WorkspaceId,
     access: &Access,
@@ -221,9 +202,11 @@ macro_rules! sync_route {
             body: RunBody,
         ) -> ApiResult<Response> {
             let resolved = $resolve(&state, &authed, &params).await?;
-            let key = OnceKey::from_header(&state, body.headers(), &resolved.1, &resolved.2)?;
-            let run = run_request(&state, &storage, &authed, &resolved.0, body).await?;
-            run_and_wait_once(&state, resolved, run, key).await
+            let key = idempotency::from_header(&state, body.headers(), &resolved.1, &resolved.2)?;
+            let (args, mut opts, uploads) =
+                run_request(&state, &storage, &authed, &resolved.0, body).await?;
+            opts.once = key;
+            run_and_wait(&state, resolved, (args, opts, uploads)).await
         }
     };
 }

@@ -138,10 +138,15 @@ pub async fn by_path(
     if let Some(target) = state.scripts().get(ws, path) {
         return Ok(target);
     }
-    let script = store::bounded(store::scripts::latest_by_path(state.pool(), ws, path))
-        .await?
-        .filter(|s| !s.archived)
-        .ok_or_else(|| ApiError::not_found(format!("script not found at path {path}")))?;
+    // Boxed: the lookup's state would otherwise weigh on every cached call's future.
+    let script = Box::pin(store::bounded(store::scripts::latest_by_path(
+        state.pool(),
+        ws,
+        path,
+    )))
+    .await?
+    .filter(|s| !s.archived)
+    .ok_or_else(|| ApiError::not_found(format!("script not found at path {path}")))?;
     let target = target_of(script);
     state.scripts().put(ws, target.clone());
     Ok(target)

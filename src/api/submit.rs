@@ -1,6 +1,7 @@
 //! Turns a resolved target and arguments into a durable job: record it as queued and publish it
 //! to JetStream (waiting for the PubAck), then announce the `queued` event. Shared by every run
-//! route.
+//! route. A request with a key (`RunOptions::once`) claims it with the row, and is answered the
+//! first job's id when the key was claimed already.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +22,16 @@ use crate::queue::events::{JobEvent, JobEventKind};
 use crate::queue::QueueError;
 use crate::store::{self, InsertOutcome, NewJobRow, StoreError};
 
+/// What a submission did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// The job (`RunOptions::job_id`) is queued.
+    Queued,
+    /// An earlier request with the same key started this job within the key's window: nothing
+    /// was queued.
+    Repeat(JobId),
+}
+
 pub async fn submit(
     state: &AppState,
     ws: &WorkspaceId,
@@ -28,7 +39,7 @@ pub async fn submit(
     target: &RunTarget,
     args: Map<String, Value>,
     opts: &RunOptions,
-) -> ApiResult<JobId> {
+) -> ApiResult<Submitted> {
     check_storable(&args)?;
     let id = opts.job_id.unwrap_or_else(uuid::Uuid::now_v7);
     let own_tag = match &target.tag {
@@ -87,16 +98,20 @@ pub async fn submit(
     };
     // Due later: the envelope waits in the row, for the scheduler to publish when due.
     let held = envelope::held_back(scheduled_for, now);
-    // A preset id may be taken already, which only the INSERT can tell before anything is
-    // published: record, then publish, and without the record, so that only the API creates
-    // the row. A fresh id with small arguments: publish while inserting.
-    let mut row = if !held && !opts.job_id_preset() && envelope::fits_inline(&record.args) {
+    // A preset id may be taken already, and a key claimed, which only the INSERT can tell
+    // before anything is published: record, then publish, and without the record, so that only
+    // the API creates the row. A fresh id with small arguments: publish while inserting.
+    let once = opts.once.clone();
+    let first_record =
+        !held && once.is_none() && !opts.job_id_preset() && envelope::fits_inline(&record.args);
+    let mut row = if first_record {
         let row = NewJobRow::queued(&envelope, &record);
         envelope.record = Some(record);
         row
     } else {
         NewJobRow::queued_from(&envelope, record)
     };
+    row.once = once.clone();
     if held {
         row.held = Some(serde_json::to_value(&envelope).expect("envelopes serialise"));
     }
@@ -112,11 +127,26 @@ pub async fn submit(
         let state = state.clone();
         async move {
             let _share = share;
-            match &envelope.record {
+            let submitted = match &envelope.record {
                 _ if held => record_only(&state, id, row).await,
                 Some(record) => record_while_publishing(&state, &tag, &envelope, record, row).await,
                 None => record_then_publish(&state, &tag, &envelope, row).await,
+            };
+            if let (Err(_), Some(key)) = (&submitted, &once) {
+                // Not queued: the sender's retry must run. (A claim made with the row is gone
+                // with it unless the row was written; a row kept as failed keeps no key.)
+                if let Err(e) = Box::pin(store::deliveries::release(
+                    state.pool(),
+                    &envelope.workspace,
+                    key,
+                    id,
+                ))
+                .await
+                {
+                    tracing::warn!(job = %id, error = %e, "could not release an idempotency key");
+                }
             }
+            submitted
         }
     });
     // The INSERT and the publish have deadlines of their own (the INSERT's, waiting for its
@@ -124,16 +154,18 @@ pub async fn submit(
     // can still wait, on a database that stopped answering: the caller is answered 503 then,
     // and the clean-up goes on.
     let bound = state.config().submit_timeout * 8;
-    tokio::time::timeout(bound, recorded)
+    let submitted = tokio::time::timeout(bound, recorded)
         .await
         .map_err(|_| ApiError::Unavailable("database"))?
         .map_err(|e| ApiError::Internal {
             context: "job submission",
             detail: e.to_string(),
         })??;
-    crate::metrics::job_queued(&labels);
-    state.bus().publish_event_unconfirmed(&event).await;
-    Ok(id)
+    if submitted == Submitted::Queued {
+        crate::metrics::job_queued(&labels);
+        state.bus().announce_queued(event).await;
+    }
+    Ok(submitted)
 }
 
 /// The job's place in its caller's trace (a new trace when the caller sent none).
@@ -142,10 +174,11 @@ fn queued_trace(id: JobId, opts: &RunOptions) -> crate::domain::TraceParent {
     crate::telemetry::trace_of(span, opts.trace.as_ref())
 }
 
-/// Inserts the row only: 409 when the id is taken.
-async fn record_only(state: &AppState, id: JobId, row: NewJobRow) -> ApiResult<()> {
+/// Inserts the row only: 409 when the id is taken; a repeat when its key was claimed.
+async fn record_only(state: &AppState, id: JobId, row: NewJobRow) -> ApiResult<Submitted> {
     match state.inserter().enqueue(row)?.outcome().await? {
-        InsertOutcome::Inserted => Ok(()),
+        InsertOutcome::Inserted => Ok(Submitted::Queued),
+        InsertOutcome::Repeat(first) => Ok(Submitted::Repeat(first)),
         InsertOutcome::DuplicateId => Err(ApiError::Conflict(format!(
             "a job with id {id} already exists"
         ))),
@@ -162,13 +195,15 @@ async fn record_then_publish(
     tag: &Tag,
     envelope: &JobEnvelope,
     row: NewJobRow,
-) -> ApiResult<()> {
+) -> ApiResult<Submitted> {
     let id = envelope.id;
-    record_only(state, id, row).await?;
+    if let repeat @ Submitted::Repeat(_) = record_only(state, id, row).await? {
+        return Ok(repeat);
+    }
     match publish(state, tag, envelope).await {
         Ok(Published {
             duplicate: false, ..
-        }) => Ok(()),
+        }) => Ok(Submitted::Queued),
         // The row is new, yet JetStream holds a message with this id from the last two
         // minutes, which this request did not publish (ours was dropped as its copy): a job
         // answered 201 could then never run, or run from another envelope. The id is taken.
@@ -176,21 +211,16 @@ async fn record_then_publish(
             duplicate: true, ..
         }) => {
             let why = "another message with this job id was queued moments ago";
-            give_up(
-                state,
-                id,
-                why,
-                ApiError::Conflict(format!("job id {id}: {why}")),
-            )
-            .await
+            let conflict = ApiError::Conflict(format!("job id {id}: {why}"));
+            Box::pin(give_up(state, id, why, conflict)).await
         }
         // Refused for a limit: nothing was stored, nothing can start it.
         Err(e @ QueueError::Full(_)) => {
-            forget_unpublished(state, id).await;
+            Box::pin(forget_unpublished(state, id)).await;
             Err(e.into())
         }
         // The PubAck may be what was lost: the message may be stored.
-        Err(e) => give_up(state, id, &e.to_string(), e.into()).await,
+        Err(e) => Box::pin(give_up(state, id, &e.to_string(), e.into())).await,
     }
 }
 
@@ -205,9 +235,9 @@ async fn publish(
 
 /// Ends a recorded job as failed (`NotQueued`) because it must not run, unless a worker started
 /// it already: then it was queued after all, and the call is answered with its id.
-async fn give_up(state: &AppState, id: JobId, why: &str, error: ApiError) -> ApiResult<()> {
+async fn give_up(state: &AppState, id: JobId, why: &str, error: ApiError) -> ApiResult<Submitted> {
     match store::jobs::abandon_unpublished(state.pool(), id, why).await {
-        Ok(false) => Ok(()),
+        Ok(false) => Ok(Submitted::Queued),
         Ok(true) => Err(error),
         Err(cleanup) => {
             tracing::error!(job = %id, error = %cleanup,
@@ -226,7 +256,7 @@ async fn record_while_publishing(
     envelope: &JobEnvelope,
     record: &QueuedRecord,
     row: NewJobRow,
-) -> ApiResult<()> {
+) -> ApiResult<Submitted> {
     let id = envelope.id;
     // Refused before anything is published when too many rows wait already.
     let enqueued = state.inserter().enqueue(row)?;
@@ -237,27 +267,29 @@ async fn record_while_publishing(
         // only wait as long again.
         Err(e) if matches!(*e, StoreError::Timeout(_) | StoreError::Busy) => Err(e.into()),
         // The shared INSERT may have failed for another row or a lost connection.
-        Err(_) => state
-            .inserter()
-            .insert_one(state.pool(), &NewJobRow::queued(envelope, record))
-            .await
-            .map_err(ApiError::from),
+        Err(_) => Box::pin(
+            state
+                .inserter()
+                .insert_one(state.pool(), &NewJobRow::queued(envelope, record)),
+        )
+        .await
+        .map_err(ApiError::from),
     };
     match (inserted, published) {
-        (Ok(_), Ok(_)) => Ok(()),
+        (Ok(_), Ok(_)) => Ok(Submitted::Queued),
         // Refused for a limit: no worker can have it, the row goes. (A row already there was
         // ours too: the shared INSERT committed before its answer was lost.)
         (Ok(_), Err(e @ QueueError::Full(_))) => {
-            forget_unpublished(state, id).await;
+            Box::pin(forget_unpublished(state, id)).await;
             Err(e.into())
         }
         // JetStream may have stored it even so: end the row, so that a late delivery finds
         // nothing to start — unless a worker started it already (then it was queued after all).
-        (Ok(_), Err(e)) => give_up(state, id, &e.to_string(), e.into()).await,
+        (Ok(_), Err(e)) => Box::pin(give_up(state, id, &e.to_string(), e.into())).await,
         (Err(e), Ok(published)) => {
             // Answered as failed, so it must not run: a worker that already took it cannot
             // record it either (the database failed) and hands it back, to find it gone.
-            if let Err(withdraw) = state.bus().withdraw_job(published.sequence).await {
+            if let Err(withdraw) = Box::pin(state.bus().withdraw_job(published.sequence)).await {
                 tracing::error!(job = %id, error = %withdraw,
                     "could not take back a job whose row was not written; a worker may run it");
             }
@@ -291,7 +323,8 @@ impl ServedTags {
             }
             _ => {
                 let deadline = state.config().submit_timeout;
-                let served = tokio::time::timeout(deadline, state.bus().tag_is_served(tag))
+                let asked = Box::pin(state.bus().tag_is_served(tag));
+                let served = tokio::time::timeout(deadline, asked)
                     .await
                     .map_err(|_| ApiError::Unavailable("message broker"))??;
                 let mut tags = self.0.lock().expect("tag cache");

@@ -112,6 +112,8 @@ impl Authenticator {
         }
     }
 
+    /// The store lookups behind a cache miss are boxed here and below: inline, their state would
+    /// make every request's future larger, and it is moved and copied as a whole.
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         if presented.is_empty() {
             return Err(AuthError::Missing);
@@ -136,7 +138,7 @@ impl Authenticator {
         let (principal, expiration) = match self.tokens.get(&hash) {
             Some(cached) => cached,
             None => {
-                let owner = store::bounded(store::tokens::find(&self.pool, &hash))
+                let owner = Box::pin(store::bounded(store::tokens::find(&self.pool, &hash)))
                     .await?
                     .ok_or(AuthError::InvalidToken)?;
                 let principal = Principal {
@@ -180,7 +182,10 @@ impl Authenticator {
         if let Some(acl) = self.acls.get(&key) {
             return Ok(acl);
         }
-        let acl = store::bounded(store::acl::path_acl(&self.pool, ws, kind, path)).await?;
+        let acl = Box::pin(store::bounded(store::acl::path_acl(
+            &self.pool, ws, kind, path,
+        )))
+        .await?;
         self.acls.put(key, acl.clone());
         Ok(acl)
     }
@@ -212,19 +217,19 @@ impl Authenticator {
         let membership = match self.members.get(&key) {
             Some(m) => m,
             None => {
-                let m = match store::bounded(store::workspaces::membership(
+                let m = match Box::pin(store::bounded(store::workspaces::membership(
                     &self.pool,
                     ws,
                     &principal.email,
-                ))
+                )))
                 .await?
                 {
                     Some(m) => {
-                        let groups = store::bounded(store::acl::groups_of(
+                        let groups = Box::pin(store::bounded(store::acl::groups_of(
                             &self.pool,
                             ws,
                             m.username.as_str(),
-                        ))
+                        )))
                         .await?;
                         Some((m, groups))
                     }
@@ -261,7 +266,7 @@ impl Authenticator {
         if self.workspaces.get(&ws.to_string()).is_some() {
             return Ok(());
         }
-        if store::bounded(store::workspaces::exists(&self.pool, ws)).await? {
+        if Box::pin(store::bounded(store::workspaces::exists(&self.pool, ws))).await? {
             self.workspaces.put(ws.to_string(), ());
             Ok(())
         } else {

@@ -942,6 +942,7 @@ async fn step_row(
         flow_step_key: Some(step.key.clone()),
         flow_enqueued_by: Some(trigger_id.to_owned()),
         held: None,
+        once: None,
     }))
 }
 

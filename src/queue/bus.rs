@@ -22,7 +22,14 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     epoch: tokio::sync::watch::Receiver<u64>,
+    /// `queued` events on their way to the task that publishes them in batches.
+    queued: tokio::sync::mpsc::Sender<JobEvent>,
 }
+
+/// `queued` events that may wait for their batch; a caller announcing one more waits.
+const QUEUED_BACKLOG: usize = 16 * 1024;
+/// `queued` events per batch: the last one's PubAck confirms the batch.
+const QUEUED_BATCH: usize = 512;
 
 /// One job's live subjects, and a signal that changes when the connection dropped or came
 /// back since the subscription was made.
@@ -69,6 +76,53 @@ fn msg_id_header(id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id);
     headers
+}
+
+/// Publishes `queued` events as they come, in batches: each batch's messages are sent one after
+/// the other without a reply subject, JetStream storing them as it stores any message on its
+/// subjects, except the last, whose PubAck is awaited before the next batch goes. JetStream
+/// handles one connection's messages to a stream in order, and what refuses a small event (no
+/// stream, JetStream or its storage unavailable) refuses the whole batch, so that one PubAck
+/// tells whether the batch was stored: a refused batch is logged. A PubAck per event would cost
+/// nats-server and this process as much again as the job's own publish, per webhook.
+async fn announce_queued(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    mut waiting: tokio::sync::mpsc::Receiver<JobEvent>,
+) {
+    let mut batch = Vec::with_capacity(QUEUED_BATCH);
+    while waiting.recv_many(&mut batch, QUEUED_BATCH).await > 0 {
+        let count = batch.len();
+        let last = batch.pop().expect("recv_many took at least one");
+        let sent = async {
+            for event in batch.drain(..) {
+                let (subject, headers, payload) = event_message(&event);
+                client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(QueueError::publish)?;
+            }
+            let (subject, headers, payload) = event_message(&last);
+            js.publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(QueueError::publish)?
+                .await
+                .map_err(QueueError::publish)
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(events = count, last_job = %last.id, error = %e,
+                "queued events may not have been stored");
+        }
+        batch.clear();
+    }
+}
+
+fn event_message(event: &JobEvent) -> (String, HeaderMap, Bytes) {
+    (
+        subjects::job_event(&event.workspace, event.kind.as_str()),
+        msg_id_header(&event.msg_id()),
+        encode(event),
+    )
 }
 
 /// Which Millrace process connects: each has its own NATS user (nats/auth.conf).
@@ -147,7 +201,14 @@ impl Bus {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let js = jetstream::new(client.clone());
-        Ok(Self { client, js, epoch })
+        let (queued, waiting) = tokio::sync::mpsc::channel(QUEUED_BACKLOG);
+        tokio::spawn(announce_queued(client.clone(), js.clone(), waiting));
+        Ok(Self {
+            client,
+            js,
+            epoch,
+            queued,
+        })
     }
 
     pub(crate) fn jetstream(&self) -> &jetstream::Context {
@@ -293,12 +354,9 @@ impl Bus {
         &self,
         event: &JobEvent,
     ) -> Result<jetstream::context::PublishAckFuture, QueueError> {
+        let (subject, headers, payload) = event_message(event);
         self.js
-            .publish_with_headers(
-                subjects::job_event(&event.workspace, event.kind.as_str()),
-                msg_id_header(&event.msg_id()),
-                encode(event),
-            )
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(QueueError::publish)
     }
@@ -337,6 +395,14 @@ impl Bus {
                 });
             }
             Err(e) => tracing::warn!(job = %id, kind, error = %e, "event not published"),
+        }
+    }
+
+    /// Hands a `queued` event to the task that publishes them in batches (see
+    /// [`announce_queued`]); waits only when too many wait already.
+    pub async fn announce_queued(&self, event: JobEvent) {
+        if let Err(e) = self.queued.send(event).await {
+            tracing::warn!(job = %e.0.id, "queued event not published: the bus is closed");
         }
     }
 

@@ -2,14 +2,17 @@
 //! ingestion is not bound by one round trip and one commit per request. Each caller still
 //! waits for its own row to be committed, so a job id is never answered before it is readable.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::deliveries::{self, DeliveryKey};
 use super::{Pool, StoreError};
 use crate::queue::envelope::{JobEnvelope, QueuedRecord};
 
@@ -41,6 +44,9 @@ pub struct NewJobRow {
     /// The job's envelope, when it is held for the scheduler until `scheduled_for` rather than
     /// published now.
     pub held: Option<Value>,
+    /// A delivery or idempotency key the job claims: the row is written only if the key is
+    /// new (or its claim expired), in the same statement as the claim.
+    pub once: Option<DeliveryKey>,
 }
 
 impl NewJobRow {
@@ -74,6 +80,7 @@ impl NewJobRow {
             flow_step_key: None,
             flow_enqueued_by: None,
             held: None,
+            once: None,
         }
     }
 }
@@ -83,6 +90,8 @@ pub enum InsertOutcome {
     Inserted,
     /// A job with this id exists already (a preset `job_id` reused).
     DuplicateId,
+    /// The row's key was claimed within its window by that job: nothing was written.
+    Repeat(Uuid),
 }
 
 type Reply = oneshot::Sender<Result<InsertOutcome, Arc<StoreError>>>;
@@ -257,33 +266,99 @@ fn take_batch<T>(
     (batch, None)
 }
 
-fn outcome(inserted: &[Uuid], row: &NewJobRow) -> InsertOutcome {
-    if inserted.contains(&row.id) {
+/// What one batch's statements wrote.
+#[derive(Default)]
+struct Written {
+    inserted: HashSet<Uuid>,
+    /// Rows not written because their key was claimed already, with the job that claimed it.
+    repeats: Vec<(Uuid, Uuid)>,
+}
+
+fn outcome(written: &Written, row: &NewJobRow) -> InsertOutcome {
+    if let Some((_, first)) = written.repeats.iter().find(|(id, _)| *id == row.id) {
+        InsertOutcome::Repeat(*first)
+    } else if written.inserted.contains(&row.id) {
         InsertOutcome::Inserted
     } else {
         InsertOutcome::DuplicateId
     }
 }
 
-/// One INSERT for the whole batch (a statement each connection prepares once); returns the ids
-/// actually inserted. Past `deadline` the statement is cancelled on the server and its end
-/// awaited, so that the outcome is known: committed in time, or not at all — for one more
-/// `deadline` at most: a server that does not answer even that (frozen, or cut off) leaves the
-/// outcome unknown, and the rows are answered `Timeout` too. (Such a row may then commit later,
-/// `queued` with no message; the caller was answered 503.)
+/// The whole batch in one statement (a statement each connection prepares once). Rows with
+/// keys claim them in the same statement ([`INSERT_CLAIMING`]); a key that two rows of the batch
+/// claim goes to a second statement for the later row, which then finds it claimed
+/// (PostgreSQL refuses one statement claiming a key twice).
+///
+/// Past `deadline` the statement is cancelled on the server and its end awaited, so that the
+/// outcome is known: committed in time, or not at all — for one more `deadline` at most: a
+/// server that does not answer even that (frozen, or cut off) leaves the outcome unknown, and
+/// the rows are answered `Timeout` too. (Such a row may then commit later, `queued` with no
+/// message; the caller was answered 503.)
 async fn insert_batch(
     pool: &Pool,
     rows: &[NewJobRow],
     deadline: Duration,
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Written, StoreError> {
     let mut conn = tokio::time::timeout(deadline, pool.get())
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
-    let statement = tokio::time::timeout(deadline, conn.prepared(INSERT, &[]))
+    let keyed = rows.iter().any(|row| row.once.is_some());
+    let sql = if keyed { INSERT_CLAIMING } else { INSERT };
+    let statement = tokio::time::timeout(deadline, conn.prepared(sql, &[]))
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
     let cancel = conn.cancel_token();
-    let query = run_insert(&**conn, &statement, rows);
+    let query = async {
+        let mut written = Written::default();
+        if !keyed {
+            written.inserted = run_insert(&**conn, &statement, rows)
+                .await?
+                .into_iter()
+                .collect();
+            return Ok(written);
+        }
+        let mut left: Vec<&NewJobRow> = rows.iter().collect();
+        while !left.is_empty() {
+            let mut claimed = HashSet::new();
+            let (round, later): (Vec<_>, Vec<_>) = left.into_iter().partition(|row| {
+                row.once
+                    .as_ref()
+                    .is_none_or(|k| claimed.insert((&row.workspace_id, &k.scope, &k.key)))
+            });
+            let columns = columns(&round);
+            let mut params = parameters(&columns);
+            let scopes: Vec<Option<&str>> = round
+                .iter()
+                .map(|r| r.once.as_ref().map(|k| k.scope.as_str()))
+                .collect();
+            let keys: Vec<Option<&str>> = round
+                .iter()
+                .map(|r| r.once.as_ref().map(|k| k.key.as_str()))
+                .collect();
+            let windows: Vec<Option<f64>> = round
+                .iter()
+                .map(|r| r.once.as_ref().map(|k| k.window.as_secs_f64()))
+                .collect();
+            let claims: [&(dyn ToSql + Sync); 3] = [&scopes, &keys, &windows];
+            params.extend(claims);
+            for row in conn.query(&statement, &params).await? {
+                let id: Uuid = row.get(0);
+                match row.get::<_, Option<Uuid>>(1) {
+                    None => {
+                        written.inserted.insert(id);
+                    }
+                    Some(first) => written.repeats.push((id, first)),
+                }
+            }
+            let new_keys = round
+                .iter()
+                .filter(|r| r.once.is_some() && written.inserted.contains(&r.id))
+                .count();
+            deliveries::note_claims(pool, new_keys);
+            left = later;
+        }
+        Ok::<_, tokio_postgres::Error>(written)
+    };
     tokio::pin!(query);
     tokio::select! {
         done = &mut query => Ok(done?),
@@ -299,7 +374,7 @@ async fn insert_batch(
                     tracing::warn!("a cancelled job INSERT did not end; its outcome is unknown");
                     Err(StoreError::Timeout(deadline))
                 }
-                Ok(Ok(inserted)) => Ok(inserted),
+                Ok(Ok(written)) => Ok(written),
                 Ok(Err(e))
                     if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
                 {
@@ -311,58 +386,126 @@ async fn insert_batch(
     }
 }
 
-pub(super) const INSERT: &str =
-    "INSERT INTO jobs (id, workspace_id, job_kind, script_path, script_hash, args, created_by,
-                       permissioned_as, created_at, scheduled_for, language, tag, timeout_s,
-                       parent_job, started_by_token, flow_version, root_job, flow_step_id,
-                       flow_step_key, flow_enqueued_by, publish_envelope, publish_at, status)
-     SELECT *, 'queued' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                    $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[],
-                                    $10::timestamptz[], $11::text[], $12::text[], $13::int4[],
-                                    $14::uuid[], $15::text[], $16::int8[], $17::uuid[],
-                                    $18::text[], $19::text[], $20::text[], $21::jsonb[],
-                                    $22::timestamptz[])
-     ON CONFLICT DO NOTHING
-     RETURNING id";
+/// The columns of `jobs` a new row sets, in the order of [`INSERT`]'s parameters.
+macro_rules! job_columns {
+    () => {
+        "id, workspace_id, job_kind, script_path, script_hash, args, created_by, \
+         permissioned_as, created_at, scheduled_for, language, tag, timeout_s, parent_job, \
+         started_by_token, flow_version, root_job, flow_step_id, flow_step_key, \
+         flow_enqueued_by, publish_envelope, publish_at"
+    };
+}
 
-/// Runs [`INSERT`] for `rows` on a client or inside a transaction.
+/// One array per column of [`job_columns`], from the rows' parameters.
+macro_rules! unnest_columns {
+    () => {
+        "unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], \
+         $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
+         $12::text[], $13::int4[], $14::uuid[], $15::text[], $16::int8[], $17::uuid[], \
+         $18::text[], $19::text[], $20::text[], $21::jsonb[], $22::timestamptz[]"
+    };
+}
+
+pub(super) const INSERT: &str = concat!(
+    "INSERT INTO jobs (",
+    job_columns!(),
+    ", status) SELECT *, 'queued' FROM ",
+    unnest_columns!(),
+    ") ON CONFLICT DO NOTHING RETURNING id"
+);
+
+/// [`INSERT`] for rows of which some claim a key ($23 scope, $24 key, $25 window in seconds),
+/// all in one statement, hence one transaction: a row is written if it has no key or claimed
+/// its key — new, or whose claim expired; a row whose (preset) id is taken claims nothing. A
+/// live claim is answered with its job (the update
+/// that leaves it unchanged also waits for a claim another statement has not committed yet,
+/// and then reads it). Answers `(id, NULL)` for each row written, `(id, first job)` for each
+/// repeat.
+const INSERT_CLAIMING: &str = concat!(
+    "WITH input AS MATERIALIZED (SELECT * FROM ",
+    unnest_columns!(),
+    ", $23::text[], $24::text[], $25::float8[]) AS t(",
+    job_columns!(),
+    ", key_scope, key, key_secs)),
+    claims AS (
+        INSERT INTO delivery_keys AS d (workspace_id, scope, key, job_id, expires_at)
+        SELECT workspace_id, key_scope, key, id, now() + make_interval(secs => key_secs)
+        FROM input WHERE key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = input.id)
+        ON CONFLICT (workspace_id, scope, key) DO UPDATE SET
+            job_id = CASE WHEN d.expires_at <= now() THEN EXCLUDED.job_id ELSE d.job_id END,
+            expires_at = CASE WHEN d.expires_at <= now() THEN EXCLUDED.expires_at
+                              ELSE d.expires_at END
+        RETURNING d.workspace_id, d.scope, d.key, d.job_id),
+    written AS (
+        INSERT INTO jobs (",
+    job_columns!(),
+    ", status) SELECT ",
+    job_columns!(),
+    ", 'queued' FROM input i
+        WHERE i.key IS NULL OR EXISTS (
+            SELECT 1 FROM claims c WHERE c.workspace_id = i.workspace_id
+                AND c.scope = i.key_scope AND c.key = i.key AND c.job_id = i.id)
+        ON CONFLICT DO NOTHING
+        RETURNING id)
+    SELECT id, NULL::uuid FROM written
+    UNION ALL
+    SELECT i.id, c.job_id FROM input i JOIN claims c ON c.workspace_id = i.workspace_id
+        AND c.scope = i.key_scope AND c.key = i.key AND c.job_id <> i.id"
+);
+
+type Column<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// The parameters of [`INSERT`] for `rows`, one array per column.
+fn columns<'a>(rows: &[&'a NewJobRow]) -> Vec<Column<'a>> {
+    fn col<'a, T: ToSql + Sync + Send + 'a>(
+        rows: &[&'a NewJobRow],
+        f: impl Fn(&'a NewJobRow) -> T,
+    ) -> Column<'a> {
+        Box::new(rows.iter().map(|r| f(r)).collect::<Vec<T>>())
+    }
+    vec![
+        col(rows, |r| r.id),
+        col(rows, |r| &r.workspace_id),
+        col(rows, |r| &r.job_kind),
+        col(rows, |r| &r.script_path),
+        col(rows, |r| &r.script_hash),
+        col(rows, |r| &r.args),
+        col(rows, |r| &r.created_by),
+        col(rows, |r| &r.permissioned_as),
+        col(rows, |r| r.created_at),
+        col(rows, |r| r.scheduled_for),
+        col(rows, |r| &r.language),
+        col(rows, |r| &r.tag),
+        col(rows, |r| r.timeout_s),
+        col(rows, |r| r.parent_job),
+        col(rows, |r| &r.started_by_token),
+        col(rows, |r| r.flow_version),
+        col(rows, |r| r.root_job),
+        col(rows, |r| &r.flow_step_id),
+        col(rows, |r| &r.flow_step_key),
+        col(rows, |r| &r.flow_enqueued_by),
+        col(rows, |r| &r.held),
+        col(rows, |r| r.held.as_ref().and(r.scheduled_for)),
+    ]
+}
+
+fn parameters<'a>(columns: &'a [Column<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    columns
+        .iter()
+        .map(|c| &**c as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// Runs [`INSERT`] for `rows` (none with a key) on a client or inside a transaction; returns
+/// the ids written.
 pub(super) async fn run_insert(
     client: &impl tokio_postgres::GenericClient,
     statement: &tokio_postgres::Statement,
     rows: &[NewJobRow],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    fn col<'a, T>(rows: &'a [NewJobRow], f: impl Fn(&'a NewJobRow) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
-    }
-    let inserted = client
-        .query(
-            statement,
-            &[
-                &col(rows, |r| r.id),
-                &col(rows, |r| &r.workspace_id),
-                &col(rows, |r| &r.job_kind),
-                &col(rows, |r| &r.script_path),
-                &col(rows, |r| &r.script_hash),
-                &col(rows, |r| &r.args),
-                &col(rows, |r| &r.created_by),
-                &col(rows, |r| &r.permissioned_as),
-                &col(rows, |r| r.created_at),
-                &col(rows, |r| r.scheduled_for),
-                &col(rows, |r| &r.language),
-                &col(rows, |r| &r.tag),
-                &col(rows, |r| r.timeout_s),
-                &col(rows, |r| r.parent_job),
-                &col(rows, |r| &r.started_by_token),
-                &col(rows, |r| r.flow_version),
-                &col(rows, |r| r.root_job),
-                &col(rows, |r| &r.flow_step_id),
-                &col(rows, |r| &r.flow_step_key),
-                &col(rows, |r| &r.flow_enqueued_by),
-                &col(rows, |r| &r.held),
-                &col(rows, |r| r.held.as_ref().and(r.scheduled_for)),
-            ],
-        )
-        .await?;
+    let rows: Vec<&NewJobRow> = rows.iter().collect();
+    let columns = columns(&rows);
+    let inserted = client.query(statement, &parameters(&columns)).await?;
     Ok(inserted.iter().map(|row| row.get(0)).collect())
 }
 

@@ -680,3 +680,62 @@ async fn without_an_instance_key_triggers_are_unavailable_not_broken() {
     assert!(res.text.contains("ENCRYPTION_KEY"), "{}", res.text);
     assert!(!res.text.contains("gh-secret"), "{}", res.text);
 }
+
+#[tokio::test]
+async fn a_key_is_claimed_with_its_job_once_even_by_concurrent_repeats() {
+    let env = env(20).await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let post = |query: String, key: &'static str| {
+        env.http
+            .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo{query}")))
+            .bearer_auth(env.token.clone())
+            .header("Idempotency-Key", key)
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    // Sent at once, most share one batched INSERT: it claims the key for one of them only, and
+    // every other is answered that job's id.
+    let answers = futures::future::join_all((0..24).map(|_| post(String::new(), "together"))).await;
+    let mut ids = Vec::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), 201);
+        ids.push(answer.text().await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 1);
+    let claimed: uuid::Uuid = env
+        .sql()
+        .await
+        .query_one(
+            "SELECT job_id FROM delivery_keys WHERE key = 'together'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claimed.to_string(), ids[0]);
+
+    // A job that is not created (its preset id is taken: 409) leaves its key free, so the next
+    // request with it runs.
+    let taken = format!("?job_id={}", ids[0]);
+    let refused = post(taken, "after-a-conflict").await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let keys: i64 = env
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM delivery_keys WHERE key = 'after-a-conflict'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 0);
+    let runs = post(String::new(), "after-a-conflict").await.unwrap();
+    assert_eq!(runs.status(), 201);
+    assert_ne!(runs.text().await.unwrap(), ids[0]);
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 2);
+}
