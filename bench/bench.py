@@ -35,6 +35,8 @@ WORKSPACE = "demo"
 SCRIPTS = {
     "bash": ("u/admin/bench_bash", "echo ok\n"),
     "python3": ("u/admin/bench_py", "def main():\n    return 1\n"),
+    "bun": ("u/admin/bench_bun", "export function main() {\n  return 1;\n}\n"),
+    "deno": ("u/admin/bench_deno", "export function main() {\n  return 1;\n}\n"),
 }
 
 
@@ -1075,7 +1077,7 @@ def sync_report(results):
         return []
 
     def order(r):
-        return (r["language"] != "bash", r["concurrency"])
+        return (["bash", "python3", "bun", "deno"].index(r["language"]), r["concurrency"])
 
     plain = sorted((r for r in sync if not r["sniffed"]), key=order)
     sniffed = sorted((r for r in sync if r["sniffed"]), key=order)

@@ -28,7 +28,7 @@
 #   3. end to end: BENCH_BASH_JOBS trivial bash jobs, then BENCH_PYTHON_JOBS trivial python3
 #      jobs, submitted async, timed from the first created_at to the last completed_at.
 #   4. sync webhooks: POST /api/w/demo/jobs/run_wait_result/p/… of the trivial bash and python3
-#      scripts, from 1 caller and from BENCH_SYNC_CALLERS callers, BENCH_SYNC_SECONDS s each;
+#      scripts, from 1 caller and from BENCH_SYNC_CALLERS callers (bun and deno: 1 caller), BENCH_SYNC_SECONDS s each;
 #      overhead = each call's latency minus its job's duration_ms (read back afterwards with
 #      GET /jobs_u/get/{id}, the id from the x-millrace-job-id header). Then the same again with
 #      a NATS sniffer (bench.py sniff) timestamping every step, for the breakdown.
@@ -231,7 +231,7 @@ fi
 BARE=$OUT/bare_handler
 SIGNED_LOAD=$OUT/signed_load
 
-eval "$(bash scripts/tools.sh nats postgres python)"
+eval "$(bash scripts/tools.sh nats postgres python js)"
 TOOLS=$MILLRACE_TOOLS_DIR # exported by tools.sh
 OHA=$TOOLS/oha/bin/oha
 if [ "$INGESTING" = 1 ] && ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION\$"; then
@@ -343,6 +343,8 @@ ingest() {
     log "$name: $CONNECTIONS connections for $DURATION s against $url"
     sampled "$name" 0 oha_post "$DURATION" "$url"
     after=$(completed_jobs)
+    # Memory after the run (API and in-process worker together: dev is one process).
+    log "$name: millrace dev RSS after the run: $(awk '/^VmRSS/ {print $2, $3}' "/proc/$DEV_PID/status")"
     "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-load.json" \
         --cpu "$OUT/$name-cpu.json" --connections "$CONNECTIONS" --duration "$DURATION" \
         --drained $((after - before)) --out "$OUT/$name.json"
@@ -459,8 +461,11 @@ if [ "$ONLY" = sync ] || { [ "$ONLY" = all ] && [ "${BENCH_SKIP_SYNC:-0}" != 1 ]
         passes+=(sniffed)
     fi
     for pass in "${passes[@]}"; do
-        for lang in bash python3; do
-            for callers in $(printf '%s\n' 1 "$SYNC_CALLERS" | sort -nu); do
+        for lang in bash python3 bun deno; do
+            # bun and deno: one caller, for their latency only.
+            many=$SYNC_CALLERS
+            case $lang in bun | deno) many=1 ;; esac
+            for callers in $(printf '%s\n' 1 "$many" | sort -nu); do
                 name=sync_${lang}_c${callers}
                 extra=()
                 if [ "$pass" = sniffed ]; then
