@@ -321,3 +321,39 @@ async fn without_warm_runtimes_a_dedicated_script_runs_like_any_other() {
         assert_eq!(result["count"], json!(1), "{result}");
     }
 }
+
+#[tokio::test]
+async fn a_dedicated_job_cannot_make_the_worker_write_through_its_links() {
+    use std::os::unix::fs::PermissionsExt;
+    // The worker writes the next job's files into the directory the dedicated process keeps;
+    // the job may have put links there, to files only the worker may write.
+    let env = env_in(true).await;
+    fork_server(&env, 1).await;
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(victim.path(), "original").unwrap();
+    std::fs::set_permissions(victim.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = format!(
+        "import os\n\
+         def main():\n\
+         \x20   for name in ('main.py', 'wrapper.py', 'args.json'):\n\
+         \x20       try:\n\
+         \x20           os.remove(name)\n\
+         \x20       except OSError:\n\
+         \x20           pass\n\
+         \x20       os.symlink({:?}, name)\n\
+         \x20   return os.getpid()\n",
+        victim.path().display().to_string()
+    );
+    env.script_with(
+        "u/alice/planter",
+        "python3",
+        &script,
+        json!({"dedicated_worker": true}),
+    )
+    .await;
+    env.run_ok("u/alice/planter", json!({})).await;
+    // The next job of the same version: its files are written anew, not through the links.
+    let id = env.run("u/alice/planter", json!({})).await;
+    env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(std::fs::read_to_string(victim.path()).unwrap(), "original");
+}

@@ -225,7 +225,7 @@ pub fn base_env(dir: &Path) -> Vec<(String, String)> {
 }
 
 fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), ScriptError> {
-    std::fs::write(dir.join(name), text)
+    crate::worker::sandbox::write_new(&dir.join(name), text.as_bytes())
         .map_err(|e| ScriptError::new("WorkerError", format!("cannot write {name}: {e}")))
 }
 

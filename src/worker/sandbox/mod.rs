@@ -297,6 +297,24 @@ impl JobDir {
     }
 }
 
+/// Writes a new file of the worker's at `path` in a job's directory, whose entries the job may
+/// replace (a link to a file of the worker's, a FIFO): whatever is there goes first, and the
+/// file is created only if nothing took its place meanwhile, without following a link.
+pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .write_all(bytes)
+}
+
 /// Empties `dir` as the user `uid`, and removes what the user left in the shared temporary
 /// directories, warning when it cannot.
 fn clear_as(uid: u32, dir: &Path) {

@@ -25,6 +25,8 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+# A dedicated process's CPU seconds over its whole life, at most: it is then replaced.
+DEDICATED_CPU_HARD = 24 * 3600
 ENV_FILE = ".millrace_env.json"
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -42,6 +44,20 @@ def write_file(path, text):
         os.write(fd, text)
     finally:
         os.close(fd)
+
+
+def drop_capabilities():
+    """Empties every capability set. Taking a job user from root clears them, but a worker that
+    is not root (CAP_SETUID/CAP_SETGID given some other way) keeps them through setresuid, and
+    this child never execs (which would). Then checks that nothing is left."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    empty = (ctypes.c_uint32 * 6)()
+    if libc.capset(header, empty) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+    with open("/proc/self/status", encoding="ascii") as f:
+        held = [l for l in f if l.startswith(("CapInh:", "CapPrm:", "CapEff:", "CapAmb:"))]
+    if any(int(l.split()[1], 16) for l in held):
+        raise OSError(f"capabilities left: {held}")
 
 
 def set_limit(resource_id, value):
@@ -64,17 +80,20 @@ def confine(job, server_pid):
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    drop_capabilities()
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     limits = job["limits"]
     set_limit(resource.RLIMIT_CORE, 0)
     set_limit(resource.RLIMIT_DATA, limits["memory"])
     set_limit(resource.RLIMIT_NOFILE, limits["open_files"])
     set_limit(resource.RLIMIT_FSIZE, limits["file_size"])
+    # A dedicated process's CPU limit counts its whole life: each job raises the soft limit by
+    # its own allowance (see `dedicated`) under this hard one, which no job can lift.
     if job.get("dedicated"):
-        # Counted over the process's life: only the soft limit, raised by each job (see
-        # `dedicated`); the wall-clock timeout still ends every job.
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], hard))
+        if hard == resource.RLIM_INFINITY or hard > DEDICATED_CPU_HARD:
+            hard = DEDICATED_CPU_HARD
+        resource.setrlimit(resource.RLIMIT_CPU, (min(limits["cpu_seconds"], hard), hard))
     else:
         set_limit(resource.RLIMIT_CPU, limits["cpu_seconds"])
     if uid is not None:
@@ -147,10 +166,25 @@ def dedicated(control, wrapper):
     """A dedicated process: the script is imported by its first job and stays, with whatever
     state its module keeps, for every later job of this process. Each job comes on `control`
     with its environment and output pipes; its end goes back as a wait status. Never returns."""
+    try:
+        serve_dedicated(control, wrapper)
+    except BaseException:
+        # Never back into the server's loop: this process is a job's.
+        os._exit(1)
+
+
+def serve_dedicated(control, wrapper):
+    import threading
     import traceback
 
+    # What every job starts from, whatever the previous one changed.
+    home = os.getcwd()
+    mask = os.umask(0o077)
+    os.umask(mask)
     main = None
     while True:
+        os.chdir(home)
+        os.umask(mask)
         message, fds, _, _ = socket.recv_fds(control, 1 << 20, 2)
         if not message:
             os._exit(0)
@@ -196,8 +230,9 @@ def dedicated(control, wrapper):
         os.dup2(null, 2)
         os.close(null)
         control.send(json.dumps({"status": (code & 0xFF) << 8}).encode())
-        if main is None:
-            # The script does not load: nothing to keep.
+        if main is None or threading.active_count() > 1:
+            # The script does not load, or the job left threads running (they would go on
+            # into the next job, past this one's timeout): nothing to keep.
             os._exit(code & 0xFF)
 
 

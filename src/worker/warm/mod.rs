@@ -20,7 +20,7 @@ use prespawned::{Pool, Waiting};
 
 use super::process::{self, ProcessSpec, Started};
 use super::runtimes::Runtimes;
-use super::sandbox::{JobDir, Sandbox};
+use super::sandbox::{self, JobDir, Sandbox};
 use crate::domain::ScriptLang;
 
 /// Languages whose jobs take a process started ahead.
@@ -300,7 +300,10 @@ impl Warm {
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        if let Err(e) = std::fs::write(&env_file, serde_json::Value::Object(env).to_string()) {
+        if let Err(e) = sandbox::write_new(
+            &env_file,
+            serde_json::Value::Object(env).to_string().as_bytes(),
+        ) {
             tracing::warn!(error = %e, "cannot write a job's environment: starting cold");
             return None;
         }
