@@ -12,14 +12,18 @@ ARG DEBIAN_RELEASE=bookworm
 
 # --- build ---------------------------------------------------------------------------------
 FROM rust:1-${DEBIAN_RELEASE} AS builder
+ARG TARGETARCH
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir between builds; the binary is copied out
-# of the cached target dir because the mount is gone after this step.
+# of the cached target dir because the mount is gone after this step. jemalloc fixes its page
+# size at build time: arm64 kernels may use 16 or 64 KiB pages, so arm64 builds assume the
+# largest (LG_PAGE 16; a 4 KiB build aborts on them).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin millrace \
+    if [ "$TARGETARCH" = arm64 ]; then export JEMALLOC_SYS_WITH_LG_PAGE=16; fi \
+ && cargo build --release --locked --bin millrace \
  && install -D -m 0755 target/release/millrace /out/millrace \
  && mkdir -p /out/share \
  && for dir in migrations nats; do if [ -d "$dir" ]; then cp -R "$dir" /out/share/; fi; done

@@ -23,6 +23,10 @@ use crate::store::{self, Pool};
 use crate::sweeper::{Mailer, Sweeper};
 use crate::worker::{ExecSettings, Runtimes, Sandbox, Worker};
 
+/// The longest a stopping API waits for its last `queued` events to be published: a few of
+/// their batches' PubAcks, well inside Kubernetes' default 30 s grace period.
+const QUEUED_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
 pub fn layout(nats: &NatsConfig) -> QueueLayout {
     QueueLayout {
         stream_replicas: nats.stream_replicas,
@@ -216,12 +220,15 @@ impl ApiServer {
             })
         });
         tracing::info!(%addr, "API listening");
+        let bus = state.bus().clone();
         let app = api::router(state)
             .layer(axum::Extension(self.storage))
             .into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
+        // The last requests' `queued` events may still wait for their batch.
+        bus.flush_queued(QUEUED_FLUSH_DEADLINE).await;
         watcher.abort();
         if let Some(metrics) = metrics {
             let _ = metrics.await;

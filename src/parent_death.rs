@@ -22,7 +22,8 @@ pub fn dies_with_parent(command: &mut std::process::Command, signal: libc::c_int
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() != parent {
-                return Err(std::io::Error::other("the parent is gone"));
+                // ESRCH ("no such process"): an error that allocates nothing, unlike a message.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

@@ -101,9 +101,10 @@ pub async fn submit(
     // A preset id may be taken already, and a key claimed, which only the INSERT can tell
     // before anything is published: record, then publish, and without the record, so that only
     // the API creates the row. A fresh id with small arguments: publish while inserting.
-    let once = opts.once.clone();
-    let first_record =
-        !held && once.is_none() && !opts.job_id_preset() && envelope::fits_inline(&record.args);
+    let first_record = !held
+        && opts.once.is_none()
+        && !opts.job_id_preset()
+        && envelope::fits_inline(&record.args);
     let mut row = if first_record {
         let row = NewJobRow::queued(&envelope, &record);
         envelope.record = Some(record);
@@ -111,7 +112,7 @@ pub async fn submit(
     } else {
         NewJobRow::queued_from(&envelope, record)
     };
-    row.once = once.clone();
+    row.once = opts.once.clone();
     if held {
         row.held = Some(serde_json::to_value(&envelope).expect("envelopes serialise"));
     }
@@ -132,19 +133,10 @@ pub async fn submit(
                 Some(record) => record_while_publishing(&state, &tag, &envelope, record, row).await,
                 None => record_then_publish(&state, &tag, &envelope, row).await,
             };
-            if let (Err(_), Some(key)) = (&submitted, &once) {
-                // Not queued: the sender's retry must run. (A claim made with the row is gone
-                // with it unless the row was written; a row kept as failed keeps no key.)
-                if let Err(e) = Box::pin(store::deliveries::release(
-                    state.pool(),
-                    &envelope.workspace,
-                    key,
-                    id,
-                ))
-                .await
-                {
-                    tracing::warn!(job = %id, error = %e, "could not release an idempotency key");
-                }
+            // Here, not in the request: a caller hanging up does not lose the event.
+            if let Ok(Submitted::Queued) = submitted {
+                crate::metrics::job_queued(&labels);
+                state.bus().announce_queued(event);
             }
             submitted
         }
@@ -161,10 +153,6 @@ pub async fn submit(
             context: "job submission",
             detail: e.to_string(),
         })??;
-    if submitted == Submitted::Queued {
-        crate::metrics::job_queued(&labels);
-        state.bus().announce_queued(event).await;
-    }
     Ok(submitted)
 }
 
@@ -197,10 +185,11 @@ async fn record_then_publish(
     row: NewJobRow,
 ) -> ApiResult<Submitted> {
     let id = envelope.id;
+    let key = row.once.clone();
     if let repeat @ Submitted::Repeat(_) = record_only(state, id, row).await? {
         return Ok(repeat);
     }
-    match publish(state, tag, envelope).await {
+    let queued = match publish(state, tag, envelope).await {
         Ok(Published {
             duplicate: false, ..
         }) => Ok(Submitted::Queued),
@@ -221,7 +210,17 @@ async fn record_then_publish(
         }
         // The PubAck may be what was lost: the message may be stored.
         Err(e) => Box::pin(give_up(state, id, &e.to_string(), e.into())).await,
+    };
+    if let (Err(_), Some(key)) = (&queued, &key) {
+        // This request claimed the key with its row, and the job is not queued after all: the
+        // sender's retry must run. (Only here: a request that claimed nothing — a repeat, a
+        // taken id, a failed INSERT — must not give back a claim that is another job's.)
+        let released = store::deliveries::release(state.pool(), &envelope.workspace, key, id);
+        if let Err(e) = Box::pin(released).await {
+            tracing::warn!(job = %id, error = %e, "could not release an idempotency key");
+        }
     }
+    queued
 }
 
 async fn publish(

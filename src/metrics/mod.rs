@@ -163,6 +163,7 @@ struct Metrics {
     pool_waiting: Gauge,
     pool_waited: Counter,
     pool_timed_out: Counter,
+    queued_events_dropped: Counter,
     backlog_pending: Family<TagLabels, Gauge>,
     backlog_ack_pending: Family<TagLabels, Gauge>,
     /// What an API process exports, and what a worker does.
@@ -196,6 +197,7 @@ impl Metrics {
             pool_waiting: Gauge::default(),
             pool_waited: Counter::default(),
             pool_timed_out: Counter::default(),
+            queued_events_dropped: Counter::default(),
             backlog_pending: Family::default(),
             backlog_ack_pending: Family::default(),
             api: Registry::with_prefix("millrace"),
@@ -230,6 +232,11 @@ impl Metrics {
             "sync_waiters",
             "Sync run requests waiting for their job's result",
             self.sync_waiters.clone(),
+        );
+        api.register(
+            "queued_events_dropped",
+            "`queued` job events not published: their backlog was full, or the bus closed",
+            self.queued_events_dropped.clone(),
         );
         api.register(
             "sse_streams",
@@ -389,6 +396,11 @@ pub fn webhook_refused(mode: &'static str, reason: &'static str) {
         .webhooks_refused
         .get_or_create(&RefusedLabels { mode, reason })
         .inc();
+}
+
+/// A `queued` event could not be handed to its publisher; returns how many were before.
+pub fn queued_event_dropped() -> u64 {
+    METRICS.queued_events_dropped.inc()
 }
 
 pub fn job_queued(labels: &JobLabels) {

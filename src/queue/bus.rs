@@ -23,10 +23,20 @@ pub struct Bus {
     js: jetstream::Context,
     epoch: tokio::sync::watch::Receiver<u64>,
     /// `queued` events on their way to the task that publishes them in batches.
-    queued: tokio::sync::mpsc::Sender<JobEvent>,
+    queued: tokio::sync::mpsc::Sender<Announce>,
 }
 
-/// `queued` events that may wait for their batch; a caller announcing one more waits.
+/// What the task that publishes `queued` events is handed.
+// Nearly all are events: boxing them would cost an allocation per job.
+#[allow(clippy::large_enum_variant)]
+enum Announce {
+    Event(JobEvent),
+    /// Answered once every event handed over before it was published (or refused).
+    Flushed(tokio::sync::oneshot::Sender<()>),
+}
+
+/// `queued` events that may wait for their batch; one more is dropped (and counted) rather than
+/// let a stalled events stream hold up ingestion.
 const QUEUED_BACKLOG: usize = 16 * 1024;
 /// `queued` events per batch: the last one's PubAck confirms the batch.
 const QUEUED_BATCH: usize = 512;
@@ -82,38 +92,58 @@ fn msg_id_header(id: &str) -> HeaderMap {
 /// the other without a reply subject, JetStream storing them as it stores any message on its
 /// subjects, except the last, whose PubAck is awaited before the next batch goes. JetStream
 /// handles one connection's messages to a stream in order, and what refuses a small event (no
-/// stream, JetStream or its storage unavailable) refuses the whole batch, so that one PubAck
-/// tells whether the batch was stored: a refused batch is logged. A PubAck per event would cost
-/// nats-server and this process as much again as the job's own publish, per webhook.
+/// stream, JetStream or its storage unavailable) refuses the whole batch, so that the last
+/// PubAck stands for the batch — as long as the connection held: messages sent before a
+/// reconnect may have been lost with it, which the connection's epoch (changed by every
+/// disconnect and reconnect) tells, and which is logged. A refused batch is logged too. A PubAck
+/// per event would cost nats-server and this process as much again as the job's own publish,
+/// per webhook.
 async fn announce_queued(
     client: async_nats::Client,
     js: jetstream::Context,
-    mut waiting: tokio::sync::mpsc::Receiver<JobEvent>,
+    epoch: tokio::sync::watch::Receiver<u64>,
+    mut waiting: tokio::sync::mpsc::Receiver<Announce>,
 ) {
-    let mut batch = Vec::with_capacity(QUEUED_BATCH);
-    while waiting.recv_many(&mut batch, QUEUED_BATCH).await > 0 {
-        let count = batch.len();
-        let last = batch.pop().expect("recv_many took at least one");
-        let sent = async {
-            for event in batch.drain(..) {
-                let (subject, headers, payload) = event_message(&event);
-                client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(QueueError::publish)?;
+    let mut taken = Vec::with_capacity(QUEUED_BATCH);
+    while waiting.recv_many(&mut taken, QUEUED_BATCH).await > 0 {
+        let mut flushed = Vec::new();
+        let mut batch = Vec::with_capacity(taken.len());
+        for announce in taken.drain(..) {
+            match announce {
+                Announce::Event(event) => batch.push(event),
+                Announce::Flushed(done) => flushed.push(done),
             }
-            let (subject, headers, payload) = event_message(&last);
-            js.publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(QueueError::publish)?
-                .await
-                .map_err(QueueError::publish)
-        };
-        if let Err(e) = sent.await {
-            tracing::warn!(events = count, last_job = %last.id, error = %e,
-                "queued events may not have been stored");
         }
-        batch.clear();
+        if let Some(last) = batch.pop() {
+            let count = batch.len() + 1;
+            let before = *epoch.borrow();
+            let sent = async {
+                for event in &batch {
+                    let (subject, headers, payload) = event_message(event);
+                    client
+                        .publish_with_headers(subject, headers, payload)
+                        .await
+                        .map_err(QueueError::publish)?;
+                }
+                let (subject, headers, payload) = event_message(&last);
+                js.publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(QueueError::publish)?
+                    .await
+                    .map_err(QueueError::publish)
+            };
+            match sent.await {
+                Err(e) => tracing::warn!(events = count, last_job = %last.id, error = %e,
+                    "queued events may not have been stored"),
+                Ok(_) if *epoch.borrow() != before => tracing::warn!(events = count,
+                    last_job = %last.id,
+                    "the NATS connection dropped while queued events were sent: some may be lost"),
+                Ok(_) => {}
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -202,7 +232,12 @@ impl Bus {
         }
         let js = jetstream::new(client.clone());
         let (queued, waiting) = tokio::sync::mpsc::channel(QUEUED_BACKLOG);
-        tokio::spawn(announce_queued(client.clone(), js.clone(), waiting));
+        tokio::spawn(announce_queued(
+            client.clone(),
+            js.clone(),
+            epoch.clone(),
+            waiting,
+        ));
         Ok(Self {
             client,
             js,
@@ -399,10 +434,39 @@ impl Bus {
     }
 
     /// Hands a `queued` event to the task that publishes them in batches (see
-    /// [`announce_queued`]); waits only when too many wait already.
-    pub async fn announce_queued(&self, event: JobEvent) {
-        if let Err(e) = self.queued.send(event).await {
-            tracing::warn!(job = %e.0.id, "queued event not published: the bus is closed");
+    /// [`announce_queued`]) without waiting: when too many wait already (the events stream is
+    /// stalled, or slower than ingestion), the event is dropped and counted
+    /// (`millrace_queued_events_dropped_total`) rather than the job's caller held up.
+    pub fn announce_queued(&self, event: JobEvent) {
+        use tokio::sync::mpsc::error::TrySendError;
+        let job = event.id;
+        let why = match self.queued.try_send(Announce::Event(event)) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "too many wait to be published",
+            Err(TrySendError::Closed(_)) => "the bus is closed",
+        };
+        // The first drop and every thousandth: a stalled stream must not flood the log.
+        let dropped_before = crate::metrics::queued_event_dropped();
+        if dropped_before.is_multiple_of(1000) {
+            tracing::warn!(%job, why, dropped_before, "queued event dropped");
+        }
+    }
+
+    /// Waits, at most `deadline`, until every `queued` event handed over so far was published
+    /// (or refused): at shutdown, so that the events of the last jobs are not lost with the
+    /// process. Whether they all went is logged.
+    pub async fn flush_queued(&self, deadline: Duration) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        let handed = async {
+            self.queued.send(Announce::Flushed(done)).await.ok()?;
+            flushed.await.ok()
+        };
+        match tokio::time::timeout(deadline, handed).await {
+            Ok(Some(())) => {}
+            _ => tracing::warn!(
+                waiting = QUEUED_BACKLOG - self.queued.capacity(),
+                "queued events still waiting at shutdown are lost"
+            ),
         }
     }
 

@@ -157,8 +157,8 @@ impl JobInserter {
         pool: &Pool,
         row: &NewJobRow,
     ) -> Result<InsertOutcome, StoreError> {
-        let inserted = insert_batch(pool, std::slice::from_ref(row), self.deadline).await?;
-        Ok(outcome(&inserted, row))
+        let outcomes = insert_batch(pool, std::slice::from_ref(row), self.deadline).await?;
+        Ok(outcomes[0])
     }
 }
 
@@ -227,9 +227,9 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>, deadline: Duration) {
             let (rows, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.row, p.reply)).unzip();
             match insert_batch(&pool, &rows, deadline).await {
-                Ok(inserted) => {
-                    for (row, reply) in rows.iter().zip(replies) {
-                        let _ = reply.send(Ok(outcome(&inserted, row)));
+                Ok(outcomes) => {
+                    for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                        let _ = reply.send(Ok(outcome));
                     }
                 }
                 Err(e) => {
@@ -266,28 +266,13 @@ fn take_batch<T>(
     (batch, None)
 }
 
-/// What one batch's statements wrote.
-#[derive(Default)]
-struct Written {
-    inserted: HashSet<Uuid>,
-    /// Rows not written because their key was claimed already, with the job that claimed it.
-    repeats: Vec<(Uuid, Uuid)>,
-}
-
-fn outcome(written: &Written, row: &NewJobRow) -> InsertOutcome {
-    if let Some((_, first)) = written.repeats.iter().find(|(id, _)| *id == row.id) {
-        InsertOutcome::Repeat(*first)
-    } else if written.inserted.contains(&row.id) {
-        InsertOutcome::Inserted
-    } else {
-        InsertOutcome::DuplicateId
-    }
-}
-
-/// The whole batch in one statement (a statement each connection prepares once). Rows with
-/// keys claim them in the same statement ([`INSERT_CLAIMING`]); a key that two rows of the batch
-/// claim goes to a second statement for the later row, which then finds it claimed
-/// (PostgreSQL refuses one statement claiming a key twice).
+/// The whole batch, each row answered in order. Rows without keys go in one statement (a
+/// statement each connection prepares once). Rows with keys claim them in the same statement
+/// ([`INSERT_CLAIMING`]), in key order, so that concurrent batches lock shared keys in the same
+/// order and cannot deadlock. Of rows sharing a key (or a preset id) only the first goes in the
+/// statement, which could not claim one key twice: a later copy takes the first copy's
+/// outcome, except after a `DuplicateId`, when it goes in a further statement of the same
+/// transaction (so that the batch commits whole or not at all).
 ///
 /// Past `deadline` the statement is cancelled on the server and its end awaited, so that the
 /// outcome is known: committed in time, or not at all — for one more `deadline` at most: a
@@ -298,7 +283,7 @@ async fn insert_batch(
     pool: &Pool,
     rows: &[NewJobRow],
     deadline: Duration,
-) -> Result<Written, StoreError> {
+) -> Result<Vec<InsertOutcome>, StoreError> {
     let mut conn = tokio::time::timeout(deadline, pool.get())
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
@@ -309,55 +294,38 @@ async fn insert_batch(
         .map_err(|_| StoreError::Timeout(deadline))??;
     let cancel = conn.cancel_token();
     let query = async {
-        let mut written = Written::default();
         if !keyed {
-            written.inserted = run_insert(&**conn, &statement, rows)
+            let inserted: HashSet<Uuid> = run_insert(&**conn, &statement, rows)
                 .await?
                 .into_iter()
                 .collect();
-            return Ok(written);
+            // Two rows of the batch with one preset id: the first is the one written.
+            let mut answered = HashSet::new();
+            return Ok(rows
+                .iter()
+                .map(
+                    |row| match inserted.contains(&row.id) && answered.insert(row.id) {
+                        true => InsertOutcome::Inserted,
+                        false => InsertOutcome::DuplicateId,
+                    },
+                )
+                .collect());
         }
-        let mut left: Vec<&NewJobRow> = rows.iter().collect();
-        while !left.is_empty() {
-            let mut claimed = HashSet::new();
-            let (round, later): (Vec<_>, Vec<_>) = left.into_iter().partition(|row| {
-                row.once
-                    .as_ref()
-                    .is_none_or(|k| claimed.insert((&row.workspace_id, &k.scope, &k.key)))
-            });
-            let columns = columns(&round);
-            let mut params = parameters(&columns);
-            let scopes: Vec<Option<&str>> = round
-                .iter()
-                .map(|r| r.once.as_ref().map(|k| k.scope.as_str()))
-                .collect();
-            let keys: Vec<Option<&str>> = round
-                .iter()
-                .map(|r| r.once.as_ref().map(|k| k.key.as_str()))
-                .collect();
-            let windows: Vec<Option<f64>> = round
-                .iter()
-                .map(|r| r.once.as_ref().map(|k| k.window.as_secs_f64()))
-                .collect();
-            let claims: [&(dyn ToSql + Sync); 3] = [&scopes, &keys, &windows];
-            params.extend(claims);
-            for row in conn.query(&statement, &params).await? {
-                let id: Uuid = row.get(0);
-                match row.get::<_, Option<Uuid>>(1) {
-                    None => {
-                        written.inserted.insert(id);
-                    }
-                    Some(first) => written.repeats.push((id, first)),
-                }
+        let mut settle = Settle::new(rows);
+        let mut round = settle.first_round();
+        if !settle.may_need_more_rounds() {
+            let written = claim_round(&**conn, &statement, rows, &round).await?;
+            settle.record(&round, &written);
+        } else {
+            let tx = conn.transaction().await?;
+            while !round.is_empty() {
+                let written = claim_round(&tx, &statement, rows, &round).await?;
+                round = settle.record(&round, &written);
             }
-            let new_keys = round
-                .iter()
-                .filter(|r| r.once.is_some() && written.inserted.contains(&r.id))
-                .count();
-            deliveries::note_claims(pool, new_keys);
-            left = later;
+            tx.commit().await?;
         }
-        Ok::<_, tokio_postgres::Error>(written)
+        deliveries::note_claims(pool, settle.claims());
+        Ok::<_, tokio_postgres::Error>(settle.outcomes())
     };
     tokio::pin!(query);
     tokio::select! {
@@ -384,6 +352,183 @@ async fn insert_batch(
             }
         }
     }
+}
+
+/// The outcomes of a batch with keys, settled round by round: rows sharing a key or an id
+/// wait for the first of them.
+struct Settle<'a> {
+    rows: &'a [NewJobRow],
+    outcomes: Vec<Option<InsertOutcome>>,
+    /// Per row, the row before it that shares its key or id, if any.
+    follows: Vec<Option<usize>>,
+    claims: usize,
+}
+
+impl<'a> Settle<'a> {
+    fn new(rows: &'a [NewJobRow]) -> Self {
+        let mut by_key = std::collections::HashMap::new();
+        let mut by_id = std::collections::HashMap::new();
+        let follows = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let same_key = row
+                    .once
+                    .as_ref()
+                    .and_then(|k| by_key.insert((&row.workspace_id, &k.scope, &k.key), i));
+                let same_id = by_id.insert(row.id, i);
+                same_key.max(same_id)
+            })
+            .collect();
+        Self {
+            rows,
+            outcomes: vec![None; rows.len()],
+            follows,
+            claims: 0,
+        }
+    }
+
+    /// Whether a row waits for another: only then can a second statement be needed.
+    fn may_need_more_rounds(&self) -> bool {
+        self.follows.iter().any(Option::is_some)
+    }
+
+    fn first_round(&self) -> Vec<usize> {
+        let ready = (0..self.rows.len()).filter(|&i| self.follows[i].is_none());
+        self.sorted(ready.collect())
+    }
+
+    /// In key order (rows without a key first): see [`insert_batch`].
+    fn sorted(&self, mut round: Vec<usize>) -> Vec<usize> {
+        round.sort_by(|&a, &b| {
+            let key = |i: usize| {
+                let row = &self.rows[i];
+                row.once
+                    .as_ref()
+                    .map(|k| (&row.workspace_id, &k.scope, &k.key))
+            };
+            key(a).cmp(&key(b))
+        });
+        round
+    }
+
+    /// Takes a round's answers; settles the rows that waited for its rows, and returns those
+    /// that need another statement.
+    fn record(&mut self, round: &[usize], written: &Written) -> Vec<usize> {
+        for &i in round {
+            let row = &self.rows[i];
+            let outcome = written
+                .get(&row.id)
+                .copied()
+                .unwrap_or(InsertOutcome::DuplicateId);
+            if outcome == InsertOutcome::Inserted && row.once.is_some() {
+                self.claims += 1;
+            }
+            self.outcomes[i] = Some(outcome);
+        }
+        let mut next = Vec::new();
+        // Followers come after the rows they follow: one pass settles chains.
+        for i in 0..self.rows.len() {
+            if self.outcomes[i].is_some() || next.contains(&i) {
+                continue;
+            }
+            let Some(before) = self.follows[i] else {
+                continue;
+            };
+            match self.outcomes[before] {
+                None => {}
+                Some(InsertOutcome::DuplicateId) => next.push(i),
+                Some(InsertOutcome::Inserted) => {
+                    self.outcomes[i] = Some(self.follower_of(i, before, self.rows[before].id));
+                }
+                Some(InsertOutcome::Repeat(first)) => {
+                    self.outcomes[i] = Some(self.follower_of(i, before, first));
+                }
+            }
+        }
+        self.sorted(next)
+    }
+
+    /// A row after `before`, whose job is `job`: a repeat if they share the key, else (only
+    /// the id is shared) its id is taken.
+    fn follower_of(&self, i: usize, before: usize, job: Uuid) -> InsertOutcome {
+        let key = |r: &NewJobRow| r.once.as_ref().map(|k| (r.workspace_id.clone(), k.clone()));
+        match key(&self.rows[i]) {
+            Some(k) if Some(&k) == key(&self.rows[before]).as_ref() => InsertOutcome::Repeat(job),
+            _ => InsertOutcome::DuplicateId,
+        }
+    }
+
+    fn claims(&self) -> usize {
+        self.claims
+    }
+
+    fn outcomes(self) -> Vec<InsertOutcome> {
+        self.outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(InsertOutcome::DuplicateId))
+            .collect()
+    }
+}
+
+/// What one statement of [`INSERT_CLAIMING`] did to each of its rows (ids are distinct in a
+/// round); a row it does not mention was not written: its id is taken.
+type Written = std::collections::HashMap<Uuid, InsertOutcome>;
+
+/// Runs [`INSERT_CLAIMING`] for the rows `round` of `rows`. A claim this statement made for a row
+/// it then could not write (its id was taken in the meantime) is given back at once.
+async fn claim_round(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    rows: &[NewJobRow],
+    round: &[usize],
+) -> Result<Written, tokio_postgres::Error> {
+    let round: Vec<&NewJobRow> = round.iter().map(|&i| &rows[i]).collect();
+    let columns = columns(&round);
+    let mut params = parameters(&columns);
+    let scopes: Vec<Option<&str>> = round
+        .iter()
+        .map(|r| r.once.as_ref().map(|k| k.scope.as_str()))
+        .collect();
+    let keys: Vec<Option<&str>> = round
+        .iter()
+        .map(|r| r.once.as_ref().map(|k| k.key.as_str()))
+        .collect();
+    let windows: Vec<Option<f64>> = round
+        .iter()
+        .map(|r| r.once.as_ref().map(|k| k.window.as_secs_f64()))
+        .collect();
+    let claims: [&(dyn ToSql + Sync); 3] = [&scopes, &keys, &windows];
+    params.extend(claims);
+    let mut written = Written::new();
+    let mut stray = Vec::new();
+    for answer in client.query(statement, &params).await? {
+        let id: Uuid = answer.get(0);
+        let outcome = match (answer.get::<_, Option<Uuid>>(1), answer.get::<_, bool>(2)) {
+            (None, _) => InsertOutcome::Inserted,
+            (Some(_), true) => {
+                stray.push(id);
+                InsertOutcome::DuplicateId
+            }
+            (Some(first), false) => InsertOutcome::Repeat(first),
+        };
+        written.insert(id, outcome);
+    }
+    for id in stray {
+        let row = round
+            .iter()
+            .find(|r| r.id == id)
+            .expect("answered rows are the round's");
+        let key = row.once.as_ref().expect("claims are made by keyed rows");
+        client
+            .execute(
+                "DELETE FROM delivery_keys
+                 WHERE workspace_id = $1 AND scope = $2 AND key = $3 AND job_id = $4",
+                &[&row.workspace_id, &key.scope, &key.key, &id],
+            )
+            .await?;
+    }
+    Ok(written)
 }
 
 /// The columns of `jobs` a new row sets, in the order of [`INSERT`]'s parameters.
@@ -417,10 +562,13 @@ pub(super) const INSERT: &str = concat!(
 /// [`INSERT`] for rows of which some claim a key ($23 scope, $24 key, $25 window in seconds),
 /// all in one statement, hence one transaction: a row is written if it has no key or claimed
 /// its key — new, or whose claim expired; a row whose (preset) id is taken claims nothing. A
-/// live claim is answered with its job (the update
-/// that leaves it unchanged also waits for a claim another statement has not committed yet,
-/// and then reads it). Answers `(id, NULL)` for each row written, `(id, first job)` for each
-/// repeat.
+/// live claim is answered with its job (the update that leaves it unchanged also waits for a
+/// claim another statement has not committed yet, and then reads it), also for a row whose id
+/// is taken — the retry of a request with a preset id, answered the job its first try started.
+/// Answers `(id, NULL, _)` for each row written, `(id, first job, false)` for each repeat, and
+/// `(id, id, true)` for a row that made a claim (fresh, `xmax = 0`) but whose id was taken
+/// after all (by a statement that committed meanwhile): that claim must be given back.
+/// A key in no row twice, an id in no row twice: the caller sees to it.
 const INSERT_CLAIMING: &str = concat!(
     "WITH input AS MATERIALIZED (SELECT * FROM ",
     unnest_columns!(),
@@ -435,7 +583,7 @@ const INSERT_CLAIMING: &str = concat!(
             job_id = CASE WHEN d.expires_at <= now() THEN EXCLUDED.job_id ELSE d.job_id END,
             expires_at = CASE WHEN d.expires_at <= now() THEN EXCLUDED.expires_at
                               ELSE d.expires_at END
-        RETURNING d.workspace_id, d.scope, d.key, d.job_id),
+        RETURNING d.workspace_id, d.scope, d.key, d.job_id, d.xmax = 0 AS fresh),
     written AS (
         INSERT INTO jobs (",
     job_columns!(),
@@ -447,10 +595,15 @@ const INSERT_CLAIMING: &str = concat!(
                 AND c.scope = i.key_scope AND c.key = i.key AND c.job_id = i.id)
         ON CONFLICT DO NOTHING
         RETURNING id)
-    SELECT id, NULL::uuid FROM written
+    SELECT id, NULL::uuid, false FROM written
     UNION ALL
-    SELECT i.id, c.job_id FROM input i JOIN claims c ON c.workspace_id = i.workspace_id
-        AND c.scope = i.key_scope AND c.key = i.key AND c.job_id <> i.id"
+    SELECT i.id, c.job_id, c.fresh FROM input i JOIN claims c ON c.workspace_id = i.workspace_id
+        AND c.scope = i.key_scope AND c.key = i.key
+        WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = i.id)
+    UNION ALL
+    SELECT i.id, d.job_id, false FROM input i JOIN delivery_keys d
+        ON d.workspace_id = i.workspace_id AND d.scope = i.key_scope AND d.key = i.key
+        WHERE d.expires_at > now() AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = i.id)"
 );
 
 type Column<'a> = Box<dyn ToSql + Sync + Send + 'a>;

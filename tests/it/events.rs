@@ -709,3 +709,44 @@ async fn another_nats_client_reads_events_with_a_durable_consumer() {
         "replayed from before the start point: {got:#?}"
     );
 }
+
+#[tokio::test]
+async fn every_queued_event_of_a_burst_is_stored() {
+    // No worker: the jobs stay queued, and the burst's events are all `queued` ones, published
+    // by the API in shared batches.
+    let env = TestEnv::with(crate::common::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    env.script("u/alice/add", "python3", ADD).await;
+    let mut events = Events::open(&env, "it-burst").await;
+    let ids: Vec<String> = futures::stream::iter(0..300)
+        .map(|i| env.run("u/alice/add", json!({"a": i, "b": 1})))
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let missing = loop {
+        events.drain().await;
+        let missing: Vec<&String> = ids
+            .iter()
+            .filter(|id| !events.of(id).iter().any(|e| e.kind() == "queued"))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing.len();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        missing,
+        0,
+        "of {} jobs, {missing} have no queued event",
+        ids.len()
+    );
+    for id in &ids {
+        let got = events.of(id);
+        assert_eq!(kinds(&got), ["queued"], "{got:#?}");
+        assert_eq!(got[0].msg_id.as_deref(), Some(&*format!("{id}:queued")));
+    }
+}

@@ -739,3 +739,147 @@ async fn a_key_is_claimed_with_its_job_once_even_by_concurrent_repeats() {
     assert_ne!(runs.text().await.unwrap(), ids[0]);
     assert_eq!(jobs_of(&env, "u/alice/echo").await, 2);
 }
+
+/// The job a key points to, if it is claimed.
+async fn claim_of(env: &TestEnv, key: &str) -> Option<String> {
+    env.sql()
+        .await
+        .query_opt("SELECT job_id FROM delivery_keys WHERE key = $1", &[&key])
+        .await
+        .unwrap()
+        .map(|row| row.get::<_, uuid::Uuid>(0).to_string())
+}
+
+#[tokio::test]
+async fn a_retry_with_its_preset_job_id_and_key_is_answered_its_job() {
+    let env = env(20).await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let post = |query: String, key: &'static str| {
+        env.http
+            .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo{query}")))
+            .bearer_auth(env.token.clone())
+            .header("Idempotency-Key", key)
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    let answer = |res: reqwest::Response| async move {
+        let status = res.status().as_u16();
+        (status, res.text().await.unwrap())
+    };
+    let x = uuid::Uuid::now_v7().to_string();
+    let first = answer(post(format!("?job_id={x}"), "preset").await.unwrap()).await;
+    assert_eq!(first, (201, x.clone()));
+    // The retry is the same request: its job, not a conflict, and the key stays claimed.
+    for _ in 0..2 {
+        let again = answer(post(format!("?job_id={x}"), "preset").await.unwrap()).await;
+        assert_eq!(again, (201, x.clone()));
+        assert_eq!(claim_of(&env, "preset").await.as_deref(), Some(&*x));
+    }
+    let without_id = answer(post(String::new(), "preset").await.unwrap()).await;
+    assert_eq!(without_id, (201, x.clone()));
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 1);
+
+    // The same, sent at once: one job, every answer its id, the key still its.
+    let y = uuid::Uuid::now_v7().to_string();
+    let answers = futures::future::join_all((0..12).map(|_| async {
+        answer(
+            post(format!("?job_id={y}"), "preset-at-once")
+                .await
+                .unwrap(),
+        )
+        .await
+    }))
+    .await;
+    for got in &answers {
+        assert_eq!(got, &(201, y.clone()), "{answers:?}");
+    }
+    assert_eq!(claim_of(&env, "preset-at-once").await.as_deref(), Some(&*y));
+    let later = answer(post(String::new(), "preset-at-once").await.unwrap()).await;
+    assert_eq!(later, (201, y.clone()));
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 2);
+
+    // A taken id with another key is still a conflict, and claims nothing.
+    let other = answer(post(format!("?job_id={x}"), "another").await.unwrap()).await;
+    assert_eq!(other.0, 409, "{other:?}");
+    assert_eq!(claim_of(&env, "another").await, None);
+}
+
+#[tokio::test]
+async fn an_expired_key_is_taken_over_by_a_new_job() {
+    let env = env(20).await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let post = || {
+        env.http
+            .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo")))
+            .bearer_auth(env.token.clone())
+            .header("Idempotency-Key", "expiring")
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    let first = post().await.unwrap().text().await.unwrap();
+    assert_eq!(post().await.unwrap().text().await.unwrap(), first);
+    env.sql()
+        .await
+        .execute(
+            "UPDATE delivery_keys SET expires_at = now() - interval '1 second'
+             WHERE key = 'expiring'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let second = post().await.unwrap();
+    assert_eq!(second.status(), 201);
+    let second = second.text().await.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(claim_of(&env, "expiring").await, Some(second.clone()));
+    assert_eq!(post().await.unwrap().text().await.unwrap(), second);
+    assert_eq!(jobs_of(&env, "u/alice/echo").await, 2);
+}
+
+#[tokio::test]
+async fn a_sync_repeat_while_the_first_job_runs_answers_its_result() {
+    let env = env(20).await;
+    let slow = "import time\n\ndef main(n: int):\n    time.sleep(3)\n    return {\"n\": n}\n";
+    env.script("u/alice/slow", "python3", slow).await;
+    let post = || {
+        env.http
+            .post(env.url(&format!("/api/w/{WS}/jobs/run_wait_result/p/u/alice/slow")))
+            .bearer_auth(env.token.clone())
+            .header("Idempotency-Key", "sync-slow")
+            .json(&json!({"n": 7}))
+            .send()
+    };
+    let first = tokio::spawn(post());
+    // The repeat comes once the first job is running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let running: Option<uuid::Uuid> = env
+            .sql()
+            .await
+            .query_opt(
+                "SELECT j.id FROM jobs j JOIN delivery_keys d ON d.job_id = j.id
+                 WHERE d.key = 'sync-slow' AND j.status = 'running'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0));
+        if let Some(id) = running {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first job never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let repeat = post().await.unwrap();
+    assert_eq!(repeat.status(), 200);
+    assert_eq!(repeat.headers()["x-millrace-job-id"].to_str().unwrap(), id);
+    assert_eq!(repeat.json::<Value>().await.unwrap(), json!({"n": 7}));
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-millrace-job-id"].to_str().unwrap(), id);
+    assert_eq!(first.json::<Value>().await.unwrap(), json!({"n": 7}));
+    assert_eq!(jobs_of(&env, "u/alice/slow").await, 1);
+}
