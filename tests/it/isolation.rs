@@ -26,6 +26,44 @@ fn job_dirs() -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
+/// A worker with one slot whose jobs run as the first user of `uids` (a range no other test's
+/// workers take), so that what is left of a job can be counted.
+async fn one_slot_env(uids: &str, extra: &[(&str, &str)]) -> TestEnv {
+    let mut worker_env = vec![
+        ("WORKER_SLOTS".into(), "1".into()),
+        ("JOB_UID_RANGE".into(), uids.into()),
+    ];
+    worker_env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    TestEnv::with(Options {
+        workers: 1,
+        worker_env,
+        ..Default::default()
+    })
+    .await
+}
+
+/// Waits until no process of `uid` is left; fails with their states after 10 s.
+async fn none_left_of(uid: u32, what: &str) {
+    let states = || {
+        let out = std::process::Command::new("ps")
+            .args(["-u", &uid.to_string(), "-o", "stat="])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !states().trim().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: processes survived: {:?}",
+            states()
+                .split_whitespace()
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn run_output(env: &TestEnv, path: &str, args: Value) -> (Value, String) {
     let id = env.run(path, args).await;
     let done = env.wait(&id, Duration::from_secs(60)).await;
@@ -142,15 +180,7 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
     }
     // The default process limit; a user of its own, so that what is left of it can be counted
     // (the slot's first, 62100; the other three are kept for warm processes).
-    let env = TestEnv::with(Options {
-        workers: 1,
-        worker_env: vec![
-            ("WORKER_SLOTS".into(), "1".into()),
-            ("JOB_UID_RANGE".into(), "62100-62107".into()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let env = one_slot_env("62100-62107", &[]).await;
     env.script_with(
         "u/alice/bomb",
         "bash",
@@ -168,24 +198,7 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
     assert_eq!(done["success"], json!(false), "{done}");
     assert!(started.elapsed() < Duration::from_secs(20));
     // Nothing of it is left, and the next job runs as usual.
-    let states = || {
-        let out = std::process::Command::new("ps")
-            .args(["-u", "62100", "-o", "stat="])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !states().trim().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "processes of the bomb survived: {:?}",
-            states()
-                .split_whitespace()
-                .collect::<std::collections::BTreeSet<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    none_left_of(62100, "the bomb").await;
     env.assert_worker_idle(0, baseline).await;
     env.script("u/alice/after", "bash", "echo fine\n").await;
     assert_eq!(env.run_ok("u/alice/after", json!({})).await, json!("fine"));
@@ -232,15 +245,7 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     }
     // Users no other test's workers take, so the next worker here gets the same ones: the
     // slot's first, 62000, and three kept for warm processes.
-    let mut env = TestEnv::with(Options {
-        workers: 1,
-        worker_env: vec![
-            ("JOB_UID_RANGE".into(), "62000-62007".into()),
-            ("WORKER_SLOTS".into(), "1".into()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let mut env = one_slot_env("62000-62007", &[]).await;
     env.script(
         "u/alice/orphan",
         "bash",
@@ -464,16 +469,7 @@ async fn a_job_cannot_stop_the_kill_of_its_own_processes() {
     // The worker kills a job's processes through a short-lived helper that takes the job's
     // user. A job that stops everything its user may signal, without end, must not be able to
     // stop that helper (the worker would wait for it forever, its slot lost).
-    let env = TestEnv::with(Options {
-        workers: 1,
-        worker_env: vec![
-            ("WORKER_SLOTS".into(), "1".into()),
-            ("WORKER_WARM".into(), "0".into()),
-            ("JOB_UID_RANGE".into(), "62200-62201".into()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let env = one_slot_env("62200-62201", &[("WORKER_WARM", "0")]).await;
     env.script_with(
         "u/alice/stopper",
         "bash",
@@ -484,13 +480,6 @@ async fn a_job_cannot_stop_the_kill_of_its_own_processes() {
     env.script("u/alice/after", "bash", "echo fine\n").await;
     // Each round is one chance for the attacker to catch the helper between taking the user
     // and killing; a stopped helper hangs the slot, so the next job would never finish.
-    let left = || {
-        let out = std::process::Command::new("ps")
-            .args(["-u", "62200", "-o", "pid="])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
     for round in 0..12 {
         let id = env.run("u/alice/stopper", json!({})).await;
         let done = env.wait(&id, Duration::from_secs(30)).await;
@@ -500,11 +489,7 @@ async fn a_job_cannot_stop_the_kill_of_its_own_processes() {
             "round {round}: {done}"
         );
         // Killed, though stopped: nothing of the job's user is left.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !left().is_empty() {
-            assert!(Instant::now() < deadline, "round {round}: left {}", left());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        none_left_of(62200, &format!("round {round}")).await;
     }
     assert_eq!(env.run_ok("u/alice/after", json!({})).await, json!("fine"));
 }

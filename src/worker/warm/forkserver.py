@@ -215,16 +215,7 @@ def serve_dedicated(control, wrapper):
         except BaseException:
             traceback.print_exc()
             code = 1
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        if code is None:
-            code = 0
-        elif not isinstance(code, int):
-            print(code, file=sys.stderr, flush=True)
-            code = 1
+        code = exit_status(code)
         null = os.open("/dev/null", os.O_WRONLY)
         os.dup2(null, 1)
         os.dup2(null, 2)
@@ -245,17 +236,23 @@ def finish(code):
 
     threading._shutdown()
     atexit._run_exitfuncs()
+    os._exit(exit_status(code) & 0xFF)
+
+
+def exit_status(code):
+    """Flushes the job's output and turns `sys.exit`'s argument into a status, as the
+    interpreter does: None is 0, anything but a number is printed and is 1."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
     if code is None:
-        code = 0
-    elif not isinstance(code, int):
+        return 0
+    if not isinstance(code, int):
         print(code, file=sys.stderr, flush=True)
-        code = 1
-    os._exit(code & 0xFF)
+        return 1
+    return code
 
 
 def serve(conn, wrapper):

@@ -243,13 +243,7 @@ impl Warm {
         if let Some(idle) = self.idle_dedicated.take(&key) {
             return Some(idle);
         }
-        let server = self
-            .python
-            .as_ref()?
-            .server
-            .lock()
-            .expect("server lock")
-            .clone()?;
+        let server = self.fork_server()?;
         let Some(dir) = self.sandbox.job_dir_now() else {
             self.idle_dedicated.evict_other_than(&key);
             return None;
@@ -285,15 +279,19 @@ impl Warm {
         }
     }
 
-    /// The job's process forked from the fork server, if it is there and answers.
-    async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
-        let server = self
-            .python
+    /// The fork server, while one runs.
+    fn fork_server(&self) -> Option<Arc<forkserver::ForkServer>> {
+        self.python
             .as_ref()?
             .server
             .lock()
             .expect("server lock")
-            .clone()?;
+            .clone()
+    }
+
+    /// The job's process forked from the fork server, if it is there and answers.
+    async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
+        let server = self.fork_server()?;
         let env_file = dir.path().join(forkserver::ENV_FILE);
         let env: serde_json::Map<String, serde_json::Value> = spec
             .env
