@@ -190,32 +190,33 @@ impl Warm {
         cpu_seconds: u64,
     ) -> (std::io::Result<Started>, Option<Lent>) {
         let confinement = dir.confinement();
-        match launch {
+        // Whether a warm start was tried and failed: what it may have left of the job runs as
+        // the job's user, and is killed before the cold start.
+        let mut failed = match launch {
             Launch::Dedicated(lent) => match lent.start(dir, &spec.env, cpu_seconds).await {
                 Ok(started) => return (Ok(started), Some(lent)),
                 Err(e) => {
                     tracing::info!(error = %e, "a dedicated process was gone: starting cold");
-                    drop(lent);
-                    if let Some(user) = confinement.user {
-                        super::sandbox::kill_user(user).await;
-                    }
+                    true
                 }
             },
             Launch::Waiting(waiting) => match waiting.start(&spec.env).await {
                 Ok(started) => return (Ok(started), None),
                 Err(e) => {
                     tracing::info!(%lang, error = %e, "a warm process was gone: starting cold");
-                    if let Some(user) = confinement.user {
-                        super::sandbox::kill_user(user).await;
-                    }
+                    true
                 }
             },
-            Launch::Fresh => {}
-        }
-        if lang == ScriptLang::Python3 {
+            Launch::Fresh => false,
+        };
+        if lang == ScriptLang::Python3 && self.fork_server().is_some() {
             if let Some(started) = self.fork(spec, dir, cpu_seconds).await {
                 return (Ok(started), None);
             }
+            failed = true;
+        }
+        if let (true, Some(user)) = (failed, confinement.user) {
+            super::sandbox::kill_user(user).await;
         }
         let started = process::spawn(spec, dir.path(), &confinement, cpu_seconds);
         (started, None)
