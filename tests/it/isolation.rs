@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{jobs_have_own_users, Options, TestEnv, WS};
+use crate::common::{jobs_have_own_users, Options, TestEnv};
 
 /// The job directories of root's workers (the harness runs as root when these tests run).
 fn job_dirs() -> Vec<std::path::PathBuf> {
@@ -225,13 +225,7 @@ async fn a_process_that_left_the_group_dies_with_its_job() {
         assert!(Instant::now() < deadline, "the escapee never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    env.post(
-        &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
-        &env.token,
-        json!({}),
-    )
-    .await
-    .expect(200);
+    env.cancel(&id).await;
     env.wait(&id, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!escaped(), "a setsid process outlived its cancelled job");

@@ -81,6 +81,17 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// A one-time login code for `email`, made as `millrace dev` makes one (its hash stored),
 /// valid for `minutes` (negative: expired already).
+/// `POST /api/auth/login_code` with `code`, without other credentials.
+async fn redeem(env: &TestEnv, code: &str) -> crate::common::Response {
+    env.request(
+        reqwest::Method::POST,
+        "/api/auth/login_code",
+        None,
+        Some(json!({"code": code})),
+    )
+    .await
+}
+
 async fn login_code(env: &TestEnv, email: &str, minutes: i64) -> String {
     let code = format!("code-{}", uuid::Uuid::new_v4().simple());
     let hash = millrace::auth::token::hash(&code).to_vec();
@@ -276,15 +287,7 @@ async fn workspaces_list_login_links_and_logout() {
 
     // A login code works once: a session token and its cookie, then 401.
     let code = login_code(&env, "alice@example.com", 10).await;
-    let res = env
-        .request(
-            reqwest::Method::POST,
-            "/api/auth/login_code",
-            None,
-            Some(json!({"code": code})),
-        )
-        .await
-        .expect(200);
+    let res = redeem(&env, &code).await.expect(200);
     let session = res.text.clone();
     let cookie = res.headers["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with(&format!("token={session};")), "{cookie}");
@@ -295,15 +298,7 @@ async fn workspaces_list_login_links_and_logout() {
         .expect(200)
         .json();
     assert_eq!(me["email"], json!("alice@example.com"));
-    let again = env
-        .request(
-            reqwest::Method::POST,
-            "/api/auth/login_code",
-            None,
-            Some(json!({"code": code})),
-        )
-        .await
-        .expect(401);
+    let again = redeem(&env, &code).await.expect(401);
     assert!(
         again.text.contains("used already or has expired"),
         "{}",

@@ -473,13 +473,7 @@ async fn every_language_times_out_and_is_canceled(warm: bool) {
             env.job(&id).await["running"] == json!(true)
         })
         .await;
-        env.post(
-            &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
-            &env.token,
-            json!({}),
-        )
-        .await
-        .expect(200);
+        env.cancel(&id).await;
         let done = env.wait(&id, Duration::from_secs(30)).await;
         assert_eq!(done["success"], json!(false), "{lang}: {done}");
         assert_eq!(

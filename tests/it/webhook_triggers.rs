@@ -196,6 +196,20 @@ async fn jobs_of(env: &TestEnv, script: &str) -> i64 {
         .get(0)
 }
 
+/// `u/alice/echo` run async with `Idempotency-Key: key` and `query` after its path.
+fn run_echo_with_key(
+    env: &TestEnv,
+    query: String,
+    key: &str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    env.http
+        .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo{query}")))
+        .bearer_auth(env.token.clone())
+        .header("Idempotency-Key", key)
+        .json(&json!({"n": 1}))
+        .send()
+}
+
 async fn create(env: &TestEnv, token: &str, body: Value) -> Response {
     env.post(&format!("/api/w/{WS}/webhook_triggers/create"), token, body)
         .await
@@ -685,14 +699,7 @@ async fn without_an_instance_key_triggers_are_unavailable_not_broken() {
 async fn a_key_is_claimed_with_its_job_once_even_by_concurrent_repeats() {
     let env = env(20).await;
     env.script("u/alice/echo", "python3", ECHO).await;
-    let post = |query: String, key: &'static str| {
-        env.http
-            .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo{query}")))
-            .bearer_auth(env.token.clone())
-            .header("Idempotency-Key", key)
-            .json(&json!({"n": 1}))
-            .send()
-    };
+    let post = |query: String, key: &'static str| run_echo_with_key(&env, query, key);
     // Sent at once, most share one batched INSERT: it claims the key for one of them only, and
     // every other is answered that job's id.
     let answers = futures::future::join_all((0..24).map(|_| post(String::new(), "together"))).await;
@@ -754,14 +761,7 @@ async fn claim_of(env: &TestEnv, key: &str) -> Option<String> {
 async fn a_retry_with_its_preset_job_id_and_key_is_answered_its_job() {
     let env = env(20).await;
     env.script("u/alice/echo", "python3", ECHO).await;
-    let post = |query: String, key: &'static str| {
-        env.http
-            .post(env.url(&format!("/api/w/{WS}/jobs/run/p/u/alice/echo{query}")))
-            .bearer_auth(env.token.clone())
-            .header("Idempotency-Key", key)
-            .json(&json!({"n": 1}))
-            .send()
-    };
+    let post = |query: String, key: &'static str| run_echo_with_key(&env, query, key);
     let answer = |res: reqwest::Response| async move {
         let status = res.status().as_u16();
         (status, res.text().await.unwrap())

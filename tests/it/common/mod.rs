@@ -611,6 +611,17 @@ impl TestEnv {
             .await
     }
 
+    /// Cancels job `id` as the workspace admin; the API must accept it.
+    pub async fn cancel(&self, id: &str) {
+        self.post(
+            &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
+            &self.token,
+            serde_json::json!({}),
+        )
+        .await
+        .expect(200);
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
         self.request(reqwest::Method::POST, path, Some(token), Some(body))
             .await
