@@ -870,20 +870,21 @@ fn lane_results(lanes: &[Lane]) -> Value {
 }
 
 /// Seconds before the next attempt after attempt `attempt` failed, or `None` when none is left.
-/// Constant attempts come first, then exponential ones (`multiplier * seconds^k`, ± up to
+/// Constant attempts come first, then exponential ones (`multiplier * seconds^attempt`, ± up to
 /// `random_factor` % of jitter, derived from the failed job's id so a replay computes the same).
+/// The exponent counts the constant attempts too, as Windmill's does: the same `retry` waits
+/// the same there and here.
 pub fn retry_delay(retry: &Retry, attempt: u32, failed_job: JobId) -> Option<u64> {
     let retries_done = attempt.saturating_sub(1);
     if retries_done < retry.constant_attempts {
         return Some(retry.constant_seconds.min(MAX_RETRY_DELAY_S));
     }
-    let k = retries_done - retry.constant_attempts;
-    if k >= retry.exponential_attempts {
+    if retries_done - retry.constant_attempts >= retry.exponential_attempts {
         return None;
     }
     let base = retry
         .seconds
-        .checked_pow(k + 1)
+        .checked_pow(attempt)
         .and_then(|p| p.checked_mul(retry.multiplier))
         .unwrap_or(MAX_RETRY_DELAY_S)
         .min(MAX_RETRY_DELAY_S);
@@ -1323,6 +1324,27 @@ mod tests {
         };
         let d = retry_delay(&jittered, 1, JobId::from_u128(u128::MAX)).unwrap();
         assert!((3..=9).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn constant_retries_come_first_then_exponential_ones_counting_them() {
+        let retry = Retry {
+            constant_attempts: 2,
+            constant_seconds: 5,
+            exponential_attempts: 2,
+            multiplier: 2,
+            seconds: 3,
+            random_factor: 0,
+        };
+        let id = JobId::from_u128(7);
+        let delays: Vec<_> = (1..=5).map(|a| retry_delay(&retry, a, id)).collect();
+        // As Windmill: after the third failure 2 × 3³, after the fourth 2 × 3⁴, then none.
+        assert_eq!(delays, vec![Some(5), Some(5), Some(54), Some(162), None]);
+        let only_constant = Retry {
+            exponential_attempts: 0,
+            ..retry.clone()
+        };
+        assert_eq!(retry_delay(&only_constant, 3, id), None);
     }
 
     #[test]

@@ -707,6 +707,46 @@ mod tests {
         assert_eq!(def.early_return.as_deref(), Some("a"));
     }
 
+    #[test]
+    fn a_retry_with_constant_and_exponential_parts_parses() {
+        let def = FlowDef::check(&json!({"modules": [
+            {"id": "a", "value": {"type": "identity"}, "retry": {
+                "constant": {"attempts": 1, "seconds": 2},
+                "exponential": {"attempts": 3, "multiplier": 4, "seconds": 5, "random_factor": 20}}},
+            {"id": "b", "value": {"type": "identity"}, "retry": {
+                "exponential": {"attempts": 2, "seconds": 3, "random_factor": 250}}},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            def.modules[0].retry,
+            Some(Retry {
+                constant_attempts: 1,
+                constant_seconds: 2,
+                exponential_attempts: 3,
+                multiplier: 4,
+                seconds: 5,
+                random_factor: 20,
+            })
+        );
+        // The multiplier defaults to 1 and the jitter is at most the whole delay.
+        assert_eq!(
+            def.modules[1].retry,
+            Some(Retry {
+                exponential_attempts: 2,
+                multiplier: 1,
+                seconds: 3,
+                random_factor: 100,
+                ..Default::default()
+            })
+        );
+        let err = FlowDef::check(
+            &json!({"modules": [{"id": "c", "value": {"type": "identity"},
+            "retry": {"exponential": {"attempts": 2, "seconds": 1, "multiplier": -2}}}]}),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("module c: retry multiplier"), "{err}");
+    }
+
     fn nested(depth: usize) -> Value {
         let mut inner = json!([]);
         for i in 0..depth {
