@@ -513,6 +513,10 @@ async fn versions_are_immutable_and_fv_pins_one_across_update_and_archive() {
 #[tokio::test]
 async fn bad_definitions_are_refused_naming_the_module() {
     let env = TestEnv::start().await;
+    // Scripts that exist, so that only the pinned hash can be what is missing.
+    env.script("u/alice/x", "bash", "echo x").await;
+    let other = env.script("u/alice/y", "bash", "echo y").await;
+    let other_refused = format!("module p: script u/alice/x ({other}) not found");
     let cases = [
         (
             json!({"modules": [{"id": "w", "value": {"type": "whileloopflow", "modules": []}}]}),
@@ -528,7 +532,12 @@ async fn bad_definitions_are_refused_naming_the_module() {
         ),
         (
             json!({"modules": [{"id": "s", "value": {"type": "script", "path": "u/alice/x", "hash": "0123456789abcdef"}}]}),
-            "module s: script",
+            "module s: script u/alice/x (0123456789abcdef) not found",
+        ),
+        (
+            // A hash that exists, but of another path.
+            json!({"modules": [{"id": "p", "value": {"type": "script", "path": "u/alice/x", "hash": other}}]}),
+            other_refused.as_str(),
         ),
         (
             json!({"modules": [{"id": "r", "value": {"type": "rawscript", "language": "go", "content": ""}}]}),
@@ -575,6 +584,163 @@ async fn bad_definitions_are_refused_naming_the_module() {
     )
     .await
     .expect(404);
+
+    // An update that cannot run is refused the same way and adds no version.
+    let latest = || {
+        let env = &env;
+        async move {
+            env.get(&format!("/api/w/{WS}/flows/get/u/alice/good"), &env.token)
+                .await
+                .expect(200)
+                .json()
+        }
+    };
+    let before = latest().await;
+    let res = env
+        .post(
+            &format!("/api/w/{WS}/flows/update/u/alice/good"),
+            &env.token,
+            json!({"value": {"modules": [echo("ok", fixed(json!(1))),
+                {"id": "broken", "value": {"type": "script", "path": "u/alice/x", "hash": "0123456789abcdef"}}]}}),
+        )
+        .await
+        .expect(400);
+    assert!(
+        res.text
+            .contains("module broken: script u/alice/x (0123456789abcdef) not found"),
+        "{}",
+        res.text
+    );
+    let res = env
+        .post(
+            &format!("/api/w/{WS}/flows/update/u/alice/good"),
+            &env.token,
+            json!({"value": {"modules": [echo("e", js("flow_input.(x"))]}}),
+        )
+        .await
+        .expect(400);
+    assert!(res.text.contains("module e: input x"), "{}", res.text);
+    let after = latest().await;
+    assert_eq!(after["version_id"], before["version_id"]);
+    assert_eq!(after["value"], json!({"modules": []}));
+    let history = env
+        .get(
+            &format!("/api/w/{WS}/flows/history/p/u/alice/good"),
+            &env.token,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+}
+
+#[tokio::test]
+async fn flows_list_shows_what_the_caller_may_read() {
+    let env = TestEnv::start().await;
+    let bob = env.user_token("bob@example.com", "bob", false, false).await;
+    env.flow_with(
+        "u/alice/one",
+        json!({"summary": "the first", "description": "one step",
+               "value": {"modules": [echo("a", fixed(json!(1)))]}}),
+    )
+    .await;
+    env.flow(
+        "u/alice/two",
+        json!({"modules": [echo("a", fixed(json!(1)))]}),
+    )
+    .await;
+    let two = env
+        .flow(
+            "u/alice/two",
+            json!({"modules": [echo("a", fixed(json!(2)))]}),
+        )
+        .await;
+    env.post(
+        &format!("/api/w/{WS}/flows/create"),
+        &bob,
+        json!({"path": "u/bob/his", "value": {"modules": []}}),
+    )
+    .await
+    .expect(201);
+    let list = |token: &str, query: &str| {
+        let env = &env;
+        let token = token.to_owned();
+        let query = query.to_owned();
+        async move {
+            env.get(&format!("/api/w/{WS}/flows/list{query}"), &token)
+                .await
+                .expect(200)
+                .json()
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let paths = |flows: &[Value]| -> Vec<String> {
+        flows
+            .iter()
+            .map(|f| f["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Alice, an admin, sees every flow, one entry each (the latest version), by path.
+    let all = list(&env.token, "").await;
+    assert_eq!(paths(&all), ["u/alice/one", "u/alice/two", "u/bob/his"]);
+    let one = &all[0];
+    assert_eq!(one["workspace_id"], json!(WS));
+    assert_eq!(one["summary"], json!("the first"));
+    assert_eq!(one["description"], json!("one step"));
+    assert_eq!(one["edited_by"], json!("alice"));
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(one["edited_at"].as_str().unwrap()).is_ok(),
+        "{one}"
+    );
+    assert_eq!(one["archived"], json!(false));
+    assert_eq!(one["value"]["modules"][0]["id"], json!("a"));
+    assert_eq!(all[1]["version_id"], json!(two));
+    assert_eq!(
+        all[1]["value"]["modules"][0]["value"]["input_transforms"]["x"]["value"],
+        json!(2)
+    );
+    assert_eq!(all[2]["edited_by"], json!("bob"));
+    assert_eq!(
+        paths(&list(&env.token, "?path_start=u/alice/").await),
+        ["u/alice/one", "u/alice/two"]
+    );
+
+    // Bob, a member, sees his own flow and none of alice's private ones.
+    assert_eq!(paths(&list(&bob, "").await), ["u/bob/his"]);
+    // Shared with him, one of them appears.
+    env.post(
+        &format!("/api/w/{WS}/acls/add/flow/u/alice/one"),
+        &env.token,
+        json!({"owner": "u/bob"}),
+    )
+    .await
+    .expect(200);
+    crate::common::eventually(Duration::from_secs(15), "the share is seen", async || {
+        paths(&list(&bob, "").await) == ["u/alice/one", "u/bob/his"]
+    })
+    .await;
+
+    // Archived flows are listed only when asked for.
+    env.post(
+        &format!("/api/w/{WS}/flows/archive/u/alice/two"),
+        &env.token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        paths(&list(&env.token, "").await),
+        ["u/alice/one", "u/bob/his"]
+    );
+    let archived = list(&env.token, "?show_archived=true").await;
+    assert_eq!(
+        paths(&archived),
+        ["u/alice/one", "u/alice/two", "u/bob/his"]
+    );
+    assert_eq!(archived[1]["archived"], json!(true));
 }
 
 #[tokio::test]
@@ -722,6 +888,96 @@ async fn webhooks_in_every_mode_early_return_and_sse_progress() {
         env.wait(&id, Duration::from_secs(30)).await["result"],
         json!("later")
     );
+
+    // Every sync and SSE route by version, POST and GET, runs the pinned version with its
+    // arguments; by path, the latest.
+    let x_times = |n: i64| {
+        json!({"modules": [python("m", &format!("def main(x):\n    return x * {n}\n"),
+            json!({"x": js("flow_input.x")}))]})
+    };
+    let v1 = env.flow("u/alice/times", x_times(2)).await;
+    env.flow("u/alice/times", x_times(3)).await;
+    let payload =
+        |args: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(args.to_string());
+    let stream_result = |res: reqwest::Response| async move {
+        let frames: Vec<Value> = read_frames(res).await.into_iter().map(|(_, f)| f).collect();
+        let last = frames.last().cloned().unwrap_or_default();
+        assert_eq!(last["completed"], json!(true), "{frames:?}");
+        assert_eq!(last["success"], json!(true), "{frames:?}");
+        last["only_result"].clone()
+    };
+    let post_stream = env
+        .http
+        .post(env.url(&format!("/api/w/{WS}/jobs/run_and_stream/fv/{v1}")))
+        .bearer_auth(&env.token)
+        .json(&json!({"x": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream_result(post_stream).await, json!(10));
+    for (route, x, expected) in [
+        (format!("run_and_stream/fv/{v1}"), 6, 12),
+        ("run_and_stream/f/u/alice/times".to_owned(), 6, 18),
+    ] {
+        let res = env
+            .http
+            .get(env.url(&format!(
+                "/api/w/{WS}/jobs/{route}?payload={}",
+                payload(json!({"x": x}))
+            )))
+            .bearer_auth(&env.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream_result(res).await, json!(expected), "{route}");
+    }
+    let res = env
+        .get(
+            &format!(
+                "/api/w/{WS}/jobs/run_wait_result/fv/{v1}?payload={}",
+                payload(json!({"x": 7}))
+            ),
+            &env.token,
+        )
+        .await
+        .expect(200);
+    assert_eq!(res.json(), json!(14));
+    let sync_id = res.headers["x-millrace-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(env.job(&sync_id).await["flow_version"], json!(v1));
+
+    // HEAD probes on the version routes answer 200 and start nothing.
+    let count = || {
+        let env = &env;
+        async move {
+            env.get(&format!("/api/w/{WS}/jobs/list?per_page=1000"), &env.token)
+                .await
+                .expect(200)
+                .json()
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    let before = count().await;
+    for route in [
+        format!("run_wait_result/fv/{v1}"),
+        format!("run_and_stream/fv/{v1}"),
+    ] {
+        let res = env
+            .request(
+                reqwest::Method::HEAD,
+                &format!("/api/w/{WS}/jobs/{route}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(res.status, 200, "{route}");
+        assert!(res.text.is_empty(), "{route}: {}", res.text);
+    }
+    assert_eq!(count().await, before, "a HEAD probe started a job");
 }
 
 #[tokio::test]
@@ -751,6 +1007,22 @@ async fn cancelling_a_flow_kills_its_running_step_and_starts_no_new_one() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // While the first step runs, flow_status says so and names its job.
+    let status = env.job(&id).await["flow_status"].clone();
+    assert_eq!(status["step"], json!(0), "{status}");
+    assert_eq!(status["modules"][0]["id"], json!("first"), "{status}");
+    assert_eq!(
+        status["modules"][0]["type"],
+        json!("InProgress"),
+        "{status}"
+    );
+    assert_eq!(status["modules"][0]["job"], step["id"], "{status}");
+    assert_eq!(status["modules"][1]["id"], json!("second"), "{status}");
+    assert_eq!(
+        status["modules"][1]["type"],
+        json!("WaitingForPriorSteps"),
+        "{status}"
+    );
     let res = env
         .post(
             &format!("/api/w/{WS}/jobs_u/queue/cancel/{id}"),
@@ -792,6 +1064,64 @@ async fn cancelling_a_flow_kills_its_running_step_and_starts_no_new_one() {
         .await
         .expect(200);
     assert!(again.text.contains("already completed"));
+}
+
+#[tokio::test]
+async fn a_running_parallel_loop_lists_its_started_iterations() {
+    let env = TestEnv::start().await;
+    env.flow(
+        "u/alice/fanout",
+        json!({"modules": [
+            {"id": "l", "value": {"type": "forloopflow", "iterator": js("[1, 2, 3, 4]"),
+              "parallel": true, "parallelism": 2,
+              "modules": [bash("s", "n=\"$1\"\nsleep 2\necho $((n * 10))", json!({"n": js("flow_input.iter.value")}))]}},
+        ]}),
+    )
+    .await;
+    let id = env.run_flow("u/alice/fanout", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let partial = loop {
+        let job = env.job(&id).await;
+        let module = job["flow_status"]["modules"][0].clone();
+        let jobs = module["flow_jobs"].as_array().cloned().unwrap_or_default();
+        let success = module["flow_jobs_success"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(jobs.len(), success.len(), "{module}");
+        let running = success.iter().filter(|s| s.is_null()).count();
+        assert!(running <= 2, "parallelism 2 exceeded: {module}");
+        if (1..4).contains(&jobs.len()) && running > 0 {
+            assert_eq!(module["type"], json!("InProgress"), "{module}");
+            break jobs;
+        }
+        assert!(
+            job["success"].is_null() && std::time::Instant::now() < deadline,
+            "never saw the loop partly started: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let done = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], json!(["10", "20", "30", "40"]), "{done}");
+    let module = env.job(&id).await["flow_status"]["modules"][0].clone();
+    assert_eq!(module["type"], json!("Success"), "{module}");
+    let all = module["flow_jobs"].as_array().unwrap();
+    assert_eq!(all.len(), 4, "{module}");
+    assert_eq!(module["flow_jobs_success"], json!([true, true, true, true]));
+    assert_eq!(
+        &all[..partial.len()],
+        &partial[..],
+        "listed iterations keep their place"
+    );
+    let mut steps: Vec<Value> = steps_of(&env, &id)
+        .await
+        .into_iter()
+        .map(|s| s["id"].clone())
+        .collect();
+    let mut listed = all.clone();
+    steps.sort_by_key(|v| v.to_string());
+    listed.sort_by_key(|v| v.to_string());
+    assert_eq!(steps, listed, "flow_jobs are the iterations' step jobs");
 }
 
 #[tokio::test]
@@ -844,6 +1174,95 @@ async fn flows_and_their_steps_publish_events_naming_their_flow() {
             assert_eq!(event.body["root_job"], json!(id));
         }
     }
+
+    // A failing flow: queued, started, then exactly one `failed`, for the flow and its step.
+    env.flow(
+        "u/alice/failing",
+        json!({"modules": [bash("boom", "echo no >&2\nexit 3", json!({}))]}),
+    )
+    .await;
+    let failing = env.run_flow("u/alice/failing", json!({})).await;
+    let flow_events = events
+        .of_job(
+            &failing,
+            &["queued", "started", "failed"],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(kinds(&flow_events), vec!["queued", "started", "failed"]);
+    for event in &flow_events {
+        assert_eq!(event.body["job_kind"], json!("flow"));
+        assert_eq!(event.body["path"], json!("u/alice/failing"));
+    }
+    let failed = flow_events.iter().find(|e| e.kind() == "failed").unwrap();
+    assert_eq!(failed.body["success"], json!(false), "{}", failed.body);
+    assert!(failed.body.get("error").is_some(), "{}", failed.body);
+    let step = &steps_of(&env, &failing).await[0];
+    let step_events = events
+        .of_job(
+            step["id"].as_str().unwrap(),
+            &["queued", "started", "failed"],
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(kinds(&step_events), vec!["queued", "started", "failed"]);
+    assert!(step_events
+        .iter()
+        .all(|e| e.body["parent_job"] == json!(failing) && e.body["job_kind"] == json!("script")));
+
+    // A cancelled flow: exactly one `canceled` for it, and one for its killed step.
+    env.flow(
+        "u/alice/stopped",
+        json!({"modules": [bash("nap", "sleep 60", json!({})), echo("never", fixed(json!(1)))]}),
+    )
+    .await;
+    let stopped = env.run_flow("u/alice/stopped", json!({})).await;
+    let flow_started = events
+        .of_job(&stopped, &["started"], Duration::from_secs(30))
+        .await;
+    assert!(flow_started
+        .iter()
+        .all(|e| e.body["job_kind"] == json!("flow")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let nap = loop {
+        if let Some(step) = steps_of(&env, &stopped)
+            .await
+            .into_iter()
+            .find(|s| s["running"] == json!(true))
+        {
+            break step["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    env.cancel(&stopped).await;
+    let flow_events = events
+        .of_job(
+            &stopped,
+            &["queued", "started", "canceled"],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(kinds(&flow_events), vec!["queued", "started", "canceled"]);
+    assert!(flow_events
+        .iter()
+        .all(|e| e.body["job_kind"] == json!("flow")));
+    let step_events = events
+        .of_job(
+            &nap,
+            &["queued", "started", "canceled"],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(kinds(&step_events), vec!["queued", "started", "canceled"]);
+    assert_eq!(
+        steps_of(&env, &stopped).await.len(),
+        1,
+        "no step after the cancel"
+    );
 }
 
 #[tokio::test]
