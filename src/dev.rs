@@ -158,6 +158,9 @@ async fn start_services(
 ) -> anyhow::Result<LocalServices> {
     std::fs::create_dir_all(&opts.data_dir)?;
     let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    if opts.database_url.is_none() {
+        LocalPostgres::check_programs(&opts.pg_bin_dir)?;
+    }
     let local_nats = match &opts.nats_url {
         Some(url) => {
             nats.url = url.clone();

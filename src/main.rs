@@ -174,7 +174,20 @@ fn config_names() -> Vec<String> {
     names
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // An error is a message for whoever started us (what failed, why, what to do), not
+            // a bug: its causes on one line, and no backtrace even under RUST_BACKTRACE (panics
+            // keep theirs).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     // Before the runtime's threads exist: this writes the environment.
     millrace::config::read_secret_files().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();

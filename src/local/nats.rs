@@ -66,8 +66,7 @@ impl LocalNats {
 
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         self.child = spawn(&self.bin, &self.store_dir, self.port, &self.passwords)?;
         self.await_ready().await
     }
@@ -131,7 +130,8 @@ fn spawn(
 const PID_FILE: &str = "nats-server.pid";
 
 /// Stops a nats-server still running on this store: one that an earlier `dev`, killed before
-/// servers died with it, left holding the port and the store.
+/// servers died with it, left holding the port and the store. A pid file naming anything else
+/// (the pid reused since) is left to the new server to overwrite. One log line either way.
 fn stop_leftover(store_dir: &Path) {
     let Some(pid) = std::fs::read_to_string(store_dir.join(PID_FILE))
         .ok()
@@ -139,26 +139,36 @@ fn stop_leftover(store_dir: &Path) {
     else {
         return;
     };
-    // Only a nats-server of this store: the pid may have been reused by anything since.
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let store = store_dir.as_os_str().as_encoded_bytes();
-        args.iter().any(|a| a.ends_with(b"nats-server")) && args.contains(&store)
-    });
-    if !ours {
+    if !serves(pid, store_dir) {
+        tracing::warn!(
+            pid,
+            store = %store_dir.display(),
+            "a stale nats-server pid file on this store (its process is gone or is another \
+             program); replacing it"
+        );
         return;
     }
     tracing::warn!(pid, store = %store_dir.display(), "a nats-server left running on this store; stopping it");
-    // SAFETY: kill(2) on a pid checked just above.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    for _ in 0..100 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            return;
+    for (signal, wait) in [(libc::SIGTERM, 100), (libc::SIGKILL, 100)] {
+        // SAFETY: kill(2) on a pid checked by `serves` to be a nats-server of this store.
+        unsafe { libc::kill(pid, signal) };
+        for _ in 0..wait {
+            if !serves(pid, store_dir) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Whether `pid` is a nats-server of this store: a pid file's pid may have been reused by
+/// anything since. (An exited one not yet reaped has no command line any more.)
+fn serves(pid: libc::pid_t, store_dir: &Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let store = store_dir.as_os_str().as_encoded_bytes();
+        args.iter().any(|a| a.ends_with(b"nats-server")) && args.contains(&store)
+    })
 }
 
 /// The variable nats/auth.conf reads a user's password from.
@@ -166,9 +176,18 @@ fn password_variable(user: &str) -> String {
     format!("MILLRACE_NATS_{}_PASSWORD", user.to_ascii_uppercase())
 }
 
-impl Drop for LocalNats {
-    fn drop(&mut self) {
+impl LocalNats {
+    /// Kills the server, and removes the pid file it leaves (so that the next start does not
+    /// take it for a crash's).
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.store_dir.join(PID_FILE));
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

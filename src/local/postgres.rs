@@ -162,31 +162,110 @@ fn set_password_offline(bin_dir: &Path, cluster: &Path, password: &str) -> anyho
     Ok(())
 }
 
-/// Stops a server still running on the cluster: one whose `dev` was killed before it could stop
-/// it. (Its socket and port would refuse the new one, and its password cannot be set under it.)
-fn stop_leftover(bin_dir: &Path, cluster: &Path) {
-    if !cluster.join("postmaster.pid").exists() {
-        return;
-    }
-    let mut status = pg_command(bin_dir, "pg_ctl");
-    status.arg("-D").arg(cluster).arg("status");
-    let running = status
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if running {
+/// Clears what a server of this cluster left when its `dev` died before it could stop it: a
+/// postmaster still running (its socket and port would refuse the new one, and its password
+/// cannot be set under it) is stopped; lock files naming a process that is not a postmaster of
+/// this cluster (gone, or its pid since reused: PostgreSQL refuses to start over a live one of
+/// its user's) are removed. One log line each; the data stays.
+fn clear_leftovers(cluster: &Path, socket_dir: &Path) -> anyhow::Result<()> {
+    let pid_file = cluster.join("postmaster.pid");
+    if let Some(pid) =
+        lock_file_pid(&pid_file).filter(|pid| postmaster_of(*pid, cluster) == Some(true))
+    {
         tracing::warn!(
+            pid,
             cluster = %cluster.display(),
             "a PostgreSQL server left running on this cluster; stopping it"
         );
-        let mut stop = pg_command(bin_dir, "pg_ctl");
-        stop.arg("-D")
-            .arg(cluster)
-            .args(["-m", "fast", "-w", "stop"]);
-        let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        stop_postmaster(pid, cluster)?;
     }
+    let sockets = std::fs::read_dir(socket_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(".s.PGSQL.") && name.ends_with(".lock"))
+        });
+    let mut removed = Vec::new();
+    for file in std::iter::once(pid_file).chain(sockets) {
+        let stale = match lock_file_pid(&file) {
+            Some(pid) => postmaster_of(pid, cluster) == Some(false),
+            // Empty or torn: written by a start that crashed.
+            None => file.exists(),
+        };
+        if !stale {
+            continue;
+        }
+        std::fs::remove_file(&file).with_context(|| format!("{}", file.display()))?;
+        removed.push(file.display().to_string());
+    }
+    if !removed.is_empty() {
+        tracing::warn!(
+            files = ?removed,
+            "removed lock files an earlier PostgreSQL server left (their process is gone or is \
+             another program)"
+        );
+    }
+    Ok(())
+}
+
+/// The pid on the first line of one of PostgreSQL's lock files.
+fn lock_file_pid(file: &Path) -> Option<libc::pid_t> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
+}
+
+/// Whether `pid` is a PostgreSQL server whose working directory is `cluster` (a postmaster
+/// moves into its data directory; its backends are its children, not in its lock files); `None`
+/// when this process may not look (another user's). A pid in a lock file may name anything
+/// since: it is signalled only when this is `Some(true)`, its file removed only when `Some(false)`.
+fn postmaster_of(pid: libc::pid_t, cluster: &Path) -> Option<bool> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    // Gone, or a zombie (no executable any more): not a server.
+    let gone = |e: std::io::Error| (e.kind() == std::io::ErrorKind::NotFound).then_some(false);
+    let exe = match std::fs::read_link(proc.join("exe")) {
+        Ok(exe) => exe,
+        Err(e) => return gone(e),
+    };
+    if !exe
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("postgres"))
+    {
+        return Some(false);
+    }
+    match std::fs::read_link(proc.join("cwd")) {
+        Ok(cwd) => Some(std::fs::canonicalize(cluster).is_ok_and(|cluster| cwd == cluster)),
+        Err(e) => gone(e),
+    }
+}
+
+/// Stops a postmaster of `cluster`: a fast shutdown (clients cut off, the data written out),
+/// then an immediate one (the next start recovers) if it lingers.
+fn stop_postmaster(pid: libc::pid_t, cluster: &Path) -> anyhow::Result<()> {
+    for (signal, wait) in [(libc::SIGINT, 30), (libc::SIGQUIT, 10)] {
+        // SAFETY: kill(2) on a pid just checked to be a postmaster of this cluster.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+        while std::time::Instant::now() < deadline {
+            if postmaster_of(pid, cluster) == Some(false) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    anyhow::bail!(
+        "the PostgreSQL server (pid {pid}) left running on {} does not stop: stop it and start \
+         again",
+        cluster.display()
+    )
 }
 
 /// `text` as it may stand in a URL's user information (RFC 3986 unreserved characters as they
@@ -203,7 +282,30 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
+/// The programs of `bin_dir` that [`LocalPostgres`] runs.
+const PROGRAMS: [&str; 3] = ["initdb", "postgres", "pg_isready"];
+
 impl LocalPostgres {
+    /// Fails, saying what to do, when `bin_dir` lacks one of PostgreSQL's programs: checked
+    /// before anything is started, so that a missing PostgreSQL leaves nothing running.
+    pub fn check_programs(bin_dir: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for program in PROGRAMS {
+            let path = bin_dir.join(program);
+            let runnable = std::fs::metadata(&path)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+            anyhow::ensure!(
+                runnable,
+                "PostgreSQL's `{program}` is not in PG_BIN_DIR={}: install PostgreSQL (e.g. \
+                 `apt-get install postgresql-15`; scripts/dev.sh does) and set PG_BIN_DIR to the \
+                 directory of its programs (e.g. /usr/lib/postgresql/15/bin), or set DATABASE_URL \
+                 to a PostgreSQL of yours",
+                bin_dir.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Initialises `data_dir` if it is empty, then starts the server on `port`. A cluster made
     /// by an older Millrace with `trust` authentication gets a password and pg_hba.conf first.
     pub fn start(
@@ -213,6 +315,7 @@ impl LocalPostgres {
         durability: Durability,
     ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
+        Self::check_programs(bin_dir)?;
         let cluster = data_dir.join("data");
         let fresh = !cluster.join("PG_VERSION").exists();
         std::fs::create_dir_all(data_dir)?;
@@ -249,7 +352,7 @@ impl LocalPostgres {
             run(initdb, "initdb")?;
         }
         if !fresh {
-            stop_leftover(bin_dir, &cluster);
+            clear_leftovers(&cluster, data_dir)?;
         }
         let hba = cluster.join("pg_hba.conf");
         let hba_current = std::fs::read_to_string(&hba).is_ok_and(|text| text == PG_HBA);

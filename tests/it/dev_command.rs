@@ -1,14 +1,16 @@
 //! `millrace dev` as a user runs it: killed outright, it leaves no server behind and its next
-//! start finds everything as it was; a start that fails stops what it started.
+//! start finds everything as it was; a start stops servers an earlier crash left and clears
+//! their stale pid files without signalling anybody else; a start that fails stops what it
+//! started and says what to do; a job cannot log in to its PostgreSQL.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{bin, tool};
+use crate::common::{bin, jobs_have_own_users, tool};
 
 /// `dev` prefers NATS's and PostgreSQL's usual ports when they are free: two starting at once
 /// would both take them. One at a time.
@@ -45,8 +47,24 @@ fn log_file(data_dir: &Path) -> std::fs::File {
         .unwrap()
 }
 
+/// What `dev` wrote (its errors, and its log lines from stdout), without their colours.
 fn dev_log(data_dir: &Path) -> String {
-    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
+    let text = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+    let mut plain = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find('\x1b') {
+        plain.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
+    }
+    plain.push_str(rest);
+    plain
+}
+
+/// Whether a run's stderr shows a backtrace (anyhow's "Stack backtrace:", a panic's "stack
+/// backtrace:").
+fn has_backtrace(stderr: &str) -> bool {
+    stderr.to_lowercase().contains("backtrace")
 }
 
 /// A running `dev`, killed if the test ends (or fails) before it stops it.
@@ -57,6 +75,13 @@ impl Drop for Dev {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Stops `dev` as Ctrl-C does.
+fn stop(mut dev: Dev) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(dev.0.id() as libc::pid_t, libc::SIGTERM) };
+    dev.0.wait().unwrap();
 }
 
 /// What `dev`'s banner gives its user: a token, and the Runs page's one-time login link.
@@ -70,12 +95,15 @@ fn start(data_dir: &Path, port: u16) -> (Dev, Banner) {
     let mut child = Dev(dev(data_dir, port).spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Its log lines are on stdout too: kept with stderr's.
+    let mut log = log_file(data_dir);
     std::thread::spawn(move || {
         let mut token = None;
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
+            let _ = writeln!(log, "{line}");
             if let Some(t) = line.strip_prefix("token:") {
                 token = Some(t.trim().to_owned());
             }
@@ -126,6 +154,19 @@ fn processes_naming(needle: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The pids of the servers (`program` in their command line) whose command line names `needle`.
+fn servers(needle: &str, program: &str) -> Vec<libc::pid_t> {
+    processes_naming(needle)
+        .iter()
+        .filter(|p| p.contains(program))
+        .map(|p| p.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// How the postmaster and nats-server show in the process list.
+const POSTMASTER: &str = "bin/postgres -D";
+const NATS_SERVER: &str = "nats-server";
 
 /// Waits until no process names `needle`.
 fn none_left(needle: &str) {
@@ -253,12 +294,11 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
     none_left(&data_dir.join("nats").display().to_string());
 
     let started = Instant::now();
-    let (mut second, banner) = start(&data_dir, port);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "{:?}",
-        started.elapsed()
-    );
+    let (second, banner) = start(&data_dir, port);
+    // "Up in a few seconds": ~2 s on a quiet machine; a loaded 2-core CI machine gets more.
+    let took = started.elapsed();
+    eprintln!("dev was up again {took:?} after its start");
+    assert!(took < Duration::from_secs(15), "up only after {took:?}");
     // Each start prints a new link.
     let (status, _) = follow_login_link(&http, &banner.login_link).await;
     assert_eq!(status, 200);
@@ -273,14 +313,11 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
         result(&http, &base, &token, &job).await,
         json!({"greeting": "hello mill"})
     );
-    let postmasters = processes_naming(&pg_dir.join("data").display().to_string())
-        .into_iter()
-        .filter(|p| p.contains("bin/postgres -D"))
-        .count();
-    assert_eq!(postmasters, 1, "one server for the cluster");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(second.0.id() as libc::pid_t, libc::SIGTERM) };
-    second.0.wait().unwrap();
+    let postmasters = servers(&pg_dir.join("data").display().to_string(), POSTMASTER);
+    assert_eq!(postmasters.len(), 1, "one server for the cluster");
+    let nats = servers(&data_dir.join("nats").display().to_string(), NATS_SERVER);
+    assert_eq!(nats.len(), 1, "one nats-server for the store");
+    stop(second);
     none_left(&pg_dir.display().to_string());
     none_left(&data_dir.join("nats").display().to_string());
     clean_up(&data_dir);
@@ -295,18 +332,470 @@ async fn a_dev_that_cannot_start_stops_what_it_started() {
     let port = taken.local_addr().unwrap().port();
     let out = tokio::task::spawn_blocking(move || {
         let mut command = dev(&data_dir, port);
-        command.output().unwrap()
+        // As a Rust developer's shell may have it: still a message, not a backtrace.
+        command.env("RUST_BACKTRACE", "1").output().unwrap()
     })
     .await
     .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     let stderr = dev_log(data.path());
     // A message that says what to do, not a backtrace.
+    assert!(stderr.contains("Error: cannot listen on"), "{stderr}");
     assert!(stderr.contains(&port.to_string()), "{stderr}");
     assert!(stderr.contains("set BIND_ADDR"), "{stderr}");
-    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    assert!(!has_backtrace(&stderr), "{stderr}");
     let pg_dir = postgres_dir(data.path());
     none_left(&pg_dir.display().to_string());
     none_left(&data.path().join("nats").display().to_string());
     clean_up(data.path());
+}
+
+/// A server started by the test as an earlier `dev` would have left it: not `dev`'s child, so
+/// nothing stops it with `dev`. Its exit is reaped at once (no zombie keeps its pid); dropped
+/// while still running, it is killed.
+struct Leftover {
+    pid: libc::pid_t,
+    exited: std::sync::mpsc::Receiver<std::process::ExitStatus>,
+}
+
+impl Leftover {
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let (tx, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait().unwrap());
+        });
+        Self { pid, exited }
+    }
+
+    fn running(&self) -> bool {
+        matches!(
+            self.exited.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Empty)
+        )
+    }
+
+    /// Waits up to 10 s for it to exit.
+    fn has_exited(&self) -> bool {
+        self.exited.recv_timeout(Duration::from_secs(10)).is_ok()
+    }
+}
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        if self.running() {
+            // SAFETY: kill(2) on our own child, not reaped yet.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The pid on the first line of a pid file (nats-server's, PostgreSQL's lock files).
+fn pid_in(file: &Path) -> Option<libc::pid_t> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Waits until `file` names `pid` and something accepts connections on `port`.
+fn await_server(file: &Path, pid: libc::pid_t, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pid_in(file) != Some(pid) || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no server {pid} on port {port} ({})",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the process list shows one server for the store and one for the cluster, neither of
+/// them among `old`.
+fn one_server_each(store: &Path, cluster: &Path, old: &[libc::pid_t]) {
+    let nats = servers(&store.display().to_string(), NATS_SERVER);
+    let postmasters = servers(&cluster.display().to_string(), POSTMASTER);
+    assert_eq!(nats.len(), 1, "nats-servers of the store: {nats:?}");
+    assert_eq!(
+        postmasters.len(),
+        1,
+        "postmasters of the cluster: {postmasters:?}"
+    );
+    assert!(!old.contains(&nats[0]) && !old.contains(&postmasters[0]));
+}
+
+/// The lines of `log` that contain `text`.
+fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(text)).collect()
+}
+
+#[tokio::test]
+async fn a_start_stops_the_servers_an_earlier_crash_left_running() {
+    let _one = ONE_DEV.lock().await;
+    let data = data_dir();
+    let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    let port = millrace::local::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (first, banner) = start(&data_dir, port);
+    let token = banner.token;
+    let job = run_hello(&http, &base, &token).await;
+    stop(first);
+    let pg_dir = postgres_dir(&data_dir);
+    let cluster = pg_dir.join("data");
+    let store = data_dir.join("nats");
+    none_left(&pg_dir.display().to_string());
+    none_left(&store.display().to_string());
+
+    // What a `dev` whose servers did not die with it left: its nats-server and postmaster,
+    // started as it starts them, on the same store and cluster.
+    let nats_port = millrace::local::free_port().unwrap();
+    let mut nats = Command::new(tool("NATS_SERVER_BIN", "nats-server"));
+    nats.args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &nats_port.to_string(),
+        "-js",
+        "-sd",
+    ])
+    .arg(&store)
+    .arg("-c")
+    .arg(store.join("local.conf"))
+    .arg("-P")
+    .arg(store.join("nats-server.pid"));
+    let passwords: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(store.join("users.json")).unwrap()).unwrap();
+    for (user, password) in &passwords {
+        nats.env(
+            format!("MILLRACE_NATS_{}_PASSWORD", user.to_ascii_uppercase()),
+            password,
+        );
+    }
+    let old_nats = Leftover::spawn(&mut nats);
+    let pg_port = millrace::local::free_port().unwrap();
+    let mut postmaster =
+        Command::new(tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin").join("postgres"));
+    postmaster
+        .arg("-D")
+        .arg(&cluster)
+        .args([
+            "-p",
+            &pg_port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-k",
+        ])
+        .arg(&pg_dir);
+    {
+        // As root, as PostgreSQL's user (it refuses root), as `dev` does.
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        let owner = std::fs::metadata(&cluster).unwrap();
+        postmaster.uid(owner.uid()).gid(owner.gid());
+    }
+    let old_pg = Leftover::spawn(&mut postmaster);
+    await_server(&store.join("nats-server.pid"), old_nats.pid, nats_port);
+    await_server(&cluster.join("postmaster.pid"), old_pg.pid, pg_port);
+
+    let (second, _) = start(&data_dir, port);
+    let log = dev_log(&data_dir);
+    // One line each says what was found, and that it was stopped.
+    let said = lines_with(
+        &log,
+        "a nats-server left running on this store; stopping it",
+    );
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains(&format!("pid={}", old_nats.pid)), "{log}");
+    let said = lines_with(
+        &log,
+        "a PostgreSQL server left running on this cluster; stopping it",
+    );
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains(&format!("pid={}", old_pg.pid)), "{log}");
+    // A clean stop left no stale pid file to speak of.
+    assert!(lines_with(&log, "stale").is_empty(), "{log}");
+    assert!(old_nats.has_exited(), "the old nats-server runs on");
+    assert!(old_pg.has_exited(), "the old postmaster runs on");
+    one_server_each(&store, &cluster, &[old_nats.pid, old_pg.pid]);
+    // The data stayed: the earlier token, its workspace and job.
+    assert_eq!(
+        result(&http, &base, &token, &job).await,
+        json!({"greeting": "hello mill"})
+    );
+    run_hello(&http, &base, &token).await;
+    stop(second);
+    none_left(&pg_dir.display().to_string());
+    none_left(&store.display().to_string());
+    clean_up(&data_dir);
+}
+
+#[tokio::test]
+async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
+    let _one = ONE_DEV.lock().await;
+    let data = data_dir();
+    let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    let port = millrace::local::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (first, banner) = start(&data_dir, port);
+    let pg_dir = postgres_dir(&data_dir);
+    let cluster = pg_dir.join("data");
+    let store = data_dir.join("nats");
+    let lock_file = std::fs::read_to_string(cluster.join("postmaster.pid")).unwrap();
+    stop(first);
+    none_left(&pg_dir.display().to_string());
+
+    // A crash left the pid files; their pids have since been reused by other programs of the
+    // servers' users (one of PostgreSQL's: PostgreSQL itself refuses to start over a live
+    // process of its user), or by nobody.
+    let pg_user = {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&cluster).unwrap();
+        (owner.uid(), owner.gid())
+    };
+    let mut sleep = Command::new("sleep");
+    {
+        use std::os::unix::process::CommandExt;
+        sleep.arg("600").uid(pg_user.0).gid(pg_user.1);
+    }
+    let postgres_sleep = Leftover::spawn(&mut sleep);
+    let nats_sleep = Leftover::spawn(Command::new("sleep").arg("600"));
+    let mut exited = Command::new("true").spawn().unwrap();
+    let dead = exited.id();
+    exited.wait().unwrap();
+    let rest = lock_file.split_once('\n').unwrap().1;
+    std::fs::write(
+        cluster.join("postmaster.pid"),
+        format!("{}\n{rest}", postgres_sleep.pid),
+    )
+    .unwrap();
+    let socket_lock = pg_dir.join(".s.PGSQL.5432.lock");
+    std::fs::write(&socket_lock, format!("{dead}\n{rest}")).unwrap();
+    std::fs::write(store.join("nats-server.pid"), nats_sleep.pid.to_string()).unwrap();
+
+    let (second, _) = start(&data_dir, port);
+    let log = dev_log(&data_dir);
+    assert!(
+        postgres_sleep.running(),
+        "dev signalled PostgreSQL's user's sleep:\n{log}"
+    );
+    assert!(
+        nats_sleep.running(),
+        "dev signalled its user's sleep:\n{log}"
+    );
+    assert!(lines_with(&log, "left running on this").is_empty(), "{log}");
+    let said = lines_with(&log, "removed lock files an earlier PostgreSQL server left");
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("postmaster.pid"), "{log}");
+    assert!(said[0].contains(".s.PGSQL.5432.lock"), "{log}");
+    let said = lines_with(&log, "a stale nats-server pid file on this store");
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(
+        said[0].contains(&format!("pid={}", nats_sleep.pid)),
+        "{log}"
+    );
+    // The files now name the new servers (the socket's, if the new one took port 5432).
+    let postmaster = pid_in(&cluster.join("postmaster.pid")).unwrap();
+    assert!(pid_in(&socket_lock).is_none_or(|p| p == postmaster));
+    assert_eq!(
+        servers(&cluster.display().to_string(), POSTMASTER),
+        [postmaster]
+    );
+    assert_eq!(
+        servers(&store.display().to_string(), NATS_SERVER),
+        [pid_in(&store.join("nats-server.pid")).unwrap()]
+    );
+    run_hello(&http, &base, &banner.token).await;
+    stop(second);
+    assert!(postgres_sleep.running() && nats_sleep.running());
+    none_left(&pg_dir.display().to_string());
+    none_left(&store.display().to_string());
+    clean_up(&data_dir);
+}
+
+/// A job's attempts on dev's PostgreSQL: a startup packet as `postgres` over TCP and over the
+/// socket (what a `trust` rule would answer with "authentication ok", code 0), and the password
+/// file. What each got back.
+const PG_INTRUDER: &str = r#"
+import os, socket, struct
+
+def startup(sock):
+    params = b"user\x00postgres\x00database\x00millrace\x00\x00"
+    body = struct.pack("!i", 196608) + params
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    data = b""
+    while len(data) < 5 or len(data) < 1 + struct.unpack("!i", data[1:5])[0]:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return {"closed": data.hex()}
+        data += chunk
+    kind, length = chr(data[0]), struct.unpack("!i", data[1:5])[0]
+    body = data[5:1 + length]
+    if kind == "R":
+        return {"kind": kind, "auth": struct.unpack("!i", body[:4])[0],
+                "mechanisms": [m.decode() for m in body[4:].split(b"\x00") if m]}
+    return {"kind": kind, "text": body.replace(b"\x00", b" ").decode(errors="replace")}
+
+def attempt(act):
+    try:
+        return act()
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+
+def main(port: int, socket_dir: str, password_file: str):
+    def tcp():
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            return startup(s)
+    def unix():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(f"{socket_dir}/.s.PGSQL.{port}")
+            return startup(s)
+    def read():
+        with open(password_file) as f:
+            return {"read": f.read()}
+    return {"uid": os.getuid(), "tcp": attempt(tcp), "unix": attempt(unix),
+            "password": attempt(read)}
+"#;
+
+#[tokio::test]
+async fn a_job_of_dev_cannot_log_in_to_its_postgres() {
+    // As a plain user jobs run as that user, who owns the password file: see the README.
+    if !jobs_have_own_users() {
+        return;
+    }
+    let _one = ONE_DEV.lock().await;
+    let data = data_dir();
+    let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    let port = millrace::local::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let (dev, banner) = start(&data_dir, port);
+    let token = banner.token;
+    let pg_dir = postgres_dir(&data_dir);
+    // postmaster.pid's fourth line: the port the server listens on.
+    let lock = std::fs::read_to_string(pg_dir.join("data/postmaster.pid")).unwrap();
+    let pg_port: u16 = lock.lines().nth(3).unwrap().trim().parse().unwrap();
+    let password_file = pg_dir.join("postgres.password");
+    let password = std::fs::read_to_string(&password_file).unwrap();
+
+    let res = http
+        .post(format!("{base}/api/w/demo/scripts/create"))
+        .bearer_auth(&token)
+        .json(
+            &json!({"path": "u/admin/pg_intruder", "language": "python3", "content": PG_INTRUDER}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let res = http
+        .post(format!("{base}/api/w/demo/jobs/run/p/u/admin/pg_intruder"))
+        .bearer_auth(&token)
+        .json(&json!({
+            "port": pg_port,
+            "socket_dir": pg_dir.display().to_string(),
+            "password_file": password_file.display().to_string(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let job = res.text().await.unwrap();
+    let got = result(&http, &base, &token, &job).await;
+
+    assert_ne!(got["uid"], json!(0), "the job ran as root: {got}");
+    // Over TCP: asked for a password (SASL, SCRAM-SHA-256), not let in.
+    assert_eq!(got["tcp"]["kind"], json!("R"), "{got}");
+    assert_eq!(got["tcp"]["auth"], json!(10), "not asked for SASL: {got}");
+    assert_eq!(got["tcp"]["mechanisms"][0], json!("SCRAM-SHA-256"), "{got}");
+    // The socket and the password file are out of its reach.
+    let unix = got["unix"]["error"].as_str().unwrap_or_default();
+    assert!(unix.starts_with("PermissionError"), "{got}");
+    let read = got["password"]["error"].as_str().unwrap_or_default();
+    assert!(read.starts_with("PermissionError"), "{got}");
+    assert!(!got.to_string().contains(password.trim()), "{got}");
+    stop(dev);
+    none_left(&pg_dir.display().to_string());
+    clean_up(&data_dir);
+}
+
+#[tokio::test]
+async fn a_dev_without_postgresql_says_to_set_pg_bin_dir_and_leaves_nothing_running() {
+    let _one = ONE_DEV.lock().await;
+    let data = data_dir();
+    let data_dir = data.path().to_path_buf();
+    let port = millrace::local::free_port().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut command = dev(&data_dir, port);
+        command
+            .env("PG_BIN_DIR", "/nonexistent")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = dev_log(data.path());
+    assert!(
+        stderr.contains("Error: PostgreSQL's `initdb` is not in PG_BIN_DIR=/nonexistent"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("install PostgreSQL"), "{stderr}");
+    assert!(!has_backtrace(&stderr), "{stderr}");
+    none_left(&data.path().join("nats").display().to_string());
+    let _ = std::fs::remove_file(data.path().with_extension("log"));
+}
+
+/// A directory for PATH holding only these programs (links to where PATH finds them now).
+fn path_of_only(programs: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::var_os("PATH").unwrap();
+    for program in programs {
+        let found = std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("no {program} on PATH"));
+        std::os::unix::fs::symlink(found, dir.path().join(program)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn dev_sh_without_cargo_says_how_to_install_it() {
+    let bin = path_of_only(&["bash", "env", "dirname", "cat"]);
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev.sh"))
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("dev.sh: cargo not found"), "{stderr}");
+    assert!(stderr.contains("https://rustup.rs"), "{stderr}");
+    assert!(stderr.contains("rerun scripts/dev.sh"), "{stderr}");
+    // It stopped there: nothing installed, nothing built.
+    assert!(!stderr.contains("cargo build"), "{stderr}");
+    assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 0);
 }
