@@ -251,27 +251,41 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         _ = cancel.cancelled() => Ended::Canceled,
         _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
     };
+    // Readers end once every holder of the pipes is gone.
+    let mut readers = futures::future::join_all([stdout, stderr].into_iter().flatten());
+    let exited = matches!(ended, Ended::Exited(_));
     // The whole job goes, also children the script left behind when it exited: with a user of
     // its own, every process of that user (those that left the group with `setsid` too; the
     // worker may lack `CAP_KILL`, so it signals as that user); else its process group.
-    let job_ended_alone = outlives_job && matches!(ended, Ended::Exited(_));
-    match confinement.user {
-        _ if job_ended_alone => {}
+    let read_all = match confinement.user {
+        _ if outlives_job && exited => false,
+        // Ended by itself, and nothing it left holds its output: whatever it left running is
+        // killed when its directory is removed, before its user serves another job, rather
+        // than on the way to the job's answer.
+        Some(_) if exited && tokio::time::timeout(QUIET_END, &mut readers).await.is_ok() => true,
         Some(user) => {
             // One that fails is tried again, and the user retired, when the job's user is freed.
             sandbox::kill_user(user).await;
+            false
         }
-        None => kill_group(pid),
-    }
-    if !matches!(ended, Ended::Exited(_)) {
+        None => {
+            kill_group(pid);
+            false
+        }
+    };
+    if !exited {
         let _ = exit.await;
     }
-    for reader in [stdout, stderr].into_iter().flatten() {
-        // Readers end once every holder of the pipes is gone; bound the wait anyway.
-        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+    if !read_all {
+        // Bounded: a reader of a process that outlives the job ends with its job's output.
+        let _ = tokio::time::timeout(Duration::from_secs(2), readers).await;
     }
     ended
 }
+
+/// How long a job's output may take to close after its process exited, for whatever it left
+/// running to be killed later, with its directory.
+const QUIET_END: Duration = Duration::from_millis(20);
 
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {

@@ -232,6 +232,50 @@ async fn a_process_that_left_the_group_dies_with_its_job() {
 }
 
 #[tokio::test]
+async fn what_a_finished_job_left_running_is_gone_before_its_user_runs_again() {
+    if !jobs_have_own_users() {
+        return;
+    }
+    // A job that ends by itself may leave processes behind: one that still holds its output
+    // (killed at once, or its output would never end) and one that let go of it (killed with
+    // the job's directory, after the answer and before the slot's next job).
+    let env = one_slot_env("62300-62301", &[("WORKER_WARM", "0")]).await;
+    for (path, leaves) in [
+        ("u/alice/holder", "sleep 983 &\n"),
+        (
+            "u/alice/letgo",
+            "setsid sleep 982 </dev/null >/dev/null 2>&1 &\n",
+        ),
+    ] {
+        env.script(path, "bash", &format!("{leaves}echo left\n"))
+            .await;
+    }
+    env.script(
+        "u/alice/count",
+        "bash",
+        // Killed ones may linger as zombies until init reaps them: only live ones count.
+        "ps -u \"$(id -u)\" -o stat=,args= >&2\nps -u \"$(id -u)\" -o stat=,comm= | grep -v '^Z' | grep -c sleep || true\n",
+    )
+    .await;
+    for round in 0..6 {
+        let leaver = ["u/alice/holder", "u/alice/letgo"][round % 2];
+        assert_eq!(
+            env.run_ok(leaver, json!({})).await,
+            json!("left"),
+            "round {round}"
+        );
+        // The same (only) user's next job finds none of them.
+        let (done, logs) = run_output(&env, "u/alice/count", json!({})).await;
+        assert_eq!(
+            done["result"],
+            json!("0"),
+            "round {round}, {leaver}: {logs}"
+        );
+    }
+    none_left_of(62300, "after the last job").await;
+}
+
+#[tokio::test]
 async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     use std::os::unix::fs::MetadataExt;
     if !jobs_have_own_users() {

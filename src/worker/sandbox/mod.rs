@@ -50,13 +50,29 @@ struct FreeUsers {
 struct JobUser {
     user: JobUid,
     free: Arc<FreeUsers>,
+    /// Its processes were killed, and nothing has run as it since.
+    killed: bool,
+}
+
+impl JobUser {
+    fn new(user: JobUid, free: Arc<FreeUsers>) -> Self {
+        Self {
+            user,
+            free,
+            killed: false,
+        }
+    }
+
+    fn kill_processes(&mut self) {
+        self.killed = users::kill_all_now(self.user);
+    }
 }
 
 impl Drop for JobUser {
     fn drop(&mut self) {
         // Normally nothing is left by now; after a panic or an abandoned job there may be,
         // and the slot's next job must not meet it.
-        if !users::kill_all_now(self.user) {
+        if !self.killed && !users::kill_all_now(self.user) {
             // Its processes may live on: the next job, maybe another tenant's, must not meet
             // them. The slot waits for a user that is never given back, and its jobs fail.
             tracing::error!(
@@ -209,10 +225,7 @@ impl Sandbox {
     pub async fn job_dir(&self) -> std::io::Result<JobDir> {
         let user = match &self.users {
             None => None,
-            Some(free) => Some(JobUser {
-                user: take_user(free).await?,
-                free: free.clone(),
-            }),
+            Some(free) => Some(JobUser::new(take_user(free).await?, free.clone())),
         };
         self.dir_for(user)
     }
@@ -222,10 +235,10 @@ impl Sandbox {
     pub fn job_dir_now(&self) -> Option<std::io::Result<JobDir>> {
         let user = match &self.users {
             None => None,
-            Some(free) => Some(JobUser {
-                user: free.uids.lock().expect("users lock").pop()?,
-                free: free.clone(),
-            }),
+            Some(free) => Some(JobUser::new(
+                free.uids.lock().expect("users lock").pop()?,
+                free.clone(),
+            )),
         };
         Some(self.dir_for(user))
     }
@@ -270,20 +283,15 @@ impl JobDir {
         }
     }
 
-    /// Kills whatever runs as the directory's user, then removes it: for a process given up
-    /// before or after its job.
-    pub async fn discard(self) {
-        if let Some(user) = self.user.as_ref().map(|u| u.user) {
-            kill_user(user).await;
-        }
-        self.remove().await;
-    }
-
-    /// Removes the directory: its contents as the job's user (who may have made directories
-    /// the worker may not enter), then the directory itself; then the user is free again.
-    pub async fn remove(self) {
+    /// Kills whatever still runs as the directory's user (a process given up before or after
+    /// its job, or what a job that ended by itself left running), then removes the directory:
+    /// its contents as the job's user (who may have made directories the worker may not
+    /// enter), then the directory itself; then the user is free again.
+    pub async fn remove(mut self) {
         let removed = tokio::task::spawn_blocking(move || {
-            if let Some(user) = &self.user {
+            if let Some(user) = &mut self.user {
+                // First, so that nothing writes new files while they are removed.
+                user.kill_processes();
                 clear_as(user.user.uid, self.dir.path());
             }
             self.dir.close()

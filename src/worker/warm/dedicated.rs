@@ -103,7 +103,7 @@ impl Idle {
             if lent.process.is_alive() {
                 return Some((lent, dir));
             }
-            tokio::spawn(dir.discard());
+            tokio::spawn(dir.remove());
         }
     }
 
@@ -117,7 +117,7 @@ impl Idle {
         }
         if count() >= self.max {
             drop(lent);
-            tokio::spawn(dir.discard());
+            tokio::spawn(dir.remove());
             return;
         }
         self.by_version
@@ -140,7 +140,7 @@ impl Idle {
         drop(idle);
         if let Some((lent, dir)) = victim {
             drop(lent);
-            tokio::spawn(dir.discard());
+            tokio::spawn(dir.remove());
         }
     }
 }

@@ -229,7 +229,7 @@ impl Warm {
             self.idle_dedicated.put(lent, dir);
         } else {
             drop(lent);
-            tokio::spawn(dir.discard());
+            tokio::spawn(dir.remove());
         }
     }
 
@@ -274,7 +274,7 @@ impl Warm {
             Ok(Ok(process)) => Some((Lent::new(process, key), dir)),
             failed => {
                 tracing::warn!(failed = ?failed.err(), "cannot start a dedicated process");
-                dir.discard().await;
+                dir.remove().await;
                 None
             }
         }

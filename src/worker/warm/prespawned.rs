@@ -190,7 +190,7 @@ impl Pool {
                 dir,
             })),
             Err(e) => {
-                dir.discard().await;
+                dir.remove().await;
                 Err(e)
             }
         }
@@ -244,5 +244,5 @@ async fn discard(warm: WarmProcess) {
     let WarmProcess { waiting, dir } = warm;
     let mut child = waiting.child;
     let _ = child.kill().await;
-    dir.discard().await;
+    dir.remove().await;
 }
