@@ -24,7 +24,8 @@
 #   2c. signed deliveries (BENCH_SIGNED=0 skips): a webhook trigger with GitHub's scheme, a 4 KiB
 #      body and a delivery id per request (bench/signed_load.rs, since oha cannot vary a header),
 #      against the token route with the same body, both to a tag no worker serves: 1 connection
-#      for 4 s each (what the signature adds to p50), then BENCH_CONNECTIONS for BENCH_DURATION.
+#      for 6 s each, the token route also with an Idempotency-Key per request (signed − keyed p50
+#      is what the signature adds), then BENCH_CONNECTIONS for BENCH_DURATION.
 #   3. end to end: BENCH_BASH_JOBS trivial bash jobs, then BENCH_PYTHON_JOBS trivial python3
 #      jobs, submitted async, timed from the first created_at to the last completed_at.
 #   4. sync webhooks: POST /api/w/demo/jobs/run_wait_result/p/… of the trivial bash and python3
@@ -382,7 +383,8 @@ ingest_bare() {
 
 # Signed webhook-trigger deliveries (GitHub's scheme, a 4 KiB body, a delivery id each) against
 # the token route with the same body, both to a script of a tag no worker serves: first one
-# caller each (what verifying a signature adds to a call), then BENCH_CONNECTIONS each.
+# caller each, the token route also with an Idempotency-Key each (the keyed path a delivery id
+# takes, so that signed − keyed is what verifying a signature adds), then BENCH_CONNECTIONS each.
 signed() {
     "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
     start_dev
@@ -396,15 +398,17 @@ signed() {
     log "signed: warm-up, 2 s each"
     run_child "$SIGNED_LOAD" "${token[@]}" --seconds 2 >/dev/null
     run_child "$SIGNED_LOAD" "${hook[@]}" --seconds 2 >/dev/null
-    local c1=4 name
-    for name in token_c1 signed_c1; do
-        local target=("${token[@]}")
-        [ "$name" = signed_c1 ] && target=("${hook[@]}")
+    local c1=6 name
+    for name in token_c1 keyed_c1 signed_c1; do
+        local target=("${token[@]}") ok=201
+        case $name in
+        keyed_c1) target+=(--idempotency-key) ;;
+        signed_c1) target=("${hook[@]}") ok=202 ;;
+        esac
         log "$name: 1 connection for $c1 s"
         run_child "$SIGNED_LOAD" "${target[@]}" --seconds "$c1" --connections 1 >"$OUT/$name-load.json"
         "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-load.json" \
-            --connections 1 --duration "$c1" --ok-status "$([ "$name" = token_c1 ] && echo 201 || echo 202)" \
-            --out "$OUT/$name.json"
+            --connections 1 --duration "$c1" --ok-status "$ok" --out "$OUT/$name.json"
     done
     for name in token_4k signed_4k; do
         local target=("${token[@]}")
@@ -432,7 +436,7 @@ if [ "$INGESTING" = 1 ]; then
     results+=("$OUT/ingest_bare.json")
     if [ "$SIGNED" = 1 ]; then
         signed
-        results+=("$OUT/token_c1.json" "$OUT/signed_c1.json" "$OUT/token_4k.json" "$OUT/signed_4k.json")
+        results+=("$OUT/token_c1.json" "$OUT/keyed_c1.json" "$OUT/signed_c1.json" "$OUT/token_4k.json" "$OUT/signed_4k.json")
     fi
 fi
 if [ "$ONLY" = all ]; then

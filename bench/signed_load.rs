@@ -1,7 +1,9 @@
 //! The load generator of `bench/run.sh`'s signed-webhook measurement: webhook-trigger
 //! deliveries signed as GitHub signs them (`X-Hub-Signature-256` over the body), each with a
 //! delivery id of its own (`X-GitHub-Delivery`), so that every one starts a job; or, with
-//! `--token`, the same body on a token route. oha cannot vary a header per request, hence this.
+//! `--token`, the same body on a token route, with `--idempotency-key` each with an
+//! `Idempotency-Key` of its own (the same keyed path a delivery id takes). oha cannot vary a
+//! header per request, hence this.
 //!
 //! ```sh
 //! cargo run --release --example signed_load -- --url http://127.0.0.1:8000/api/w/demo/hooks/u/admin/bench_hook \
@@ -31,6 +33,9 @@ struct Args {
     /// Send `Authorization: Bearer <token>` instead.
     #[arg(long)]
     token: Option<String>,
+    /// With `--token`: give each request an `Idempotency-Key` of its own.
+    #[arg(long, requires = "token")]
+    idempotency_key: bool,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     #[arg(long, default_value_t = 64)]
@@ -87,6 +92,9 @@ async fn connection(
         }
         if let Some(token) = &args.token {
             request = request.bearer_auth(token);
+            if args.idempotency_key {
+                request = request.header("idempotency-key", format!("{run}-{n}-{sent}"));
+            }
         }
         sent += 1;
         let began = Instant::now();
@@ -128,7 +136,7 @@ async fn main() {
         mac.update(body.as_bytes());
         format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
     });
-    // Delivery ids unique across runs against the same instance.
+    // Delivery ids and keys unique across runs against the same instance.
     let run = format!("{:x}", uuid::Uuid::now_v7().as_u128() >> 64);
     let began = Instant::now();
     let until = began + Duration::from_secs(args.seconds);
