@@ -461,9 +461,12 @@ async fn execute(
                 .outcome(code.language, other, dir.path(), &text),
         });
     // A dedicated process goes back with its directory, unless the worker stopped its job.
-    if let (Some(lent), Some(dir)) = (lent, dir_out.take()) {
-        let reusable = matches!(ended, Ok(Ended::Exited(_)));
-        ctx.warm.give_back(lent, dir, reusable);
+    // Any other job's directory stays for the caller to remove (its user's leftovers too).
+    if let Some(lent) = lent {
+        if let Some(dir) = dir_out.take() {
+            let reusable = matches!(ended, Ok(Ended::Exited(_)));
+            ctx.warm.give_back(lent, dir, reusable);
+        }
     }
     outcome
 }

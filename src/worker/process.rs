@@ -257,12 +257,20 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
     // The whole job goes, also children the script left behind when it exited: with a user of
     // its own, every process of that user (those that left the group with `setsid` too; the
     // worker may lack `CAP_KILL`, so it signals as that user); else its process group.
-    let read_all = match confinement.user {
+    let output_closed = match confinement.user {
         _ if outlives_job && exited => false,
-        // Ended by itself, and nothing it left holds its output: whatever it left running is
-        // killed when its directory is removed, before its user serves another job, rather
-        // than on the way to the job's answer.
-        Some(_) if exited && tokio::time::timeout(QUIET_END, &mut readers).await.is_ok() => true,
+        // Ended by itself with its output closed at once: the kill goes on beside the job's
+        // answer rather than before it (whatever still runs dies as it would have, a moment
+        // later; the directory's removal kills once more before the user serves another job).
+        Some(user)
+            if exited
+                && tokio::time::timeout(OUTPUT_CLOSES, &mut readers)
+                    .await
+                    .is_ok() =>
+        {
+            tokio::spawn(sandbox::kill_user(user));
+            true
+        }
         Some(user) => {
             // One that fails is tried again, and the user retired, when the job's user is freed.
             sandbox::kill_user(user).await;
@@ -276,16 +284,16 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
     if !exited {
         let _ = exit.await;
     }
-    if !read_all {
+    if !output_closed {
         // Bounded: a reader of a process that outlives the job ends with its job's output.
         let _ = tokio::time::timeout(Duration::from_secs(2), readers).await;
     }
     ended
 }
 
-/// How long a job's output may take to close after its process exited, for whatever it left
-/// running to be killed later, with its directory.
-const QUIET_END: Duration = Duration::from_millis(20);
+/// How long an exited job's output may take to close for its user's processes to be killed
+/// beside its answer; one whose output stays open (a child holding it) is killed first.
+const OUTPUT_CLOSES: Duration = Duration::from_millis(2);
 
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {

@@ -237,40 +237,56 @@ async fn what_a_finished_job_left_running_is_gone_before_its_user_runs_again() {
         return;
     }
     // A job that ends by itself may leave processes behind: one that still holds its output
-    // (killed at once, or its output would never end) and one that let go of it (killed with
-    // the job's directory, after the answer and before the slot's next job).
+    // (killed before the job's answer, or its output would never end) and one that let go of
+    // it and keeps writing — a heartbeat into a directory of the test's, files into /tmp —
+    // (killed beside the answer, and again before its user serves the slot's next job).
     let env = one_slot_env("62300-62301", &[("WORKER_WARM", "0")]).await;
-    for (path, leaves) in [
-        ("u/alice/holder", "sleep 983 &\n"),
-        (
-            "u/alice/letgo",
-            "setsid sleep 982 </dev/null >/dev/null 2>&1 &\n",
-        ),
-    ] {
-        env.script(path, "bash", &format!("{leaves}echo left\n"))
-            .await;
-    }
+    let beats = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        beats.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let letgo = "dir=\"$1\"\nsetsid sh -c 'while :; do date +%s%N >> \"$0/beat\"; : > /tmp/mr-left-$$-$(date +%N); sleep 0.002; done' \"$dir\" </dev/null >/dev/null 2>&1 &\nsleep 0.05\necho left\n";
+    env.script("u/alice/holder", "bash", "sleep 983 &\necho left\n")
+        .await;
+    env.script("u/alice/letgo", "bash", letgo).await;
+    // Its start (ns), then what of its user it finds: live processes besides its own, and
+    // files at the top of the shared temporary directories. Killed processes may linger as
+    // zombies until init reaps them: only live ones count.
     env.script(
         "u/alice/count",
         "bash",
-        // Killed ones may linger as zombies until init reaps them: only live ones count.
-        "ps -u \"$(id -u)\" -o stat=,args= >&2\nps -u \"$(id -u)\" -o stat=,comm= | grep -v '^Z' | grep -c sleep || true\n",
+        "start=$(date +%s%N)\nps -u \"$(id -u)\" -o stat=,args= >&2\nlive=$(ps -u \"$(id -u)\" -o stat=,comm= | awk '$1 !~ /^Z/ && ($2 == \"sleep\" || $2 == \"sh\")' | wc -l)\nfind /tmp /var/tmp /dev/shm -maxdepth 1 -user \"$(id -u)\" -printf '%T@ %p\\n' >&2\nfiles=$(find /tmp /var/tmp /dev/shm -maxdepth 1 -user \"$(id -u)\" | wc -l)\necho \"$start $live $files\"\n",
     )
     .await;
+    let args = json!({"dir": beats.path().to_str().unwrap()});
     for round in 0..6 {
         let leaver = ["u/alice/holder", "u/alice/letgo"][round % 2];
         assert_eq!(
-            env.run_ok(leaver, json!({})).await,
+            env.run_ok(leaver, args.clone()).await,
             json!("left"),
             "round {round}"
         );
-        // The same (only) user's next job finds none of them.
         let (done, logs) = run_output(&env, "u/alice/count", json!({})).await;
-        assert_eq!(
-            done["result"],
-            json!("0"),
-            "round {round}, {leaver}: {logs}"
-        );
+        let found = done["result"].as_str().unwrap_or_default().to_owned();
+        let [start, live, files] = found.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("round {round}: {done}");
+        };
+        assert_eq!((live, files), ("0", "0"), "round {round}, {leaver}: {logs}");
+        // Nothing of the job ran once its user's next job had started.
+        let last_beat = std::fs::read_to_string(beats.path().join("beat"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse::<u128>().ok())
+            .max();
+        if leaver == "u/alice/letgo" {
+            let last_beat = last_beat.expect("the leftover never ran");
+            assert!(
+                last_beat < start.parse::<u128>().unwrap(),
+                "round {round}: a heartbeat at {last_beat} after the next job's start {start}"
+            );
+        }
     }
     none_left_of(62300, "after the last job").await;
 }

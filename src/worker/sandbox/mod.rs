@@ -3,7 +3,8 @@
 //! from `JOB_UID_RANGE` (its group alike, no supplementary groups), in a job directory only that
 //! user and the worker may enter; the worker itself is not dumpable, so its `/proc/<pid>/environ`
 //! and `mem` stay closed to every job. Every job gets resource limits, and when it ends every
-//! process of its user is killed — also those that left its process group with `setsid`.
+//! process of its user is killed — also those that left its process group with `setsid` — and
+//! again before its user serves another job.
 //! Without the right to change users the worker says so once, loudly, and runs jobs as itself.
 
 mod cgroups;
@@ -70,8 +71,8 @@ impl JobUser {
 
 impl Drop for JobUser {
     fn drop(&mut self) {
-        // Normally nothing is left by now; after a panic or an abandoned job there may be,
-        // and the slot's next job must not meet it.
+        // Killed already unless the directory was never removed (a panic, an abandoned job)
+        // or that kill failed: the slot's next job must not meet what is left.
         if !self.killed && !users::kill_all_now(self.user) {
             // Its processes may live on: the next job, maybe another tenant's, must not meet
             // them. The slot waits for a user that is never given back, and its jobs fail.
