@@ -232,14 +232,15 @@ async fn a_process_that_left_the_group_dies_with_its_job() {
 }
 
 #[tokio::test]
-async fn what_a_finished_job_left_running_is_gone_before_its_user_runs_again() {
+async fn what_a_finished_job_left_behind_is_gone_before_its_user_runs_again() {
     if !jobs_have_own_users() {
         return;
     }
     // A job that ends by itself may leave processes behind: one that still holds its output
     // (killed before the job's answer, or its output would never end) and one that let go of
     // it and keeps writing — a heartbeat into a directory of the test's, files into /tmp —
-    // (killed beside the answer, and again before its user serves the slot's next job).
+    // (killed beside the answer, and again before its user serves the slot's next job); and
+    // files, in /tmp too, even a tree too deep to be named by one path.
     let env = one_slot_env("62300-62301", &[("WORKER_WARM", "0")]).await;
     let beats = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
@@ -251,6 +252,13 @@ async fn what_a_finished_job_left_running_is_gone_before_its_user_runs_again() {
     env.script("u/alice/holder", "bash", "sleep 983 &\necho left\n")
         .await;
     env.script("u/alice/letgo", "bash", letgo).await;
+    // A tree in /tmp nested deeper than a path may be long (PATH_MAX, 4096 bytes).
+    env.script(
+        "u/alice/deep",
+        "bash",
+        "cd /tmp && mkdir deep-$$ && cd deep-$$ && for i in $(seq 1 100); do mkdir d23456789012345678901234567890123456789012345678901234567890 && cd d23456789012345678901234567890123456789012345678901234567890; done\necho left\n",
+    )
+    .await;
     // Its start (ns), then what of its user it finds: live processes besides its own, and
     // files at the top of the shared temporary directories. Killed processes may linger as
     // zombies until init reaps them: only live ones count.
@@ -262,7 +270,7 @@ async fn what_a_finished_job_left_running_is_gone_before_its_user_runs_again() {
     .await;
     let args = json!({"dir": beats.path().to_str().unwrap()});
     for round in 0..6 {
-        let leaver = ["u/alice/holder", "u/alice/letgo"][round % 2];
+        let leaver = ["u/alice/holder", "u/alice/letgo", "u/alice/deep"][round % 3];
         assert_eq!(
             env.run_ok(leaver, args.clone()).await,
             json!("left"),
