@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::{TestEnv, WS};
-use crate::events::{kinds, Events};
+use crate::events::{kinds, Event, Events};
 use crate::run_stream::read_frames;
 
 pub fn bash(id: &str, content: &str, inputs: Value) -> Value {
@@ -1124,6 +1124,55 @@ async fn a_running_parallel_loop_lists_its_started_iterations() {
     assert_eq!(steps, listed, "flow_jobs are the iterations' step jobs");
 }
 
+/// The events of top-level flow `id` once it has ended with `terminal`: exactly queued, started
+/// and `terminal`, each naming the flow (kind, path, version, no parent) and deduplicated by
+/// `<id>:<kind>`.
+async fn assert_flow_events(
+    events: &mut Events,
+    id: &str,
+    path: &str,
+    version: i64,
+    terminal: &str,
+) -> Vec<Event> {
+    let flow_events = events
+        .of_job(
+            id,
+            &["queued", "started", terminal],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(kinds(&flow_events), vec!["queued", "started", terminal]);
+    for event in &flow_events {
+        assert_eq!(event.body["job_kind"], json!("flow"), "{}", event.body);
+        assert_eq!(event.body["flow_version"], json!(version), "{}", event.body);
+        assert_eq!(event.body["path"], json!(path), "{}", event.body);
+        assert!(event.body.get("parent_job").is_none(), "{}", event.body);
+        assert_eq!(
+            event.msg_id.as_deref(),
+            Some(format!("{id}:{}", event.kind()).as_str())
+        );
+    }
+    flow_events
+}
+
+/// The events of step `step` of top-level flow `flow` once it has ended with `terminal`: exactly
+/// queued, started and `terminal`, each a script naming the flow as parent and root.
+async fn assert_step_events(events: &mut Events, step: &str, flow: &str, terminal: &str) {
+    let step_events = events
+        .of_job(
+            step,
+            &["queued", "started", terminal],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(kinds(&step_events), vec!["queued", "started", terminal]);
+    for event in &step_events {
+        assert_eq!(event.body["job_kind"], json!("script"), "{}", event.body);
+        assert_eq!(event.body["parent_job"], json!(flow), "{}", event.body);
+        assert_eq!(event.body["root_job"], json!(flow), "{}", event.body);
+    }
+}
+
 #[tokio::test]
 async fn flows_and_their_steps_publish_events_naming_their_flow() {
     let env = TestEnv::start().await;
@@ -1135,87 +1184,48 @@ async fn flows_and_their_steps_publish_events_naming_their_flow() {
         )
         .await;
     let id = env.run_flow("u/alice/evented", json!({})).await;
-    let flow_events = events
-        .of_job(
-            &id,
-            &["queued", "started", "completed"],
-            Duration::from_secs(30),
-        )
-        .await;
-    assert_eq!(kinds(&flow_events), vec!["queued", "started", "completed"]);
-    for event in &flow_events {
-        assert_eq!(event.body["job_kind"], json!("flow"));
-        assert_eq!(event.body["flow_version"], json!(version));
-        assert_eq!(event.body["path"], json!("u/alice/evented"));
-        assert!(event.body.get("parent_job").is_none());
-        assert_eq!(
-            event.msg_id.as_deref(),
-            Some(format!("{id}:{}", event.kind()).as_str())
-        );
-    }
+    let flow_events =
+        assert_flow_events(&mut events, &id, "u/alice/evented", version, "completed").await;
     let completed = flow_events
         .iter()
         .find(|e| e.kind() == "completed")
         .unwrap();
     assert_eq!(completed.body["result"], json!(2));
-    for step in steps_of(&env, &id).await {
-        let step_id = step["id"].as_str().unwrap();
-        let step_events = events
-            .of_job(
-                step_id,
-                &["queued", "started", "completed"],
-                Duration::from_secs(10),
-            )
-            .await;
-        assert_eq!(kinds(&step_events), vec!["queued", "started", "completed"]);
-        for event in &step_events {
-            assert_eq!(event.body["job_kind"], json!("script"));
-            assert_eq!(event.body["parent_job"], json!(id));
-            assert_eq!(event.body["root_job"], json!(id));
-        }
+    let steps = steps_of(&env, &id).await;
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    for step in steps {
+        assert_step_events(&mut events, step["id"].as_str().unwrap(), &id, "completed").await;
     }
 
     // A failing flow: queued, started, then exactly one `failed`, for the flow and its step.
-    env.flow(
-        "u/alice/failing",
-        json!({"modules": [bash("boom", "echo no >&2\nexit 3", json!({}))]}),
-    )
-    .await;
-    let failing = env.run_flow("u/alice/failing", json!({})).await;
-    let flow_events = events
-        .of_job(
-            &failing,
-            &["queued", "started", "failed"],
-            Duration::from_secs(30),
+    let version = env
+        .flow(
+            "u/alice/failing",
+            json!({"modules": [bash("boom", "echo no >&2\nexit 3", json!({}))]}),
         )
         .await;
-    assert_eq!(kinds(&flow_events), vec!["queued", "started", "failed"]);
-    for event in &flow_events {
-        assert_eq!(event.body["job_kind"], json!("flow"));
-        assert_eq!(event.body["path"], json!("u/alice/failing"));
-    }
+    let failing = env.run_flow("u/alice/failing", json!({})).await;
+    let flow_events =
+        assert_flow_events(&mut events, &failing, "u/alice/failing", version, "failed").await;
     let failed = flow_events.iter().find(|e| e.kind() == "failed").unwrap();
     assert_eq!(failed.body["success"], json!(false), "{}", failed.body);
     assert!(failed.body.get("error").is_some(), "{}", failed.body);
     let step = &steps_of(&env, &failing).await[0];
-    let step_events = events
-        .of_job(
-            step["id"].as_str().unwrap(),
-            &["queued", "started", "failed"],
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(kinds(&step_events), vec!["queued", "started", "failed"]);
-    assert!(step_events
-        .iter()
-        .all(|e| e.body["parent_job"] == json!(failing) && e.body["job_kind"] == json!("script")));
-
-    // A cancelled flow: exactly one `canceled` for it, and one for its killed step.
-    env.flow(
-        "u/alice/stopped",
-        json!({"modules": [bash("nap", "sleep 60", json!({})), echo("never", fixed(json!(1)))]}),
+    assert_step_events(
+        &mut events,
+        step["id"].as_str().unwrap(),
+        &failing,
+        "failed",
     )
     .await;
+
+    // A cancelled flow: exactly one `canceled` for it, and one for its killed step.
+    let version = env
+        .flow(
+            "u/alice/stopped",
+            json!({"modules": [bash("nap", "sleep 60", json!({})), echo("never", fixed(json!(1)))]}),
+        )
+        .await;
     let stopped = env.run_flow("u/alice/stopped", json!({})).await;
     let flow_started = events
         .of_job(&stopped, &["started"], Duration::from_secs(30))
@@ -1239,25 +1249,15 @@ async fn flows_and_their_steps_publish_events_naming_their_flow() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     env.cancel(&stopped).await;
-    let flow_events = events
-        .of_job(
-            &stopped,
-            &["queued", "started", "canceled"],
-            Duration::from_secs(30),
-        )
-        .await;
-    assert_eq!(kinds(&flow_events), vec!["queued", "started", "canceled"]);
-    assert!(flow_events
-        .iter()
-        .all(|e| e.body["job_kind"] == json!("flow")));
-    let step_events = events
-        .of_job(
-            &nap,
-            &["queued", "started", "canceled"],
-            Duration::from_secs(30),
-        )
-        .await;
-    assert_eq!(kinds(&step_events), vec!["queued", "started", "canceled"]);
+    assert_flow_events(
+        &mut events,
+        &stopped,
+        "u/alice/stopped",
+        version,
+        "canceled",
+    )
+    .await;
+    assert_step_events(&mut events, &nap, &stopped, "canceled").await;
     assert_eq!(
         steps_of(&env, &stopped).await.len(),
         1,
