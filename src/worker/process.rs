@@ -261,14 +261,15 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         _ if outlives_job && exited => false,
         // Ended by itself with its output closed at once: the kill goes on beside the job's
         // answer rather than before it (whatever still runs dies as it would have, a moment
-        // later; the directory's removal kills once more before the user serves another job).
-        Some(user)
+        // later; the directory's removal awaits it and kills once more before the user serves
+        // another job).
+        Some(_)
             if exited
                 && tokio::time::timeout(OUTPUT_CLOSES, &mut readers)
                     .await
                     .is_ok() =>
         {
-            tokio::spawn(sandbox::kill_user(user));
+            confinement.kill_beside();
             true
         }
         Some(user) => {
@@ -433,6 +434,7 @@ mod tests {
             confinement: Confinement {
                 user: None,
                 cgroup: None,
+                kill_started: Default::default(),
                 limits: Limits {
                     memory: 1 << 32,
                     processes: 1 << 20,

@@ -95,6 +95,22 @@ pub struct Confinement {
     /// Its user's cgroup, if the worker may make cgroups.
     pub cgroup: Option<Arc<JobCgroup>>,
     pub limits: Limits,
+    /// A kill of the user's processes started beside the job's answer, which the directory's
+    /// removal awaits: the user must not serve another job before it is done.
+    pub(crate) kill_started: KillStarted,
+}
+
+/// See [`Confinement::kill_started`].
+pub(crate) type KillStarted = Arc<Mutex<Option<tokio::task::JoinHandle<bool>>>>;
+
+impl Confinement {
+    /// Kills the job user's processes without waiting for it (see [`JobDir::remove`]).
+    pub fn kill_beside(&self) {
+        if let Some(user) = self.user {
+            let kill = tokio::spawn(users::kill_all(user));
+            *self.kill_started.lock().expect("kill lock") = Some(kill);
+        }
+    }
 }
 
 impl Confinement {
@@ -136,6 +152,7 @@ pub struct JobDir {
     user: Option<JobUser>,
     cgroup: Option<Arc<JobCgroup>>,
     limits: Limits,
+    kill_started: KillStarted,
 }
 
 impl Sandbox {
@@ -267,6 +284,7 @@ impl Sandbox {
             user,
             cgroup,
             limits: self.limits,
+            kill_started: KillStarted::default(),
         })
     }
 }
@@ -281,6 +299,7 @@ impl JobDir {
             user: self.user.as_ref().map(|u| u.user),
             cgroup: self.cgroup.clone(),
             limits: self.limits,
+            kill_started: self.kill_started.clone(),
         }
     }
 
@@ -289,6 +308,10 @@ impl JobDir {
     /// its contents as the job's user (who may have made directories the worker may not
     /// enter), then the directory itself; then the user is free again.
     pub async fn remove(mut self) {
+        let started = self.kill_started.lock().expect("kill lock").take();
+        if let Some(kill) = started {
+            let _ = kill.await;
+        }
         let removed = tokio::task::spawn_blocking(move || {
             if let Some(user) = &mut self.user {
                 // First, so that nothing writes new files while they are removed.
