@@ -1,7 +1,8 @@
 //! `millrace dev` as a user runs it: killed outright, it leaves no server behind and its next
 //! start finds everything as it was; a start stops servers an earlier crash left and clears
-//! their stale pid files without signalling anybody else; a start that fails stops what it
-//! started and says what to do; a job cannot log in to its PostgreSQL.
+//! their stale pid files without signalling anybody else, but never those of another `dev`
+//! still running; a start that fails stops what it started and says what to do; a job cannot
+//! log in to its PostgreSQL.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -625,6 +626,62 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
     run_hello(&http, &base, &banner.token).await;
     stop(second);
     assert!(postgres_sleep.running() && nats_sleep.running());
+    none_left(&pg_dir.display().to_string());
+    none_left(&store.display().to_string());
+    clean_up(&data_dir);
+}
+
+#[tokio::test]
+async fn a_second_dev_on_the_same_data_dir_refuses_and_stops_nothing() {
+    let _one = ONE_DEV.lock().await;
+    let data = data_dir();
+    let data_dir = std::fs::canonicalize(data.path()).unwrap();
+    let port = millrace::local::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let (first, banner) = start(&data_dir, port);
+    let pg_dir = postgres_dir(&data_dir);
+    let cluster = pg_dir.join("data");
+    let store = data_dir.join("nats");
+    let before = (
+        servers(&store.display().to_string(), NATS_SERVER),
+        servers(&cluster.display().to_string(), POSTMASTER),
+    );
+
+    let second_port = millrace::local::free_port().unwrap();
+    let second_dir = data_dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut command = dev(&second_dir, second_port);
+        command.stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        // Refused at once; a second dev that started anyway is stopped here, not left behind.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let message = format!(
+        "Error: another millrace dev (pid {}) is running on {}",
+        first.0.id(),
+        data_dir.display()
+    );
+    assert!(stderr.contains(&message), "{stderr}");
+    assert!(!has_backtrace(&stderr), "{stderr}");
+    // Nothing stopped, nothing started: the first's servers are the only ones, and it works.
+    let after = (
+        servers(&store.display().to_string(), NATS_SERVER),
+        servers(&cluster.display().to_string(), POSTMASTER),
+    );
+    assert_eq!(after, before);
+    assert!(lines_with(&dev_log(&data_dir), "left running").is_empty());
+    run_hello(&http, &base, &banner.token).await;
+    stop(first);
     none_left(&pg_dir.display().to_string());
     none_left(&store.display().to_string());
     clean_up(&data_dir);
