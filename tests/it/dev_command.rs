@@ -19,7 +19,24 @@ static ONE_DEV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A `millrace dev` on `data_dir`, its API on `port`.
 fn dev(data_dir: &Path, port: u16) -> Command {
-    let mut command = Command::new(bin());
+    dev_in(Command::new(bin()), data_dir, port)
+}
+
+/// As [`dev`], but as root run as Docker runs containers by default: without CAP_SYS_PTRACE,
+/// so other users' processes (the postmaster's) hide their executable and working directory.
+fn dev_without_ptrace(data_dir: &Path, port: u16) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return dev(data_dir, port);
+    }
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"])
+        .arg(bin());
+    dev_in(setpriv, data_dir, port)
+}
+
+fn dev_in(mut command: Command, data_dir: &Path, port: u16) -> Command {
     command
         .arg("dev")
         .env_clear()
@@ -93,7 +110,12 @@ struct Banner {
 
 /// Starts `dev` and returns it with what its banner prints.
 fn start(data_dir: &Path, port: u16) -> (Dev, Banner) {
-    let mut child = Dev(dev(data_dir, port).spawn().unwrap());
+    start_command(data_dir, dev(data_dir, port))
+}
+
+/// Starts a [`dev`] command on `data_dir`.
+fn start_command(data_dir: &Path, mut command: Command) -> (Dev, Banner) {
+    let mut child = Dev(command.spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     // Its log lines are on stdout too: kept with stderr's.
@@ -442,6 +464,35 @@ fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
 
 #[tokio::test]
 async fn a_start_stops_the_servers_an_earlier_crash_left_running() {
+    // What may be read of the postmaster, another user's process, is what anyone may read.
+    left_servers_are_stopped(Postmaster::AsInstalled, Ptrace::Without).await;
+}
+
+#[tokio::test]
+async fn a_start_stops_a_left_postmaster_whatever_its_program_is_called() {
+    left_servers_are_stopped(Postmaster::ThroughTheLoader, Ptrace::With).await;
+}
+
+/// How the test starts the postmaster an earlier dev left.
+#[derive(PartialEq)]
+enum Postmaster {
+    AsInstalled,
+    /// Run by the dynamic loader, as nix's `.postgres-wrapped` or valgrind: its executable is
+    /// not called postgres (its command line still names the cluster).
+    ThroughTheLoader,
+}
+
+/// Whether `dev`, as root, may look at other users' processes (CAP_SYS_PTRACE).
+#[derive(PartialEq)]
+enum Ptrace {
+    With,
+    Without,
+}
+
+/// The dynamic loader of this machine's programs.
+const LOADERS: [&str; 2] = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"];
+
+async fn left_servers_are_stopped(how: Postmaster, ptrace: Ptrace) {
     let _one = ONE_DEV.lock().await;
     let data = data_dir();
     let data_dir = std::fs::canonicalize(data.path()).unwrap();
@@ -488,8 +539,19 @@ async fn a_start_stops_the_servers_an_earlier_crash_left_running() {
     }
     let old_nats = Leftover::spawn(&mut nats);
     let pg_port = millrace::local::free_port().unwrap();
-    let mut postmaster =
-        Command::new(tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin").join("postgres"));
+    let postgres = tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin").join("postgres");
+    let mut postmaster = match how {
+        Postmaster::AsInstalled => Command::new(postgres),
+        Postmaster::ThroughTheLoader => {
+            let loader = LOADERS
+                .into_iter()
+                .find(|l| Path::new(l).exists())
+                .expect("a dynamic loader");
+            let mut command = Command::new(loader);
+            command.arg(postgres);
+            command
+        }
+    };
     postmaster
         .arg("-D")
         .arg(&cluster)
@@ -512,7 +574,11 @@ async fn a_start_stops_the_servers_an_earlier_crash_left_running() {
     await_server(&store.join("nats-server.pid"), old_nats.pid, nats_port);
     await_server(&cluster.join("postmaster.pid"), old_pg.pid, pg_port);
 
-    let (second, _) = start(&data_dir, port);
+    let command = match ptrace {
+        Ptrace::With => dev(&data_dir, port),
+        Ptrace::Without => dev_without_ptrace(&data_dir, port),
+    };
+    let (second, _) = start_command(&data_dir, command);
     let log = dev_log(&data_dir);
     // One line each says what was found, and that it was stopped.
     let said = lines_with(
@@ -587,8 +653,15 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
         format!("{}\n{rest}", postgres_sleep.pid),
     )
     .unwrap();
+    // Left to PostgreSQL, which takes a file naming no process for stale.
     let socket_lock = pg_dir.join(".s.PGSQL.5432.lock");
     std::fs::write(&socket_lock, format!("{dead}\n{rest}")).unwrap();
+    // As a single-user backend writes it (a negative pid): the sleep's.
+    let single_lock = pg_dir.join(".s.PGSQL.1.lock");
+    std::fs::write(&single_lock, format!("-{}\n{rest}", postgres_sleep.pid)).unwrap();
+    // Torn by a start that crashed: PostgreSQL would refuse it ("lock file is empty").
+    let torn_lock = pg_dir.join(".s.PGSQL.2.lock");
+    std::fs::write(&torn_lock, "").unwrap();
     std::fs::write(store.join("nats-server.pid"), nats_sleep.pid.to_string()).unwrap();
 
     let (second, _) = start(&data_dir, port);
@@ -605,7 +678,10 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
     let said = lines_with(&log, "removed lock files an earlier PostgreSQL server left");
     assert_eq!(said.len(), 1, "{log}");
     assert!(said[0].contains("postmaster.pid"), "{log}");
-    assert!(said[0].contains(".s.PGSQL.5432.lock"), "{log}");
+    assert!(said[0].contains(".s.PGSQL.1.lock"), "{log}");
+    assert!(!said[0].contains(".s.PGSQL.5432.lock"), "{log}");
+    assert!(said[0].contains(".s.PGSQL.2.lock"), "{log}");
+    assert!(!single_lock.exists() && !torn_lock.exists());
     let said = lines_with(&log, "a stale nats-server pid file on this store");
     assert_eq!(said.len(), 1, "{log}");
     assert!(
@@ -614,7 +690,8 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
     );
     // The files now name the new servers (the socket's, if the new one took port 5432).
     let postmaster = pid_in(&cluster.join("postmaster.pid")).unwrap();
-    assert!(pid_in(&socket_lock).is_none_or(|p| p == postmaster));
+    let socket_pid = pid_in(&socket_lock).unwrap();
+    assert!(socket_pid == postmaster || socket_pid == dead as libc::pid_t);
     assert_eq!(
         servers(&cluster.display().to_string(), POSTMASTER),
         [postmaster]
