@@ -95,11 +95,19 @@ impl Drop for Dev {
     }
 }
 
-/// Stops `dev` as Ctrl-C does.
+/// Stops `dev` as Ctrl-C does; fails (after killing it) if it is still running after 60 s.
 fn stop(mut dev: Dev) {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(dev.0.id() as libc::pid_t, libc::SIGTERM) };
-    dev.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dev.0.try_wait().unwrap().is_none() {
+        // Dropping `dev` kills it.
+        assert!(
+            Instant::now() < deadline,
+            "dev did not stop within 60 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// What `dev`'s banner gives its user: a token, and the Runs page's one-time login link.
@@ -318,10 +326,11 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
 
     let started = Instant::now();
     let (second, banner) = start(&data_dir, port);
-    // "Up in a few seconds": ~2 s on a quiet machine; a loaded 2-core CI machine gets more.
+    // "Up in a few seconds": ~2 s on a quiet machine; the suite runs tests in parallel on a
+    // loaded 2-core CI machine, hence the margin. The time is logged to see the trend.
     let took = started.elapsed();
     eprintln!("dev was up again {took:?} after its start");
-    assert!(took < Duration::from_secs(15), "up only after {took:?}");
+    assert!(took < Duration::from_secs(30), "up only after {took:?}");
     // Each start prints a new link.
     let (status, _) = follow_login_link(&http, &banner.login_link).await;
     assert_eq!(status, 200);
