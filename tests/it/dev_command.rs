@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::common::{bin, jobs_have_own_users, tool};
 
 /// `dev` prefers NATS's and PostgreSQL's usual ports when they are free: two starting at once
-/// would both take them. One at a time.
+/// would both take them. One at a time (see [`Setup`]).
 static ONE_DEV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A `millrace dev` on `data_dir`, its API on `port`.
@@ -116,12 +116,7 @@ struct Banner {
     login_link: String,
 }
 
-/// Starts `dev` and returns it with what its banner prints.
-fn start(data_dir: &Path, port: u16) -> (Dev, Banner) {
-    start_command(data_dir, dev(data_dir, port))
-}
-
-/// Starts a [`dev`] command on `data_dir`.
+/// Starts a [`dev`] command on `data_dir`; returns it with what its banner prints.
 fn start_command(data_dir: &Path, mut command: Command) -> (Dev, Banner) {
     let mut child = Dev(command.spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
@@ -212,26 +207,74 @@ fn none_left(needle: &str) {
     }
 }
 
-/// A throwaway data directory for `dev`.
-fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("millrace-dev-it-")
-        .tempdir()
-        .unwrap()
+/// What every test here starts from, the machine's only `dev` test while it lives: a fresh data
+/// directory (canonical, as `dev` names it), a free port for the API and its URL, and an HTTP
+/// client that keeps no connections (a next `dev` answers on the same port). Dropped, it
+/// removes what `dev` kept outside the data directory (its log, and as root its cluster).
+struct Setup {
+    _one: tokio::sync::MutexGuard<'static, ()>,
+    _data: tempfile::TempDir,
+    dir: PathBuf,
+    port: u16,
+    base: String,
+    http: reqwest::Client,
 }
 
-/// Removes what `dev` keeps outside the data directory (its log, and as root its cluster).
-fn clean_up(data_dir: &Path) {
-    let pg_dir = postgres_dir(data_dir);
-    if pg_dir != data_dir.join("postgres") {
-        let _ = std::fs::remove_dir_all(&pg_dir);
+impl Setup {
+    async fn new() -> Self {
+        let one = ONE_DEV.lock().await;
+        let data = tempfile::Builder::new()
+            .prefix("millrace-dev-it-")
+            .tempdir()
+            .unwrap();
+        let port = millrace::local::free_port().unwrap();
+        Self {
+            _one: one,
+            dir: std::fs::canonicalize(data.path()).unwrap(),
+            _data: data,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
     }
-    let _ = std::fs::remove_file(data_dir.with_extension("log"));
+
+    /// `dev` on this data directory and port, not started.
+    fn command(&self) -> Command {
+        dev(&self.dir, self.port)
+    }
+
+    fn start(&self) -> (Dev, Banner) {
+        start_command(&self.dir, self.command())
+    }
+
+    /// What `dev` wrote so far: see [`dev_log`].
+    fn log(&self) -> String {
+        dev_log(&self.dir)
+    }
+
+    /// Where dev keeps PostgreSQL: `<data>/postgres`, or as root the directory it links to.
+    fn pg_dir(&self) -> PathBuf {
+        std::fs::canonicalize(self.dir.join("postgres")).unwrap()
+    }
+
+    /// NATS's store.
+    fn store(&self) -> PathBuf {
+        self.dir.join("nats")
+    }
 }
 
-/// Where dev keeps PostgreSQL: `<data>/postgres`, or as root the directory it links to.
-fn postgres_dir(data_dir: &Path) -> PathBuf {
-    std::fs::canonicalize(data_dir.join("postgres")).unwrap()
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Ok(pg_dir) = std::fs::canonicalize(self.dir.join("postgres")) {
+            if pg_dir != self.dir.join("postgres") {
+                let _ = std::fs::remove_dir_all(&pg_dir);
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+    }
 }
 
 /// Runs the example script through its async webhook; returns the job id once it succeeded.
@@ -274,27 +317,18 @@ async fn result(http: &reqwest::Client, base: &str, token: &str, job: &str) -> V
 
 #[tokio::test]
 async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
-    let _one = ONE_DEV.lock().await;
-    let data = data_dir();
-    let data_dir = data.path().to_path_buf();
-    let port = millrace::local::free_port().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    // No kept connections: the next dev answers on the same port.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-
-    let (mut first, banner) = start(&data_dir, port);
+    let setup = Setup::new().await;
+    let (data_dir, base, http) = (&setup.dir, setup.base.as_str(), &setup.http);
+    let (mut first, banner) = setup.start();
     let token = banner.token;
-    let job = run_hello(&http, &base, &token).await;
+    let job = run_hello(http, base, &token).await;
     // The Runs page's link logs the admin in, once.
     assert!(
         banner.login_link.starts_with(&format!("{base}/?login=")),
         "{}",
         banner.login_link
     );
-    let (status, session) = follow_login_link(&http, &banner.login_link).await;
+    let (status, session) = follow_login_link(http, &banner.login_link).await;
     assert_eq!(status, 200, "{session}");
     let me: Value = http
         .get(format!("{base}/api/users/whoami"))
@@ -306,9 +340,9 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
         .await
         .unwrap();
     assert_eq!(me["email"], json!("admin@millrace.local"));
-    let (status, _) = follow_login_link(&http, &banner.login_link).await;
+    let (status, _) = follow_login_link(http, &banner.login_link).await;
     assert_eq!(status, 401, "a login link works once");
-    let pg_dir = postgres_dir(&data_dir);
+    let pg_dir = setup.pg_dir();
     // The key of stored secrets, made once, private.
     let key_file = data_dir.join("encryption.key");
     let key = std::fs::read_to_string(&key_file).unwrap();
@@ -322,17 +356,17 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
     first.0.wait().unwrap();
     // Its servers die with it.
     none_left(&pg_dir.display().to_string());
-    none_left(&data_dir.join("nats").display().to_string());
+    none_left(&setup.store().display().to_string());
 
     let started = Instant::now();
-    let (second, banner) = start(&data_dir, port);
+    let (second, banner) = setup.start();
     // "Up in a few seconds": ~2 s on a quiet machine; the suite runs tests in parallel on a
     // loaded 2-core CI machine, hence the margin. The time is logged to see the trend.
     let took = started.elapsed();
     eprintln!("dev was up again {took:?} after its start");
     assert!(took < Duration::from_secs(30), "up only after {took:?}");
     // Each start prints a new link.
-    let (status, _) = follow_login_link(&http, &banner.login_link).await;
+    let (status, _) = follow_login_link(http, &banner.login_link).await;
     assert_eq!(status, 200);
     assert_eq!(
         std::fs::read_to_string(&key_file).unwrap(),
@@ -340,46 +374,40 @@ async fn a_killed_dev_leaves_nothing_running_and_starts_again_as_it_was() {
         "the key changed"
     );
     // The earlier token and job are still there.
-    run_hello(&http, &base, &token).await;
+    run_hello(http, base, &token).await;
     assert_eq!(
-        result(&http, &base, &token, &job).await,
+        result(http, base, &token, &job).await,
         json!({"greeting": "hello mill"})
     );
     let postmasters = servers(&pg_dir.join("data").display().to_string(), POSTMASTER);
     assert_eq!(postmasters.len(), 1, "one server for the cluster");
-    let nats = servers(&data_dir.join("nats").display().to_string(), NATS_SERVER);
+    let nats = servers(&setup.store().display().to_string(), NATS_SERVER);
     assert_eq!(nats.len(), 1, "one nats-server for the store");
     stop(second);
     none_left(&pg_dir.display().to_string());
-    none_left(&data_dir.join("nats").display().to_string());
-    clean_up(&data_dir);
+    none_left(&setup.store().display().to_string());
 }
 
 #[tokio::test]
 async fn a_dev_that_cannot_start_stops_what_it_started() {
-    let _one = ONE_DEV.lock().await;
-    let data = data_dir();
-    let data_dir = data.path().to_path_buf();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut command = dev(&data_dir, port);
-        // As a Rust developer's shell may have it: still a message, not a backtrace.
-        command.env("RUST_BACKTRACE", "1").output().unwrap()
-    })
-    .await
-    .unwrap();
+    let setup = Setup::new().await;
+    let port = setup.port;
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut command = setup.command();
+    // As a Rust developer's shell may have it: still a message, not a backtrace.
+    command.env("RUST_BACKTRACE", "1");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = dev_log(data.path());
+    let stderr = setup.log();
     // A message that says what to do, not a backtrace.
     assert!(stderr.contains("Error: cannot listen on"), "{stderr}");
     assert!(stderr.contains(&port.to_string()), "{stderr}");
     assert!(stderr.contains("set BIND_ADDR"), "{stderr}");
     assert!(!has_backtrace(&stderr), "{stderr}");
-    let pg_dir = postgres_dir(data.path());
-    none_left(&pg_dir.display().to_string());
-    none_left(&data.path().join("nats").display().to_string());
-    clean_up(data.path());
+    none_left(&setup.pg_dir().display().to_string());
+    none_left(&setup.store().display().to_string());
 }
 
 /// A server started by the test as an earlier `dev` would have left it: not `dev`'s child, so
@@ -502,22 +530,15 @@ enum Ptrace {
 const LOADERS: [&str; 2] = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"];
 
 async fn left_servers_are_stopped(how: Postmaster, ptrace: Ptrace) {
-    let _one = ONE_DEV.lock().await;
-    let data = data_dir();
-    let data_dir = std::fs::canonicalize(data.path()).unwrap();
-    let port = millrace::local::free_port().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let (first, banner) = start(&data_dir, port);
+    let setup = Setup::new().await;
+    let (data_dir, port, base, http) = (&setup.dir, setup.port, setup.base.as_str(), &setup.http);
+    let (first, banner) = setup.start();
     let token = banner.token;
-    let job = run_hello(&http, &base, &token).await;
+    let job = run_hello(http, base, &token).await;
     stop(first);
-    let pg_dir = postgres_dir(&data_dir);
+    let pg_dir = setup.pg_dir();
     let cluster = pg_dir.join("data");
-    let store = data_dir.join("nats");
+    let store = setup.store();
     none_left(&pg_dir.display().to_string());
     none_left(&store.display().to_string());
 
@@ -584,11 +605,11 @@ async fn left_servers_are_stopped(how: Postmaster, ptrace: Ptrace) {
     await_server(&cluster.join("postmaster.pid"), old_pg.pid, pg_port);
 
     let command = match ptrace {
-        Ptrace::With => dev(&data_dir, port),
-        Ptrace::Without => dev_without_ptrace(&data_dir, port),
+        Ptrace::With => dev(data_dir, port),
+        Ptrace::Without => dev_without_ptrace(data_dir, port),
     };
-    let (second, _) = start_command(&data_dir, command);
-    let log = dev_log(&data_dir);
+    let (second, _) = start_command(data_dir, command);
+    let log = setup.log();
     // One line each says what was found, and that it was stopped.
     let said = lines_with(
         &log,
@@ -609,31 +630,23 @@ async fn left_servers_are_stopped(how: Postmaster, ptrace: Ptrace) {
     one_server_each(&store, &cluster, &[old_nats.pid, old_pg.pid]);
     // The data stayed: the earlier token, its workspace and job.
     assert_eq!(
-        result(&http, &base, &token, &job).await,
+        result(http, base, &token, &job).await,
         json!({"greeting": "hello mill"})
     );
-    run_hello(&http, &base, &token).await;
+    run_hello(http, base, &token).await;
     stop(second);
     none_left(&pg_dir.display().to_string());
     none_left(&store.display().to_string());
-    clean_up(&data_dir);
 }
 
 #[tokio::test]
 async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
-    let _one = ONE_DEV.lock().await;
-    let data = data_dir();
-    let data_dir = std::fs::canonicalize(data.path()).unwrap();
-    let port = millrace::local::free_port().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let (first, banner) = start(&data_dir, port);
-    let pg_dir = postgres_dir(&data_dir);
+    let setup = Setup::new().await;
+    let (base, http) = (setup.base.as_str(), &setup.http);
+    let (first, banner) = setup.start();
+    let pg_dir = setup.pg_dir();
     let cluster = pg_dir.join("data");
-    let store = data_dir.join("nats");
+    let store = setup.store();
     let lock_file = std::fs::read_to_string(cluster.join("postmaster.pid")).unwrap();
     stop(first);
     none_left(&pg_dir.display().to_string());
@@ -673,8 +686,8 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
     std::fs::write(&torn_lock, "").unwrap();
     std::fs::write(store.join("nats-server.pid"), nats_sleep.pid.to_string()).unwrap();
 
-    let (second, _) = start(&data_dir, port);
-    let log = dev_log(&data_dir);
+    let (second, _) = setup.start();
+    let log = setup.log();
     assert!(
         postgres_sleep.running(),
         "dev signalled PostgreSQL's user's sleep:\n{log}"
@@ -709,26 +722,21 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
         servers(&store.display().to_string(), NATS_SERVER),
         [pid_in(&store.join("nats-server.pid")).unwrap()]
     );
-    run_hello(&http, &base, &banner.token).await;
+    run_hello(http, base, &banner.token).await;
     stop(second);
     assert!(postgres_sleep.running() && nats_sleep.running());
     none_left(&pg_dir.display().to_string());
     none_left(&store.display().to_string());
-    clean_up(&data_dir);
 }
 
 #[tokio::test]
 async fn a_second_dev_on_the_same_data_dir_refuses_and_stops_nothing() {
-    let _one = ONE_DEV.lock().await;
-    let data = data_dir();
-    let data_dir = std::fs::canonicalize(data.path()).unwrap();
-    let port = millrace::local::free_port().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let (first, banner) = start(&data_dir, port);
-    let pg_dir = postgres_dir(&data_dir);
+    let setup = Setup::new().await;
+    let (data_dir, base, http) = (&setup.dir, setup.base.as_str(), &setup.http);
+    let (first, banner) = setup.start();
+    let pg_dir = setup.pg_dir();
     let cluster = pg_dir.join("data");
-    let store = data_dir.join("nats");
+    let store = setup.store();
     let before = (
         servers(&store.display().to_string(), NATS_SERVER),
         servers(&cluster.display().to_string(), POSTMASTER),
@@ -765,12 +773,11 @@ async fn a_second_dev_on_the_same_data_dir_refuses_and_stops_nothing() {
         servers(&cluster.display().to_string(), POSTMASTER),
     );
     assert_eq!(after, before);
-    assert!(lines_with(&dev_log(&data_dir), "left running").is_empty());
-    run_hello(&http, &base, &banner.token).await;
+    assert!(lines_with(&setup.log(), "left running").is_empty());
+    run_hello(http, base, &banner.token).await;
     stop(first);
     none_left(&pg_dir.display().to_string());
     none_left(&store.display().to_string());
-    clean_up(&data_dir);
 }
 
 /// A job's attempts on dev's PostgreSQL: a startup packet as `postgres` over TCP and over the
@@ -824,15 +831,11 @@ async fn a_job_of_dev_cannot_log_in_to_its_postgres() {
     if !jobs_have_own_users() {
         return;
     }
-    let _one = ONE_DEV.lock().await;
-    let data = data_dir();
-    let data_dir = std::fs::canonicalize(data.path()).unwrap();
-    let port = millrace::local::free_port().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let (dev, banner) = start(&data_dir, port);
+    let setup = Setup::new().await;
+    let (base, http) = (setup.base.as_str(), &setup.http);
+    let (dev, banner) = setup.start();
     let token = banner.token;
-    let pg_dir = postgres_dir(&data_dir);
+    let pg_dir = setup.pg_dir();
     // postmaster.pid's fourth line: the port the server listens on.
     let lock = std::fs::read_to_string(pg_dir.join("data/postmaster.pid")).unwrap();
     let pg_port: u16 = lock.lines().nth(3).unwrap().trim().parse().unwrap();
@@ -862,7 +865,7 @@ async fn a_job_of_dev_cannot_log_in_to_its_postgres() {
         .unwrap();
     assert_eq!(res.status(), 201);
     let job = res.text().await.unwrap();
-    let got = result(&http, &base, &token, &job).await;
+    let got = result(http, base, &token, &job).await;
 
     assert_ne!(got["uid"], json!(0), "the job ran as root: {got}");
     // Over TCP: asked for a password (SASL, SCRAM-SHA-256), not let in.
@@ -877,35 +880,27 @@ async fn a_job_of_dev_cannot_log_in_to_its_postgres() {
     assert!(!got.to_string().contains(password.trim()), "{got}");
     stop(dev);
     none_left(&pg_dir.display().to_string());
-    clean_up(&data_dir);
 }
 
 #[tokio::test]
 async fn a_dev_without_postgresql_says_to_set_pg_bin_dir_and_leaves_nothing_running() {
-    let _one = ONE_DEV.lock().await;
-    let data = data_dir();
-    let data_dir = data.path().to_path_buf();
-    let port = millrace::local::free_port().unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut command = dev(&data_dir, port);
-        command
-            .env("PG_BIN_DIR", "/nonexistent")
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let setup = Setup::new().await;
+    let mut command = setup.command();
+    command
+        .env("PG_BIN_DIR", "/nonexistent")
+        .env("RUST_BACKTRACE", "1");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = dev_log(data.path());
+    let stderr = setup.log();
     assert!(
         stderr.contains("Error: PostgreSQL's `initdb` is not in PG_BIN_DIR=/nonexistent"),
         "{stderr}"
     );
     assert!(stderr.contains("install PostgreSQL"), "{stderr}");
     assert!(!has_backtrace(&stderr), "{stderr}");
-    none_left(&data.path().join("nats").display().to_string());
-    let _ = std::fs::remove_file(data.path().with_extension("log"));
+    none_left(&setup.store().display().to_string());
 }
 
 /// A directory for PATH holding only these programs (links to where PATH finds them now).
