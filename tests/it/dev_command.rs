@@ -182,12 +182,29 @@ fn processes_naming(needle: &str) -> Vec<String> {
 }
 
 /// The pids of the servers (`program` in their command line) whose command line names `needle`.
+/// A postmaster's child shows its command line until it sets its own title: not counted.
 fn servers(needle: &str, program: &str) -> Vec<libc::pid_t> {
-    processes_naming(needle)
+    let found: Vec<libc::pid_t> = processes_naming(needle)
         .iter()
         .filter(|p| p.contains(program))
         .map(|p| p.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    found
+        .iter()
+        .copied()
+        .filter(|pid| parent(*pid).is_none_or(|parent| !found.contains(&parent)))
         .collect()
+}
+
+/// A process's parent.
+fn parent(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How the postmaster and nats-server show in the process list.
@@ -665,7 +682,12 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
         sleep.arg("600").uid(pg_user.0).gid(pg_user.1);
     }
     let postgres_sleep = Leftover::spawn(&mut sleep);
-    let nats_sleep = Leftover::spawn(Command::new("sleep").arg("600"));
+    // Named as nats-server's program and naming the store, but another program.
+    let nats_sleep = Leftover::spawn(
+        Command::new(tool("WORKER_PYTHON", "/usr/bin/python3"))
+            .args(["-c", "import time; time.sleep(600)", "nats-server"])
+            .arg(&store),
+    );
     let mut exited = Command::new("true").spawn().unwrap();
     let dead = exited.id();
     exited.wait().unwrap();
@@ -718,13 +740,15 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
         servers(&cluster.display().to_string(), POSTMASTER),
         [postmaster]
     );
-    assert_eq!(
-        servers(&store.display().to_string(), NATS_SERVER),
-        [pid_in(&store.join("nats-server.pid")).unwrap()]
-    );
+    let nats: Vec<_> = servers(&store.display().to_string(), NATS_SERVER)
+        .into_iter()
+        .filter(|pid| *pid != nats_sleep.pid)
+        .collect();
+    assert_eq!(nats, [pid_in(&store.join("nats-server.pid")).unwrap()]);
     run_hello(http, base, &banner.token).await;
     stop(second);
     assert!(postgres_sleep.running() && nats_sleep.running());
+    drop(nats_sleep);
     none_left(&pg_dir.display().to_string());
     none_left(&store.display().to_string());
 }
