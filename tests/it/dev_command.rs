@@ -528,7 +528,6 @@ async fn a_start_stops_a_left_postmaster_whatever_its_program_is_called() {
 }
 
 /// How the test starts the postmaster an earlier dev left.
-#[derive(PartialEq)]
 enum Postmaster {
     AsInstalled,
     /// Run by the dynamic loader, as nix's `.postgres-wrapped` or valgrind: its executable is
@@ -537,7 +536,6 @@ enum Postmaster {
 }
 
 /// Whether `dev`, as root, may look at other users' processes (CAP_SYS_PTRACE).
-#[derive(PartialEq)]
 enum Ptrace {
     With,
     Without,
