@@ -15,7 +15,7 @@ use crate::config::{
     SmtpConfig, StreamLimits, WorkerConfig,
 };
 use crate::domain::{RunnablePath, ScriptHash, ScriptLang, Username, WorkspaceId};
-use crate::local::{self, Durability, LocalNats, LocalPostgres};
+use crate::local::{self, DirLock, Durability, LocalNats, LocalPostgres};
 use crate::queue::Role;
 use crate::store::{
     self, scripts::NewScript, tokens::NewToken, users::User, workspaces::Membership,
@@ -56,10 +56,11 @@ pub struct DevOptions {
     pub pg_bin_dir: PathBuf,
 }
 
-/// The services `dev` started; dropping them stops them.
+/// The services `dev` started; dropping them stops them, then lets go of the directories.
 struct LocalServices {
     nats: Option<LocalNats>,
     _postgres: Option<LocalPostgres>,
+    _locks: Vec<DirLock>,
 }
 
 impl LocalServices {
@@ -158,9 +159,24 @@ async fn start_services(
 ) -> anyhow::Result<LocalServices> {
     std::fs::create_dir_all(&opts.data_dir)?;
     let data_dir = std::fs::canonicalize(&opts.data_dir)?;
-    if opts.database_url.is_none() {
-        LocalPostgres::check_programs(&opts.pg_bin_dir)?;
-    }
+    // Before anything is started or stopped: what runs on these directories now is another
+    // dev's, not a crash's.
+    let mut locks = vec![DirLock::take(&data_dir)?];
+    let pg_dir = match &opts.database_url {
+        Some(_) => None,
+        None => {
+            LocalPostgres::check_programs(&opts.pg_bin_dir)?;
+            // Reached through its link by any data directory that has it.
+            let dir = postgres_dir(&data_dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("{}", dir.display()))?;
+            locks.push(DirLock::take(&dir)?);
+            Some(dir)
+        }
+    };
     let local_nats = match &opts.nats_url {
         Some(url) => {
             nats.url = url.clone();
@@ -177,15 +193,15 @@ async fn start_services(
             Some(server)
         }
     };
-    let local_pg = match &opts.database_url {
-        Some(url) => {
-            db.url = url.clone();
-            None
-        }
-        None => {
+    if let Some(url) = &opts.database_url {
+        db.url = url.clone();
+    }
+    let local_pg = match pg_dir {
+        None => None,
+        Some(pg_dir) => {
             let server = LocalPostgres::start(
                 &opts.pg_bin_dir,
-                &postgres_dir(&data_dir)?,
+                &pg_dir,
                 port_or_free(5432)?,
                 Durability::Fast,
             )?;
@@ -197,6 +213,7 @@ async fn start_services(
     Ok(LocalServices {
         nats: local_nats,
         _postgres: local_pg,
+        _locks: locks,
     })
 }
 

@@ -1,9 +1,11 @@
 //! NATS and PostgreSQL servers started on this machine, for `millrace dev` and the tests.
 //! Each owns its process: dropping the handle stops the server.
 
+mod dir_lock;
 mod nats;
 mod postgres;
 
+pub use dir_lock::DirLock;
 pub use nats::LocalNats;
 pub use postgres::{Durability, LocalPostgres};
 

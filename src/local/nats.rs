@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -107,7 +108,7 @@ fn spawn(
     std::fs::write(store_dir.join("auth.conf"), AUTH_CONF)?;
     let conf = store_dir.join("local.conf");
     std::fs::write(&conf, "max_payload: 8MB\ninclude ./auth.conf\n")?;
-    stop_leftover(store_dir);
+    stop_leftover(bin, store_dir);
     let mut command = Command::new(bin);
     command
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -132,14 +133,19 @@ const PID_FILE: &str = "nats-server.pid";
 /// Stops a nats-server still running on this store: one that an earlier `dev`, killed before
 /// servers died with it, left holding the port and the store. A pid file naming anything else
 /// (the pid reused since) is left to the new server to overwrite. One log line either way.
-fn stop_leftover(store_dir: &Path) {
+fn stop_leftover(bin: &Path, store_dir: &Path) {
     let Some(pid) = std::fs::read_to_string(store_dir.join(PID_FILE))
         .ok()
         .and_then(|text| text.trim().parse::<libc::pid_t>().ok())
     else {
         return;
     };
-    if !serves(pid, store_dir) {
+    let bin = resolve(bin);
+    let serves = || {
+        bin.as_deref()
+            .is_some_and(|bin| serves(pid, bin, store_dir))
+    };
+    if !serves() {
         tracing::warn!(
             pid,
             store = %store_dir.display(),
@@ -151,24 +157,56 @@ fn stop_leftover(store_dir: &Path) {
     tracing::warn!(pid, store = %store_dir.display(), "a nats-server left running on this store; stopping it");
     for (signal, wait) in [(libc::SIGTERM, 100), (libc::SIGKILL, 100)] {
         // SAFETY: kill(2) on a pid checked by `serves` to be a nats-server of this store.
-        unsafe { libc::kill(pid, signal) };
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            tracing::warn!(
+                pid,
+                signal,
+                error = %std::io::Error::last_os_error(),
+                "cannot signal the nats-server left running on this store"
+            );
+        }
         for _ in 0..wait {
-            if !serves(pid, store_dir) {
+            if !serves() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    tracing::warn!(
+        pid,
+        store = %store_dir.display(),
+        "the nats-server left running on this store is still there after SIGKILL; starting \
+         another may fail"
+    );
 }
 
 /// Whether `pid` is a nats-server of this store: a pid file's pid may have been reused by
-/// anything since. (An exited one not yet reaped has no command line any more.)
-fn serves(pid: libc::pid_t, store_dir: &Path) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+/// anything since. It runs `bin` (its first argument, found as exec finds it, or its
+/// executable) and names the store. (An exited one not yet reaped has no command line any
+/// more.)
+fn serves(pid: libc::pid_t, bin: &Path, store_dir: &Path) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    std::fs::read(proc.join("cmdline")).is_ok_and(|cmdline| {
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let store = store_dir.as_os_str().as_encoded_bytes();
-        args.iter().any(|a| a.ends_with(b"nats-server")) && args.contains(&store)
+        let program = args
+            .first()
+            .map(|arg0| Path::new(std::ffi::OsStr::from_bytes(arg0)))
+            .and_then(resolve);
+        let exe = std::fs::read_link(proc.join("exe")).ok();
+        (program.as_deref() == Some(bin) || exe.as_deref() == Some(bin)) && args.contains(&store)
     })
+}
+
+/// Where a program is, as exec finds it (a bare name in PATH), without links.
+fn resolve(program: &Path) -> Option<PathBuf> {
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return std::fs::canonicalize(program).ok();
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .and_then(|path| std::fs::canonicalize(path).ok())
 }
 
 /// The variable nats/auth.conf reads a user's password from.

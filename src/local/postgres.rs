@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -164,20 +165,23 @@ fn set_password_offline(bin_dir: &Path, cluster: &Path, password: &str) -> anyho
 
 /// Clears what a server of this cluster left when its `dev` died before it could stop it: a
 /// postmaster still running (its socket and port would refuse the new one, and its password
-/// cannot be set under it) is stopped; lock files naming a process that is not a postmaster of
-/// this cluster (gone, or its pid since reused: PostgreSQL refuses to start over a live one of
-/// its user's) are removed. One log line each; the data stays.
+/// cannot be set under it) is stopped. Of the lock files, only those PostgreSQL would refuse
+/// wrongly are removed: one naming a live process that is not a server of this cluster (its pid
+/// reused since), or one empty or torn (a start that crashed while writing it; PostgreSQL
+/// refuses those too, and the caller's [`super::DirLock`] rules out a start in progress). A
+/// pid that is gone is left to PostgreSQL, which takes such a file for stale after checking
+/// the old server's shared memory. One log line each; the data stays.
 fn clear_leftovers(cluster: &Path, socket_dir: &Path) -> anyhow::Result<()> {
     let pid_file = cluster.join("postmaster.pid");
-    if let Some(pid) =
-        lock_file_pid(&pid_file).filter(|pid| postmaster_of(*pid, cluster) == Some(true))
-    {
-        tracing::warn!(
-            pid,
-            cluster = %cluster.display(),
-            "a PostgreSQL server left running on this cluster; stopping it"
-        );
-        stop_postmaster(pid, cluster)?;
+    if let Ok(Some(pid)) = lock_file_pid(&pid_file) {
+        if process_of(pid, cluster) == Process::Server {
+            tracing::warn!(
+                pid,
+                cluster = %cluster.display(),
+                "a PostgreSQL server left running on this cluster; stopping it"
+            );
+            stop_postmaster(pid, cluster)?;
+        }
     }
     let sockets = std::fs::read_dir(socket_dir)
         .into_iter()
@@ -192,9 +196,17 @@ fn clear_leftovers(cluster: &Path, socket_dir: &Path) -> anyhow::Result<()> {
     let mut removed = Vec::new();
     for file in std::iter::once(pid_file).chain(sockets) {
         let stale = match lock_file_pid(&file) {
-            Some(pid) => postmaster_of(pid, cluster) == Some(false),
-            // Empty or torn: written by a start that crashed.
-            None => file.exists(),
+            Ok(None) => false,
+            Err(Torn) => true,
+            Ok(Some(pid)) => match process_of(pid, cluster) {
+                Process::Gone | Process::Server => false,
+                Process::Other => true,
+                Process::Unknown => anyhow::bail!(
+                    "{} names process {pid}, which may be a server of this cluster but cannot \
+                     be told apart from one: stop it if it is, and start again",
+                    file.display()
+                ),
+            },
         };
         if !stale {
             continue;
@@ -205,46 +217,99 @@ fn clear_leftovers(cluster: &Path, socket_dir: &Path) -> anyhow::Result<()> {
     if !removed.is_empty() {
         tracing::warn!(
             files = ?removed,
-            "removed lock files an earlier PostgreSQL server left (their process is gone or is \
-             another program)"
+            "removed lock files an earlier PostgreSQL server left (another program has their \
+             pid now, or they are torn)"
         );
     }
     Ok(())
 }
 
-/// The pid on the first line of one of PostgreSQL's lock files.
-fn lock_file_pid(file: &Path) -> Option<libc::pid_t> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+/// A lock file whose first line is no pid.
+struct Torn;
+
+/// The pid on the first line of one of PostgreSQL's lock files (`None`: no file). Negative when
+/// written by a single-user backend (`postgres --single`, see [`set_password_offline`]).
+fn lock_file_pid(file: &Path) -> Result<Option<libc::pid_t>, Torn> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(_) => return Err(Torn),
+    };
+    let pid = text
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse::<libc::pid_t>().ok())
+        .and_then(libc::pid_t::checked_abs)
         .filter(|pid| *pid > 0)
+        .ok_or(Torn)?;
+    Ok(Some(pid))
 }
 
-/// Whether `pid` is a PostgreSQL server whose working directory is `cluster` (a postmaster
-/// moves into its data directory; its backends are its children, not in its lock files); `None`
-/// when this process may not look (another user's). A pid in a lock file may name anything
-/// since: it is signalled only when this is `Some(true)`, its file removed only when `Some(false)`.
-fn postmaster_of(pid: libc::pid_t, cluster: &Path) -> Option<bool> {
+/// What a pid from one of the cluster's lock files is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Process {
+    /// No process, or one that has exited (a zombie).
+    Gone,
+    /// A server of this cluster: its user's, and its `-D` or working directory is the cluster.
+    Server,
+    /// Anything else: the pid was reused.
+    Other,
+    /// Perhaps a server of this cluster, perhaps not: neither signalled nor its file removed.
+    Unknown,
+}
+
+/// Tells what `pid` is from what any user may read of it in /proc (its owner, command line and
+/// state), and its working directory where this process may look: that of another user's
+/// process needs CAP_SYS_PTRACE, which containers usually lack. Never from its program's name
+/// (nix's `.postgres-wrapped`, valgrind). A postmaster keeps its command line.
+fn process_of(pid: libc::pid_t, cluster: &Path) -> Process {
+    use std::os::unix::fs::MetadataExt;
     let proc = PathBuf::from(format!("/proc/{pid}"));
-    // Gone, or a zombie (no executable any more): not a server.
-    let gone = |e: std::io::Error| (e.kind() == std::io::ErrorKind::NotFound).then_some(false);
-    let exe = match std::fs::read_link(proc.join("exe")) {
-        Ok(exe) => exe,
-        Err(e) => return gone(e),
+    let (Ok(meta), Ok(stat), Ok(cmdline)) = (
+        std::fs::metadata(&proc),
+        std::fs::read_to_string(proc.join("stat")),
+        std::fs::read(proc.join("cmdline")),
+    ) else {
+        return Process::Gone;
     };
-    if !exe
-        .file_name()
-        .is_some_and(|name| name.to_string_lossy().starts_with("postgres"))
-    {
-        return Some(false);
+    // The state follows the command's name, which may hold anything but ends with ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim().chars().next());
+    if matches!(state, Some('Z' | 'X')) {
+        return Process::Gone;
     }
-    match std::fs::read_link(proc.join("cwd")) {
-        Ok(cwd) => Some(std::fs::canonicalize(cluster).is_ok_and(|cluster| cwd == cluster)),
-        Err(e) => gone(e),
+    let Ok(cluster) = std::fs::canonicalize(cluster) else {
+        return Process::Unknown;
+    };
+    let cwd = std::fs::read_link(proc.join("cwd"));
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let data_dir = args.iter().enumerate().find_map(|(at, arg)| match *arg {
+        b"-D" => args.get(at + 1).copied(),
+        arg => arg.strip_prefix(b"-D").filter(|dir| !dir.is_empty()),
+    });
+    let names_cluster = data_dir.is_some_and(|dir| {
+        let dir = Path::new(std::ffi::OsStr::from_bytes(dir));
+        let dir = match &cwd {
+            Ok(cwd) if dir.is_relative() => cwd.join(dir),
+            _ => dir.to_path_buf(),
+        };
+        std::fs::canonicalize(dir).is_ok_and(|dir| dir == cluster)
+    });
+    let in_cluster = cwd.as_ref().is_ok_and(|cwd| *cwd == cluster);
+    let clusters_user = std::fs::metadata(&cluster).is_ok_and(|c| c.uid() == meta.uid());
+    if clusters_user && (names_cluster || in_cluster) {
+        return Process::Server;
     }
+    // Another user's, working in the cluster; or the cluster's user's, in a place hidden from
+    // this process, started as a PostgreSQL (its data directory perhaps in PGDATA).
+    let may_be_postgres = args
+        .first()
+        .is_some_and(|arg0| arg0.windows(8).any(|w| w == b"postgres"));
+    if in_cluster || (clusters_user && cwd.is_err() && may_be_postgres) {
+        return Process::Unknown;
+    }
+    Process::Other
 }
 
 /// Stops a postmaster of `cluster`: a fast shutdown (clients cut off, the data written out),
@@ -255,7 +320,7 @@ fn stop_postmaster(pid: libc::pid_t, cluster: &Path) -> anyhow::Result<()> {
         unsafe { libc::kill(pid, signal) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
         while std::time::Instant::now() < deadline {
-            if postmaster_of(pid, cluster) == Some(false) {
+            if process_of(pid, cluster) != Process::Server {
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
