@@ -23,14 +23,15 @@ impl DirLock {
     /// has it. The file keeps the holder's pid.
     pub fn take(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("{}", path.display()))?;
+        let mut file = super::open_plain(
+            &path,
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+        )?;
         // SAFETY: flock(2) on a descriptor this File owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();
@@ -39,6 +40,15 @@ impl DirLock {
                 "another millrace dev{} is running on {}: stop it, or give this one another \
                  MILLRACE_DATA_DIR",
                 holder(&path).map_or(String::new(), |pid| format!(" (pid {pid})")),
+                dir.display()
+            );
+            let unsupported = [libc::ENOLCK, libc::EOPNOTSUPP, libc::ENOSYS];
+            anyhow::ensure!(
+                !error
+                    .raw_os_error()
+                    .is_some_and(|e| unsupported.contains(&e)),
+                "{} is on a file system without locks: give dev a data directory on a local \
+                 disk (MILLRACE_DATA_DIR)",
                 dir.display()
             );
             return Err(error).with_context(|| format!("locking {}", path.display()));

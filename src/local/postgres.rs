@@ -110,11 +110,15 @@ fn chown_to_postgres(path: &Path, recursive: bool) -> anyhow::Result<()> {
 /// whether it was just made.
 fn password(data_dir: &Path) -> anyhow::Result<(String, bool)> {
     let file = data_dir.join(PASSWORD_FILE);
-    match std::fs::read_to_string(&file) {
-        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), false)),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("{}", file.display())),
+    if file.symlink_metadata().is_ok() {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut super::open_plain(&file, std::fs::OpenOptions::new().read(true))?,
+            &mut text,
+        )?;
+        if !text.trim().is_empty() {
+            return Ok((text.trim().to_owned(), false));
+        }
     }
     let made = crate::auth::token::generate();
     // A first line, as `initdb --pwfile` reads it.
@@ -428,9 +432,15 @@ impl LocalPostgres {
         }
         if !hba_current {
             // Truncating the existing file keeps its owner (`postgres`) and mode (0600).
-            std::fs::write(&hba, PG_HBA).with_context(|| format!("{}", hba.display()))?;
+            use std::io::Write;
+            let mut file =
+                super::open_plain(&hba, std::fs::OpenOptions::new().write(true).create(true))?;
+            file.set_len(0)?;
+            file.write_all(PG_HBA.as_bytes())
+                .with_context(|| format!("{}", hba.display()))?;
             if is_root() {
-                chown_to_postgres(&hba, false)?;
+                let (uid, gid) = postgres_ids()?;
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
             }
         }
         let server = Self {
@@ -452,11 +462,10 @@ impl LocalPostgres {
 
     fn launch(&self) -> anyhow::Result<()> {
         let log_path = self.data_dir.join("postgres.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("{}", log_path.display()))?;
+        let log = super::open_plain(
+            &log_path,
+            std::fs::OpenOptions::new().create(true).append(true),
+        )?;
         let mut postgres = Command::new(self.bin_dir.join("postgres"));
         if is_root() {
             let (uid, gid) = postgres_ids()?;

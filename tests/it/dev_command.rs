@@ -752,6 +752,51 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
 }
 
 #[tokio::test]
+async fn a_link_planted_in_devs_postgres_directory_is_followed_nowhere() {
+    // As root, dev writes its lock, pg_hba.conf and log into a directory PostgreSQL's user
+    // owns; whoever runs as that user (a database superuser's `COPY … TO PROGRAM`) could
+    // replace them with links to files only root may write.
+    let setup = Setup::new().await;
+    let (first, _) = setup.start();
+    stop(first);
+    let pg_dir = setup.pg_dir();
+    let victim = setup.dir.join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    for name in ["dev.lock", "data/pg_hba.conf"] {
+        let planted = pg_dir.join(name);
+        std::fs::remove_file(&planted).unwrap();
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let out = tokio::task::spawn_blocking({
+            let mut command = setup.command();
+            move || {
+                command.stderr(Stdio::piped());
+                let mut child = command.spawn().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = child.kill();
+                child.wait_with_output().unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("a link there is refused"),
+            "{name}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "untouched\n",
+            "{name}"
+        );
+        std::fs::remove_file(&planted).unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_second_dev_on_the_same_data_dir_refuses_and_stops_nothing() {
     let setup = Setup::new().await;
     let (data_dir, base, http) = (&setup.dir, setup.base.as_str(), &setup.http);
