@@ -171,7 +171,7 @@ fn set_password_offline(bin_dir: &Path, cluster: &Path, password: &str) -> anyho
 /// postmaster still running (its socket and port would refuse the new one, and its password
 /// cannot be set under it) is stopped. Of the lock files, only those PostgreSQL would refuse
 /// wrongly are removed: one naming a live process that is not a server of this cluster (its pid
-/// reused since), or one empty or torn (a start that crashed while writing it; PostgreSQL
+/// reused since) or an exited one nobody reaped, or one empty or torn (a start that crashed while writing it; PostgreSQL
 /// refuses those too, and the caller's [`super::DirLock`] rules out a start in progress). A
 /// pid that is gone is left to PostgreSQL, which takes such a file for stale after checking
 /// the old server's shared memory. One log line each; the data stays.
@@ -204,11 +204,13 @@ fn clear_leftovers(cluster: &Path, socket_dir: &Path) -> anyhow::Result<()> {
             Err(Torn) => true,
             Ok(Some(pid)) => match process_of(pid, cluster) {
                 Process::Gone | Process::Server => false,
-                Process::Other => true,
+                Process::Other | Process::Exited => true,
                 Process::Unknown => anyhow::bail!(
                     "{} names process {pid}, which may be a server of this cluster but cannot \
-                     be told apart from one: stop it if it is, and start again",
-                    file.display()
+                     be told apart from one (see `ps -o user,args -p {pid}`): stop it if it is \
+                     one of {}, else remove the file; then start again",
+                    file.display(),
+                    cluster.display()
                 ),
             },
         };
@@ -252,8 +254,11 @@ fn lock_file_pid(file: &Path) -> Result<Option<libc::pid_t>, Torn> {
 /// What a pid from one of the cluster's lock files is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Process {
-    /// No process, or one that has exited (a zombie).
+    /// No process.
     Gone,
+    /// One that has exited and waits to be reaped (a zombie): PostgreSQL takes its pid for
+    /// alive and would refuse to start, where a container's init does not reap orphans.
+    Exited,
     /// A server of this cluster: its user's, and its `-D` or working directory is the cluster.
     Server,
     /// Anything else: the pid was reused.
@@ -281,7 +286,7 @@ fn process_of(pid: libc::pid_t, cluster: &Path) -> Process {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim().chars().next());
     if matches!(state, Some('Z' | 'X')) {
-        return Process::Gone;
+        return Process::Exited;
     }
     let Ok(cluster) = std::fs::canonicalize(cluster) else {
         return Process::Unknown;
@@ -306,10 +311,11 @@ fn process_of(pid: libc::pid_t, cluster: &Path) -> Process {
         return Process::Server;
     }
     // Another user's, working in the cluster; or the cluster's user's, in a place hidden from
-    // this process, started as a PostgreSQL (its data directory perhaps in PGDATA).
-    let may_be_postgres = args
-        .first()
-        .is_some_and(|arg0| arg0.windows(8).any(|w| w == b"postgres"));
+    // this process, started as a PostgreSQL (its data directory perhaps in PGDATA) — but not
+    // a server's child, which retitles itself `postgres: …` (a postmaster never does).
+    let may_be_postgres = args.first().is_some_and(|arg0| {
+        arg0.windows(8).any(|w| w == b"postgres") && !arg0.starts_with(b"postgres:")
+    });
     if in_cluster || (clusters_user && cwd.is_err() && may_be_postgres) {
         return Process::Unknown;
     }
@@ -606,7 +612,24 @@ impl Drop for LocalPostgres {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_encode;
+    use super::{percent_encode, process_of, Process};
+
+    #[test]
+    fn an_exited_process_is_told_from_a_gone_one() {
+        let cluster = tempfile::tempdir().unwrap();
+        // Not waited for: a zombie until the end of the test.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_of(pid, cluster.path()) != Process::Exited {
+            assert!(std::time::Instant::now() < deadline, "never a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert_eq!(process_of(pid, cluster.path()), Process::Gone);
+        let own = std::process::id() as libc::pid_t;
+        assert_eq!(process_of(own, cluster.path()), Process::Other);
+    }
 
     #[test]
     fn passwords_are_percent_encoded_in_urls() {
