@@ -813,7 +813,7 @@ async fn a_second_dev_on_the_same_data_dir_refuses_and_stops_nothing() {
     let second_dir = data_dir.clone();
     let out = tokio::task::spawn_blocking(move || {
         let mut command = dev(&second_dir, second_port);
-        command.stderr(Stdio::piped());
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
         // Refused at once; a second dev that started anyway is stopped here, not left behind.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -840,7 +840,12 @@ async fn a_second_dev_on_the_same_data_dir_refuses_and_stops_nothing() {
         servers(&cluster.display().to_string(), POSTMASTER),
     );
     assert_eq!(after, before);
-    assert!(lines_with(&setup.log(), "left running").is_empty());
+    // Neither dev took the other's servers for leftovers (the second logs to its stdout).
+    let second_log = String::from_utf8_lossy(&out.stdout);
+    for log in [setup.log(), second_log.into_owned()] {
+        assert!(lines_with(&log, "left running").is_empty(), "{log}");
+        assert!(lines_with(&log, "removed lock files").is_empty(), "{log}");
+    }
     run_hello(http, base, &banner.token).await;
     stop(first);
     none_left(&pg_dir.display().to_string());
