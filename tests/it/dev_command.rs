@@ -751,6 +751,23 @@ async fn stale_pid_files_of_a_crashed_dev_signal_nobody() {
     none_left(&store.display().to_string());
 }
 
+/// Runs `command`, a dev expected to refuse at once, to its end; one that started anyway is
+/// stopped after 60 s, not left behind.
+async fn refused(mut command: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_link_planted_in_devs_postgres_directory_is_followed_nowhere() {
     // As root, dev writes its lock, pg_hba.conf and log into a directory PostgreSQL's user
@@ -766,21 +783,7 @@ async fn a_link_planted_in_devs_postgres_directory_is_followed_nowhere() {
         let planted = pg_dir.join(name);
         std::fs::remove_file(&planted).unwrap();
         std::os::unix::fs::symlink(&victim, &planted).unwrap();
-        let out = tokio::task::spawn_blocking({
-            let mut command = setup.command();
-            move || {
-                command.stderr(Stdio::piped());
-                let mut child = command.spawn().unwrap();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let _ = child.kill();
-                child.wait_with_output().unwrap()
-            }
-        })
-        .await
-        .unwrap();
+        let out = refused(setup.command()).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(
@@ -809,22 +812,7 @@ async fn a_second_dev_on_the_same_data_dir_refuses_and_stops_nothing() {
         servers(&cluster.display().to_string(), POSTMASTER),
     );
 
-    let second_port = millrace::local::free_port().unwrap();
-    let second_dir = data_dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut command = dev(&second_dir, second_port);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        // Refused at once; a second dev that started anyway is stopped here, not left behind.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
+    let out = refused(dev(data_dir, millrace::local::free_port().unwrap())).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let message = format!(
