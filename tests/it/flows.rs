@@ -667,13 +667,8 @@ async fn flows_list_shows_what_the_caller_may_read() {
         let token = token.to_owned();
         let query = query.to_owned();
         async move {
-            env.get(&format!("/api/w/{WS}/flows/list{query}"), &token)
+            env.get_list(&format!("/api/w/{WS}/flows/list{query}"), &token)
                 .await
-                .expect(200)
-                .json()
-                .as_array()
-                .unwrap()
-                .clone()
         }
     };
     let paths = |flows: &[Value]| -> Vec<String> {

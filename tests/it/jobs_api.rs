@@ -201,15 +201,7 @@ async fn the_runs_list_filters_and_pages() {
     let env = &env;
     let list = |query: &str| {
         let path = format!("/api/w/{WS}/jobs/list{query}");
-        async move {
-            env.get(&path, t)
-                .await
-                .expect(200)
-                .json()
-                .as_array()
-                .unwrap()
-                .clone()
-        }
+        async move { env.get_list(&path, t).await }
     };
     let all = list("").await;
     assert_eq!(all.len(), 6);

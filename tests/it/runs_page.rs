@@ -315,14 +315,7 @@ async fn workspaces_list_login_links_and_logout() {
     // An expired code is refused (and removed), an unknown one too.
     let expired = login_code(&env, "alice@example.com", -1).await;
     for code in [expired.as_str(), "never-made"] {
-        env.request(
-            reqwest::Method::POST,
-            "/api/auth/login_code",
-            None,
-            Some(json!({"code": code})),
-        )
-        .await
-        .expect(401);
+        redeem(&env, code).await.expect(401);
     }
     // The code is never stored in clear.
     let row = env

@@ -611,6 +611,17 @@ impl TestEnv {
             .await
     }
 
+    /// `GET path` answered 200 with a JSON array: its items.
+    pub async fn get_list(&self, path: &str, token: &str) -> Vec<Value> {
+        self.get(path, token)
+            .await
+            .expect(200)
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     /// Cancels job `id` as the workspace admin; the API must accept it.
     pub async fn cancel(&self, id: &str) {
         self.post(
