@@ -51,6 +51,11 @@ impl LocalNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The password of one of [`USERS`].
     pub fn password(&self, user: &str) -> &str {
         &self.passwords[user]

@@ -264,7 +264,11 @@ impl Bus {
         deadline: Duration,
     ) -> Result<Published, QueueError> {
         let msg_id = envelope.id.to_string();
-        tokio::time::timeout(deadline, self.publish_job_as(tag, envelope, &msg_id))
+        // An awaited PubAck is otherwise given up on after the context's own 5 s, however long
+        // the caller allows.
+        let mut js = self.js.clone();
+        js.set_timeout(deadline);
+        tokio::time::timeout(deadline, publish_job_on(&js, tag, envelope, &msg_id))
             .await
             .map_err(|_| {
                 QueueError::Publish(format!("no PubAck within {}s", deadline.as_secs_f32()))
@@ -279,15 +283,7 @@ impl Bus {
         envelope: &JobEnvelope,
         msg_id: &str,
     ) -> Result<Published, QueueError> {
-        let ack = self
-            .send_job(tag, envelope, msg_id)
-            .await?
-            .await
-            .map_err(QueueError::refused)?;
-        Ok(Published {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+        publish_job_on(&self.js, tag, envelope, msg_id).await
     }
 
     /// Whether a worker consumer exists for `tag`, i.e. some worker serves it (or did, and
@@ -317,10 +313,7 @@ impl Bus {
     pub async fn publish_jobs(&self, jobs: &[(Tag, JobEnvelope)]) -> Result<(), QueueError> {
         let mut acks = Vec::with_capacity(jobs.len());
         for (tag, envelope) in jobs {
-            acks.push(
-                self.send_job(tag, envelope, &envelope.id.to_string())
-                    .await?,
-            );
+            acks.push(send_job(&self.js, tag, envelope, &envelope.id.to_string()).await?);
         }
         confirmed(acks).await
     }
@@ -350,18 +343,6 @@ impl Bus {
             })
         }))
         .await
-    }
-
-    async fn send_job(
-        &self,
-        tag: &Tag,
-        envelope: &JobEnvelope,
-        msg_id: &str,
-    ) -> Result<jetstream::context::PublishAckFuture, QueueError> {
-        self.js
-            .publish_with_headers(subjects::jobs(tag), msg_id_header(msg_id), encode(envelope))
-            .await
-            .map_err(QueueError::publish)
     }
 
     /// Takes a published job back out of the queue (its row could not be written).
@@ -604,4 +585,31 @@ impl Bus {
     pub async fn flush(&self) -> Result<(), QueueError> {
         self.client.flush().await.map_err(QueueError::request)
     }
+}
+
+async fn publish_job_on(
+    js: &jetstream::Context,
+    tag: &Tag,
+    envelope: &JobEnvelope,
+    msg_id: &str,
+) -> Result<Published, QueueError> {
+    let ack = send_job(js, tag, envelope, msg_id)
+        .await?
+        .await
+        .map_err(QueueError::refused)?;
+    Ok(Published {
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+async fn send_job(
+    js: &jetstream::Context,
+    tag: &Tag,
+    envelope: &JobEnvelope,
+    msg_id: &str,
+) -> Result<jetstream::context::PublishAckFuture, QueueError> {
+    js.publish_with_headers(subjects::jobs(tag), msg_id_header(msg_id), encode(envelope))
+        .await
+        .map_err(QueueError::publish)
 }

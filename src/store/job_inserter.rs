@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::connections::Manager;
 use super::deliveries::{self, DeliveryKey};
 use super::{Pool, StoreError};
 use crate::queue::envelope::{JobEnvelope, QueuedRecord};
@@ -266,6 +267,17 @@ fn take_batch<T>(
     (batch, None)
 }
 
+/// A connection from the pool, however long it takes: the pool gives up on its own after its
+/// connection timeout, which must not cut a longer `SUBMIT_TIMEOUT` short.
+async fn connection(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, StoreError> {
+    loop {
+        match pool.get().await {
+            Err(bb8::RunError::TimedOut) => continue,
+            got => return Ok(got?),
+        }
+    }
+}
+
 /// The whole batch, each row answered in order. Rows without keys go in one statement (a
 /// statement each connection prepares once). Rows with keys claim them in the same statement
 /// ([`INSERT_CLAIMING`]), in key order, so that concurrent batches lock shared keys in the same
@@ -284,7 +296,7 @@ async fn insert_batch(
     rows: &[NewJobRow],
     deadline: Duration,
 ) -> Result<Vec<InsertOutcome>, StoreError> {
-    let mut conn = tokio::time::timeout(deadline, pool.get())
+    let mut conn = tokio::time::timeout(deadline, connection(pool))
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
     let keyed = rows.iter().any(|row| row.once.is_some());

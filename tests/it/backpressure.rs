@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::common::{eventually, Options, Response, TestEnv, WS};
+use crate::common::{eventually, signal_tree, Options, Response, TestEnv, WS};
 
 fn declare(env: &TestEnv, extra: &[(&str, &str)]) {
     let extra: Vec<(String, String)> = extra
@@ -393,6 +393,48 @@ async fn many_large_bodies_at_once_are_all_recorded() {
         let result: Value = job["result"].clone();
         assert_eq!(result, json!([pad, n]), "job {n}");
     }
+}
+
+#[tokio::test]
+async fn a_submission_waits_for_its_puback_as_long_as_submit_timeout_allows() {
+    let env = TestEnv::with(Options {
+        api_env: vec![("SUBMIT_TIMEOUT".into(), "30".into())],
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    env.script("u/alice/quick", "bash", "echo ok\n").await;
+    let run = format!("/api/w/{WS}/jobs/run/p/u/alice/quick");
+    assert_eq!(env.post(&run, &env.token, json!({})).await.status, 201);
+
+    // NATS stops answering for longer than the client's own wait for a PubAck (5 s), well
+    // within SUBMIT_TIMEOUT: the call is answered once NATS is back, not refused at 5 s.
+    let nats = env.nats.pid() as i32;
+    signal_tree(nats, libc::SIGSTOP);
+    let sent = Instant::now();
+    let call = tokio::spawn({
+        let (http, url, token) = (env.http.clone(), env.url(&run), env.token.clone());
+        async move {
+            let res = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+                .await;
+            let res = res.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    signal_tree(nats, libc::SIGCONT);
+    let (status, id) = call.await.unwrap();
+    assert_eq!(status, 201, "{id}");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(7),
+        "answered during the freeze"
+    );
+    let job = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(job["result"], json!("ok"), "{job}");
 }
 
 #[tokio::test]
