@@ -32,7 +32,9 @@ use crate::queue::envelope::{self, FlowStep, JobEnvelope};
 use crate::queue::events::{JobDone, JobEvent, JobEventKind};
 use crate::queue::subjects::JobReply;
 use crate::queue::{Bus, QueueError};
-use crate::store::flow_runs::{self, CanceledStep, FlowEnd, FlowJob, FlowRun, Locked, QueuedStep};
+use crate::store::flow_runs::{
+    self, CanceledStep, FlowEnd, FlowJob, FlowRun, Locked, QueuedStep, Saving,
+};
 use crate::store::jobs::Completion;
 use crate::store::{self, NewJobRow, Pool, StoreError};
 
@@ -61,6 +63,17 @@ pub struct Transitioned {
     pub recorded: bool,
     /// Publishing what it decided failed: its trigger must come back soon, to publish again.
     pub unpublished: Option<DriverError>,
+}
+
+/// What a transition decided, to write before it commits.
+#[derive(Default)]
+struct Decided {
+    effects: Effects,
+    /// The state to save (`None`: leave it as it is).
+    state: Option<Value>,
+    /// Step jobs to insert, and steps to cancel once they are in.
+    new_steps: Vec<NewJobRow>,
+    cancels: Vec<JobId>,
 }
 
 /// What the driver keeps in the flow job's `flow_state`.
@@ -304,33 +317,35 @@ impl FlowDriver {
             Trigger::Message { record, .. } => record.as_deref(),
             Trigger::StepEnded { .. } => None,
         };
-        let mut run = match flow_runs::lock(&mut conn, flow, record, wait == Wait::Yes).await? {
-            Locked::Run(run) => *run,
-            Locked::Busy => return Ok(None),
-            Locked::Missing => {
-                tracing::warn!(flow = %flow, "no such flow job; dropping the message");
-                let recorded = match &trigger {
-                    Trigger::StepEnded {
-                        step,
-                        ended: Some(completion),
-                    } => store::jobs::complete(&self.pool, *step, completion).await?,
-                    _ => false,
-                };
-                return Ok(Some(Transitioned {
-                    recorded,
-                    unpublished: None,
-                }));
-            }
+        let ended = match &trigger {
+            Trigger::StepEnded {
+                step,
+                ended: Some(completion),
+            } => Some((*step, *completion)),
+            _ => None,
         };
+        let with = flow_runs::With::Ends(ended);
+        let mut run =
+            match flow_runs::lock(&mut conn, flow, record, wait == Wait::Yes, with).await? {
+                Locked::Run(run) => *run,
+                Locked::Busy => return Ok(None),
+                Locked::Missing => {
+                    tracing::warn!(flow = %flow, "no such flow job; dropping the message");
+                    // What was recorded with the lock was rolled back with it.
+                    let recorded = match ended {
+                        Some((step, completion)) => {
+                            store::jobs::complete(&self.pool, step, completion).await?
+                        }
+                        None => false,
+                    };
+                    return Ok(Some(Transitioned {
+                        recorded,
+                        unpublished: None,
+                    }));
+                }
+            };
         let locked = began.elapsed();
-        let mut recorded = false;
-        if let Trigger::StepEnded {
-            step,
-            ended: Some(completion),
-        } = &trigger
-        {
-            recorded = run.complete_step(*step, completion).await?;
-        }
+        let recorded = run.opened.recorded;
         let mut events = Vec::new();
         let mut inherited = None;
         if let Trigger::Message {
@@ -349,7 +364,7 @@ impl FlowDriver {
             // announces it again (its message id makes a copy harmless).
             events.push(Event::Wake);
         }
-        let ends = run.unapplied_ends().await?;
+        let ends = std::mem::take(&mut run.opened.ends);
         let applied: Vec<JobId> = ends.iter().map(|(id, ..)| *id).collect();
         events.extend(ends.into_iter().map(|(job, status, result)| {
             Event::StepDone(StepDone {
@@ -363,7 +378,7 @@ impl FlowDriver {
         let trigger_id = trigger.id();
         let effects = if events.is_empty() || flow_job.status.is_completed() {
             // Nothing new, or the flow ended already (cancelled, say).
-            run.commit_steps().await?;
+            run.commit().await?;
             Effects {
                 inherited: read_state(flow_job.state.as_deref())
                     .map(|s| s.inherited)
@@ -371,7 +386,12 @@ impl FlowDriver {
                 ..Effects::default()
             }
         } else {
-            let (mut effects, state) = self.apply(&mut run, events, inherited, &trigger_id).await?;
+            let Decided {
+                mut effects,
+                state,
+                new_steps,
+                cancels,
+            } = self.apply(&mut run, events, inherited, &trigger_id).await?;
             // A wake-up due later waits on the flow's row, committed with the transition.
             let now = Utc::now();
             if let Some(at) = effects
@@ -387,8 +407,45 @@ impl FlowDriver {
             let applied_at = began.elapsed();
             // An empty status: the flow ended before its state could change (keep the last).
             let status = (!effects.status.is_null()).then_some(&effects.status);
-            run.save(&applied, state.as_ref(), status, effects.end.as_ref())
+            let saved = Saving {
+                new_steps: &new_steps,
+                applied: &applied,
+                state: state.as_ref(),
+                status,
+                end: effects.end.as_ref(),
+            };
+            let inserted = run.save(saved).await?;
+            if inserted == new_steps.len() {
+                // After the insert: a step enqueued by one of the events may be cancelled by
+                // a later one.
+                self.cancel(
+                    &run,
+                    &cancels,
+                    &flow_job.created_by,
+                    NOT_NEEDED,
+                    &mut effects,
+                )
                 .await?;
+            } else {
+                // Keys are unique per flow and a state never enqueues one twice: this is a bug.
+                let why = format!(
+                    "{} of {} new steps were enqueued already",
+                    new_steps.len() - inserted,
+                    new_steps.len()
+                );
+                effects.steps.clear();
+                effects.held_steps.clear();
+                effects = self
+                    .end_now(&run, effects, "InternalError", why)
+                    .await?
+                    .effects;
+                let end = Saving {
+                    end: effects.end.as_ref(),
+                    ..Saving::default()
+                };
+                run.save(end).await?;
+            }
+            run.commit().await?;
             tracing::debug!(flow = %flow, ends = applied.len(), new_steps = effects.steps.len(),
                 locked_ms = locked.as_secs_f64() * 1e3, applied_ms = applied_at.as_secs_f64() * 1e3,
                 committed_ms = began.elapsed().as_secs_f64() * 1e3, "flow transition");
@@ -408,15 +465,15 @@ impl FlowDriver {
         }))
     }
 
-    /// Applies `events` (and what resolving their new steps gives back); returns what to
-    /// publish and the state to save (`None`: leave it as it is).
+    /// Applies `events` (and what resolving their new steps gives back): what to write and
+    /// publish.
     async fn apply(
         &self,
         run: &mut FlowRun<'_>,
         events: Vec<Event>,
         started_with: Option<Inherited>,
         trigger_id: &str,
-    ) -> Result<(Effects, Option<Value>), StoreError> {
+    ) -> Result<Decided, StoreError> {
         // One budget of expression time for the whole transition, however many events.
         let deadline = std::time::Instant::now() + machine::TRANSITION_EXPR_TIME;
         let flow = run.flow.clone();
@@ -496,24 +553,17 @@ impl FlowDriver {
                 row.held = Some(serde_json::to_value(held).expect("envelopes serialise"));
             }
         }
-        let inserted = run.insert_steps(&rows).await?;
-        if inserted != rows.len() {
-            // Keys are unique per flow and a state never enqueues one twice: this is a bug.
-            let why = format!(
-                "{} of {} new steps were enqueued already",
-                rows.len() - inserted,
-                rows.len()
-            );
-            return self.end_now(run, effects, "InternalError", why).await;
-        }
-        self.cancel(run, &cancels, &flow.created_by, NOT_NEEDED, &mut effects)
-            .await?;
         let (held, now): (Vec<_>, Vec<_>) = rows.iter().partition(|row| row.held.is_some());
         effects.steps = now.into_iter().map(queued_step).collect();
         effects.held_steps = held.into_iter().map(queued_step).collect();
         effects.status = flow_status(&version.def, &saved.machine);
         let state = serde_json::to_value(&saved).expect("the flow state serialises");
-        Ok((effects, Some(state)))
+        Ok(Decided {
+            effects,
+            state: Some(state),
+            new_steps: rows,
+            cancels,
+        })
     }
 
     /// Cancels steps of the flow: queued ones end now, running ones are killed.
@@ -542,7 +592,7 @@ impl FlowDriver {
         mut effects: Effects,
         name: &str,
         message: String,
-    ) -> Result<(Effects, Option<Value>), StoreError> {
+    ) -> Result<Decided, StoreError> {
         tracing::warn!(flow = %run.flow.id, error = %message, "ending a flow: {name}");
         let unfinished = run.unfinished_steps().await?;
         let by = run.flow.created_by.clone();
@@ -554,7 +604,10 @@ impl FlowDriver {
             canceled_by: None,
             canceled_reason: None,
         });
-        Ok((effects, None))
+        Ok(Decided {
+            effects,
+            ..Decided::default()
+        })
     }
 
     /// The language and code of a `rawscript` step.
@@ -782,7 +835,7 @@ pub async fn cancel_flow(
     reason: Option<&str>,
 ) -> Result<FlowCancel, DriverError> {
     let mut conn = pool.get().await.map_err(StoreError::from)?;
-    let run = match flow_runs::lock(&mut conn, id, None, true).await? {
+    let run = match flow_runs::lock(&mut conn, id, None, true, flow_runs::With::Nothing).await? {
         Locked::Run(run) => *run,
         Locked::Missing | Locked::Busy => return Ok(FlowCancel::NotFound),
     };
@@ -799,7 +852,12 @@ pub async fn cancel_flow(
         canceled_by: Some(by.to_owned()),
         canceled_reason: reason.map(str::to_owned),
     };
-    run.save(&[], None, None, Some(&end)).await?;
+    let saving = Saving {
+        end: Some(&end),
+        ..Saving::default()
+    };
+    run.save(saving).await?;
+    run.commit().await?;
     drop(conn);
     let effects = Effects {
         canceled_now: now,

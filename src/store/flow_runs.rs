@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Statement, Transaction};
 
 use super::flows::{self, Flow};
@@ -71,11 +71,33 @@ pub struct FlowRun<'c> {
     tx: Transaction<'c>,
     statements: Statements,
     pub flow: FlowJob,
+    /// What was read and recorded with the lock ([`With::Ends`]).
+    pub opened: Opened,
+}
+
+/// What a transition records and reads with its lock: sent together with it, they cost no
+/// round trip of their own, and the server runs them after it, so only once the lock is held
+/// (a lock not granted fails them too).
+#[derive(Debug, Clone, Copy)]
+pub enum With<'a> {
+    /// The flow alone.
+    Nothing,
+    /// The end of the step given (`(step, completion)`), then every step end the flow's state
+    /// has not taken into account yet.
+    Ends(Option<(JobId, &'a Completion)>),
+}
+
+/// What [`With::Ends`] found.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// The step end given was recorded now (it had not ended before).
+    pub recorded: bool,
+    /// The ended steps of this flow that its state has not taken into account yet, in the
+    /// order they ended: `(id, status, result)`.
+    pub ends: Vec<(JobId, JobStatus, Value)>,
 }
 
 struct Statements {
-    complete: Statement,
-    unapplied: Statement,
     insert: Statement,
     save: Statement,
 }
@@ -97,40 +119,71 @@ pub enum Locked<'c> {
     Busy,
 }
 
-/// Locks the flow job `id`, waiting for it or not. With `record` (the flow's row as its first
-/// message carries it), the row is written first if the API's INSERT has not landed yet (the
-/// API publishes small flows while it inserts them).
+/// Locks the flow job `id`, waiting for it or not, and does what `with` says. With `record`
+/// (the flow's row as its first message carries it), the row is written first if the API's
+/// INSERT has not landed yet (the API publishes small flows while it inserts them); such a
+/// flow has no steps yet.
 pub async fn lock<'c>(
     conn: &'c mut Conn<'_>,
     id: JobId,
     record: Option<&NewJobRow>,
     wait: bool,
+    with: With<'_>,
 ) -> Result<Locked<'c>, StoreError> {
     let lock = if wait {
         conn.prepared(LOCK, &[Type::UUID]).await?
     } else {
         conn.prepared(LOCK_NOWAIT, &[Type::UUID]).await?
     };
+    let complete = conn.prepared(COMPLETE, COMPLETE_TYPES).await?;
+    let unapplied = conn.prepared(UNAPPLIED, &[Type::UUID]).await?;
     let statements = Statements {
-        complete: conn.prepared(COMPLETE, COMPLETE_TYPES).await?,
-        unapplied: conn.prepared(UNAPPLIED, &[Type::UUID]).await?,
         insert: conn.prepared(INSERT, &[]).await?,
         save: conn.prepared(SAVE, SAVE_TYPES).await?,
     };
     // Usually the API's INSERT landed before the message arrived: look first.
     let tx = conn.transaction().await?;
-    let mut found = tx.query_opt(&lock, &[&id]).await;
+    let (mut found, opened) = match with {
+        With::Nothing => (tx.query_opt(&lock, &[&id]).await, Ok(Opened::default())),
+        With::Ends(ended) => {
+            // Polled in this order, the three are sent at once, in this order.
+            let by_id: &[&(dyn ToSql + Sync)] = &[&id];
+            let (found, recorded, ends) = futures::join!(
+                tx.query_opt(&lock, by_id),
+                async {
+                    match ended {
+                        Some((step, completion)) => {
+                            run_complete(&tx, &complete, step, completion).await
+                        }
+                        None => Ok(false),
+                    }
+                },
+                tx.query(&unapplied, by_id),
+            );
+            let opened = match (recorded, ends) {
+                (Ok(recorded), Ok(ends)) => Ok(Opened {
+                    recorded,
+                    ends: ends.iter().map(step_end).collect(),
+                }),
+                (Err(e), _) => Err(e),
+                (_, Err(e)) => Err(e.into()),
+            };
+            (found, opened)
+        }
+    };
     if let (Ok(None), Some(record)) = (&found, record) {
         // Waits for an uncommitted INSERT of the same id (then does nothing), or writes the row.
         run_insert(&tx, &statements.insert, std::slice::from_ref(record)).await?;
         found = tx.query_opt(&lock, &[&id]).await;
     }
+    // The lock's own outcome first: when it failed, so did what was sent after it.
     let row = match found {
         Ok(Some(row)) => row,
         Ok(None) => return Ok(Locked::Missing),
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(Locked::Busy),
         Err(e) => return Err(e.into()),
     };
+    let opened = opened?;
     let flow = FlowJob {
         id: row.get(0),
         workspace_id: row.get(1),
@@ -149,7 +202,14 @@ pub async fn lock<'c>(
         tx,
         statements,
         flow,
+        opened,
     })))
+}
+
+fn step_end(row: &tokio_postgres::Row) -> (JobId, JobStatus, Value) {
+    let status = JobStatus::parse(row.get(1)).unwrap_or(JobStatus::Failure);
+    let result: Option<Value> = row.get(2);
+    (row.get(0), status, result.unwrap_or(Value::Null))
 }
 
 const UNAPPLIED: &str = "SELECT id, status, result FROM jobs
@@ -175,32 +235,6 @@ impl FlowRun<'_> {
         Ok(())
     }
 
-    /// Records a step's end in this transaction; false if it had ended already.
-    pub async fn complete_step(
-        &self,
-        step: JobId,
-        completion: &Completion,
-    ) -> Result<bool, StoreError> {
-        run_complete(&self.tx, &self.statements.complete, step, completion).await
-    }
-
-    /// The ended steps of this flow that its state has not taken into account yet, in the order
-    /// they ended: `(id, status, result)`.
-    pub async fn unapplied_ends(&self) -> Result<Vec<(JobId, JobStatus, Value)>, StoreError> {
-        let rows = self
-            .tx
-            .query(&self.statements.unapplied, &[&self.flow.id])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let status = JobStatus::parse(row.get(1)).unwrap_or(JobStatus::Failure);
-                let result: Option<Value> = row.get(2);
-                (row.get(0), status, result.unwrap_or(Value::Null))
-            })
-            .collect())
-    }
-
     /// A script version, read in this transaction: the live one at `path`, or `hash` if it is
     /// a version of `path`.
     pub async fn script(
@@ -222,16 +256,6 @@ impl FlowRun<'_> {
     /// A flow version, read in this transaction.
     pub async fn version(&self, ws: &WorkspaceId, id: i64) -> Result<Option<Flow>, StoreError> {
         flows::version_on(&self.tx, ws, id).await
-    }
-
-    /// Inserts step rows; returns how many were new.
-    pub async fn insert_steps(&self, rows: &[NewJobRow]) -> Result<usize, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        Ok(run_insert(&self.tx, &self.statements.insert, rows)
-            .await?
-            .len())
     }
 
     /// Cancels steps: queued ones end now (returned first), running ones are flagged for their
@@ -308,38 +332,65 @@ impl FlowRun<'_> {
         Ok(())
     }
 
-    /// Commits what was recorded of the steps, leaving the flow as it was.
-    pub async fn commit_steps(self) -> Result<(), StoreError> {
-        Ok(self.tx.commit().await?)
+    /// Inserts the new step jobs, marks the step ends applied, saves the state and, when the
+    /// flow ended, its end: sent together, one round trip. Returns how many of the steps were
+    /// new. Nothing is committed yet.
+    pub async fn save(&self, saving: Saving<'_>) -> Result<usize, StoreError> {
+        let Saving {
+            new_steps,
+            applied,
+            state,
+            status,
+            end,
+        } = saving;
+        let insert = async {
+            if new_steps.is_empty() {
+                return Ok(Vec::new());
+            }
+            run_insert(&self.tx, &self.statements.insert, new_steps).await
+        };
+        let ended = (
+            end.map(|e| e.status.as_str()),
+            end.map(|e| &e.result),
+            end.and_then(|e| e.canceled_by.as_deref()),
+            end.and_then(|e| e.canceled_reason.as_deref()),
+        );
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &self.flow.id,
+            &state,
+            &status,
+            &ended.0,
+            &ended.1,
+            &ended.2,
+            &ended.3,
+            &applied,
+        ];
+        let save = self.tx.execute(&self.statements.save, &params);
+        // Polled in this order, both are sent at once, the insert first.
+        let (inserted, saved) = futures::join!(insert, save);
+        let inserted = inserted?;
+        saved?;
+        Ok(inserted.len())
     }
 
-    /// Marks the step ends it applied, saves the state (`None`: as it was) and, when the flow
-    /// ended, its end — one statement — and commits the transition.
-    pub async fn save(
-        self,
-        applied: &[JobId],
-        state: Option<&Value>,
-        status: Option<&Value>,
-        end: Option<&FlowEnd>,
-    ) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                &self.statements.save,
-                &[
-                    &self.flow.id,
-                    &state,
-                    &status,
-                    &end.map(|e| e.status.as_str()),
-                    &end.map(|e| &e.result),
-                    &end.and_then(|e| e.canceled_by.as_deref()),
-                    &end.and_then(|e| e.canceled_reason.as_deref()),
-                    &applied,
-                ],
-            )
-            .await?;
-        self.tx.commit().await?;
-        Ok(())
+    /// Commits the transition; dropped without it, nothing happened.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
     }
+}
+
+/// What [`FlowRun::save`] writes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Saving<'a> {
+    /// Step jobs the transition enqueues.
+    pub new_steps: &'a [NewJobRow],
+    /// Step ends the transition applied.
+    pub applied: &'a [JobId],
+    /// The new state (`None`: as it was).
+    pub state: Option<&'a Value>,
+    pub status: Option<&'a Value>,
+    /// How the flow ended, if it did.
+    pub end: Option<&'a FlowEnd>,
 }
 
 const SAVE: &str = "WITH applied AS (
