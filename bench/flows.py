@@ -5,7 +5,8 @@
   flows.py transition  run sequential N-step bash flows one at a time; per-transition overhead =
                        step k+1 started_at - step k completed_at (both the database's clock)
   flows.py sync        sync calls of a 3-step bash flow from one caller; overhead = latency minus
-                       the sum of its steps' duration_ms
+                       the sum of its steps' duration_ms; also where the time goes, cut at the
+                       jobs' timestamps
   flows.py loop        one parallel loop of N trivial bash iterations: iterations/s from the
                        flow's started_at to its completed_at
 
@@ -102,16 +103,42 @@ def cmd_sync(args):
         sys.exit(f"bench: {len(bad)} sync flow calls failed, e.g. {bad[0]}")
     flows_found = fetch_jobs([s["id"] for s in samples])
     latency, overhead = [], []
+    segments = {name: [] for name in SEGMENTS}
     for s in samples:
         job = flows_found[s["id"]]
-        own = sum(step["duration_ms"] or 0 for step in step_jobs(job))
+        steps = step_jobs(job)
+        own = sum(step["duration_ms"] or 0 for step in steps)
         latency.append(s["latency_s"] * 1000)
         overhead.append(s["latency_s"] * 1000 - own)
+        for name, ms in zip(SEGMENTS, segments_of(s, job, steps)):
+            segments[name].append(ms)
     result = {"name": "flow_sync3", "calls": len(samples), "latency_ms": stats(latency),
-              "overhead_ms": stats(overhead)}
+              "overhead_ms": stats(overhead),
+              "segments_p50_ms": {name: stats(v)["p50"] for name, v in segments.items()}}
     log(f"sync 3-step flow: latency {result['latency_ms']}, overhead {result['overhead_ms']}")
+    log(f"sync 3-step flow, where the time goes (p50): {result['segments_p50_ms']}")
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+
+
+# A sync call of a 3-step flow cut at the jobs' timestamps (the caller's clock and PostgreSQL's
+# are this machine's). PostgreSQL's now() is a transaction's start: a transition's own time
+# lands in the gap after it, and the last one's in "flow ends -> answered".
+SEGMENTS = ["sent -> flow row", "flow row -> flow started", "flow started -> step 1 started",
+            "step 1 -> step 2 (end to start)", "step 2 -> step 3 (end to start)",
+            "flow ends -> answered", "steps started -> ended (sum)"]
+
+
+def segments_of(sample, job, steps):
+    at = lambda record, field: parse_ts(record[field]) * 1000
+    answered = (sample["sent"] + sample["latency_s"]) * 1000
+    return [at(job, "created_at") - sample["sent"] * 1000,
+            at(job, "started_at") - at(job, "created_at"),
+            at(steps[0], "started_at") - at(job, "started_at"),
+            at(steps[1], "started_at") - at(steps[0], "completed_at"),
+            at(steps[2], "started_at") - at(steps[1], "completed_at"),
+            answered - at(job, "completed_at"),
+            sum(at(step, "completed_at") - at(step, "started_at") for step in steps)]
 
 
 def cmd_loop(args):
@@ -143,6 +170,9 @@ def cmd_report(args):
         out.append(f"| sync 3-step bash flow, 1 caller ({s['calls']} calls) | latency p50 "
                    f"{s['latency_ms']['p50']} ms, overhead over the steps' duration_ms p50 "
                    f"{s['overhead_ms']['p50']} ms, p99 {s['overhead_ms']['p99']} ms |")
+        cut = ", ".join(f"{name} {ms} ms" for name, ms in s.get("segments_p50_ms", {}).items())
+        if cut:
+            out.append(f"| sync 3-step bash flow, p50 of each part | {cut} |")
     lp = by_name.get("flow_loop")
     if lp:
         out.append(f"| parallel loop of {lp['iterations']} trivial bash steps | {lp['iterations_per_s']} "
