@@ -433,8 +433,11 @@ impl FlowDriver {
                     new_steps.len() - inserted,
                     new_steps.len()
                 );
+                // Nothing of what was decided goes out: no new steps, no progress, no wake-up.
                 effects.steps.clear();
                 effects.held_steps.clear();
+                effects.status = Value::Null;
+                effects.wake_at = None;
                 effects = self
                     .end_now(&run, effects, "InternalError", why)
                     .await?
@@ -575,6 +578,11 @@ impl FlowDriver {
         reason: &str,
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
+        // Nothing to cancel: what an earlier cancel of this transition decided stays (an early
+        // end cancels before the transition's own cancels, which are then none).
+        if steps.is_empty() {
+            return Ok(());
+        }
         let result = canceled_result(Some(reason), by);
         let (now, kill) = run.cancel_steps(steps, by, Some(reason), &result).await?;
         effects.canceled_now = now;
@@ -585,7 +593,8 @@ impl FlowDriver {
         Ok(())
     }
 
-    /// Ends the flow as failed, cancelling whatever of it still runs; its state stays as it was.
+    /// Ends the flow as failed, cancelling whatever of it still runs; its state stays as it was
+    /// (unless the transition saved it already: only on a bug, see `transition`).
     async fn end_now(
         &self,
         run: &FlowRun<'_>,

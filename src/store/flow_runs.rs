@@ -66,7 +66,7 @@ pub struct FlowEnd {
     pub canceled_reason: Option<String>,
 }
 
-/// A flow job locked for one transition; dropped without [`FlowRun::save`], nothing happened.
+/// A flow job locked for one transition; dropped without [`FlowRun::commit`], nothing happened.
 pub struct FlowRun<'c> {
     tx: Transaction<'c>,
     statements: Statements,

@@ -158,7 +158,8 @@ impl JobInserter {
         pool: &Pool,
         row: &NewJobRow,
     ) -> Result<InsertOutcome, StoreError> {
-        let outcomes = insert_batch(pool, std::slice::from_ref(row), self.deadline).await?;
+        let now = tokio::time::Instant::now();
+        let outcomes = insert_batch(pool, std::slice::from_ref(row), now, self.deadline).await?;
         Ok(outcomes[0])
     }
 }
@@ -224,10 +225,15 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>, deadline: Duration) {
             continue;
         }
         let pool = pool.clone();
+        let oldest = batch
+            .iter()
+            .map(|p| p.since)
+            .min()
+            .expect("a batch is not empty");
         tokio::spawn(async move {
             let (rows, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.row, p.reply)).unzip();
-            match insert_batch(&pool, &rows, deadline).await {
+            match insert_batch(&pool, &rows, oldest, deadline).await {
                 Ok(outcomes) => {
                     for (outcome, reply) in outcomes.into_iter().zip(replies) {
                         let _ = reply.send(Ok(outcome));
@@ -268,7 +274,8 @@ fn take_batch<T>(
 }
 
 /// A connection from the pool, however long it takes: the pool gives up on its own after its
-/// connection timeout, which must not cut a longer `SUBMIT_TIMEOUT` short.
+/// connection timeout, which must not cut a longer `SUBMIT_TIMEOUT` short. (bb8 reports
+/// nothing else as `TimedOut`, and only after that timeout, 10 s: this does not spin.)
 async fn connection(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, StoreError> {
     loop {
         match pool.get().await {
@@ -286,17 +293,19 @@ async fn connection(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, S
 /// outcome, except after a `DuplicateId`, when it goes in a further statement of the same
 /// transaction (so that the batch commits whole or not at all).
 ///
-/// Past `deadline` the statement is cancelled on the server and its end awaited, so that the
-/// outcome is known: committed in time, or not at all — for one more `deadline` at most: a
+/// A connection is waited for until `deadline` after `oldest` (when the batch's first row was
+/// queued). Past `deadline` the statement is cancelled on the server and its end awaited, so
+/// that the outcome is known: committed in time, or not at all — for one more `deadline` at most: a
 /// server that does not answer even that (frozen, or cut off) leaves the outcome unknown, and
 /// the rows are answered `Timeout` too. (Such a row may then commit later, `queued` with no
 /// message; the caller was answered 503.)
 async fn insert_batch(
     pool: &Pool,
     rows: &[NewJobRow],
+    oldest: tokio::time::Instant,
     deadline: Duration,
 ) -> Result<Vec<InsertOutcome>, StoreError> {
-    let mut conn = tokio::time::timeout(deadline, connection(pool))
+    let mut conn = tokio::time::timeout_at(oldest + deadline, connection(pool))
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
     let keyed = rows.iter().any(|row| row.once.is_some());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{TestEnv, WS};
+use crate::common::{eventually, Options, TestEnv, WS};
 use crate::events::{kinds, Event, Events};
 use crate::run_stream::read_frames;
 
@@ -973,6 +973,70 @@ async fn webhooks_in_every_mode_early_return_and_sse_progress() {
         assert!(res.text.is_empty(), "{route}: {}", res.text);
     }
     assert_eq!(count().await, before, "a HEAD probe started a job");
+}
+
+#[tokio::test]
+async fn a_flow_that_cannot_go_on_kills_its_running_steps_at_once() {
+    // Renewals every 100 s: a running step learns that it must stop from its flow's
+    // transition, not from its lease.
+    let env = TestEnv::with(Options {
+        worker_env: vec![("JOB_ACK_WAIT".into(), "300".into())],
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    env.flow(
+        "u/alice/broken",
+        json!({"modules": [{"id": "both", "value": {"type": "branchall", "parallel": true, "branches": [
+            {"modules": [bash("long", "sleep 120", json!({}))]},
+            {"modules": [bash("short", "sleep 2", json!({}))]},
+        ]}}]}),
+    )
+    .await;
+    let id = env.run_flow("u/alice/broken", json!({})).await;
+    let mut long = None;
+    eventually(Duration::from_secs(20), "both steps running", async || {
+        let steps = steps_of(&env, &id).await;
+        let running = steps.iter().filter(|s| s["running"] == json!(true)).count();
+        long = steps
+            .into_iter()
+            .find(|s| s["flow_step_id"] == json!("long"));
+        running == 2 && long.is_some()
+    })
+    .await;
+    let long = long.unwrap();
+    // The flow's state becomes unreadable: the short step's end finds it so and ends the flow,
+    // which must stop the long one.
+    let flow: uuid::Uuid = id.parse().unwrap();
+    env.sql()
+        .await
+        .execute(
+            "UPDATE jobs SET flow_state = '\"unreadable\"' WHERE id = $1",
+            &[&flow],
+        )
+        .await
+        .unwrap();
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["success"], json!(false), "{done}");
+    assert_eq!(
+        done["result"]["error"]["name"],
+        json!("InternalError"),
+        "{done}"
+    );
+    let ended = std::time::Instant::now();
+    let long_done = env
+        .wait(long["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        long_done["result"]["error"]["name"],
+        json!("Canceled"),
+        "{long_done}"
+    );
+    assert!(
+        ended.elapsed() < Duration::from_secs(10),
+        "the long step ran on for {:?} after its flow ended",
+        ended.elapsed()
+    );
 }
 
 #[tokio::test]
