@@ -31,6 +31,16 @@ fn assert_shed(res: &Response, reason: &str) {
     assert!(res.text.contains(reason), "{}", res.text);
 }
 
+/// `POST path` with `{}` as the test's user, in a task of its own: (status, body).
+fn post_empty_aside(env: &TestEnv, path: &str) -> tokio::task::JoinHandle<(u16, String)> {
+    let (http, url, token) = (env.http.clone(), env.url(path), env.token.clone());
+    tokio::spawn(async move {
+        let res = http.post(url).bearer_auth(token).json(&json!({})).send();
+        let res = res.await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    })
+}
+
 async fn count(env: &TestEnv, sql: &str) -> i64 {
     env.sql().await.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -220,18 +230,7 @@ async fn requests_beyond_the_in_flight_limits_are_shed_at_once() {
     // Three of them, one after the other: the first two still wait when the third comes.
     let mut waiting = Vec::new();
     for _ in 0..3 {
-        let http = env.http.clone();
-        let (url, token) = (env.url(&sync_url), env.token.clone());
-        waiting.push(tokio::spawn(async move {
-            let res = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({}))
-                .send()
-                .await;
-            let res = res.unwrap();
-            (res.status().as_u16(), res.text().await.unwrap())
-        }));
+        waiting.push(post_empty_aside(&env, &sync_url));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for call in waiting {
@@ -413,19 +412,7 @@ async fn a_submission_waits_for_its_puback_as_long_as_submit_timeout_allows() {
     let nats = env.nats.pid() as i32;
     signal_tree(nats, libc::SIGSTOP);
     let sent = Instant::now();
-    let call = tokio::spawn({
-        let (http, url, token) = (env.http.clone(), env.url(&run), env.token.clone());
-        async move {
-            let res = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({}))
-                .send()
-                .await;
-            let res = res.unwrap();
-            (res.status().as_u16(), res.text().await.unwrap())
-        }
-    });
+    let call = post_empty_aside(&env, &run);
     tokio::time::sleep(Duration::from_secs(7)).await;
     signal_tree(nats, libc::SIGCONT);
     let (status, id) = call.await.unwrap();
