@@ -324,7 +324,12 @@ impl FlowDriver {
             } => Some((*step, *completion)),
             _ => None,
         };
-        let with = flow_runs::With::Ends(ended);
+        // A flow's message starts it if it is still queued.
+        let start = match &trigger {
+            Trigger::Message { .. } => Some(self.worker.as_str()),
+            Trigger::StepEnded { .. } => None,
+        };
+        let with = flow_runs::With::Ends { ended, start };
         let mut run =
             match flow_runs::lock(&mut conn, flow, record, wait == Wait::Yes, with).await? {
                 Locked::Run(run) => *run,
@@ -352,8 +357,7 @@ impl FlowDriver {
             inherited: given, ..
         } = &trigger
         {
-            if run.flow.status == JobStatus::Queued {
-                run.mark_started(&self.worker).await?;
+            if run.opened.started {
                 events.push(Event::Start);
                 inherited = Some(given.clone());
             } else {
@@ -414,8 +418,10 @@ impl FlowDriver {
                 status,
                 end: effects.end.as_ref(),
             };
-            let inserted = run.save(saved).await?;
-            if inserted == new_steps.len() {
+            let inserted = if cancels.is_empty() {
+                run.save_and_commit(saved).await?
+            } else {
+                let inserted = run.save(saved).await?;
                 // After the insert: a step enqueued by one of the events may be cancelled by
                 // a later one.
                 self.cancel(
@@ -426,29 +432,18 @@ impl FlowDriver {
                     &mut effects,
                 )
                 .await?;
-            } else {
+                run.commit().await?;
+                inserted
+            };
+            if inserted != new_steps.len() {
                 // Keys are unique per flow and a state never enqueues one twice: this is a bug.
                 let why = format!(
                     "{} of {} new steps were enqueued already",
                     new_steps.len() - inserted,
                     new_steps.len()
                 );
-                // Nothing of what was decided goes out: no new steps, no progress, no wake-up.
-                effects.steps.clear();
-                effects.held_steps.clear();
-                effects.status = Value::Null;
-                effects.wake_at = None;
-                effects = self
-                    .end_now(&run, effects, "InternalError", why)
-                    .await?
-                    .effects;
-                let end = Saving {
-                    end: effects.end.as_ref(),
-                    ..Saving::default()
-                };
-                run.save(end).await?;
+                effects = self.end_after_bug(&mut conn, flow, effects, why).await?;
             }
-            run.commit().await?;
             tracing::debug!(flow = %flow, ends = applied.len(), new_steps = effects.steps.len(),
                 locked_ms = locked.as_secs_f64() * 1e3, applied_ms = applied_at.as_secs_f64() * 1e3,
                 committed_ms = began.elapsed().as_secs_f64() * 1e3, "flow transition");
@@ -578,15 +573,18 @@ impl FlowDriver {
         reason: &str,
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
-        // Nothing to cancel: what an earlier cancel of this transition decided stays (an early
-        // end cancels before the transition's own cancels, which are then none).
         if steps.is_empty() {
             return Ok(());
         }
         let result = canceled_result(Some(reason), by);
         let (now, kill) = run.cancel_steps(steps, by, Some(reason), &result).await?;
-        effects.canceled_now = now;
-        effects.to_kill = kill;
+        // Added to what an earlier cancel of the same transition did (an early end's).
+        effects.canceled_now.extend(now);
+        for job in kill {
+            if !effects.to_kill.contains(&job) {
+                effects.to_kill.push(job);
+            }
+        }
         effects.cancel_by = by.to_owned();
         effects.cancel_reason = Some(reason.to_owned());
         effects.cancel_result = result;
@@ -617,6 +615,41 @@ impl FlowDriver {
             effects,
             ..Decided::default()
         })
+    }
+
+    /// Ends a flow whose transition committed what it should not have (a bug), in a
+    /// transaction of its own: nothing of what that transition decided goes out (no new steps,
+    /// no progress, no wake-up), and whatever of the flow still runs is cancelled.
+    async fn end_after_bug(
+        &self,
+        conn: &mut store::Conn<'_>,
+        flow: JobId,
+        mut effects: Effects,
+        why: String,
+    ) -> Result<Effects, StoreError> {
+        effects.steps.clear();
+        effects.held_steps.clear();
+        effects.status = Value::Null;
+        effects.wake_at = None;
+        effects.early_return = None;
+        let run = match flow_runs::lock(conn, flow, None, true, flow_runs::With::Nothing).await? {
+            Locked::Run(run) => *run,
+            Locked::Missing | Locked::Busy => return Ok(effects),
+        };
+        if run.flow.status.is_completed() {
+            run.commit().await?;
+            return Ok(effects);
+        }
+        let effects = self
+            .end_now(&run, effects, "InternalError", why)
+            .await?
+            .effects;
+        let end = Saving {
+            end: effects.end.as_ref(),
+            ..Saving::default()
+        };
+        run.save_and_commit(end).await?;
+        Ok(effects)
     }
 
     /// The language and code of a `rawscript` step.

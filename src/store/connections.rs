@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::types::Type;
@@ -13,6 +14,9 @@ use tokio_postgres::{Client, NoTls, Statement};
 pub struct Connection {
     client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// A transaction begun by [`Connection::begin`] has not been seen to end: given back like
+    /// this, the connection is closed rather than lent again with the transaction open.
+    in_transaction: AtomicBool,
 }
 
 impl Deref for Connection {
@@ -44,6 +48,36 @@ impl Connection {
         self.prepared.insert(sql, statement.clone());
         Ok(statement)
     }
+
+    /// Begins a transaction without waiting for the server: statements sent after it, before
+    /// awaiting it, travel in the same round trip and run inside it (`transaction()` waits for
+    /// BEGIN's answer first). Until [`Connection::commit`] or [`Connection::rollback`] sees it
+    /// end, the pool will not lend the connection again: a transaction abandoned halfway (an
+    /// error, a cancelled task) is closed with its connection, its locks released.
+    pub fn begin(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + '_ {
+        self.in_transaction.store(true, Ordering::Relaxed);
+        self.client.batch_execute("BEGIN")
+    }
+
+    /// Commits the transaction begun by [`Connection::begin`]. In a transaction where a
+    /// statement failed, it rolls back instead, without an error: callers check their
+    /// statements' results too.
+    pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
+        self.end("COMMIT").await
+    }
+
+    /// Rolls back the transaction begun by [`Connection::begin`].
+    pub async fn rollback(&self) -> Result<(), tokio_postgres::Error> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(sql).await?;
+        self.in_transaction.store(false, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// bb8-postgres' manager, except that a checkout only checks that the connection is still
@@ -66,6 +100,7 @@ impl bb8::ManageConnection for Manager {
         Ok(Connection {
             client: self.0.connect().await?,
             prepared: HashMap::new(),
+            in_transaction: AtomicBool::new(false),
         })
     }
 
@@ -79,6 +114,6 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        conn.is_closed()
+        conn.is_closed() || *conn.in_transaction.get_mut()
     }
 }

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Statement, Transaction};
+use tokio_postgres::Statement;
 
+use super::connections::Connection;
 use super::flows::{self, Flow};
 use super::job_inserter::{run_insert, INSERT};
 use super::jobs::{run_complete, Completion, COMPLETE, COMPLETE_TYPES};
@@ -66,9 +67,10 @@ pub struct FlowEnd {
     pub canceled_reason: Option<String>,
 }
 
-/// A flow job locked for one transition; dropped without [`FlowRun::commit`], nothing happened.
+/// A flow job locked for one transition; dropped without [`FlowRun::commit`], nothing happened
+/// (the connection is closed rather than lent again with the transaction open).
 pub struct FlowRun<'c> {
-    tx: Transaction<'c>,
+    conn: &'c Connection,
     statements: Statements,
     pub flow: FlowJob,
     /// What was read and recorded with the lock ([`With::Ends`]).
@@ -83,13 +85,19 @@ pub enum With<'a> {
     /// The flow alone.
     Nothing,
     /// The end of the step given (`(step, completion)`), then every step end the flow's state
-    /// has not taken into account yet.
-    Ends(Option<(JobId, &'a Completion)>),
+    /// has not taken into account yet; with `start`, the flow marked running on that worker
+    /// first if it is still queued (its start).
+    Ends {
+        ended: Option<(JobId, &'a Completion)>,
+        start: Option<&'a str>,
+    },
 }
 
 /// What [`With::Ends`] found.
 #[derive(Debug, Default)]
 pub struct Opened {
+    /// The flow was queued and is now running: this transition starts it.
+    pub started: bool,
     /// The step end given was recorded now (it had not ended before).
     pub recorded: bool,
     /// The ended steps of this flow that its state has not taken into account yet, in the
@@ -109,6 +117,11 @@ const LOCK_NOWAIT: &str = "SELECT id, workspace_id, status, args, flow_version, 
                                   created_by, permissioned_as, tag, started_by_token,
                                   flow_state::text, started_at
                            FROM jobs WHERE id = $1 AND job_kind = 'flow' FOR UPDATE NOWAIT";
+/// Queued → running on worker `$2` (the flow's start); nothing if it is not queued.
+const START: &str = "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
+                                     attempts = attempts + 1
+                     WHERE id = $1 AND job_kind = 'flow' AND status = 'queued'
+                     RETURNING started_at";
 
 /// What locking a flow job found.
 pub enum Locked<'c> {
@@ -119,10 +132,10 @@ pub enum Locked<'c> {
     Busy,
 }
 
-/// Locks the flow job `id`, waiting for it or not, and does what `with` says. With `record`
-/// (the flow's row as its first message carries it), the row is written first if the API's
-/// INSERT has not landed yet (the API publishes small flows while it inserts them); such a
-/// flow has no steps yet.
+/// Locks the flow job `id`, waiting for it or not, and does what `with` says, all in one
+/// round trip with the transaction's BEGIN. With `record` (the flow's row as its first message
+/// carries it), the row is written first if the API's INSERT has not landed yet (the API
+/// publishes small flows while it inserts them); such a flow has no steps yet.
 pub async fn lock<'c>(
     conn: &'c mut Conn<'_>,
     id: JobId,
@@ -137,54 +150,80 @@ pub async fn lock<'c>(
     };
     let complete = conn.prepared(COMPLETE, COMPLETE_TYPES).await?;
     let unapplied = conn.prepared(UNAPPLIED, &[Type::UUID]).await?;
+    let mark_started = conn.prepared(START, &[Type::UUID, Type::TEXT]).await?;
     let statements = Statements {
         insert: conn.prepared(INSERT, &[]).await?,
         save: conn.prepared(SAVE, SAVE_TYPES).await?,
     };
-    // Usually the API's INSERT landed before the message arrived: look first.
-    let tx = conn.transaction().await?;
-    let (mut found, opened) = match with {
-        With::Nothing => (tx.query_opt(&lock, &[&id]).await, Ok(Opened::default())),
-        With::Ends(ended) => {
-            // Polled in this order, the three are sent at once, in this order.
-            let by_id: &[&(dyn ToSql + Sync)] = &[&id];
-            let (found, recorded, ends) = futures::join!(
-                tx.query_opt(&lock, by_id),
-                async {
-                    match ended {
-                        Some((step, completion)) => {
-                            run_complete(&tx, &complete, step, completion).await
-                        }
-                        None => Ok(false),
-                    }
-                },
-                tx.query(&unapplied, by_id),
-            );
-            let opened = match (recorded, ends) {
-                (Ok(recorded), Ok(ends)) => Ok(Opened {
-                    recorded,
-                    ends: ends.iter().map(step_end).collect(),
-                }),
-                (Err(e), _) => Err(e),
-                (_, Err(e)) => Err(e.into()),
-            };
-            (found, opened)
+    let conn: &'c Connection = conn;
+    let (ended, starting, reading) = match with {
+        With::Nothing => (None, None, false),
+        With::Ends { ended, start } => (ended, start, true),
+    };
+    let by_id: &[&(dyn ToSql + Sync)] = &[&id];
+    let mark = |worker: &str| {
+        let worker = worker.to_owned();
+        let statement = mark_started.clone();
+        async move {
+            let row = conn.query_opt(&statement, &[&id, &worker]).await?;
+            Ok::<_, StoreError>(row.map(|row| row.get::<_, DateTime<Utc>>(0)))
         }
     };
+    // Polled in this order, all are sent at once, in this order: usually the API's INSERT
+    // landed before the flow's message arrived, so the row is there to lock.
+    let (begun, mut found, mut started, recorded, ends) = futures::join!(
+        conn.begin(),
+        conn.query_opt(&lock, by_id),
+        async {
+            match starting {
+                Some(worker) => mark(worker).await,
+                None => Ok(None),
+            }
+        },
+        async {
+            match ended {
+                Some((step, completion)) => {
+                    run_complete(&**conn, &complete, step, completion).await
+                }
+                None => Ok(false),
+            }
+        },
+        async {
+            match reading {
+                true => conn.query(&unapplied, by_id).await,
+                false => Ok(Vec::new()),
+            }
+        },
+    );
+    begun?;
     if let (Ok(None), Some(record)) = (&found, record) {
         // Waits for an uncommitted INSERT of the same id (then does nothing), or writes the row.
-        run_insert(&tx, &statements.insert, std::slice::from_ref(record)).await?;
-        found = tx.query_opt(&lock, &[&id]).await;
+        run_insert(&**conn, &statements.insert, std::slice::from_ref(record)).await?;
+        found = conn.query_opt(&lock, by_id).await;
+        if let (Ok(Some(_)), Some(worker)) = (&found, starting) {
+            started = mark(worker).await;
+        }
     }
     // The lock's own outcome first: when it failed, so did what was sent after it.
     let row = match found {
         Ok(Some(row)) => row,
-        Ok(None) => return Ok(Locked::Missing),
-        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(Locked::Busy),
+        Ok(None) => {
+            conn.rollback().await?;
+            return Ok(Locked::Missing);
+        }
+        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            conn.rollback().await?;
+            return Ok(Locked::Busy);
+        }
         Err(e) => return Err(e.into()),
     };
-    let opened = opened?;
-    let flow = FlowJob {
+    let started = started?;
+    let opened = Opened {
+        started: started.is_some(),
+        recorded: recorded?,
+        ends: ends?.iter().map(step_end).collect(),
+    };
+    let mut flow = FlowJob {
         id: row.get(0),
         workspace_id: row.get(1),
         status: JobStatus::parse(row.get(2)).unwrap_or(JobStatus::Failure),
@@ -198,8 +237,12 @@ pub async fn lock<'c>(
         state: row.get(10),
         started_at: row.get(11),
     };
+    if let Some(at) = started {
+        flow.status = JobStatus::Running;
+        flow.started_at = Some(at);
+    }
     Ok(Locked::Run(Box::new(FlowRun {
-        tx,
+        conn,
         statements,
         flow,
         opened,
@@ -219,22 +262,6 @@ const UNAPPLIED: &str = "SELECT id, status, result FROM jobs
                          ORDER BY completed_at, id";
 
 impl FlowRun<'_> {
-    /// Queued → running, on `worker`.
-    pub async fn mark_started(&mut self, worker: &str) -> Result<(), StoreError> {
-        let row = self
-            .tx
-            .query_one(
-                "UPDATE jobs SET status = 'running', started_at = now(), worker = $2,
-                                 attempts = attempts + 1
-                 WHERE id = $1 RETURNING started_at",
-                &[&self.flow.id, &worker],
-            )
-            .await?;
-        self.flow.status = JobStatus::Running;
-        self.flow.started_at = row.get(0);
-        Ok(())
-    }
-
     /// A script version, read in this transaction: the live one at `path`, or `hash` if it is
     /// a version of `path`.
     pub async fn script(
@@ -244,10 +271,10 @@ impl FlowRun<'_> {
         hash: Option<&ScriptHash>,
     ) -> Result<Option<Script>, StoreError> {
         Ok(match hash {
-            Some(hash) => scripts::by_hash_on(&self.tx, ws, hash)
+            Some(hash) => scripts::by_hash_on(&**self.conn, ws, hash)
                 .await?
                 .filter(|s| &s.path == path),
-            None => scripts::latest_by_path_on(&self.tx, ws, path)
+            None => scripts::latest_by_path_on(&**self.conn, ws, path)
                 .await?
                 .filter(|s| !s.archived),
         })
@@ -255,7 +282,7 @@ impl FlowRun<'_> {
 
     /// A flow version, read in this transaction.
     pub async fn version(&self, ws: &WorkspaceId, id: i64) -> Result<Option<Flow>, StoreError> {
-        flows::version_on(&self.tx, ws, id).await
+        flows::version_on(&**self.conn, ws, id).await
     }
 
     /// Cancels steps: queued ones end now (returned first), running ones are flagged for their
@@ -271,7 +298,7 @@ impl FlowRun<'_> {
             return Ok((Vec::new(), Vec::new()));
         }
         let queued = self
-            .tx
+            .conn
             .query(
                 "UPDATE jobs SET status = 'canceled', canceled_by = $2, canceled_reason = $3,
                                  result = $4, completed_at = now(), logs = ''
@@ -291,7 +318,7 @@ impl FlowRun<'_> {
             })
             .collect();
         let running = self
-            .tx
+            .conn
             .query(
                 "UPDATE jobs SET cancel_requested = true, canceled_by = $2, canceled_reason = $3
                  WHERE id = ANY($1) AND status = 'running' RETURNING id",
@@ -304,7 +331,7 @@ impl FlowRun<'_> {
     /// Every step of this flow that is still queued or running.
     pub async fn unfinished_steps(&self) -> Result<Vec<JobId>, StoreError> {
         let rows = self
-            .tx
+            .conn
             .query(
                 "SELECT id FROM jobs WHERE parent_job = $1 AND flow_step_key IS NOT NULL
                                        AND status IN ('queued', 'running')",
@@ -322,7 +349,7 @@ impl FlowRun<'_> {
         envelope: &Value,
         msg_id: &str,
     ) -> Result<(), StoreError> {
-        self.tx
+        self.conn
             .execute(
                 "UPDATE jobs SET publish_at = $2, publish_envelope = $3, publish_msg_id = $4
                  WHERE id = $1 AND (publish_at IS NULL OR publish_at > $2)",
@@ -347,7 +374,7 @@ impl FlowRun<'_> {
             if new_steps.is_empty() {
                 return Ok(Vec::new());
             }
-            run_insert(&self.tx, &self.statements.insert, new_steps).await
+            run_insert(&**self.conn, &self.statements.insert, new_steps).await
         };
         let ended = (
             end.map(|e| e.status.as_str()),
@@ -365,7 +392,7 @@ impl FlowRun<'_> {
             &ended.3,
             &applied,
         ];
-        let save = self.tx.execute(&self.statements.save, &params);
+        let save = self.conn.execute(&self.statements.save, &params);
         // Polled in this order, both are sent at once, the insert first.
         let (inserted, saved) = futures::join!(insert, save);
         let inserted = inserted?;
@@ -373,9 +400,20 @@ impl FlowRun<'_> {
         Ok(inserted.len())
     }
 
+    /// [`FlowRun::save`], with the COMMIT sent along: one round trip less, for a transition
+    /// that has nothing to do between the two. What it returns is committed.
+    pub async fn save_and_commit(self, saving: Saving<'_>) -> Result<usize, StoreError> {
+        // Polled in this order, the COMMIT goes out last; if a statement failed, it rolls the
+        // transaction back instead, and that statement's error is what is returned.
+        let (saved, committed) = futures::join!(self.save(saving), self.conn.commit());
+        let inserted = saved?;
+        committed?;
+        Ok(inserted)
+    }
+
     /// Commits the transition; dropped without it, nothing happened.
     pub async fn commit(self) -> Result<(), StoreError> {
-        Ok(self.tx.commit().await?)
+        Ok(self.conn.commit().await?)
     }
 }
 

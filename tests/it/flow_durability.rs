@@ -257,3 +257,80 @@ async fn an_api_killed_while_its_sync_caller_waits_loses_no_flow() {
     assert_eq!(done["result"], json!("one two"));
     assert_eq!(assert_each_step_completed_once(&env, &id).await, 2);
 }
+
+/// A flow transition begins its transaction without waiting for BEGIN's answer, so it ends it
+/// by hand: a transaction left halfway (an error, a cancelled task) must not stay open on a
+/// pooled connection, holding its flow's row lock for whoever borrows the connection next;
+/// a transaction that ended leaves its connection to be lent again.
+#[tokio::test]
+async fn a_transaction_left_halfway_is_closed_with_its_connection() {
+    let env = TestEnv::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let config = millrace::config::DatabaseConfig {
+        url: millrace::config::Secret::new(env.database_url()),
+        pool_size: 1,
+    };
+    let pool = millrace::store::connect(&config).await.unwrap();
+    let sql = env.sql().await;
+    sql.batch_execute(
+        "CREATE TABLE left_halfway (id int PRIMARY KEY); INSERT INTO left_halfway VALUES (1)",
+    )
+    .await
+    .unwrap();
+
+    // Ended: the same connection is lent again.
+    let conn = pool.get().await.unwrap();
+    let first = backend(&conn).await;
+    lock_the_row(&conn).await;
+    conn.commit().await.unwrap();
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    assert_eq!(
+        backend(&conn).await,
+        first,
+        "a clean connection was not reused"
+    );
+
+    // Left halfway, holding a row lock.
+    lock_the_row(&conn).await;
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    assert_ne!(
+        backend(&conn).await,
+        first,
+        "a connection inside a transaction was lent again"
+    );
+    // The server ended the transaction with its connection: the lock is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sql
+            .query("SELECT id FROM left_halfway FOR UPDATE NOWAIT", &[])
+            .await
+        {
+            Ok(rows) => break assert_eq!(rows.len(), 1),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the abandoned transaction still holds its lock: {e}"),
+        }
+    }
+}
+
+async fn backend(conn: &millrace::store::Conn<'_>) -> i32 {
+    let row = conn.query_one("SELECT pg_backend_pid()", &[]).await;
+    row.unwrap().get(0)
+}
+
+/// Begins a transaction on `conn` (BEGIN not awaited alone, as a flow transition does) and
+/// locks the test's row in it.
+async fn lock_the_row(conn: &millrace::store::Conn<'_>) {
+    let (begun, locked) = futures::join!(
+        conn.begin(),
+        conn.query("SELECT id FROM left_halfway FOR UPDATE", &[])
+    );
+    begun.unwrap();
+    assert_eq!(locked.unwrap().len(), 1);
+}
