@@ -350,7 +350,7 @@ impl FlowDriver {
                 }
             };
         let locked = began.elapsed();
-        let recorded = run.opened.recorded;
+        let mut recorded = run.opened.recorded;
         let mut events = Vec::new();
         let mut inherited = None;
         if let Trigger::Message {
@@ -418,31 +418,39 @@ impl FlowDriver {
                 status,
                 end: effects.end.as_ref(),
             };
-            let inserted = if cancels.is_empty() {
-                run.save_and_commit(saved).await?
+            let committed = if cancels.is_empty() {
+                run.save_and_commit(saved).await
             } else {
-                let inserted = run.save(saved).await?;
                 // After the insert: a step enqueued by one of the events may be cancelled by
                 // a later one.
-                self.cancel(
-                    &run,
-                    &cancels,
-                    &flow_job.created_by,
-                    NOT_NEEDED,
-                    &mut effects,
-                )
-                .await?;
-                run.commit().await?;
-                inserted
+                let by = &flow_job.created_by;
+                let canceled = match run.save(saved).await {
+                    Ok(()) => {
+                        self.cancel(&run, &cancels, by, NOT_NEEDED, &mut effects)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match canceled {
+                    Ok(()) => run.commit().await,
+                    Err(e) => {
+                        drop(run);
+                        Err(e)
+                    }
+                }
             };
-            if inserted != new_steps.len() {
+            match committed {
+                Ok(()) => {}
                 // Keys are unique per flow and a state never enqueues one twice: this is a bug.
-                let why = format!(
-                    "{} of {} new steps were enqueued already",
-                    new_steps.len() - inserted,
-                    new_steps.len()
-                );
-                effects = self.end_after_bug(&mut conn, flow, effects, why).await?;
+                // Nothing of this transition was committed.
+                Err(e) if e.is_unique_violation() => {
+                    let why = format!(
+                        "a step among the {} new ones was enqueued already",
+                        new_steps.len()
+                    );
+                    (effects, recorded) = self.end_after_bug(&mut conn, flow, ended, why).await?;
+                }
+                Err(e) => return Err(e),
             }
             tracing::debug!(flow = %flow, ends = applied.len(), new_steps = effects.steps.len(),
                 locked_ms = locked.as_secs_f64() * 1e3, applied_ms = applied_at.as_secs_f64() * 1e3,
@@ -573,18 +581,15 @@ impl FlowDriver {
         reason: &str,
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
+        // Nothing to cancel: what an earlier cancel of this transition decided stays (an early
+        // end cancels before the transition's own cancels, which are then none).
         if steps.is_empty() {
             return Ok(());
         }
         let result = canceled_result(Some(reason), by);
         let (now, kill) = run.cancel_steps(steps, by, Some(reason), &result).await?;
-        // Added to what an earlier cancel of the same transition did (an early end's).
-        effects.canceled_now.extend(now);
-        for job in kill {
-            if !effects.to_kill.contains(&job) {
-                effects.to_kill.push(job);
-            }
-        }
+        effects.canceled_now = now;
+        effects.to_kill = kill;
         effects.cancel_by = by.to_owned();
         effects.cancel_reason = Some(reason.to_owned());
         effects.cancel_result = result;
@@ -617,28 +622,31 @@ impl FlowDriver {
         })
     }
 
-    /// Ends a flow whose transition committed what it should not have (a bug), in a
-    /// transaction of its own: nothing of what that transition decided goes out (no new steps,
-    /// no progress, no wake-up), and whatever of the flow still runs is cancelled.
+    /// Ends a flow as failed after its transition hit a bug (and rolled back), in a transaction
+    /// of its own that records the step end `ended` too, and cancels whatever of the flow
+    /// still runs. Also says whether it recorded that end.
     async fn end_after_bug(
         &self,
         conn: &mut store::Conn<'_>,
         flow: JobId,
-        mut effects: Effects,
+        ended: Option<(JobId, &Completion)>,
         why: String,
-    ) -> Result<Effects, StoreError> {
-        effects.steps.clear();
-        effects.held_steps.clear();
-        effects.status = Value::Null;
-        effects.wake_at = None;
-        effects.early_return = None;
-        let run = match flow_runs::lock(conn, flow, None, true, flow_runs::With::Nothing).await? {
+    ) -> Result<(Effects, bool), StoreError> {
+        let with = flow_runs::With::Ends { ended, start: None };
+        let run = match flow_runs::lock(conn, flow, None, true, with).await? {
             Locked::Run(run) => *run,
-            Locked::Missing | Locked::Busy => return Ok(effects),
+            Locked::Missing | Locked::Busy => return Ok((Effects::default(), false)),
+        };
+        let recorded = run.opened.recorded;
+        let effects = Effects {
+            inherited: read_state(run.flow.state.as_deref())
+                .map(|s| s.inherited)
+                .unwrap_or_default(),
+            ..Effects::default()
         };
         if run.flow.status.is_completed() {
             run.commit().await?;
-            return Ok(effects);
+            return Ok((effects, recorded));
         }
         let effects = self
             .end_now(&run, effects, "InternalError", why)
@@ -649,7 +657,7 @@ impl FlowDriver {
             ..Saving::default()
         };
         run.save_and_commit(end).await?;
-        Ok(effects)
+        Ok((effects, recorded))
     }
 
     /// The language and code of a `rawscript` step.
@@ -882,6 +890,7 @@ pub async fn cancel_flow(
         Locked::Missing | Locked::Busy => return Ok(FlowCancel::NotFound),
     };
     if run.flow.status.is_completed() {
+        run.commit().await?;
         return Ok(FlowCancel::AlreadyCompleted);
     }
     let flow = run.flow.clone();

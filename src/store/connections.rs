@@ -49,34 +49,72 @@ impl Connection {
         Ok(statement)
     }
 
-    /// Begins a transaction without waiting for the server: statements sent after it, before
-    /// awaiting it, travel in the same round trip and run inside it (`transaction()` waits for
-    /// BEGIN's answer first). Until [`Connection::commit`] or [`Connection::rollback`] sees it
-    /// end, the pool will not lend the connection again: a transaction abandoned halfway (an
-    /// error, a cancelled task) is closed with its connection, its locks released.
+    /// The client, for functions that take any `GenericClient`.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Begins a transaction without waiting for the server: statements sent after the returned
+    /// future is first polled, before it is awaited, travel in the same round trip and run
+    /// inside the transaction (`transaction()` waits for BEGIN's answer first). tokio-postgres
+    /// sends a statement when its future is first polled, so futures polled in order (as
+    /// `futures::join!` does) go out in that order. The transaction ends with
+    /// [`Begun::commit`], or rolls back when [`Begun`] is dropped.
     pub fn begin(
         &self,
-    ) -> impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + '_ {
+    ) -> (
+        Begun<'_>,
+        impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + '_,
+    ) {
         self.in_transaction.store(true, Ordering::Relaxed);
-        self.client.batch_execute("BEGIN")
+        (Begun { conn: self }, self.client.batch_execute("BEGIN"))
     }
 
-    /// Commits the transaction begun by [`Connection::begin`]. In a transaction where a
-    /// statement failed, it rolls back instead, without an error: callers check their
-    /// statements' results too.
-    pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
-        self.end("COMMIT").await
-    }
-
-    /// Rolls back the transaction begun by [`Connection::begin`].
-    pub async fn rollback(&self) -> Result<(), tokio_postgres::Error> {
-        self.end("ROLLBACK").await
-    }
-
-    async fn end(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
-        self.client.batch_execute(sql).await?;
+    /// Rolls back an open transaction without waiting for the answer, as tokio-postgres's own
+    /// `Transaction` does when dropped: the ROLLBACK is queued on the connection, so whatever
+    /// is sent next runs after it, outside the transaction. Should it not go out (the
+    /// connection is closing), the transaction stays marked open and the pool closes the
+    /// connection instead of lending it again.
+    fn abandon(&self) {
+        if !self.in_transaction.load(Ordering::Relaxed) {
+            return;
+        }
+        use futures::FutureExt;
+        // Pending: sent, its answer to be dropped when it comes.
+        if let Some(Err(_)) = self.client.batch_execute("ROLLBACK").now_or_never() {
+            return;
+        }
         self.in_transaction.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A transaction begun by [`Connection::begin`]: rolled back when dropped before
+/// [`Begun::commit`] succeeded.
+pub struct Begun<'c> {
+    conn: &'c Connection,
+}
+
+impl Begun<'_> {
+    /// Commits. In a transaction where a statement failed, the server rolls back instead and
+    /// answers without an error: callers check their statements' results too.
+    pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
+        self.conn.client.batch_execute("COMMIT").await?;
+        self.conn.in_transaction.store(false, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl Deref for Begun<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Begun<'_> {
+    fn drop(&mut self) {
+        self.conn.abandon();
     }
 }
 

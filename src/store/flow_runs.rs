@@ -2,7 +2,11 @@
 //! steps, insert the step jobs it enqueues, save the new state (and the end, if it ended), and
 //! commit. The row lock serialises transitions of one flow, whichever workers run them.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use chrono::{DateTime, Utc};
+use futures::future::{maybe_done, MaybeDone};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -10,9 +14,10 @@ use tokio_postgres::Statement;
 
 use super::connections::Connection;
 use super::flows::{self, Flow};
-use super::job_inserter::{run_insert, INSERT};
+use super::job_inserter::{run_insert, INSERT, INSERT_NEW};
 use super::jobs::{run_complete, Completion, COMPLETE, COMPLETE_TYPES};
 use super::scripts::{self, Script};
+use super::Begun;
 use super::{Conn, NewJobRow, StoreError};
 use crate::domain::{JobId, JobStatus, RunnablePath, ScriptHash, WorkspaceId};
 
@@ -70,7 +75,7 @@ pub struct FlowEnd {
 /// A flow job locked for one transition; dropped without [`FlowRun::commit`], nothing happened
 /// (the connection is closed rather than lent again with the transaction open).
 pub struct FlowRun<'c> {
-    conn: &'c Connection,
+    tx: Begun<'c>,
     statements: Statements,
     pub flow: FlowJob,
     /// What was read and recorded with the lock ([`With::Ends`]).
@@ -106,7 +111,10 @@ pub struct Opened {
 }
 
 struct Statements {
+    /// The flow's own row, if its INSERT has not landed.
     insert: Statement,
+    /// New step rows.
+    insert_new: Statement,
     save: Statement,
 }
 
@@ -153,9 +161,12 @@ pub async fn lock<'c>(
     let mark_started = conn.prepared(START, &[Type::UUID, Type::TEXT]).await?;
     let statements = Statements {
         insert: conn.prepared(INSERT, &[]).await?,
+        insert_new: conn.prepared(INSERT_NEW, &[]).await?,
         save: conn.prepared(SAVE, SAVE_TYPES).await?,
     };
     let conn: &'c Connection = conn;
+    // Dropped on the way out before the end (an error, a busy or missing flow): rolled back.
+    let (tx, begin) = conn.begin();
     let (ended, starting, reading) = match with {
         With::Nothing => (None, None, false),
         With::Ends { ended, start } => (ended, start, true),
@@ -172,7 +183,7 @@ pub async fn lock<'c>(
     // Polled in this order, all are sent at once, in this order: usually the API's INSERT
     // landed before the flow's message arrived, so the row is there to lock.
     let (begun, mut found, mut started, recorded, ends) = futures::join!(
-        conn.begin(),
+        begin,
         conn.query_opt(&lock, by_id),
         async {
             match starting {
@@ -183,7 +194,7 @@ pub async fn lock<'c>(
         async {
             match ended {
                 Some((step, completion)) => {
-                    run_complete(&**conn, &complete, step, completion).await
+                    run_complete(conn.client(), &complete, step, completion).await
                 }
                 None => Ok(false),
             }
@@ -198,23 +209,24 @@ pub async fn lock<'c>(
     begun?;
     if let (Ok(None), Some(record)) = (&found, record) {
         // Waits for an uncommitted INSERT of the same id (then does nothing), or writes the row.
-        run_insert(&**conn, &statements.insert, std::slice::from_ref(record)).await?;
+        run_insert(
+            conn.client(),
+            &statements.insert,
+            std::slice::from_ref(record),
+        )
+        .await?;
         found = conn.query_opt(&lock, by_id).await;
-        if let (Ok(Some(_)), Some(worker)) = (&found, starting) {
+        // The start sent with the lock may have found the row committed meanwhile (it reads a
+        // snapshot of its own): then the flow is started already.
+        if let (Ok(Some(_)), Some(worker), Ok(None)) = (&found, starting, &started) {
             started = mark(worker).await;
         }
     }
     // The lock's own outcome first: when it failed, so did what was sent after it.
     let row = match found {
         Ok(Some(row)) => row,
-        Ok(None) => {
-            conn.rollback().await?;
-            return Ok(Locked::Missing);
-        }
-        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-            conn.rollback().await?;
-            return Ok(Locked::Busy);
-        }
+        Ok(None) => return Ok(Locked::Missing),
+        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(Locked::Busy),
         Err(e) => return Err(e.into()),
     };
     let started = started?;
@@ -242,7 +254,7 @@ pub async fn lock<'c>(
         flow.started_at = Some(at);
     }
     Ok(Locked::Run(Box::new(FlowRun {
-        conn,
+        tx,
         statements,
         flow,
         opened,
@@ -271,10 +283,10 @@ impl FlowRun<'_> {
         hash: Option<&ScriptHash>,
     ) -> Result<Option<Script>, StoreError> {
         Ok(match hash {
-            Some(hash) => scripts::by_hash_on(&**self.conn, ws, hash)
+            Some(hash) => scripts::by_hash_on(self.tx.client(), ws, hash)
                 .await?
                 .filter(|s| &s.path == path),
-            None => scripts::latest_by_path_on(&**self.conn, ws, path)
+            None => scripts::latest_by_path_on(self.tx.client(), ws, path)
                 .await?
                 .filter(|s| !s.archived),
         })
@@ -282,7 +294,7 @@ impl FlowRun<'_> {
 
     /// A flow version, read in this transaction.
     pub async fn version(&self, ws: &WorkspaceId, id: i64) -> Result<Option<Flow>, StoreError> {
-        flows::version_on(&**self.conn, ws, id).await
+        flows::version_on(self.tx.client(), ws, id).await
     }
 
     /// Cancels steps: queued ones end now (returned first), running ones are flagged for their
@@ -298,7 +310,7 @@ impl FlowRun<'_> {
             return Ok((Vec::new(), Vec::new()));
         }
         let queued = self
-            .conn
+            .tx
             .query(
                 "UPDATE jobs SET status = 'canceled', canceled_by = $2, canceled_reason = $3,
                                  result = $4, completed_at = now(), logs = ''
@@ -318,7 +330,7 @@ impl FlowRun<'_> {
             })
             .collect();
         let running = self
-            .conn
+            .tx
             .query(
                 "UPDATE jobs SET cancel_requested = true, canceled_by = $2, canceled_reason = $3
                  WHERE id = ANY($1) AND status = 'running' RETURNING id",
@@ -331,7 +343,7 @@ impl FlowRun<'_> {
     /// Every step of this flow that is still queued or running.
     pub async fn unfinished_steps(&self) -> Result<Vec<JobId>, StoreError> {
         let rows = self
-            .conn
+            .tx
             .query(
                 "SELECT id FROM jobs WHERE parent_job = $1 AND flow_step_key IS NOT NULL
                                        AND status IN ('queued', 'running')",
@@ -349,7 +361,7 @@ impl FlowRun<'_> {
         envelope: &Value,
         msg_id: &str,
     ) -> Result<(), StoreError> {
-        self.conn
+        self.tx
             .execute(
                 "UPDATE jobs SET publish_at = $2, publish_envelope = $3, publish_msg_id = $4
                  WHERE id = $1 AND (publish_at IS NULL OR publish_at > $2)",
@@ -360,9 +372,37 @@ impl FlowRun<'_> {
     }
 
     /// Inserts the new step jobs, marks the step ends applied, saves the state and, when the
-    /// flow ended, its end: sent together, one round trip. Returns how many of the steps were
-    /// new. Nothing is committed yet.
-    pub async fn save(&self, saving: Saving<'_>) -> Result<usize, StoreError> {
+    /// flow ended, its end: sent together, one round trip. Nothing is committed yet. A step row
+    /// that exists already (a bug: keys are unique per flow, and a state never enqueues one
+    /// twice) fails it with a unique violation.
+    pub async fn save(&self, saving: Saving<'_>) -> Result<(), StoreError> {
+        let (insert, save) = self.send_save(saving).await?;
+        let (inserted, saved) = futures::join!(answer(insert), answer(save));
+        inserted?;
+        saved?;
+        Ok(())
+    }
+
+    /// [`FlowRun::save`], with the COMMIT sent along: one round trip less, for a transition
+    /// that has nothing to do between the two. `Ok` once committed.
+    pub async fn save_and_commit(self, saving: Saving<'_>) -> Result<(), StoreError> {
+        let (insert, save) = self.send_save(saving).await?;
+        // If one of them fails on the server, the COMMIT rolls back instead (and answers
+        // without an error): their own answers say so.
+        let (inserted, saved, committed) =
+            futures::join!(answer(insert), answer(save), self.tx.commit());
+        inserted?;
+        saved?;
+        committed?;
+        Ok(())
+    }
+
+    /// Sends the statements of [`FlowRun::save`] without awaiting their answers; fails, and
+    /// sends nothing more, if one of them could not be sent at all.
+    async fn send_save<'a>(
+        &'a self,
+        saving: Saving<'a>,
+    ) -> Result<(Sent<'a, u64>, Sent<'a, u64>), StoreError> {
         let Saving {
             new_steps,
             applied,
@@ -370,51 +410,75 @@ impl FlowRun<'_> {
             status,
             end,
         } = saving;
-        let insert = async {
+        let insert = send(async move {
             if new_steps.is_empty() {
-                return Ok(Vec::new());
+                return Ok(0);
             }
-            run_insert(&**self.conn, &self.statements.insert, new_steps).await
-        };
+            let ids = run_insert(self.tx.client(), &self.statements.insert_new, new_steps).await?;
+            Ok(ids.len() as u64)
+        })
+        .await?;
         let ended = (
             end.map(|e| e.status.as_str()),
-            end.map(|e| &e.result),
-            end.and_then(|e| e.canceled_by.as_deref()),
-            end.and_then(|e| e.canceled_reason.as_deref()),
+            end.map(|e| e.result.clone()),
+            end.and_then(|e| e.canceled_by.clone()),
+            end.and_then(|e| e.canceled_reason.clone()),
         );
-        let params: [&(dyn ToSql + Sync); 8] = [
-            &self.flow.id,
-            &state,
-            &status,
-            &ended.0,
-            &ended.1,
-            &ended.2,
-            &ended.3,
-            &applied,
-        ];
-        let save = self.conn.execute(&self.statements.save, &params);
-        // Polled in this order, both are sent at once, the insert first.
-        let (inserted, saved) = futures::join!(insert, save);
-        let inserted = inserted?;
-        saved?;
-        Ok(inserted.len())
-    }
-
-    /// [`FlowRun::save`], with the COMMIT sent along: one round trip less, for a transition
-    /// that has nothing to do between the two. What it returns is committed.
-    pub async fn save_and_commit(self, saving: Saving<'_>) -> Result<usize, StoreError> {
-        // Polled in this order, the COMMIT goes out last; if a statement failed, it rolls the
-        // transaction back instead, and that statement's error is what is returned.
-        let (saved, committed) = futures::join!(self.save(saving), self.conn.commit());
-        let inserted = saved?;
-        committed?;
-        Ok(inserted)
+        let state = state.cloned();
+        let status = status.cloned();
+        let applied = applied.to_vec();
+        let save = send(async move {
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &self.flow.id,
+                &state,
+                &status,
+                &ended.0,
+                &ended.1,
+                &ended.2,
+                &ended.3,
+                &applied,
+            ];
+            Ok(self.tx.execute(&self.statements.save, &params).await?)
+        })
+        .await?;
+        Ok((insert, save))
     }
 
     /// Commits the transition; dropped without it, nothing happened.
     pub async fn commit(self) -> Result<(), StoreError> {
-        Ok(self.conn.commit().await?)
+        Ok(self.tx.commit().await?)
     }
+}
+
+/// A statement sent, its answer to await with [`answer`].
+type Sent<'a, T> =
+    Pin<Box<MaybeDone<Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>>>>;
+
+/// Sends a statement without awaiting its answer. tokio-postgres sends a statement when its
+/// future is first polled, and fails it right there, before anything is sent, when it cannot
+/// be sent at all (a value it cannot encode, a message too large): that error is returned at
+/// once, so that nothing meant to follow the statement (a COMMIT) is sent after it.
+async fn send<'a, T: Send + 'a>(
+    statement: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+) -> Result<Sent<'a, T>, StoreError> {
+    let boxed: Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>> =
+        Box::pin(statement);
+    let mut sent = Box::pin(maybe_done(boxed));
+    let _ = futures::poll!(sent.as_mut());
+    if let Some(Err(_)) = sent.as_mut().output_mut() {
+        if let Some(Err(e)) = sent.as_mut().take_output() {
+            return Err(e);
+        }
+    }
+    Ok(sent)
+}
+
+/// The answer to a statement [`send`] sent.
+async fn answer<T>(mut sent: Sent<'_, T>) -> Result<T, StoreError> {
+    sent.as_mut().await;
+    sent.as_mut()
+        .take_output()
+        .expect("a statement's answer is taken once")
 }
 
 /// What [`FlowRun::save`] writes.

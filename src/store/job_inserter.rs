@@ -580,6 +580,16 @@ pub(super) const INSERT: &str = concat!(
     ") ON CONFLICT DO NOTHING RETURNING id"
 );
 
+/// [`INSERT`] of rows that must all be new (a flow's steps, each under a key unique per flow):
+/// a row that exists already fails the statement, and with it the transaction.
+pub(super) const INSERT_NEW: &str = concat!(
+    "INSERT INTO jobs (",
+    job_columns!(),
+    ", status) SELECT *, 'queued' FROM ",
+    unnest_columns!(),
+    ") RETURNING id"
+);
+
 /// [`INSERT`] for rows of which some claim a key ($23 scope, $24 key, $25 window in seconds),
 /// all in one statement, hence one transaction: a row is written if it has no key or claimed
 /// its key — new, or whose claim expired; a row whose (preset) id is taken claims nothing. A

@@ -21,6 +21,7 @@ pub mod workspaces;
 
 use crate::config::DatabaseConfig;
 
+pub use connections::Begun;
 pub use job_inserter::{Enqueued, InsertOutcome, JobInserter, NewJobRow};
 
 pub type Pool = bb8::Pool<connections::Manager>;

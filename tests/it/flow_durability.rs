@@ -259,11 +259,12 @@ async fn an_api_killed_while_its_sync_caller_waits_loses_no_flow() {
 }
 
 /// A flow transition begins its transaction without waiting for BEGIN's answer, so it ends it
-/// by hand: a transaction left halfway (an error, a cancelled task) must not stay open on a
-/// pooled connection, holding its flow's row lock for whoever borrows the connection next;
-/// a transaction that ended leaves its connection to be lent again.
+/// by hand: a transaction dropped halfway (a busy flow, an error, a cancelled task) is rolled
+/// back and its connection lent again, its locks free; one whose end could not even be sent
+/// is closed with its connection rather than lent again holding its flow's row lock; one that
+/// committed leaves its connection to be lent again.
 #[tokio::test]
-async fn a_transaction_left_halfway_is_closed_with_its_connection() {
+async fn a_transaction_left_halfway_never_outlives_its_turn_with_the_connection() {
     let env = TestEnv::with(Options {
         workers: 0,
         ..Default::default()
@@ -281,21 +282,45 @@ async fn a_transaction_left_halfway_is_closed_with_its_connection() {
     .await
     .unwrap();
 
-    // Ended: the same connection is lent again.
+    // Committed: the same connection is lent again, the lock free.
     let conn = pool.get().await.unwrap();
     let first = backend(&conn).await;
-    lock_the_row(&conn).await;
-    conn.commit().await.unwrap();
+    let tx = lock_the_row(&conn).await;
+    tx.commit().await.unwrap();
+    drop(tx);
     drop(conn);
     let conn = pool.get().await.unwrap();
     assert_eq!(
         backend(&conn).await,
         first,
-        "a clean connection was not reused"
+        "a committed connection was not reused"
     );
+    row_lock_is_free(&sql).await;
 
-    // Left halfway, holding a row lock.
-    lock_the_row(&conn).await;
+    // Dropped halfway: rolled back, the same connection lent again, outside any transaction.
+    let tx = lock_the_row(&conn).await;
+    drop(tx);
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    assert_eq!(
+        backend(&conn).await,
+        first,
+        "a rolled back connection was not reused"
+    );
+    let inside: Option<i64> = conn
+        .query_one("SELECT txid_current_if_assigned()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        inside, None,
+        "the connection lent is inside the dropped transaction"
+    );
+    row_lock_is_free(&sql).await;
+
+    // Its end never sent (as if the ROLLBACK could not go out): closed, not lent again.
+    let tx = lock_the_row(&conn).await;
+    std::mem::forget(tx);
     drop(conn);
     let conn = pool.get().await.unwrap();
     assert_ne!(
@@ -303,7 +328,31 @@ async fn a_transaction_left_halfway_is_closed_with_its_connection() {
         first,
         "a connection inside a transaction was lent again"
     );
-    // The server ended the transaction with its connection: the lock is free again.
+    // The server ended the transaction with its connection.
+    row_lock_is_free(&sql).await;
+}
+
+async fn backend(conn: &millrace::store::Conn<'_>) -> i32 {
+    let row = conn.query_one("SELECT pg_backend_pid()", &[]).await;
+    row.unwrap().get(0)
+}
+
+/// Begins a transaction on `conn` (BEGIN not awaited alone, as a flow transition does) and
+/// locks the test's row in it.
+async fn lock_the_row<'c>(conn: &'c millrace::store::Conn<'_>) -> millrace::store::Begun<'c> {
+    let (tx, begin) = conn.begin();
+    let (begun, locked) = futures::join!(
+        begin,
+        tx.query("SELECT id FROM left_halfway FOR UPDATE", &[])
+    );
+    begun.unwrap();
+    assert_eq!(locked.unwrap().len(), 1);
+    tx
+}
+
+/// Waits (up to 10 s: a closed connection's backend ends on its own time) until another
+/// connection can lock the test's row.
+async fn row_lock_is_free(sql: &tokio_postgres::Client) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match sql
@@ -314,23 +363,7 @@ async fn a_transaction_left_halfway_is_closed_with_its_connection() {
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
-            Err(e) => panic!("the abandoned transaction still holds its lock: {e}"),
+            Err(e) => panic!("a transaction left halfway still holds its lock: {e}"),
         }
     }
-}
-
-async fn backend(conn: &millrace::store::Conn<'_>) -> i32 {
-    let row = conn.query_one("SELECT pg_backend_pid()", &[]).await;
-    row.unwrap().get(0)
-}
-
-/// Begins a transaction on `conn` (BEGIN not awaited alone, as a flow transition does) and
-/// locks the test's row in it.
-async fn lock_the_row(conn: &millrace::store::Conn<'_>) {
-    let (begun, locked) = futures::join!(
-        conn.begin(),
-        conn.query("SELECT id FROM left_halfway FOR UPDATE", &[])
-    );
-    begun.unwrap();
-    assert_eq!(locked.unwrap().len(), 1);
 }
