@@ -288,25 +288,15 @@ async fn a_transaction_left_halfway_never_outlives_its_turn_with_the_connection(
     let tx = lock_the_row(&conn).await;
     tx.commit().await.unwrap();
     drop(tx);
-    drop(conn);
-    let conn = pool.get().await.unwrap();
-    assert_eq!(
-        backend(&conn).await,
-        first,
-        "a committed connection was not reused"
-    );
+    let (conn, next) = give_back_and_borrow(&pool, conn).await;
+    assert_eq!(next, first, "a committed connection was not reused");
     row_lock_is_free(&sql).await;
 
     // Dropped halfway: rolled back, the same connection lent again, outside any transaction.
     let tx = lock_the_row(&conn).await;
     drop(tx);
-    drop(conn);
-    let conn = pool.get().await.unwrap();
-    assert_eq!(
-        backend(&conn).await,
-        first,
-        "a rolled back connection was not reused"
-    );
+    let (conn, next) = give_back_and_borrow(&pool, conn).await;
+    assert_eq!(next, first, "a rolled back connection was not reused");
     let inside: Option<i64> = conn
         .query_one("SELECT txid_current_if_assigned()", &[])
         .await
@@ -321,15 +311,25 @@ async fn a_transaction_left_halfway_never_outlives_its_turn_with_the_connection(
     // Its end never sent (as if the ROLLBACK could not go out): closed, not lent again.
     let tx = lock_the_row(&conn).await;
     std::mem::forget(tx);
-    drop(conn);
-    let conn = pool.get().await.unwrap();
+    let (_conn, next) = give_back_and_borrow(&pool, conn).await;
     assert_ne!(
-        backend(&conn).await,
-        first,
+        next, first,
         "a connection inside a transaction was lent again"
     );
     // The server ended the transaction with its connection.
     row_lock_is_free(&sql).await;
+}
+
+/// Gives `conn` back to the pool (of one connection) and borrows the pool's connection again:
+/// with the process id of its server backend, which tells whether it is the same.
+async fn give_back_and_borrow<'p>(
+    pool: &'p millrace::store::Pool,
+    conn: millrace::store::Conn<'p>,
+) -> (millrace::store::Conn<'p>, i32) {
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    let pid = backend(&conn).await;
+    (conn, pid)
 }
 
 async fn backend(conn: &millrace::store::Conn<'_>) -> i32 {
