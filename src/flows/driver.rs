@@ -434,7 +434,7 @@ impl FlowDriver {
                 match canceled {
                     Ok(()) => run.commit().await,
                     Err(e) => {
-                        drop(run);
+                        run.rollback();
                         Err(e)
                     }
                 }
@@ -448,7 +448,8 @@ impl FlowDriver {
                         "a step among the {} new ones was enqueued already",
                         new_steps.len()
                     );
-                    (effects, recorded) = self.end_after_bug(&mut conn, flow, ended, why).await?;
+                    let bug = (with, record);
+                    (effects, recorded) = self.end_after_bug(&mut conn, flow, bug, why).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -596,8 +597,7 @@ impl FlowDriver {
         Ok(())
     }
 
-    /// Ends the flow as failed, cancelling whatever of it still runs; its state stays as it was
-    /// (unless the transition saved it already: only on a bug, see `transition`).
+    /// Ends the flow as failed, cancelling whatever of it still runs; its state stays as it was.
     async fn end_now(
         &self,
         run: &FlowRun<'_>,
@@ -623,22 +623,23 @@ impl FlowDriver {
     }
 
     /// Ends a flow as failed after its transition hit a bug (and rolled back), in a transaction
-    /// of its own that records the step end `ended` too, and cancels whatever of the flow
-    /// still runs. Also says whether it recorded that end.
+    /// of its own that does what the failed one did with its lock (`with` and `record`: the
+    /// step's end recorded, the flow written and started), and cancels whatever of the flow
+    /// still runs. Also says whether it recorded the step's end.
     async fn end_after_bug(
         &self,
         conn: &mut store::Conn<'_>,
         flow: JobId,
-        ended: Option<(JobId, &Completion)>,
+        (with, record): (flow_runs::With<'_>, Option<&NewJobRow>),
         why: String,
     ) -> Result<(Effects, bool), StoreError> {
-        let with = flow_runs::With::Ends { ended, start: None };
-        let run = match flow_runs::lock(conn, flow, None, true, with).await? {
+        let run = match flow_runs::lock(conn, flow, record, true, with).await? {
             Locked::Run(run) => *run,
             Locked::Missing | Locked::Busy => return Ok((Effects::default(), false)),
         };
         let recorded = run.opened.recorded;
         let effects = Effects {
+            started: run.opened.started,
             inherited: read_state(run.flow.state.as_deref())
                 .map(|s| s.inherited)
                 .unwrap_or_default(),

@@ -59,7 +59,7 @@ impl Connection {
     /// inside the transaction (`transaction()` waits for BEGIN's answer first). tokio-postgres
     /// sends a statement when its future is first polled, so futures polled in order (as
     /// `futures::join!` does) go out in that order. The transaction ends with
-    /// [`Begun::commit`], or rolls back when [`Begun`] is dropped.
+    /// [`Begun::commit`] or [`Begun::rollback`].
     pub fn begin(
         &self,
     ) -> (
@@ -69,27 +69,11 @@ impl Connection {
         self.in_transaction.store(true, Ordering::Relaxed);
         (Begun { conn: self }, self.client.batch_execute("BEGIN"))
     }
-
-    /// Rolls back an open transaction without waiting for the answer, as tokio-postgres's own
-    /// `Transaction` does when dropped: the ROLLBACK is queued on the connection, so whatever
-    /// is sent next runs after it, outside the transaction. Should it not go out (the
-    /// connection is closing), the transaction stays marked open and the pool closes the
-    /// connection instead of lending it again.
-    fn abandon(&self) {
-        if !self.in_transaction.load(Ordering::Relaxed) {
-            return;
-        }
-        use futures::FutureExt;
-        // Pending: sent, its answer to be dropped when it comes.
-        if let Some(Err(_)) = self.client.batch_execute("ROLLBACK").now_or_never() {
-            return;
-        }
-        self.in_transaction.store(false, Ordering::Relaxed);
-    }
 }
 
-/// A transaction begun by [`Connection::begin`]: rolled back when dropped before
-/// [`Begun::commit`] succeeded.
+/// A transaction begun by [`Connection::begin`]. Dropped without [`Begun::commit`] or
+/// [`Begun::rollback`] (a cancelled task, an unexpected error: statements may still be running
+/// on the server), it stays marked open, and the pool closes its connection, which ends it.
 pub struct Begun<'c> {
     conn: &'c Connection,
 }
@@ -102,6 +86,21 @@ impl Begun<'_> {
         self.conn.in_transaction.store(false, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Rolls back without waiting for the answer, as tokio-postgres's own `Transaction` does
+    /// when dropped: the ROLLBACK is queued on the connection, so whatever is sent next runs
+    /// after it, outside the transaction, and the connection can be lent again at once. For
+    /// when every statement sent in the transaction has been answered: one still running would
+    /// hold up the next borrower. Should the ROLLBACK not go out (the connection is closing),
+    /// the pool closes the connection.
+    pub fn rollback(self) {
+        use futures::FutureExt;
+        // Pending: queued, its answer to be dropped when it comes.
+        if let Some(Err(_)) = self.conn.client.batch_execute("ROLLBACK").now_or_never() {
+            return;
+        }
+        self.conn.in_transaction.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Deref for Begun<'_> {
@@ -109,12 +108,6 @@ impl Deref for Begun<'_> {
 
     fn deref(&self) -> &Connection {
         self.conn
-    }
-}
-
-impl Drop for Begun<'_> {
-    fn drop(&mut self) {
-        self.conn.abandon();
     }
 }
 

@@ -72,8 +72,9 @@ pub struct FlowEnd {
     pub canceled_reason: Option<String>,
 }
 
-/// A flow job locked for one transition; dropped without [`FlowRun::commit`], nothing happened
-/// (the connection is closed rather than lent again with the transaction open).
+/// A flow job locked for one transition; ended by [`FlowRun::commit`] or [`FlowRun::rollback`].
+/// Dropped without either (a cancelled task, an unexpected error), nothing happened, and the
+/// connection is closed rather than lent again with the transaction open.
 pub struct FlowRun<'c> {
     tx: Begun<'c>,
     statements: Statements,
@@ -165,7 +166,6 @@ pub async fn lock<'c>(
         save: conn.prepared(SAVE, SAVE_TYPES).await?,
     };
     let conn: &'c Connection = conn;
-    // Dropped on the way out before the end (an error, a busy or missing flow): rolled back.
     let (tx, begin) = conn.begin();
     let (ended, starting, reading) = match with {
         With::Nothing => (None, None, false),
@@ -206,34 +206,50 @@ pub async fn lock<'c>(
             }
         },
     );
-    begun?;
-    if let (Ok(None), Some(record)) = (&found, record) {
-        // Waits for an uncommitted INSERT of the same id (then does nothing), or writes the row.
-        run_insert(
-            conn.client(),
-            &statements.insert,
-            std::slice::from_ref(record),
-        )
-        .await?;
-        found = conn.query_opt(&lock, by_id).await;
-        // The start sent with the lock may have found the row committed meanwhile (it reads a
-        // snapshot of its own): then the flow is started already.
-        if let (Ok(Some(_)), Some(worker), Ok(None)) = (&found, starting, &started) {
-            started = mark(worker).await;
+    // From here on, every statement sent has been answered when its await returns: a way out
+    // rolls back at once and keeps the connection.
+    let looked = async {
+        begun?;
+        if let (Ok(None), Some(record)) = (&found, record) {
+            // Waits for an uncommitted INSERT of the same id (then does nothing), or writes
+            // the row.
+            let rows = std::slice::from_ref(record);
+            run_insert(conn.client(), &statements.insert, rows).await?;
+            found = conn.query_opt(&lock, by_id).await;
+            // The start sent with the lock may have found the row committed meanwhile (it
+            // reads a snapshot of its own): then the flow is started already.
+            if let (Ok(Some(_)), Some(worker), Ok(None)) = (&found, starting, &started) {
+                started = mark(worker).await;
+            }
         }
+        // The lock's own outcome first: when it failed, so did what was sent after it.
+        let row = match found {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(Err(Locked::Missing)),
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                return Ok(Err(Locked::Busy))
+            }
+            Err(e) => return Err(StoreError::from(e)),
+        };
+        let started = started?;
+        let opened = Opened {
+            started: started.is_some(),
+            recorded: recorded?,
+            ends: ends?.iter().map(step_end).collect(),
+        };
+        Ok(Ok((row, started, opened)))
     }
-    // The lock's own outcome first: when it failed, so did what was sent after it.
-    let row = match found {
-        Ok(Some(row)) => row,
-        Ok(None) => return Ok(Locked::Missing),
-        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(Locked::Busy),
-        Err(e) => return Err(e.into()),
-    };
-    let started = started?;
-    let opened = Opened {
-        started: started.is_some(),
-        recorded: recorded?,
-        ends: ends?.iter().map(step_end).collect(),
+    .await;
+    let (row, started, opened) = match looked {
+        Ok(Ok(found)) => found,
+        Ok(Err(locked)) => {
+            tx.rollback();
+            return Ok(locked);
+        }
+        Err(e) => {
+            tx.rollback();
+            return Err(e);
+        }
     };
     let mut flow = FlowJob {
         id: row.get(0),
@@ -420,13 +436,10 @@ impl FlowRun<'_> {
         .await?;
         let ended = (
             end.map(|e| e.status.as_str()),
-            end.map(|e| e.result.clone()),
-            end.and_then(|e| e.canceled_by.clone()),
-            end.and_then(|e| e.canceled_reason.clone()),
+            end.map(|e| &e.result),
+            end.and_then(|e| e.canceled_by.as_deref()),
+            end.and_then(|e| e.canceled_reason.as_deref()),
         );
-        let state = state.cloned();
-        let status = status.cloned();
-        let applied = applied.to_vec();
         let save = send(async move {
             let params: [&(dyn ToSql + Sync); 8] = [
                 &self.flow.id,
@@ -440,13 +453,27 @@ impl FlowRun<'_> {
             ];
             Ok(self.tx.execute(&self.statements.save, &params).await?)
         })
-        .await?;
+        .await;
+        let save = match save {
+            Ok(save) => save,
+            Err(e) => {
+                // Answered before going: the caller may roll back and keep the connection.
+                let _ = answer(insert).await;
+                return Err(e);
+            }
+        };
         Ok((insert, save))
     }
 
-    /// Commits the transition; dropped without it, nothing happened.
+    /// Commits the transition.
     pub async fn commit(self) -> Result<(), StoreError> {
         Ok(self.tx.commit().await?)
+    }
+
+    /// Gives the transition up once every statement it sent has been answered (after an
+    /// error): nothing happened, and the connection can serve again at once.
+    pub fn rollback(self) {
+        self.tx.rollback();
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::{Options, TestEnv, WS};
-use crate::flows::{bash, js};
+use crate::flows::{assert_failed_with, bash, js};
 
 fn options(workers: usize) -> Options {
     Options {
@@ -259,10 +259,10 @@ async fn an_api_killed_while_its_sync_caller_waits_loses_no_flow() {
 }
 
 /// A flow transition begins its transaction without waiting for BEGIN's answer, so it ends it
-/// by hand: a transaction dropped halfway (a busy flow, an error, a cancelled task) is rolled
-/// back and its connection lent again, its locks free; one whose end could not even be sent
-/// is closed with its connection rather than lent again holding its flow's row lock; one that
-/// committed leaves its connection to be lent again.
+/// by hand: one that committed, or rolled back once its statements were answered (a busy flow,
+/// a refused end), leaves its connection to be lent again, outside any transaction, its locks
+/// free; one dropped halfway (a cancelled task) is closed with its connection rather than lent
+/// again holding its flow's row lock.
 #[tokio::test]
 async fn a_transaction_left_halfway_never_outlives_its_turn_with_the_connection() {
     let env = TestEnv::with(Options {
@@ -287,14 +287,13 @@ async fn a_transaction_left_halfway_never_outlives_its_turn_with_the_connection(
     let first = backend(&conn).await;
     let tx = lock_the_row(&conn).await;
     tx.commit().await.unwrap();
-    drop(tx);
     let (conn, next) = give_back_and_borrow(&pool, conn).await;
     assert_eq!(next, first, "a committed connection was not reused");
     row_lock_is_free(&sql).await;
 
-    // Dropped halfway: rolled back, the same connection lent again, outside any transaction.
+    // Rolled back: the same connection lent again, outside any transaction.
     let tx = lock_the_row(&conn).await;
-    drop(tx);
+    tx.rollback();
     let (conn, next) = give_back_and_borrow(&pool, conn).await;
     assert_eq!(next, first, "a rolled back connection was not reused");
     let inside: Option<i64> = conn
@@ -304,13 +303,12 @@ async fn a_transaction_left_halfway_never_outlives_its_turn_with_the_connection(
         .get(0);
     assert_eq!(
         inside, None,
-        "the connection lent is inside the dropped transaction"
+        "the connection lent is inside the rolled back transaction"
     );
     row_lock_is_free(&sql).await;
 
-    // Its end never sent (as if the ROLLBACK could not go out): closed, not lent again.
-    let tx = lock_the_row(&conn).await;
-    std::mem::forget(tx);
+    // Dropped halfway, never ended: closed, not lent again.
+    let _ = lock_the_row(&conn).await;
     let (_conn, next) = give_back_and_borrow(&pool, conn).await;
     assert_ne!(
         next, first,
@@ -366,4 +364,59 @@ async fn row_lock_is_free(sql: &tokio_postgres::Client) {
             Err(e) => panic!("a transaction left halfway still holds its lock: {e}"),
         }
     }
+}
+
+/// A step enqueued twice is a bug (keys are unique per flow): the transition that tries fails
+/// and rolls back whole, and the flow ends as failed in a transaction of its own, with the
+/// step's end that triggered it recorded once and what it left queued cancelled.
+#[tokio::test]
+async fn a_step_enqueued_twice_fails_its_flow_and_loses_no_end() {
+    let env = TestEnv::with(options(1)).await;
+    let modules = json!([
+        bash("a", "sleep 1\necho one", json!({})),
+        bash("b", "echo two", json!({})),
+    ]);
+    env.flow("u/alice/twice", json!({"modules": modules})).await;
+    // A clean run, for the key its step `b` gets (keys are relative to their flow).
+    let clean = env.run_flow("u/alice/twice", json!({})).await;
+    let done = env.wait(&clean, Duration::from_secs(30)).await;
+    assert_eq!(done["result"], json!("two"), "{done}");
+    let sql = env.sql().await;
+    let key_of_b: String = sql
+        .query_one(
+            "SELECT flow_step_key FROM jobs WHERE parent_job = $1::text::uuid AND flow_step_id = 'b'",
+            &[&clean],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    // While `a` runs, a row with `b`'s key appears under the flow: when `a` ends, its
+    // transition's INSERT of `b` finds it.
+    let id = env.run_flow("u/alice/twice", json!({})).await;
+    wait_for_step(&env, &id, "a", "running").await;
+    sql.execute(
+        "INSERT INTO jobs (id, workspace_id, job_kind, args, created_by, permissioned_as,
+                           created_at, status, tag, parent_job, flow_step_key, flow_step_id)
+         SELECT gen_random_uuid(), workspace_id, job_kind, args, created_by, permissioned_as,
+                now(), 'queued', tag, parent_job, $2, 'b'
+         FROM jobs WHERE parent_job = $1::text::uuid AND flow_step_id = 'a'",
+        &[&id, &key_of_b],
+    )
+    .await
+    .unwrap();
+    let done = env.wait(&id, Duration::from_secs(30)).await;
+    assert_failed_with(&done, "InternalError");
+    let message = done["result"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("enqueued already"), "{done}");
+    let rows = step_rows(&env, &id).await;
+    let statuses: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(module, _, status, _)| (module.as_str(), status.as_str()))
+        .collect();
+    // `a` ended once, as it ran; the stray `b` never ran.
+    assert_eq!(statuses, [("a", "success"), ("b", "canceled")], "{rows:?}");
+    assert_eq!(rows[0].3, 1, "step a ran more than once: {rows:?}");
 }

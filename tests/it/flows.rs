@@ -17,6 +17,12 @@ fn python(id: &str, content: &str, inputs: Value) -> Value {
     json!({"id": id, "value": {"type": "rawscript", "language": "python3", "content": content, "input_transforms": inputs}})
 }
 
+/// Asserts that a flow (or job) failed with the error `name`.
+pub fn assert_failed_with(done: &Value, name: &str) {
+    assert_eq!(done["success"], json!(false), "{done}");
+    assert_eq!(done["result"]["error"]["name"], json!(name), "{done}");
+}
+
 pub fn js(expr: &str) -> Value {
     json!({"type": "javascript", "expr": expr})
 }
@@ -1017,12 +1023,7 @@ async fn a_flow_that_cannot_go_on_kills_its_running_steps_at_once() {
         .await
         .unwrap();
     let done = env.wait(&id, Duration::from_secs(30)).await;
-    assert_eq!(done["success"], json!(false), "{done}");
-    assert_eq!(
-        done["result"]["error"]["name"],
-        json!("InternalError"),
-        "{done}"
-    );
+    assert_failed_with(&done, "InternalError");
     let ended = std::time::Instant::now();
     let long_done = env
         .wait(long["id"].as_str().unwrap(), Duration::from_secs(60))
