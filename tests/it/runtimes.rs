@@ -377,6 +377,23 @@ async fn output_and_results_past_their_caps_fail_the_job_and_the_worker_goes_on(
         serde_json::json!("ResultTooLarge"),
         "{done}"
     );
+    // Failing the same way every time, it is not run again.
+    assert_eq!(attempts_of(&env, &id).await, 1);
+    // An argument vector past its cap: the job fails naming it, and is not run again either.
+    env.script("u/alice/far", "bash", "x=\"${1001}\"\necho \"[$x]\"\n")
+        .await;
+    let id = env.run("u/alice/far", serde_json::json!({})).await;
+    let done = env.wait(&id, std::time::Duration::from_secs(30)).await;
+    assert_eq!(
+        done["result"]["error"]["name"],
+        serde_json::json!("TooManyArguments"),
+        "{done}"
+    );
+    let message = done["result"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("at most 1000"), "{done}");
+    assert_eq!(attempts_of(&env, &id).await, 1);
     // The one-line script that used to abort the worker, then a normal job on the same worker.
     env.script(
         "u/alice/args",
@@ -482,4 +499,17 @@ async fn every_language_times_out_and_is_canceled(warm: bool) {
             "{lang}: {done}"
         );
     }
+}
+
+/// How many times a job was started, from the database.
+async fn attempts_of(env: &TestEnv, id: &str) -> i32 {
+    let sql = env.sql().await;
+    let row = sql
+        .query_one(
+            "SELECT attempts FROM jobs WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    row.get(0)
 }

@@ -131,7 +131,7 @@ impl Runtimes {
         }
         let (mut program_args, env) = command_line(lang, dir);
         if lang == ScriptLang::Bash {
-            program_args.extend(bash::positional_args(content, args));
+            program_args.extend(bash::positional_args(content, args)?);
         }
         Ok(ProcessSpec {
             program,
