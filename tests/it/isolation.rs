@@ -555,3 +555,34 @@ async fn a_job_cannot_stop_the_kill_of_its_own_processes() {
     }
     assert_eq!(env.run_ok("u/alice/after", json!({})).await, json!("fine"));
 }
+
+#[tokio::test]
+async fn a_jobs_limits_are_the_ones_configured() {
+    if !jobs_have_own_users() {
+        return;
+    }
+    let env = TestEnv::with(Options {
+        workers: 1,
+        worker_env: vec![
+            ("JOB_MAX_OPEN_FILES".into(), "333".into()),
+            ("JOB_MAX_FILE_SIZE".into(), "1048576".into()),
+            ("JOB_MEMORY_LIMIT".into(), "536870912".into()),
+            ("JOB_MAX_PROCESSES".into(), "77".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Open files, file size (1 KiB blocks), data (KiB), processes, core dumps, CPU seconds.
+    env.script(
+        "u/alice/limits",
+        "bash",
+        "echo \"$(ulimit -n) $(ulimit -f) $(ulimit -d) $(ulimit -u) $(ulimit -c) $(ulimit -t)\"\n",
+    )
+    .await;
+    let seen = env.run_ok("u/alice/limits", json!({})).await;
+    let seen = seen.as_str().unwrap_or_default().to_owned();
+    let fields: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(fields[..5], ["333", "1024", "524288", "77", "0"], "{seen}");
+    // CPU time is a backstop derived from the job's timeout: a number, not unlimited.
+    assert!(fields[5].parse::<u64>().is_ok_and(|s| s > 0), "{seen}");
+}
