@@ -203,6 +203,17 @@ async fn custom_responses() {
     .await;
     assert_eq!((res.status, res.text.as_str()), (200, "Hello;World"));
     assert_eq!(res.headers["content-type"], "text/csv");
+    // Script-shaped HTML is inert on the API's origin; a script may not set cookies.
+    let res = run("def main():\n    return {'wm_content_type': 'text/html', 'wm_headers': {'Content-Security-Policy': 'default-src *'}, 'result': '<script>alert(document.cookie)</script>'}\n").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.headers["content-type"], "text/html");
+    assert_eq!(res.headers["content-security-policy"], "sandbox");
+    assert_eq!(res.headers["x-content-type-options"], "nosniff");
+    let res =
+        run("def main():\n    return {'wm_headers': {'Set-Cookie': 'session=stolen'}}\n").await;
+    assert_eq!(res.status, 500);
+    assert!(res.headers.get("set-cookie").is_none());
+    assert!(res.text.contains("may not set the header"), "{}", res.text);
     let res =
         run("def main():\n    return {'wm_headers': {'X-Custom': 'yes'}, 'wm_status_code': 202}\n")
             .await;
