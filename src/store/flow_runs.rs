@@ -418,7 +418,7 @@ impl FlowRun<'_> {
     async fn send_save<'a>(
         &'a self,
         saving: Saving<'a>,
-    ) -> Result<(Sent<'a, u64>, Sent<'a, u64>), StoreError> {
+    ) -> Result<(Sent<'a>, Sent<'a>), StoreError> {
         let Saving {
             new_steps,
             applied,
@@ -427,11 +427,10 @@ impl FlowRun<'_> {
             end,
         } = saving;
         let insert = send(async move {
-            if new_steps.is_empty() {
-                return Ok(0);
+            if !new_steps.is_empty() {
+                run_insert(self.tx.client(), &self.statements.insert_new, new_steps).await?;
             }
-            let ids = run_insert(self.tx.client(), &self.statements.insert_new, new_steps).await?;
-            Ok(ids.len() as u64)
+            Ok(())
         })
         .await?;
         let ended = (
@@ -451,7 +450,8 @@ impl FlowRun<'_> {
                 &ended.3,
                 &applied,
             ];
-            Ok(self.tx.execute(&self.statements.save, &params).await?)
+            self.tx.execute(&self.statements.save, &params).await?;
+            Ok(())
         })
         .await;
         let save = match save {
@@ -477,19 +477,18 @@ impl FlowRun<'_> {
     }
 }
 
-/// A statement sent, its answer to await with [`answer`].
-type Sent<'a, T> =
-    Pin<Box<MaybeDone<Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>>>>;
+/// A statement sent, its answer (success or its error) to await with [`answer`].
+type Sent<'a> = Pin<Box<MaybeDone<Pending<'a>>>>;
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
 /// Sends a statement without awaiting its answer. tokio-postgres sends a statement when its
 /// future is first polled, and fails it right there, before anything is sent, when it cannot
 /// be sent at all (a value it cannot encode, a message too large): that error is returned at
 /// once, so that nothing meant to follow the statement (a COMMIT) is sent after it.
-async fn send<'a, T: Send + 'a>(
-    statement: impl Future<Output = Result<T, StoreError>> + Send + 'a,
-) -> Result<Sent<'a, T>, StoreError> {
-    let boxed: Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>> =
-        Box::pin(statement);
+async fn send<'a>(
+    statement: impl Future<Output = Result<(), StoreError>> + Send + 'a,
+) -> Result<Sent<'a>, StoreError> {
+    let boxed: Pending<'a> = Box::pin(statement);
     let mut sent = Box::pin(maybe_done(boxed));
     let _ = futures::poll!(sent.as_mut());
     if let Some(Err(_)) = sent.as_mut().output_mut() {
@@ -501,7 +500,7 @@ async fn send<'a, T: Send + 'a>(
 }
 
 /// The answer to a statement [`send`] sent.
-async fn answer<T>(mut sent: Sent<'_, T>) -> Result<T, StoreError> {
+async fn answer(mut sent: Sent<'_>) -> Result<(), StoreError> {
     sent.as_mut().await;
     sent.as_mut()
         .take_output()
