@@ -5,24 +5,57 @@
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 
 /// Argon2 computations one API process runs at once.
-pub const PARALLEL: usize = 2;
+const PARALLEL: usize = 2;
 
-/// Runs `work` on a blocking thread once one of the process's Argon2 turns is free.
-async fn in_turn<T: Send + 'static>(
-    state: &AppState,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> ApiResult<T> {
-    let _turn = state.argon2_turn().await?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::Internal {
-            context: "password hashing failed",
-            detail: e.to_string(),
-        })
+/// How long a password waits for its turn: a flood of logins that keeps every turn busy gets
+/// 503s, so the queue of waiters is bounded by the callers' patience, not by memory.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The process's turns at Argon2: at most [`PARALLEL`] computations at once, each on a
+/// blocking thread.
+pub struct Turns {
+    free: Semaphore,
+    wait: Duration,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Self::new(PARALLEL, WAIT)
+    }
+}
+
+impl Turns {
+    fn new(parallel: usize, wait: Duration) -> Self {
+        Self {
+            free: Semaphore::new(parallel),
+            wait,
+        }
+    }
+
+    /// Runs `work` on a blocking thread once a turn is free.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
+        let _turn = match tokio::time::timeout(self.wait, self.free.acquire()).await {
+            Ok(turn) => turn.expect("the Argon2 semaphore is never closed"),
+            Err(_) => return Err(ApiError::Unavailable("password hashing")),
+        };
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::Internal {
+                context: "password hashing failed",
+                detail: e.to_string(),
+            })
+    }
 }
 
 fn hash_now(password: &str) -> ApiResult<String> {
@@ -37,24 +70,77 @@ fn hash_now(password: &str) -> ApiResult<String> {
 }
 
 pub async fn hash(state: &AppState, password: String) -> ApiResult<String> {
-    in_turn(state, move || hash_now(&password)).await?
+    state.argon2().run(move || hash_now(&password)).await?
 }
 
 /// Whether `password` matches `stored`. Without a stored hash (an unknown user) a dummy one is
 /// checked, so the time taken does not tell who exists.
 pub async fn verify(state: &AppState, password: String, stored: Option<String>) -> ApiResult<bool> {
-    in_turn(state, move || {
-        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let dummy = DUMMY.get_or_init(|| hash_now("not a password").unwrap_or_default());
-        let checked = stored.as_deref().unwrap_or(dummy);
-        let matches = PasswordHash::new(checked)
-            .map(|hash| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &hash)
-                    .is_ok()
+    state
+        .argon2()
+        .run(move || {
+            static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            let dummy = DUMMY.get_or_init(|| hash_now("not a password").unwrap_or_default());
+            let checked = stored.as_deref().unwrap_or(dummy);
+            let matches = PasswordHash::new(checked)
+                .map(|hash| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &hash)
+                        .is_ok()
+                })
+                .unwrap_or(false);
+            matches && stored.is_some()
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn argon2_runs_a_bounded_number_at_once_and_waiters_give_up() {
+        let turns = Arc::new(Turns::new(2, Duration::from_secs(10)));
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let (turns, running, most) = (turns.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    turns
+                        .run(move || {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(50));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            i
+                        })
+                        .await
+                })
             })
-            .unwrap_or(false);
-        matches && stored.is_some()
-    })
-    .await
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap(), i);
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+
+        // A waiter whose turn does not come in time is refused, not queued for ever.
+        let turns = Arc::new(Turns::new(1, Duration::from_millis(100)));
+        let busy = {
+            let turns = turns.clone();
+            tokio::spawn(async move {
+                turns
+                    .run(|| std::thread::sleep(Duration::from_millis(600)))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(
+            turns.run(|| ()).await,
+            Err(ApiError::Unavailable("password hashing"))
+        ));
+        busy.await.unwrap().unwrap();
+    }
 }

@@ -57,8 +57,7 @@ struct Inner {
     openapi: utoipa::openapi::OpenApi,
     /// Invalid tokens, per client address.
     token_failures: super::rate_limit::FailureLimiter<std::net::IpAddr>,
-    /// Argon2 computations at once (`passwords::PARALLEL`).
-    argon2_turns: tokio::sync::Semaphore,
+    argon2: super::passwords::Turns,
     /// Failed logins, per account and client address.
     /// Failed logins per account (a digest: a key of bounded size) and address…
     login_failures: super::rate_limit::FailureLimiter<([u8; 32], std::net::IpAddr)>,
@@ -97,7 +96,7 @@ impl AppState {
             token_failures,
             login_failures,
             address_login_failures,
-            argon2_turns: tokio::sync::Semaphore::new(super::passwords::PARALLEL),
+            argon2: super::passwords::Turns::default(),
             pool,
             bus,
             auth,
@@ -149,17 +148,8 @@ impl AppState {
     }
 
     /// A turn to run Argon2; held while it runs.
-    /// A turn at Argon2, or 503 when a flood of logins keeps every turn busy for 10 s (the
-    /// queue of waiters stays bounded by the callers' patience, not by memory).
-    pub async fn argon2_turn(&self) -> super::error::ApiResult<tokio::sync::SemaphorePermit<'_>> {
-        let turn = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            self.0.argon2_turns.acquire(),
-        );
-        match turn.await {
-            Ok(permit) => Ok(permit.expect("the Argon2 semaphore is never closed")),
-            Err(_) => Err(super::error::ApiError::Unavailable("password hashing")),
-        }
+    pub fn argon2(&self) -> &super::passwords::Turns {
+        &self.0.argon2
     }
 
     /// An invalid token from `ip`: 429 once the address failed too often, else `rejection`.

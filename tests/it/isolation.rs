@@ -586,3 +586,36 @@ async fn a_jobs_limits_are_the_ones_configured() {
     // CPU time is a backstop derived from the job's timeout: a number, not unlimited.
     assert!(fields[5].parse::<u64>().is_ok_and(|s| s > 0), "{seen}");
 }
+
+#[tokio::test]
+async fn a_worker_that_cannot_change_users_says_so_once_and_runs_jobs_as_itself() {
+    if !jobs_have_own_users() {
+        return;
+    }
+    // Root without CAP_SETUID and CAP_SETGID may change users no more than a plain user.
+    let env = TestEnv::with(Options {
+        workers: 1,
+        worker_bounding_set: Some("-all".into()),
+        ..Default::default()
+    })
+    .await;
+    env.script("u/alice/who", "bash", "echo \"uid $(id -u)\"\n")
+        .await;
+    for _ in 0..2 {
+        let (done, logs) = run_output(&env, "u/alice/who", json!({})).await;
+        assert_eq!(done["success"], json!(true), "{done}");
+        assert!(logs.contains("uid 0"), "not the worker's own user: {logs}");
+    }
+    let logs = env.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("may not change users"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("do not run untrusted code here"),
+        "{}",
+        warnings[0]
+    );
+}

@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::common::{jobs_have_own_users, TestEnv, WS};
+use crate::common::{bin, jobs_have_own_users, tool, TestEnv, WS};
 
 /// A client of `user` and the errors the server sends it (a refused publish or subscription
 /// is reported on the connection, not to the caller).
@@ -270,6 +270,47 @@ async fn the_events_user_cannot_deliver_events_into_a_jobs_subjects() {
     }
 }
 
+/// A worker pulls jobs and reports their ends, so its credentials can do what a worker does
+/// (the boundary is that no job ever holds them: `a_job_gets_no_nats_credentials`). They reach
+/// no further: no one else's live subjects or events, no cache invalidation, no other stream.
+#[tokio::test]
+async fn a_workers_credentials_reach_no_further_than_a_worker() {
+    let env = TestEnv::start().await;
+    let (worker, mut errors) = client_as(&env, "worker").await;
+    let id = uuid::Uuid::new_v4();
+    for subject in [
+        format!("millrace.job.{id}.*"),
+        "millrace.job.>".to_string(),
+        "millrace.jobs.>".to_string(),
+        "millrace.events.>".to_string(),
+        "_INBOX_api.>".to_string(),
+    ] {
+        let _sub = worker.subscribe(subject.clone()).await.unwrap();
+        refused(&mut errors, &format!("Subscription to \"{subject}\"")).await;
+    }
+    worker
+        .publish("millrace.control.invalidate", "{}".into())
+        .await
+        .unwrap();
+    worker.flush().await.unwrap();
+    refused(&mut errors, "Publish to \"millrace.control.invalidate\"").await;
+    let mut js = jetstream::new(worker);
+    js.set_timeout(Duration::from_secs(2));
+    assert!(js.get_stream("MILLRACE_EVENTS").await.is_err());
+    refused(&mut errors, "MILLRACE_EVENTS").await;
+    let created = js
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some("reader".into()),
+                ..Default::default()
+            },
+            "MILLRACE_EVENTS",
+        )
+        .await;
+    assert!(created.is_err(), "a worker made an events consumer");
+    refused(&mut errors, "$JS.API.CONSUMER.").await;
+}
+
 #[tokio::test]
 async fn a_job_gets_no_nats_credentials() {
     if !jobs_have_own_users() {
@@ -292,4 +333,198 @@ async fn a_job_gets_no_nats_credentials() {
     assert!(logs.contains("Permission denied"), "{logs}");
     assert!(logs.contains("no NATS variable"), "{logs}");
     assert!(!logs.contains(env.nats.password("worker")), "{logs}");
+}
+
+/// A nats-server of its own with JetStream and `auth` as its authorization settings, for the
+/// logins nats/auth.conf does not use: nkeys, and credentials files (operator mode).
+struct OtherNats {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl OtherNats {
+    async fn start(auth: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = millrace::local::free_port().unwrap();
+        let conf = dir.path().join("server.conf");
+        let store = dir.path().join("js");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{auth}\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(tool("NATS_SERVER_BIN", "nats-server"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            millrace::local::wait_for_port(port, Duration::from_secs(10)).await,
+            "nats-server did not start: {}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OtherNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `millrace migrate` against `url`, logged in with `login` instead of the harness's user.
+fn migrate_with(env: &TestEnv, url: &str, login: (&str, &str)) -> std::process::Output {
+    let harness = env.command("migrate", &[]);
+    let mut command = std::process::Command::new(bin());
+    command.arg("migrate").env_clear();
+    for (key, value) in harness.get_envs() {
+        let nats = key.to_str().is_some_and(|k| k.starts_with("NATS_"));
+        if let (false, Some(value)) = (nats, value) {
+            command.env(key, value);
+        }
+    }
+    command
+        .env("NATS_URL", url)
+        .env(login.0, login.1)
+        .output()
+        .unwrap()
+}
+
+/// The streams `millrace migrate` declared, as `client` sees them.
+async fn assert_streams_declared(client: async_nats::Client) {
+    let js = jetstream::new(client);
+    for stream in ["MILLRACE_JOBS", "MILLRACE_EVENTS"] {
+        js.get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("{stream}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn millrace_logs_in_to_an_external_nats_with_an_nkey() {
+    let env = TestEnv::start().await;
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let nats = OtherNats::start(&format!(
+        "authorization {{ users: [ {{ nkey: {} }} ] }}",
+        user.public_key()
+    ))
+    .await;
+    let out = migrate_with(&env, &nats.url(), ("NATS_NKEY", &seed));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert!(!printed.contains(&seed), "the seed was logged: {printed}");
+    let client = async_nats::ConnectOptions::with_nkey(seed)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    assert_streams_declared(client).await;
+}
+
+/// A JWT as NATS's own tools make them: `claims` signed by `issuer`, about `subject`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "name": "millrace-test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signature = issuer
+        .sign(format!("{header}.{claims}").as_bytes())
+        .unwrap();
+    format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[tokio::test]
+async fn millrace_logs_in_to_an_external_nats_with_a_credentials_file() {
+    let env = TestEnv::start().await;
+    // An operator, an account with JetStream and a user of it: NATS's decentralized auth.
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+               "subs": -1, "data": -1, "payload": -1}),
+    );
+    // JetStream needs the server's own account too.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        json!({"type": "account", "version": 2}),
+    );
+    let nats = OtherNats::start(&format!(
+        "operator: {operator_jwt}\nsystem_account: {system}\nresolver: MEMORY\n\
+         resolver_preload: {{ {system}: {system_jwt}, {account}: {account_jwt} }}",
+        system = system.public_key(),
+        account = account.public_key(),
+    ))
+    .await;
+    let seed = user.seed().unwrap();
+    let creds = env.dir.path().join("user.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    let out = migrate_with(&env, &nats.url(), ("NATS_CREDS", creds.to_str().unwrap()));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert!(!printed.contains(&seed), "the seed was logged: {printed}");
+    let client = async_nats::ConnectOptions::with_credentials_file(&creds)
+        .await
+        .unwrap()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    assert_streams_declared(client).await;
 }

@@ -95,6 +95,9 @@ pub struct Options {
     pub durable_postgres: bool,
     /// Environment for every process: `migrate`, the APIs and the workers.
     pub shared_env: Vec<(String, String)>,
+    /// The workers' capabilities when the harness is root (`setpriv --bounding-set`); by
+    /// default CAP_SETUID and CAP_SETGID only, as the Helm chart grants.
+    pub worker_bounding_set: Option<String>,
 }
 
 /// The S3 credentials of the harness's s3s-fs.
@@ -381,13 +384,14 @@ impl TestEnv {
         let mut command = if sub == "worker" && unsafe { libc::geteuid() } == 0 {
             // As the Helm chart runs it: root with CAP_SETUID and CAP_SETGID and nothing else
             // (no CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_KILL…), so the tests prove that is enough.
+            let bounding = self.options.worker_bounding_set.as_deref();
             let mut command = Command::new("setpriv");
             command
-                .args([
-                    "--bounding-set=-all,+setuid,+setgid",
-                    "--inh-caps=-all",
-                    "--",
-                ])
+                .arg(format!(
+                    "--bounding-set={}",
+                    bounding.unwrap_or("-all,+setuid,+setgid")
+                ))
+                .args(["--inh-caps=-all", "--"])
                 .arg(bin());
             command
         } else {
