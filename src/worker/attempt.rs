@@ -414,7 +414,7 @@ async fn execute(
     let args = args.as_object().unwrap_or(&empty);
     let mut spec = ctx
         .runtimes
-        .prepare(code.language, &code.content, args, dir.path())?;
+        .prepare(code.language, &code.content, args, dir)?;
     spec.env.extend(job_env(ctx, envelope, dir.path()));
     spec.env.push(("TRACEPARENT".into(), trace.to_string()));
     if cancel.is_cancelled() {
@@ -456,9 +456,7 @@ async fn execute(
         .map_err(Clone::clone)
         .map(|ended| match ended {
             Ended::Canceled => Err(ScriptError::new("Canceled", "job canceled")),
-            other => ctx
-                .runtimes
-                .outcome(code.language, other, dir.path(), &text),
+            other => ctx.runtimes.outcome(code.language, other, dir, &text),
         });
     // A dedicated process goes back with its directory, unless the worker stopped its job.
     // Any other job's directory stays for the caller to remove (its user's leftovers too).

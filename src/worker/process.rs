@@ -1,7 +1,7 @@
 //! One job's child process: its own process group, a cleared environment, a wall-clock limit,
 //! capped output, a kill of the whole group on timeout or cancel, and death with the worker.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,15 +121,15 @@ pub struct Started {
     pub outlives_job: bool,
 }
 
-/// Runs the process in `dir` until it exits, its timeout passes, its cancel fires or it prints
-/// more than its output allows. Output lines are appended to the logs and sent on. Nothing is
+/// Runs the process until it exits, its timeout passes, its cancel fires or it prints more
+/// than its output allows. Output lines are appended to the logs and sent on. Nothing is
 /// started when the cancel fired already (the attempt lost its job while preparing it).
 #[cfg(test)]
-pub async fn run(spec: &ProcessSpec, dir: &Path, how: Run<'_>) -> std::io::Result<Ended> {
+pub async fn run(spec: &ProcessSpec, how: Run<'_>) -> std::io::Result<Ended> {
     if how.cancel.is_cancelled() {
         return Ok(Ended::Canceled);
     }
-    let started = spawn(spec, dir, &how.confinement, cpu_seconds(how.timeout))?;
+    let started = spawn(spec, &how.confinement, cpu_seconds(how.timeout))?;
     Ok(supervise(started, how).await)
 }
 
@@ -146,7 +146,6 @@ pub fn cpu_seconds(timeout: Duration) -> u64 {
 /// long as the worker.
 pub fn spawn(
     spec: &ProcessSpec,
-    dir: &Path,
     confinement: &Confinement,
     cpu_seconds: u64,
 ) -> std::io::Result<Started> {
@@ -155,7 +154,6 @@ pub fn spawn(
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir)
         .stdin(Stdio::null());
     Ok(started_child(spawn_child(
         command,
@@ -165,7 +163,9 @@ pub fn spawn(
 }
 
 /// Spawns `command` (its standard input set by the caller) as a job's process: its own
-/// group, piped output, confined by `confinement`, dying with the worker.
+/// group, piped output, confined by `confinement` (which also sets its directory: a job's is
+/// closed to the worker, so the child enters it only once it is the job's user), dying with
+/// the worker.
 pub fn spawn_child(
     mut command: Command,
     confinement: &Confinement,
@@ -417,8 +417,10 @@ async fn deliver(logs: &SharedLogs, lines: &Option<mpsc::Sender<Output>>, chunk:
 mod tests {
     use super::*;
     use crate::worker::sandbox::Limits;
+    use std::path::Path;
 
     fn how<'a>(
+        dir: &Path,
         timeout: Duration,
         cancel: &'a CancellationToken,
         logs: &'a SharedLogs,
@@ -432,6 +434,7 @@ mod tests {
             lines,
             max_output,
             confinement: Confinement {
+                dir: Arc::new(std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap()),
                 user: None,
                 cgroup: None,
                 kill_started: Default::default(),
@@ -459,8 +462,8 @@ mod tests {
         let logs = Arc::new(Mutex::new(LogBuffer::new(16)));
         let ended = run(
             &bash("echo hello; echo world-and-more-text >&2; exit 3"),
-            dir.path(),
             how(
+                dir.path(),
                 Duration::from_secs(5),
                 &CancellationToken::new(),
                 &logs,
@@ -483,8 +486,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(LIVE_OUTPUT_QUEUE);
         run(
             &bash(script),
-            dir.path(),
             how(
+                dir.path(),
                 Duration::from_secs(5),
                 &CancellationToken::new(),
                 &logs,
@@ -521,8 +524,8 @@ mod tests {
         // One "line" of 3 GB: never held whole, and the job is stopped at 8 MiB.
         let ended = run(
             &bash("head -c 3000000000 /dev/zero | tr '\\0' a"),
-            dir.path(),
             how(
+                dir.path(),
                 Duration::from_secs(60),
                 &CancellationToken::new(),
                 &logs,
@@ -573,8 +576,8 @@ mod tests {
         let started = std::time::Instant::now();
         let ended = run(
             &bash(&script),
-            dir.path(),
             how(
+                dir.path(),
                 Duration::from_millis(300),
                 &CancellationToken::new(),
                 &logs,

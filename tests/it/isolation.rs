@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use crate::common::{jobs_have_own_users, Options, TestEnv};
 
-/// The job directories of root's workers (the harness runs as root when these tests run).
+/// The job directories of root's workers (the harness runs as root when these tests run):
+/// each `job-…/work`.
 fn job_dirs() -> Vec<std::path::PathBuf> {
     std::fs::read_dir(std::env::temp_dir().join("millrace-0"))
         .map(|entries| {
@@ -21,6 +22,7 @@ fn job_dirs() -> Vec<std::path::PathBuf> {
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.starts_with("job-"))
                 })
+                .map(|p| p.join("work"))
                 .collect()
         })
         .unwrap_or_default()
@@ -82,7 +84,8 @@ async fn a_job_cannot_read_the_workers_environment_or_memory() {
         "bash",
         "tr '\\0' '\\n' < /proc/$PPID/environ 2>&1 | head -c 20000\n\
          head -c 16 /proc/$PPID/mem 2>&1 | head -c 200\n\
-         id -u\necho \"groups $(id -G)\"\necho end\n",
+         id -u\necho \"groups $(id -G)\"\n\
+         echo \"dir $(stat -c '%u %a' .) $(stat -c '%u %g %a' ..) uid $(id -u)\"\necho end\n",
     )
     .await;
     let (done, logs) = run_output(&env, "u/alice/peek", json!({})).await;
@@ -106,6 +109,20 @@ async fn a_job_cannot_read_the_workers_environment_or_memory() {
         !logs.lines().any(|l| l.trim() == "0"),
         "the job ran as root: {logs}"
     );
+    // Its directory is its user's own, 0700, inside one of the worker's that its group may
+    // only pass through.
+    let dir = logs.lines().find_map(|l| l.strip_prefix("dir ")).unwrap();
+    let [owner, mode, outer_owner, outer_group, outer_mode, "uid", uid] =
+        dir.split(' ').collect::<Vec<_>>()[..]
+    else {
+        panic!("{logs}");
+    };
+    assert_eq!((owner, mode), (uid, "700"), "{logs}");
+    assert_eq!(
+        (outer_owner, outer_group, outer_mode),
+        ("0", uid, "710"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
@@ -127,7 +144,7 @@ async fn jobs_cannot_read_or_signal_each_other() {
         "victim=\"$1\"\ndir=\"$2\"\n\
          cat \"$dir/secret.txt\" 2>&1\n\
          ls \"$dir\" 2>&1\n\
-         echo \"listed $(ls \"$(dirname \"$dir\")\" 2>/dev/null | grep -c job-)\"\n\
+         echo \"listed $(ls \"${dir%/*/*}\" 2>/dev/null | grep -c job-)\"\n\
          mv \"$dir\" \"$dir.gone\" 2>&1\n\
          rm -rf \"$dir\" 2>&1\n\
          for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null | grep -q \"$victim\" && echo \"FOUND $f\"; done\n\

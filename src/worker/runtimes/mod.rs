@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::process::{Ended, ProcessSpec};
+use super::sandbox::{write_new, JobDir};
 use crate::config::WorkerConfig;
 use crate::domain::ScriptLang;
 
@@ -111,25 +112,25 @@ impl Runtimes {
         lang: ScriptLang,
         content: &str,
         args: &Map<String, Value>,
-        dir: &Path,
+        dir: &JobDir,
     ) -> Result<ProcessSpec, ScriptError> {
         let program = self.program(lang)?;
-        let write = |name: &str, text: &str| write_file(dir, name, text);
         let args_json = Value::Object(args.clone()).to_string();
-        match lang {
-            ScriptLang::Python3 => {
-                write("main.py", content)?;
-                write("wrapper.py", PYTHON_WRAPPER)?;
-                write("args.json", &args_json)?;
-            }
-            ScriptLang::Bash => write("main.sh", content)?,
-            ScriptLang::Bun | ScriptLang::Deno => {
-                write("main.ts", content)?;
-                write("wrapper.ts", TS_WRAPPER)?;
-                write("args.json", &args_json)?;
-            }
-        }
-        let (mut program_args, env) = command_line(lang, dir);
+        let files: &[(&str, &str)] = match lang {
+            ScriptLang::Python3 => &[
+                ("main.py", content),
+                ("wrapper.py", PYTHON_WRAPPER),
+                ("args.json", &args_json),
+            ],
+            ScriptLang::Bash => &[("main.sh", content)],
+            ScriptLang::Bun | ScriptLang::Deno => &[
+                ("main.ts", content),
+                ("wrapper.ts", TS_WRAPPER),
+                ("args.json", &args_json),
+            ],
+        };
+        write_files(dir, files)?;
+        let (mut program_args, env) = command_line(lang, dir.path());
         if lang == ScriptLang::Bash {
             program_args.extend(bash::positional_args(content, args)?);
         }
@@ -145,12 +146,12 @@ impl Runtimes {
     pub fn prepare_warm(
         &self,
         lang: ScriptLang,
-        dir: &Path,
+        dir: &JobDir,
         base_env: Vec<(String, String)>,
     ) -> Result<ProcessSpec, ScriptError> {
         let program = self.program(lang)?;
-        write_file(dir, "wrapper.ts", TS_WRAPPER)?;
-        let (args, mut env) = command_line(lang, dir);
+        write_files(dir, &[("wrapper.ts", TS_WRAPPER)])?;
+        let (args, mut env) = command_line(lang, dir.path());
         env.extend(base_env);
         env.push(("MILLRACE_WARM".into(), "1".into()));
         Ok(ProcessSpec { program, args, env })
@@ -161,7 +162,7 @@ impl Runtimes {
         &self,
         lang: ScriptLang,
         ended: &Ended,
-        dir: &Path,
+        dir: &JobDir,
         logs: &str,
     ) -> Result<Value, ScriptError> {
         let status = match ended {
@@ -182,11 +183,14 @@ impl Runtimes {
             }
             Ended::Exited(status) => status,
         };
+        let read = |name: &str| {
+            dir.as_owner(|path| read_capped(&path.join(name), self.max_result))
+                .map_err(|e| ScriptError::new("WorkerError", format!("cannot read {name}: {e}")))?
+        };
         if lang == ScriptLang::Bash {
-            let result = read_capped(&dir.join("result.json"), self.max_result)?;
-            return bash::outcome(*status, result, logs);
+            return bash::outcome(*status, read("result.json")?, logs);
         }
-        if let Some(text) = read_capped(&dir.join(ERROR_FILE), self.max_result)? {
+        if let Some(text) = read(ERROR_FILE)? {
             let error: Value = serde_json::from_str(&text).unwrap_or_default();
             let field = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
             return Err(ScriptError {
@@ -195,7 +199,7 @@ impl Runtimes {
                 stack: field("stack"),
             });
         }
-        match read_capped(&dir.join(RESULT_FILE), self.max_result)? {
+        match read(RESULT_FILE)? {
             Some(text) if status.success() => serde_json::from_str(&text).map_err(|e| {
                 ScriptError::new("ResultError", format!("the result is not JSON: {e}"))
             }),
@@ -224,9 +228,18 @@ pub fn base_env(dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
-fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), ScriptError> {
-    crate::worker::sandbox::write_new(&dir.join(name), text.as_bytes())
-        .map_err(|e| ScriptError::new("WorkerError", format!("cannot write {name}: {e}")))
+/// Writes `(name, text)` files into the job's directory, as its owner.
+fn write_files(dir: &JobDir, files: &[(&str, &str)]) -> Result<(), ScriptError> {
+    let failed = |name: &str, e: std::io::Error| {
+        ScriptError::new("WorkerError", format!("cannot write {name}: {e}"))
+    };
+    dir.as_owner(|path| {
+        for (name, text) in files {
+            write_new(&path.join(name), text.as_bytes()).map_err(|e| failed(name, e))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| failed("the job's files", e))?
 }
 
 /// The interpreter's arguments and the language's own environment for a job in `dir`.
@@ -257,10 +270,10 @@ fn command_line(lang: ScriptLang, dir: &Path) -> (Vec<String>, Vec<(String, Stri
     }
 }
 
-/// A file the script wrote, if it did, refused past `max` bytes without reading more. The job
-/// owns its directory's entries, and the worker may read what the job may not: a link in place
-/// of the file (to a secret of the worker's), a device (`/dev/zero`) or a FIFO would be read on
-/// the job's behalf, without end, or block, so only a plain file of its own is taken.
+/// A file the script wrote, if it did, refused past `max` bytes without reading more. Only a
+/// plain file is taken: a link in place of the file (to a secret of the worker's, where jobs run
+/// as the worker), a device (`/dev/zero`) or a FIFO would be read on the job's behalf, without
+/// end, or block.
 fn read_capped(path: &Path, max: u64) -> Result<Option<String>, ScriptError> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

@@ -1,7 +1,7 @@
 //! Keeping a job away from the worker and from other jobs. When the worker may change users
 //! (root, or just `CAP_SETUID` and `CAP_SETGID`), each slot's jobs run as a user of their own
-//! from `JOB_UID_RANGE` (its group alike, no supplementary groups), in a job directory only that
-//! user and the worker may enter; the worker itself is not dumpable, so its `/proc/<pid>/environ`
+//! from `JOB_UID_RANGE` (its group alike, no supplementary groups), in a job directory of that
+//! user's own (`0700`); the worker itself is not dumpable, so its `/proc/<pid>/environ`
 //! and `mem` stay closed to every job. Every job gets resource limits, and when it ends every
 //! process of its user is killed — also those that left its process group with `setsid` — and
 //! again before its user serves another job.
@@ -13,6 +13,7 @@ pub mod reaper;
 mod users;
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,8 +23,11 @@ pub use users::{kill_all as kill_user, JobUid};
 
 use crate::config::{JobCgroups, WorkerConfig};
 
-/// Job directories are `<temp dir>/millrace-<worker uid>/job-…`.
+/// Job directories are `<temp dir>/millrace-<worker uid>/job-…/work`: the outer one is the
+/// worker's, group-owned by the job's group, which may only pass through it; `work` is the job
+/// user's own, `0700`, made by that user (the worker has no `CAP_CHOWN`).
 const JOB_DIR_PREFIX: &str = "job-";
+const WORK_DIR: &str = "work";
 
 /// The users jobs run as, where their directories live, and their limits.
 pub struct Sandbox {
@@ -90,6 +94,9 @@ impl Drop for JobUser {
 /// How one job's processes are confined.
 #[derive(Debug, Clone)]
 pub struct Confinement {
+    /// The job's directory: its process starts there, once it is the job's user (who alone
+    /// may enter it).
+    pub dir: Arc<CString>,
     /// The job's own user, if it has one.
     pub user: Option<JobUid>,
     /// Its user's cgroup, if the worker may make cgroups.
@@ -116,7 +123,7 @@ impl Confinement {
 impl Confinement {
     /// Everything a job's child does between fork and exec (only async-signal-safe calls):
     /// into the job's cgroup while it may still move itself, then the job's user and group with
-    /// no supplementary groups, then the limits.
+    /// no supplementary groups, into its directory, then the limits.
     pub fn enter(&self, cpu_seconds: u64) -> std::io::Result<()> {
         first_to_go_out_of_memory()?;
         if let Some(cgroup) = &self.cgroup {
@@ -124,6 +131,10 @@ impl Confinement {
         }
         if let Some(user) = self.user {
             users::become_user(user.uid)?;
+        }
+        // SAFETY: chdir on a NUL-terminated path.
+        if unsafe { libc::chdir(self.dir.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
         // A worker given CAP_SETUID/CAP_SETGID as ambient capabilities would pass them on
         // through exec, and set-user-ID programs would raise the job again: neither.
@@ -148,7 +159,10 @@ impl Confinement {
 /// A job's directory and user. [`JobDir::remove`] it when the job is over: removing its
 /// contents needs the job's user, which a drop cannot wait for.
 pub struct JobDir {
-    dir: tempfile::TempDir,
+    /// `job-…`, holding [`WORK_DIR`].
+    outer: tempfile::TempDir,
+    /// `job-…/work`, where the job runs.
+    work: PathBuf,
     user: Option<JobUser>,
     cgroup: Option<Arc<JobCgroup>>,
     limits: Limits,
@@ -237,9 +251,8 @@ impl Sandbox {
         })
     }
 
-    /// A new job directory, given to a free user (there is one per slot): only that user's
-    /// group and the worker may enter it (`0770`, the worker's own group `0700` when jobs run
-    /// as the worker).
+    /// A new job directory, given to a free user (there is one per slot): that user's own,
+    /// `0700` (the worker's, when jobs run as the worker).
     pub async fn job_dir(&self) -> std::io::Result<JobDir> {
         let user = match &self.users {
             None => None,
@@ -267,20 +280,29 @@ impl Sandbox {
     }
 
     fn dir_for(&self, user: Option<JobUser>) -> std::io::Result<JobDir> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let outer = tempfile::Builder::new()
             .prefix(JOB_DIR_PREFIX)
             .tempdir_in(&self.root)?;
-        if let Some(user) = &user {
-            // The worker is in the group (see `join_groups`): no `CAP_CHOWN` needed.
-            std::os::unix::fs::chown(dir.path(), None, Some(user.user.uid))?;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770))?;
+        let work = outer.path().join(WORK_DIR);
+        let make_work = || std::fs::DirBuilder::new().mode(0o700).create(&work);
+        match &user {
+            Some(user) => {
+                // The worker is in the group (see `join_groups`): no `CAP_CHOWN` needed. The
+                // user makes `work` its own while it may write here, then may only pass.
+                std::os::unix::fs::chown(outer.path(), None, Some(user.user.uid))?;
+                std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o770))?;
+                users::as_user(user.user.uid, make_work)??;
+                std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o710))?;
+            }
+            None => make_work()?,
         }
         let cgroup = user
             .as_ref()
             .and_then(|u| self.cgroups.get(&u.user.uid).cloned());
         Ok(JobDir {
-            dir,
+            outer,
+            work,
             user,
             cgroup,
             limits: self.limits,
@@ -290,12 +312,27 @@ impl Sandbox {
 }
 
 impl JobDir {
+    /// Where the job runs. The worker may not touch it but through [`JobDir::as_owner`].
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.work
+    }
+
+    /// Runs `f` on the job's directory as its owner may (the job's user: see
+    /// `users::as_user`), with what the job itself could reach and no more — a link the job
+    /// left there leads nowhere it could not go itself. Blocking, brief file work only.
+    pub fn as_owner<T>(&self, f: impl FnOnce(&Path) -> T) -> std::io::Result<T> {
+        match &self.user {
+            Some(user) => users::as_user(user.user.uid, || f(&self.work)),
+            None => Ok(f(&self.work)),
+        }
     }
 
     pub fn confinement(&self) -> Confinement {
         Confinement {
+            dir: Arc::new(
+                CString::new(self.work.as_os_str().as_encoded_bytes())
+                    .expect("a temporary directory's path has no NUL"),
+            ),
             user: self.user.as_ref().map(|u| u.user),
             cgroup: self.cgroup.clone(),
             limits: self.limits,
@@ -305,8 +342,8 @@ impl JobDir {
 
     /// Kills whatever still runs as the directory's user (a process given up before or after
     /// its job, or what a job that ended by itself left running), then removes the directory:
-    /// its contents as the job's user (who may have made directories the worker may not
-    /// enter), then the directory itself; then the user is free again.
+    /// its contents as the job's user (whose they are), then the directories themselves; then
+    /// the user is free again.
     pub async fn remove(mut self) {
         let started = self.kill_started.lock().expect("kill lock").take();
         if let Some(kill) = started {
@@ -316,9 +353,9 @@ impl JobDir {
             if let Some(user) = &mut self.user {
                 // First, so that nothing writes new files while they are removed.
                 user.kill_processes();
-                clear_as(user.user.uid, self.dir.path());
+                clear_as(user.user.uid, self.outer.path());
             }
-            self.dir.close()
+            self.outer.close()
         })
         .await;
         match removed {
@@ -347,9 +384,14 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write_all(bytes)
 }
 
-/// Empties `dir` as the user `uid`, and removes what the user left in the shared temporary
-/// directories, warning when it cannot.
+/// Empties the outer job directory `dir` as the user `uid` (so `work` and all in it go), and
+/// removes what the user left in the shared temporary directories, warning when it cannot.
+/// None of the user's processes may run: for this while the user may write in `dir` again.
 fn clear_as(uid: u32, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not open a job directory to its user");
+    }
     let cleared = users::as_user(uid, || {
         users::remove_shared_leftovers(uid);
         users::empty_dir(dir)

@@ -39,13 +39,16 @@ impl Lent {
         env: &[(String, String)],
         cpu_seconds: u64,
     ) -> io::Result<Started> {
-        for name in [RESULT_FILE, ERROR_FILE] {
-            match std::fs::remove_file(dir.path().join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+        dir.as_owner(|path| {
+            for name in [RESULT_FILE, ERROR_FILE] {
+                match std::fs::remove_file(path.join(name)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
-        }
+            Ok(())
+        })??;
         let env: serde_json::Map<String, serde_json::Value> =
             env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         let job = json!({ "env": env, "cpu_seconds": cpu_seconds }).to_string();

@@ -218,7 +218,7 @@ impl Warm {
         if let (true, Some(user)) = (failed, confinement.user) {
             super::sandbox::kill_user(user).await;
         }
-        let started = process::spawn(spec, dir.path(), &confinement, cpu_seconds);
+        let started = process::spawn(spec, &confinement, cpu_seconds);
         (started, None)
     }
 
@@ -257,9 +257,9 @@ impl Warm {
             }
         };
         let none = serde_json::Map::new();
-        if let Err(e) =
-            self.runtimes
-                .prepare(ScriptLang::Python3, script.content, &none, dir.path())
+        if let Err(e) = self
+            .runtimes
+            .prepare(ScriptLang::Python3, script.content, &none, &dir)
         {
             tracing::warn!(error = %e.message, "cannot prepare a dedicated process");
             dir.remove().await;
@@ -293,16 +293,16 @@ impl Warm {
     /// The job's process forked from the fork server, if it is there and answers.
     async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
         let server = self.fork_server()?;
-        let env_file = dir.path().join(forkserver::ENV_FILE);
         let env: serde_json::Map<String, serde_json::Value> = spec
             .env
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        if let Err(e) = sandbox::write_new(
-            &env_file,
-            serde_json::Value::Object(env).to_string().as_bytes(),
-        ) {
+        let env = serde_json::Value::Object(env).to_string();
+        let written = dir
+            .as_owner(|path| sandbox::write_new(&path.join(forkserver::ENV_FILE), env.as_bytes()))
+            .and_then(|written| written);
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write a job's environment: starting cold");
             return None;
         }
@@ -321,7 +321,7 @@ impl Warm {
             }
         };
         tracing::warn!(error = %why, "the python3 fork server failed a job: starting it cold");
-        let _ = std::fs::remove_file(&env_file);
+        let _ = dir.as_owner(|path| std::fs::remove_file(path.join(forkserver::ENV_FILE)));
         None
     }
 }

@@ -173,7 +173,7 @@ impl Pool {
         };
         let dir = dir?;
         let env = runtimes::base_env(dir.path());
-        let spec = match self.runtimes.prepare_warm(self.lang, dir.path(), env) {
+        let spec = match self.runtimes.prepare_warm(self.lang, &dir, env) {
             Ok(spec) => spec,
             Err(e) => {
                 dir.remove().await;
@@ -208,7 +208,6 @@ async fn start(
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir.path())
         .stdin(std::process::Stdio::piped());
     let mut child = process::spawn_child(command, &dir.confinement(), cpu_seconds)?;
     let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
