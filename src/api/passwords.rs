@@ -5,6 +5,7 @@
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -22,7 +23,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// The process's turns at Argon2: at most [`PARALLEL`] computations at once, each on a
 /// blocking thread.
 pub struct Turns {
-    free: Semaphore,
+    free: Arc<Semaphore>,
     wait: Duration,
 }
 
@@ -35,26 +36,31 @@ impl Default for Turns {
 impl Turns {
     fn new(parallel: usize, wait: Duration) -> Self {
         Self {
-            free: Semaphore::new(parallel),
+            free: Arc::new(Semaphore::new(parallel)),
             wait,
         }
     }
 
-    /// Runs `work` on a blocking thread once a turn is free.
+    /// Runs `work` on a blocking thread once a turn is free. The turn goes with the work, not
+    /// with the caller: a client that hangs up stops waiting, but its computation runs on to
+    /// its end, and until then no other may take its turn.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> ApiResult<T> {
-        let _turn = match tokio::time::timeout(self.wait, self.free.acquire()).await {
+        let turn = match tokio::time::timeout(self.wait, self.free.clone().acquire_owned()).await {
             Ok(turn) => turn.expect("the Argon2 semaphore is never closed"),
             Err(_) => return Err(ApiError::Unavailable("password hashing")),
         };
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ApiError::Internal {
-                context: "password hashing failed",
-                detail: e.to_string(),
-            })
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::Internal {
+            context: "password hashing failed",
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -97,7 +103,6 @@ pub async fn verify(state: &AppState, password: String, stored: Option<String>) 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     use super::*;
 
@@ -142,5 +147,34 @@ mod tests {
             Err(ApiError::Unavailable("password hashing"))
         ));
         busy.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_hangs_up_keeps_its_turn_until_its_work_ends() {
+        let turns = Arc::new(Turns::new(1, Duration::from_secs(10)));
+        let running = Arc::new(AtomicUsize::new(0));
+        let gone = {
+            let (turns, running) = (turns.clone(), running.clone());
+            tokio::spawn(async move {
+                turns
+                    .run(move || {
+                        running.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(300));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(running.load(Ordering::SeqCst), 1);
+        gone.abort();
+        let beside = {
+            let running = running.clone();
+            turns
+                .run(move || running.load(Ordering::SeqCst))
+                .await
+                .unwrap()
+        };
+        assert_eq!(beside, 0, "a second computation ran beside the first");
     }
 }

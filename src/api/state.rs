@@ -57,8 +57,8 @@ struct Inner {
     openapi: utoipa::openapi::OpenApi,
     /// Invalid tokens, per client address.
     token_failures: super::rate_limit::FailureLimiter<std::net::IpAddr>,
+    /// Password hashing and checking, a few at a time.
     argon2: super::passwords::Turns,
-    /// Failed logins, per account and client address.
     /// Failed logins per account (a digest: a key of bounded size) and address…
     login_failures: super::rate_limit::FailureLimiter<([u8; 32], std::net::IpAddr)>,
     /// …and per address over every account, looser, against guessing across accounts.
@@ -147,7 +147,6 @@ impl AppState {
         &self.0.openapi
     }
 
-    /// A turn to run Argon2; held while it runs.
     pub fn argon2(&self) -> &super::passwords::Turns {
         &self.0.argon2
     }

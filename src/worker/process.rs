@@ -416,7 +416,7 @@ async fn deliver(logs: &SharedLogs, lines: &Option<mpsc::Sender<Output>>, chunk:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::sandbox::Limits;
+    use crate::worker::sandbox::{Limits, WorkDir};
     use std::path::Path;
 
     fn how<'a>(
@@ -434,7 +434,7 @@ mod tests {
             lines,
             max_output,
             confinement: Confinement {
-                dir: Arc::new(std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap()),
+                dir: Arc::new(WorkDir::new(dir.to_path_buf()).unwrap()),
                 user: None,
                 cgroup: None,
                 kill_started: Default::default(),

@@ -391,6 +391,22 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
         pids,
         "a crashed worker without its reaper leaves its job running"
     );
+    // And one left by a worker from before job directories had a `work` inside: the user's
+    // files (a directory it closed too) and the worker's, straight in `job-…`.
+    let legacy = std::env::temp_dir().join("millrace-0/job-legacy-62000");
+    std::fs::create_dir_all(legacy.join("closed")).unwrap();
+    std::fs::write(legacy.join("main.sh"), "echo old\n").unwrap();
+    std::fs::write(legacy.join("closed/secret.txt"), "old secret\n").unwrap();
+    for (path, mode) in [
+        (legacy.join("closed/secret.txt"), 0o600),
+        (legacy.join("closed"), 0o700),
+    ] {
+        std::os::unix::fs::chown(&path, Some(62000), Some(62000)).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+    }
+    std::os::unix::fs::chown(&legacy, None, Some(62000)).unwrap();
+    std::fs::set_permissions(&legacy, std::os::unix::fs::PermissionsExt::from_mode(0o770)).unwrap();
     env.add_worker(&[]);
     // The new worker takes the user over: the orphan and its directory are gone (the job
     // itself, redelivered, may run again — as a new process in a new directory).
@@ -398,13 +414,15 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     loop {
         let (now_pids, now_dirs) = left_behind();
         let gone = pids.iter().all(|p| !now_pids.contains(p))
-            && dirs.iter().all(|d| !now_dirs.contains(d));
+            && dirs.iter().all(|d| !d.parent().unwrap().exists())
+            && !legacy.exists();
         if gone {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "left behind: {now_pids:?} {now_dirs:?}"
+            "left behind: {now_pids:?} {now_dirs:?} {}",
+            legacy.exists()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

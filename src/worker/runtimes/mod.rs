@@ -26,6 +26,13 @@ pub struct ScriptError {
     pub stack: Option<String>,
 }
 
+/// The worker's own failure to act on a job's files (e.g. as the job's user).
+impl From<std::io::Error> for ScriptError {
+    fn from(e: std::io::Error) -> Self {
+        Self::new("WorkerError", e.to_string())
+    }
+}
+
 impl ScriptError {
     pub fn new(name: &str, message: impl Into<String>) -> Self {
         Self {
@@ -183,10 +190,7 @@ impl Runtimes {
             }
             Ended::Exited(status) => status,
         };
-        let read = |name: &str| {
-            dir.as_owner(|path| read_capped(&path.join(name), self.max_result))
-                .map_err(|e| ScriptError::new("WorkerError", format!("cannot read {name}: {e}")))?
-        };
+        let read = |name: &str| dir.as_owner(|path| read_capped(&path.join(name), self.max_result));
         if lang == ScriptLang::Bash {
             return bash::outcome(*status, read("result.json")?, logs);
         }
@@ -239,7 +243,6 @@ fn write_files(dir: &JobDir, files: &[(&str, &str)]) -> Result<(), ScriptError> 
         }
         Ok(())
     })
-    .map_err(|e| failed("the job's files", e))?
 }
 
 /// The interpreter's arguments and the language's own environment for a job in `dir`.

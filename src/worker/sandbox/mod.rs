@@ -8,26 +8,22 @@
 //! Without the right to change users the worker says so once, loudly, and runs jobs as itself.
 
 mod cgroups;
+mod job_dir;
 mod limits;
 pub mod reaper;
 mod users;
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use cgroups::JobCgroup;
+use job_dir::JobUser;
+pub use job_dir::{write_new, JobDir, WorkDir};
 pub use limits::Limits;
 pub use users::{kill_all as kill_user, JobUid};
 
 use crate::config::{JobCgroups, WorkerConfig};
-
-/// Job directories are `<temp dir>/millrace-<worker uid>/job-…/work`: the outer one is the
-/// worker's, group-owned by the job's group, which may only pass through it; `work` is the job
-/// user's own, `0700`, made by that user (the worker has no `CAP_CHOWN`).
-const JOB_DIR_PREFIX: &str = "job-";
-const WORK_DIR: &str = "work";
 
 /// The users jobs run as, where their directories live, and their limits.
 pub struct Sandbox {
@@ -51,43 +47,11 @@ struct FreeUsers {
     returned: tokio::sync::Notify,
 }
 
-/// A job's user, given back when dropped (after its processes and files are gone).
-struct JobUser {
-    user: JobUid,
-    free: Arc<FreeUsers>,
-    /// Its processes were killed, and nothing has run as it since.
-    killed: bool,
-}
-
-impl JobUser {
-    fn new(user: JobUid, free: Arc<FreeUsers>) -> Self {
-        Self {
-            user,
-            free,
-            killed: false,
-        }
-    }
-
-    fn kill_processes(&mut self) {
-        self.killed = users::kill_all_now(self.user);
-    }
-}
-
-impl Drop for JobUser {
-    fn drop(&mut self) {
-        // Killed already unless the directory was never removed (a panic, an abandoned job)
-        // or that kill failed: the slot's next job must not meet what is left.
-        if !self.killed && !users::kill_all_now(self.user) {
-            // Its processes may live on: the next job, maybe another tenant's, must not meet
-            // them. The slot waits for a user that is never given back, and its jobs fail.
-            tracing::error!(
-                uid = self.user.uid,
-                "a job user whose processes could not be killed is retired"
-            );
-            return;
-        }
-        self.free.uids.lock().expect("users lock").push(self.user);
-        self.free.returned.notify_one();
+impl FreeUsers {
+    /// Takes `user` back and wakes a slot that waits for one.
+    fn give_back(&self, user: JobUid) {
+        self.uids.lock().expect("users lock").push(user);
+        self.returned.notify_one();
     }
 }
 
@@ -96,7 +60,7 @@ impl Drop for JobUser {
 pub struct Confinement {
     /// The job's directory: its process starts there, once it is the job's user (who alone
     /// may enter it).
-    pub dir: Arc<CString>,
+    pub dir: Arc<WorkDir>,
     /// The job's own user, if it has one.
     pub user: Option<JobUid>,
     /// Its user's cgroup, if the worker may make cgroups.
@@ -133,7 +97,7 @@ impl Confinement {
             users::become_user(user.uid)?;
         }
         // SAFETY: chdir on a NUL-terminated path.
-        if unsafe { libc::chdir(self.dir.as_ptr()) } != 0 {
+        if unsafe { libc::chdir(self.dir.c_path().as_ptr()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         // A worker given CAP_SETUID/CAP_SETGID as ambient capabilities would pass them on
@@ -154,19 +118,6 @@ impl Confinement {
         }
         limits::apply(&self.limits, self.user.is_some(), cpu_seconds)
     }
-}
-
-/// A job's directory and user. [`JobDir::remove`] it when the job is over: removing its
-/// contents needs the job's user, which a drop cannot wait for.
-pub struct JobDir {
-    /// `job-…`, holding [`WORK_DIR`].
-    outer: tempfile::TempDir,
-    /// `job-…/work`, where the job runs.
-    work: PathBuf,
-    user: Option<JobUser>,
-    cgroup: Option<Arc<JobCgroup>>,
-    limits: Limits,
-    kill_started: KillStarted,
 }
 
 impl Sandbox {
@@ -217,7 +168,7 @@ impl Sandbox {
                         "cannot kill what job user {} left running",
                         user.uid
                     );
-                    remove_leftovers(&root, user.uid);
+                    job_dir::remove_leftovers(&root, user.uid);
                 }
                 reaper = match reaper::start(&locks, &job_users) {
                     Ok(pipe) => Some(pipe),
@@ -280,127 +231,10 @@ impl Sandbox {
     }
 
     fn dir_for(&self, user: Option<JobUser>) -> std::io::Result<JobDir> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let outer = tempfile::Builder::new()
-            .prefix(JOB_DIR_PREFIX)
-            .tempdir_in(&self.root)?;
-        let work = outer.path().join(WORK_DIR);
-        let make_work = || std::fs::DirBuilder::new().mode(0o700).create(&work);
-        match &user {
-            Some(user) => {
-                // The worker is in the group (see `join_groups`): no `CAP_CHOWN` needed. The
-                // user makes `work` its own while it may write here, then may only pass.
-                std::os::unix::fs::chown(outer.path(), None, Some(user.user.uid))?;
-                std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o770))?;
-                users::as_user(user.user.uid, make_work)??;
-                std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o710))?;
-            }
-            None => make_work()?,
-        }
         let cgroup = user
             .as_ref()
-            .and_then(|u| self.cgroups.get(&u.user.uid).cloned());
-        Ok(JobDir {
-            outer,
-            work,
-            user,
-            cgroup,
-            limits: self.limits,
-            kill_started: KillStarted::default(),
-        })
-    }
-}
-
-impl JobDir {
-    /// Where the job runs. The worker may not touch it but through [`JobDir::as_owner`].
-    pub fn path(&self) -> &Path {
-        &self.work
-    }
-
-    /// Runs `f` on the job's directory as its owner may (the job's user: see
-    /// `users::as_user`), with what the job itself could reach and no more — a link the job
-    /// left there leads nowhere it could not go itself. Blocking, brief file work only.
-    pub fn as_owner<T>(&self, f: impl FnOnce(&Path) -> T) -> std::io::Result<T> {
-        match &self.user {
-            Some(user) => users::as_user(user.user.uid, || f(&self.work)),
-            None => Ok(f(&self.work)),
-        }
-    }
-
-    pub fn confinement(&self) -> Confinement {
-        Confinement {
-            dir: Arc::new(
-                CString::new(self.work.as_os_str().as_encoded_bytes())
-                    .expect("a temporary directory's path has no NUL"),
-            ),
-            user: self.user.as_ref().map(|u| u.user),
-            cgroup: self.cgroup.clone(),
-            limits: self.limits,
-            kill_started: self.kill_started.clone(),
-        }
-    }
-
-    /// Kills whatever still runs as the directory's user (a process given up before or after
-    /// its job, or what a job that ended by itself left running), then removes the directory:
-    /// its contents as the job's user (whose they are), then the directories themselves; then
-    /// the user is free again.
-    pub async fn remove(mut self) {
-        let started = self.kill_started.lock().expect("kill lock").take();
-        if let Some(kill) = started {
-            let _ = kill.await;
-        }
-        let removed = tokio::task::spawn_blocking(move || {
-            if let Some(user) = &mut self.user {
-                // First, so that nothing writes new files while they are removed.
-                user.kill_processes();
-                clear_as(user.user.uid, self.outer.path());
-            }
-            self.outer.close()
-        })
-        .await;
-        match removed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove a job directory"),
-            Err(e) => tracing::warn!(error = %e, "job directory removal panicked"),
-        }
-    }
-}
-
-/// Writes a new file of the worker's at `path` in a job's directory, whose entries the job may
-/// replace (a link to a file of the worker's, a FIFO): whatever is there goes first, and the
-/// file is created only if nothing took its place meanwhile, without following a link.
-pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?
-        .write_all(bytes)
-}
-
-/// Empties the outer job directory `dir` as the user `uid` (so `work` and all in it go), and
-/// removes what the user left in the shared temporary directories, warning when it cannot.
-/// None of the user's processes may run: for this while the user may write in `dir` again.
-fn clear_as(uid: u32, dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770)) {
-        tracing::warn!(dir = %dir.display(), error = %e, "could not open a job directory to its user");
-    }
-    let cleared = users::as_user(uid, || {
-        users::remove_shared_leftovers(uid);
-        users::empty_dir(dir)
-    });
-    match cleared {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) | Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not empty a job directory")
-        }
+            .and_then(|u| self.cgroups.get(&u.uid()).cloned());
+        JobDir::create(&self.root, user, cgroup, self.limits)
     }
 }
 
@@ -530,28 +364,6 @@ fn job_cgroups(mode: JobCgroups, uids: &[u32], limits: &Limits) -> HashMap<u32, 
         "jobs run in cgroups of their own (memory and processes)"
     );
     made
-}
-
-/// Removes the job directories a user's jobs left when their worker died.
-fn remove_leftovers(root: &Path, uid: u32) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let job_dir = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(JOB_DIR_PREFIX));
-        let users = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.gid() == uid);
-        if job_dir && users {
-            clear_as(uid, &path);
-            if let Err(e) = std::fs::remove_dir(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove a job directory left behind");
-            }
-        }
-    }
 }
 
 /// Makes this process non-dumpable: its `/proc/<pid>` files (environ, mem) belong to root and

@@ -190,18 +190,7 @@ fn lock(locks: &Path, uid: u32) -> std::io::Result<Option<File>> {
 /// directory to a job's group without `CAP_CHOWN`. Jobs never inherit them: a child that takes
 /// a job's user drops every supplementary group.
 pub fn join_groups(gids: &[u32]) -> std::io::Result<()> {
-    // SAFETY: getgroups with a null buffer returns the count; then fills a buffer that large.
-    let mut groups = unsafe {
-        let count = libc::getgroups(0, std::ptr::null_mut());
-        if count < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut groups = vec![0 as libc::gid_t; count as usize];
-        if libc::getgroups(count, groups.as_mut_ptr()) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        groups
-    };
+    let mut groups = thread_groups()?;
     groups.extend(gids.iter().map(|g| *g as libc::gid_t));
     // SAFETY: a valid buffer of `len` gids; glibc applies it to every thread of the process.
     if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
@@ -210,35 +199,68 @@ pub fn join_groups(gids: &[u32]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `f` with this thread's file-system identity set to the job user `uid`: what `f` may
-/// touch is what the job could. Blocking; call it from a blocking thread.
+/// Runs `f` with this thread's file-system identity set to the job user `uid`, without the
+/// worker's supplementary groups (which hold every job user's group, and in a pod the group
+/// its secrets are readable by): what `f` may touch is what the job could. Blocking; call it
+/// from a blocking thread or for brief file work only.
 pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> std::io::Result<T> {
-    struct Restore(libc::uid_t, libc::gid_t);
+    struct Restore {
+        fsuid: libc::uid_t,
+        fsgid: libc::gid_t,
+        groups: Vec<libc::gid_t>,
+    }
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: setfsuid/setfsgid only change this thread's file-system credentials.
+            // SAFETY: setfsuid/setfsgid and the raw setgroups system call change only this
+            // thread's credentials (glibc's setgroups would change every thread's).
             unsafe {
-                libc::setfsuid(self.0);
-                libc::setfsgid(self.1);
+                libc::setfsuid(self.fsuid);
+                libc::setfsgid(self.fsgid);
+                libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
             }
         }
     }
-    // SAFETY: as above; each returns the previous value, and -1 changes nothing (a query).
+    let groups = thread_groups()?;
+    // SAFETY: as above; setfsuid/setfsgid return the previous value, and -1 changes nothing
+    // (a query).
     let restore = unsafe {
-        let gid = libc::setfsgid(uid);
-        Restore(libc::setfsuid(uid) as libc::uid_t, gid as libc::gid_t)
+        let cleared = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+        let fsgid = libc::setfsgid(uid);
+        let restore = Restore {
+            fsuid: libc::setfsuid(uid) as libc::uid_t,
+            fsgid: fsgid as libc::gid_t,
+            groups,
+        };
+        let now = (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX));
+        if cleared != 0 || now != (uid as i32, uid as i32) {
+            drop(restore);
+            return Err(std::io::Error::other(format!(
+                "cannot act as user {uid} (no CAP_SETUID/CAP_SETGID?)"
+            )));
+        }
+        restore
     };
-    // SAFETY: a query, see above.
-    let now = unsafe { (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX)) };
-    if now != (uid as i32, uid as i32) {
-        drop(restore);
-        return Err(std::io::Error::other(format!(
-            "cannot act as user {uid} (no CAP_SETUID/CAP_SETGID?)"
-        )));
-    }
     let out = f();
     drop(restore);
     Ok(out)
+}
+
+/// This thread's supplementary groups.
+fn thread_groups() -> std::io::Result<Vec<libc::gid_t>> {
+    // SAFETY: getgroups with a null buffer returns the count; then fills a buffer that large.
+    unsafe {
+        let count = libc::getgroups(0, std::ptr::null_mut());
+        if count < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut groups = vec![0 as libc::gid_t; count as usize];
+        let filled = libc::getgroups(count, groups.as_mut_ptr());
+        if filled < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        groups.truncate(filled as usize);
+        Ok(groups)
+    }
 }
 
 /// Removes everything inside `dir` (not `dir` itself). Call it as the user who wrote it.
@@ -398,6 +420,49 @@ pub fn kill_all_now(user: JobUid) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This thread's `Uid:`, `Gid:` and `Groups:` lines, as the kernel reports them.
+    fn credentials() -> String {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .unwrap()
+            .lines()
+            .filter(|l| ["Uid:", "Gid:", "Groups:"].iter().any(|p| l.starts_with(p)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn acting_as_a_user_takes_its_identity_alone_and_gives_it_back() {
+        // On a thread of its own: the test changes its groups.
+        std::thread::spawn(|| {
+            if !can_switch() {
+                eprintln!("skipped: needs CAP_SETUID and CAP_SETGID");
+                return;
+            }
+            // SAFETY: the raw system call changes only this thread's groups.
+            let set = unsafe { libc::syscall(libc::SYS_setgroups, 2, [4242u32, 4343].as_ptr()) };
+            assert_eq!(set, 0);
+            let before = credentials();
+            let during = as_user(65000, credentials).unwrap();
+            let fs = |text: &str, line: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(line))
+                    .and_then(|l| l.split_whitespace().last())
+                    .unwrap()
+                    .to_owned()
+            };
+            assert_eq!(fs(&during, "Uid:"), "65000", "{during}");
+            assert_eq!(fs(&during, "Gid:"), "65000", "{during}");
+            let groups = during.lines().find_map(|l| l.strip_prefix("Groups:"));
+            assert_eq!(groups.map(str::trim), Some(""), "{during}");
+            assert_eq!(credentials(), before);
+            let panicked = std::panic::catch_unwind(|| as_user(65000, || panic!("in f")));
+            assert!(panicked.is_err());
+            assert_eq!(credentials(), before);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn uid_ranges_pair_each_job_user_with_one_of_the_upper_half() {

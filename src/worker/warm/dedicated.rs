@@ -48,7 +48,7 @@ impl Lent {
                 }
             }
             Ok(())
-        })??;
+        })?;
         let env: serde_json::Map<String, serde_json::Value> =
             env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         let job = json!({ "env": env, "cpu_seconds": cpu_seconds }).to_string();

@@ -121,18 +121,13 @@ impl ForkServer {
         }
     }
 
-    /// Forks a child for the job in `dir` (whose environment is in [`ENV_FILE`] there).
-    pub async fn spawn(
-        &self,
-        dir: &Path,
-        confinement: &Confinement,
-        cpu_seconds: u64,
-    ) -> io::Result<Started> {
+    /// Forks a child for the job in its directory (whose environment is in [`ENV_FILE`]
+    /// there).
+    pub async fn spawn(&self, confinement: &Confinement, cpu_seconds: u64) -> io::Result<Started> {
         let (out_read, out_write) = std::io::pipe()?;
         let (err_read, err_write) = std::io::pipe()?;
         let forked = self
             .fork(
-                dir,
                 confinement,
                 cpu_seconds,
                 false,
@@ -157,16 +152,16 @@ impl ForkServer {
         })
     }
 
-    /// Forks a dedicated process for the script in `dir` (see `forkserver.py`).
+    /// Forks a dedicated process for the script in the job's directory (see
+    /// `forkserver.py`).
     pub async fn spawn_dedicated(
         &self,
-        dir: &Path,
         confinement: &Confinement,
         cpu_seconds: u64,
     ) -> io::Result<DedicatedProcess> {
         let (ours, theirs) = seqpacket_pair()?;
         let forked = self
-            .fork(dir, confinement, cpu_seconds, true, &[theirs.as_fd()])
+            .fork(confinement, cpu_seconds, true, &[theirs.as_fd()])
             .await;
         drop(theirs);
         let (pid, exited) = forked?;
@@ -180,7 +175,6 @@ impl ForkServer {
     /// Asks for a child; its pid, and its wait status once it exited.
     async fn fork(
         &self,
-        dir: &Path,
         confinement: &Confinement,
         cpu_seconds: u64,
         dedicated: bool,
@@ -195,7 +189,7 @@ impl ForkServer {
         let limits = confinement.limits;
         let request = json!({
             "id": id,
-            "dir": dir,
+            "dir": confinement.dir.path(),
             "dedicated": dedicated,
             "uid": confinement.user.map(|u| u.uid),
             "cgroups": confinement.cgroup.as_ref().map(|c| {

@@ -267,7 +267,7 @@ impl Warm {
         }
         let forked = tokio::time::timeout(
             SERVER_ANSWERS_WITHIN,
-            server.spawn_dedicated(dir.path(), &dir.confinement(), cpu_seconds),
+            server.spawn_dedicated(&dir.confinement(), cpu_seconds),
         )
         .await;
         match forked {
@@ -300,15 +300,14 @@ impl Warm {
             .collect();
         let env = serde_json::Value::Object(env).to_string();
         let written = dir
-            .as_owner(|path| sandbox::write_new(&path.join(forkserver::ENV_FILE), env.as_bytes()))
-            .and_then(|written| written);
+            .as_owner(|path| sandbox::write_new(&path.join(forkserver::ENV_FILE), env.as_bytes()));
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write a job's environment: starting cold");
             return None;
         }
         let forked = tokio::time::timeout(
             SERVER_ANSWERS_WITHIN,
-            server.spawn(dir.path(), &dir.confinement(), cpu_seconds),
+            server.spawn(&dir.confinement(), cpu_seconds),
         )
         .await;
         let why = match forked {
