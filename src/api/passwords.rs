@@ -129,7 +129,7 @@ mod tests {
         for (i, call) in calls.into_iter().enumerate() {
             assert_eq!(call.await.unwrap().unwrap(), i);
         }
-        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert!(most.load(Ordering::SeqCst) <= 2);
 
         // A waiter whose turn does not come in time is refused, not queued for ever.
         let turns = Arc::new(Turns::new(1, Duration::from_millis(100)));
@@ -152,29 +152,34 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_hangs_up_keeps_its_turn_until_its_work_ends() {
         let turns = Arc::new(Turns::new(1, Duration::from_secs(10)));
-        let running = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
         let gone = {
-            let (turns, running) = (turns.clone(), running.clone());
+            let turns = turns.clone();
             tokio::spawn(async move {
                 turns
                     .run(move || {
-                        running.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(300));
-                        running.fetch_sub(1, Ordering::SeqCst);
+                        started_tx.send(()).unwrap();
+                        released.recv().unwrap();
                     })
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(running.load(Ordering::SeqCst), 1);
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
         gone.abort();
-        let beside = {
-            let running = running.clone();
-            turns
-                .run(move || running.load(Ordering::SeqCst))
-                .await
-                .unwrap()
+        let next = {
+            let turns = turns.clone();
+            tokio::spawn(async move { turns.run(|| ()).await })
         };
-        assert_eq!(beside, 0, "a second computation ran beside the first");
+        // Time enough for the next one to run, were the turn free.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !next.is_finished(),
+            "a second computation ran beside the first"
+        );
+        release.send(()).unwrap();
+        next.await.unwrap().unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::process::{Ended, ProcessSpec};
-use super::sandbox::{write_new, JobDir};
+use super::sandbox::{write_new, JobDir, NotOwner};
 use crate::config::WorkerConfig;
 use crate::domain::ScriptLang;
 
@@ -26,9 +26,9 @@ pub struct ScriptError {
     pub stack: Option<String>,
 }
 
-/// The worker's own failure to act on a job's files (e.g. as the job's user).
-impl From<std::io::Error> for ScriptError {
-    fn from(e: std::io::Error) -> Self {
+/// The worker's own failure to act on a job's files as the job's user.
+impl From<NotOwner> for ScriptError {
+    fn from(e: NotOwner) -> Self {
         Self::new("WorkerError", e.to_string())
     }
 }

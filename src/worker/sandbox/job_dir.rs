@@ -11,12 +11,33 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::users;
 use super::{Confinement, FreeUsers, JobCgroup, JobUid, KillStarted, Limits};
 
 const JOB_DIR_PREFIX: &str = "job-";
 const WORK_DIR: &str = "work";
+
+/// Pauses before the next tries at clearing what a job left but could not be removed at once
+/// (a process that took a moment to die, a file system that was busy); the user is lent again
+/// after the first that succeeds, and retired after the last that fails.
+const CLEAR_RETRIES: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+];
+
+/// The worker could not take the job user's identity to act in its directory.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct NotOwner(io::Error);
+
+impl From<NotOwner> for io::Error {
+    fn from(e: NotOwner) -> Self {
+        e.0
+    }
+}
 
 /// Where a job runs, also as a C string: its child enters it between fork and exec, where
 /// nothing may allocate.
@@ -51,7 +72,7 @@ pub(super) struct JobUser {
 
 /// What a job may have left as its user, which decides whether the user is lent again.
 enum UserState {
-    /// Its directory was never made: nothing ran as it.
+    /// No directory was made for it: nothing ran as it.
     Unused,
     /// Its processes were killed and its files removed.
     Cleared,
@@ -74,13 +95,41 @@ impl JobUser {
 
     /// Kills the user's processes, then — only then, so that nothing writes new files — removes
     /// its files: the job directory `outer`'s and those in the shared temporary directories.
-    fn clear(&mut self, outer: &Path) {
+    /// Whether all went.
+    fn clear(&mut self, outer: &Path) -> bool {
+        // Until it is known: a panic on the way must not lend the user again.
+        self.state = UserState::Dirty;
         let cleared = users::kill_all_now(self.user) && clear_as(self.user.uid, outer);
-        self.state = if cleared {
-            UserState::Cleared
-        } else {
-            UserState::Dirty
-        };
+        if cleared {
+            self.state = UserState::Cleared;
+        }
+        cleared
+    }
+}
+
+/// Tries again, on a thread of its own, to clear what `user`'s job left in `outer`, and
+/// removes `outer` once it could; the user is lent again then, or retired after the last try.
+fn clear_later(mut user: JobUser, outer: PathBuf) {
+    let retry = move || {
+        for pause in CLEAR_RETRIES {
+            std::thread::sleep(pause);
+            if user.clear(&outer) {
+                remove_outer(&outer, std::fs::remove_dir(&outer));
+                return;
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("clear-job-user".into())
+        .spawn(retry)
+    {
+        tracing::error!(error = %e, "cannot try again to clear a job user's files");
+    }
+}
+
+fn remove_outer(outer: &Path, removed: io::Result<()>) {
+    if let Err(e) = removed {
+        tracing::warn!(dir = %outer.display(), error = %e, "could not remove a job directory");
     }
 }
 
@@ -99,7 +148,8 @@ impl Drop for JobUser {
             // for a user that is never given back, and its jobs fail.
             tracing::error!(
                 uid = self.user.uid,
-                "a job user whose processes or files could not be removed is retired"
+                "a job user whose processes or files could not be removed is retired: its \
+                 slot runs no more jobs until the worker restarts"
             );
         }
     }
@@ -125,31 +175,45 @@ impl JobDir {
         cgroup: Option<Arc<JobCgroup>>,
         limits: Limits,
     ) -> io::Result<Self> {
-        let made = tempfile::Builder::new()
+        let outer = tempfile::Builder::new()
             .prefix(JOB_DIR_PREFIX)
-            .tempdir_in(root)?;
-        let work = made.path().join(WORK_DIR);
-        let make_work = || std::fs::DirBuilder::new().mode(0o700).create(&work);
-        match &user {
-            Some(user) => {
-                let outer = made.path();
-                // The worker is in the group (see `join_groups`): no `CAP_CHOWN` needed. The
-                // user makes `work` its own while it may write here, then may only pass.
-                std::os::unix::fs::chown(outer, None, Some(user.uid()))?;
-                std::fs::set_permissions(outer, std::fs::Permissions::from_mode(0o770))?;
-                users::as_user(user.uid(), make_work)??;
-                std::fs::set_permissions(outer, std::fs::Permissions::from_mode(0o710))?;
+            .tempdir_in(root)?
+            .keep();
+        let work = match WorkDir::new(outer.join(WORK_DIR)) {
+            Ok(work) => Arc::new(work),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&outer);
+                return Err(e);
             }
-            None => make_work()?,
-        }
-        Ok(Self {
-            work: Arc::new(WorkDir::new(work)?),
-            outer: made.keep(),
+        };
+        // From here on, a failure is cleared up as any job's directory is.
+        let dir = Self {
+            outer,
+            work,
             user,
             cgroup,
             limits,
             kill_started: KillStarted::default(),
-        })
+        };
+        dir.make_work()?;
+        Ok(dir)
+    }
+
+    fn make_work(&self) -> io::Result<()> {
+        let make = || {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(self.work.path())
+        };
+        let Some(user) = &self.user else {
+            return make();
+        };
+        // The worker is in the group (see `join_groups`): no `CAP_CHOWN` needed. The user
+        // makes `work` its own while it may write here, then may only pass.
+        std::os::unix::fs::chown(&self.outer, None, Some(user.uid()))?;
+        std::fs::set_permissions(&self.outer, std::fs::Permissions::from_mode(0o770))?;
+        users::as_user(user.uid(), make)??;
+        std::fs::set_permissions(&self.outer, std::fs::Permissions::from_mode(0o710))
     }
 
     /// Where the job runs. The worker touches what is there only through
@@ -161,12 +225,12 @@ impl JobDir {
     /// Runs `f` on the job's directory with the job user's file-system identity and none of
     /// the worker's groups (see `users::as_user`): the worker reaches there only what the job
     /// could. Blocking: brief file work only.
-    pub fn as_owner<T, E: From<io::Error>>(
+    pub fn as_owner<T, E: From<NotOwner>>(
         &self,
         f: impl FnOnce(&Path) -> Result<T, E>,
     ) -> Result<T, E> {
         match &self.user {
-            Some(user) => users::as_user(user.uid(), || f(self.work.path()))?,
+            Some(user) => users::as_user(user.uid(), || f(self.work.path())).map_err(NotOwner)?,
             None => f(self.work.path()),
         }
     }
@@ -198,15 +262,14 @@ impl JobDir {
 
 impl Drop for JobDir {
     fn drop(&mut self) {
-        let removed = match &mut self.user {
-            Some(user) => {
-                user.clear(&self.outer);
-                std::fs::remove_dir(&self.outer)
-            }
-            None => std::fs::remove_dir_all(&self.outer),
+        let Some(mut user) = self.user.take() else {
+            remove_outer(&self.outer, std::fs::remove_dir_all(&self.outer));
+            return;
         };
-        if let Err(e) = removed {
-            tracing::warn!(dir = %self.outer.display(), error = %e, "could not remove a job directory");
+        if user.clear(&self.outer) {
+            remove_outer(&self.outer, std::fs::remove_dir(&self.outer));
+        } else {
+            clear_later(user, std::mem::take(&mut self.outer));
         }
     }
 }
@@ -239,11 +302,11 @@ fn clear_as(uid: u32, dir: &Path) -> bool {
         return false;
     }
     let cleared = users::as_user(uid, || {
-        users::remove_shared_leftovers(uid);
-        users::empty_dir(dir)
+        let shared = users::remove_shared_leftovers(uid);
+        users::empty_dir(dir).map(|()| shared)
     });
     match cleared {
-        Ok(Ok(())) => true,
+        Ok(Ok(shared)) => shared,
         Ok(Err(e)) | Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "could not empty a job directory");
             false
@@ -252,12 +315,13 @@ fn clear_as(uid: u32, dir: &Path) -> bool {
 }
 
 /// Removes the job directories a user's jobs left when their worker died (whose processes
-/// were killed by then).
-pub(super) fn remove_leftovers(root: &Path, uid: u32) {
+/// were killed by then); whether all went.
+pub(super) fn remove_leftovers(root: &Path, uid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(root) else {
-        return;
+        return true;
     };
+    let mut all = true;
     for entry in entries.flatten() {
         let path = entry.path();
         let job_dir = entry
@@ -265,17 +329,70 @@ pub(super) fn remove_leftovers(root: &Path, uid: u32) {
             .to_str()
             .is_some_and(|n| n.starts_with(JOB_DIR_PREFIX));
         let users = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.gid() == uid);
-        if job_dir && users && clear_as(uid, &path) {
-            if let Err(e) = std::fs::remove_dir(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove a job directory left behind");
-            }
+        if !(job_dir && users) {
+            continue;
+        }
+        let removed = clear_as(uid, &path) && std::fs::remove_dir(&path).is_ok();
+        if !removed {
+            tracing::warn!(path = %path.display(), "could not remove a job directory left behind");
+            all = false;
         }
     }
+    all
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_user_is_lent_again_only_once_what_its_job_left_is_gone() {
+        if !users::can_switch() {
+            eprintln!("skipped: needs CAP_SETUID and CAP_SETGID");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let free = Arc::new(FreeUsers::default());
+        let uid: JobUid = "65010:65011".parse().unwrap();
+        let lent_again = |free: &FreeUsers| free.uids.lock().unwrap().contains(&uid);
+        let limits = Limits {
+            memory: 1 << 30,
+            processes: 100,
+            open_files: 100,
+            file_size: 1 << 20,
+        };
+        let new_dir = || {
+            let user = JobUser::new(uid, free.clone());
+            JobDir::create(root.path(), Some(user), None, limits).unwrap()
+        };
+        // Dropped without `remove` (a panic): cleared all the same.
+        let dir = new_dir();
+        dir.as_owner(|path| std::fs::write(path.join("left.txt"), "x"))
+            .unwrap();
+        let outer = dir.outer.clone();
+        drop(dir);
+        assert!(!outer.exists());
+        assert!(lent_again(&free));
+        free.uids.lock().unwrap().clear();
+
+        // Something the user may not remove: not lent again until that is gone.
+        let dir = new_dir();
+        let outer = dir.outer.clone();
+        let blocker = outer.join("roots");
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("file"), "x").unwrap();
+        drop(dir);
+        assert!(!lent_again(&free));
+        assert!(outer.exists());
+        std::fs::remove_dir_all(&blocker).unwrap();
+        let deadline = std::time::Instant::now() + CLEAR_RETRIES[0] * 5;
+        while !lent_again(&free) {
+            assert!(std::time::Instant::now() < deadline, "never lent again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!outer.exists());
+    }
 
     #[test]
     fn a_new_file_replaces_what_the_job_put_in_its_place() {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 pub use cgroups::JobCgroup;
 use job_dir::JobUser;
-pub use job_dir::{write_new, JobDir, WorkDir};
+pub use job_dir::{write_new, JobDir, NotOwner, WorkDir};
 pub use limits::Limits;
 pub use users::{kill_all as kill_user, JobUid};
 
@@ -168,7 +168,11 @@ impl Sandbox {
                         "cannot kill what job user {} left running",
                         user.uid
                     );
-                    job_dir::remove_leftovers(&root, user.uid);
+                    anyhow::ensure!(
+                        job_dir::remove_leftovers(&root, user.uid),
+                        "cannot remove the job directories job user {} left",
+                        user.uid
+                    );
                 }
                 reaper = match reaper::start(&locks, &job_users) {
                     Ok(pipe) => Some(pipe),
@@ -321,7 +325,8 @@ async fn take_user(free: &FreeUsers) -> std::io::Result<JobUid> {
         }
         if tokio::time::timeout_at(deadline, returned).await.is_err() {
             return Err(std::io::Error::other(
-                "no job user is free (more jobs than slots)",
+                "no job user is free (more jobs than slots, or the slot's user was retired: \
+                 see the worker's log)",
             ));
         }
     }

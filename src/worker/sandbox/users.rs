@@ -188,7 +188,8 @@ fn lock(locks: &Path, uid: u32) -> std::io::Result<Option<File>> {
 
 /// Adds the groups of `gids` to this process's supplementary groups, so that it may give a job
 /// directory to a job's group without `CAP_CHOWN`. Jobs never inherit them: a child that takes
-/// a job's user drops every supplementary group.
+/// a job's user drops every supplementary group. Once, before any job: it sets every thread's
+/// groups, and a thread inside [`as_user`] would have them taken back.
 pub fn join_groups(gids: &[u32]) -> std::io::Result<()> {
     let mut groups = thread_groups()?;
     groups.extend(gids.iter().map(|g| *g as libc::gid_t));
@@ -213,18 +214,36 @@ pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> std::io::Result<T> {
         fn drop(&mut self) {
             // SAFETY: setfsuid/setfsgid and the raw setgroups system call change only this
             // thread's credentials (glibc's setgroups would change every thread's).
-            unsafe {
+            let restored = unsafe {
                 libc::setfsuid(self.fsuid);
                 libc::setfsgid(self.fsgid);
-                libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+                libc::syscall(SETGROUPS, self.groups.len(), self.groups.as_ptr())
+            };
+            if restored != 0 {
+                // A runtime thread left without the worker's groups would fail its later work
+                // in ways no one could explain: better to stop, and be restarted.
+                tracing::error!(
+                    error = %std::io::Error::last_os_error(),
+                    "could not give a thread its groups back"
+                );
+                std::process::abort();
             }
         }
     }
-    let groups = thread_groups()?;
+    let failed = |what: &str, e: std::io::Error| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot act as job user {uid}: {what}: {e}"),
+        )
+    };
+    let groups = thread_groups().map_err(|e| failed("getgroups", e))?;
+    // SAFETY: as above; clearing needs CAP_SETGID and changes nothing when refused.
+    if unsafe { libc::syscall(SETGROUPS, 0, std::ptr::null::<libc::gid_t>()) } != 0 {
+        return Err(failed("setgroups", std::io::Error::last_os_error()));
+    }
     // SAFETY: as above; setfsuid/setfsgid return the previous value, and -1 changes nothing
     // (a query).
     let restore = unsafe {
-        let cleared = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
         let fsgid = libc::setfsgid(uid);
         let restore = Restore {
             fsuid: libc::setfsuid(uid) as libc::uid_t,
@@ -232,11 +251,12 @@ pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> std::io::Result<T> {
             groups,
         };
         let now = (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX));
-        if cleared != 0 || now != (uid as i32, uid as i32) {
+        if now != (uid as i32, uid as i32) {
             drop(restore);
-            return Err(std::io::Error::other(format!(
-                "cannot act as user {uid} (no CAP_SETUID/CAP_SETGID?)"
-            )));
+            return Err(failed(
+                "setfsuid/setfsgid (no CAP_SETUID/CAP_SETGID?)",
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            ));
         }
         restore
     };
@@ -244,6 +264,13 @@ pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> std::io::Result<T> {
     drop(restore);
     Ok(out)
 }
+
+/// The `setgroups` system call with 32-bit group ids (a separate call where the original one
+/// takes 16-bit ids).
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+const SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+#[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+const SETGROUPS: libc::c_long = libc::SYS_setgroups;
 
 /// This thread's supplementary groups.
 fn thread_groups() -> std::io::Result<Vec<libc::gid_t>> {
@@ -279,9 +306,11 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
 /// with its job, so the slot's next job (another tenant's) does not find it.
 const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 
-/// Removes what `uid` owns at the top of [`SHARED_DIRS`]. Call it as that user.
-pub fn remove_shared_leftovers(uid: u32) {
+/// Removes what `uid` owns at the top of [`SHARED_DIRS`]; whether all of it went. Call it as
+/// that user.
+pub fn remove_shared_leftovers(uid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
+    let mut all = true;
     for dir in SHARED_DIRS {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
@@ -291,10 +320,12 @@ pub fn remove_shared_leftovers(uid: u32) {
             if std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == uid) {
                 if let Err(e) = remove_tree(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "could not remove a job's file");
+                    all = false;
                 }
             }
         }
     }
+    all
 }
 
 /// Removes a file or a whole directory tree of the calling (file-system) user, also
@@ -442,8 +473,31 @@ mod tests {
             // SAFETY: the raw system call changes only this thread's groups.
             let set = unsafe { libc::syscall(libc::SYS_setgroups, 2, [4242u32, 4343].as_ptr()) };
             assert_eq!(set, 0);
+            // Another thread, with groups of its own that must not change meanwhile.
+            let (tid_tx, tid) = std::sync::mpsc::channel();
+            let (done, wait) = std::sync::mpsc::channel::<()>();
+            let other = std::thread::spawn(move || {
+                // SAFETY: as above; gettid has no preconditions.
+                unsafe { libc::syscall(libc::SYS_setgroups, 1, [4545u32].as_ptr()) };
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                wait.recv().unwrap();
+            });
+            let other_groups = format!("/proc/self/task/{}/status", tid.recv().unwrap());
+            let groups_of = |status: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .map(|g| g.trim().to_owned())
+            };
             let before = credentials();
-            let during = as_user(65000, credentials).unwrap();
+            let (during, other_during) = as_user(65000, || {
+                let other = std::fs::read_to_string(&other_groups).unwrap();
+                (credentials(), groups_of(&other))
+            })
+            .unwrap();
+            done.send(()).unwrap();
+            other.join().unwrap();
+            assert_eq!(other_during.as_deref(), Some("4545"));
             let fs = |text: &str, line: &str| {
                 text.lines()
                     .find(|l| l.starts_with(line))
@@ -453,8 +507,7 @@ mod tests {
             };
             assert_eq!(fs(&during, "Uid:"), "65000", "{during}");
             assert_eq!(fs(&during, "Gid:"), "65000", "{during}");
-            let groups = during.lines().find_map(|l| l.strip_prefix("Groups:"));
-            assert_eq!(groups.map(str::trim), Some(""), "{during}");
+            assert_eq!(groups_of(&during).as_deref(), Some(""), "{during}");
             assert_eq!(credentials(), before);
             let panicked = std::panic::catch_unwind(|| as_user(65000, || panic!("in f")));
             assert!(panicked.is_err());
