@@ -654,3 +654,50 @@ async fn a_worker_that_cannot_change_users_says_so_once_and_runs_jobs_as_itself(
         warnings[0]
     );
 }
+
+#[tokio::test]
+async fn what_a_job_made_in_system_v_ipc_is_gone_before_its_user_runs_again() {
+    if !jobs_have_own_users() {
+        return;
+    }
+    // Shared memory, message queues and semaphores outlive their processes, as files in /tmp
+    // do; the slot's next job may be another tenant's. POSIX message queues may not be made.
+    let env = one_slot_env("62400-62401", &[("WORKER_WARM", "0")]).await;
+    env.script(
+        "u/alice/ipc",
+        "bash",
+        "count() { awk -v u=\"$(id -u)\" -v c=\"$2\" 'NR > 1 && $c == u' \"/proc/sysvipc/$1\" | wc -l; }\n\
+         echo \"before $(count shm 8) $(count msg 8) $(count sem 5)\"\n\
+         ipcmk -M 4096 >/dev/null && ipcmk -Q >/dev/null && ipcmk -S 1 >/dev/null\n\
+         echo \"after $(count shm 8) $(count msg 8) $(count sem 5)\"\n\
+         echo \"mqueue $(ulimit -q)\"\n",
+    )
+    .await;
+    let owned_by_user = || {
+        ["shm", "msg", "sem"]
+            .iter()
+            .zip([7, 7, 4])
+            .map(|(file, column)| {
+                std::fs::read_to_string(format!("/proc/sysvipc/{file}"))
+                    .unwrap()
+                    .lines()
+                    .skip(1)
+                    .filter(|l| l.split_whitespace().nth(column) == Some("62400"))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    for round in 0..2 {
+        let (done, logs) = run_output(&env, "u/alice/ipc", json!({})).await;
+        assert_eq!(done["success"], json!(true), "{done}");
+        assert!(logs.contains("before 0 0 0"), "round {round}: {logs}");
+        assert!(logs.contains("after 1 1 1"), "round {round}: {logs}");
+        assert!(logs.contains("mqueue 0"), "round {round}: {logs}");
+        crate::common::eventually(
+            Duration::from_secs(10),
+            "the job's IPC objects removed",
+            async || owned_by_user() == 0,
+        )
+        .await;
+    }
+}

@@ -38,6 +38,9 @@ pub(super) fn apply(limits: &Limits, own_user: bool, cpu_seconds: u64) -> std::i
         Ok(())
     };
     set(libc::RLIMIT_CORE, 0)?;
+    // POSIX message queues outlive their processes, and the slot's next job may be another
+    // tenant's: a job may make none.
+    set(libc::RLIMIT_MSGQUEUE, 0)?;
     set(libc::RLIMIT_DATA, limits.memory)?;
     set(libc::RLIMIT_NOFILE, limits.open_files)?;
     set(libc::RLIMIT_FSIZE, limits.file_size)?;

@@ -374,6 +374,66 @@ pub async fn kill_all(user: JobUid) -> bool {
     }
 }
 
+/// A System V IPC object: shared memory, a message queue, a semaphore set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ipc {
+    Shm(libc::c_int),
+    Msg(libc::c_int),
+    Sem(libc::c_int),
+}
+
+/// A file of `/proc/sysvipc`, listing objects of one kind: the columns of the id, the owner and
+/// the creator.
+struct IpcTable {
+    file: &'static str,
+    kind: fn(libc::c_int) -> Ipc,
+    columns: [usize; 3],
+}
+
+const IPC_TABLES: [IpcTable; 3] = [
+    IpcTable {
+        file: "shm",
+        kind: Ipc::Shm,
+        columns: [1, 7, 9],
+    },
+    IpcTable {
+        file: "msg",
+        kind: Ipc::Msg,
+        columns: [1, 7, 9],
+    },
+    IpcTable {
+        file: "sem",
+        kind: Ipc::Sem,
+        columns: [1, 4, 6],
+    },
+];
+
+/// The System V IPC objects `uid` owns or made, as `/proc/sysvipc` lists them (those of the
+/// worker's IPC namespace, which its jobs share).
+fn ipc_objects_of(uid: u32) -> Vec<Ipc> {
+    let mut found = Vec::new();
+    for IpcTable {
+        file,
+        kind,
+        columns: [id, owner, creator],
+    } in IPC_TABLES
+    {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/sysvipc/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let is_user =
+                |c: usize| columns.get(c).and_then(|v| v.parse::<u32>().ok()) == Some(uid);
+            let id = columns.get(id).and_then(|v| v.parse().ok());
+            if let (Some(id), true) = (id, is_user(owner) || is_user(creator)) {
+                found.push(kind(id));
+            }
+        }
+    }
+    found
+}
+
 /// The same, blocking. A child takes the user as its effective user and signals everything
 /// that user may signal (`kill(-1)` spares only the caller and init): the worker itself may
 /// lack `CAP_KILL`. Its real and saved user are the job user's partner, which never runs a
@@ -384,11 +444,19 @@ pub async fn kill_all(user: JobUid) -> bool {
 /// that is not root keeps them through `setresuid`, and `CAP_KILL` would reach every process.
 /// The child shares the worker's memory and the worker's thread waits for it
 /// (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does) and it makes only raw system calls: no copy
-/// of the worker's page tables, no program to start — this runs after every job.
+/// of the worker's page tables, no program to start — this runs after every job. Then, as the
+/// user, it removes the System V IPC objects the user made or owns: like files in `/tmp` they
+/// outlive their processes, and the slot's next job may be another tenant's. (One made between
+/// their listing and the kill is left to the next call: a job's user is cleared twice.)
 pub fn kill_all_now(user: JobUid) -> bool {
+    struct Task<'a> {
+        user: JobUid,
+        ipc: &'a [Ipc],
+    }
     extern "C" fn take_user_and_kill(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` is the `JobUid` of the caller, which waits until this child exits.
-        let user = unsafe { *(arg as *const JobUid) };
+        // SAFETY: `arg` is the `Task` of the caller, which waits until this child exits.
+        let task = unsafe { &*(arg as *const Task) };
+        let user = task.user;
         let (uid, partner) = (user.uid as libc::c_long, user.partner as libc::c_long);
         // Version 3 of the capability sets, with empty sets (`struct __user_cap_header_struct`
         // and two `struct __user_cap_data_struct`).
@@ -404,12 +472,22 @@ pub fn kill_all_now(user: JobUid) -> bool {
                 return 1;
             }
             libc::kill(-1, libc::SIGKILL);
+            // The effective user is the job's: it may remove what the job made.
+            for object in task.ipc {
+                match *object {
+                    Ipc::Shm(id) => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+                    Ipc::Msg(id) => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+                    Ipc::Sem(id) => libc::semctl(id, 0, libc::IPC_RMID),
+                };
+            }
         }
         0
     }
+    let ipc = ipc_objects_of(user.uid);
+    let task = Task { user, ipc: &ipc };
     let mut stack = vec![0u8; 64 * 1024];
-    let arg = &user as *const JobUid as *mut libc::c_void;
-    // SAFETY: the stack and `user` outlive the child (CLONE_VFORK: this thread waits until it
+    let arg = &task as *const Task as *mut libc::c_void;
+    // SAFETY: the stack and `task` outlive the child (CLONE_VFORK: this thread waits until it
     // exits); every signal is blocked around the clone so that no handler of the worker runs on
     // the child's stack; the child's function makes only system calls.
     let pid = unsafe {

@@ -84,6 +84,7 @@ def confine(job, server_pid):
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     limits = job["limits"]
     set_limit(resource.RLIMIT_CORE, 0)
+    set_limit(resource.RLIMIT_MSGQUEUE, 0)
     set_limit(resource.RLIMIT_DATA, limits["memory"])
     set_limit(resource.RLIMIT_NOFILE, limits["open_files"])
     set_limit(resource.RLIMIT_FSIZE, limits["file_size"])
