@@ -669,20 +669,26 @@ async fn what_a_job_made_in_system_v_ipc_is_gone_before_its_user_runs_again() {
         "count() { awk -v u=\"$(id -u)\" -v c=\"$2\" 'NR > 1 && $c == u' \"/proc/sysvipc/$1\" | wc -l; }\n\
          echo \"before $(count shm 8) $(count msg 8) $(count sem 5)\"\n\
          ipcmk -M 4096 >/dev/null && ipcmk -Q >/dev/null && ipcmk -S 1 >/dev/null\n\
+         perl -MIPC::SysV=IPC_PRIVATE,IPC_CREAT,S_IRUSR,S_IWUSR -MIPC::Msg \
+           -e '$q = IPC::Msg->new(IPC_PRIVATE, IPC_CREAT|S_IRUSR|S_IWUSR) or die; $q->set(uid => 0) or die; print \"given\\n\"'\n\
          echo \"after $(count shm 8) $(count msg 8) $(count sem 5)\"\n\
          echo \"mqueue $(ulimit -q)\"\n",
     )
     .await;
+    // Owned or made by the user: a job may give what it made to another user (root here).
     let owned_by_user = || {
         ["shm", "msg", "sem"]
             .iter()
-            .zip([7, 7, 4])
-            .map(|(file, column)| {
+            .zip([[7, 9], [7, 9], [4, 6]])
+            .map(|(file, columns)| {
                 std::fs::read_to_string(format!("/proc/sysvipc/{file}"))
                     .unwrap()
                     .lines()
                     .skip(1)
-                    .filter(|l| l.split_whitespace().nth(column) == Some("62400"))
+                    .filter(|l| {
+                        let fields: Vec<&str> = l.split_whitespace().collect();
+                        columns.iter().any(|c| fields.get(*c) == Some(&"62400"))
+                    })
                     .count()
             })
             .sum::<usize>()
@@ -692,6 +698,7 @@ async fn what_a_job_made_in_system_v_ipc_is_gone_before_its_user_runs_again() {
         assert_eq!(done["success"], json!(true), "{done}");
         assert!(logs.contains("before 0 0 0"), "round {round}: {logs}");
         assert!(logs.contains("after 1 1 1"), "round {round}: {logs}");
+        assert!(logs.contains("given"), "round {round}: {logs}");
         assert!(logs.contains("mqueue 0"), "round {round}: {logs}");
         crate::common::eventually(
             Duration::from_secs(10),
@@ -700,4 +707,41 @@ async fn what_a_job_made_in_system_v_ipc_is_gone_before_its_user_runs_again() {
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_jobs_keys_are_gone_before_its_user_runs_again() {
+    if !jobs_have_own_users() {
+        return;
+    }
+    // A uid's kernel keyrings outlive its processes. Six runs over at most four users: some
+    // user runs twice, warm (the fork server) or cold alike.
+    let env = one_slot_env("62500-62507", &[]).await;
+    env.script(
+        "u/alice/keys",
+        "python3",
+        "import ctypes, os, platform\n\
+         def main():\n\
+         \x20   libc = ctypes.CDLL(None, use_errno=True)\n\
+         \x20   add_key, keyctl = {'x86_64': (248, 250), 'aarch64': (217, 219)}[platform.machine()]\n\
+         \x20   user = ctypes.c_long(-4)\n\
+         \x20   found = libc.syscall(keyctl, 10, user, b'user', b'millrace-test', 0)\n\
+         \x20   seen = None\n\
+         \x20   if found > 0:\n\
+         \x20       buf = ctypes.create_string_buffer(64)\n\
+         \x20       n = libc.syscall(keyctl, 11, found, buf, 64)\n\
+         \x20       seen = buf.raw[:n].decode()\n\
+         \x20   made = libc.syscall(add_key, b'user', b'millrace-test', b'tenant-data', 11, user)\n\
+         \x20   return {'uid': os.getuid(), 'seen': seen, 'made': made > 0}\n",
+    )
+    .await;
+    let mut uids = std::collections::HashSet::new();
+    let mut repeated = false;
+    for round in 0..6 {
+        let result = env.run_ok("u/alice/keys", json!({})).await;
+        assert_eq!(result["made"], json!(true), "round {round}: {result}");
+        assert_eq!(result["seen"], Value::Null, "round {round}: {result}");
+        repeated |= !uids.insert(result["uid"].as_u64().unwrap());
+    }
+    assert!(repeated, "no user ran twice: {uids:?}");
 }

@@ -95,6 +95,7 @@ impl Confinement {
         }
         if let Some(user) = self.user {
             users::become_user(user.uid)?;
+            users::forget_keys();
         }
         // SAFETY: chdir on a NUL-terminated path.
         if unsafe { libc::chdir(self.dir.c_path().as_ptr()) } != 0 {

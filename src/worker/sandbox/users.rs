@@ -304,7 +304,7 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Where any user may leave files that outlive a job: what a job user left there is removed
 /// with its job, so the slot's next job (another tenant's) does not find it.
-const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+const SHARED_DIRS: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 
 /// Removes what `uid` owns at the top of [`SHARED_DIRS`]; whether all of it went. Call it as
 /// that user.
@@ -374,6 +374,30 @@ pub async fn kill_all(user: JobUid) -> bool {
     }
 }
 
+/// Empties the calling process's user keyrings (`@u`, `@us`): since Linux 5.3 they belong to
+/// the uid, not to its processes, so the slot's previous job — maybe another tenant's — could
+/// have left keys there. Run by a job's child once it is the job's user, between fork and exec:
+/// raw system calls only. Refused ones (a seccomp profile without `keyctl`) leave nothing to
+/// empty either.
+pub fn forget_keys() {
+    const KEYCTL_CLEAR: libc::c_long = 7;
+    const KEYCTL_LINK: libc::c_long = 8;
+    const USER_KEYRING: libc::c_long = -4;
+    const USER_SESSION_KEYRING: libc::c_long = -5;
+    // SAFETY: keyctl on the caller's own keyrings; no memory is passed.
+    unsafe {
+        libc::syscall(libc::SYS_keyctl, KEYCTL_CLEAR, USER_KEYRING);
+        libc::syscall(libc::SYS_keyctl, KEYCTL_CLEAR, USER_SESSION_KEYRING);
+        // As the kernel made it: the user-session keyring holds the user keyring.
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_LINK,
+            USER_KEYRING,
+            USER_SESSION_KEYRING,
+        );
+    }
+}
+
 /// A System V IPC object: shared memory, a message queue, a semaphore set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ipc {
@@ -410,7 +434,7 @@ const IPC_TABLES: [IpcTable; 3] = [
 
 /// The System V IPC objects `uid` owns or made, as `/proc/sysvipc` lists them (those of the
 /// worker's IPC namespace, which its jobs share).
-fn ipc_objects_of(uid: u32) -> Vec<Ipc> {
+fn ipc_objects_of(uid: u32) -> std::io::Result<Vec<Ipc>> {
     let mut found = Vec::new();
     for IpcTable {
         file,
@@ -418,8 +442,11 @@ fn ipc_objects_of(uid: u32) -> Vec<Ipc> {
         columns: [id, owner, creator],
     } in IPC_TABLES
     {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/sysvipc/{file}")) else {
-            continue;
+        let text = match std::fs::read_to_string(format!("/proc/sysvipc/{file}")) {
+            Ok(text) => text,
+            // A kernel without System V IPC.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
         for line in text.lines().skip(1) {
             let columns: Vec<&str> = line.split_whitespace().collect();
@@ -431,7 +458,7 @@ fn ipc_objects_of(uid: u32) -> Vec<Ipc> {
             }
         }
     }
-    found
+    Ok(found)
 }
 
 /// The same, blocking. A child takes the user as its effective user and signals everything
@@ -444,11 +471,36 @@ fn ipc_objects_of(uid: u32) -> Vec<Ipc> {
 /// that is not root keeps them through `setresuid`, and `CAP_KILL` would reach every process.
 /// The child shares the worker's memory and the worker's thread waits for it
 /// (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does) and it makes only raw system calls: no copy
-/// of the worker's page tables, no program to start — this runs after every job. Then, as the
-/// user, it removes the System V IPC objects the user made or owns: like files in `/tmp` they
-/// outlive their processes, and the slot's next job may be another tenant's. (One made between
-/// their listing and the kill is left to the next call: a job's user is cleared twice.)
+/// of the worker's page tables, no program to start — this runs after every job. Once the
+/// processes are gone, the System V IPC objects the user made or owns are removed the same way
+/// (like files in `/tmp` they outlive their processes, and the slot's next job may be another
+/// tenant's); whether all of it went.
 pub fn kill_all_now(user: JobUid) -> bool {
+    if !as_user_in_child(user, &[]) {
+        return false;
+    }
+    // Listed once no process of the user is left to make another meanwhile.
+    let left = || {
+        ipc_objects_of(user.uid).inspect_err(
+            |e| tracing::warn!(uid = user.uid, error = %e, "cannot list a job user's IPC objects"),
+        )
+    };
+    match left() {
+        Ok(ipc) if ipc.is_empty() => true,
+        Ok(ipc) => {
+            let removed = as_user_in_child(user, &ipc) && left().is_ok_and(|l| l.is_empty());
+            if !removed {
+                tracing::warn!(uid = user.uid, "could not remove a job user's IPC objects");
+            }
+            removed
+        }
+        Err(_) => false,
+    }
+}
+
+/// Kills every process `user` may signal, then removes the IPC objects `ipc`, in a child that
+/// takes the user as described at [`kill_all_now`]; whether the child could take the user.
+fn as_user_in_child(user: JobUid, ipc: &[Ipc]) -> bool {
     struct Task<'a> {
         user: JobUid,
         ipc: &'a [Ipc],
@@ -483,8 +535,7 @@ pub fn kill_all_now(user: JobUid) -> bool {
         }
         0
     }
-    let ipc = ipc_objects_of(user.uid);
-    let task = Task { user, ipc: &ipc };
+    let task = Task { user, ipc };
     let mut stack = vec![0u8; 64 * 1024];
     let arg = &task as *const Task as *mut libc::c_void;
     // SAFETY: the stack and `task` outlive the child (CLONE_VFORK: this thread waits until it

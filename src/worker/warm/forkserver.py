@@ -68,6 +68,14 @@ def set_limit(resource_id, value):
     resource.setrlimit(resource_id, (value, value))
 
 
+def forget_keys(keyctl):
+    """Empties the user's keyrings, as `users::forget_keys` does (refusals are fine)."""
+    clear, link, user, user_session = 7, 8, ctypes.c_long(-4), ctypes.c_long(-5)
+    libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(clear), user)
+    libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(clear), user_session)
+    libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(link), user, user_session)
+
+
 def confine(job, server_pid):
     """The child's steps, in the order of `Confinement::enter` and `dies_with_parent`."""
     write_file("/proc/self/oom_score_adj", b"1000")
@@ -79,6 +87,7 @@ def confine(job, server_pid):
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+        forget_keys(job["keyctl"])
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     drop_capabilities()
     prctl(PR_SET_NO_NEW_PRIVS, 1)

@@ -192,6 +192,8 @@ impl ForkServer {
             "dir": confinement.dir.path(),
             "dedicated": dedicated,
             "uid": confinement.user.map(|u| u.uid),
+            // To empty the user's keyrings (see `users::forget_keys`): Python has no keyctl.
+            "keyctl": libc::SYS_keyctl,
             "cgroups": confinement.cgroup.as_ref().map(|c| {
                 c.procs_files().map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>()
             }).unwrap_or_default(),
