@@ -380,12 +380,22 @@ pub async fn kill_all(user: JobUid) -> bool {
 /// raw system calls only. Refused ones (a seccomp profile without `keyctl`) leave nothing to
 /// empty either.
 pub fn forget_keys() {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
     const KEYCTL_CLEAR: libc::c_long = 7;
     const KEYCTL_LINK: libc::c_long = 8;
+    const KEYCTL_GET_PERSISTENT: libc::c_long = 22;
+    const PROCESS_KEYRING: libc::c_long = -2;
     const USER_KEYRING: libc::c_long = -4;
     const USER_SESSION_KEYRING: libc::c_long = -5;
-    // SAFETY: keyctl on the caller's own keyrings; no memory is passed.
+    // SAFETY: keyctl on the caller's own keyrings; no memory is passed (a null name).
     unsafe {
+        // A session keyring of its own: the worker's (a systemd service has one) would be
+        // shared by every job.
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            0 as libc::c_long,
+        );
         libc::syscall(libc::SYS_keyctl, KEYCTL_CLEAR, USER_KEYRING);
         libc::syscall(libc::SYS_keyctl, KEYCTL_CLEAR, USER_SESSION_KEYRING);
         // As the kernel made it: the user-session keyring holds the user keyring.
@@ -395,6 +405,17 @@ pub fn forget_keys() {
             USER_KEYRING,
             USER_SESSION_KEYRING,
         );
+        // The uid's persistent keyring lasts days; possessed through the process keyring
+        // (gone at exec), it may be emptied.
+        let persistent = libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_GET_PERSISTENT,
+            -1 as libc::c_long,
+            PROCESS_KEYRING,
+        );
+        if persistent > 0 {
+            libc::syscall(libc::SYS_keyctl, KEYCTL_CLEAR, persistent);
+        }
     }
 }
 
@@ -434,7 +455,13 @@ const IPC_TABLES: [IpcTable; 3] = [
 
 /// The System V IPC objects `uid` owns or made, as `/proc/sysvipc` lists them (those of the
 /// worker's IPC namespace, which its jobs share).
-fn ipc_objects_of(uid: u32) -> std::io::Result<Vec<Ipc>> {
+///
+/// Each comes with whether the user's job made it and it still lives: only those must be gone
+/// before the user serves another job. Others may give objects to the user, or keep one it made
+/// attached after its removal, and must not be able to keep the user from its next job.
+fn ipc_objects_of(uid: u32) -> std::io::Result<Vec<(Ipc, bool)>> {
+    /// The `perms` bit of a shared memory segment removed while still attached (`SHM_DEST`).
+    const REMOVED: u32 = 0o1000;
     let mut found = Vec::new();
     for IpcTable {
         file,
@@ -453,8 +480,12 @@ fn ipc_objects_of(uid: u32) -> std::io::Result<Vec<Ipc>> {
             let is_user =
                 |c: usize| columns.get(c).and_then(|v| v.parse::<u32>().ok()) == Some(uid);
             let id = columns.get(id).and_then(|v| v.parse().ok());
+            let removed = columns
+                .get(2)
+                .and_then(|v| u32::from_str_radix(v, 8).ok())
+                .is_some_and(|perms| file == "shm" && perms & REMOVED != 0);
             if let (Some(id), true) = (id, is_user(owner) || is_user(creator)) {
-                found.push(kind(id));
+                found.push((kind(id), is_user(creator) && !removed));
             }
         }
     }
@@ -488,7 +519,9 @@ pub fn kill_all_now(user: JobUid) -> bool {
     match left() {
         Ok(ipc) if ipc.is_empty() => true,
         Ok(ipc) => {
-            let removed = as_user_in_child(user, &ipc) && left().is_ok_and(|l| l.is_empty());
+            let objects: Vec<Ipc> = ipc.iter().map(|(object, _)| *object).collect();
+            let removed = as_user_in_child(user, &objects)
+                && left().is_ok_and(|l| l.iter().all(|(_, its_own)| !its_own));
             if !removed {
                 tracing::warn!(uid = user.uid, "could not remove a job user's IPC objects");
             }

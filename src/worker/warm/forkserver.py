@@ -70,10 +70,18 @@ def set_limit(resource_id, value):
 
 def forget_keys(keyctl):
     """Empties the user's keyrings, as `users::forget_keys` does (refusals are fine)."""
-    clear, link, user, user_session = 7, 8, ctypes.c_long(-4), ctypes.c_long(-5)
-    libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(clear), user)
-    libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(clear), user_session)
-    libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(link), user, user_session)
+    call = libc.syscall
+    call.restype = ctypes.c_long
+    nr = ctypes.c_long(keyctl)
+    join_session, clear, link, get_persistent = (ctypes.c_long(n) for n in (1, 7, 8, 22))
+    process, user, user_session = (ctypes.c_long(n) for n in (-2, -4, -5))
+    call(nr, join_session, ctypes.c_long(0))
+    call(nr, clear, user)
+    call(nr, clear, user_session)
+    call(nr, link, user, user_session)
+    persistent = call(nr, get_persistent, ctypes.c_long(-1), process)
+    if persistent > 0:
+        call(nr, clear, ctypes.c_long(persistent))
 
 
 def confine(job, server_pid):
