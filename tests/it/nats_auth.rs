@@ -52,6 +52,21 @@ async fn refused(errors: &mut mpsc::UnboundedReceiver<String>, what: &str) {
     }
 }
 
+/// Waits for the server to refuse this client a consumer of its own on `stream`.
+async fn no_consumer_on(
+    js: &jetstream::Context,
+    errors: &mut mpsc::UnboundedReceiver<String>,
+    stream: &str,
+) {
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some("reader".into()),
+        ..Default::default()
+    };
+    let created = js.create_consumer_on_stream(config, stream).await;
+    assert!(created.is_err(), "made a consumer on {stream}");
+    refused(errors, "$JS.API.CONSUMER.").await;
+}
+
 /// The jobs stream's last sequence, as its administrator sees it.
 async fn jobs_published(env: &TestEnv) -> u64 {
     let js = jetstream::new(env.nats_as("migrate").await);
@@ -206,17 +221,7 @@ async fn the_events_user_reads_events_but_not_jobs() {
     // A consumer of its own on the jobs stream would take (and ack) other tenants' jobs.
     let mut js = jetstream::new(events.clone());
     js.set_timeout(Duration::from_secs(2));
-    let created = js
-        .create_consumer_on_stream(
-            jetstream::consumer::pull::Config {
-                durable_name: Some("thief".into()),
-                ..Default::default()
-            },
-            "MILLRACE_JOBS",
-        )
-        .await;
-    assert!(created.is_err(), "events made a jobs consumer");
-    refused(&mut errors, "$JS.API.CONSUMER.").await;
+    no_consumer_on(&js, &mut errors, "MILLRACE_JOBS").await;
     env.script("u/alice/hi", "bash", "echo '\"hi\"' > result.json\n")
         .await;
     env.run_ok("u/alice/hi", json!({})).await;
@@ -298,17 +303,7 @@ async fn a_workers_credentials_reach_no_further_than_a_worker() {
     js.set_timeout(Duration::from_secs(2));
     assert!(js.get_stream("MILLRACE_EVENTS").await.is_err());
     refused(&mut errors, "MILLRACE_EVENTS").await;
-    let created = js
-        .create_consumer_on_stream(
-            jetstream::consumer::pull::Config {
-                durable_name: Some("reader".into()),
-                ..Default::default()
-            },
-            "MILLRACE_EVENTS",
-        )
-        .await;
-    assert!(created.is_err(), "a worker made an events consumer");
-    refused(&mut errors, "$JS.API.CONSUMER.").await;
+    no_consumer_on(&js, &mut errors, "MILLRACE_EVENTS").await;
 }
 
 #[tokio::test]
