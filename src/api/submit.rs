@@ -113,6 +113,7 @@ pub async fn submit(
         NewJobRow::queued_from(&envelope, record)
     };
     row.once = opts.once.clone();
+    row.id_preset = opts.job_id_preset();
     if held {
         row.held = Some(serde_json::to_value(&envelope).expect("envelopes serialise"));
     }

@@ -48,6 +48,8 @@ pub struct NewJobRow {
     /// A delivery or idempotency key the job claims: the row is written only if the key is
     /// new (or its claim expired), in the same statement as the claim.
     pub once: Option<DeliveryKey>,
+    /// The caller chose the id (`job_id`), so a job may have it already; a fresh id cannot.
+    pub id_preset: bool,
 }
 
 impl NewJobRow {
@@ -82,6 +84,7 @@ impl NewJobRow {
             flow_enqueued_by: None,
             held: None,
             once: None,
+            id_preset: false,
         }
     }
 }
@@ -287,7 +290,7 @@ async fn connection(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, S
 
 /// The whole batch, each row answered in order. Rows without keys go in one statement (a
 /// statement each connection prepares once). Rows with keys claim them in the same statement
-/// ([`INSERT_CLAIMING`]), in key order, so that concurrent batches lock shared keys in the same
+/// (`insert_claiming!`), in key order, so that concurrent batches lock shared keys in the same
 /// order and cannot deadlock. Of rows sharing a key (or a preset id) only the first goes in the
 /// statement, which could not claim one key twice: a later copy takes the first copy's
 /// outcome, except after a `DuplicateId`, when it goes in a further statement of the same
@@ -309,8 +312,18 @@ async fn insert_batch(
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
     let keyed = rows.iter().any(|row| row.once.is_some());
-    let sql = if keyed { INSERT_CLAIMING } else { INSERT };
-    let statement = tokio::time::timeout(deadline, conn.prepared(sql, &[]))
+    let preset_keyed = rows.iter().any(|row| row.once.is_some() && row.id_preset);
+    let statement = async {
+        match (keyed, preset_keyed) {
+            (false, _) => conn.prepared(INSERT, &[]).await,
+            (true, false) => conn.prepared(INSERT_CLAIMING, &[]).await,
+            // Prepared anew: its first executions get plans made for the tables as they are
+            // now, where a plan cached on the connection may date from when they were tiny,
+            // and read them whole (see the statement). Preset ids with keys are rare.
+            (true, true) => conn.client().prepare(INSERT_CLAIMING_PRESET).await,
+        }
+    };
+    let statement = tokio::time::timeout(deadline, statement)
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
     let cancel = conn.cancel_token();
@@ -492,12 +505,12 @@ impl<'a> Settle<'a> {
     }
 }
 
-/// What one statement of [`INSERT_CLAIMING`] did to each of its rows (ids are distinct in a
+/// What one statement of `insert_claiming!` did to each of its rows (ids are distinct in a
 /// round); a row it does not mention was not written: its id is taken.
 type Written = std::collections::HashMap<Uuid, InsertOutcome>;
 
-/// Runs [`INSERT_CLAIMING`] for the rows `round` of `rows`. A claim this statement made for a row
-/// it then could not write (its id was taken in the meantime) is given back at once.
+/// Runs `statement` (an `insert_claiming!`) for the rows `round` of `rows`. A claim it made
+/// for a row it then could not write (its id was taken in the meantime) is given back at once.
 async fn claim_round(
     client: &impl tokio_postgres::GenericClient,
     statement: &tokio_postgres::Statement,
@@ -519,7 +532,8 @@ async fn claim_round(
         .iter()
         .map(|r| r.once.as_ref().map(|k| k.window.as_secs_f64()))
         .collect();
-    let claims: [&(dyn ToSql + Sync); 3] = [&scopes, &keys, &windows];
+    let preset: Vec<bool> = round.iter().map(|r| r.id_preset).collect();
+    let claims: [&(dyn ToSql + Sync); 4] = [&scopes, &keys, &windows, &preset];
     params.extend(claims);
     let mut written = Written::new();
     let mut stray = Vec::new();
@@ -590,26 +604,32 @@ pub(super) const INSERT_NEW: &str = concat!(
     ") RETURNING id"
 );
 
-/// [`INSERT`] for rows of which some claim a key ($23 scope, $24 key, $25 window in seconds),
-/// all in one statement, hence one transaction: a row is written if it has no key or claimed
-/// its key — new, or whose claim expired; a row whose (preset) id is taken claims nothing. A
-/// live claim is answered with its job (the update that leaves it unchanged also waits for a
-/// claim another statement has not committed yet, and then reads it), also for a row whose id
-/// is taken — the retry of a request with a preset id, answered the job its first try started.
-/// Answers `(id, NULL, _)` for each row written, `(id, first job, false)` for each repeat, and
-/// `(id, id, true)` for a row that made a claim (fresh, `xmax = 0`) but whose id was taken
-/// after all (by a statement that committed meanwhile): that claim must be given back.
-/// A key in no row twice, an id in no row twice: the caller sees to it.
-const INSERT_CLAIMING: &str = concat!(
-    "WITH input AS MATERIALIZED (SELECT * FROM ",
-    unnest_columns!(),
-    ", $23::text[], $24::text[], $25::float8[]) AS t(",
-    job_columns!(),
-    ", key_scope, key, key_secs)),
+/// [`INSERT`] for rows of which some claim a key ($23 scope, $24 key, $25 window in seconds,
+/// $26 whether the caller preset the row's id), all in one statement, hence one transaction: a
+/// row is written if it has no key or claimed its key — new, or whose claim expired. A live
+/// claim is answered with its job (the update that leaves it unchanged also waits for a claim
+/// another statement has not committed yet, and then reads it). Answers `(id, NULL, _)` for
+/// each row written, `(id, first job, false)` for each repeat, and `(id, id, true)` for a row
+/// that made a claim (fresh, `xmax = 0`) but whose id was taken after all (by a statement that
+/// committed meanwhile): that claim must be given back. A key in no row twice, an id in no row
+/// twice: the caller sees to it.
+///
+/// Only the keys (with their rows' ids) are materialized, in `keys`; the rows themselves are
+/// read from the parameters once, by the INSERT, so that their arguments are not copied through
+/// a tuplestore on the way. `$taken` says which rows' ids exist already
+/// ([`INSERT_CLAIMING_PRESET`]); such a row claims nothing, and `$taken_rows` answers it.
+macro_rules! insert_claiming {
+    ($taken:literal, $taken_rows:literal) => {
+        concat!(
+            "WITH keys AS MATERIALIZED (SELECT k.*, ",
+            $taken,
+            " AS taken FROM unnest($1::uuid[], $2::text[], $23::text[], $24::text[], \
+             $25::float8[], $26::bool[]) AS k(id, workspace_id, key_scope, key, key_secs, \
+             id_preset) WHERE k.key IS NOT NULL),
     claims AS (
         INSERT INTO delivery_keys AS d (workspace_id, scope, key, job_id, expires_at)
         SELECT workspace_id, key_scope, key, id, now() + make_interval(secs => key_secs)
-        FROM input WHERE key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = input.id)
+        FROM keys WHERE NOT taken
         ON CONFLICT (workspace_id, scope, key) DO UPDATE SET
             job_id = CASE WHEN d.expires_at <= now() THEN EXCLUDED.job_id ELSE d.job_id END,
             expires_at = CASE WHEN d.expires_at <= now() THEN EXCLUDED.expires_at
@@ -617,10 +637,14 @@ const INSERT_CLAIMING: &str = concat!(
         RETURNING d.workspace_id, d.scope, d.key, d.job_id, d.xmax = 0 AS fresh),
     written AS (
         INSERT INTO jobs (",
-    job_columns!(),
-    ", status) SELECT ",
-    job_columns!(),
-    ", 'queued' FROM input i
+            job_columns!(),
+            ", status) SELECT ",
+            job_columns!(),
+            ", 'queued' FROM ",
+            unnest_columns!(),
+            ", $23::text[], $24::text[]) AS i(",
+            job_columns!(),
+            ", key_scope, key)
         WHERE i.key IS NULL OR EXISTS (
             SELECT 1 FROM claims c WHERE c.workspace_id = i.workspace_id
                 AND c.scope = i.key_scope AND c.key = i.key AND c.job_id = i.id)
@@ -628,13 +652,37 @@ const INSERT_CLAIMING: &str = concat!(
         RETURNING id)
     SELECT id, NULL::uuid, false FROM written
     UNION ALL
-    SELECT i.id, c.job_id, c.fresh FROM input i JOIN claims c ON c.workspace_id = i.workspace_id
-        AND c.scope = i.key_scope AND c.key = i.key
-        WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = i.id)
+    SELECT k.id, c.job_id, c.fresh FROM keys k JOIN claims c ON c.workspace_id = k.workspace_id
+        AND c.scope = k.key_scope AND c.key = k.key
+        WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = k.id)",
+            $taken_rows
+        )
+    };
+}
+
+/// `insert_claiming!` for rows whose ids were made here, fresh: none can be taken, so the
+/// statement never touches `jobs` or `delivery_keys` beyond its own rows (it is prepared once
+/// per connection, and even an unexecuted lookup of another row costs its setup every time).
+const INSERT_CLAIMING: &str = insert_claiming!("false", "");
+
+/// `insert_claiming!` when a keyed row's id was preset by the caller: a row whose id is taken
+/// claims nothing, and is answered the job of its key's live claim, if any — the retry of a
+/// request with a preset id, answered the job its first try started. `jobs` and
+/// `delivery_keys` are looked up only for preset ids, each by a subquery per row (a scalar one,
+/// which PostgreSQL never turns into a hash of the whole table, and a `LATERAL` it cannot turn
+/// into a join), and the statement is prepared for each batch, so that its plans fit the
+/// tables as they are: a plan kept from when they were small would scan them whole, every
+/// batch, as they grow.
+const INSERT_CLAIMING_PRESET: &str = insert_claiming!(
+    "CASE WHEN k.id_preset
+        THEN COALESCE((SELECT true FROM jobs j WHERE j.id = k.id), false) ELSE false END",
+    "
     UNION ALL
-    SELECT i.id, d.job_id, false FROM input i JOIN delivery_keys d
-        ON d.workspace_id = i.workspace_id AND d.scope = i.key_scope AND d.key = i.key
-        WHERE d.expires_at > now() AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = i.id)"
+    SELECT k.id, live.job_id, false FROM keys k CROSS JOIN LATERAL (
+        SELECT d.job_id FROM delivery_keys d WHERE d.workspace_id = k.workspace_id
+            AND d.scope = k.key_scope AND d.key = k.key AND d.expires_at > now()
+        OFFSET 0) live
+        WHERE k.taken"
 );
 
 type Column<'a> = Box<dyn ToSql + Sync + Send + 'a>;
