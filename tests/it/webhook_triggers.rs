@@ -747,6 +747,52 @@ async fn a_key_is_claimed_with_its_job_once_even_by_concurrent_repeats() {
     assert_eq!(jobs_of(&env, "u/alice/echo").await, 2);
 }
 
+/// `delivery_keys`' sequential scans and inserts so far, as PostgreSQL's statistics report
+/// them once at least `inserted` rows went in (backends report with a delay of up to a second).
+async fn key_table_scans(env: &TestEnv, inserted: i64) -> i64 {
+    let client = env.sql().await;
+    for _ in 0..100 {
+        client
+            .execute("SELECT pg_stat_clear_snapshot()", &[])
+            .await
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'delivery_keys'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(1) >= inserted {
+            return row.get(0);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("PostgreSQL's statistics never showed {inserted} keys inserted");
+}
+
+/// `u/alice/echo` run once with each key of `keys`, one after the other.
+async fn keyed_one_by_one(env: &TestEnv, keys: std::ops::Range<usize>) {
+    for n in keys {
+        let key = format!("one-by-one-{n}");
+        let answer = run_echo_with_key(env, String::new(), &key).await.unwrap();
+        assert_eq!(answer.status(), 201);
+    }
+}
+
+#[tokio::test]
+async fn claiming_keys_never_reads_the_key_table_whole() {
+    // The claiming statement is prepared once per connection; a plan made while the tables
+    // were small once read them whole for every batch, costing more with every key stored.
+    let env = env(20).await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    // More than five executions: PostgreSQL plans a prepared statement for good after five.
+    keyed_one_by_one(&env, 0..12).await;
+    let before = key_table_scans(&env, 12).await;
+    keyed_one_by_one(&env, 12..24).await;
+    assert_eq!(key_table_scans(&env, 24).await, before);
+}
+
 /// The job a key points to, if it is claimed.
 async fn claim_of(env: &TestEnv, key: &str) -> Option<String> {
     env.sql()
