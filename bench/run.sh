@@ -2,9 +2,9 @@
 # Millrace benchmark: async ingestion (req/s, p50/p99), end-to-end jobs/s, the latency and
 # overhead of sync webhooks, and flows.
 #
-#   bash bench/run.sh                   (or: make bench) everything, about 4 minutes
+#   bash bench/run.sh                   (or: make bench) everything, about 6 minutes
 #   BENCH_ONLY=ingest bash bench/run.sh only the ingestion measurements (1, 2, the yardstick
-#                                       and signed deliveries), about 2.5 minutes
+#                                       and signed deliveries), about 4 minutes
 #   BENCH_ONLY=sync bash bench/run.sh   only measurement 4 (sync webhooks), about 1.5 minutes
 #   BENCH_ONLY=flows bash bench/run.sh  only measurement 5 (flows), about 1 minute
 #   BENCH_ONLY=isolation bash bench/run.sh  only measurement 6 (isolation cost; as root), about
