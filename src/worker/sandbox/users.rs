@@ -374,9 +374,10 @@ pub async fn kill_all(user: JobUid) -> bool {
     }
 }
 
-/// Empties the calling process's user keyrings (`@u`, `@us`): since Linux 5.3 they belong to
-/// the uid, not to its processes, so the slot's previous job — maybe another tenant's — could
-/// have left keys there. Run by a job's child once it is the job's user, between fork and exec:
+/// Gives the calling process a session keyring of its own and empties its uid's user,
+/// user-session and persistent keyrings (`@u`, `@us`, the persistent one): since Linux 5.3
+/// they belong to the uid, not to its processes, so the slot's previous job — maybe another
+/// tenant's — could have left keys there. Run by a job's child once it is the job's user, between fork and exec:
 /// raw system calls only. Refused ones (a seccomp profile without `keyctl`) leave nothing to
 /// empty either.
 pub fn forget_keys() {
