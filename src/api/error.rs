@@ -163,6 +163,7 @@ impl From<&StoreError> for ApiError {
                 Self::Unavailable("database")
             }
             StoreError::Busy => Self::Overloaded("too many jobs are being recorded", 1),
+            StoreError::Contended => Self::Overloaded("the key is being claimed concurrently", 1),
             other if other.is_unstorable_text() => Self::BadRequest(NUL_REFUSED.into()),
             // A connection lost mid-query, a server restarting or overloaded: worth a retry.
             other if other.is_transient() => {

@@ -113,7 +113,6 @@ pub async fn submit(
         NewJobRow::queued_from(&envelope, record)
     };
     row.once = opts.once.clone();
-    row.id_preset = opts.job_id_preset();
     if held {
         row.held = Some(serde_json::to_value(&envelope).expect("envelopes serialise"));
     }
@@ -186,7 +185,7 @@ async fn record_then_publish(
     row: NewJobRow,
 ) -> ApiResult<Submitted> {
     let id = envelope.id;
-    let key = row.once.clone();
+    let keyed = row.once.is_some();
     if let repeat @ Submitted::Repeat(_) = record_only(state, id, row).await? {
         return Ok(repeat);
     }
@@ -212,11 +211,10 @@ async fn record_then_publish(
         // The PubAck may be what was lost: the message may be stored.
         Err(e) => Box::pin(give_up(state, id, &e.to_string(), e.into())).await,
     };
-    if let (Err(_), Some(key)) = (&queued, &key) {
-        // This request claimed the key with its row, and the job is not queued after all: the
-        // sender's retry must run. (Only here: a request that claimed nothing — a repeat, a
-        // taken id, a failed INSERT — must not give back a claim that is another job's.)
-        let released = store::deliveries::release(state.pool(), &envelope.workspace, key, id);
+    if let (Err(_), true) = (&queued, keyed) {
+        // The row claimed its key, and the job is not queued after all: the sender's retry
+        // must run. (A row that is gone took its key with it.)
+        let released = store::deliveries::release(state.pool(), id);
         if let Err(e) = Box::pin(released).await {
             tracing::warn!(job = %id, error = %e, "could not release an idempotency key");
         }

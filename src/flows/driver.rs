@@ -1053,7 +1053,6 @@ async fn step_row(
         flow_enqueued_by: Some(trigger_id.to_owned()),
         held: None,
         once: None,
-        id_preset: false,
     }))
 }
 

@@ -2,7 +2,7 @@
 //! ingestion is not bound by one round trip and one commit per request. Each caller still
 //! waits for its own row to be committed, so a job id is never answered before it is readable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,10 +46,8 @@ pub struct NewJobRow {
     /// published now.
     pub held: Option<Value>,
     /// A delivery or idempotency key the job claims: the row is written only if the key is
-    /// new (or its claim expired), in the same statement as the claim.
+    /// free (or its claim expired), and then holds it.
     pub once: Option<DeliveryKey>,
-    /// The caller chose the id (`job_id`), so a job may have it already; a fresh id cannot.
-    pub id_preset: bool,
 }
 
 impl NewJobRow {
@@ -84,7 +82,6 @@ impl NewJobRow {
             flow_enqueued_by: None,
             held: None,
             once: None,
-            id_preset: false,
         }
     }
 }
@@ -162,8 +159,10 @@ impl JobInserter {
         row: &NewJobRow,
     ) -> Result<InsertOutcome, StoreError> {
         let now = tokio::time::Instant::now();
-        let outcomes = insert_batch(pool, std::slice::from_ref(row), now, self.deadline).await?;
-        Ok(outcomes[0])
+        match insert_batch(pool, std::slice::from_ref(row), now, self.deadline).await {
+            BatchOutcome::Done(outcomes) => Ok(outcomes[0]),
+            BatchOutcome::Failed(e, _) => Err(e),
+        }
     }
 }
 
@@ -237,15 +236,15 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>, deadline: Duration) {
             let (rows, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.row, p.reply)).unzip();
             match insert_batch(&pool, &rows, oldest, deadline).await {
-                Ok(outcomes) => {
+                BatchOutcome::Done(outcomes) => {
                     for (outcome, reply) in outcomes.into_iter().zip(replies) {
                         let _ = reply.send(Ok(outcome));
                     }
                 }
-                Err(e) => {
+                BatchOutcome::Failed(e, settled) => {
                     let e = Arc::new(e);
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
+                    for (settled, reply) in settled.into_iter().zip(replies) {
+                        let _ = reply.send(settled.ok_or_else(|| e.clone()));
                     }
                 }
             }
@@ -288,13 +287,21 @@ async fn connection(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, S
     }
 }
 
-/// The whole batch, each row answered in order. Rows without keys go in one statement (a
-/// statement each connection prepares once). Rows with keys claim them in the same statement
-/// (`insert_claiming!`), in key order, so that concurrent batches lock shared keys in the same
-/// order and cannot deadlock. Of rows sharing a key (or a preset id) only the first goes in the
-/// statement, which could not claim one key twice: a later copy takes the first copy's
-/// outcome, except after a `DuplicateId`, when it goes in a further statement of the same
-/// transaction (so that the batch commits whole or not at all).
+/// What became of a batch.
+enum BatchOutcome {
+    /// Every row's outcome, in order.
+    Done(Vec<InsertOutcome>),
+    /// Stopped by a failure: the rows settled before it keep their outcomes (their statements
+    /// committed); the others fail with it.
+    Failed(StoreError, Vec<Option<InsertOutcome>>),
+}
+
+/// The whole batch, each row answered in order: one [`INSERT`] (a statement each connection
+/// prepares once) writes every row whose id and key are free — a key is claimed by the row
+/// that holds it, so claim and job are one tuple. Rows it did not write are then looked up by
+/// index, and only those: a live key answers its holder's job, a taken id is a conflict, and
+/// a row whose key had expired (or was let go meanwhile) goes in a further statement once the
+/// key is taken back. Rows sharing a key or an id wait for the first of them (see [`Settle`]).
 ///
 /// A connection is waited for until `deadline` after `oldest` (when the batch's first row was
 /// queued). Past `deadline` the statement is cancelled on the server and its end awaited, so
@@ -307,63 +314,31 @@ async fn insert_batch(
     rows: &[NewJobRow],
     oldest: tokio::time::Instant,
     deadline: Duration,
-) -> Result<Vec<InsertOutcome>, StoreError> {
+) -> BatchOutcome {
+    let mut settle = Settle::new(rows);
+    match settle_in_time(pool, &mut settle, oldest, deadline).await {
+        Ok(()) => BatchOutcome::Done(settle.outcomes()),
+        Err(e) => BatchOutcome::Failed(e, settle.outcomes),
+    }
+}
+
+async fn settle_in_time(
+    pool: &Pool,
+    settle: &mut Settle<'_>,
+    oldest: tokio::time::Instant,
+    deadline: Duration,
+) -> Result<(), StoreError> {
     let mut conn = tokio::time::timeout_at(oldest + deadline, connection(pool))
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
-    let keyed = rows.iter().any(|row| row.once.is_some());
-    let preset_keyed = rows.iter().any(|row| row.once.is_some() && row.id_preset);
-    let statement = async {
-        match (keyed, preset_keyed) {
-            (false, _) => conn.prepared(INSERT, &[]).await,
-            (true, false) => conn.prepared(INSERT_CLAIMING, &[]).await,
-            // Prepared anew: its first executions get plans made for the tables as they are
-            // now, where a plan cached on the connection may date from when they were tiny,
-            // and read them whole (see the statement). Preset ids with keys are rare.
-            (true, true) => conn.client().prepare(INSERT_CLAIMING_PRESET).await,
-        }
-    };
-    let statement = tokio::time::timeout(deadline, statement)
+    let statement = tokio::time::timeout(deadline, conn.prepared(INSERT, &[]))
         .await
         .map_err(|_| StoreError::Timeout(deadline))??;
     let cancel = conn.cancel_token();
-    let query = async {
-        if !keyed {
-            let inserted: HashSet<Uuid> = run_insert(&**conn, &statement, rows)
-                .await?
-                .into_iter()
-                .collect();
-            // Two rows of the batch with one preset id: the first is the one written.
-            let mut answered = HashSet::new();
-            return Ok(rows
-                .iter()
-                .map(
-                    |row| match inserted.contains(&row.id) && answered.insert(row.id) {
-                        true => InsertOutcome::Inserted,
-                        false => InsertOutcome::DuplicateId,
-                    },
-                )
-                .collect());
-        }
-        let mut settle = Settle::new(rows);
-        let mut round = settle.first_round();
-        if !settle.may_need_more_rounds() {
-            let written = claim_round(&**conn, &statement, rows, &round).await?;
-            settle.record(&round, &written);
-        } else {
-            let tx = conn.transaction().await?;
-            while !round.is_empty() {
-                let written = claim_round(&tx, &statement, rows, &round).await?;
-                round = settle.record(&round, &written);
-            }
-            tx.commit().await?;
-        }
-        deliveries::note_claims(pool, settle.claims());
-        Ok::<_, tokio_postgres::Error>(settle.outcomes())
-    };
+    let query = settle_rounds(&**conn, &statement, settle);
     tokio::pin!(query);
     tokio::select! {
-        done = &mut query => Ok(done?),
+        done = &mut query => done,
         () = tokio::time::sleep(deadline) => {
             let cancelled = async {
                 if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
@@ -376,26 +351,114 @@ async fn insert_batch(
                     tracing::warn!("a cancelled job INSERT did not end; its outcome is unknown");
                     Err(StoreError::Timeout(deadline))
                 }
-                Ok(Ok(written)) => Ok(written),
-                Ok(Err(e))
+                Ok(Err(StoreError::Query(e)))
                     if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
                 {
                     Err(StoreError::Timeout(deadline))
                 }
-                Ok(Err(e)) => Err(e.into()),
+                Ok(done) => done,
             }
         }
     }
 }
 
-/// The outcomes of a batch with keys, settled round by round: rows sharing a key or an id
-/// wait for the first of them.
+/// Rounds in which a row may have to try again (its key expired, or its holder let go between
+/// the INSERT and the lookup) before the batch gives up: each needs another request to act on
+/// the same key in between.
+const MAX_RETRIES: usize = 8;
+
+/// Runs [`INSERT`] round by round until every row of `settle` has its outcome.
+async fn settle_rounds(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    settle: &mut Settle<'_>,
+) -> Result<(), StoreError> {
+    let rows = settle.rows;
+    let mut round = settle.first_round();
+    let mut retries = 0;
+    while !round.is_empty() {
+        let picked: Vec<&NewJobRow> = round.iter().map(|&i| &rows[i]).collect();
+        let columns = columns(&picked);
+        let written: HashSet<Uuid> = client
+            .query(statement, &parameters(&columns))
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        // The keys of the rows not written, and their ids: what they met.
+        let (mut keys, mut ids) = (Vec::new(), Vec::new());
+        for (row, key) in picked.iter().zip(&columns.keys) {
+            if let (false, Some(key)) = (written.contains(&row.id), key) {
+                keys.push(key.as_slice());
+                ids.push(row.id);
+            }
+        }
+        // What the INSERT settled: rows written, and rows without a key that were not (their
+        // id is taken). Committed already, so kept even if the lookup below fails.
+        let by_insert = |n: usize| match (written.contains(&picked[n].id), &columns.keys[n]) {
+            (true, _) => Some(InsertOutcome::Inserted),
+            (false, None) => Some(InsertOutcome::DuplicateId),
+            (false, Some(_)) => None,
+        };
+        let (holders, taken) = match met(client, &keys, &ids).await {
+            Ok(found) => found,
+            Err(e) => {
+                settle.record(&round, by_insert);
+                return Err(e.into());
+            }
+        };
+        let answer = |n: usize| {
+            let key = columns.keys[n].as_ref();
+            by_insert(n).or_else(|| match key.and_then(|key| holders.get(key)) {
+                Some(holder) if holder.live => Some(InsertOutcome::Repeat(holder.job)),
+                // Expired, and taken back just now: the row tries again.
+                Some(_) => None,
+                None if taken.contains(&picked[n].id) => Some(InsertOutcome::DuplicateId),
+                // Its holder let go between the INSERT and the lookup.
+                None => None,
+            })
+        };
+        let again;
+        (round, again) = settle.record(&round, answer);
+        if again {
+            retries += 1;
+            if retries > MAX_RETRIES {
+                return Err(StoreError::Contended);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Who holds `keys` (of rows with `ids` that were not written) and which of `ids` are taken;
+/// expired keys among them are taken back, so that their rows can try again.
+async fn met(
+    client: &impl tokio_postgres::GenericClient,
+    keys: &[&[u8]],
+    ids: &[Uuid],
+) -> Result<(HashMap<Vec<u8>, deliveries::Holder>, HashSet<Uuid>), tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let (holders, taken) = deliveries::holders(client, keys, ids).await?;
+    let expired: Vec<&[u8]> = keys
+        .iter()
+        .copied()
+        .filter(|key| holders.get(*key).is_some_and(|h| !h.live))
+        .collect();
+    if !expired.is_empty() {
+        deliveries::take_back_expired(client, &expired).await?;
+    }
+    Ok((holders, taken))
+}
+
+/// The outcomes of a batch, settled round by round: rows sharing a key or an id wait for the
+/// first of them, since one statement cannot write both.
 struct Settle<'a> {
     rows: &'a [NewJobRow],
     outcomes: Vec<Option<InsertOutcome>>,
     /// Per row, the row before it that shares its key or id, if any.
     follows: Vec<Option<usize>>,
-    claims: usize,
 }
 
 impl<'a> Settle<'a> {
@@ -418,13 +481,7 @@ impl<'a> Settle<'a> {
             rows,
             outcomes: vec![None; rows.len()],
             follows,
-            claims: 0,
         }
-    }
-
-    /// Whether a row waits for another: only then can a second statement be needed.
-    fn may_need_more_rounds(&self) -> bool {
-        self.follows.iter().any(Option::is_some)
     }
 
     fn first_round(&self) -> Vec<usize> {
@@ -432,35 +489,36 @@ impl<'a> Settle<'a> {
         self.sorted(ready.collect())
     }
 
-    /// In key order (rows without a key first): see [`insert_batch`].
+    /// In the order of their keys and ids (rows without a key first), so that concurrent
+    /// batches wait for each other's keys in one order and cannot deadlock.
     fn sorted(&self, mut round: Vec<usize>) -> Vec<usize> {
         round.sort_by(|&a, &b| {
             let key = |i: usize| {
                 let row = &self.rows[i];
-                row.once
-                    .as_ref()
-                    .map(|k| (&row.workspace_id, &k.scope, &k.key))
+                let once = row.once.as_ref();
+                (once.map(|k| (&row.workspace_id, &k.scope, &k.key)), row.id)
             };
             key(a).cmp(&key(b))
         });
         round
     }
 
-    /// Takes a round's answers; settles the rows that waited for its rows, and returns those
-    /// that need another statement.
-    fn record(&mut self, round: &[usize], written: &Written) -> Vec<usize> {
-        for &i in round {
-            let row = &self.rows[i];
-            let outcome = written
-                .get(&row.id)
-                .copied()
-                .unwrap_or(InsertOutcome::DuplicateId);
-            if outcome == InsertOutcome::Inserted && row.once.is_some() {
-                self.claims += 1;
-            }
-            self.outcomes[i] = Some(outcome);
-        }
+    /// Takes a round's answers (by place in `round`; `None`: the row tries again); settles
+    /// the rows that waited for its rows, and returns those that need another statement, and
+    /// whether a row of this round is among them.
+    fn record(
+        &mut self,
+        round: &[usize],
+        answer: impl Fn(usize) -> Option<InsertOutcome>,
+    ) -> (Vec<usize>, bool) {
         let mut next = Vec::new();
+        for (n, &i) in round.iter().enumerate() {
+            match answer(n) {
+                Some(outcome) => self.outcomes[i] = Some(outcome),
+                None => next.push(i),
+            }
+        }
+        let again = !next.is_empty();
         // Followers come after the rows they follow: one pass settles chains.
         for i in 0..self.rows.len() {
             if self.outcomes[i].is_some() || next.contains(&i) {
@@ -480,7 +538,7 @@ impl<'a> Settle<'a> {
                 }
             }
         }
-        self.sorted(next)
+        (self.sorted(next), again)
     }
 
     /// A row after `before`, whose job is `job`: a repeat if they share the key, else (only
@@ -493,77 +551,12 @@ impl<'a> Settle<'a> {
         }
     }
 
-    fn claims(&self) -> usize {
-        self.claims
-    }
-
     fn outcomes(self) -> Vec<InsertOutcome> {
         self.outcomes
             .into_iter()
             .map(|o| o.unwrap_or(InsertOutcome::DuplicateId))
             .collect()
     }
-}
-
-/// What one statement of `insert_claiming!` did to each of its rows (ids are distinct in a
-/// round); a row it does not mention was not written: its id is taken.
-type Written = std::collections::HashMap<Uuid, InsertOutcome>;
-
-/// Runs `statement` (an `insert_claiming!`) for the rows `round` of `rows`. A claim it made
-/// for a row it then could not write (its id was taken in the meantime) is given back at once.
-async fn claim_round(
-    client: &impl tokio_postgres::GenericClient,
-    statement: &tokio_postgres::Statement,
-    rows: &[NewJobRow],
-    round: &[usize],
-) -> Result<Written, tokio_postgres::Error> {
-    let round: Vec<&NewJobRow> = round.iter().map(|&i| &rows[i]).collect();
-    let columns = columns(&round);
-    let mut params = parameters(&columns);
-    let scopes: Vec<Option<&str>> = round
-        .iter()
-        .map(|r| r.once.as_ref().map(|k| k.scope.as_str()))
-        .collect();
-    let keys: Vec<Option<&str>> = round
-        .iter()
-        .map(|r| r.once.as_ref().map(|k| k.key.as_str()))
-        .collect();
-    let windows: Vec<Option<f64>> = round
-        .iter()
-        .map(|r| r.once.as_ref().map(|k| k.window.as_secs_f64()))
-        .collect();
-    let preset: Vec<bool> = round.iter().map(|r| r.id_preset).collect();
-    let claims: [&(dyn ToSql + Sync); 4] = [&scopes, &keys, &windows, &preset];
-    params.extend(claims);
-    let mut written = Written::new();
-    let mut stray = Vec::new();
-    for answer in client.query(statement, &params).await? {
-        let id: Uuid = answer.get(0);
-        let outcome = match (answer.get::<_, Option<Uuid>>(1), answer.get::<_, bool>(2)) {
-            (None, _) => InsertOutcome::Inserted,
-            (Some(_), true) => {
-                stray.push(id);
-                InsertOutcome::DuplicateId
-            }
-            (Some(first), false) => InsertOutcome::Repeat(first),
-        };
-        written.insert(id, outcome);
-    }
-    for id in stray {
-        let row = round
-            .iter()
-            .find(|r| r.id == id)
-            .expect("answered rows are the round's");
-        let key = row.once.as_ref().expect("claims are made by keyed rows");
-        client
-            .execute(
-                "DELETE FROM delivery_keys
-                 WHERE workspace_id = $1 AND scope = $2 AND key = $3 AND job_id = $4",
-                &[&row.workspace_id, &key.scope, &key.key, &id],
-            )
-            .await?;
-    }
-    Ok(written)
 }
 
 /// The columns of `jobs` a new row sets, in the order of [`INSERT`]'s parameters.
@@ -576,126 +569,57 @@ macro_rules! job_columns {
     };
 }
 
-/// One array per column of [`job_columns`], from the rows' parameters.
-macro_rules! unnest_columns {
-    () => {
-        "unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], \
-         $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
-         $12::text[], $13::int4[], $14::uuid[], $15::text[], $16::int8[], $17::uuid[], \
-         $18::text[], $19::text[], $20::text[], $21::jsonb[], $22::timestamptz[]"
-    };
-}
-
-pub(super) const INSERT: &str = concat!(
-    "INSERT INTO jobs (",
-    job_columns!(),
-    ", status) SELECT *, 'queued' FROM ",
-    unnest_columns!(),
-    ") ON CONFLICT DO NOTHING RETURNING id"
-);
-
-/// [`INSERT`] of rows that must all be new (a flow's steps, each under a key unique per flow):
-/// a row that exists already fails the statement, and with it the transaction.
-pub(super) const INSERT_NEW: &str = concat!(
-    "INSERT INTO jobs (",
-    job_columns!(),
-    ", status) SELECT *, 'queued' FROM ",
-    unnest_columns!(),
-    ") RETURNING id"
-);
-
-/// [`INSERT`] for rows of which some claim a key ($23 scope, $24 key, $25 window in seconds,
-/// $26 whether the caller preset the row's id), all in one statement, hence one transaction: a
-/// row is written if it has no key or claimed its key — new, or whose claim expired. A live
-/// claim is answered with its job (the update that leaves it unchanged also waits for a claim
-/// another statement has not committed yet, and then reads it). Answers `(id, NULL, _)` for
-/// each row written, `(id, first job, false)` for each repeat, and `(id, id, true)` for a row
-/// that made a claim (fresh, `xmax = 0`) but whose id was taken after all (by a statement that
-/// committed meanwhile): that claim must be given back. A key in no row twice, an id in no row
-/// twice: the caller sees to it.
-///
-/// Only the keys (with their rows' ids) are materialized, in `keys`; the rows themselves are
-/// read from the parameters once, by the INSERT, so that their arguments are not copied through
-/// a tuplestore on the way. `$taken` says which rows' ids exist already
-/// ([`INSERT_CLAIMING_PRESET`]); such a row claims nothing, and `$taken_rows` answers it.
-macro_rules! insert_claiming {
-    ($taken:literal, $taken_rows:literal) => {
+/// `INSERT INTO jobs` of the rows given as one array per column ([`Columns`]): those of
+/// [`job_columns`], then the key's digest and its window in seconds, which become
+/// `once_key` and `once_until`; then `$tail`.
+macro_rules! insert_rows {
+    ($tail:literal) => {
         concat!(
-            "WITH keys AS MATERIALIZED (SELECT k.*, ",
-            $taken,
-            " AS taken FROM unnest($1::uuid[], $2::text[], $23::text[], $24::text[], \
-             $25::float8[], $26::bool[]) AS k(id, workspace_id, key_scope, key, key_secs, \
-             id_preset) WHERE k.key IS NOT NULL),
-    claims AS (
-        INSERT INTO delivery_keys AS d (workspace_id, scope, key, job_id, expires_at)
-        SELECT workspace_id, key_scope, key, id, now() + make_interval(secs => key_secs)
-        FROM keys WHERE NOT taken
-        ON CONFLICT (workspace_id, scope, key) DO UPDATE SET
-            job_id = CASE WHEN d.expires_at <= now() THEN EXCLUDED.job_id ELSE d.job_id END,
-            expires_at = CASE WHEN d.expires_at <= now() THEN EXCLUDED.expires_at
-                              ELSE d.expires_at END
-        RETURNING d.workspace_id, d.scope, d.key, d.job_id, d.xmax = 0 AS fresh),
-    written AS (
-        INSERT INTO jobs (",
+            "INSERT INTO jobs (",
             job_columns!(),
-            ", status) SELECT ",
+            ", once_key, once_until, status) SELECT ",
             job_columns!(),
-            ", 'queued' FROM ",
-            unnest_columns!(),
-            ", $23::text[], $24::text[]) AS i(",
+            ", once_key, now() + make_interval(secs => once_secs), 'queued' FROM \
+             unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], \
+             $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
+             $12::text[], $13::int4[], $14::uuid[], $15::text[], $16::int8[], $17::uuid[], \
+             $18::text[], $19::text[], $20::text[], $21::jsonb[], $22::timestamptz[], \
+             $23::bytea[], $24::float8[]) AS i(",
             job_columns!(),
-            ", key_scope, key)
-        WHERE i.key IS NULL OR EXISTS (
-            SELECT 1 FROM claims c WHERE c.workspace_id = i.workspace_id
-                AND c.scope = i.key_scope AND c.key = i.key AND c.job_id = i.id)
-        ON CONFLICT DO NOTHING
-        RETURNING id)
-    SELECT id, NULL::uuid, false FROM written
-    UNION ALL
-    SELECT k.id, c.job_id, c.fresh FROM keys k JOIN claims c ON c.workspace_id = k.workspace_id
-        AND c.scope = k.key_scope AND c.key = k.key
-        WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = k.id)",
-            $taken_rows
+            ", once_key, once_secs)",
+            $tail
         )
     };
 }
 
-/// `insert_claiming!` for rows whose ids were made here, fresh: none can be taken, so the
-/// statement never touches `jobs` or `delivery_keys` beyond its own rows (it is prepared once
-/// per connection, and even an unexecuted lookup of another row costs its setup every time).
-const INSERT_CLAIMING: &str = insert_claiming!("false", "");
+/// The rows whose id and key are free are written; answers their ids. (With no conflict
+/// target, both the id's and the key's unique index are arbiters.)
+pub(super) const INSERT: &str = insert_rows!(" ON CONFLICT DO NOTHING RETURNING id");
 
-/// `insert_claiming!` when a keyed row's id was preset by the caller: a row whose id is taken
-/// claims nothing, and is answered the job of its key's live claim, if any — the retry of a
-/// request with a preset id, answered the job its first try started. `jobs` and
-/// `delivery_keys` are looked up only for preset ids, each by a subquery per row (a scalar one,
-/// which PostgreSQL never turns into a hash of the whole table, and a `LATERAL` it cannot turn
-/// into a join), and the statement is prepared for each batch, so that its plans fit the
-/// tables as they are: a plan kept from when they were small would scan them whole, every
-/// batch, as they grow.
-const INSERT_CLAIMING_PRESET: &str = insert_claiming!(
-    "CASE WHEN k.id_preset
-        THEN COALESCE((SELECT true FROM jobs j WHERE j.id = k.id), false) ELSE false END",
-    "
-    UNION ALL
-    SELECT k.id, live.job_id, false FROM keys k CROSS JOIN LATERAL (
-        SELECT d.job_id FROM delivery_keys d WHERE d.workspace_id = k.workspace_id
-            AND d.scope = k.key_scope AND d.key = k.key AND d.expires_at > now()
-        OFFSET 0) live
-        WHERE k.taken"
-);
+/// [`INSERT`] of rows that must all be new (a flow's steps, each under a key unique per flow):
+/// a row that exists already fails the statement, and with it the transaction.
+pub(super) const INSERT_NEW: &str = insert_rows!(" RETURNING id");
 
 type Column<'a> = Box<dyn ToSql + Sync + Send + 'a>;
 
-/// The parameters of [`INSERT`] for `rows`, one array per column.
-fn columns<'a>(rows: &[&'a NewJobRow]) -> Vec<Column<'a>> {
+/// [`INSERT`]'s parameters for some rows, one array per column.
+struct Columns<'a> {
+    /// Those of [`job_columns`].
+    jobs: Vec<Column<'a>>,
+    /// Each row's key, as `once_key` holds it.
+    keys: Vec<Option<Vec<u8>>>,
+    /// Each key's window in seconds.
+    windows: Vec<Option<f64>>,
+}
+
+fn columns<'a>(rows: &[&'a NewJobRow]) -> Columns<'a> {
     fn col<'a, T: ToSql + Sync + Send + 'a>(
         rows: &[&'a NewJobRow],
         f: impl Fn(&'a NewJobRow) -> T,
     ) -> Column<'a> {
         Box::new(rows.iter().map(|r| f(r)).collect::<Vec<T>>())
     }
-    vec![
+    let jobs = vec![
         col(rows, |r| r.id),
         col(rows, |r| &r.workspace_id),
         col(rows, |r| &r.job_kind),
@@ -718,17 +642,33 @@ fn columns<'a>(rows: &[&'a NewJobRow]) -> Vec<Column<'a>> {
         col(rows, |r| &r.flow_enqueued_by),
         col(rows, |r| &r.held),
         col(rows, |r| r.held.as_ref().and(r.scheduled_for)),
-    ]
-}
-
-fn parameters<'a>(columns: &'a [Column<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
-    columns
+    ];
+    let once = |r: &&NewJobRow| {
+        r.once
+            .as_ref()
+            .map(|k| (k.digest(&r.workspace_id), k.window))
+    };
+    let (keys, windows) = rows
         .iter()
-        .map(|c| &**c as &(dyn ToSql + Sync))
-        .collect()
+        .map(|r| match once(r) {
+            Some((key, window)) => (Some(key), Some(window.as_secs_f64())),
+            None => (None, None),
+        })
+        .unzip();
+    Columns {
+        jobs,
+        keys,
+        windows,
+    }
 }
 
-/// Runs [`INSERT`] for `rows` (none with a key) on a client or inside a transaction; returns
+fn parameters<'a>(columns: &'a Columns<'_>) -> Vec<&'a (dyn ToSql + Sync)> {
+    let jobs = columns.jobs.iter().map(|c| &**c as &(dyn ToSql + Sync));
+    let once: [&(dyn ToSql + Sync); 2] = [&columns.keys, &columns.windows];
+    jobs.chain(once).collect()
+}
+
+/// Runs [`INSERT`] or [`INSERT_NEW`] for `rows` on a client or inside a transaction; returns
 /// the ids written.
 pub(super) async fn run_insert(
     client: &impl tokio_postgres::GenericClient,

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "login_codes",
         include_str!("../../migrations/0012_login_codes.sql"),
     ),
+    (
+        13,
+        "keys_in_job_rows",
+        include_str!("../../migrations/0013_keys_in_job_rows.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every Millrace process: the key of the advisory lock.

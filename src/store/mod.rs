@@ -43,6 +43,10 @@ pub enum StoreError {
     /// nothing it would have written was.
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A job's key kept changing hands (expiring, let go) while it was being claimed: nothing
+    /// was written for it; a retry will find it settled.
+    #[error("a key kept changing hands while it was claimed")]
+    Contended,
 }
 
 impl StoreError {
@@ -66,7 +70,7 @@ impl StoreError {
     /// time, so retrying it only delays the failure.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unavailable(_) | Self::Busy | Self::Timeout(_) => true,
+            Self::Unavailable(_) | Self::Busy | Self::Timeout(_) | Self::Contended => true,
             Self::Config(_) => false,
             Self::Query(e) => match e.code() {
                 // No answer from the server: the connection failed or closed — unlike an error

@@ -713,91 +713,30 @@ async fn a_key_is_claimed_with_its_job_once_even_by_concurrent_repeats() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(jobs_of(&env, "u/alice/echo").await, 1);
-    let claimed: uuid::Uuid = env
-        .sql()
-        .await
-        .query_one(
-            "SELECT job_id FROM delivery_keys WHERE key = 'together'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(claimed.to_string(), ids[0]);
+    assert_eq!(claim_of(&env, "together").await.as_deref(), Some(&*ids[0]));
 
     // A job that is not created (its preset id is taken: 409) leaves its key free, so the next
     // request with it runs.
     let taken = format!("?job_id={}", ids[0]);
     let refused = post(taken, "after-a-conflict").await.unwrap();
     assert_eq!(refused.status(), 409);
-    let keys: i64 = env
-        .sql()
-        .await
-        .query_one(
-            "SELECT count(*) FROM delivery_keys WHERE key = 'after-a-conflict'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(keys, 0);
+    assert_eq!(claim_of(&env, "after-a-conflict").await, None);
     let runs = post(String::new(), "after-a-conflict").await.unwrap();
     assert_eq!(runs.status(), 201);
     assert_ne!(runs.text().await.unwrap(), ids[0]);
     assert_eq!(jobs_of(&env, "u/alice/echo").await, 2);
 }
 
-/// `delivery_keys`' sequential scans and inserts so far, as PostgreSQL's statistics report
-/// them once at least `inserted` rows went in (backends report with a delay of up to a second).
-async fn key_table_scans(env: &TestEnv, inserted: i64) -> i64 {
-    let client = env.sql().await;
-    for _ in 0..100 {
-        client
-            .execute("SELECT pg_stat_clear_snapshot()", &[])
-            .await
-            .unwrap();
-        let row = client
-            .query_one(
-                "SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'delivery_keys'",
-                &[],
-            )
-            .await
-            .unwrap();
-        if row.get::<_, i64>(1) >= inserted {
-            return row.get(0);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("PostgreSQL's statistics never showed {inserted} keys inserted");
-}
+/// Which job holds the `Idempotency-Key` `key` of a run of its own script by its own token
+/// owner, if any: asked as an operator would, with the `once_key` function of the schema
+/// (whose digest must match the one the API stores).
+const HOLDING: &str = "once_key = once_key(workspace_id,
+    'key:' || permissioned_as || ':script:' || script_path, $1)";
 
-/// `u/alice/echo` run once with each key of `keys`, one after the other.
-async fn keyed_one_by_one(env: &TestEnv, keys: std::ops::Range<usize>) {
-    for n in keys {
-        let key = format!("one-by-one-{n}");
-        let answer = run_echo_with_key(env, String::new(), &key).await.unwrap();
-        assert_eq!(answer.status(), 201);
-    }
-}
-
-#[tokio::test]
-async fn claiming_keys_never_reads_the_key_table_whole() {
-    // The claiming statement is prepared once per connection; a plan made while the tables
-    // were small once read them whole for every batch, costing more with every key stored.
-    let env = env(20).await;
-    env.script("u/alice/echo", "python3", ECHO).await;
-    // More than five executions: PostgreSQL plans a prepared statement for good after five.
-    keyed_one_by_one(&env, 0..12).await;
-    let before = key_table_scans(&env, 12).await;
-    keyed_one_by_one(&env, 12..24).await;
-    assert_eq!(key_table_scans(&env, 24).await, before);
-}
-
-/// The job a key points to, if it is claimed.
 async fn claim_of(env: &TestEnv, key: &str) -> Option<String> {
     env.sql()
         .await
-        .query_opt("SELECT job_id FROM delivery_keys WHERE key = $1", &[&key])
+        .query_opt(&format!("SELECT id FROM jobs WHERE {HOLDING}"), &[&key])
         .await
         .unwrap()
         .map(|row| row.get::<_, uuid::Uuid>(0).to_string())
@@ -867,9 +806,8 @@ async fn an_expired_key_is_taken_over_by_a_new_job() {
     env.sql()
         .await
         .execute(
-            "UPDATE delivery_keys SET expires_at = now() - interval '1 second'
-             WHERE key = 'expiring'",
-            &[],
+            &format!("UPDATE jobs SET once_until = now() - interval '1 second' WHERE {HOLDING}"),
+            &[&"expiring"],
         )
         .await
         .unwrap();
@@ -903,9 +841,8 @@ async fn a_sync_repeat_while_the_first_job_runs_answers_its_result() {
             .sql()
             .await
             .query_opt(
-                "SELECT j.id FROM jobs j JOIN delivery_keys d ON d.job_id = j.id
-                 WHERE d.key = 'sync-slow' AND j.status = 'running'",
-                &[],
+                &format!("SELECT id FROM jobs WHERE {HOLDING} AND status = 'running'"),
+                &[&"sync-slow"],
             )
             .await
             .unwrap()
@@ -928,4 +865,99 @@ async fn a_sync_repeat_while_the_first_job_runs_answers_its_result() {
     assert_eq!(first.headers()["x-millrace-job-id"].to_str().unwrap(), id);
     assert_eq!(first.json::<Value>().await.unwrap(), json!({"n": 7}));
     assert_eq!(jobs_of(&env, "u/alice/slow").await, 1);
+}
+
+#[tokio::test]
+async fn keys_claimed_before_the_upgrade_still_answer_their_jobs() {
+    // A database at schema 12, where a key was a row of `delivery_keys`, upgraded by
+    // `millrace migrate`: a live key moves into its job's row, as the API would have stored it.
+    let env = env(20).await;
+    env.sql()
+        .await
+        .batch_execute("CREATE DATABASE upgrade")
+        .await
+        .unwrap();
+    let url = env.pg.url("upgrade");
+    let (old, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    old.batch_execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                         applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in &files[..12] {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let version: i32 = name[..4].parse().unwrap();
+        old.batch_execute(&std::fs::read_to_string(file).unwrap())
+            .await
+            .unwrap();
+        old.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await
+        .unwrap();
+    }
+    let (live, expired) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    old.batch_execute(&format!(
+        "INSERT INTO workspaces (id, name, created_by) VALUES ('w', 'w', 'a@example.com');
+         INSERT INTO jobs (id, workspace_id, job_kind, args, created_by, permissioned_as,
+                           created_at, status, tag)
+             SELECT id, 'w', 'script', '{{}}', 'a', 'a@example.com', now(), 'success', 'python3'
+             FROM unnest(ARRAY['{live}', '{expired}']::uuid[]) AS id;
+         INSERT INTO delivery_keys (workspace_id, scope, key, job_id, expires_at) VALUES
+             ('w', 'trigger:u/a/hook', 'delivery-1', '{live}', now() + interval '1 hour'),
+             ('w', 'trigger:u/a/hook', 'delivery-0', '{expired}', now() - interval '1 hour'),
+             ('w', 'trigger:u/a/hook', 'job-gone', gen_random_uuid(), now() + interval '1 hour');"
+    ))
+    .await
+    .unwrap();
+
+    let status = env
+        .command("migrate", &[("DATABASE_URL".into(), url)])
+        .status()
+        .unwrap();
+    assert!(status.success(), "millrace migrate failed");
+    let digest = |key: &str| {
+        use sha2::Digest;
+        Sha256::digest(format!("w\0trigger:u/a/hook\0{key}")).to_vec()
+    };
+    let held: Vec<(uuid::Uuid, Option<Vec<u8>>, bool)> = old
+        .query(
+            "SELECT id, once_key, once_until > now() + interval '50 minutes' FROM jobs
+             ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                row.get(1),
+                row.get::<_, Option<bool>>(2) == Some(true),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (live, Some(digest("delivery-1")), true),
+        (expired, None, false),
+    ];
+    expected.sort();
+    assert_eq!(held, expected);
+    let table_left: bool = old
+        .query_one("SELECT to_regclass('delivery_keys') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!table_left);
 }
