@@ -304,10 +304,11 @@ enum BatchOutcome {
 /// key is taken back. Rows sharing a key or an id wait for the first of them (see [`Settle`]).
 ///
 /// A connection is waited for until `deadline` after `oldest` (when the batch's first row was
-/// queued). Past `deadline` the statement is cancelled on the server and its end awaited, so
-/// that the outcome is known: committed in time, or not at all — for one more `deadline` at most: a
-/// server that does not answer even that (frozen, or cut off) leaves the outcome unknown, and
-/// the rows are answered `Timeout` too. (Such a row may then commit later, `queued` with no
+/// queued). Past `deadline` the running statement is cancelled on the server and its end
+/// awaited, so that the outcome is known: each row committed in time (by this statement or an
+/// earlier one), or not at all — for one more `deadline` at most: a server that does not answer
+/// even that (frozen, or cut off) leaves the outcome of the rows not settled yet unknown, and
+/// they are answered `Timeout` too. (Such a row may then commit later, `queued` with no
 /// message; the caller was answered 503.)
 async fn insert_batch(
     pool: &Pool,
@@ -394,32 +395,27 @@ async fn settle_rounds(
             }
         }
         // What the INSERT settled: rows written, and rows without a key that were not (their
-        // id is taken). Committed already, so kept even if the lookup below fails.
+        // id is taken). Committed already: noted before anything else can fail or be cancelled.
         let by_insert = |n: usize| match (written.contains(&picked[n].id), &columns.keys[n]) {
             (true, _) => Some(InsertOutcome::Inserted),
             (false, None) => Some(InsertOutcome::DuplicateId),
             (false, Some(_)) => None,
         };
-        let (holders, taken) = match met(client, &keys, &ids).await {
-            Ok(found) => found,
-            Err(e) => {
-                settle.record(&round, by_insert);
-                return Err(e.into());
-            }
-        };
-        let answer = |n: usize| {
-            let key = columns.keys[n].as_ref();
-            by_insert(n).or_else(|| match key.and_then(|key| holders.get(key)) {
+        settle.note(&round, by_insert);
+        let (holders, taken) = met(client, &keys, &ids).await?;
+        settle.note(&round, |n| {
+            let key = columns.keys[n].as_ref()?;
+            match holders.get(key) {
                 Some(holder) if holder.live => Some(InsertOutcome::Repeat(holder.job)),
                 // Expired, and taken back just now: the row tries again.
                 Some(_) => None,
                 None if taken.contains(&picked[n].id) => Some(InsertOutcome::DuplicateId),
                 // Its holder let go between the INSERT and the lookup.
                 None => None,
-            })
-        };
+            }
+        });
         let again;
-        (round, again) = settle.record(&round, answer);
+        (round, again) = settle.next_round(&round);
         if again {
             retries += 1;
             if retries > MAX_RETRIES {
@@ -452,6 +448,12 @@ async fn met(
     Ok((holders, taken))
 }
 
+/// A row's key, whole: the workspace, whose key it is, and the key.
+fn once_of(row: &NewJobRow) -> Option<(&str, &str, &str)> {
+    let once = row.once.as_ref()?;
+    Some((&row.workspace_id, &once.scope, &once.key))
+}
+
 /// The outcomes of a batch, settled round by round: rows sharing a key or an id wait for the
 /// first of them, since one statement cannot write both.
 struct Settle<'a> {
@@ -463,16 +465,13 @@ struct Settle<'a> {
 
 impl<'a> Settle<'a> {
     fn new(rows: &'a [NewJobRow]) -> Self {
-        let mut by_key = std::collections::HashMap::new();
-        let mut by_id = std::collections::HashMap::new();
+        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
         let follows = rows
             .iter()
             .enumerate()
             .map(|(i, row)| {
-                let same_key = row
-                    .once
-                    .as_ref()
-                    .and_then(|k| by_key.insert((&row.workspace_id, &k.scope, &k.key), i));
+                let same_key = once_of(row).and_then(|k| by_key.insert(k, i));
                 let same_id = by_id.insert(row.id, i);
                 same_key.max(same_id)
             })
@@ -493,31 +492,30 @@ impl<'a> Settle<'a> {
     /// batches wait for each other's keys in one order and cannot deadlock.
     fn sorted(&self, mut round: Vec<usize>) -> Vec<usize> {
         round.sort_by(|&a, &b| {
-            let key = |i: usize| {
-                let row = &self.rows[i];
-                let once = row.once.as_ref();
-                (once.map(|k| (&row.workspace_id, &k.scope, &k.key)), row.id)
-            };
+            let key = |i: usize| (once_of(&self.rows[i]), self.rows[i].id);
             key(a).cmp(&key(b))
         });
         round
     }
 
-    /// Takes a round's answers (by place in `round`; `None`: the row tries again); settles
-    /// the rows that waited for its rows, and returns those that need another statement, and
-    /// whether a row of this round is among them.
-    fn record(
-        &mut self,
-        round: &[usize],
-        answer: impl Fn(usize) -> Option<InsertOutcome>,
-    ) -> (Vec<usize>, bool) {
-        let mut next = Vec::new();
+    /// Takes answers for rows of `round` (by place in `round`; `None`: not known yet).
+    fn note(&mut self, round: &[usize], answer: impl Fn(usize) -> Option<InsertOutcome>) {
         for (n, &i) in round.iter().enumerate() {
-            match answer(n) {
-                Some(outcome) => self.outcomes[i] = Some(outcome),
-                None => next.push(i),
+            if self.outcomes[i].is_none() {
+                self.outcomes[i] = answer(n);
             }
         }
+    }
+
+    /// Once `round` is answered: settles the rows that waited for its rows, and returns those
+    /// that need another statement, and whether a row of `round` is among them (it tries
+    /// again).
+    fn next_round(&mut self, round: &[usize]) -> (Vec<usize>, bool) {
+        let mut next: Vec<usize> = round
+            .iter()
+            .copied()
+            .filter(|&i| self.outcomes[i].is_none())
+            .collect();
         let again = !next.is_empty();
         // Followers come after the rows they follow: one pass settles chains.
         for i in 0..self.rows.len() {
@@ -527,28 +525,25 @@ impl<'a> Settle<'a> {
             let Some(before) = self.follows[i] else {
                 continue;
             };
+            let key = once_of(&self.rows[i]);
+            let same_key = key.is_some() && key == once_of(&self.rows[before]);
             match self.outcomes[before] {
                 None => {}
-                Some(InsertOutcome::DuplicateId) => next.push(i),
+                Some(InsertOutcome::Inserted) if same_key => {
+                    self.outcomes[i] = Some(InsertOutcome::Repeat(self.rows[before].id));
+                }
+                // Only the id is shared, and the row before took it.
                 Some(InsertOutcome::Inserted) => {
-                    self.outcomes[i] = Some(self.follower_of(i, before, self.rows[before].id));
+                    self.outcomes[i] = Some(InsertOutcome::DuplicateId);
                 }
-                Some(InsertOutcome::Repeat(first)) => {
-                    self.outcomes[i] = Some(self.follower_of(i, before, first));
+                Some(InsertOutcome::Repeat(first)) if same_key => {
+                    self.outcomes[i] = Some(InsertOutcome::Repeat(first));
                 }
+                // The row before wrote nothing: this one's id may be free, or taken.
+                Some(_) => next.push(i),
             }
         }
         (self.sorted(next), again)
-    }
-
-    /// A row after `before`, whose job is `job`: a repeat if they share the key, else (only
-    /// the id is shared) its id is taken.
-    fn follower_of(&self, i: usize, before: usize, job: Uuid) -> InsertOutcome {
-        let key = |r: &NewJobRow| r.once.as_ref().map(|k| (r.workspace_id.clone(), k.clone()));
-        match key(&self.rows[i]) {
-            Some(k) if Some(&k) == key(&self.rows[before]).as_ref() => InsertOutcome::Repeat(job),
-            _ => InsertOutcome::DuplicateId,
-        }
     }
 
     fn outcomes(self) -> Vec<InsertOutcome> {

@@ -40,7 +40,8 @@ pub enum StoreError {
     #[error("the job inserter is busy")]
     Busy,
     /// The database did not answer within the deadline; the statement was cancelled, so
-    /// nothing it would have written was.
+    /// nothing it would have written was (a job INSERT's earlier statements for other rows of
+    /// the batch may have committed: those rows are answered their own outcomes).
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
     /// A job's key kept changing hands (expiring, let go) while it was being claimed: nothing

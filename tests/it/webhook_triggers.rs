@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::common::{Options, Response, TestEnv, WS};
+use crate::common::{signal_tree, Options, Response, TestEnv, WS};
 
 const KEY: &str = "5f1c6d0e9a8b7c6d5e4f30211203f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b";
 const ECHO: &str = "def main(**kwargs):\n    return kwargs\n";
@@ -787,6 +787,39 @@ async fn a_retry_with_its_preset_job_id_and_key_is_answered_its_job() {
     let other = answer(post(format!("?job_id={x}"), "another").await.unwrap()).await;
     assert_eq!(other.0, 409, "{other:?}");
     assert_eq!(claim_of(&env, "another").await, None);
+}
+
+#[tokio::test]
+async fn a_key_whose_job_could_not_be_queued_is_given_back() {
+    let env = TestEnv::with(Options {
+        workers: 1,
+        api_env: vec![("SUBMIT_TIMEOUT".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    env.script("u/alice/echo", "python3", ECHO).await;
+    let first = run_echo_with_key(&env, String::new(), "warm-up")
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    // NATS stops answering: the row is written with its key, the publish waits for its PubAck
+    // past SUBMIT_TIMEOUT, the job is ended unqueued and the caller answered 503.
+    let nats = env.nats.pid() as i32;
+    signal_tree(nats, libc::SIGSTOP);
+    let refused = run_echo_with_key(&env, String::new(), "given-back").await;
+    signal_tree(nats, libc::SIGCONT);
+    let refused = refused.unwrap();
+    assert_eq!(refused.status(), 503, "{:?}", refused.text().await);
+    // So the key is free, and the sender's retry runs.
+    assert_eq!(claim_of(&env, "given-back").await, None);
+    let retry = run_echo_with_key(&env, String::new(), "given-back")
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 201);
+    let id = retry.text().await.unwrap();
+    assert_eq!(claim_of(&env, "given-back").await.as_deref(), Some(&*id));
+    let job = env.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(job["success"], json!(true), "{job}");
 }
 
 #[tokio::test]
