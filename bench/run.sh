@@ -26,7 +26,8 @@
 #      against the token route with the same body, both to a tag no worker serves: 1 connection
 #      for 6 s each, the token route also with an Idempotency-Key per request (signed − keyed p50
 #      is what the signature adds), then BENCH_CONNECTIONS for BENCH_DURATION, each route on a
-#      fresh instance, twice, in the order token, signed, signed, token.
+#      fresh instance, BENCH_SIGNED_PAIRS (4) times each, in the order token, signed, signed,
+#      token, token, signed…
 #   3. end to end: BENCH_BASH_JOBS trivial bash jobs, then BENCH_PYTHON_JOBS trivial python3
 #      jobs, submitted async, timed from the first created_at to the last completed_at.
 #   4. sync webhooks: POST /api/w/demo/jobs/run_wait_result/p/… of the trivial bash and python3
@@ -79,6 +80,7 @@ LOOP_ITERATIONS=${BENCH_LOOP_ITERATIONS:-1000}
 ISOLATION_CALLS=${BENCH_ISOLATION_CALLS:-500}
 ONLY=${BENCH_ONLY:-all}
 SIGNED=${BENCH_SIGNED:-1}
+SIGNED_PAIRS=${BENCH_SIGNED_PAIRS:-4}
 case "$ONLY" in
 all | ingest | sync | flows | isolation) ;;
 *) echo "bench: BENCH_ONLY must be all, ingest, sync, flows or isolation" >&2; exit 2 ;;
@@ -382,12 +384,18 @@ ingest_bare() {
     stop_dev
 }
 
-# Signed webhook-trigger deliveries (GitHub's scheme, a 4 KiB body, a delivery id each) against
-# the token route with the same body, both to a script of a tag no worker serves: first one
-# caller each, the token route also with an Idempotency-Key each (the keyed path a delivery id
-# takes, so that signed − keyed is what verifying a signature adds), then BENCH_CONNECTIONS each,
-# each route on a fresh instance: the second route of one instance would find the first's rows
-# in PostgreSQL and its messages in the stream, and pay for them.
+# The 64-connection runs of the signed measurement, in order: pair n is token_4k_n and
+# signed_4k_n (pair 1 without the suffix), the token route first in odd pairs.
+signed_runs() {
+    local n suffix
+    for n in $(seq 1 "$SIGNED_PAIRS"); do
+        suffix=_$n
+        [ "$n" = 1 ] && suffix=
+        if [ $((n % 2)) = 1 ]; then echo "token_4k$suffix signed_4k$suffix"
+        else echo "signed_4k$suffix token_4k$suffix"; fi
+    done
+}
+
 # signed_instance token|hook|both: a fresh instance, the given routes warmed up.
 signed_instance() {
     "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
@@ -405,6 +413,12 @@ signed_instance() {
     fi
 }
 
+# Signed webhook-trigger deliveries (GitHub's scheme, a 4 KiB body, a delivery id each) against
+# the token route with the same body, both to a script of a tag no worker serves: first one
+# caller each, the token route also with an Idempotency-Key each (the keyed path a delivery id
+# takes, so that signed − keyed is what verifying a signature adds), then BENCH_CONNECTIONS each,
+# each route on a fresh instance: the second route of one instance would find the first's rows
+# in PostgreSQL and its messages in the stream, and pay for them.
 signed() {
     SIGNED_SECRET=bench-secret
     signed_instance both
@@ -421,9 +435,9 @@ signed() {
             --connections 1 --duration "$c1" --ok-status "$ok" --out "$OUT/$name.json"
     done
     stop_dev
-    # In the order token, signed, signed, token: the machine's drift over the four runs then
+    # In the order token, signed, signed, token, token…: the machine's drift over the runs then
     # weighs on both routes alike.
-    for name in token_4k signed_4k signed_4k_2 token_4k_2; do
+    for name in $(signed_runs); do
         local route=token ok=201
         case $name in signed_*) route=hook ok=202 ;; esac
         signed_instance "$route"
@@ -453,7 +467,7 @@ if [ "$INGESTING" = 1 ]; then
     if [ "$SIGNED" = 1 ]; then
         signed
         results+=("$OUT/token_c1.json" "$OUT/keyed_c1.json" "$OUT/signed_c1.json")
-        results+=("$OUT/token_4k.json" "$OUT/signed_4k.json" "$OUT/signed_4k_2.json" "$OUT/token_4k_2.json")
+        for name in $(signed_runs); do results+=("$OUT/$name.json"); done
     fi
 fi
 if [ "$ONLY" = all ]; then
