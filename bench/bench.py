@@ -186,7 +186,9 @@ def snapshot(dev_pid, postmaster_pid, bench_root, app_pid=None):
         elif comm == "nats-server" and descends_from(pid, dev_pid):
             assigned[pid] = ("nats-server", own, None, 0)
         elif descends_from(pid, dev_pid):
-            assigned[pid] = ("jobs", own, None, 0)  # job processes still running
+            # Job processes still running, and the python3 fork server, which reaps the jobs it
+            # forks: their time is in its children's counters.
+            assigned[pid] = ("jobs", own, "jobs", children)
         elif bench_root and descends_from(pid, bench_root):
             assigned[pid] = ("loadgen", own, None, 0)
         else:
