@@ -224,7 +224,8 @@ async fn typescript_on_bun_and_deno(warm: bool) {
         env.script(
             &failing,
             lang,
-            "export async function main() {\n  throw new TypeError('nope');\n}\n",
+            "process.on('exit', (code) => console.log('exit handler ran with', code));\n\
+             export async function main() {\n  throw new TypeError('nope');\n}\n",
         )
         .await;
         let id = env.run(&failing, json!({})).await;
@@ -235,6 +236,9 @@ async fn typescript_on_bun_and_deno(warm: bool) {
             "{lang}: {done}"
         );
         assert_eq!(done["result"]["error"]["message"], json!("nope"), "{lang}");
+        // The script's exit handlers run when its job fails, as under Node.
+        let logs = env.job(&id).await["logs"].as_str().unwrap().to_owned();
+        assert!(logs.contains("exit handler ran with 1"), "{lang}: {logs}");
 
         let id = env.run(&path, json!({})).await;
         let done = env.wait(&id, Duration::from_secs(60)).await;

@@ -15,7 +15,9 @@ const host = deno
         for (const name of Object.keys(deno.env.toObject())) deno.env.delete(name);
         for (const [name, value] of Object.entries(vars)) deno.env.set(name, value);
       },
-      exit: (code: number): never => deno.exit(code),
+      // Only a failing job pays for the Node layer here: the script's `process.on("exit")`
+      // handlers then run, as under Node.
+      exit: (code: number): never => (globalThis as any).process.exit(code),
       readInput(): string {
         const chunks: Uint8Array[] = [];
         for (;;) {
