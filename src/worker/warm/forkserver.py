@@ -74,8 +74,9 @@ def drop_capabilities():
     # eighth of a trivial job's CPU, measured).
     with open("/proc/self/status", "rb") as f:
         held = [l for l in f.read().splitlines() if l.startswith(CAP_LINES)]
-    if any(int(l.split()[1], 16) for l in held):
-        raise OSError(f"capabilities left: {held}")
+    # Fails closed: a set it cannot read counts as held.
+    if len(held) != len(CAP_LINES) or any(int(l.split()[1], 16) for l in held):
+        raise OSError(f"capabilities left: {[l.decode(errors='replace') for l in held]}")
 
 
 def set_limit(resource_id, value):
