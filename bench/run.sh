@@ -20,7 +20,9 @@
 #   2b. the yardstick (bench/bare_handler.rs, an example target): a bare axum handler that
 #      publishes each request to JetStream and awaits the PubAck, against a fresh instance's
 #      nats-server, with the same oha settings; the report gives measurements 1 and 2 as a
-#      percentage of it, and every run's CPU per request by process.
+#      percentage of it, and every run's CPU per request by process. Measurement 2 and the
+#      yardstick run twice, in the order 2, yardstick, yardstick, 2, so that the machine's drift
+#      weighs on both alike: the API path's share is the ratio of their sums.
 #   2c. signed deliveries (BENCH_SIGNED=0 skips): a webhook trigger with GitHub's scheme, a 4 KiB
 #      body and a delivery id per request (bench/signed_load.rs, since oha cannot vary a header),
 #      against the token route with the same body, both to a tag no worker serves: 1 connection
@@ -81,6 +83,11 @@ ISOLATION_CALLS=${BENCH_ISOLATION_CALLS:-500}
 ONLY=${BENCH_ONLY:-all}
 SIGNED=${BENCH_SIGNED:-1}
 SIGNED_PAIRS=${BENCH_SIGNED_PAIRS:-4}
+# No stream limits on the instances measured: a 15 s run at the yardstick's rate queues more than
+# the 250,000 jobs one tag may hold by default, and the refused rest is no throughput (the
+# yardstick's rate was the limit's, ~(250,000 − warm-up) / 15 s, not its own).
+STREAM_LIMITS=(JOBS_STREAM_MAX_MSGS=-1 JOBS_STREAM_MAX_MSGS_PER_SUBJECT=-1 JOBS_STREAM_MAX_BYTES=-1)
+export "${STREAM_LIMITS[@]}"
 case "$ONLY" in
 all | ingest | sync | flows | isolation) ;;
 *) echo "bench: BENCH_ONLY must be all, ingest, sync, flows or isolation" >&2; exit 2 ;;
@@ -311,7 +318,7 @@ declare_tag() {
     pg_url=$("$PY" -c 'import sys, urllib.parse as u; print("postgres://postgres:%s@127.0.0.1:%s/millrace" % (u.quote(open(sys.argv[1]).read().strip(), safe=""), sys.argv[2]))' \
         "$PG_PASSWORD_FILE" "$PG_PORT")
     env -i PATH="$PATH" NATS_URL="$BENCH_NATS_URL" NATS_USER=migrate NATS_PASSWORD="$nats_password" \
-        DATABASE_URL="$pg_url" WORKER_TAGS="$1" "$BIN" migrate >/dev/null 2>&1 ||
+        DATABASE_URL="$pg_url" WORKER_TAGS="$1" "${STREAM_LIMITS[@]}" "$BIN" migrate >/dev/null 2>&1 ||
         die "could not declare the tag $1"
 }
 
@@ -337,9 +344,7 @@ ingest() {
     "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
     start_dev
     local url="$MILLRACE_URL/api/w/demo/jobs/run/p/u/admin/bench_bash$query"
-    if [ "$name" = ingest_idle ]; then
-        declare_tag bench_idle
-    fi
+    case $name in ingest_idle*) declare_tag bench_idle ;; esac
     log "$name: warm-up, 2 s"
     run_child oha_post 2 "$url" >/dev/null
     local before after
@@ -357,8 +362,9 @@ ingest() {
 
 # The yardstick (bench/bare_handler.rs): publish to JetStream, await the PubAck, answer. Against
 # a fresh instance's nats-server and its MILLRACE_JOBS stream, as dev's `api` user, on a tag no
-# worker serves; the same oha settings as measurements 1 and 2.
+# worker serves; the same oha settings as measurements 1 and 2. ingest_bare NAME
 ingest_bare() {
+    local name=$1
     "$PY" bench/bench.py quiet --wait "$QUIET_WAIT"
     start_dev
     local password
@@ -374,13 +380,13 @@ ingest_bare() {
     done
     local url
     url="http://$(sed -n 's/^listening on //p' "$DATA/bare.log")/publish"
-    log "ingest_bare: warm-up, 2 s"
+    log "$name: warm-up, 2 s"
     run_child oha_post 2 "$url" >/dev/null
-    log "ingest_bare: $CONNECTIONS connections for $DURATION s against $url"
-    sampled ingest_bare "$BARE_PID" oha_post "$DURATION" "$url"
-    "$PY" bench/bench.py oha --name ingest_bare --oha-json "$OUT/ingest_bare-load.json" \
-        --cpu "$OUT/ingest_bare-cpu.json" --connections "$CONNECTIONS" --duration "$DURATION" \
-        --out "$OUT/ingest_bare.json"
+    log "$name: $CONNECTIONS connections for $DURATION s against $url"
+    sampled "$name" "$BARE_PID" oha_post "$DURATION" "$url"
+    "$PY" bench/bench.py oha --name "$name" --oha-json "$OUT/$name-load.json" \
+        --cpu "$OUT/$name-cpu.json" --connections "$CONNECTIONS" --duration "$DURATION" \
+        --out "$OUT/$name.json"
     stop_dev
 }
 
@@ -460,10 +466,15 @@ if [ "$INGESTING" = 1 ]; then
     results+=("$OUT/ingest.json")
     if [ "${BENCH_SKIP_IDLE:-0}" != 1 ]; then
         ingest ingest_idle "?tag=bench_idle"
-        results+=("$OUT/ingest_idle.json")
+        ingest_bare ingest_bare
+        ingest_bare ingest_bare_2
+        ingest ingest_idle_2 "?tag=bench_idle"
+        results+=("$OUT/ingest_idle.json" "$OUT/ingest_bare.json" "$OUT/ingest_bare_2.json"
+            "$OUT/ingest_idle_2.json")
+    else
+        ingest_bare ingest_bare
+        results+=("$OUT/ingest_bare.json")
     fi
-    ingest_bare
-    results+=("$OUT/ingest_bare.json")
     if [ "$SIGNED" = 1 ]; then
         signed
         results+=("$OUT/token_c1.json" "$OUT/keyed_c1.json" "$OUT/signed_c1.json")
