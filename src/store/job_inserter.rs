@@ -380,11 +380,9 @@ async fn settle_rounds(
     while !round.is_empty() {
         let picked: Vec<&NewJobRow> = round.iter().map(|&i| &rows[i]).collect();
         let columns = columns(&picked);
-        let written: HashSet<Uuid> = client
-            .query(statement, &parameters(&columns))
+        let written: HashSet<Uuid> = insert_columns(client, statement, &columns)
             .await?
-            .iter()
-            .map(|row| row.get(0))
+            .into_iter()
             .collect();
         // The keys of the rows not written, and their ids: what they met.
         let (mut keys, mut ids) = (Vec::new(), Vec::new());
@@ -638,15 +636,13 @@ fn columns<'a>(rows: &[&'a NewJobRow]) -> Columns<'a> {
         col(rows, |r| &r.held),
         col(rows, |r| r.held.as_ref().and(r.scheduled_for)),
     ];
-    let once = |r: &&NewJobRow| {
-        r.once
-            .as_ref()
-            .map(|k| (k.digest(&r.workspace_id), k.window))
-    };
     let (keys, windows) = rows
         .iter()
-        .map(|r| match once(r) {
-            Some((key, window)) => (Some(key), Some(window.as_secs_f64())),
+        .map(|r| match &r.once {
+            Some(key) => (
+                Some(key.digest(&r.workspace_id)),
+                Some(key.window.as_secs_f64()),
+            ),
             None => (None, None),
         })
         .unzip();
@@ -657,12 +653,6 @@ fn columns<'a>(rows: &[&'a NewJobRow]) -> Columns<'a> {
     }
 }
 
-fn parameters<'a>(columns: &'a Columns<'_>) -> Vec<&'a (dyn ToSql + Sync)> {
-    let jobs = columns.jobs.iter().map(|c| &**c as &(dyn ToSql + Sync));
-    let once: [&(dyn ToSql + Sync); 2] = [&columns.keys, &columns.windows];
-    jobs.chain(once).collect()
-}
-
 /// Runs [`INSERT`] or [`INSERT_NEW`] for `rows` on a client or inside a transaction; returns
 /// the ids written.
 pub(super) async fn run_insert(
@@ -671,8 +661,19 @@ pub(super) async fn run_insert(
     rows: &[NewJobRow],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows: Vec<&NewJobRow> = rows.iter().collect();
-    let columns = columns(&rows);
-    let inserted = client.query(statement, &parameters(&columns)).await?;
+    insert_columns(client, statement, &columns(&rows)).await
+}
+
+/// Runs [`INSERT`] or [`INSERT_NEW`] with `columns`; returns the ids written.
+async fn insert_columns(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    columns: &Columns<'_>,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let jobs = columns.jobs.iter().map(|c| &**c as &(dyn ToSql + Sync));
+    let once: [&(dyn ToSql + Sync); 2] = [&columns.keys, &columns.windows];
+    let parameters: Vec<_> = jobs.chain(once).collect();
+    let inserted = client.query(statement, &parameters).await?;
     Ok(inserted.iter().map(|row| row.get(0)).collect())
 }
 

@@ -19,13 +19,14 @@ const host = deno
       // handlers then run, as under Node.
       exit: (code: number): never => (globalThis as any).process.exit(code),
       readInput(): string {
-        const chunks: Uint8Array[] = [];
-        for (;;) {
-          const buffer = new Uint8Array(65536);
-          const n = deno.stdin.readSync(buffer);
-          if (n === null) return new TextDecoder().decode(concat(chunks));
-          chunks.push(buffer.subarray(0, n));
+        const buffer = new Uint8Array(65536);
+        const decoder = new TextDecoder();
+        let text = "";
+        for (let n; (n = deno.stdin.readSync(buffer)) !== null; ) {
+          // Streamed: a character split between two reads is decoded whole.
+          text += decoder.decode(buffer.subarray(0, n), { stream: true });
         }
+        return text + decoder.decode();
       },
       read: (file: string): string => deno.readTextFileSync(file),
       write: (file: string, text: string) => deno.writeTextFileSync(file, text),
@@ -50,16 +51,6 @@ const host = deno
       say: (text: string) => fs!.writeSync(1, text),
       stream: (text: string) => process.stdout.write(text),
     };
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const all = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    all.set(chunk, at);
-    at += chunk.length;
-  }
-  return all;
-}
 
 // Started ahead of its job (MILLRACE_WARM): say so, then wait for the job's environment on
 // standard input, which the worker closes once it is sent (the job then reads no input, as a
