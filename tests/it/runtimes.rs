@@ -94,6 +94,39 @@ async fn python_results_errors_and_arguments(warm: bool) {
     assert_eq!(error["message"], json!("bad value"));
     assert!(error["stack"].as_str().unwrap().contains("Traceback"));
 
+    // What runs after main — threads, exit handlers — is the job's too: its output, and an
+    // exit status it changes.
+    env.script(
+        "u/alice/after",
+        "python3",
+        "import atexit, os, threading, time\n\
+         def late(code):\n    time.sleep(0.05)\n    print('a thread after main', flush=True)\n\
+         \x20   if code:\n        os._exit(code)\n\
+         def main(code: int = 0):\n    atexit.register(print, 'exit handler ran')\n\
+         \x20   threading.Thread(target=late, args=(code,)).start()\n    return 'done'\n",
+    )
+    .await;
+    let id = env.run("u/alice/after", json!({})).await;
+    assert_eq!(
+        env.wait(&id, Duration::from_secs(20)).await["result"],
+        json!("done")
+    );
+    let logs = env.job(&id).await["logs"].as_str().unwrap().to_owned();
+    assert!(
+        logs.contains("a thread after main\n") && logs.contains("exit handler ran\n"),
+        "{logs:?}"
+    );
+    let id = env.run("u/alice/after", json!({"code": 3})).await;
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["success"], json!(false), "{done}");
+    assert!(
+        done["result"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with exit status: 3"),
+        "{done}"
+    );
+
     for (value, source) in [
         (json!(null), "None"),
         (json!("s"), "'s'"),
@@ -239,6 +272,48 @@ async fn typescript_on_bun_and_deno(warm: bool) {
         // The script's exit handlers run when its job fails, as under Node.
         let logs = env.job(&id).await["logs"].as_str().unwrap().to_owned();
         assert!(logs.contains("exit handler ran with 1"), "{lang}: {logs}");
+
+        // What runs after main is the job's too: its output, and an exit code it sets (under
+        // deno through deno's own API, without the Node layer, and through `process`).
+        let after = format!("u/alice/ts_after_{lang}");
+        let set_code = match lang {
+            "deno" => "Deno.exitCode = code",
+            _ => "(globalThis as any).process.exitCode = code",
+        };
+        let unload = match lang {
+            "deno" => {
+                "globalThis.addEventListener('unload', () => console.log('unload listener ran'));"
+            }
+            _ => "",
+        };
+        env.script(
+            &after,
+            lang,
+            &format!(
+                "export function main(code = 0) {{\n  {unload}\n  setTimeout(() => {{\n    \
+                 console.log('a timer after main');\n    if (code) {set_code};\n  }}, 50);\n  \
+                 return 'done';\n}}\n"
+            ),
+        )
+        .await;
+        let id = env.run(&after, json!({})).await;
+        let done = env.wait(&id, Duration::from_secs(60)).await;
+        assert_eq!(done["result"], json!("done"), "{lang}: {done}");
+        let logs = env.job(&id).await["logs"].as_str().unwrap().to_owned();
+        assert!(logs.contains("a timer after main\n"), "{lang}: {logs:?}");
+        if lang == "deno" {
+            assert!(logs.contains("unload listener ran\n"), "{logs:?}");
+        }
+        let id = env.run(&after, json!({"code": 3})).await;
+        let done = env.wait(&id, Duration::from_secs(60)).await;
+        assert_eq!(done["success"], json!(false), "{lang}: {done}");
+        assert!(
+            done["result"]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("exited with exit status: 3"),
+            "{lang}: {done}"
+        );
 
         let id = env.run(&path, json!({})).await;
         let done = env.wait(&id, Duration::from_secs(60)).await;
