@@ -117,15 +117,7 @@ async fn python_results_errors_and_arguments(warm: bool) {
         "{logs:?}"
     );
     let id = env.run("u/alice/after", json!({"code": 3})).await;
-    let done = env.wait(&id, Duration::from_secs(20)).await;
-    assert_eq!(done["success"], json!(false), "{done}");
-    assert!(
-        done["result"]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("exited with exit status: 3"),
-        "{done}"
-    );
+    exited_with_3(&env.wait(&id, Duration::from_secs(20)).await);
 
     for (value, source) in [
         (json!(null), "None"),
@@ -140,6 +132,15 @@ async fn python_results_errors_and_arguments(warm: bool) {
         .await;
         assert_eq!(env.run_ok("u/alice/value", json!({})).await, value);
     }
+}
+
+/// A job whose process exited with status 3 after its script returned.
+fn exited_with_3(done: &serde_json::Value) {
+    assert_eq!(done["success"], json!(false), "{done}");
+    let message = done["result"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("exited with exit status: 3"), "{done}");
 }
 
 async fn bash_results_and_errors(warm: bool) {
@@ -305,15 +306,7 @@ async fn typescript_on_bun_and_deno(warm: bool) {
             assert!(logs.contains("unload listener ran\n"), "{logs:?}");
         }
         let id = env.run(&after, json!({"code": 3})).await;
-        let done = env.wait(&id, Duration::from_secs(60)).await;
-        assert_eq!(done["success"], json!(false), "{lang}: {done}");
-        assert!(
-            done["result"]["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("exited with exit status: 3"),
-            "{lang}: {done}"
-        );
+        exited_with_3(&env.wait(&id, Duration::from_secs(60)).await);
 
         let id = env.run(&path, json!({})).await;
         let done = env.wait(&id, Duration::from_secs(60)).await;
