@@ -95,11 +95,11 @@ pub enum Output {
 
 pub const STREAM_MARKER: &str = "\u{1e}MILLRACE_STREAM";
 
-/// What a wrapper prints last, with its exit code, on stdout and on stderr, as its process
-/// begins to exit: the job's output is then complete on both pipes (each keeps its order) and
-/// its result written, so its end need not wait for the runtime's teardown and the kernel's
-/// (deno's take ~10 ms after its last line). Whatever of the job still runs is killed then, as
-/// after any end.
+/// What a wrapper that [`Started::marks_exit`] prints last, with its exit code, on stdout and
+/// on stderr, as its process begins to exit: the job's output is then complete on both pipes
+/// (each keeps its order) and its result written, so its end need not wait for the runtime's
+/// teardown and the kernel's (deno's take ~10 ms after its last line). Whatever of the job
+/// still runs is killed then, before the end is recorded, as when a job's output stays open.
 pub const EXIT_MARKER: &str = "\u{1e}MILLRACE_EXIT ";
 
 /// How a job's process is run: its time, where its output goes, how it is confined.
@@ -126,6 +126,8 @@ pub struct Started {
     /// The process lives on after the job (a dedicated process): only a job stopped by the
     /// worker (timeout, cancel, output cap) has its user's processes killed.
     pub outlives_job: bool,
+    /// Its wrapper prints the [`EXIT_MARKER`]; in others' output it is just text.
+    pub marks_exit: bool,
 }
 
 /// Runs the process until it exits, its timeout passes, its cancel fires or it prints more
@@ -136,7 +138,9 @@ pub async fn run(spec: &ProcessSpec, how: Run<'_>) -> std::io::Result<Ended> {
     if how.cancel.is_cancelled() {
         return Ok(Ended::Canceled);
     }
-    let started = spawn(spec, &how.confinement, cpu_seconds(how.timeout))?;
+    let mut started = spawn(spec, &how.confinement, cpu_seconds(how.timeout))?;
+    // As a job of a wrapper that prints it.
+    started.marks_exit = true;
     Ok(supervise(started, how).await)
 }
 
@@ -217,6 +221,7 @@ pub fn started_child(mut child: Child) -> Started {
         stderr,
         exit: Box::pin(async move { child.wait().await }),
         outlives_job: false,
+        marks_exit: false,
     }
 }
 
@@ -237,26 +242,34 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         stderr,
         mut exit,
         outlives_job,
+        marks_exit,
     } = started;
     let budget = OutputBudget {
         left: Arc::new(AtomicU64::new(max_output)),
         exceeded: CancellationToken::new(),
     };
     let (out_marked, err_marked) = (oneshot::channel(), oneshot::channel());
+    let (out_marked_tx, err_marked_tx) = match marks_exit {
+        true => (Some(out_marked.0), Some(err_marked.0)),
+        false => (None, None),
+    };
     let marked = async {
-        if outlives_job {
-            // A dedicated process ends its job by telling its status, and lives on.
-            return std::future::pending().await;
-        }
         match (out_marked.1.await, err_marked.1.await) {
             (Ok(out), Ok(err)) if out == err => out,
             // Not both, or not the same: the process's own exit tells.
             _ => std::future::pending().await,
         }
     };
-    let stdout =
-        stdout.map(|s| read_into(s, logs.clone(), lines.clone(), budget.clone(), out_marked.0));
-    let stderr = stderr.map(|s| read_into(s, logs.clone(), lines, budget.clone(), err_marked.0));
+    let stdout = stdout.map(|s| {
+        read_into(
+            s,
+            logs.clone(),
+            lines.clone(),
+            budget.clone(),
+            out_marked_tx,
+        )
+    });
+    let stderr = stderr.map(|s| read_into(s, logs.clone(), lines, budget.clone(), err_marked_tx));
 
     let mut marked_exit = false;
     let ended = tokio::select! {
@@ -277,11 +290,17 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
     };
     if marked_exit {
-        // Its output is in, and it is on its way out: the kill, and the wait for its exit,
-        // go on beside the job's answer (the directory's removal awaits the kill).
+        // Its output is in, and it is on its way out: what is left of the job is killed (it
+        // may hold the pipes open, as the process itself does until its teardown ends), the
+        // readers stop here, and the process is reaped beside the job's answer.
         match confinement.user {
-            Some(_) => confinement.kill_beside(),
+            Some(user) => {
+                sandbox::kill_user(user).await;
+            }
             None => kill_group(pid),
+        }
+        for reader in [&stdout, &stderr].into_iter().flatten() {
+            reader.abort();
         }
         tokio::spawn(exit);
         return ended;
@@ -365,15 +384,16 @@ impl OutputBudget {
     }
 }
 
-/// Reads a job's output into its logs (and `lines`) until the pipe closes, or up to an
-/// [`EXIT_MARKER`], whose code goes to `exit_marked`.
+/// Reads a job's output into its logs (and `lines`) until the pipe closes; with `exit_marked`,
+/// the code of the first [`EXIT_MARKER`] goes there.
 fn read_into(
     mut stream: Pin<Box<dyn AsyncRead + Send>>,
     logs: SharedLogs,
     lines: Option<mpsc::Sender<Output>>,
     budget: OutputBudget,
-    exit_marked: oneshot::Sender<i32>,
+    mut exit_marked: Option<oneshot::Sender<i32>>,
 ) -> tokio::task::JoinHandle<()> {
+    let marks = exit_marked.is_some();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
         let mut pending = Vec::new();
@@ -396,15 +416,14 @@ fn read_into(
             let rest = pending.split_off(cut);
             let chunk = text_of(&pending);
             pending = rest;
-            if let Some(code) = deliver(&logs, &lines, chunk).await {
-                // The job's output ends here: done, and `lines` with it (whoever follows
-                // them waits for no more).
-                let _ = exit_marked.send(code);
-                return;
+            if let Some(code) = deliver(&logs, &lines, chunk, marks).await {
+                if let Some(marked) = exit_marked.take() {
+                    let _ = marked.send(code);
+                }
             }
         }
         if !pending.is_empty() {
-            deliver(&logs, &lines, text_of(&pending)).await;
+            deliver(&logs, &lines, text_of(&pending), marks).await;
         }
     })
 }
@@ -430,23 +449,23 @@ fn char_boundary(bytes: &[u8]) -> usize {
     }
 }
 
-/// Keeps a chunk of whole lines as logs and streamed chunks; the exit code of an
-/// [`EXIT_MARKER`] line (which may end a line the job left unfinished) is returned.
+/// Keeps a chunk of whole lines as logs and streamed chunks. With `marks`, an
+/// [`EXIT_MARKER`] (which may end a line the job left unfinished) is left out and the first
+/// one's exit code returned.
 async fn deliver(
     logs: &SharedLogs,
     lines: &Option<mpsc::Sender<Output>>,
     chunk: String,
+    marks: bool,
 ) -> Option<i32> {
     let mut plain = String::new();
     let mut streamed = Vec::new();
     let mut exit_code = None;
     for line in chunk.split_inclusive('\n') {
-        if let Some((before, code)) = line.split_once(EXIT_MARKER) {
-            if let Ok(code) = code.trim_end().parse() {
-                plain.push_str(before);
-                exit_code = Some(code);
-                continue;
-            }
+        if let Some((before, code)) = line.split_once(EXIT_MARKER).filter(|_| marks) {
+            plain.push_str(before);
+            exit_code = exit_code.or(code.trim_end().parse().ok());
+            continue;
         }
         let Some(encoded) = line.strip_prefix(STREAM_MARKER) else {
             plain.push_str(line);
@@ -577,13 +596,17 @@ mod tests {
     async fn the_exit_marker_on_both_pipes_ends_the_job_before_its_process_exits() {
         let dir = tempfile::tempdir().unwrap();
         let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
+        let survived = dir.path().join("survived");
         let started = std::time::Instant::now();
-        let marked = "printf 'out\\nunfinished'; echo err >&2; \
-                      printf '\\036MILLRACE_EXIT 3\\n'; printf '\\036MILLRACE_EXIT 3\\n' >&2; \
-                      sleep 30";
+        let marked = format!(
+            "printf 'out\\nunfinished'; echo err >&2; \
+             printf '\\036MILLRACE_EXIT 3\\n'; printf '\\036MILLRACE_EXIT 3\\n' >&2; \
+             sleep 1; touch {}; sleep 30",
+            survived.display()
+        );
         let no_time = CancellationToken::new();
         let ended = run(
-            &bash(marked),
+            &bash(&marked),
             how(
                 dir.path(),
                 Duration::from_secs(60),
@@ -599,26 +622,44 @@ mod tests {
             matches!(ended, Ended::Exited(s) if s.code() == Some(3)),
             "{ended:?}"
         );
-        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(1));
         let text = logs.lock().unwrap().text().to_owned();
         assert!(
-            text.contains("out\nunfinished") && text.contains("err\n"),
+            ["out\n", "unfinished", "err\n"]
+                .iter()
+                .all(|t| text.contains(t)),
             "{text:?}"
         );
         assert!(!text.contains("MILLRACE_EXIT"), "{text:?}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!survived.exists(), "the job ran on after its end");
 
-        // On one pipe only, or two different codes: the process's exit tells.
+        // On one pipe only, or two different codes: the process's exit tells, and what it
+        // prints after the marker is kept.
         for half in [
-            "printf '\\036MILLRACE_EXIT 0\\n'; sleep 0.3; exit 4",
-            "printf '\\036MILLRACE_EXIT 0\\n'; printf '\\036MILLRACE_EXIT 1\\n' >&2; sleep 0.3; exit 4",
+            "printf '\\036MILLRACE_EXIT 0\\n'; sleep 0.3; echo after; exit 4",
+            "printf '\\036MILLRACE_EXIT 0\\n'; printf '\\036MILLRACE_EXIT 1\\n' >&2; \
+             sleep 0.3; echo after; exit 4",
         ] {
+            let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
             let ended = run(
                 &bash(half),
-                how(dir.path(), Duration::from_secs(60), &no_time, &logs, None, u64::MAX),
+                how(
+                    dir.path(),
+                    Duration::from_secs(60),
+                    &no_time,
+                    &logs,
+                    None,
+                    u64::MAX,
+                ),
             )
             .await
             .unwrap();
-            assert!(matches!(ended, Ended::Exited(s) if s.code() == Some(4)), "{ended:?}");
+            assert!(
+                matches!(ended, Ended::Exited(s) if s.code() == Some(4)),
+                "{ended:?}"
+            );
+            assert_eq!(logs.lock().unwrap().text(), "after\n");
         }
     }
 

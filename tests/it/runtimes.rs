@@ -99,11 +99,11 @@ async fn python_results_errors_and_arguments(warm: bool) {
     env.script(
         "u/alice/after",
         "python3",
-        "import atexit, os, threading, time\n\
-         def late(code):\n    time.sleep(0.05)\n    print('a thread after main', flush=True)\n\
-         \x20   if code:\n        os._exit(code)\n\
+        "import atexit, sys, threading, time\n\
+         def late():\n    time.sleep(0.05)\n    print('a thread after main', flush=True)\n\
          def main(code: int = 0):\n    atexit.register(print, 'exit handler ran')\n\
-         \x20   threading.Thread(target=late, args=(code,)).start()\n    return 'done'\n",
+         \x20   threading.Thread(target=late).start()\n    if code:\n        sys.exit(code)\n\
+         \x20   return 'done'\n",
     )
     .await;
     let id = env.run("u/alice/after", json!({})).await;
@@ -117,7 +117,19 @@ async fn python_results_errors_and_arguments(warm: bool) {
         "{logs:?}"
     );
     let id = env.run("u/alice/after", json!({"code": 3})).await;
-    exited_with_3(&env.wait(&id, Duration::from_secs(20)).await);
+    exited_with_3(&env.wait(&id, Duration::from_secs(20)).await, "python3");
+    // A process the script forks ends in its own time; the job ends with the script's.
+    env.script(
+        "u/alice/forks",
+        "python3",
+        "import os, time\n\
+         def main():\n    if os.fork() == 0:\n        print('a forked child', flush=True)\n\
+         \x20       return 'from the child'\n    time.sleep(0.3)\n    return 'from the parent'\n",
+    )
+    .await;
+    let id = env.run("u/alice/forks", json!({})).await;
+    let done = env.wait(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["result"], json!("from the parent"), "{done}");
 
     for (value, source) in [
         (json!(null), "None"),
@@ -135,12 +147,15 @@ async fn python_results_errors_and_arguments(warm: bool) {
 }
 
 /// A job whose process exited with status 3 after its script returned.
-fn exited_with_3(done: &serde_json::Value) {
-    assert_eq!(done["success"], json!(false), "{done}");
+fn exited_with_3(done: &serde_json::Value, lang: &str) {
+    assert_eq!(done["success"], json!(false), "{lang}: {done}");
     let message = done["result"]["error"]["message"]
         .as_str()
         .unwrap_or_default();
-    assert!(message.contains("exited with exit status: 3"), "{done}");
+    assert!(
+        message.contains("exited with exit status: 3"),
+        "{lang}: {done}"
+    );
 }
 
 async fn bash_results_and_errors(warm: bool) {
@@ -306,7 +321,7 @@ async fn typescript_on_bun_and_deno(warm: bool) {
             assert!(logs.contains("unload listener ran\n"), "{logs:?}");
         }
         let id = env.run(&after, json!({"code": 3})).await;
-        exited_with_3(&env.wait(&id, Duration::from_secs(60)).await);
+        exited_with_3(&env.wait(&id, Duration::from_secs(60)).await, lang);
 
         let id = env.run(&path, json!({})).await;
         let done = env.wait(&id, Duration::from_secs(60)).await;

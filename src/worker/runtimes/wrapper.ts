@@ -65,19 +65,21 @@ if (host.env().MILLRACE_WARM === "1") {
 // Under deno, the job's end is told as its process starts to exit, after the script's own
 // unload listeners (see EXIT_MARKER in the worker): deno's teardown takes ~10 ms more. Not for
 // a script that may reach deno's Node layer, whose `process` exit listeners run after every
-// unload listener, nor under bun, which tells its exit listeners 0 when an unhandled rejection
-// makes it exit with 1: their processes' exits tell.
+// unload listener, or that listens for `beforeunload` (an unload listener it adds there may
+// come after ours); nor under bun, which tells its exit listeners 0 when an unhandled
+// rejection makes it exit with 1. Their processes' exits tell.
+let tellsExit = false;
+
 function tellExit() {
-  try {
-    if (!deno || /process|import|require/.test(host.read("main.ts"))) return;
-  } catch {
-    return;
-  }
+  if (!tellsExit) return;
   globalThis.addEventListener("unload", () => {
-    const marker = new TextEncoder().encode(`\x1eMILLRACE_EXIT ${deno.exitCode}\n`);
+    const code = deno.exitCode;
+    if (typeof code !== "number") return;
+    const marker = new TextEncoder().encode(`\x1eMILLRACE_EXIT ${code}\n`);
     try {
-      deno.stdout.writeSync(marker);
-      deno.stderr.writeSync(marker);
+      for (const stream of [deno.stdout, deno.stderr]) {
+        for (let left = marker; left.length > 0; ) left = left.subarray(stream.writeSync(left));
+      }
     } catch {
       // Then the process's exit tells.
     }
@@ -86,7 +88,11 @@ function tellExit() {
 
 function fail(name: string, message: string, stack?: string): never {
   host.write(ERROR_FILE, JSON.stringify({ name, message, stack }));
-  tellExit();
+  if (tellsExit) {
+    tellExit();
+    // Nothing of the script's listens through `process`: no need to load the Node layer.
+    deno.exit(1);
+  }
   host.exit(1);
 }
 
@@ -126,6 +132,7 @@ function parameters(fn: Function): { names: string[]; optional: Set<string>; res
 }
 
 const args = JSON.parse(host.read("args.json"));
+tellsExit = deno !== undefined && !/process|import|require|beforeunload/.test(host.read("main.ts"));
 let mod: any;
 try {
   mod = await import("./main.ts");
@@ -150,8 +157,8 @@ try {
     result = text;
   }
   host.write(RESULT_FILE, JSON.stringify(result === undefined ? null : result));
-  // Once nothing is left to run: also after listeners the script adds meanwhile.
-  if (deno) globalThis.addEventListener("beforeunload", tellExit, { once: true });
+  // Once nothing is left to run: after the unload listeners the script adds meanwhile.
+  if (tellsExit) globalThis.addEventListener("beforeunload", tellExit, { once: true });
 } catch (e: any) {
   fail(e?.name ?? "Error", String(e?.message ?? e), e?.stack);
 }

@@ -74,6 +74,7 @@ impl Lent {
             stderr: Some(reader(err_read)?),
             exit: Box::pin(exit),
             outlives_job: true,
+            marks_exit: false,
         })
     }
 }

@@ -142,6 +142,7 @@ def confine(job, server_pid):
 
 def become_job(conn, job, fds, server_pid, wrapper):
     """Runs in the forked child, and never returns."""
+    job_pid = os.getpid()
     conn.detach()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -192,7 +193,8 @@ def become_job(conn, job, fds, server_pid, wrapper):
 
         traceback.print_exc()
         code = 1
-    finish(code)
+    # A process the script forked comes back here too, and its end is not the job's.
+    finish(code, tell=os.getpid() == job_pid)
 
 
 def dedicated(control, wrapper):
@@ -260,10 +262,10 @@ def serve_dedicated(control, wrapper):
             os._exit(code & 0xFF)
 
 
-def finish(code):
+def finish(code, tell):
     """Ends the job's process as the interpreter's exit would, less the teardown of every
     module the server imported (tens of milliseconds with wmill's): non-daemon threads are
-    waited for, exit handlers run, output flushed."""
+    waited for, exit handlers run, output flushed; with `tell`, the job's end is told."""
     import atexit
     import threading
 
@@ -273,7 +275,7 @@ def finish(code):
     # Last, on both pipes: the job is over (see EXIT_MARKER in process.rs), and the worker
     # need not wait for this process's teardown and the server's report of its exit.
     marker = f"\x1eMILLRACE_EXIT {code}\n".encode()
-    for fd in (1, 2):
+    for fd in (1, 2) if tell else ():
         try:
             os.write(fd, marker)
         except OSError:

@@ -149,6 +149,8 @@ impl ForkServer {
             stderr: Some(reader(err_read)?),
             exit: Box::pin(exit),
             outlives_job: false,
+            // `finish` in forkserver.py.
+            marks_exit: true,
         })
     }
 

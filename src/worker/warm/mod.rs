@@ -201,7 +201,7 @@ impl Warm {
                 }
             },
             Launch::Waiting(waiting) => match waiting.start(&spec.env).await {
-                Ok(started) => return (Ok(started), None),
+                Ok(started) => return (Ok(marking_exit(lang, started)), None),
                 Err(e) => {
                     tracing::info!(%lang, error = %e, "a warm process was gone: starting cold");
                     true
@@ -219,7 +219,7 @@ impl Warm {
             super::sandbox::kill_user(user).await;
         }
         let started = process::spawn(spec, &confinement, cpu_seconds);
-        (started, None)
+        (started.map(|started| marking_exit(lang, started)), None)
     }
 
     /// Takes back a dedicated process and its directory after its job: kept for the next job
@@ -323,4 +323,11 @@ impl Warm {
         let _ = dir.as_owner(|path| std::fs::remove_file(path.join(forkserver::ENV_FILE)));
         None
     }
+}
+
+/// A process started for a job, cold or ahead: of those, only deno's wrapper prints the exit
+/// marker (see `tellExit` in wrapper.ts).
+fn marking_exit(lang: ScriptLang, mut started: Started) -> Started {
+    started.marks_exit = lang == ScriptLang::Deno;
+    started
 }
