@@ -594,8 +594,16 @@ mod tests {
 
     #[tokio::test]
     async fn the_exit_marker_on_both_pipes_ends_the_job_before_its_process_exits() {
+        /// Runs a bash `script` in `dir`: how it ended, and its logs.
+        async fn ended_and_logs(dir: &Path, script: &str) -> (Ended, String) {
+            let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
+            let cancel = CancellationToken::new();
+            let how = how(dir, Duration::from_secs(60), &cancel, &logs, None, u64::MAX);
+            let ended = run(&bash(script), how).await.unwrap();
+            let text = logs.lock().unwrap().text().to_owned();
+            (ended, text)
+        }
         let dir = tempfile::tempdir().unwrap();
-        let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
         let survived = dir.path().join("survived");
         let started = std::time::Instant::now();
         let marked = format!(
@@ -604,26 +612,12 @@ mod tests {
              sleep 1; touch {}; sleep 30",
             survived.display()
         );
-        let no_time = CancellationToken::new();
-        let ended = run(
-            &bash(&marked),
-            how(
-                dir.path(),
-                Duration::from_secs(60),
-                &no_time,
-                &logs,
-                None,
-                u64::MAX,
-            ),
-        )
-        .await
-        .unwrap();
+        let (ended, text) = ended_and_logs(dir.path(), &marked).await;
         assert!(
             matches!(ended, Ended::Exited(s) if s.code() == Some(3)),
             "{ended:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(1));
-        let text = logs.lock().unwrap().text().to_owned();
         assert!(
             ["out\n", "unfinished", "err\n"]
                 .iter()
@@ -641,25 +635,12 @@ mod tests {
             "printf '\\036MILLRACE_EXIT 0\\n'; printf '\\036MILLRACE_EXIT 1\\n' >&2; \
              sleep 0.3; echo after; exit 4",
         ] {
-            let logs = Arc::new(Mutex::new(LogBuffer::new(1024)));
-            let ended = run(
-                &bash(half),
-                how(
-                    dir.path(),
-                    Duration::from_secs(60),
-                    &no_time,
-                    &logs,
-                    None,
-                    u64::MAX,
-                ),
-            )
-            .await
-            .unwrap();
+            let (ended, text) = ended_and_logs(dir.path(), half).await;
             assert!(
                 matches!(ended, Ended::Exited(s) if s.code() == Some(4)),
                 "{ended:?}"
             );
-            assert_eq!(logs.lock().unwrap().text(), "after\n");
+            assert_eq!(text, "after\n");
         }
     }
 
