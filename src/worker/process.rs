@@ -99,7 +99,7 @@ pub const STREAM_MARKER: &str = "\u{1e}MILLRACE_STREAM";
 /// on stderr, as its process begins to exit: the job's output is then complete on both pipes
 /// (each keeps its order) and its result written, so its end need not wait for the runtime's
 /// teardown and the kernel's (deno's take ~10 ms after its last line). Whatever of the job
-/// still runs is killed then, before the end is recorded, as when a job's output stays open.
+/// still runs is killed then, beside the answer, as after any job that ended by itself.
 pub const EXIT_MARKER: &str = "\u{1e}MILLRACE_EXIT ";
 
 /// How a job's process is run: its time, where its output goes, how it is confined.
@@ -290,13 +290,12 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         _ = tokio::time::sleep(timeout) => Ended::TimedOut(timeout),
     };
     if marked_exit {
-        // Its output is in, and it is on its way out: what is left of the job is killed (it
-        // may hold the pipes open, as the process itself does until its teardown ends), the
-        // readers stop here, and the process is reaped beside the job's answer.
+        // Its output is in, and it is on its way out: the readers stop here (the process
+        // holds the pipes until its teardown ends), and the kill of what is left of the job
+        // and the reaping go on beside the job's answer, as after any job that ended by
+        // itself (the directory's removal awaits the kill).
         match confinement.user {
-            Some(user) => {
-                sandbox::kill_user(user).await;
-            }
+            Some(_) => confinement.kill_beside(),
             None => kill_group(pid),
         }
         for reader in [&stdout, &stderr].into_iter().flatten() {
