@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{eventually, jobs_have_own_users, TestEnv};
-use crate::runtimes::env_in;
+use crate::common::{eventually, jobs_have_own_users, Options, TestEnv};
+use crate::runtimes::{env_in, mode};
 
 /// The children of `parent` whose command line contains `needle`.
 fn children_with(parent: u32, needle: &str) -> Vec<u32> {
@@ -100,8 +100,20 @@ def main(first_dir: str):\n    return {'mark': getattr(json, 'millrace_mark', No
 const TS_FIRST: &str = "import { writeFileSync } from 'node:fs';\n\
 export function main() {\n  (globalThis as any).millraceMark = 'first';\n  process.env.LEFT_BY_FIRST = '1';\n  writeFileSync('mine.txt', 'first');\n  return { cwd: process.cwd(), pid: process.pid };\n}\n";
 
-const TS_SECOND: &str = "import { existsSync } from 'node:fs';\n\
-export function main(first_dir: string) {\n  return { mark: (globalThis as any).millraceMark ?? null, env: process.env.LEFT_BY_FIRST ?? null, warm: process.env.MILLRACE_WARM ?? null, cwd: process.cwd(), sees_first: existsSync(first_dir + '/mine.txt'), token: (process.env.WM_TOKEN ?? '').length };\n}\n";
+const TS_SECOND: &str = "import { existsSync, readFileSync } from 'node:fs';\n\
+export function main(first_dir: string) {\n  const stat = readFileSync('/proc/self/stat', 'utf8');\n  const nice = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);\n  return { mark: (globalThis as any).millraceMark ?? null, env: process.env.LEFT_BY_FIRST ?? null, warm: process.env.MILLRACE_WARM ?? null, cwd: process.cwd(), sees_first: existsSync(first_dir + '/mine.txt'), token: (process.env.WM_TOKEN ?? '').length, nice };\n}\n";
+
+/// The nice value of process `pid`.
+fn nice_of(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[16].parse().unwrap()
+}
 
 fn assert_nothing_shared(first: &Value, second: &Value) {
     assert_eq!(second["mark"], json!(null), "module state leaked: {second}");
@@ -146,7 +158,16 @@ async fn without_warm_runtimes_python_jobs_start_cold() {
 
 #[tokio::test]
 async fn typescript_jobs_take_a_process_started_ahead_and_share_nothing() {
-    let env = env_in(true).await;
+    // With CAP_SYS_NICE (the chart's workers have only CAP_SETUID and CAP_SETGID).
+    let env = TestEnv::with(mode(
+        true,
+        Options {
+            workers: 1,
+            worker_bounding_set: Some("-all,+setuid,+setgid,+sys_nice".into()),
+            ..Default::default()
+        },
+    ))
+    .await;
     for lang in ["bun", "deno"] {
         let first_path = format!("u/alice/first_{lang}");
         let second_path = format!("u/alice/second_{lang}");
@@ -154,10 +175,16 @@ async fn typescript_jobs_take_a_process_started_ahead_and_share_nothing() {
         env.script(&second_path, lang, TS_SECOND).await;
         // The first job of a language starts cold and has a process started for the next.
         let first = env.run_ok(&first_path, json!({})).await;
-        let (_, waiting_in) = waiting_process(&env, lang).await;
+        let (waiting, waiting_in) = waiting_process(&env, lang).await;
+        // It waits behind the jobs (the worker may give it back its priority), and its job
+        // runs at the normal one.
+        if jobs_have_own_users() {
+            assert_eq!(nice_of(waiting), 10, "{lang}");
+        }
         let second = env
             .run_ok(&second_path, json!({"first_dir": first["cwd"]}))
             .await;
+        assert_eq!(second["nice"], json!(0), "{lang}: {second}");
         assert_eq!(
             second["cwd"],
             json!(waiting_in),
@@ -193,6 +220,8 @@ async fn a_killed_waiting_process_is_replaced_and_jobs_go_on() {
     env.script("u/alice/first_bun", "bun", TS_FIRST).await;
     env.run_ok("u/alice/first_bun", json!({})).await;
     let (pid, dir) = waiting_process(&env, "bun").await;
+    // A worker that could not give it back its priority does not lower it.
+    assert_eq!(nice_of(pid), 0);
     // SAFETY: kill(2) on the pid just found among the worker's children.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     // It runs: cold in that process's directory if the kill came just before it took it.

@@ -22,6 +22,12 @@ const STARTED: &[u8] = b"\x1eMILLRACE_STARTED\n";
 /// How long a process that got its job may take to say so.
 const STARTED_WITHIN: Duration = Duration::from_secs(5);
 
+/// The nice value of a process while it starts and waits, where the worker may give it back
+/// its priority when its job comes (`CAP_SYS_NICE`): each job starts a replacement, and the
+/// job's own process comes first when the CPU is short (a deno start takes ~20 ms of CPU).
+const WAITING_NICE: libc::c_int = 10;
+const CAP_SYS_NICE: u32 = 23;
+
 /// A process waiting for its job, in the job's directory.
 pub struct WarmProcess {
     pub waiting: Waiting,
@@ -33,6 +39,8 @@ pub struct Waiting {
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
+    /// It waits at [`WAITING_NICE`].
+    niced: bool,
 }
 
 impl Waiting {
@@ -43,7 +51,16 @@ impl Waiting {
             child,
             mut stdin,
             mut stdout,
+            niced,
         } = self;
+        if let (true, Some(pid)) = (niced, child.id()) {
+            // Every thread of it, as it leads its own process group; a job never runs below
+            // normal priority (one that cannot get it starts cold).
+            // SAFETY: setpriority(2) on a process group; no memory is passed.
+            if unsafe { libc::setpriority(libc::PRIO_PGRP as _, pid as libc::id_t, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         let env: serde_json::Map<String, serde_json::Value> = env
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -74,6 +91,8 @@ pub struct Pool {
     max: usize,
     /// After a failed start, none is tried before this.
     pause_until: Mutex<Option<Instant>>,
+    /// Its processes wait at [`WAITING_NICE`].
+    nice: bool,
 }
 
 /// How long a process may take to load its wrapper before it is given up.
@@ -97,6 +116,7 @@ impl Pool {
             target: AtomicUsize::new(0),
             max,
             pause_until: Mutex::new(None),
+            nice: crate::worker::sandbox::holds_capabilities(&[CAP_SYS_NICE]),
         })
     }
 
@@ -180,12 +200,13 @@ impl Pool {
                 return Err(io::Error::other(e.message));
             }
         };
-        match start(&spec, &dir, self.cpu_seconds).await {
+        match start(&spec, &dir, self.cpu_seconds, self.nice).await {
             Ok((child, stdin, stdout)) => Ok(Some(WarmProcess {
                 waiting: Waiting {
                     child,
                     stdin,
                     stdout,
+                    niced: self.nice,
                 },
                 dir,
             })),
@@ -197,11 +218,12 @@ impl Pool {
     }
 }
 
-/// Spawns the process and waits until its wrapper is loaded.
+/// Spawns the process (at [`WAITING_NICE`] with `nice`) and waits until its wrapper is loaded.
 async fn start(
     spec: &ProcessSpec,
     dir: &JobDir,
     cpu_seconds: u64,
+    nice: bool,
 ) -> io::Result<(Child, ChildStdin, ChildStdout)> {
     let mut command = Command::new(&spec.program);
     command
@@ -209,6 +231,17 @@ async fn start(
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped());
+    if nice {
+        // SAFETY: setpriority(2), async-signal-safe, on the child itself.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setpriority(libc::PRIO_PROCESS as _, 0, WAITING_NICE) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = process::spawn_child(command, &dir.confinement(), cpu_seconds)?;
     let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(io::Error::other("no pipes to the process"));
