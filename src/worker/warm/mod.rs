@@ -60,7 +60,7 @@ pub enum Launch {
     /// Cold, or forked from the fork server.
     Fresh,
     /// A process started ahead, waiting in the job's directory.
-    Waiting(Waiting),
+    Waiting(Box<Waiting>),
     /// A dedicated process of the script version, in its own directory.
     Dedicated(Lent),
 }
@@ -173,7 +173,7 @@ impl Warm {
             return (None, Launch::Fresh);
         };
         match pool.take(cpu_seconds) {
-            Some(warm) => (Some(warm.dir), Launch::Waiting(warm.waiting)),
+            Some(warm) => (Some(warm.dir), Launch::Waiting(Box::new(warm.waiting))),
             None => (None, Launch::Fresh),
         }
     }
