@@ -20,14 +20,8 @@ fn children_with(parent: u32, needle: &str) -> Vec<u32> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid …`: comm may hold spaces, so count from its closing paren.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
+        let ppid = stat_fields(&format!("/proc/{pid}/stat"))
+            .and_then(|fields| fields.get(1)?.parse::<u32>().ok());
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle) {
             found.push(pid);
@@ -100,19 +94,28 @@ def main(first_dir: str):\n    return {'mark': getattr(json, 'millrace_mark', No
 const TS_FIRST: &str = "import { writeFileSync } from 'node:fs';\n\
 export function main() {\n  (globalThis as any).millraceMark = 'first';\n  process.env.LEFT_BY_FIRST = '1';\n  writeFileSync('mine.txt', 'first');\n  return { cwd: process.cwd(), pid: process.pid };\n}\n";
 
-const TS_SECOND: &str = "import { existsSync, readFileSync } from 'node:fs';\n\
-export function main(first_dir: string) {\n  const stat = readFileSync('/proc/self/stat', 'utf8');\n  const nice = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);\n  return { mark: (globalThis as any).millraceMark ?? null, env: process.env.LEFT_BY_FIRST ?? null, warm: process.env.MILLRACE_WARM ?? null, cwd: process.cwd(), sees_first: existsSync(first_dir + '/mine.txt'), token: (process.env.WM_TOKEN ?? '').length, nice };\n}\n";
+const TS_SECOND: &str = "import { existsSync, readFileSync, readdirSync } from 'node:fs';\n\
+export function main(first_dir: string) {\n  const nices = readdirSync('/proc/self/task').map((t) => { const stat = readFileSync(`/proc/self/task/${t}/stat`, 'utf8'); return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]); });\n  return { mark: (globalThis as any).millraceMark ?? null, env: process.env.LEFT_BY_FIRST ?? null, warm: process.env.MILLRACE_WARM ?? null, cwd: process.cwd(), sees_first: existsSync(first_dir + '/mine.txt'), token: (process.env.WM_TOKEN ?? '').length, pid: process.pid, nices: [...new Set(nices)] };\n}\n";
 
-/// The nice value of process `pid`.
-fn nice_of(pid: u32) -> i64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
+/// The fields of a `/proc/…/stat` file after the command's name (`pid (comm) state ppid …`:
+/// comm may hold spaces, so counted from its closing paren), state first.
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The nice values of the threads of process `pid`, each once.
+fn thread_nices(pid: u32) -> Vec<i64> {
+    let mut nices: Vec<i64> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .1
-        .split_whitespace()
+        .flatten()
+        .filter_map(|task| stat_fields(&format!("{}/stat", task.path().display())))
+        .map(|fields| fields[16].parse().unwrap())
         .collect();
-    fields[16].parse().unwrap()
+    nices.sort();
+    nices.dedup();
+    nices
 }
 
 fn assert_nothing_shared(first: &Value, second: &Value) {
@@ -176,15 +179,22 @@ async fn typescript_jobs_take_a_process_started_ahead_and_share_nothing() {
         // The first job of a language starts cold and has a process started for the next.
         let first = env.run_ok(&first_path, json!({})).await;
         let (waiting, waiting_in) = waiting_process(&env, lang).await;
-        // It waits behind the jobs (the worker may give it back its priority), and its job
-        // runs at the normal one.
+        // It waits behind the jobs (the worker may put it back), and its job, in that very
+        // process, runs at the worker's priority, every thread of it.
+        let worker_nice = thread_nices(env.worker_pid(0));
         if jobs_have_own_users() {
-            assert_eq!(nice_of(waiting), 10, "{lang}");
+            let behind = (worker_nice[0] + 10).min(19);
+            assert_eq!(thread_nices(waiting), [behind], "{lang}");
         }
         let second = env
             .run_ok(&second_path, json!({"first_dir": first["cwd"]}))
             .await;
-        assert_eq!(second["nice"], json!(0), "{lang}: {second}");
+        assert_eq!(
+            second["pid"],
+            json!(waiting),
+            "{lang}: not the warm process"
+        );
+        assert_eq!(second["nices"], json!(worker_nice), "{lang}: {second}");
         assert_eq!(
             second["cwd"],
             json!(waiting_in),
@@ -220,8 +230,8 @@ async fn a_killed_waiting_process_is_replaced_and_jobs_go_on() {
     env.script("u/alice/first_bun", "bun", TS_FIRST).await;
     env.run_ok("u/alice/first_bun", json!({})).await;
     let (pid, dir) = waiting_process(&env, "bun").await;
-    // A worker that could not give it back its priority does not lower it.
-    assert_eq!(nice_of(pid), 0);
+    // A worker that could not put it back does not lower it.
+    assert_eq!(thread_nices(pid), thread_nices(env.worker_pid(0)));
     // SAFETY: kill(2) on the pid just found among the worker's children.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     // It runs: cold in that process's directory if the kill came just before it took it.

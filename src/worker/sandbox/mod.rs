@@ -21,7 +21,7 @@ pub use cgroups::JobCgroup;
 use job_dir::JobUser;
 pub use job_dir::{write_new, JobDir, NotOwner, WorkDir};
 pub use limits::Limits;
-pub use users::{holds_capabilities, kill_all as kill_user, JobUid};
+pub use users::{kill_all as kill_user, JobUid};
 
 use crate::config::{JobCgroups, WorkerConfig};
 

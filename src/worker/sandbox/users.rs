@@ -9,11 +9,6 @@ use std::path::Path;
 pub fn can_switch() -> bool {
     const CAP_SETGID: u32 = 6;
     const CAP_SETUID: u32 = 7;
-    holds_capabilities(&[CAP_SETUID, CAP_SETGID])
-}
-
-/// Whether this process holds every capability of `caps` (by number) in its effective set.
-pub fn holds_capabilities(caps: &[u32]) -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;
     };
@@ -22,7 +17,7 @@ pub fn holds_capabilities(caps: &[u32]) -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
-    caps.iter().all(|cap| effective & (1 << cap) != 0)
+    effective & (1 << CAP_SETUID) != 0 && effective & (1 << CAP_SETGID) != 0
 }
 
 /// A user a job runs as, with its partner: a user that never runs a process, which the worker

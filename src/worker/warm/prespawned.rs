@@ -22,11 +22,74 @@ const STARTED: &[u8] = b"\x1eMILLRACE_STARTED\n";
 /// How long a process that got its job may take to say so.
 const STARTED_WITHIN: Duration = Duration::from_secs(5);
 
-/// The nice value of a process while it starts and waits, where the worker may give it back
-/// its priority when its job comes (`CAP_SYS_NICE`): each job starts a replacement, and the
-/// job's own process comes first when the CPU is short (a deno start takes ~20 ms of CPU).
-const WAITING_NICE: libc::c_int = 10;
-const CAP_SYS_NICE: u32 = 23;
+/// How much lower than the worker's a process started ahead waits, where the worker may put it
+/// back when its job comes: each job starts a replacement, and the job's own process comes
+/// first when the CPU is short (a deno start takes ~20 ms of CPU). Under heavy load a start
+/// takes longer, up to its readiness limit.
+const WAITING_LOWER_BY: libc::c_int = 10;
+
+/// The nice values of processes started ahead: they wait at `waiting` and are put back to
+/// `normal`, the worker's own, when their job comes.
+#[derive(Debug, Clone, Copy)]
+struct Priorities {
+    normal: libc::c_int,
+    waiting: libc::c_int,
+}
+
+impl Priorities {
+    /// Those of this worker, if it may put a process back (`CAP_SYS_NICE` where it counts):
+    /// tried on a thread of its own, as inside a user namespace the capability set shows
+    /// `CAP_SYS_NICE` where the kernel refuses.
+    fn probe() -> Option<Self> {
+        // SAFETY: getpriority(2) on the calling thread; no memory is passed.
+        let normal = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) };
+        let waiting = (normal + WAITING_LOWER_BY).min(19);
+        // SAFETY: setpriority(2) on the calling thread, a thread made for this.
+        let restores = std::thread::spawn(move || unsafe {
+            libc::setpriority(libc::PRIO_PROCESS as _, 0, waiting) == 0
+                && libc::setpriority(libc::PRIO_PROCESS as _, 0, normal) == 0
+        });
+        (waiting > normal && restores.join().unwrap_or(false)).then_some(Self { normal, waiting })
+    }
+
+    /// Puts every thread of process `pid`, which leads its own group, back to `normal`.
+    fn restore(&self, pid: u32) -> io::Result<()> {
+        // A thread being made as the group is set may be missed: checked, and tried again.
+        for _ in 0..3 {
+            // SAFETY: setpriority(2) on a process group; no memory is passed.
+            if unsafe { libc::setpriority(libc::PRIO_PGRP as _, pid as libc::id_t, self.normal) }
+                != 0
+            {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::other(format!(
+                    "cannot put it back to its priority: {e}"
+                )));
+            }
+            if thread_nices(pid)?.iter().all(|nice| *nice == self.normal) {
+                return Ok(());
+            }
+        }
+        Err(io::Error::other(
+            "a thread of it stayed at a lower priority",
+        ))
+    }
+}
+
+/// The nice value of every thread of process `pid`.
+fn thread_nices(pid: u32) -> io::Result<Vec<libc::c_int>> {
+    let mut nices = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // `tid (comm) state …`: the nice value is the 17th field after the command's name.
+        let nice = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| io::Error::other("an unreadable thread status"))?;
+        nices.push(nice);
+    }
+    Ok(nices)
+}
 
 /// A process waiting for its job, in the job's directory.
 pub struct WarmProcess {
@@ -39,8 +102,8 @@ pub struct Waiting {
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
-    /// It waits at [`WAITING_NICE`].
-    niced: bool,
+    /// It waits at a lower priority.
+    priorities: Option<Priorities>,
 }
 
 impl Waiting {
@@ -51,15 +114,14 @@ impl Waiting {
             child,
             mut stdin,
             mut stdout,
-            niced,
+            priorities,
         } = self;
-        if let (true, Some(pid)) = (niced, child.id()) {
-            // Every thread of it, as it leads its own process group; a job never runs below
-            // normal priority (one that cannot get it starts cold).
-            // SAFETY: setpriority(2) on a process group; no memory is passed.
-            if unsafe { libc::setpriority(libc::PRIO_PGRP as _, pid as libc::id_t, 0) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        if let Some(priorities) = priorities {
+            // A job never runs below the worker's priority: one that cannot have it starts cold.
+            let pid = child
+                .id()
+                .ok_or_else(|| io::Error::other("it was reaped"))?;
+            priorities.restore(pid)?;
         }
         let env: serde_json::Map<String, serde_json::Value> = env
             .iter()
@@ -91,8 +153,8 @@ pub struct Pool {
     max: usize,
     /// After a failed start, none is tried before this.
     pause_until: Mutex<Option<Instant>>,
-    /// Its processes wait at [`WAITING_NICE`].
-    nice: bool,
+    /// Its processes wait at a lower priority.
+    priorities: Option<Priorities>,
 }
 
 /// How long a process may take to load its wrapper before it is given up.
@@ -116,7 +178,7 @@ impl Pool {
             target: AtomicUsize::new(0),
             max,
             pause_until: Mutex::new(None),
-            nice: crate::worker::sandbox::holds_capabilities(&[CAP_SYS_NICE]),
+            priorities: Priorities::probe(),
         })
     }
 
@@ -200,13 +262,13 @@ impl Pool {
                 return Err(io::Error::other(e.message));
             }
         };
-        match start(&spec, &dir, self.cpu_seconds, self.nice).await {
+        match start(&spec, &dir, self.cpu_seconds, self.priorities).await {
             Ok((child, stdin, stdout)) => Ok(Some(WarmProcess {
                 waiting: Waiting {
                     child,
                     stdin,
                     stdout,
-                    niced: self.nice,
+                    priorities: self.priorities,
                 },
                 dir,
             })),
@@ -218,12 +280,13 @@ impl Pool {
     }
 }
 
-/// Spawns the process (at [`WAITING_NICE`] with `nice`) and waits until its wrapper is loaded.
+/// Spawns the process (at the waiting priority of `priorities`) and waits until its wrapper is
+/// loaded.
 async fn start(
     spec: &ProcessSpec,
     dir: &JobDir,
     cpu_seconds: u64,
-    nice: bool,
+    priorities: Option<Priorities>,
 ) -> io::Result<(Child, ChildStdin, ChildStdout)> {
     let mut command = Command::new(&spec.program);
     command
@@ -231,11 +294,11 @@ async fn start(
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped());
-    if nice {
+    if let Some(Priorities { waiting, .. }) = priorities {
         // SAFETY: setpriority(2), async-signal-safe, on the child itself.
         unsafe {
-            command.pre_exec(|| {
-                if libc::setpriority(libc::PRIO_PROCESS as _, 0, WAITING_NICE) != 0 {
+            command.pre_exec(move || {
+                if libc::setpriority(libc::PRIO_PROCESS as _, 0, waiting) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
