@@ -249,10 +249,10 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         exceeded: CancellationToken::new(),
     };
     let (out_marked, err_marked) = (oneshot::channel(), oneshot::channel());
-    let (out_marked_tx, err_marked_tx) = match marks_exit {
-        true => (Some(out_marked.0), Some(err_marked.0)),
-        false => (None, None),
-    };
+    let (out_marked_tx, err_marked_tx) = (
+        marks_exit.then_some(out_marked.0),
+        marks_exit.then_some(err_marked.0),
+    );
     let marked = async {
         match (out_marked.1.await, err_marked.1.await) {
             (Ok(out), Ok(err)) if out == err => out,

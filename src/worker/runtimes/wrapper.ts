@@ -8,6 +8,10 @@ const ERROR_FILE = ".millrace_error.json";
 // compatibility layer, ~60 ms of CPU at every start (4 times the rest of a trivial job's).
 const deno = (globalThis as any).Deno;
 const fs = deno ? undefined : await import("node:fs");
+// All of `bytes` to a deno stream (a write may take only part).
+function writeAll(stream: any, bytes: Uint8Array) {
+  while (bytes.length > 0) bytes = bytes.subarray(stream.writeSync(bytes));
+}
 const host = deno
   ? {
       env: (): Record<string, string> => deno.env.toObject(),
@@ -30,10 +34,7 @@ const host = deno
       },
       read: (file: string): string => deno.readTextFileSync(file),
       write: (file: string, text: string) => deno.writeTextFileSync(file, text),
-      say(text: string) {
-        let bytes = new TextEncoder().encode(text);
-        while (bytes.length > 0) bytes = bytes.subarray(deno.stdout.writeSync(bytes));
-      },
+      say: (text: string) => writeAll(deno.stdout, new TextEncoder().encode(text)),
       stream(text: string) {
         this.say(text);
       },
@@ -77,9 +78,8 @@ function tellExit() {
     if (typeof code !== "number") return;
     const marker = new TextEncoder().encode(`\x1eMILLRACE_EXIT ${code}\n`);
     try {
-      for (const stream of [deno.stdout, deno.stderr]) {
-        for (let left = marker; left.length > 0; ) left = left.subarray(stream.writeSync(left));
-      }
+      writeAll(deno.stdout, marker);
+      writeAll(deno.stderr, marker);
     } catch {
       // Then the process's exit tells.
     }

@@ -98,6 +98,8 @@ impl Warm {
                     server: Mutex::new(None),
                 })
             });
+            // Probed once for the pools.
+            let priorities = prespawned::Priorities::probe();
             let pools = PRESPAWNED
                 .into_iter()
                 .filter(|lang| runtimes.program(*lang).is_ok())
@@ -108,6 +110,7 @@ impl Warm {
                         sandbox.clone(),
                         max_cpu_seconds,
                         slots,
+                        priorities,
                     );
                     (lang, pool)
                 })

@@ -31,7 +31,7 @@ const WAITING_LOWER_BY: libc::c_int = 10;
 /// The nice values of processes started ahead: they wait at `waiting` and are put back to
 /// `normal`, the worker's own, when their job comes.
 #[derive(Debug, Clone, Copy)]
-struct Priorities {
+pub struct Priorities {
     normal: libc::c_int,
     waiting: libc::c_int,
 }
@@ -40,7 +40,7 @@ impl Priorities {
     /// Those of this worker, if it may put a process back (`CAP_SYS_NICE` where it counts):
     /// tried on a thread of its own, as inside a user namespace the capability set shows
     /// `CAP_SYS_NICE` where the kernel refuses.
-    fn probe() -> Option<Self> {
+    pub fn probe() -> Option<Self> {
         // SAFETY: getpriority(2) on the calling thread; no memory is passed.
         let normal = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) };
         let waiting = (normal + WAITING_LOWER_BY).min(19);
@@ -167,6 +167,7 @@ impl Pool {
         sandbox: Arc<Sandbox>,
         cpu_seconds: u64,
         max: usize,
+        priorities: Option<Priorities>,
     ) -> Arc<Self> {
         Arc::new(Self {
             lang,
@@ -178,7 +179,7 @@ impl Pool {
             target: AtomicUsize::new(0),
             max,
             pause_until: Mutex::new(None),
-            priorities: Priorities::probe(),
+            priorities,
         })
     }
 
