@@ -1298,8 +1298,8 @@ check "rejects route credentials in the NATS ConfigMap" rejects "routeURLs.user/
   --set nats.config.cluster.enabled=true --set nats.config.cluster.routeURLs.user=r --set nats.config.cluster.routeURLs.password=p
 check "rejects a uid range without a partner for each slot's job user" rejects "holds fewer than 2 × slots (8) users" \
   --set config.workerWarm=false --set worker.isolation.uidRange=61000-61014
-check "rejects a uid range without users for warm processes" rejects "holds fewer than 8 × slots (8) users" \
-  --set worker.isolation.uidRange=61000-61062
+check "rejects a uid range without users for warm processes" rejects "holds fewer than 10 × slots (8) users" \
+  --set worker.isolation.uidRange=61000-61078
 check "rejects job uids above 65535 with hostUsers: false" rejects "which a pod with hostUsers: false cannot use" \
   --set worker.hostUsers=false --set worker.isolation.uidRange=70000-70999
 

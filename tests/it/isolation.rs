@@ -196,8 +196,8 @@ async fn a_fork_bomb_is_contained_and_the_worker_goes_on() {
         return;
     }
     // The default process limit; a user of its own, so that what is left of it can be counted
-    // (the slot's first, 62100; the other three are kept for warm processes).
-    let env = one_slot_env("62100-62107", &[]).await;
+    // (the slot's first, 62100; the other four are kept for warm processes).
+    let env = one_slot_env("62100-62109", &[]).await;
     env.script_with(
         "u/alice/bomb",
         "bash",
@@ -323,8 +323,8 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
         return;
     }
     // Users no other test's workers take, so the next worker here gets the same ones: the
-    // slot's first, 62000, and three kept for warm processes.
-    let mut env = one_slot_env("62000-62007", &[]).await;
+    // slot's first, 62000, and four kept for warm processes.
+    let mut env = one_slot_env("62000-62009", &[]).await;
     env.script(
         "u/alice/orphan",
         "bash",
@@ -362,7 +362,7 @@ async fn a_dead_workers_job_leaves_nothing_to_the_next_job_of_its_user() {
     let reaper = std::process::Command::new("pgrep")
         .args([
             "-f",
-            "reap-job-users .* 62000:62004 62001:62005 62002:62006 62003:62007$",
+            "reap-job-users .* 62000:62005 62001:62006 62002:62007 62003:62008 62004:62009$",
         ])
         .output()
         .unwrap();
@@ -714,9 +714,9 @@ async fn a_jobs_keys_are_gone_before_its_user_runs_again() {
     if !jobs_have_own_users() {
         return;
     }
-    // A uid's kernel keyrings outlive its processes. Six runs over at most four users: some
+    // A uid's kernel keyrings outlive its processes. Six runs over at most five users: some
     // user runs twice, warm (the fork server) or cold alike.
-    let env = one_slot_env("62500-62507", &[]).await;
+    let env = one_slot_env("62500-62509", &[]).await;
     env.script(
         "u/alice/keys",
         "python3",

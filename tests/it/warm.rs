@@ -53,31 +53,45 @@ async fn fork_server(env: &TestEnv, count: usize) -> u32 {
     server.unwrap()
 }
 
-/// Whether process `pid` is blocked reading its standard input (`read(0, …)`): a warm process
-/// that loaded its wrapper and waits for its job.
-fn reads_stdin(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with("0 0x0 "))
+/// Whether process `pid` is blocked reading descriptor `fd` (`read(fd, …)`): a warm process
+/// waiting for its job, on its standard input (bun, deno) or its job pipe (3, python3).
+fn reads(pid: u32, fd: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.starts_with(&format!("0 {fd:#x} ")))
 }
 
-/// A process of `lang` started ahead by the worker and waiting for a job, and its directory.
+/// The directory a process runs in.
+fn cwd_of(pid: u32) -> Option<String> {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    Some(cwd.display().to_string())
+}
+
+/// A process of `lang` started ahead by the worker (python3: forked by its fork server) and
+/// waiting for a job, and its directory.
 async fn waiting_process(env: &TestEnv, lang: &str) -> (u32, String) {
     let worker = env.worker_pid(0);
-    let program = if lang == "bun" { "bun" } else { "deno" };
     let mut found = None;
     eventually(
         Duration::from_secs(60),
         &format!("a warm {lang} process waits"),
         async || {
-            found = children_with(worker, "wrapper.ts")
+            let (candidates, fd) = match lang {
+                "python3" => {
+                    let servers = children_with(worker, "forkserver.py");
+                    let forked = servers
+                        .iter()
+                        .flat_map(|s| children_with(*s, "forkserver.py"));
+                    (forked.collect::<Vec<_>>(), 3)
+                }
+                _ => (children_with(worker, "wrapper.ts"), 0),
+            };
+            found = candidates
                 .into_iter()
                 .filter(|pid| {
                     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-                    exe.to_string_lossy().contains(program) && reads_stdin(*pid)
+                    exe.to_string_lossy().contains(&lang[..3]) && reads(*pid, fd)
                 })
-                .find_map(|pid| {
-                    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-                    Some((pid, cwd.display().to_string()))
-                });
+                .find_map(|pid| Some((pid, cwd_of(pid)?)));
             found.is_some()
         },
     )
@@ -86,10 +100,10 @@ async fn waiting_process(env: &TestEnv, lang: &str) -> (u32, String) {
 }
 
 const PY_FIRST: &str = "import json, os\n\
-def main():\n    json.millrace_mark = os.environ['WM_JOB_ID']\n    os.environ['LEFT_BY_FIRST'] = '1'\n    open('mine.txt', 'w').write('first')\n    parent = open(f'/proc/{os.getppid()}/cmdline').read().replace(chr(0), ' ')\n    return {'cwd': os.getcwd(), 'parent': parent, 'ppid': os.getppid()}\n";
+def main():\n    json.millrace_mark = os.environ['WM_JOB_ID']\n    os.environ['LEFT_BY_FIRST'] = '1'\n    open('mine.txt', 'w').write('first')\n    parent = open(f'/proc/{os.getppid()}/cmdline').read().replace(chr(0), ' ')\n    return {'cwd': os.getcwd(), 'parent': parent, 'ppid': os.getppid(), 'pid': os.getpid()}\n";
 
 const PY_SECOND: &str = "import json, os\n\
-def main(first_dir: str):\n    return {'mark': getattr(json, 'millrace_mark', None), 'env': os.environ.get('LEFT_BY_FIRST'), 'cwd': os.getcwd(), 'sees_first': os.path.exists(os.path.join(first_dir, 'mine.txt')), 'env_file': os.path.exists('.millrace_env.json'), 'token': len(os.environ.get('WM_TOKEN', ''))}\n";
+def main(first_dir: str):\n    return {'mark': getattr(json, 'millrace_mark', None), 'env': os.environ.get('LEFT_BY_FIRST'), 'cwd': os.getcwd(), 'sees_first': os.path.exists(os.path.join(first_dir, 'mine.txt')), 'job_pipe': os.path.exists('/proc/self/fd/3'), 'token': len(os.environ.get('WM_TOKEN', '')), 'pid': os.getpid()}\n";
 
 const TS_FIRST: &str = "import { writeFileSync } from 'node:fs';\n\
 export function main() {\n  (globalThis as any).millraceMark = 'first';\n  process.env.LEFT_BY_FIRST = '1';\n  writeFileSync('mine.txt', 'first');\n  return { cwd: process.cwd(), pid: process.pid };\n}\n";
@@ -132,20 +146,27 @@ async fn python_jobs_fork_from_the_fork_server_and_share_nothing() {
     let server = fork_server(&env, 1).await;
     env.script("u/alice/first", "python3", PY_FIRST).await;
     env.script("u/alice/second", "python3", PY_SECOND).await;
+    // The first job is forked when it comes, and has a child forked ahead for the next.
     let first = env.run_ok("u/alice/first", json!({})).await;
     assert_eq!(first["ppid"], json!(server), "not forked: {first}");
     assert!(
         first["parent"].as_str().unwrap().contains("forkserver.py"),
         "{first}"
     );
+    let (waiting, waiting_in) = waiting_process(&env, "python3").await;
     let second = env
         .run_ok("u/alice/second", json!({"first_dir": first["cwd"]}))
         .await;
+    assert_eq!(second["pid"], json!(waiting), "not the child forked ahead");
+    assert_eq!(second["cwd"], json!(waiting_in), "{second}");
     assert_nothing_shared(&first, &second);
-    assert_eq!(second["env_file"], json!(false), "{second}");
+    // Its job pipe is closed before the script runs.
+    assert_eq!(second["job_pipe"], json!(false), "{second}");
     // The next job of the same script, too: a fresh fork each time.
+    let (_, next_in) = waiting_process(&env, "python3").await;
     let again = env.run_ok("u/alice/first", json!({})).await;
     assert_eq!(again["ppid"], json!(server));
+    assert_eq!(again["cwd"], json!(next_in));
     assert_ne!(again["cwd"], first["cwd"]);
 }
 
@@ -227,19 +248,26 @@ async fn a_killed_fork_server_is_replaced_and_jobs_go_on() {
 #[tokio::test]
 async fn a_killed_waiting_process_is_replaced_and_jobs_go_on() {
     let env = env_in(true).await;
+    fork_server(&env, 1).await;
     env.script("u/alice/first_bun", "bun", TS_FIRST).await;
-    env.run_ok("u/alice/first_bun", json!({})).await;
-    let (pid, dir) = waiting_process(&env, "bun").await;
-    // A worker that could not put it back does not lower it.
-    assert_eq!(thread_nices(pid), thread_nices(env.worker_pid(0)));
-    // SAFETY: kill(2) on the pid just found among the worker's children.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    // It runs: cold in that process's directory if the kill came just before it took it.
-    let result = env.run_ok("u/alice/first_bun", json!({})).await;
-    assert_ne!(result["pid"], json!(pid), "{result}");
-    let (_, next) = waiting_process(&env, "bun").await;
-    assert_ne!(next, dir);
-    env.run_ok("u/alice/first_bun", json!({})).await;
+    env.script("u/alice/first_py", "python3", PY_FIRST).await;
+    for (lang, path) in [
+        ("bun", "u/alice/first_bun"),
+        ("python3", "u/alice/first_py"),
+    ] {
+        env.run_ok(path, json!({})).await;
+        let (pid, dir) = waiting_process(&env, lang).await;
+        // A worker that could not put it back does not lower it.
+        assert_eq!(thread_nices(pid), thread_nices(env.worker_pid(0)), "{lang}");
+        // SAFETY: kill(2) on the pid just found among the worker's descendants.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // It runs: otherwise if the kill came just before it took it.
+        let result = env.run_ok(path, json!({})).await;
+        assert_ne!(result["pid"], json!(pid), "{lang}: {result}");
+        let (_, next) = waiting_process(&env, lang).await;
+        assert_ne!(next, dir, "{lang}");
+        env.run_ok(path, json!({})).await;
+    }
 }
 
 /// What a job's process sees of its own confinement: identity, capabilities, limits, cgroup,
@@ -263,9 +291,12 @@ async fn warm_jobs_are_confined_exactly_as_cold_ones() {
         env.script("u/alice/conf_bun", "bun", TS_CONFINEMENT).await;
         if warm {
             fork_server(&env, 1).await;
-            // The first bun job starts cold and has one started ahead for the second.
+            // The first job of each starts without one and has one started ahead for the
+            // second.
             env.run_ok("u/alice/conf_bun", json!({})).await;
             waiting_process(&env, "bun").await;
+            env.run_ok("u/alice/conf_py", json!({})).await;
+            waiting_process(&env, "python3").await;
         }
         let python = env.run_ok("u/alice/conf_py", json!({})).await;
         assert_eq!(python["own_user"], json!(true), "{python}");

@@ -4,13 +4,15 @@
 # cold job between fork and exec (src/worker/sandbox), then runs the wrapper.
 #
 # Its standard input is a SOCK_SEQPACKET socket to the worker. Each request is one JSON message
-# with the job's stdout and stderr as SCM_RIGHTS descriptors; the answers are {"id", "pid"} (or
-# {"id", "error"}) once the child has taken the job's user, and {"id", "status"} (a raw wait
-# status) once it exited. A request with "dedicated" brings a third descriptor, the socket of a dedicated
-# process: its child imports the script once and then runs job after job sent there (see
-# `dedicated`). Nothing secret ever reaches this process (a job's environment is in its directory,
-# read by the child as the job's user): what a child inherits of its memory is the same for
-# every job.
+# with the job's stdout and stderr and the reading end of its job pipe as SCM_RIGHTS descriptors;
+# the answers are {"id", "pid"} (or {"id", "error"}) once the child has taken the job's user, and
+# {"id", "status"} (a raw wait status) once it exited. The child, confined, waits on the job pipe
+# for the job's environment, which the worker writes there at once or, for a child forked ahead
+# of its job, when the job comes (an empty pipe withdraws it). A request with "dedicated" brings
+# instead the socket of a dedicated process: its child imports the script once and then runs job
+# after job sent there (see `dedicated`). Nothing secret ever reaches this process (a job's
+# environment goes from the worker to the child): what a child inherits of its memory is the
+# same for every job.
 import ctypes
 import json
 import os
@@ -27,7 +29,9 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 # A dedicated process's CPU seconds over its whole life, at most: it is then replaced.
 DEDICATED_CPU_HARD = 24 * 3600
-ENV_FILE = ".millrace_env.json"
+# Where a child finds its job pipe (a dedicated one, its control socket): after its standard
+# streams.
+JOB_FD = 3
 
 # What a child calls of libc, resolved, typed and made once here rather than in each child:
 # every object a child makes or touches costs it copied pages of this server.
@@ -152,23 +156,18 @@ def become_job(conn, job, fds, server_pid, wrapper):
         # Its output goes to each job's own pipes; between jobs, nowhere.
         os.dup2(null, 1)
         os.dup2(null, 2)
-        os.dup2(fds[0], 3)
-        keep = 4
+        os.dup2(fds[0], JOB_FD)
     else:
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
-        keep = 3
+        os.dup2(fds[2], JOB_FD)
     try:
         confine(job, server_pid)
         # Every other descriptor goes, the socket to the worker above all (a job holding it
         # could ask for any user) and the pipe whose end tells the server the child is
         # confined.
-        os.closerange(keep, 1 << 20)
+        os.closerange(JOB_FD + 1, 1 << 20)
         os.chdir(job["dir"])
-        if not job.get("dedicated"):
-            with open(ENV_FILE, encoding="utf-8") as f:
-                env = json.load(f)
-            os.unlink(ENV_FILE)
     except BaseException as e:
         print(f"millrace: cannot start the job: {e}", file=sys.stderr, flush=True)
         os._exit(126)
@@ -180,7 +179,8 @@ def become_job(conn, job, fds, server_pid, wrapper):
     if job.get("dedicated"):
         main.__name__ = "millrace_wrapper"
         exec(wrapper, main.__dict__)
-        dedicated(socket.socket(fileno=3), main.__dict__)
+        dedicated(socket.socket(fileno=JOB_FD), main.__dict__)
+    env = wait_for_job()
     os.environ.clear()
     os.environ.update(env)
     code = 0
@@ -195,6 +195,22 @@ def become_job(conn, job, fds, server_pid, wrapper):
         code = 1
     # A process the script forked comes back here too, and its end is not the job's.
     finish(code, tell=os.getpid() == job_pid)
+
+
+def wait_for_job():
+    """The job's environment, once the worker wrote all of it; a pipe closed empty withdraws
+    the job (this child was forked ahead of one, and is given up)."""
+    chunks = []
+    while chunk := os.read(JOB_FD, 1 << 16):
+        chunks.append(chunk)
+    os.close(JOB_FD)
+    if not chunks:
+        os._exit(0)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError as e:
+        print(f"millrace: cannot start the job: {e}", file=sys.stderr, flush=True)
+        os._exit(126)
 
 
 def dedicated(control, wrapper):
@@ -346,7 +362,7 @@ def serve(conn, wrapper):
         if not message:
             os._exit(0)
         job = json.loads(message)
-        if len(fds) != (1 if job.get("dedicated") else 2):
+        if len(fds) != (1 if job.get("dedicated") else 3):
             for fd in fds:
                 os.close(fd)
             conn.send(json.dumps({"id": job["id"], "error": "wrong descriptors"}).encode())

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::worker::process::Started;
@@ -21,8 +21,6 @@ use crate::worker::sandbox::Confinement;
 
 const SERVER: &str = include_str!("forkserver.py");
 const WRAPPER: &str = include_str!("../runtimes/wrapper.py");
-/// The job's environment, read (and removed) by its child as the job's user.
-pub const ENV_FILE: &str = ".millrace_env.json";
 
 /// What the server said about one job.
 #[derive(Default)]
@@ -121,36 +119,33 @@ impl ForkServer {
         }
     }
 
-    /// Forks a child for the job in its directory (whose environment is in [`ENV_FILE`]
-    /// there).
-    pub async fn spawn(&self, confinement: &Confinement, cpu_seconds: u64) -> io::Result<Started> {
+    /// Forks a child for a job in its directory, confined and waiting for the job's
+    /// environment (see [`Forked::start`]).
+    pub async fn fork_job(
+        &self,
+        confinement: &Confinement,
+        cpu_seconds: u64,
+    ) -> io::Result<Forked> {
         let (out_read, out_write) = std::io::pipe()?;
         let (err_read, err_write) = std::io::pipe()?;
+        let (job_read, job_write) = std::io::pipe()?;
         let forked = self
             .fork(
                 confinement,
                 cpu_seconds,
                 false,
-                &[out_write.as_fd(), err_write.as_fd()],
+                &[out_write.as_fd(), err_write.as_fd(), job_read.as_fd()],
             )
             .await;
         // The server holds its own copies now: the job's output ends when the job does.
-        drop((out_write, err_write));
-        let (pid, exit_rx) = forked?;
-        let exit = async move {
-            exit_rx
-                .await
-                .map(ExitStatus::from_raw)
-                .map_err(|_| io::Error::other("the fork server is gone"))
-        };
-        Ok(Started {
-            pid: Some(pid),
-            stdout: Some(reader(out_read)?),
-            stderr: Some(reader(err_read)?),
-            exit: Box::pin(exit),
-            outlives_job: false,
-            // `finish` in forkserver.py.
-            marks_exit: true,
+        drop((out_write, err_write, job_read));
+        let (pid, exit) = forked?;
+        Ok(Forked {
+            pid,
+            exit,
+            stdout: reader(out_read)?,
+            stderr: reader(err_read)?,
+            job: tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(job_write))?,
         })
     }
 
@@ -311,6 +306,57 @@ impl Seqpacket {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+/// A child forked for a job, confined (as its job's user, in its directory) and waiting for
+/// the job on its job pipe; dropped, it ends without running anything.
+pub struct Forked {
+    pid: u32,
+    /// Its wait status from the server, once it exited (or dropped, the server gone).
+    exit: oneshot::Receiver<i32>,
+    stdout: Pin<Box<dyn AsyncRead + Send>>,
+    stderr: Pin<Box<dyn AsyncRead + Send>>,
+    job: tokio::net::unix::pipe::Sender,
+}
+
+impl Forked {
+    pub fn is_alive(&mut self) -> bool {
+        matches!(
+            self.exit.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+
+    /// Hands the child its job's environment (its files are in the directory by now): it runs
+    /// the wrapper. An error means the child is gone: the job is to start otherwise.
+    pub async fn start(mut self, env: &[(String, String)]) -> io::Result<Started> {
+        if !self.is_alive() {
+            return Err(io::Error::other("it is gone"));
+        }
+        let env: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let env = Value::Object(env).to_string();
+        self.job.write_all(env.as_bytes()).await?;
+        drop(self.job);
+        let exit_rx = self.exit;
+        let exit = async move {
+            exit_rx
+                .await
+                .map(ExitStatus::from_raw)
+                .map_err(|_| io::Error::other("the fork server is gone"))
+        };
+        Ok(Started {
+            pid: Some(self.pid),
+            stdout: Some(self.stdout),
+            stderr: Some(self.stderr),
+            exit: Box::pin(exit),
+            outlives_job: false,
+            // `finish` in forkserver.py.
+            marks_exit: true,
+        })
     }
 }
 

@@ -1,7 +1,7 @@
-//! Warm runtimes (`WORKER_WARM`): no interpreter starts on a job's way. `python3` jobs are
-//! forked from a fork server that has imported the wrapper's modules once (`forkserver.rs`);
-//! `bun` and `deno` jobs take a process started ahead of them, with the wrapper loaded
-//! (`prespawned.rs`). Every job still runs in a process of its own, confined as a cold one —
+//! Warm runtimes (`WORKER_WARM`): no interpreter starts on a job's way. Jobs take a process
+//! started ahead of them (`prespawned.rs`): for `python3`, forked from a fork server that has
+//! imported the wrapper's modules once (`forkserver.rs`), confined and waiting for its job (a
+//! job that finds none is forked then); for `bun` and `deno`, spawned with the wrapper loaded. Every job still runs in a process of its own, confined as a cold one —
 //! except a script version's opting into dedicated processes (`dedicated.rs`), whose jobs run
 //! one after another in a process that keeps the imported script. Whatever is not ready — no
 //! server, no ready process, one that broke — means a cold start: a job never waits for a warm
@@ -16,14 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dedicated::{Idle, Lent};
-use prespawned::{Pool, Waiting};
+use prespawned::{Pool, Source, Waiting};
 
 use super::process::{self, ProcessSpec, Started};
 use super::runtimes::Runtimes;
-use super::sandbox::{self, JobDir, Sandbox};
+use super::sandbox::{JobDir, Sandbox};
 use crate::domain::ScriptLang;
 
-/// Languages whose jobs take a process started ahead.
+/// Languages whose jobs take a process spawned ahead.
 const PRESPAWNED: [ScriptLang; 2] = [ScriptLang::Bun, ScriptLang::Deno];
 
 /// How long a fork server may take to start, and to answer for one job.
@@ -33,14 +33,14 @@ const SERVER_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
 const SERVER_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// The users to claim, besides one per slot, for processes waiting for jobs: one per slot for
-/// each prespawned language installed, and for python3's dedicated processes.
+/// each language installed, and for python3's dedicated processes.
 pub fn reserved_users(runtimes: &Runtimes, slots: usize) -> usize {
     if !runtimes.warm {
         return 0;
     }
     let installed = PRESPAWNED
         .iter()
-        .chain([&ScriptLang::Python3])
+        .chain([&ScriptLang::Python3, &ScriptLang::Python3])
         .filter(|lang| runtimes.program(**lang).is_ok())
         .count();
     installed * slots
@@ -57,7 +57,7 @@ pub struct Warm {
 
 /// How a job's process is to start.
 pub enum Launch {
-    /// Cold, or forked from the fork server.
+    /// Cold, or forked from the fork server now.
     Fresh,
     /// A process started ahead, waiting in the job's directory.
     Waiting(Box<Waiting>),
@@ -73,11 +73,18 @@ pub struct DedicatedScript<'a> {
 }
 
 /// The current fork server, if one is running.
-struct Python {
+pub struct Python {
     program: PathBuf,
     preimport: String,
     files_in: PathBuf,
     server: Mutex<Option<Arc<forkserver::ForkServer>>>,
+}
+
+impl Python {
+    /// The fork server, while one runs.
+    fn server(&self) -> Option<Arc<forkserver::ForkServer>> {
+        self.server.lock().expect("server lock").clone()
+    }
 }
 
 impl Warm {
@@ -100,18 +107,23 @@ impl Warm {
             });
             // Probed once for the pools.
             let priorities = prespawned::Priorities::probe();
-            let pools = PRESPAWNED
+            let spawned = PRESPAWNED
                 .into_iter()
                 .filter(|lang| runtimes.program(*lang).is_ok())
                 .map(|lang| {
-                    let pool = Pool::new(
-                        lang,
-                        runtimes.clone(),
-                        sandbox.clone(),
-                        max_cpu_seconds,
-                        slots,
+                    let source = Source::Spawned {
+                        runtimes: runtimes.clone(),
                         priorities,
-                    );
+                    };
+                    (lang, source)
+                });
+            let forked = python
+                .clone()
+                .map(|python| (ScriptLang::Python3, Source::Forked(python)));
+            let pools = spawned
+                .chain(forked)
+                .map(|(lang, source)| {
+                    let pool = Pool::new(lang, source, sandbox.clone(), max_cpu_seconds, slots);
                     (lang, pool)
                 })
                 .collect();
@@ -285,33 +297,19 @@ impl Warm {
 
     /// The fork server, while one runs.
     fn fork_server(&self) -> Option<Arc<forkserver::ForkServer>> {
-        self.python
-            .as_ref()?
-            .server
-            .lock()
-            .expect("server lock")
-            .clone()
+        self.python.as_ref()?.server()
     }
 
     /// The job's process forked from the fork server, if it is there and answers.
     async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
         let server = self.fork_server()?;
-        let env: serde_json::Map<String, serde_json::Value> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        let env = serde_json::Value::Object(env).to_string();
-        let written = dir
-            .as_owner(|path| sandbox::write_new(&path.join(forkserver::ENV_FILE), env.as_bytes()));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write a job's environment: starting cold");
-            return None;
-        }
-        let forked = tokio::time::timeout(
-            SERVER_ANSWERS_WITHIN,
-            server.spawn(&dir.confinement(), cpu_seconds),
-        )
+        let forked = tokio::time::timeout(SERVER_ANSWERS_WITHIN, async {
+            server
+                .fork_job(&dir.confinement(), cpu_seconds)
+                .await?
+                .start(&spec.env)
+                .await
+        })
         .await;
         let why = match forked {
             Ok(Ok(started)) => return Some(started),
@@ -323,14 +321,13 @@ impl Warm {
             }
         };
         tracing::warn!(error = %why, "the python3 fork server failed a job: starting it cold");
-        let _ = dir.as_owner(|path| std::fs::remove_file(path.join(forkserver::ENV_FILE)));
         None
     }
 }
 
-/// A process started for a job, cold or ahead: of those, only deno's wrapper prints the exit
-/// marker (see `tellExit` in wrapper.ts).
+/// A process started for a job, cold or ahead: of those spawned, only deno's wrapper prints
+/// the exit marker (see `tellExit` in wrapper.ts); forked ones always do.
 fn marking_exit(lang: ScriptLang, mut started: Started) -> Started {
-    started.marks_exit = lang == ScriptLang::Deno;
+    started.marks_exit |= lang == ScriptLang::Deno;
     started
 }

@@ -1,7 +1,8 @@
-//! bun and deno processes started ahead of their jobs: each is a job's process in all but its
-//! job — its own user (from the sandbox's pool), directory, limits and cgroup, started with the
-//! wrapper loaded and waiting on its standard input. A job takes one ready process with its
-//! directory, and the process runs that job only; a replacement is started in the background.
+//! Processes started ahead of their jobs: each is a job's process in all but its job — its own
+//! user (from the sandbox's pool), directory, limits and cgroup, waiting for its job: bun and
+//! deno spawned with the wrapper loaded, waiting on their standard input; `python3` forked from
+//! the fork server, waiting on its job pipe. A job takes one ready process with its directory,
+//! and the process runs that job only; a replacement is started in the background.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +16,9 @@ use crate::domain::ScriptLang;
 use crate::worker::process::{self, ProcessSpec, Started};
 use crate::worker::runtimes::{self, Runtimes};
 use crate::worker::sandbox::{JobDir, Sandbox};
+
+use super::forkserver::Forked;
+use super::Python;
 
 /// What a warm process prints when its wrapper is loaded, and when its job arrived.
 const READY: &[u8] = b"\x1eMILLRACE_READY\n";
@@ -98,7 +102,32 @@ pub struct WarmProcess {
 }
 
 /// The process itself.
-pub struct Waiting {
+pub enum Waiting {
+    Spawned(Spawned),
+    Forked(Forked),
+}
+
+impl Waiting {
+    fn is_alive(&mut self) -> bool {
+        match self {
+            Self::Spawned(spawned) => matches!(spawned.child.try_wait(), Ok(None)),
+            Self::Forked(forked) => forked.is_alive(),
+        }
+    }
+
+    /// Hands the job (its environment; its files are in the directory by now) to the process.
+    /// An error means the process is gone (or did not take the job): the job is to start
+    /// otherwise.
+    pub async fn start(self, env: &[(String, String)]) -> io::Result<Started> {
+        match self {
+            Self::Spawned(spawned) => spawned.start(env).await,
+            Self::Forked(forked) => forked.start(env).await,
+        }
+    }
+}
+
+/// A process spawned ahead, its wrapper loaded.
+pub struct Spawned {
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
@@ -106,11 +135,9 @@ pub struct Waiting {
     priorities: Option<Priorities>,
 }
 
-impl Waiting {
-    /// Hands the job (its environment; its files are in the directory by now) to the process.
-    /// An error means the process is gone (or did not take the job): the job is to start cold.
-    pub async fn start(self, env: &[(String, String)]) -> io::Result<Started> {
-        let Waiting {
+impl Spawned {
+    async fn start(self, env: &[(String, String)]) -> io::Result<Started> {
+        let Spawned {
             child,
             mut stdin,
             mut stdout,
@@ -139,10 +166,21 @@ impl Waiting {
     }
 }
 
+/// Where a pool's processes come from.
+pub enum Source {
+    /// Spawned with the language's wrapper, waiting at `priorities`' lower one if any.
+    Spawned {
+        runtimes: Runtimes,
+        priorities: Option<Priorities>,
+    },
+    /// Forked from the fork server, while one runs.
+    Forked(Arc<Python>),
+}
+
 /// The ready processes of one language, and how many to keep.
 pub struct Pool {
     lang: ScriptLang,
-    runtimes: Runtimes,
+    source: Source,
     sandbox: Arc<Sandbox>,
     cpu_seconds: u64,
     ready: Mutex<Vec<WarmProcess>>,
@@ -153,8 +191,6 @@ pub struct Pool {
     max: usize,
     /// After a failed start, none is tried before this.
     pause_until: Mutex<Option<Instant>>,
-    /// Its processes wait at a lower priority.
-    priorities: Option<Priorities>,
 }
 
 /// How long a process may take to load its wrapper before it is given up.
@@ -163,15 +199,14 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 impl Pool {
     pub fn new(
         lang: ScriptLang,
-        runtimes: Runtimes,
+        source: Source,
         sandbox: Arc<Sandbox>,
         cpu_seconds: u64,
         max: usize,
-        priorities: Option<Priorities>,
     ) -> Arc<Self> {
         Arc::new(Self {
             lang,
-            runtimes,
+            source,
             sandbox,
             cpu_seconds,
             ready: Mutex::new(Vec::new()),
@@ -179,7 +214,6 @@ impl Pool {
             target: AtomicUsize::new(0),
             max,
             pause_until: Mutex::new(None),
-            priorities,
         })
     }
 
@@ -194,7 +228,7 @@ impl Pool {
                 break None;
             };
             self.live.fetch_sub(1, Ordering::Relaxed);
-            if matches!(warm.waiting.child.try_wait(), Ok(None)) {
+            if warm.waiting.is_alive() {
                 break Some(warm);
             }
             tracing::info!(lang = %self.lang, "a warm process died while waiting: replaced");
@@ -249,35 +283,55 @@ impl Pool {
         }
     }
 
-    /// One process, ready; `None` when no user is free now (the jobs' users come first).
+    /// One process, ready; `None` when no user is free now (the jobs' users come first), or
+    /// no fork server runs.
     async fn spawn_one(&self) -> io::Result<Option<WarmProcess>> {
         let Some(dir) = self.sandbox.job_dir_now() else {
             return Ok(None);
         };
         let dir = dir?;
-        let env = runtimes::base_env(dir.path());
-        let spec = match self.runtimes.prepare_warm(self.lang, &dir, env) {
-            Ok(spec) => spec,
-            Err(e) => {
-                dir.remove().await;
-                return Err(io::Error::other(e.message));
-            }
+        let waiting = match &self.source {
+            Source::Forked(python) => match python.server() {
+                Some(server) => server
+                    .fork_job(&dir.confinement(), self.cpu_seconds)
+                    .await
+                    .map(Waiting::Forked),
+                None => {
+                    dir.remove().await;
+                    return Ok(None);
+                }
+            },
+            Source::Spawned {
+                runtimes,
+                priorities,
+            } => self.spawn(runtimes, *priorities, &dir).await,
         };
-        match start(&spec, &dir, self.cpu_seconds, self.priorities).await {
-            Ok((child, stdin, stdout)) => Ok(Some(WarmProcess {
-                waiting: Waiting {
-                    child,
-                    stdin,
-                    stdout,
-                    priorities: self.priorities,
-                },
-                dir,
-            })),
+        match waiting {
+            Ok(waiting) => Ok(Some(WarmProcess { waiting, dir })),
             Err(e) => {
                 dir.remove().await;
                 Err(e)
             }
         }
+    }
+
+    async fn spawn(
+        &self,
+        runtimes: &Runtimes,
+        priorities: Option<Priorities>,
+        dir: &JobDir,
+    ) -> io::Result<Waiting> {
+        let env = runtimes::base_env(dir.path());
+        let spec = runtimes
+            .prepare_warm(self.lang, dir, env)
+            .map_err(|e| io::Error::other(e.message))?;
+        let (child, stdin, stdout) = start(&spec, dir, self.cpu_seconds, priorities).await?;
+        Ok(Waiting::Spawned(Spawned {
+            child,
+            stdin,
+            stdout,
+            priorities,
+        }))
     }
 }
 
@@ -338,7 +392,10 @@ async fn expect(stdout: &mut ChildStdout, marker: &[u8], within: Duration) -> io
 /// Kills what is left of a process that will run no job, and frees its user and directory.
 async fn discard(warm: WarmProcess) {
     let WarmProcess { waiting, dir } = warm;
-    let mut child = waiting.child;
-    let _ = child.kill().await;
+    if let Waiting::Spawned(Spawned { mut child, .. }) = waiting {
+        let _ = child.kill().await;
+    }
+    // A forked one ends once its job pipe closes; the directory's removal kills whatever runs
+    // as its user either way.
     dir.remove().await;
 }
