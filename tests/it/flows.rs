@@ -282,8 +282,9 @@ async fn without_skip_failures_a_loop_fails_and_the_failure_module_sees_the_erro
 #[tokio::test]
 async fn retries_stop_after_if_skip_if_sleep_timeout_and_continue_on_error() {
     let env = TestEnv::start().await;
-    // Fails twice (counting in a file of the test's scratch dir), then succeeds.
-    let flaky = "import os\ndef main(marker):\n    n = int(open(marker).read()) if os.path.exists(marker) else 0\n    open(marker, 'w').write(str(n + 1))\n    if n < 2:\n        raise RuntimeError(f'attempt {n + 1}')\n    return n + 1\n";
+    // Fails twice (counting files it leaves in the test's scratch dir: its attempts may run as
+    // different job users, and one may not write another's file), then succeeds.
+    let flaky = "import glob, uuid\ndef main(marker):\n    n = len(glob.glob(marker + '-*'))\n    open(f'{marker}-{uuid.uuid4().hex}', 'w').close()\n    if n < 2:\n        raise RuntimeError(f'attempt {n + 1}')\n    return n + 1\n";
     let marker = env.scratch().join("flaky").display().to_string();
     env.flow(
         "u/alice/options",
