@@ -9,6 +9,7 @@ mod outcome;
 mod process;
 mod runtimes;
 mod sandbox;
+mod spawn;
 mod warm;
 
 use std::sync::Arc;

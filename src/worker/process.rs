@@ -3,18 +3,18 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::sandbox::{self, Confinement};
+use super::spawn::{JobChild, Spawn, Stdin};
 
 /// Everything needed to start the process.
 #[derive(Debug, Clone)]
@@ -160,53 +160,19 @@ pub fn spawn(
     confinement: &Confinement,
     cpu_seconds: u64,
 ) -> std::io::Result<Started> {
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null());
-    Ok(started_child(spawn_child(
-        command,
+    let child = Spawn {
+        spec,
         confinement,
         cpu_seconds,
-    )?))
-}
-
-/// Spawns `command` (its standard input set by the caller) as a job's process: its own
-/// group, piped output, confined by `confinement` (which also sets its directory: a job's is
-/// closed to the worker, so the child enters it only once it is the job's user), dying with
-/// the worker.
-pub fn spawn_child(
-    mut command: Command,
-    confinement: &Confinement,
-    cpu_seconds: u64,
-) -> std::io::Result<Child> {
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so a kill reaches every process the script started.
-        .process_group(0)
-        .kill_on_drop(true);
-    let entering = confinement.clone();
-    // SAFETY: `enter` makes only async-signal-safe system calls.
-    unsafe {
-        command.pre_exec(move || entering.enter(cpu_seconds));
+        stdin: Stdin::Null,
+        nice: None,
     }
-    // A worker that is killed (SIGKILL, OOM) takes its jobs' processes with it, so that the
-    // delivery that takes a job over never overlaps the run it replaces. After `enter`: taking
-    // the job's user clears the setting. The kernel signals with the dying worker's rights,
-    // which reach a job of another user only with `CAP_KILL` (the chart does not grant it),
-    // and only the process it started: the sandbox's reaper kills the rest, every process of
-    // the job's user. This runs in a task of the worker's runtime, whose worker threads live
-    // as long as the process (nothing in the worker uses `block_in_place`, which would hand
-    // one over to the blocking pool): the kernel watches the spawning thread, not the process.
-    crate::parent_death::dies_with_parent(command.as_std_mut(), libc::SIGKILL);
-    command.spawn()
+    .start()?;
+    Ok(started_child(child))
 }
 
 /// A spawned child as a [`Started`] job process (its stdin, if piped, is left to the caller).
-pub fn started_child(mut child: Child) -> Started {
+pub fn started_child(mut child: JobChild) -> Started {
     let stdout = child
         .stdout
         .take()
@@ -216,7 +182,7 @@ pub fn started_child(mut child: Child) -> Started {
         .take()
         .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>);
     Started {
-        pid: child.id(),
+        pid: Some(child.id()),
         stdout,
         stderr,
         exit: Box::pin(async move { child.wait().await }),
@@ -491,7 +457,6 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::sandbox::{Limits, WorkDir};
     use std::path::Path;
 
     fn how<'a>(
@@ -508,18 +473,7 @@ mod tests {
             logs,
             lines,
             max_output,
-            confinement: Confinement {
-                dir: Arc::new(WorkDir::new(dir.to_path_buf()).unwrap()),
-                user: None,
-                cgroup: None,
-                kill_started: Default::default(),
-                limits: Limits {
-                    memory: 1 << 32,
-                    processes: 1 << 20,
-                    open_files: 1024,
-                    file_size: 1 << 32,
-                },
-            },
+            confinement: Confinement::unconfined_for_tests(dir),
         }
     }
 

@@ -75,6 +75,23 @@ pub struct Confinement {
 pub(crate) type KillStarted = Arc<Mutex<Option<tokio::task::JoinHandle<bool>>>>;
 
 impl Confinement {
+    /// No user, no cgroup, generous limits, in `dir`: a process of the worker's own user.
+    #[cfg(test)]
+    pub fn unconfined_for_tests(dir: &Path) -> Self {
+        Self {
+            dir: Arc::new(WorkDir::new(dir.to_path_buf()).unwrap()),
+            user: None,
+            cgroup: None,
+            kill_started: Default::default(),
+            limits: Limits {
+                memory: 1 << 32,
+                processes: 1 << 20,
+                open_files: 1024,
+                file_size: 1 << 32,
+            },
+        }
+    }
+
     /// Kills the job user's processes without waiting for it (see [`JobDir::remove`]).
     pub fn kill_beside(&self) {
         if let Some(user) = self.user {

@@ -349,11 +349,13 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
 /// Takes the job's user and group, with no supplementary groups, in a job's child between fork
 /// and exec (async-signal-safe calls only).
 pub fn become_user(uid: u32) -> std::io::Result<()> {
-    // SAFETY: plain system calls on this (single-threaded, forked) process.
+    // SAFETY: raw system calls, on this task's credentials alone: glibc's wrappers would make
+    // every thread of the process change too, and a job's child shares the worker's memory
+    // (see `worker::spawn`).
     let done = unsafe {
-        libc::setgroups(0, std::ptr::null()) == 0
-            && libc::setgid(uid) == 0
-            && libc::setuid(uid) == 0
+        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+            && libc::syscall(libc::SYS_setgid, uid) == 0
+            && libc::syscall(libc::SYS_setuid, uid) == 0
     };
     if done {
         Ok(())

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::net::unix::pipe;
 
 use crate::domain::ScriptLang;
 use crate::worker::process::{self, ProcessSpec, Started};
 use crate::worker::runtimes::{self, Runtimes};
 use crate::worker::sandbox::{JobDir, Sandbox};
+use crate::worker::spawn::{JobChild, Spawn, Stdin};
 
 use super::forkserver::Forked;
 use super::Python;
@@ -128,9 +129,9 @@ impl Waiting {
 
 /// A process spawned ahead, its wrapper loaded.
 pub struct Spawned {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
+    child: JobChild,
+    stdin: pipe::Sender,
+    stdout: pipe::Receiver,
     /// It waits at a lower priority.
     priorities: Option<Priorities>,
 }
@@ -145,10 +146,7 @@ impl Spawned {
         } = self;
         if let Some(priorities) = priorities {
             // A job never runs below the worker's priority: one that cannot have it starts cold.
-            let pid = child
-                .id()
-                .ok_or_else(|| io::Error::other("it was reaped"))?;
-            priorities.restore(pid)?;
+            priorities.restore(child.id())?;
         }
         let env: serde_json::Map<String, serde_json::Value> = env
             .iter()
@@ -342,25 +340,15 @@ async fn start(
     dir: &JobDir,
     cpu_seconds: u64,
     priorities: Option<Priorities>,
-) -> io::Result<(Child, ChildStdin, ChildStdout)> {
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::piped());
-    if let Some(Priorities { waiting, .. }) = priorities {
-        // SAFETY: setpriority(2), async-signal-safe, on the child itself.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setpriority(libc::PRIO_PROCESS as _, 0, waiting) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+) -> io::Result<(JobChild, pipe::Sender, pipe::Receiver)> {
+    let mut child = Spawn {
+        spec,
+        confinement: &dir.confinement(),
+        cpu_seconds,
+        stdin: Stdin::Piped,
+        nice: priorities.map(|p| p.waiting),
     }
-    let mut child = process::spawn_child(command, &dir.confinement(), cpu_seconds)?;
+    .start()?;
     let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(io::Error::other("no pipes to the process"));
     };
@@ -369,7 +357,7 @@ async fn start(
 }
 
 /// Reads `marker` from the process's output within `within`.
-async fn expect(stdout: &mut ChildStdout, marker: &[u8], within: Duration) -> io::Result<()> {
+async fn expect(stdout: &mut pipe::Receiver, marker: &[u8], within: Duration) -> io::Result<()> {
     // Byte by byte: nothing past the marker may be taken from the job's output.
     let read = tokio::time::timeout(within, async {
         for expected in marker {
@@ -393,7 +381,8 @@ async fn expect(stdout: &mut ChildStdout, marker: &[u8], within: Duration) -> io
 async fn discard(warm: WarmProcess) {
     let WarmProcess { waiting, dir } = warm;
     if let Waiting::Spawned(Spawned { mut child, .. }) = waiting {
-        let _ = child.kill().await;
+        child.kill();
+        let _ = child.wait().await;
     }
     // A forked one ends once its job pipe closes; the directory's removal kills whatever runs
     // as its user either way.
