@@ -268,6 +268,8 @@ pub async fn build_worker(
     };
     let runtimes = Runtimes::new(config);
     let slots = config.slots.max(1);
+    crate::worker::check_process_support()
+        .map_err(|e| anyhow::anyhow!("this worker cannot follow its jobs' processes: {e}"))?;
     let sandbox = Sandbox::new(
         config,
         slots,

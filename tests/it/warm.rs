@@ -100,10 +100,10 @@ async fn waiting_process(env: &TestEnv, lang: &str) -> (u32, String) {
 }
 
 const PY_FIRST: &str = "import json, os\n\
-def main():\n    json.millrace_mark = os.environ['WM_JOB_ID']\n    os.environ['LEFT_BY_FIRST'] = '1'\n    open('mine.txt', 'w').write('first')\n    parent = open(f'/proc/{os.getppid()}/cmdline').read().replace(chr(0), ' ')\n    return {'cwd': os.getcwd(), 'parent': parent, 'ppid': os.getppid(), 'pid': os.getpid()}\n";
+def main():\n    json.millrace_mark = os.environ['WM_JOB_ID']\n    os.environ['LEFT_BY_FIRST'] = '1'\n    open('mine.txt', 'w').write('first')\n    parent = open(f'/proc/{os.getppid()}/cmdline').read().replace(chr(0), ' ')\n    fds = sorted(int(f) for f in os.listdir('/proc/self/fd') if os.path.exists(f'/proc/self/fd/{f}'))\n    return {'cwd': os.getcwd(), 'parent': parent, 'ppid': os.getppid(), 'pid': os.getpid(), 'fds': fds}\n";
 
 const PY_SECOND: &str = "import json, os\n\
-def main(first_dir: str):\n    return {'mark': getattr(json, 'millrace_mark', None), 'env': os.environ.get('LEFT_BY_FIRST'), 'cwd': os.getcwd(), 'sees_first': os.path.exists(os.path.join(first_dir, 'mine.txt')), 'job_pipe': os.path.exists('/proc/self/fd/3'), 'token': len(os.environ.get('WM_TOKEN', '')), 'pid': os.getpid()}\n";
+def main(first_dir: str):\n    import resource\n    fds = sorted(int(f) for f in os.listdir('/proc/self/fd') if os.path.exists(f'/proc/self/fd/{f}'))\n    return {'mark': getattr(json, 'millrace_mark', None), 'env': os.environ.get('LEFT_BY_FIRST'), 'cwd': os.getcwd(), 'sees_first': os.path.exists(os.path.join(first_dir, 'mine.txt')), 'fds': fds, 'cpu': resource.getrlimit(resource.RLIMIT_CPU), 'token': len(os.environ.get('WM_TOKEN', '')), 'pid': os.getpid()}\n";
 
 const TS_FIRST: &str = "import { writeFileSync } from 'node:fs';\n\
 export function main() {\n  (globalThis as any).millraceMark = 'first';\n  process.env.LEFT_BY_FIRST = '1';\n  writeFileSync('mine.txt', 'first');\n  return { cwd: process.cwd(), pid: process.pid };\n}\n";
@@ -145,10 +145,18 @@ async fn python_jobs_fork_from_the_fork_server_and_share_nothing() {
     let env = env_in(true).await;
     let server = fork_server(&env, 1).await;
     env.script("u/alice/first", "python3", PY_FIRST).await;
-    env.script("u/alice/second", "python3", PY_SECOND).await;
+    // A timeout of its own: its CPU limit is lower than that of the children forked ahead.
+    env.script_with(
+        "u/alice/second",
+        "python3",
+        PY_SECOND,
+        json!({"timeout": 7}),
+    )
+    .await;
     // The first job is forked when it comes, and has a child forked ahead for the next.
     let first = env.run_ok("u/alice/first", json!({})).await;
     assert_eq!(first["ppid"], json!(server), "not forked: {first}");
+    assert_eq!(first["fds"], json!([0, 1, 2]), "{first}");
     assert!(
         first["parent"].as_str().unwrap().contains("forkserver.py"),
         "{first}"
@@ -160,8 +168,10 @@ async fn python_jobs_fork_from_the_fork_server_and_share_nothing() {
     assert_eq!(second["pid"], json!(waiting), "not the child forked ahead");
     assert_eq!(second["cwd"], json!(waiting_in), "{second}");
     assert_nothing_shared(&first, &second);
-    // Its job pipe is closed before the script runs.
-    assert_eq!(second["job_pipe"], json!(false), "{second}");
+    // Its job pipe (and every other descriptor of the server) is closed before the script
+    // runs, and its CPU limit is its own: timeout + 60 s.
+    assert_eq!(second["fds"], json!([0, 1, 2]), "{second}");
+    assert_eq!(second["cpu"], json!([67, 67]), "{second}");
     // The next job of the same script, too: a fresh fork each time.
     let (_, next_in) = waiting_process(&env, "python3").await;
     let again = env.run_ok("u/alice/first", json!({})).await;
@@ -176,6 +186,8 @@ async fn without_warm_runtimes_python_jobs_start_cold() {
     env.script("u/alice/first", "python3", PY_FIRST).await;
     let first = env.run_ok("u/alice/first", json!({})).await;
     assert_eq!(first["ppid"], json!(env.worker_pid(0)), "{first}");
+    // Started by the worker's own spawn: no descriptor of the worker's is left open.
+    assert_eq!(first["fds"], json!([0, 1, 2]), "{first}");
     assert!(children_with(env.worker_pid(0), "forkserver.py").is_empty());
     assert!(children_with(env.worker_pid(0), "wrapper.ts").is_empty());
 }
@@ -227,6 +239,28 @@ async fn typescript_jobs_take_a_process_started_ahead_and_share_nothing() {
         let (_, next_in) = waiting_process(&env, lang).await;
         assert_ne!(next_in, waiting_in, "{lang}");
     }
+}
+
+#[tokio::test]
+async fn a_stopped_waiting_python_child_is_passed_over_and_killed() {
+    let env = env_in(true).await;
+    fork_server(&env, 1).await;
+    env.script("u/alice/first", "python3", PY_FIRST).await;
+    env.run_ok("u/alice/first", json!({})).await;
+    let (stopped, dir) = waiting_process(&env, "python3").await;
+    // SAFETY: kill(2) on the pid just found among the worker's descendants.
+    unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
+    // It takes the job's bytes but never says it has the job: the job runs in another child,
+    // and the stopped one, which holds the job's environment, is killed first.
+    let result = env.run_ok("u/alice/first", json!({})).await;
+    assert_ne!(result["pid"], json!(stopped), "{result}");
+    assert_eq!(result["cwd"], json!(dir), "{result}");
+    eventually(
+        Duration::from_secs(10),
+        "the stopped child is gone",
+        async || !std::path::Path::new(&format!("/proc/{stopped}")).exists(),
+    )
+    .await;
 }
 
 #[tokio::test]

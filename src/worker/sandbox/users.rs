@@ -265,12 +265,23 @@ pub fn as_user<T>(uid: u32, f: impl FnOnce() -> T) -> std::io::Result<T> {
     Ok(out)
 }
 
-/// The `setgroups` system call with 32-bit group ids (a separate call where the original one
-/// takes 16-bit ids).
+/// The credential system calls with 32-bit ids (separate calls where the original ones take
+/// 16-bit ids).
 #[cfg(any(target_arch = "x86", target_arch = "arm"))]
-const SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+mod calls {
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+    pub const SETGID: libc::c_long = libc::SYS_setgid32;
+    pub const SETUID: libc::c_long = libc::SYS_setuid32;
+    pub const SETRESUID: libc::c_long = libc::SYS_setresuid32;
+}
 #[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
-const SETGROUPS: libc::c_long = libc::SYS_setgroups;
+mod calls {
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups;
+    pub const SETGID: libc::c_long = libc::SYS_setgid;
+    pub const SETUID: libc::c_long = libc::SYS_setuid;
+    pub const SETRESUID: libc::c_long = libc::SYS_setresuid;
+}
+use calls::{SETGID, SETGROUPS, SETRESUID, SETUID};
 
 /// This thread's supplementary groups.
 fn thread_groups() -> std::io::Result<Vec<libc::gid_t>> {
@@ -353,9 +364,9 @@ pub fn become_user(uid: u32) -> std::io::Result<()> {
     // every thread of the process change too, and a job's child shares the worker's memory
     // (see `worker::spawn`).
     let done = unsafe {
-        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
-            && libc::syscall(libc::SYS_setgid, uid) == 0
-            && libc::syscall(libc::SYS_setuid, uid) == 0
+        libc::syscall(SETGROUPS, 0, std::ptr::null::<libc::gid_t>()) == 0
+            && libc::syscall(SETGID, uid) == 0
+            && libc::syscall(SETUID, uid) == 0
     };
     if done {
         Ok(())
@@ -554,7 +565,7 @@ fn as_user_in_child(user: JobUid, ipc: &[Ipc]) -> bool {
         // SAFETY: raw system calls only; setresuid and capset change this task's credentials
         // alone, and capset reads the two buffers above.
         unsafe {
-            if libc::syscall(libc::SYS_setresuid, partner, uid, partner) != 0
+            if libc::syscall(SETRESUID, partner, uid, partner) != 0
                 || libc::syscall(libc::SYS_capset, header.as_ptr(), none.as_ptr()) != 0
             {
                 return 1;
@@ -572,33 +583,18 @@ fn as_user_in_child(user: JobUid, ipc: &[Ipc]) -> bool {
         0
     }
     let task = Task { user, ipc };
-    let mut stack = vec![0u8; 64 * 1024];
     let arg = &task as *const Task as *mut libc::c_void;
-    // SAFETY: the stack and `task` outlive the child (CLONE_VFORK: this thread waits until it
-    // exits); every signal is blocked around the clone so that no handler of the worker runs on
-    // the child's stack; the child's function makes only system calls.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(stack.len() - 64);
-        let top = top.sub(top as usize % 16) as *mut libc::c_void;
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut before: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
-        let pid = libc::clone(
-            take_user_and_kill,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            arg,
-        );
-        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-        pid
-    };
+    // SAFETY: `task` outlives the child (this returns once it exited); the child's function
+    // makes only system calls.
+    let pid = unsafe { crate::worker::spawn::clone_vfork(take_user_and_kill, arg) };
     let uid = user.uid;
-    if pid < 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!(uid, error = %e, "could not kill a job user's processes");
-        return false;
-    }
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::warn!(uid, error = %e, "could not kill a job user's processes");
+            return false;
+        }
+    };
     let mut status = 0;
     // SAFETY: waits for the child cloned above.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {

@@ -16,6 +16,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use super::prespawned::{expect, STARTED, STARTED_WITHIN};
 use crate::worker::process::Started;
 use crate::worker::sandbox::Confinement;
 
@@ -328,9 +329,14 @@ impl Forked {
         )
     }
 
-    /// Hands the child its job's environment (its files are in the directory by now): it runs
-    /// the wrapper. An error means the child is gone: the job is to start otherwise.
-    pub async fn start(mut self, env: &[(String, String)]) -> io::Result<Started> {
+    /// Hands the child its job's environment and CPU limit (no more than it has; its files are
+    /// in the directory by now): it runs the wrapper. An error means the child is gone, or did
+    /// not say it has the job: the job is to start otherwise.
+    pub async fn start(
+        mut self,
+        env: &[(String, String)],
+        cpu_seconds: u64,
+    ) -> io::Result<Started> {
         if !self.is_alive() {
             return Err(io::Error::other("it is gone"));
         }
@@ -338,9 +344,10 @@ impl Forked {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        let env = Value::Object(env).to_string();
-        self.job.write_all(env.as_bytes()).await?;
+        let job = json!({ "env": env, "cpu_seconds": cpu_seconds }).to_string();
+        self.job.write_all(job.as_bytes()).await?;
         drop(self.job);
+        expect(&mut self.stdout, STARTED, STARTED_WITHIN).await?;
         let exit_rx = self.exit;
         let exit = async move {
             exit_rx

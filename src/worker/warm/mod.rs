@@ -215,7 +215,7 @@ impl Warm {
                     true
                 }
             },
-            Launch::Waiting(waiting) => match waiting.start(&spec.env).await {
+            Launch::Waiting(waiting) => match waiting.start(&spec.env, cpu_seconds).await {
                 Ok(started) => return (Ok(marking_exit(lang, started)), None),
                 Err(e) => {
                     tracing::info!(%lang, error = %e, "a warm process was gone: starting cold");
@@ -224,15 +224,22 @@ impl Warm {
             },
             Launch::Fresh => false,
         };
+        // What a failed warm start may have left of the job (a process stopped as it took
+        // the job holds its environment) runs as the job's user: killed before another start.
+        let user = confinement.user;
+        let kill_left = |failed: bool| async move {
+            if let (true, Some(user)) = (failed, user) {
+                super::sandbox::kill_user(user).await;
+            }
+        };
         if lang == ScriptLang::Python3 && self.fork_server().is_some() {
+            kill_left(failed).await;
             if let Some(started) = self.fork(spec, dir, cpu_seconds).await {
                 return (Ok(started), None);
             }
             failed = true;
         }
-        if let (true, Some(user)) = (failed, confinement.user) {
-            super::sandbox::kill_user(user).await;
-        }
+        kill_left(failed).await;
         let started = process::spawn(spec, &confinement, cpu_seconds);
         (started.map(|started| marking_exit(lang, started)), None)
     }
@@ -307,7 +314,7 @@ impl Warm {
             server
                 .fork_job(&dir.confinement(), cpu_seconds)
                 .await?
-                .start(&spec.env)
+                .start(&spec.env, cpu_seconds)
                 .await
         })
         .await;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
 use crate::domain::ScriptLang;
@@ -23,9 +23,9 @@ use super::Python;
 
 /// What a warm process prints when its wrapper is loaded, and when its job arrived.
 const READY: &[u8] = b"\x1eMILLRACE_READY\n";
-const STARTED: &[u8] = b"\x1eMILLRACE_STARTED\n";
+pub(super) const STARTED: &[u8] = b"\x1eMILLRACE_STARTED\n";
 /// How long a process that got its job may take to say so.
-const STARTED_WITHIN: Duration = Duration::from_secs(5);
+pub(super) const STARTED_WITHIN: Duration = Duration::from_secs(5);
 
 /// How much lower than the worker's a process started ahead waits, where the worker may put it
 /// back when its job comes: each job starts a replacement, and the job's own process comes
@@ -116,13 +116,14 @@ impl Waiting {
         }
     }
 
-    /// Hands the job (its environment; its files are in the directory by now) to the process.
+    /// Hands the job (its environment; its files are in the directory by now) to the process,
+    /// a forked one with its CPU limit (at most the pool's; a spawned one keeps the pool's).
     /// An error means the process is gone (or did not take the job): the job is to start
     /// otherwise.
-    pub async fn start(self, env: &[(String, String)]) -> io::Result<Started> {
+    pub async fn start(self, env: &[(String, String)], cpu_seconds: u64) -> io::Result<Started> {
         match self {
             Self::Spawned(spawned) => spawned.start(env).await,
-            Self::Forked(forked) => forked.start(env).await,
+            Self::Forked(forked) => forked.start(env, cpu_seconds).await,
         }
     }
 }
@@ -290,10 +291,17 @@ impl Pool {
         let dir = dir?;
         let waiting = match &self.source {
             Source::Forked(python) => match python.server() {
-                Some(server) => server
-                    .fork_job(&dir.confinement(), self.cpu_seconds)
-                    .await
-                    .map(Waiting::Forked),
+                Some(server) => {
+                    let confinement = dir.confinement();
+                    let forked = server.fork_job(&confinement, self.cpu_seconds);
+                    match tokio::time::timeout(READY_WITHIN, forked).await {
+                        Ok(forked) => forked.map(Waiting::Forked),
+                        Err(_) => Err(io::Error::other(format!(
+                            "not forked within {}s",
+                            READY_WITHIN.as_secs()
+                        ))),
+                    }
+                }
                 None => {
                     dir.remove().await;
                     return Ok(None);
@@ -357,7 +365,11 @@ async fn start(
 }
 
 /// Reads `marker` from the process's output within `within`.
-async fn expect(stdout: &mut pipe::Receiver, marker: &[u8], within: Duration) -> io::Result<()> {
+pub(super) async fn expect(
+    stdout: &mut (impl AsyncRead + Unpin),
+    marker: &[u8],
+    within: Duration,
+) -> io::Result<()> {
     // Byte by byte: nothing past the marker may be taken from the job's output.
     let read = tokio::time::timeout(within, async {
         for expected in marker {
