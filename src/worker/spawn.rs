@@ -300,6 +300,9 @@ fn open_null() -> io::Result<OwnedFd> {
         .into())
 }
 
+/// The kernel's signal set, as `rt_sigprocmask` takes it: 64 signals.
+const SIGSET_SIZE: libc::size_t = 8;
+
 /// Room for a child's calls: it runs on a stack of its own in the worker's memory, below a
 /// guard page (an overflow faults rather than writes over the worker's heap).
 const CHILD_STACK: usize = 256 * 1024;
@@ -347,13 +350,18 @@ pub unsafe fn clone_vfork(
     // SAFETY: rt_sigprocmask on this thread with 8-byte sets; clone with a stack top inside
     // the mapping above (16-byte aligned: the mapping is page aligned); `arg` per the caller.
     let (pid, e) = unsafe {
-        libc::syscall(
+        if libc::syscall(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
             &all,
             &mut before,
-            8,
-        );
+            SIGSET_SIZE,
+        ) != 0
+        {
+            let e = io::Error::last_os_error();
+            libc::munmap(stack, length);
+            return Err(e);
+        }
         let top = stack.cast::<u8>().add(length).cast::<libc::c_void>();
         let pid = libc::clone(
             child,
@@ -367,7 +375,7 @@ pub unsafe fn clone_vfork(
             libc::SIG_SETMASK,
             &before,
             std::ptr::null_mut::<u64>(),
-            8,
+            SIGSET_SIZE,
         );
         libc::munmap(stack, length);
         (pid, e)
@@ -480,7 +488,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             libc::SIG_SETMASK,
             &none,
             std::ptr::null_mut::<u64>(),
-            8,
+            SIGSET_SIZE,
         );
         libc::syscall(
             libc::SYS_execve,

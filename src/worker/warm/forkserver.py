@@ -31,6 +31,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 DEDICATED_CPU_HARD = 24 * 3600
 # What a child prints once it has its job (`STARTED` in prespawned.rs).
 STARTED = b"\x1eMILLRACE_STARTED\n"
+# A job's stdout and stderr as the worker gave them (in the child).
+JOB_STREAMS = {}
 # Where a child finds its job pipe (a dedicated one, its control socket): after its standard
 # streams.
 JOB_FD = 3
@@ -163,6 +165,8 @@ def become_job(conn, job, fds, server_pid, wrapper):
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
         os.dup2(fds[2], JOB_FD)
+        # The worker's pipes, whose markers it reads (see `finish`).
+        JOB_STREAMS.update({fd: stream_id(fd) for fd in (1, 2)})
     try:
         confine(job, server_pid)
         # Every other descriptor goes, the socket to the worker above all (a job holding it
@@ -299,19 +303,35 @@ def finish(code, tell):
     # Last, on both pipes: the job is over (see EXIT_MARKER in process.rs), and the worker
     # need not wait for this process's teardown and the server's report of its exit.
     marker = f"\x1eMILLRACE_EXIT {code}\n".encode()
+    if tell:
+        # Nothing of it, its memory least of all, for the user's next job to read while it is
+        # torn down.
+        try:
+            prctl(PR_SET_DUMPABLE, 0)
+        except OSError:
+            pass
+    told = tell
     for fd in (1, 2) if tell else ():
         try:
-            os.write(fd, marker)
+            told = told and os.write(fd, marker) == len(marker) and stream_id(fd) == JOB_STREAMS.get(fd)
         except OSError:
+            told = False
             break
-    if tell:
+    if told:
         # What is left is the kernel's teardown of this copy of the server (~1 ms of CPU), which
-        # no one waits for: behind every other job's work, and the next call's.
+        # no one waits for once the worker read both markers: behind every other job's work,
+        # and the next call's. (Not when a marker may have gone elsewhere: then the worker
+        # waits for the exit.)
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 19)
         except OSError:
             pass
     os._exit(code)
+
+
+def stream_id(fd):
+    stat = os.fstat(fd)
+    return (stat.st_dev, stat.st_ino)
 
 
 def exit_status(code):

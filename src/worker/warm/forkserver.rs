@@ -345,9 +345,24 @@ impl Forked {
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
         let job = json!({ "env": env, "cpu_seconds": cpu_seconds }).to_string();
-        self.job.write_all(job.as_bytes()).await?;
-        drop(self.job);
-        expect(&mut self.stdout, STARTED, STARTED_WITHIN).await?;
+        let (mut pipe, stdout) = (self.job, &mut self.stdout);
+        let handed = tokio::time::timeout(STARTED_WITHIN, async move {
+            pipe.write_all(job.as_bytes()).await?;
+            drop(pipe);
+            expect(stdout, STARTED, STARTED_WITHIN).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("it did not take the job in time")));
+        if let Err(e) = handed {
+            // Stopped, or stuck: it holds the job's environment, and goes now (its user's
+            // processes are killed too, where it has a user of its own).
+            if self.exit.try_recv() == Err(oneshot::error::TryRecvError::Empty) {
+                // SAFETY: kill(2) on the server's child, whose exit the server has not
+                // reported: it is not reaped, so its pid is still its own.
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            }
+            return Err(e);
+        }
         let exit_rx = self.exit;
         let exit = async move {
             exit_rx

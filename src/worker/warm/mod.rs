@@ -310,16 +310,18 @@ impl Warm {
     /// The job's process forked from the fork server, if it is there and answers.
     async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
         let server = self.fork_server()?;
-        let forked = tokio::time::timeout(SERVER_ANSWERS_WITHIN, async {
-            server
-                .fork_job(&dir.confinement(), cpu_seconds)
-                .await?
-                .start(&spec.env, cpu_seconds)
-                .await
-        })
+        let confinement = dir.confinement();
+        let forked = tokio::time::timeout(
+            SERVER_ANSWERS_WITHIN,
+            server.fork_job(&confinement, cpu_seconds),
+        )
         .await;
+        // The child's own slowness is its own (`Forked::start`), not the server's.
         let why = match forked {
-            Ok(Ok(started)) => return Some(started),
+            Ok(Ok(forked)) => match forked.start(&spec.env, cpu_seconds).await {
+                Ok(started) => return Some(started),
+                Err(e) => e.to_string(),
+            },
             Ok(Err(e)) => e.to_string(),
             Err(_) => {
                 // Alive but silent: it is replaced; its children die with it.

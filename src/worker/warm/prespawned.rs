@@ -296,10 +296,15 @@ impl Pool {
                     let forked = server.fork_job(&confinement, self.cpu_seconds);
                     match tokio::time::timeout(READY_WITHIN, forked).await {
                         Ok(forked) => forked.map(Waiting::Forked),
-                        Err(_) => Err(io::Error::other(format!(
-                            "not forked within {}s",
-                            READY_WITHIN.as_secs()
-                        ))),
+                        Err(_) => {
+                            // Stuck, with a child that may still take the user given back
+                            // below: the server goes, and its children with it.
+                            server.kill();
+                            Err(io::Error::other(format!(
+                                "not forked within {}s",
+                                READY_WITHIN.as_secs()
+                            )))
+                        }
                     }
                 }
                 None => {
