@@ -375,12 +375,12 @@ pub(super) async fn expect(
     marker: &[u8],
     within: Duration,
 ) -> io::Result<()> {
-    // Byte by byte: nothing past the marker may be taken from the job's output.
+    // Exactly its length: nothing past the marker may be taken from the job's output.
     let read = tokio::time::timeout(within, async {
-        for expected in marker {
-            if stdout.read_u8().await? != *expected {
-                return Err(io::Error::other("it printed something else first"));
-            }
+        let mut got = vec![0; marker.len()];
+        stdout.read_exact(&mut got).await?;
+        if got != marker {
+            return Err(io::Error::other("it printed something else first"));
         }
         Ok(())
     })
