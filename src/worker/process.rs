@@ -260,14 +260,13 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
         // holds the pipes until its teardown ends), and the kill of what is left of the job
         // and the reaping go on beside the job's answer, as after any job that ended by
         // itself (the directory's removal awaits the kill).
-        match confinement.user {
-            Some(_) => confinement.kill_beside(),
-            None => kill_group(pid),
+        if confinement.user.is_none() {
+            kill_group(pid);
         }
         for reader in [&stdout, &stderr].into_iter().flatten() {
             reader.abort();
         }
-        tokio::spawn(exit);
+        confinement.kill_beside(exit);
         return ended;
     }
     // Readers end once every holder of the pipes is gone.
@@ -288,7 +287,7 @@ pub async fn supervise(started: Started, how: Run<'_>) -> Ended {
                     .await
                     .is_ok() =>
         {
-            confinement.kill_beside();
+            confinement.kill_beside(std::future::ready(()));
             true
         }
         Some(user) => {

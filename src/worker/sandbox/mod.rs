@@ -92,11 +92,24 @@ impl Confinement {
         }
     }
 
-    /// Kills the job user's processes without waiting for it (see [`JobDir::remove`]).
-    pub fn kill_beside(&self) {
-        if let Some(user) = self.user {
-            let kill = tokio::spawn(users::kill_all(user));
-            *self.kill_started.lock().expect("kill lock") = Some(kill);
+    /// Kills the job user's processes without waiting for it (see [`JobDir::remove`]), then
+    /// waits for `exit`, the end of the job's own process, so that the user serves no other job
+    /// while that process is still being torn down.
+    pub fn kill_beside(&self, exit: impl std::future::Future + Send + 'static) {
+        match self.user {
+            Some(user) => {
+                let kill = tokio::spawn(async move {
+                    let killed = users::kill_all(user).await;
+                    exit.await;
+                    killed
+                });
+                *self.kill_started.lock().expect("kill lock") = Some(kill);
+            }
+            None => {
+                tokio::spawn(async move {
+                    exit.await;
+                });
+            }
         }
     }
 }
