@@ -15,17 +15,25 @@ use std::os::unix::process::CommandExt;
 pub fn dies_with_parent(command: &mut std::process::Command, signal: libc::c_int) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing.
+    // SAFETY: `arm` is async-signal-safe and allocates nothing.
     unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                // ESRCH ("no such process"): an error that allocates nothing, unlike a message.
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
+        command.pre_exec(move || arm(signal, parent));
     }
+}
+
+/// In a child between fork (or clone) and exec: `signal` when the spawning thread of `parent`
+/// ends; an error if `parent` is gone already. Only a `prctl` and a `getppid`, and an error
+/// that allocates nothing.
+pub fn arm(signal: libc::c_int, parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid on the calling process; no memory is passed.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            // ESRCH ("no such process"): an error that allocates nothing, unlike a message.
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }

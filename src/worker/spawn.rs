@@ -464,24 +464,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     if let Err(e) = plan.confinement.enter(plan.cpu_seconds) {
         fail(3, e);
     }
-    // SAFETY (the block): prctl, getppid, sigprocmask and execve on this child, with
-    // NUL-terminated strings and null-terminated arrays from `plan`.
+    // The job dies with the worker's spawning thread. After `enter`: taking the job's user
+    // clears the setting.
+    if let Err(e) = crate::parent_death::arm(libc::SIGKILL, plan.parent) {
+        fail(4, e);
+    }
+    // SAFETY (the block): sigprocmask and execve on this child, with NUL-terminated strings
+    // and null-terminated arrays from `plan`.
     unsafe {
-        // The job dies with the worker's spawning thread. After `enter`: taking the job's user
-        // clears the setting. A parent gone already would leave an orphan.
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
-            fail(4, io::Error::last_os_error());
-        }
-        if libc::getppid() != plan.parent {
-            fail(4, io::Error::from_raw_os_error(libc::ESRCH));
-        }
         let none: u64 = 0;
         libc::syscall(
             libc::SYS_rt_sigprocmask,

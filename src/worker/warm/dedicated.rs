@@ -11,8 +11,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Mutex;
 
-use serde_json::json;
-
 use super::forkserver::{reader, DedicatedProcess};
 use crate::worker::process::Started;
 use crate::worker::runtimes::{ERROR_FILE, RESULT_FILE};
@@ -49,9 +47,7 @@ impl Lent {
             }
             Ok(())
         })?;
-        let env: serde_json::Map<String, serde_json::Value> =
-            env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        let job = json!({ "env": env, "cpu_seconds": cpu_seconds }).to_string();
+        let job = super::job_message(env, cpu_seconds);
         let (out_read, out_write) = std::io::pipe()?;
         let (err_read, err_write) = std::io::pipe()?;
         let control = self.process.control.clone();

@@ -340,11 +340,7 @@ impl Forked {
         if !self.is_alive() {
             return Err(io::Error::other("it is gone"));
         }
-        let env: serde_json::Map<String, Value> = env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        let job = json!({ "env": env, "cpu_seconds": cpu_seconds }).to_string();
+        let job = super::job_message(env, cpu_seconds);
         let (mut pipe, stdout) = (self.job, &mut self.stdout);
         let handed = tokio::time::timeout(STARTED_WITHIN, async move {
             pipe.write_all(job.as_bytes()).await?;

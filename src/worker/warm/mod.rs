@@ -334,6 +334,17 @@ impl Warm {
     }
 }
 
+/// What a process waiting for its job is sent: the job's environment, and its CPU limit (which
+/// a forked or dedicated python3 process lowers its own to; a spawned one keeps the limit it was
+/// started with).
+fn job_message(env: &[(String, String)], cpu_seconds: u64) -> String {
+    let env: serde_json::Map<String, serde_json::Value> = env
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::json!({ "env": env, "cpu_seconds": cpu_seconds }).to_string()
+}
+
 /// A process started for a job, cold or ahead: of those spawned, only deno's wrapper prints
 /// the exit marker (see `tellExit` in wrapper.ts); forked ones always do.
 fn marking_exit(lang: ScriptLang, mut started: Started) -> Started {

@@ -116,13 +116,13 @@ impl Waiting {
         }
     }
 
-    /// Hands the job (its environment; its files are in the directory by now) to the process,
-    /// a forked one with its CPU limit (at most the pool's; a spawned one keeps the pool's).
+    /// Hands the job (its environment and CPU limit, at most the pool's; its files are in the
+    /// directory by now) to the process.
     /// An error means the process is gone (or did not take the job): the job is to start
     /// otherwise.
     pub async fn start(self, env: &[(String, String)], cpu_seconds: u64) -> io::Result<Started> {
         match self {
-            Self::Spawned(spawned) => spawned.start(env).await,
+            Self::Spawned(spawned) => spawned.start(env, cpu_seconds).await,
             Self::Forked(forked) => forked.start(env, cpu_seconds).await,
         }
     }
@@ -138,7 +138,7 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    async fn start(self, env: &[(String, String)]) -> io::Result<Started> {
+    async fn start(self, env: &[(String, String)], cpu_seconds: u64) -> io::Result<Started> {
         let Spawned {
             child,
             mut stdin,
@@ -149,11 +149,7 @@ impl Spawned {
             // A job never runs below the worker's priority: one that cannot have it starts cold.
             priorities.restore(child.id())?;
         }
-        let env: serde_json::Map<String, serde_json::Value> = env
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        let job = serde_json::json!({ "env": env }).to_string();
+        let job = super::job_message(env, cpu_seconds);
         stdin.write_all(job.as_bytes()).await?;
         stdin.shutdown().await?;
         drop(stdin);
