@@ -480,7 +480,7 @@ pub struct WorkerConfig {
     )]
     pub python: PathBuf,
 
-    /// Keep runtimes ready before jobs arrive: a Python fork server, bun and deno processes
+    /// Keep runtimes ready before jobs arrive: Python fork servers, bun and deno processes
     /// started ahead (each job still gets a process, user and directory of its own); `0` or
     /// `false` starts every job's interpreter cold.
     #[arg(
@@ -492,8 +492,9 @@ pub struct WorkerConfig {
     )]
     pub warm: bool,
 
-    /// Modules the Python fork server imports once at start (comma-separated), so that no job
-    /// pays for importing them; only installed packages, never a script's own.
+    /// Modules a second Python fork server imports once at start (comma-separated), so that no
+    /// job pays for importing them: scripts that name one fork from it, every other script from
+    /// a bare server; only installed packages, never a script's own.
     #[arg(
         long = "worker-python-preimport",
         env = "WORKER_PYTHON_PREIMPORT",

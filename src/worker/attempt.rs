@@ -395,11 +395,13 @@ async fn execute(
         (true, Some(hash)) => Some(DedicatedScript {
             workspace: &envelope.workspace,
             hash,
-            content: &code.content,
         }),
         _ => None,
     };
-    let (dir, launch) = ctx.warm.take(code.language, dedicated, cpu_seconds).await;
+    let (dir, launch) = ctx
+        .warm
+        .take(code.language, &code.content, dedicated, cpu_seconds)
+        .await;
     let dir = match dir {
         Some(dir) => dir,
         None => ctx.sandbox.job_dir().await.map_err(|e| {

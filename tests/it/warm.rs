@@ -30,27 +30,61 @@ fn children_with(parent: u32, needle: &str) -> Vec<u32> {
     found
 }
 
-/// How many fork servers the worker has said are ready.
-fn servers_ready(env: &TestEnv) -> usize {
+/// The two fork servers: the bare one, for scripts that name no preimported module, and the
+/// one that has imported `WORKER_PYTHON_PREIMPORT`'s (`wmill` by default).
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Bare,
+    Preimporting,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Preimporting => "preimporting",
+        }
+    }
+
+    /// Whether `pid` is this server: the bare one has nothing to preimport on its command line
+    /// (`forkserver.py <wrapper.py> <modules>`).
+    fn is(self, pid: u32) -> bool {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmdline.ends_with(b"wrapper.py\0\0") == (self == Self::Bare)
+    }
+}
+
+/// How many times the worker has said fork server `which` is ready.
+fn servers_ready(env: &TestEnv, which: Server) -> usize {
     env.logs()
-        .matches("python3 jobs fork from a warm interpreter")
+        .lines()
+        .filter(|l| l.contains("python3 jobs fork from a warm interpreter"))
+        .filter(|l| l.contains(which.name()))
         .count()
 }
 
-/// The worker's fork server, once the `count`th is ready.
-async fn fork_server(env: &TestEnv, count: usize) -> u32 {
+/// The worker's fork server `which`, once it is ready for the `count`th time.
+async fn server(env: &TestEnv, which: Server, count: usize) -> u32 {
     let worker = env.worker_pid(0);
     let mut server = None;
     eventually(
         Duration::from_secs(30),
-        "a fork server is ready",
+        &format!("the {} fork server is ready", which.name()),
         async || {
-            server = children_with(worker, "forkserver.py").first().copied();
-            server.is_some() && servers_ready(env) >= count
+            server = children_with(worker, "forkserver.py")
+                .into_iter()
+                .find(|pid| which.is(*pid));
+            server.is_some() && servers_ready(env, which) >= count
         },
     )
     .await;
     server.unwrap()
+}
+
+/// The fork server of scripts that name no preimported module, once it is ready for the
+/// `count`th time.
+async fn fork_server(env: &TestEnv, count: usize) -> u32 {
+    server(env, Server::Bare, count).await
 }
 
 /// Whether process `pid` is blocked reading descriptor `fd` (`read(fd, …)`): a warm process
@@ -178,6 +212,119 @@ async fn python_jobs_fork_from_the_fork_server_and_share_nothing() {
     assert_eq!(again["ppid"], json!(server));
     assert_eq!(again["cwd"], json!(next_in));
     assert_ne!(again["cwd"], first["cwd"]);
+}
+
+/// Whether `wmill` was imported before the script, which names it (in `main` only, as a word
+/// the choice of server sees).
+const PY_WMILL_PRELOADED: &str = "import os, sys\n\
+PRELOADED = [m for m in ('wm' + 'ill', 'httpx') if m in sys.modules]\n\
+def main():\n    import wmill\n    return {'pid': os.getpid(), 'ppid': os.getppid(), 'preloaded': PRELOADED, 'client': hasattr(wmill, 'get_variable')}\n";
+
+/// A child of fork server `server` waiting for its job.
+async fn waiting_child_of(server: u32) -> u32 {
+    let mut found = None;
+    eventually(
+        Duration::from_secs(30),
+        "a child forked ahead waits",
+        async || {
+            found = children_with(server, "forkserver.py")
+                .into_iter()
+                .find(|pid| reads(*pid, 3));
+            found.is_some()
+        },
+    )
+    .await;
+    found.unwrap()
+}
+
+#[tokio::test]
+async fn a_script_naming_a_preimported_module_forks_from_the_server_that_imported_it() {
+    let env = env_in(true).await;
+    let bare = fork_server(&env, 1).await;
+    let preimporting = server(&env, Server::Preimporting, 1).await;
+    assert_ne!(bare, preimporting);
+    env.script("u/alice/plain", "python3", PY_FIRST).await;
+    env.script("u/alice/client", "python3", PY_WMILL_PRELOADED)
+        .await;
+    // The same check, without the word: this script's children come from the bare server.
+    let unnamed = PY_WMILL_PRELOADED.replace("import wmill", "__import__('wm' + 'ill')");
+    let unnamed = unnamed.replace("hasattr(wmill,", "hasattr(sys.modules['wm' + 'ill'],");
+    env.script("u/alice/unnamed", "python3", &unnamed).await;
+    let plain = env.run_ok("u/alice/plain", json!({})).await;
+    assert_eq!(plain["ppid"], json!(bare), "{plain}");
+    // A bare child waits now: a job taking from the wrong pool would run in it.
+    let bare_child = waiting_child_of(bare).await;
+    let client = env.run_ok("u/alice/client", json!({})).await;
+    assert_eq!(client["ppid"], json!(preimporting), "{client}");
+    assert_eq!(client["preloaded"], json!(["wmill", "httpx"]), "{client}");
+    assert_eq!(client["client"], json!(true), "{client}");
+    // Its pool's child forked ahead takes the next one.
+    let ahead = waiting_child_of(preimporting).await;
+    let client = env.run_ok("u/alice/client", json!({})).await;
+    assert_eq!(client["pid"], json!(ahead), "{client}");
+    assert_eq!(client["preloaded"], json!(["wmill", "httpx"]), "{client}");
+    // A script without the word runs in the bare child, paying for its import itself.
+    let unnamed = env.run_ok("u/alice/unnamed", json!({})).await;
+    assert_eq!(unnamed["pid"], json!(bare_child), "{unnamed}");
+    assert_eq!(unnamed["preloaded"], json!([]), "{unnamed}");
+    assert_eq!(unnamed["client"], json!(true), "{unnamed}");
+    // Without its server, a script's job forks from the other one (from the bare one, paying
+    // for its import), or from the server's replacement once that is ready.
+    // SAFETY: kill(2) on a pid just found among the worker's children.
+    unsafe { libc::kill(preimporting as i32, libc::SIGKILL) };
+    eventually(
+        Duration::from_secs(10),
+        "the preimporting server is known to be gone",
+        async || env.logs().contains("fork server is gone"),
+    )
+    .await;
+    let client = env.run_ok("u/alice/client", json!({})).await;
+    assert_ne!(client["ppid"], json!(preimporting), "{client}");
+    assert_eq!(client["client"], json!(true), "{client}");
+    if client["preloaded"] == json!([]) {
+        assert_eq!(client["ppid"], json!(bare), "{client}");
+    }
+}
+
+#[tokio::test]
+async fn the_two_fork_servers_pools_share_python3s_users() {
+    let env = TestEnv::with(mode(
+        true,
+        Options {
+            workers: 1,
+            worker_env: vec![("WORKER_SLOTS".into(), "1".into())],
+            ..Default::default()
+        },
+    ))
+    .await;
+    let bare = fork_server(&env, 1).await;
+    let preimporting = server(&env, Server::Preimporting, 1).await;
+    env.script("u/alice/plain", "python3", PY_FIRST).await;
+    env.script("u/alice/client", "python3", PY_WMILL_PRELOADED)
+        .await;
+    let waiting = |server| {
+        children_with(server, "forkserver.py")
+            .into_iter()
+            .filter(|pid| reads(*pid, 3))
+            .count()
+    };
+    // One slot, one user for children forked ahead: it follows the scripts that come.
+    for (path, expected) in [
+        ("u/alice/plain", (1, 0)),
+        ("u/alice/client", (0, 1)),
+        ("u/alice/plain", (1, 0)),
+    ] {
+        env.run_ok(path, json!({})).await;
+        eventually(
+            Duration::from_secs(20),
+            &format!("after {path}: children waiting (bare, preimporting) {expected:?}"),
+            async || (waiting(bare), waiting(preimporting)) == expected,
+        )
+        .await;
+    }
+    // And never more than one at a time.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((waiting(bare), waiting(preimporting)), (1, 0));
 }
 
 #[tokio::test]

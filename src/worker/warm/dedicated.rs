@@ -1,7 +1,7 @@
 //! Dedicated processes (a script version's `dedicated_worker`): a python3 process forked from
-//! the fork server as a job user, which imports the script with its first job and then runs
-//! job after job of that version, one at a time — module state persists between them, as in
-//! Windmill's dedicated workers. Idle ones wait per script version, with their directory and
+//! its script's fork server as a job user, which imports the script with its first job and then
+//! runs job after job of that version, one at a time — module state persists between them, as
+//! in Windmill's dedicated workers. Idle ones wait per script version, with their directory and
 //! user; each job's output goes to pipes of its own.
 
 use std::collections::HashMap;

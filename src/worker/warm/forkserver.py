@@ -1,5 +1,6 @@
-# Millrace's Python fork server: one interpreter per worker that has imported the wrapper's
-# modules (and those of WORKER_PYTHON_PREIMPORT) once, and forks a child per job. It runs only
+# Millrace's Python fork server: an interpreter that has imported the wrapper's modules (and,
+# the second of a worker's two, those of WORKER_PYTHON_PREIMPORT) once, and forks a child per
+# job. It runs only
 # this trusted code, never a script: each child confines itself exactly as the worker confines a
 # cold job between fork and exec (src/worker/sandbox), then runs the wrapper.
 #
@@ -13,13 +14,23 @@
 # after job sent there (see `dedicated`). Nothing secret ever reaches this process (a job's
 # environment goes from the worker to the child): what a child inherits of its memory is the
 # same for every job.
+# Every module this server and its children use, the wrapper's included, imported here once: a
+# module a child imports is imported again by every job (`threading`, which a child's exit
+# needs, nearly doubled a trivial job's time in a server that had not imported it).
+import atexit
 import ctypes
+import fcntl
+import gc
+import inspect  # noqa: F401 (the wrapper's, for callables other than plain functions)
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import sys
+import threading
+import traceback
 import types
 
 PR_SET_PDEATHSIG = 1
@@ -195,8 +206,6 @@ def become_job(conn, job, fds, server_pid, wrapper):
     except SystemExit as e:
         code = e.code
     except BaseException:
-        import traceback
-
         traceback.print_exc()
         code = 1
     # A process the script forked comes back here too, and its end is not the job's.
@@ -237,9 +246,6 @@ def dedicated(control, wrapper):
 
 
 def serve_dedicated(control, wrapper):
-    import threading
-    import traceback
-
     # What every job starts from, whatever the previous one changed.
     home = os.getcwd()
     mask = os.umask(0o077)
@@ -294,9 +300,6 @@ def finish(code, tell):
     """Ends the job's process as the interpreter's exit would, less the teardown of every
     module the server imported (tens of milliseconds with wmill's): non-daemon threads are
     waited for, exit handlers run, output flushed; with `tell`, the job's end is told."""
-    import atexit
-    import threading
-
     threading._shutdown()
     atexit._run_exitfuncs()
     code = exit_status(code) & 0xFF
@@ -361,8 +364,6 @@ def serve(conn, wrapper):
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     conn.send(b'{"ready":true}')
-    import fcntl
-    import select
 
     def announce(pid):
         os.close(confining.pop(pid))
@@ -429,10 +430,6 @@ def start():
     conn = socket.socket(fileno=0)
     with open(sys.argv[1], encoding="utf-8") as f:
         wrapper = compile(f.read(), "wrapper.py", "exec")
-    # What the wrapper imports, so that no job pays for it.
-    import inspect  # noqa: F401
-    import traceback  # noqa: F401
-
     for name in filter(None, (n.strip() for n in sys.argv[2].split(","))):
         try:
             __import__(name)
@@ -440,8 +437,6 @@ def start():
             print(f"millrace fork server: cannot preimport {name}: {e}", file=sys.stderr)
     # What was imported stays out of the collector's sight: a child's collections then do not
     # touch (and copy) the server's pages.
-    import gc
-
     gc.freeze()
     serve(conn, wrapper)
 

@@ -1,22 +1,24 @@
 //! Warm runtimes (`WORKER_WARM`): no interpreter starts on a job's way. Jobs take a process
 //! started ahead of them (`prespawned.rs`): for `python3`, forked from a fork server that has
-//! imported the wrapper's modules once (`forkserver.rs`), confined and waiting for its job (a
-//! job that finds none is forked then); for `bun` and `deno`, spawned with the wrapper loaded. Every job still runs in a process of its own, confined as a cold one —
-//! except a script version's opting into dedicated processes (`dedicated.rs`), whose jobs run
-//! one after another in a process that keeps the imported script. Whatever is not ready — no
-//! server, no ready process, one that broke — means a cold start: a job never waits for a warm
-//! runtime.
+//! imported the wrapper's modules once (`forkserver.rs`; one of two, by what the script
+//! imports: `python.rs`), confined and waiting for its job (a job that finds none is forked
+//! then); for `bun` and `deno`, spawned with the wrapper loaded. Every job still runs in a
+//! process of its own, confined as a cold one — except a script version's opting into
+//! dedicated processes (`dedicated.rs`), whose jobs run one after another in a process that
+//! keeps the imported script. Whatever is not ready — no server, no ready process, one that
+//! broke — means a cold start: a job never waits for a warm runtime.
 
 mod dedicated;
 mod forkserver;
 mod prespawned;
+mod python;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dedicated::{Idle, Lent};
-use prespawned::{Pool, Source, Waiting};
+use prespawned::{Pool, Share, Source, Waiting};
+use python::{Python, Server};
 
 use super::process::{self, ProcessSpec, Started};
 use super::runtimes::Runtimes;
@@ -26,14 +28,12 @@ use crate::domain::ScriptLang;
 /// Languages whose jobs take a process spawned ahead.
 const PRESPAWNED: [ScriptLang; 2] = [ScriptLang::Bun, ScriptLang::Deno];
 
-/// How long a fork server may take to start, and to answer for one job.
-const SERVER_READY_WITHIN: Duration = Duration::from_secs(20);
+/// How long a fork server may take to answer for one job.
 const SERVER_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
-/// Between two starts of a fork server.
-const SERVER_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// The users to claim, besides one per slot, for processes waiting for jobs: one per slot for
-/// each language installed, and for python3's dedicated processes.
+/// each language installed (python3's two fork servers' pools share theirs), and for python3's
+/// dedicated processes.
 pub fn reserved_users(runtimes: &Runtimes, slots: usize) -> usize {
     if !runtimes.warm {
         return 0;
@@ -49,15 +49,37 @@ pub fn reserved_users(runtimes: &Runtimes, slots: usize) -> usize {
 /// The warm runtimes of one worker.
 pub struct Warm {
     python: Option<Arc<Python>>,
-    pools: Vec<(ScriptLang, Arc<Pool>)>,
+    pools: Vec<(Runtime, Arc<Pool>)>,
     idle_dedicated: Idle,
     runtimes: Runtimes,
     sandbox: Arc<Sandbox>,
 }
 
-/// How a job's process is to start.
-pub enum Launch {
-    /// Cold, or forked from the fork server now.
+/// What a pool keeps processes of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    Spawned(ScriptLang),
+    /// `python3`, from this fork server.
+    Forked(Server),
+}
+
+impl Runtime {
+    fn lang(self) -> ScriptLang {
+        match self {
+            Self::Spawned(lang) => lang,
+            Self::Forked(_) => ScriptLang::Python3,
+        }
+    }
+}
+
+/// How a job's process is to start, and (`python3`) which fork server forks it if that fails.
+pub struct Launch {
+    ready: Ready,
+    fork_from: Option<Server>,
+}
+
+enum Ready {
+    /// Cold, or forked from its fork server now.
     Fresh,
     /// A process started ahead, waiting in the job's directory.
     Waiting(Box<Waiting>),
@@ -69,22 +91,6 @@ pub enum Launch {
 pub struct DedicatedScript<'a> {
     pub workspace: &'a str,
     pub hash: &'a str,
-    pub content: &'a str,
-}
-
-/// The current fork server, if one is running.
-pub struct Python {
-    program: PathBuf,
-    preimport: String,
-    files_in: PathBuf,
-    server: Mutex<Option<Arc<forkserver::ForkServer>>>,
-}
-
-impl Python {
-    /// The fork server, while one runs.
-    fn server(&self) -> Option<Arc<forkserver::ForkServer>> {
-        self.server.lock().expect("server lock").clone()
-    }
 }
 
 impl Warm {
@@ -98,12 +104,8 @@ impl Warm {
     ) -> Self {
         let (python, pools) = if runtimes.warm {
             let python = runtimes.program(ScriptLang::Python3).ok().map(|program| {
-                Arc::new(Python {
-                    program,
-                    preimport: runtimes.python_preimport.clone(),
-                    files_in: sandbox.root().to_path_buf(),
-                    server: Mutex::new(None),
-                })
+                let files_in = sandbox.root().to_path_buf();
+                Arc::new(Python::new(program, &runtimes.python_preimport, files_in))
             });
             // Probed once for the pools.
             let priorities = prespawned::Priorities::probe();
@@ -115,16 +117,22 @@ impl Warm {
                         runtimes: runtimes.clone(),
                         priorities,
                     };
-                    (lang, source)
+                    (Runtime::Spawned(lang), source, Share::new(slots))
                 });
-            let forked = python
-                .clone()
-                .map(|python| (ScriptLang::Python3, Source::Forked(python)));
+            // The fork servers' pools share python3's users.
+            let python_share = Share::new(slots);
+            let forked = python.iter().flat_map(|python| {
+                python.servers().iter().map(|&server| {
+                    let source = Source::Forked(python.clone(), server);
+                    (Runtime::Forked(server), source, python_share.clone())
+                })
+            });
             let pools = spawned
                 .chain(forked)
-                .map(|(lang, source)| {
-                    let pool = Pool::new(lang, source, sandbox.clone(), max_cpu_seconds, slots);
-                    (lang, pool)
+                .map(|(runtime, source, share)| {
+                    let lang = runtime.lang();
+                    let pool = Pool::new(lang, source, sandbox.clone(), max_cpu_seconds, share);
+                    (runtime, pool)
                 })
                 .collect();
             (python, pools)
@@ -140,35 +148,11 @@ impl Warm {
         }
     }
 
-    /// Starts the fork server, and keeps one running (a server that is gone is replaced).
-    /// Call it from a task of the worker's runtime: the server dies with the spawning thread.
+    /// Starts the fork servers, and keeps them running.
     pub fn boot(&self) {
-        let Some(python) = self.python.clone() else {
-            return;
-        };
-        tokio::spawn(async move {
-            loop {
-                let started = forkserver::ForkServer::start(
-                    &python.program,
-                    &python.preimport,
-                    &python.files_in,
-                    SERVER_READY_WITHIN,
-                )
-                .await;
-                match started {
-                    Ok(server) => {
-                        tracing::info!("python3 jobs fork from a warm interpreter");
-                        *python.server.lock().expect("server lock") = Some(server.clone());
-                        server.gone().await;
-                        python.server.lock().expect("server lock").take();
-                        tracing::warn!("the python3 fork server is gone: starting another");
-                    }
-                    Err(e) => tracing::warn!(error = %e,
-                        "cannot start the python3 fork server: python3 jobs start cold"),
-                }
-                tokio::time::sleep(SERVER_RESTART_PAUSE).await;
-            }
-        });
+        if let Some(python) = &self.python {
+            python.boot();
+        }
     }
 
     /// What is ready for a job of `lang` that may use `cpu_seconds` of CPU: with the directory
@@ -176,20 +160,30 @@ impl Warm {
     pub async fn take(
         &self,
         lang: ScriptLang,
+        content: &str,
         dedicated: Option<DedicatedScript<'_>>,
         cpu_seconds: u64,
     ) -> (Option<JobDir>, Launch) {
-        if let Some(script) = dedicated.filter(|_| lang == ScriptLang::Python3) {
-            if let Some((lent, dir)) = self.dedicated(script, cpu_seconds).await {
-                return (Some(dir), Launch::Dedicated(lent));
+        let fork_from = match (&self.python, lang) {
+            (Some(python), ScriptLang::Python3) => Some(python.server_for(content)),
+            _ => None,
+        };
+        let launch = |ready| Launch { ready, fork_from };
+        if let (Some(script), Some(server)) = (dedicated, fork_from) {
+            if let Some((lent, dir)) = self.dedicated(script, content, server, cpu_seconds).await {
+                return (Some(dir), launch(Ready::Dedicated(lent)));
             }
         }
-        let Some((_, pool)) = self.pools.iter().find(|(l, _)| *l == lang) else {
-            return (None, Launch::Fresh);
+        let runtime = fork_from.map_or(Runtime::Spawned(lang), Runtime::Forked);
+        let Some((_, pool)) = self.pools.iter().find(|(r, _)| *r == runtime) else {
+            return (None, launch(Ready::Fresh));
         };
         match pool.take(cpu_seconds) {
-            Some(warm) => (Some(warm.dir), Launch::Waiting(Box::new(warm.waiting))),
-            None => (None, Launch::Fresh),
+            Some(warm) => (
+                Some(warm.dir),
+                launch(Ready::Waiting(Box::new(warm.waiting))),
+            ),
+            None => (None, launch(Ready::Fresh)),
         }
     }
 
@@ -207,22 +201,22 @@ impl Warm {
         let confinement = dir.confinement();
         // Whether a warm start was tried and failed: what it may have left of the job runs as
         // the job's user, and is killed before the cold start.
-        let mut failed = match launch {
-            Launch::Dedicated(lent) => match lent.start(dir, &spec.env, cpu_seconds).await {
+        let mut failed = match launch.ready {
+            Ready::Dedicated(lent) => match lent.start(dir, &spec.env, cpu_seconds).await {
                 Ok(started) => return (Ok(started), Some(lent)),
                 Err(e) => {
                     tracing::info!(error = %e, "a dedicated process was gone: starting cold");
                     true
                 }
             },
-            Launch::Waiting(waiting) => match waiting.start(&spec.env, cpu_seconds).await {
+            Ready::Waiting(waiting) => match waiting.start(&spec.env, cpu_seconds).await {
                 Ok(started) => return (Ok(marking_exit(lang, started)), None),
                 Err(e) => {
                     tracing::info!(%lang, error = %e, "a warm process was gone: starting cold");
                     true
                 }
             },
-            Launch::Fresh => false,
+            Ready::Fresh => false,
         };
         // What a failed warm start may have left of the job (a process stopped as it took
         // the job holds its environment) runs as the job's user: killed before another start.
@@ -232,9 +226,10 @@ impl Warm {
                 super::sandbox::kill_user(user).await;
             }
         };
-        if lang == ScriptLang::Python3 && self.fork_server().is_some() {
+        let python = self.python.as_ref();
+        if let Some((from, server)) = launch.fork_from.and_then(|w| python?.running(w)) {
             kill_left(failed).await;
-            if let Some(started) = self.fork(spec, dir, cpu_seconds).await {
+            if let Some(started) = Self::fork(from, &server, spec, dir, cpu_seconds).await {
                 return (Ok(started), None);
             }
             failed = true;
@@ -260,13 +255,15 @@ impl Warm {
     async fn dedicated(
         &self,
         script: DedicatedScript<'_>,
+        content: &str,
+        from: Server,
         cpu_seconds: u64,
     ) -> Option<(Lent, JobDir)> {
         let key = (script.workspace.to_owned(), script.hash.to_owned());
         if let Some(idle) = self.idle_dedicated.take(&key) {
             return Some(idle);
         }
-        let server = self.fork_server()?;
+        let server = self.fork_server(from)?;
         let Some(dir) = self.sandbox.job_dir_now() else {
             self.idle_dedicated.evict_other_than(&key);
             return None;
@@ -281,7 +278,7 @@ impl Warm {
         let none = serde_json::Map::new();
         if let Err(e) = self
             .runtimes
-            .prepare(ScriptLang::Python3, script.content, &none, &dir)
+            .prepare(ScriptLang::Python3, content, &none, &dir)
         {
             tracing::warn!(error = %e.message, "cannot prepare a dedicated process");
             dir.remove().await;
@@ -302,14 +299,19 @@ impl Warm {
         }
     }
 
-    /// The fork server, while one runs.
-    fn fork_server(&self) -> Option<Arc<forkserver::ForkServer>> {
-        self.python.as_ref()?.server()
+    /// The fork server `which`, while it runs.
+    fn fork_server(&self, which: Server) -> Option<Arc<forkserver::ForkServer>> {
+        self.python.as_ref()?.server(which)
     }
 
-    /// The job's process forked from the fork server, if it is there and answers.
-    async fn fork(&self, spec: &ProcessSpec, dir: &JobDir, cpu_seconds: u64) -> Option<Started> {
-        let server = self.fork_server()?;
+    /// The job's process forked from `server`, if it answers.
+    async fn fork(
+        from: Server,
+        server: &forkserver::ForkServer,
+        spec: &ProcessSpec,
+        dir: &JobDir,
+        cpu_seconds: u64,
+    ) -> Option<Started> {
         let confinement = dir.confinement();
         let forked = tokio::time::timeout(
             SERVER_ANSWERS_WITHIN,
@@ -329,7 +331,8 @@ impl Warm {
                 format!("no answer within {}s", SERVER_ANSWERS_WITHIN.as_secs())
             }
         };
-        tracing::warn!(error = %why, "the python3 fork server failed a job: starting it cold");
+        tracing::warn!(server = from.name(), error = %why,
+            "a python3 fork server failed a job: starting it cold");
         None
     }
 }

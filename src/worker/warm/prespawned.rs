@@ -1,12 +1,12 @@
 //! Processes started ahead of their jobs: each is a job's process in all but its job — its own
 //! user (from the sandbox's pool), directory, limits and cgroup, waiting for its job: bun and
 //! deno spawned with the wrapper loaded, waiting on their standard input; `python3` forked from
-//! the fork server, waiting on its job pipe. A job takes one ready process with its directory,
+//! a fork server, waiting on its job pipe. A job takes one ready process with its directory,
 //! and the process runs that job only; a replacement is started in the background.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -19,7 +19,7 @@ use crate::worker::sandbox::{JobDir, Sandbox};
 use crate::worker::spawn::{JobChild, Spawn, Stdin};
 
 use super::forkserver::Forked;
-use super::Python;
+use super::python::{Python, Server};
 
 /// What a warm process prints when its wrapper is loaded, and when its job arrived.
 const READY: &[u8] = b"\x1eMILLRACE_READY\n";
@@ -168,8 +168,17 @@ pub enum Source {
         runtimes: Runtimes,
         priorities: Option<Priorities>,
     },
-    /// Forked from the fork server, while one runs.
-    Forked(Arc<Python>),
+    /// Forked from this fork server, while it runs.
+    Forked(Arc<Python>, Server),
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Spawned { .. } => "spawned",
+            Self::Forked(_, server) => server.name(),
+        }
+    }
 }
 
 /// The ready processes of one language, and how many to keep.
@@ -181,11 +190,54 @@ pub struct Pool {
     ready: Mutex<Vec<WarmProcess>>,
     /// Processes ready or starting.
     live: AtomicUsize,
-    /// How many to keep: one more each time a job found none, up to `max`.
+    /// How many to keep: one more each time a job found none, up to the share's.
     target: AtomicUsize,
-    max: usize,
+    share: Arc<Share>,
     /// After a failed start, none is tried before this.
     pause_until: Mutex<Option<Instant>>,
+}
+
+/// The job users that processes started ahead may hold (`reserved_users` counts one per slot
+/// and language), shared by the pools of one language: the two python3 fork servers' pools
+/// hold one per slot between them. A pool whose jobs found none while the share is held takes
+/// a waiting process of another pool's and its place in that pool's target: the share follows
+/// the scripts that come.
+pub struct Share {
+    held: AtomicUsize,
+    max: usize,
+    pools: Mutex<Vec<Weak<Pool>>>,
+}
+
+impl Share {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            held: AtomicUsize::new(0),
+            max,
+            pools: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn claim(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held < self.max).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A waiting process of a pool other than `taker`, given up with one of its pool's target.
+    fn give_up_other_than(&self, taker: &Pool) -> Option<WarmProcess> {
+        let pools = self.pools.lock().expect("pools lock").clone();
+        pools
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|pool| !std::ptr::eq(pool.as_ref(), taker))
+            .find_map(|pool| pool.give_up_one())
+    }
 }
 
 /// How long a process may take to load its wrapper before it is given up.
@@ -197,9 +249,9 @@ impl Pool {
         source: Source,
         sandbox: Arc<Sandbox>,
         cpu_seconds: u64,
-        max: usize,
+        share: Arc<Share>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let pool = Arc::new(Self {
             lang,
             source,
             sandbox,
@@ -207,9 +259,26 @@ impl Pool {
             ready: Mutex::new(Vec::new()),
             live: AtomicUsize::new(0),
             target: AtomicUsize::new(0),
-            max,
+            share,
             pause_until: Mutex::new(None),
-        })
+        });
+        let sharing = &pool.share.pools;
+        sharing
+            .lock()
+            .expect("pools lock")
+            .push(Arc::downgrade(&pool));
+        pool
+    }
+
+    /// A ready process given up for another pool of the share, and one place of the target
+    /// with it (this pool's jobs raise it again if they find none).
+    fn give_up_one(&self) -> Option<WarmProcess> {
+        let warm = self.ready.lock().expect("ready lock").pop()?;
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        let _ = self
+            .target
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1));
+        Some(warm)
     }
 
     /// A ready process for a job that may use `cpu_seconds` of CPU, if one is there; a process
@@ -224,20 +293,33 @@ impl Pool {
             };
             self.live.fetch_sub(1, Ordering::Relaxed);
             if warm.waiting.is_alive() {
+                // Its user is the job's now.
+                self.share.release();
                 break Some(warm);
             }
-            tracing::info!(lang = %self.lang, "a warm process died while waiting: replaced");
-            tokio::spawn(discard(warm));
+            tracing::info!(lang = %self.lang, source = self.source.name(),
+                "a warm process died while waiting: replaced");
+            let share = self.share.clone();
+            tokio::spawn(async move {
+                discard(warm).await;
+                share.release();
+            });
         };
         if taken.is_none() {
             let _ = self
                 .target
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                    (t < self.max).then_some(t + 1)
+                    (t < self.share.max).then_some(t + 1)
                 });
         }
         self.refill();
         taken
+    }
+
+    /// One process less, starting: it failed to start, and holds no user.
+    fn forget_one(&self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.share.release();
     }
 
     /// Starts processes in the background until `target` are ready or starting.
@@ -259,16 +341,27 @@ impl Pool {
             {
                 continue;
             }
+            if !self.share.claim() {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+                // Another pool's waiting process makes room, once its user is free again.
+                if let Some(warm) = self.share.give_up_other_than(self) {
+                    let pool = self.clone();
+                    tokio::spawn(async move {
+                        discard(warm).await;
+                        pool.share.release();
+                        pool.refill();
+                    });
+                }
+                return;
+            }
             let pool = self.clone();
             tokio::spawn(async move {
                 match pool.spawn_one().await {
                     Ok(Some(warm)) => pool.ready.lock().expect("ready lock").push(warm),
-                    Ok(None) => {
-                        pool.live.fetch_sub(1, Ordering::Relaxed);
-                    }
+                    Ok(None) => pool.forget_one(),
                     Err(e) => {
-                        pool.live.fetch_sub(1, Ordering::Relaxed);
-                        tracing::warn!(lang = %pool.lang, error = %e,
+                        pool.forget_one();
+                        tracing::warn!(lang = %pool.lang, source = pool.source.name(), error = %e,
                             "cannot start a warm process: jobs start cold meanwhile");
                         *pool.pause_until.lock().expect("pause lock") =
                             Some(Instant::now() + Duration::from_secs(5));
@@ -281,12 +374,17 @@ impl Pool {
     /// One process, ready; `None` when no user is free now (the jobs' users come first), or
     /// no fork server runs.
     async fn spawn_one(&self) -> io::Result<Option<WarmProcess>> {
+        if let Source::Forked(python, which) = &self.source {
+            if python.server(*which).is_none() {
+                return Ok(None);
+            }
+        }
         let Some(dir) = self.sandbox.job_dir_now() else {
             return Ok(None);
         };
         let dir = dir?;
         let waiting = match &self.source {
-            Source::Forked(python) => match python.server() {
+            Source::Forked(python, which) => match python.server(*which) {
                 Some(server) => {
                     let confinement = dir.confinement();
                     let forked = server.fork_job(&confinement, self.cpu_seconds);
