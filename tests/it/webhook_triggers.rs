@@ -809,7 +809,16 @@ async fn a_key_whose_job_could_not_be_queued_is_given_back() {
     let refused = run_echo_with_key(&env, String::new(), "given-back").await;
     signal_tree(nats, libc::SIGCONT);
     let refused = refused.unwrap();
-    assert_eq!(refused.status(), 503, "{:?}", refused.text().await);
+    let status = refused.status();
+    let body = refused.text().await.unwrap();
+    if status != 503 {
+        // Seen once in a while under a full parallel run, not understood yet: what became of
+        // the job tells which path answered (a worker ran it, or it was never ended).
+        let job = env
+            .get(&format!("/api/w/{WS}/jobs_u/get/{body}"), &env.token)
+            .await;
+        panic!("answered {status} {body}, not 503; the job: {}", job.text);
+    }
     // So the key is free, and the sender's retry runs.
     assert_eq!(claim_of(&env, "given-back").await, None);
     let retry = run_echo_with_key(&env, String::new(), "given-back")
