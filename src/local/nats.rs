@@ -39,9 +39,26 @@ impl LocalNats {
         Ok(server)
     }
 
+    /// Waits for the server's ports file (`--ports_file_dir`), named by its pid, which it
+    /// writes once it listens: a port that accepts connections may be another server's (taken
+    /// between the port's choice and this start, which then fails), with other users.
     async fn await_ready(&mut self) -> anyhow::Result<()> {
-        if super::wait_for_port(self.port, Duration::from_secs(10)).await {
-            return Ok(());
+        let name = self.bin.file_name().unwrap_or_default().to_string_lossy();
+        let ports_file = self
+            .store_dir
+            .join(format!("{name}_{}.ports", self.child.id()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if ports_file.exists() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "nats-server exited at start on port {} ({status})",
+                    self.port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.child.kill();
         anyhow::bail!("nats-server did not start on port {}", self.port)
@@ -122,6 +139,8 @@ fn spawn(
         .arg(&conf)
         .arg("-P")
         .arg(store_dir.join(PID_FILE))
+        .arg("--ports_file_dir")
+        .arg(store_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     crate::parent_death::dies_with_parent(&mut command, libc::SIGTERM);

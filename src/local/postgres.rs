@@ -527,6 +527,10 @@ impl LocalPostgres {
     }
 
     /// Waits until the server accepts connections (`pg_isready`), or fails when it exits.
+    /// Asked on its Unix socket, in its private directory: another server listening on the
+    /// port (taken between the port's choice and this start, which then fails) answers on TCP
+    /// as readily, and with another password. Ours creates its socket only once its TCP
+    /// listener is bound.
     fn await_ready(&self, child: &mut std::process::Child) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
@@ -534,7 +538,10 @@ impl LocalPostgres {
                 anyhow::bail!("PostgreSQL exited at start ({status})");
             }
             let ready = Command::new(self.bin_dir.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .arg("-q")
+                .arg("-h")
+                .arg(&self.data_dir)
+                .args(["-p", &self.port.to_string()])
                 .stdin(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());

@@ -35,6 +35,21 @@ fn start_postgres(dir: &std::path::Path, durability: Durability) -> LocalPostgre
     }
 }
 
+/// A free port may be taken by another test's server before ours binds it: tried again.
+async fn start_nats(bin: &std::path::Path, dir: &std::path::Path) -> LocalNats {
+    let mut attempt = 1;
+    loop {
+        match LocalNats::start(bin, dir, free_port().unwrap()).await {
+            Ok(nats) => return nats,
+            Err(e) if attempt < 3 => {
+                eprintln!("nats-server did not start (attempt {attempt}), retrying: {e:#}");
+                attempt += 1;
+            }
+            Err(e) => panic!("nats-server starts (set NATS_SERVER_BIN): {e:#}"),
+        }
+    }
+}
+
 pub fn tool(name: &str, default: &str) -> PathBuf {
     std::env::var_os(name)
         .map(PathBuf::from)
@@ -264,9 +279,7 @@ impl TestEnv {
             .tempdir()
             .unwrap();
         let nats_bin = tool("NATS_SERVER_BIN", "nats-server");
-        let nats = LocalNats::start(&nats_bin, &dir.path().join("nats"), free_port().unwrap())
-            .await
-            .expect("nats-server starts (set NATS_SERVER_BIN)");
+        let nats = start_nats(&nats_bin, &dir.path().join("nats")).await;
         let durability = if options.durable_postgres {
             Durability::Durable
         } else {
