@@ -57,14 +57,13 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Waits until something accepts connections on the port.
-pub async fn wait_for_port(port: u16, timeout: std::time::Duration) -> bool {
+/// Waits until process `pid` itself listens on loopback port `port`. A port chosen free may be
+/// taken by another program before `pid` binds it (which then fails): that one would accept
+/// connections all the same.
+pub async fn wait_until_listening(pid: u32, port: u16, timeout: std::time::Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if listens(pid, port) {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -72,9 +71,46 @@ pub async fn wait_for_port(port: u16, timeout: std::time::Duration) -> bool {
     false
 }
 
+/// Whether a socket of process `pid` listens on 127.0.0.1:`port` (`/proc/net/tcp`: its local
+/// address in hex, state `0A`, and the socket's inode among the process's descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A");
+            let inode = fields.get(9).filter(|_| listening)?;
+            Some(format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_counts_only_for_its_own_process() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens(std::process::id(), port));
+        // The parent (the test runner's shell or cargo) does not hold it.
+        assert!(!listens(std::os::unix::process::parent_id(), port));
+        drop(listener);
+        assert!(!listens(std::process::id(), port));
+    }
 
     #[test]
     fn only_plain_files_of_their_own_are_opened() {

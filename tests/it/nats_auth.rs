@@ -360,7 +360,7 @@ impl OtherNats {
             .spawn()
             .unwrap();
         assert!(
-            millrace::local::wait_for_port(port, Duration::from_secs(10)).await,
+            millrace::local::wait_until_listening(child.id(), port, Duration::from_secs(10)).await,
             "nats-server did not start: {}",
             std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
         );

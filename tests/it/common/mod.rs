@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use millrace::local::{free_port, wait_for_port, Durability, LocalNats, LocalPostgres};
+use millrace::local::{free_port, wait_until_listening, Durability, LocalNats, LocalPostgres};
 use serde_json::{json, Value};
 
 pub const SUPERADMIN: &str = "test-superadmin-secret-0123456789abcdef";
@@ -143,7 +143,7 @@ impl LocalS3 {
             .spawn()
             .expect("s3s-fs starts (set S3S_FS_BIN: eval \"$(bash scripts/tools.sh)\")");
         assert!(
-            wait_for_port(port, Duration::from_secs(10)).await,
+            wait_until_listening(child.id(), port, Duration::from_secs(10)).await,
             "s3s-fs did not listen"
         );
         Self {
@@ -206,7 +206,7 @@ impl LocalSmtp {
             .spawn()
             .expect("aiosmtpd starts (set WMILL_PYTHON)");
         assert!(
-            wait_for_port(port, Duration::from_secs(20)).await,
+            wait_until_listening(child.id(), port, Duration::from_secs(20)).await,
             "aiosmtpd did not listen"
         );
         Self { port, log, child }
@@ -457,9 +457,10 @@ impl TestEnv {
             .stderr(self.log_file(&format!("api-{index}.stderr")))
             .spawn()
             .unwrap();
+        let pid = child.id();
         self.apis.push(child);
         assert!(
-            wait_for_port(port, Duration::from_secs(20)).await,
+            wait_until_listening(pid, port, Duration::from_secs(20)).await,
             "api did not listen"
         );
     }
