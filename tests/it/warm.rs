@@ -220,6 +220,14 @@ const PY_WMILL_PRELOADED: &str = "import os, sys\n\
 PRELOADED = [m for m in ('wm' + 'ill', 'httpx') if m in sys.modules]\n\
 def main():\n    import wmill\n    return {'pid': os.getpid(), 'ppid': os.getppid(), 'preloaded': PRELOADED, 'client': hasattr(wmill, 'get_variable')}\n";
 
+/// The children of fork server `server` waiting for their jobs (on their job pipe).
+fn waiting_children(server: u32) -> Vec<u32> {
+    children_with(server, "forkserver.py")
+        .into_iter()
+        .filter(|pid| reads(*pid, 3))
+        .collect()
+}
+
 /// A child of fork server `server` waiting for its job.
 async fn waiting_child_of(server: u32) -> u32 {
     let mut found = None;
@@ -227,9 +235,7 @@ async fn waiting_child_of(server: u32) -> u32 {
         Duration::from_secs(30),
         "a child forked ahead waits",
         async || {
-            found = children_with(server, "forkserver.py")
-                .into_iter()
-                .find(|pid| reads(*pid, 3));
+            found = waiting_children(server).first().copied();
             found.is_some()
         },
     )
@@ -302,12 +308,7 @@ async fn the_two_fork_servers_pools_share_python3s_users() {
     env.script("u/alice/plain", "python3", PY_FIRST).await;
     env.script("u/alice/client", "python3", PY_WMILL_PRELOADED)
         .await;
-    let waiting = |server| {
-        children_with(server, "forkserver.py")
-            .into_iter()
-            .filter(|pid| reads(*pid, 3))
-            .count()
-    };
+    let waiting = |server| waiting_children(server).len();
     // One slot, one user for children forked ahead: it follows the scripts that come.
     for (path, expected) in [
         ("u/alice/plain", (1, 0)),

@@ -299,11 +299,7 @@ impl Pool {
             }
             tracing::info!(lang = %self.lang, source = self.source.name(),
                 "a warm process died while waiting: replaced");
-            let share = self.share.clone();
-            tokio::spawn(async move {
-                discard(warm).await;
-                share.release();
-            });
+            tokio::spawn(discard(warm, self.share.clone()));
         };
         if taken.is_none() {
             let _ = self
@@ -347,8 +343,7 @@ impl Pool {
                 if let Some(warm) = self.share.give_up_other_than(self) {
                     let pool = self.clone();
                     tokio::spawn(async move {
-                        discard(warm).await;
-                        pool.share.release();
+                        discard(warm, pool.share.clone()).await;
                         pool.refill();
                     });
                 }
@@ -488,8 +483,9 @@ pub(super) async fn expect(
     }
 }
 
-/// Kills what is left of a process that will run no job, and frees its user and directory.
-async fn discard(warm: WarmProcess) {
+/// Kills what is left of a process that will run no job, frees its user and directory, and
+/// only then its place in the share.
+async fn discard(warm: WarmProcess, share: Arc<Share>) {
     let WarmProcess { waiting, dir } = warm;
     if let Waiting::Spawned(Spawned { mut child, .. }) = waiting {
         child.kill();
@@ -498,4 +494,5 @@ async fn discard(warm: WarmProcess) {
     // A forked one ends once its job pipe closes; the directory's removal kills whatever runs
     // as its user either way.
     dir.remove().await;
+    share.release();
 }
