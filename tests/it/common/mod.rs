@@ -16,40 +16,27 @@ use serde_json::{json, Value};
 pub const SUPERADMIN: &str = "test-superadmin-secret-0123456789abcdef";
 pub const WS: &str = "test";
 
+/// A server started on a free port. The port is free when picked but can be taken before the
+/// server binds it (by another test's server or outgoing connection), so a failed start is
+/// retried on another port. `what` names the server and what to set when it cannot start.
+async fn on_a_free_port<T, F>(what: &str, start: impl Fn(u16) -> F) -> T
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start(free_port().unwrap()).await {
+            Ok(server) => return server,
+            Err(e) if attempt < 3 => {
+                eprintln!("{what} did not start (attempt {attempt}), retrying: {e:#}");
+                attempt += 1;
+            }
+            Err(e) => panic!("{what} starts: {e:#}"),
+        }
+    }
+}
+
 /// A variable the harness needs from `scripts/tools.sh`, or a default that works on Debian.
-/// A PostgreSQL server on a free port. The port is free when picked but can be taken before
-/// the server binds it (by another test's outgoing connection), so a failed start is retried
-/// on another port.
-fn start_postgres(dir: &std::path::Path, durability: Durability) -> LocalPostgres {
-    let bin = tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin");
-    let mut attempt = 1;
-    loop {
-        match LocalPostgres::start(&bin, dir, free_port().unwrap(), durability) {
-            Ok(pg) => return pg,
-            Err(e) if attempt < 3 => {
-                eprintln!("PostgreSQL did not start (attempt {attempt}), retrying: {e:#}");
-                attempt += 1;
-            }
-            Err(e) => panic!("PostgreSQL starts (set PG_BIN_DIR): {e:#}"),
-        }
-    }
-}
-
-/// A free port may be taken by another test's server before ours binds it: tried again.
-async fn start_nats(bin: &std::path::Path, dir: &std::path::Path) -> LocalNats {
-    let mut attempt = 1;
-    loop {
-        match LocalNats::start(bin, dir, free_port().unwrap()).await {
-            Ok(nats) => return nats,
-            Err(e) if attempt < 3 => {
-                eprintln!("nats-server did not start (attempt {attempt}), retrying: {e:#}");
-                attempt += 1;
-            }
-            Err(e) => panic!("nats-server starts (set NATS_SERVER_BIN): {e:#}"),
-        }
-    }
-}
-
 pub fn tool(name: &str, default: &str) -> PathBuf {
     std::env::var_os(name)
         .map(PathBuf::from)
@@ -279,13 +266,22 @@ impl TestEnv {
             .tempdir()
             .unwrap();
         let nats_bin = tool("NATS_SERVER_BIN", "nats-server");
-        let nats = start_nats(&nats_bin, &dir.path().join("nats")).await;
+        let nats_dir = dir.path().join("nats");
+        let nats = on_a_free_port("nats-server (NATS_SERVER_BIN)", |port| {
+            LocalNats::start(&nats_bin, &nats_dir, port)
+        })
+        .await;
         let durability = if options.durable_postgres {
             Durability::Durable
         } else {
             Durability::Fast
         };
-        let pg = start_postgres(&dir.path().join("pg"), durability);
+        let pg_bin = tool("PG_BIN_DIR", "/usr/lib/postgresql/15/bin");
+        let pg_dir = dir.path().join("pg");
+        let pg = on_a_free_port("PostgreSQL (PG_BIN_DIR)", |port| {
+            std::future::ready(LocalPostgres::start(&pg_bin, &pg_dir, port, durability))
+        })
+        .await;
         pg.create_database("millrace").await.unwrap();
         let s3 = if options.s3 {
             Some(LocalS3::start(dir.path().join("s3")).await)
